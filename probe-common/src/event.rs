@@ -1,0 +1,87 @@
+//! Records the eBPF programs write into the `EVENTS` ring buffer.
+//!
+//! Every record starts with an [`EventHeader`]; its `kind` says which struct follows.
+
+/// Bytes captured from the start of each read/write buffer: enough for a request line
+/// and the framing headers of a normal HTTP head.
+pub const HEAD_WINDOW: usize = 512;
+/// Bytes captured from the end of each write buffer (the chunked terminator lives there).
+pub const TAIL_WINDOW: usize = 16;
+
+/// Data the target read from a tracked connection.
+pub const EVENT_RECV: u32 = 1;
+/// Data the target wrote to a tracked connection.
+pub const EVENT_SEND: u32 = 2;
+/// The target closed (or shut down) its side of a tracked TCP connection.
+pub const EVENT_CLOSE: u32 = 3;
+/// A target process forked a child process, which is now a target too.
+pub const EVENT_FORK: u32 = 4;
+
+/// `DataEvent::header.flags`: no user buffer to capture (sendfile, splice, recvmmsg...).
+pub const FLAG_NO_PAYLOAD: u32 = 1;
+/// `flags`: events of this connection were lost before this one (ring buffer full);
+/// the agent must resynchronise the connection.
+pub const FLAG_AFTER_LOSS: u32 = 2;
+/// `flags`: the kernel saw this connection for the first time and could not classify
+/// its first received bytes as an HTTP request (garbage, TLS, another protocol...).
+/// Sent once per such connection so the agent can count it; nothing else follows.
+pub const FLAG_UNCLASSIFIED: u32 = 4;
+/// `flags`: the bytes came through a vectored call and `head` holds only the first iovec.
+pub const FLAG_VECTORED: u32 = 8;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EventHeader {
+    /// One of the `EVENT_*` constants.
+    pub kind: u32,
+    /// `FLAG_*` bits.
+    pub flags: u32,
+    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) when the data was copied, i.e. at the
+    /// return of the socket read/write inside the syscall.
+    pub ts_ns: u64,
+}
+
+/// One read or write on a tracked server connection.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct DataEvent {
+    pub header: EventHeader,
+    /// Socket cookie: unique for the socket's life, never reused, independent of fds.
+    pub conn_id: u64,
+    pub tgid: u32,
+    pub tid: u32,
+    /// Bytes moved by this call (the syscall's return value, > 0).
+    pub len: u32,
+    /// `AF_INET`, `AF_INET6` or `AF_UNIX`.
+    pub family: u16,
+    /// Local port (host order); 0 for UNIX sockets.
+    pub local_port: u16,
+    /// Valid bytes in `head` (min(len, first iovec, HEAD_WINDOW)).
+    pub head_len: u16,
+    /// Valid bytes in `tail`, the last bytes of the buffer; 0 if not captured.
+    pub tail_len: u16,
+    /// The syscall number the data came through (diagnostics).
+    pub syscall: u32,
+    pub head: [u8; HEAD_WINDOW],
+    pub tail: [u8; TAIL_WINDOW],
+}
+
+/// The target closed its side of a tracked TCP connection.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CloseEvent {
+    pub header: EventHeader,
+    pub conn_id: u64,
+    pub tgid: u32,
+    /// TCP state the socket moved to.
+    pub new_state: u32,
+}
+
+/// A target forked: `child_tgid` is now a target too (the kernel already marked it).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ForkEvent {
+    pub header: EventHeader,
+    pub parent_tgid: u32,
+    pub child_tgid: u32,
+}

@@ -1,0 +1,78 @@
+//! Types shared by the eBPF programs (`probe-ebpf`) and the agent (`probe-user`).
+//!
+//! This is the only definition of each of them. Every struct is `#[repr(C)]`, made of
+//! fixed-width integers only, with explicit padding fields, so both sides agree on the
+//! layout byte for byte; `layout_tests` below pins sizes and offsets. With the `user`
+//! feature the structs implement `aya::Pod` so the agent can put them in maps and globals.
+#![no_std]
+
+pub mod event;
+pub mod maps;
+pub mod offsets;
+pub mod syscalls;
+
+pub use event::*;
+pub use maps::*;
+pub use offsets::*;
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: all of these are repr(C), contain only integers and arrays of integers,
+    // and have no implicit padding (checked by the layout tests).
+    unsafe impl aya::Pod for crate::KernelOffsets {}
+    unsafe impl aya::Pod for crate::ConnState {}
+    unsafe impl aya::Pod for crate::ProbeConfig {}
+}
+
+#[cfg(test)]
+mod layout_tests {
+    use super::*;
+    use core::mem::{align_of, offset_of, size_of};
+
+    #[test]
+    fn data_event_layout() {
+        assert_eq!(size_of::<EventHeader>(), 16);
+        assert_eq!(offset_of!(DataEvent, header), 0);
+        assert_eq!(offset_of!(DataEvent, conn_id), 16);
+        assert_eq!(offset_of!(DataEvent, tgid), 24);
+        assert_eq!(offset_of!(DataEvent, tid), 28);
+        assert_eq!(offset_of!(DataEvent, len), 32);
+        assert_eq!(offset_of!(DataEvent, family), 36);
+        assert_eq!(offset_of!(DataEvent, local_port), 38);
+        assert_eq!(offset_of!(DataEvent, head_len), 40);
+        assert_eq!(offset_of!(DataEvent, tail_len), 42);
+        assert_eq!(offset_of!(DataEvent, syscall), 44);
+        assert_eq!(offset_of!(DataEvent, head), 48);
+        assert_eq!(offset_of!(DataEvent, tail), 48 + HEAD_WINDOW);
+        assert_eq!(size_of::<DataEvent>(), 48 + HEAD_WINDOW + TAIL_WINDOW);
+        assert_eq!(align_of::<DataEvent>(), 8);
+        assert!(HEAD_WINDOW >= 256);
+        assert!(HEAD_WINDOW.is_power_of_two());
+    }
+
+    #[test]
+    fn small_event_layouts() {
+        assert_eq!(size_of::<CloseEvent>(), 32);
+        assert_eq!(offset_of!(CloseEvent, conn_id), 16);
+        assert_eq!(offset_of!(CloseEvent, tgid), 24);
+        assert_eq!(size_of::<ForkEvent>(), 24);
+        assert_eq!(offset_of!(ForkEvent, child_tgid), 20);
+    }
+
+    #[test]
+    fn map_value_layouts() {
+        assert_eq!(size_of::<ConnState>(), 8);
+        assert_eq!(size_of::<KernelOffsets>(), 4 * 18);
+        assert_eq!(size_of::<ProbeConfig>(), 8);
+    }
+
+    #[test]
+    fn kinds_are_distinct() {
+        let kinds = [EVENT_RECV, EVENT_SEND, EVENT_CLOSE, EVENT_FORK];
+        for (i, a) in kinds.iter().enumerate() {
+            for b in &kinds[i + 1..] {
+                assert_ne!(a, b);
+            }
+        }
+    }
+}

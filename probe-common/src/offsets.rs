@@ -1,0 +1,49 @@
+//! Byte offsets of the kernel struct fields the programs read.
+//!
+//! Rust eBPF has no CO-RE relocations, so the agent reads these from the running
+//! kernel's BTF (`/sys/kernel/btf/vmlinux`) and hands them over as a global.
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelOffsets {
+    /// `task_struct.flags` (u32): PF_KTHREAD, PF_IO_WORKER.
+    pub task_flags: u32,
+    /// `task_struct.tgid` (i32).
+    pub task_tgid: u32,
+    /// `task_struct.files` (struct files_struct *).
+    pub task_files: u32,
+    /// `files_struct.fdt` (struct fdtable *).
+    pub files_fdt: u32,
+    /// `fdtable.max_fds` (u32).
+    pub fdt_max_fds: u32,
+    /// `fdtable.fd` (struct file **).
+    pub fdt_fd: u32,
+    /// `file.private_data` (struct socket * for socket files).
+    pub file_private_data: u32,
+    /// `socket.sk` (struct sock *).
+    pub socket_sk: u32,
+    /// `sock.__sk_common.skc_family` (u16).
+    pub sk_family: u32,
+    /// `sock.__sk_common.skc_num` (u16, local port, host order).
+    pub sk_num: u32,
+    /// `sock.sk_type` (u16).
+    pub sk_type: u32,
+    /// `pt_regs.orig_ax`: the syscall number.
+    pub regs_syscall: u32,
+    /// `pt_regs.di`: first syscall argument.
+    pub regs_arg1: u32,
+    /// `pt_regs.si`: second syscall argument.
+    pub regs_arg2: u32,
+    /// `pt_regs.dx`: third syscall argument.
+    pub regs_arg3: u32,
+    /// `task_struct.pid` (i32, the thread id).
+    pub task_pid: u32,
+    /// Non-zero once the agent filled the struct (programs refuse to run otherwise).
+    pub valid: u32,
+    pub _pad: u32,
+}
+
+/// `task_struct.flags` bit of kernel threads.
+pub const PF_KTHREAD: u32 = 0x0020_0000;
+/// `task_struct.flags` bit of io_uring worker threads.
+pub const PF_IO_WORKER: u32 = 0x0000_0010;

@@ -1,0 +1,48 @@
+//! Per-connection role, keyed by socket cookie (unique for the socket's lifetime, so it
+//! survives fd reuse and socket-address reuse). Entries live in an LRU map; the close
+//! hook removes them when the target closes the connection.
+use probe_common::{ConnState, COUNTER_CONN_INSERT_FAILED, CONN_LOST_EVENTS};
+
+use crate::maps::{count, CONNS};
+
+#[inline(always)]
+pub fn lookup(cookie: u64) -> Option<*mut ConnState> {
+    CONNS.get_ptr_mut(&cookie)
+}
+
+#[inline(always)]
+pub fn set_role(cookie: u64, role: u32) {
+    let state = ConnState { role, flags: 0 };
+    if CONNS.insert(&cookie, &state, 0).is_err() {
+        count(COUNTER_CONN_INSERT_FAILED);
+    }
+}
+
+/// Remembers that an event of this connection was lost, so that the next one tells the
+/// agent to resynchronise.
+#[inline(always)]
+pub fn mark_lost(cookie: u64) {
+    if let Some(state) = lookup(cookie) {
+        unsafe { (*state).flags |= CONN_LOST_EVENTS };
+    }
+}
+
+/// Returns and clears the lost-events mark.
+#[inline(always)]
+pub fn take_lost(cookie: u64) -> bool {
+    match lookup(cookie) {
+        Some(state) => unsafe {
+            let lost = (*state).flags & CONN_LOST_EVENTS != 0;
+            if lost {
+                (*state).flags &= !CONN_LOST_EVENTS;
+            }
+            lost
+        },
+        None => false,
+    }
+}
+
+#[inline(always)]
+pub fn remove(cookie: u64) {
+    let _ = CONNS.remove(&cookie);
+}

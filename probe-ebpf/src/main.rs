@@ -1,0 +1,31 @@
+//! redprobe's eBPF programs.
+//!
+//! Hooks (one module each): `recv` (sock:sock_recv_length), `send` (sock:sock_send_length),
+//! `close` (sock:inet_sock_set_state), `lifecycle` (sched:sched_process_fork). All are
+//! tp_btf programs: they need neither kprobes nor tracefs. Each one bails out first for
+//! processes that are not targets (`target::current_is_target`).
+#![no_std]
+#![no_main]
+
+mod capture;
+mod classify;
+mod close;
+mod conn;
+mod context;
+mod emit;
+mod kernel;
+mod lifecycle;
+mod maps;
+mod recv;
+mod send;
+mod target;
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

@@ -1,0 +1,20 @@
+//! sock:sock_recv_length(struct sock *sk, int ret, int flags): fires in sock_recvmsg after
+//! the data is in the user buffer, once per receive syscall on any socket.
+use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
+
+use crate::{capture::on_socket_io, context::Direction, target::current_target};
+
+const MSG_PEEK: i32 = 2;
+
+#[btf_tracepoint(function = "sock_recv_length")]
+pub fn sock_recv_length(ctx: BtfTracePointContext) -> u32 {
+    let Some((tgid, tid)) = current_target() else { return 0 };
+    let sk: *const u8 = ctx.arg(0);
+    let ret: i64 = ctx.arg::<u64>(1) as i32 as i64;
+    let flags: i32 = ctx.arg::<u64>(2) as i32;
+    // Peeked bytes are read again later: count them once, at the real read.
+    if ret <= 0 || flags & MSG_PEEK != 0 {
+        return 0;
+    }
+    on_socket_io(sk, ret as u32, Direction::Recv, tgid, tid)
+}

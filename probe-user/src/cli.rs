@@ -1,0 +1,73 @@
+//! Command line: what a user can ask of the agent.
+use std::net::SocketAddr;
+
+use clap::Parser;
+
+const AFTER_HELP: &str = "\
+HOW IT WORKS
+  redprobe attaches eBPF programs to these kernel tracepoints (tp_btf: no kprobes, no
+  tracefs needed) and measures only the processes you name and their children:
+    sock:sock_recv_length       bytes a target reads from a socket (requests)
+    sock:sock_send_length       bytes a target writes to a socket (responses)
+    sock:inet_sock_set_state    a target closing a TCP connection
+    sched:sched_process_fork    workers forked by a target become targets
+
+REQUIREMENTS
+  Linux 5.11+ with BTF (/sys/kernel/btf/vmlinux); root, or CAP_BPF + CAP_PERFMON.
+
+EXAMPLES
+  sudo redprobe --pid \"$(pgrep -o gunicorn)\"          # master PID: every worker is measured
+  sudo redprobe --pid 1234 --listen 0.0.0.0:9464       # expose beyond loopback (see README)
+  curl -s localhost:9464/metrics | grep http_server_request_duration_seconds_count
+
+Logs go to stderr; set RUST_LOG=debug for more.";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "redprobe",
+    version,
+    about = "RED metrics (rate, errors, duration) for any HTTP/1.x server, measured from the kernel",
+    long_about = "RED metrics (rate, errors, duration) for any HTTP/1.x server, measured from the \
+                  kernel with eBPF. Point it at a server's PID; it serves Prometheus metrics \
+                  (http_server_request_duration_seconds by method, route, status) without touching \
+                  the server's code.",
+    after_help = AFTER_HELP
+)]
+pub struct Cli {
+    /// PID of a server process to measure. Repeatable. Its child processes (workers,
+    /// including those forked later) are measured too.
+    #[arg(long = "pid", value_name = "PID", required = true)]
+    pub pids: Vec<u32>,
+
+    /// Address to serve /metrics on. Keep the default (loopback) unless a firewall or a
+    /// proxy guards the port.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9464")]
+    pub listen: SocketAddr,
+
+    /// Distinct http_route values kept; further routes are reported as "_other" and
+    /// counted in redprobe_routes_folded_total.
+    #[arg(long, value_name = "N", default_value_t = 100)]
+    pub max_routes: usize,
+
+    /// Connections tracked at once, in the kernel map and in the agent.
+    #[arg(long, value_name = "N", default_value_t = 65536)]
+    pub max_connections: u32,
+
+    /// Size of the kernel ring buffer that carries events (a power of two). Events that do
+    /// not fit are counted in redprobe_events_lost_total.
+    #[arg(long, value_name = "BYTES", default_value_t = 8 << 20)]
+    pub ring_buffer_bytes: u32,
+
+    /// Pending bytes in the ring buffer that wake the agent up; below that it drains every
+    /// --drain-interval-ms. Batching wakeups keeps the per-event cost low.
+    #[arg(long, value_name = "BYTES", default_value_t = 64 << 10)]
+    pub wakeup_bytes: u32,
+
+    /// How often the agent drains the ring buffer without a wakeup, in milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 20)]
+    pub drain_interval_ms: u64,
+
+    /// Exit (status 0) once every target process has exited.
+    #[arg(long)]
+    pub exit_with_target: bool,
+}

@@ -1,0 +1,142 @@
+//! Ring-buffer records -> typed events. The layouts are `probe_common`'s, the only
+//! definition of them.
+use probe_common::{
+    CloseEvent, DataEvent, EVENT_CLOSE, EVENT_FORK, EVENT_RECV, EVENT_SEND, EventHeader,
+    FLAG_AFTER_LOSS, FLAG_NO_PAYLOAD, FLAG_UNCLASSIFIED, ForkEvent,
+};
+use thiserror::Error;
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum DecodeError {
+    #[error("record of {0} bytes is too short for its kind")]
+    Short(usize),
+    #[error("unknown record kind {0}")]
+    Kind(u32),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    Recv,
+    Send,
+}
+
+/// A read or write, as the pairing sees it.
+#[derive(Clone, Debug)]
+pub struct Data {
+    pub conn_id: u64,
+    pub ts_ns: u64,
+    pub direction: Direction,
+    pub tgid: u32,
+    pub family: u16,
+    pub local_port: u16,
+    /// Bytes moved by the call.
+    pub len: u64,
+    /// The first captured bytes (at most `len`).
+    pub head: Vec<u8>,
+    /// The last bytes of the call, when they are beyond `head`.
+    pub tail: Vec<u8>,
+    pub after_loss: bool,
+    pub unclassified: bool,
+    pub no_payload: bool,
+}
+
+#[derive(Clone, Debug)]
+pub enum Event {
+    Data(Data),
+    Close { conn_id: u64, ts_ns: u64 },
+    Fork { parent_tgid: u32, child_tgid: u32 },
+}
+
+fn read<T: Copy>(bytes: &[u8]) -> Result<T, DecodeError> {
+    if bytes.len() < size_of::<T>() {
+        return Err(DecodeError::Short(bytes.len()));
+    }
+    // SAFETY: length checked; T is a plain repr(C) integer struct from probe_common.
+    Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr() as *const T) })
+}
+
+pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
+    let header: EventHeader = read(bytes)?;
+    match header.kind {
+        EVENT_RECV | EVENT_SEND => {
+            let ev: DataEvent = read(bytes)?;
+            let head_len = (ev.head_len as usize).min(ev.head.len()).min(ev.len as usize);
+            let tail_len = (ev.tail_len as usize).min(ev.tail.len());
+            let tail = if (ev.len as usize) > head_len { ev.tail[ev.tail.len() - tail_len..].to_vec() } else { vec![] };
+            Ok(Event::Data(Data {
+                conn_id: ev.conn_id,
+                ts_ns: header.ts_ns,
+                direction: if header.kind == EVENT_RECV { Direction::Recv } else { Direction::Send },
+                tgid: ev.tgid,
+                family: ev.family,
+                local_port: ev.local_port,
+                len: ev.len as u64,
+                head: ev.head[..head_len].to_vec(),
+                tail,
+                after_loss: header.flags & FLAG_AFTER_LOSS != 0,
+                unclassified: header.flags & FLAG_UNCLASSIFIED != 0,
+                no_payload: header.flags & FLAG_NO_PAYLOAD != 0,
+            }))
+        }
+        EVENT_CLOSE => {
+            let ev: CloseEvent = read(bytes)?;
+            Ok(Event::Close { conn_id: ev.conn_id, ts_ns: header.ts_ns })
+        }
+        EVENT_FORK => {
+            let ev: ForkEvent = read(bytes)?;
+            Ok(Event::Fork { parent_tgid: ev.parent_tgid, child_tgid: ev.child_tgid })
+        }
+        other => Err(DecodeError::Kind(other)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use probe_common::{HEAD_WINDOW, TAIL_WINDOW};
+
+    fn raw<T>(v: &T) -> Vec<u8> {
+        unsafe { std::slice::from_raw_parts(v as *const T as *const u8, size_of::<T>()) }.to_vec()
+    }
+
+    #[test]
+    fn data_event_round_trip() {
+        let mut ev = DataEvent {
+            header: EventHeader { kind: EVENT_SEND, flags: FLAG_AFTER_LOSS, ts_ns: 77 },
+            conn_id: 9,
+            tgid: 1,
+            tid: 2,
+            len: 2000,
+            family: 2,
+            local_port: 8080,
+            head_len: HEAD_WINDOW as u16,
+            tail_len: TAIL_WINDOW as u16,
+            syscall: 1,
+            head: [b'a'; HEAD_WINDOW],
+            tail: [b'z'; TAIL_WINDOW],
+        };
+        ev.head[0] = b'H';
+        let Event::Data(d) = decode(&raw(&ev)).unwrap() else { panic!() };
+        assert_eq!((d.conn_id, d.ts_ns, d.len, d.direction), (9, 77, 2000, Direction::Send));
+        assert_eq!(d.head.len(), HEAD_WINDOW);
+        assert_eq!(d.head[0], b'H');
+        assert_eq!(d.tail, vec![b'z'; TAIL_WINDOW]);
+        assert!(d.after_loss && !d.unclassified);
+    }
+
+    #[test]
+    fn lengths_are_clamped_and_bad_records_rejected() {
+        let ev = DataEvent {
+            header: EventHeader { kind: EVENT_RECV, flags: 0, ts_ns: 1 },
+            conn_id: 1, tgid: 1, tid: 1, len: 3, family: 2, local_port: 1,
+            head_len: 60000, tail_len: 60000, syscall: 0,
+            head: [0; HEAD_WINDOW], tail: [0; TAIL_WINDOW],
+        };
+        let Event::Data(d) = decode(&raw(&ev)).unwrap() else { panic!() };
+        assert_eq!(d.head.len(), 3);
+        assert!(d.tail.is_empty());
+        assert!(matches!(decode(&[1, 0, 0]), Err(DecodeError::Short(3))));
+        assert!(matches!(decode(&raw(&EventHeader { kind: 99, flags: 0, ts_ns: 0 })), Err(DecodeError::Kind(99))));
+        assert!(matches!(decode(&raw(&EventHeader { kind: EVENT_RECV, flags: 0, ts_ns: 0 })), Err(DecodeError::Short(16))));
+    }
+}

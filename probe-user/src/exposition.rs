@@ -1,0 +1,128 @@
+//! `/metrics` over HTTP (hyper), as OpenMetrics or as Prometheus text 0.0.4 depending on
+//! the scraper's Accept header.
+use std::{convert::Infallible, net::SocketAddr, sync::Arc};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{Method, Request, Response, StatusCode, body::Incoming, header, service::service_fn};
+use hyper_util::rt::TokioIo;
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+
+pub const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+pub const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Binds the listen address; done before loading the probe so that a busy port fails fast.
+pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr).await.map_err(|e| {
+        if e.kind() == std::io::ErrorKind::AddrInUse {
+            anyhow::anyhow!("cannot listen on {addr}: the address is already in use (another redprobe or exporter?); choose another with --listen")
+        } else {
+            anyhow::anyhow!("cannot listen on {addr}: {e}")
+        }
+    })
+}
+
+pub async fn serve(listener: TcpListener, registry: Arc<Registry>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else { continue };
+        let registry = registry.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req| handle(req, registry.clone()));
+            let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+        });
+    }
+}
+
+fn response(status: StatusCode, content_type: &str, body: String) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    *resp.status_mut() = status;
+    if let Ok(v) = header::HeaderValue::from_str(content_type) {
+        resp.headers_mut().insert(header::CONTENT_TYPE, v);
+    }
+    resp
+}
+
+async fn handle(req: Request<Incoming>, registry: Arc<Registry>) -> Result<Response<Full<Bytes>>, Infallible> {
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return Ok(response(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "use GET\n".into()));
+    }
+    match req.uri().path() {
+        "/metrics" => {
+            let accept = req.headers().get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("");
+            let mut text = String::new();
+            if let Err(e) = prometheus_client::encoding::text::encode(&mut text, &registry) {
+                return Ok(response(StatusCode::INTERNAL_SERVER_ERROR, "text/plain", format!("encoding failed: {e}\n")));
+            }
+            if accept.contains("application/openmetrics-text") {
+                Ok(response(StatusCode::OK, OPENMETRICS, text))
+            } else {
+                Ok(response(StatusCode::OK, PROMETHEUS_TEXT, to_prometheus_text(&text)))
+            }
+        }
+        "/" => Ok(response(
+            StatusCode::OK,
+            "text/html; charset=utf-8",
+            "<html><head><title>redprobe</title></head><body><h1>redprobe</h1><p><a href=\"/metrics\">Metrics</a></p></body></html>\n".into(),
+        )),
+        _ => Ok(response(StatusCode::NOT_FOUND, "text/plain", "not found; metrics are at /metrics\n".into())),
+    }
+}
+
+/// OpenMetrics text -> Prometheus text format 0.0.4: no `# EOF` or `# UNIT`, counter
+/// families named after their `_total` samples, info families as `_info` gauges.
+pub fn to_prometheus_text(openmetrics: &str) -> String {
+    let mut renamed: std::collections::HashMap<&str, (String, &str)> = Default::default();
+    for line in openmetrics.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let mut it = rest.splitn(2, ' ');
+            if let (Some(name), Some(kind)) = (it.next(), it.next()) {
+                match kind {
+                    "counter" => renamed.insert(name, (format!("{name}_total"), "counter")),
+                    "info" => renamed.insert(name, (format!("{name}_info"), "gauge")),
+                    _ => None,
+                };
+            }
+        }
+    }
+    let mut out = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let meta = line.strip_prefix("# TYPE ").map(|r| ("# TYPE ", r)).or_else(|| line.strip_prefix("# HELP ").map(|r| ("# HELP ", r)));
+        if let Some((prefix, rest)) = meta {
+            let mut it = rest.splitn(2, ' ');
+            let (name, tail) = (it.next().unwrap_or(""), it.next().unwrap_or(""));
+            if let Some((new_name, new_kind)) = renamed.get(name) {
+                let tail = if prefix == "# TYPE " { *new_kind } else { tail };
+                out.push_str(&format!("{prefix}{new_name} {tail}\n"));
+                continue;
+            }
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
+}
+
+/// Address the server actually listens on (for logs when port 0 was asked).
+pub fn local_addr(listener: &TcpListener) -> Option<SocketAddr> {
+    listener.local_addr().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn converts_openmetrics_to_prometheus_text() {
+        let om = "# HELP x_events Events.\n# TYPE x_events counter\nx_events_total 3\n\
+                  # HELP x_build Build.\n# TYPE x_build info\nx_build_info{version=\"1\"} 1\n\
+                  # HELP d_seconds D.\n# TYPE d_seconds histogram\n# UNIT d_seconds seconds\nd_seconds_count 1\n# EOF\n";
+        let want = "# HELP x_events_total Events.\n# TYPE x_events_total counter\nx_events_total 3\n\
+                    # HELP x_build_info Build.\n# TYPE x_build_info gauge\nx_build_info{version=\"1\"} 1\n\
+                    # HELP d_seconds D.\n# TYPE d_seconds histogram\nd_seconds_count 1\n";
+        assert_eq!(to_prometheus_text(om), want);
+    }
+}

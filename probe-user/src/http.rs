@@ -1,0 +1,232 @@
+//! HTTP/1.x head parsing (httparse) and the framing facts pairing needs. Pure functions.
+
+/// Largest head we accumulate across events before giving up on it.
+pub const MAX_HEAD: usize = 16 * 1024;
+const MAX_HEADERS: usize = 64;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Version {
+    Http10,
+    Http11,
+}
+
+impl Version {
+    fn from_minor(minor: Option<u8>) -> Self {
+        if minor == Some(0) { Version::Http10 } else { Version::Http11 }
+    }
+
+    /// `network_protocol_version` label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            Version::Http10 => "1.0",
+            Version::Http11 => "1.1",
+        }
+    }
+}
+
+/// How the body after a head is delimited.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BodyFraming {
+    None,
+    Length(u64),
+    Chunked,
+    /// Response body that ends when the server closes the connection.
+    UntilClose,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum HeadParse<T> {
+    /// The head is complete and `usize` bytes long.
+    Complete(T, usize),
+    /// More bytes are needed.
+    Partial,
+    /// Not HTTP (or malformed beyond repair).
+    Invalid,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RequestHead {
+    pub method: String,
+    pub target: Vec<u8>,
+    pub version: Version,
+    pub body: BodyFraming,
+    /// `Connection: close`, or HTTP/1.0 without `Connection: keep-alive`.
+    pub close: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ResponseHead {
+    pub status: u16,
+    pub version: Version,
+    /// Framing as declared by headers; the pairing adjusts for HEAD/204/304.
+    pub body: BodyFraming,
+}
+
+struct Framing {
+    content_length: Option<u64>,
+    chunked: bool,
+    connection_close: bool,
+    keep_alive: bool,
+}
+
+fn framing(headers: &[httparse::Header<'_>]) -> Framing {
+    let mut f = Framing { content_length: None, chunked: false, connection_close: false, keep_alive: false };
+    for h in headers {
+        let value = std::str::from_utf8(h.value).unwrap_or("").trim();
+        if h.name.eq_ignore_ascii_case("content-length") {
+            f.content_length = value.parse().ok();
+        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            f.chunked = value.to_ascii_lowercase().split(',').any(|t| t.trim() == "chunked");
+        } else if h.name.eq_ignore_ascii_case("connection") {
+            let v = value.to_ascii_lowercase();
+            f.connection_close |= v.split(',').any(|t| t.trim() == "close");
+            f.keep_alive |= v.split(',').any(|t| t.trim() == "keep-alive");
+        }
+    }
+    f
+}
+
+/// Parses a request head at the start of `buf`.
+pub fn parse_request(buf: &[u8]) -> HeadParse<RequestHead> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    match req.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => {
+            let f = framing(req.headers);
+            let version = Version::from_minor(req.version);
+            let body = if f.chunked {
+                BodyFraming::Chunked
+            } else {
+                match f.content_length {
+                    Some(0) | None => BodyFraming::None,
+                    Some(len) => BodyFraming::Length(len),
+                }
+            };
+            let close = f.connection_close || (version == Version::Http10 && !f.keep_alive);
+            HeadParse::Complete(
+                RequestHead {
+                    method: req.method.unwrap_or("").to_string(),
+                    target: req.path.unwrap_or("").as_bytes().to_vec(),
+                    version,
+                    body,
+                    close,
+                },
+                n,
+            )
+        }
+        Ok(httparse::Status::Partial) => HeadParse::Partial,
+        Err(_) => HeadParse::Invalid,
+    }
+}
+
+/// The request line of a head that is cut short (the rest is outside the capture
+/// window): method, target and version, if the whole line is there.
+pub fn parse_request_line(buf: &[u8]) -> Option<(String, Vec<u8>, Version)> {
+    let end = buf.windows(2).position(|w| w == b"\r\n")?;
+    let mut line = buf[..end].to_vec();
+    line.extend_from_slice(b"\r\n\r\n");
+    match parse_request(&line) {
+        HeadParse::Complete(head, _) => Some((head.method, head.target, head.version)),
+        _ => None,
+    }
+}
+
+/// Parses a response head at the start of `buf`.
+pub fn parse_response(buf: &[u8]) -> HeadParse<ResponseHead> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut headers);
+    match resp.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => {
+            let f = framing(resp.headers);
+            let body = if f.chunked {
+                BodyFraming::Chunked
+            } else {
+                match f.content_length {
+                    Some(0) => BodyFraming::None,
+                    Some(len) => BodyFraming::Length(len),
+                    None => BodyFraming::UntilClose,
+                }
+            };
+            HeadParse::Complete(
+                ResponseHead { status: resp.code.unwrap_or(0), version: Version::from_minor(resp.version), body },
+                n,
+            )
+        }
+        Ok(httparse::Status::Partial) => HeadParse::Partial,
+        Err(_) => HeadParse::Invalid,
+    }
+}
+
+/// The status code of a response head that is cut short, if its status line is there.
+pub fn parse_status_line(buf: &[u8]) -> Option<(u16, Version)> {
+    let end = buf.windows(2).position(|w| w == b"\r\n")?;
+    let mut line = buf[..end].to_vec();
+    line.extend_from_slice(b"\r\n\r\n");
+    match parse_response(&line) {
+        HeadParse::Complete(head, _) => Some((head.status, head.version)),
+        _ => None,
+    }
+}
+
+/// Why received bytes could not be parsed as a request; a label value.
+pub fn classify_garbage(bytes: &[u8]) -> &'static str {
+    match bytes {
+        [0x16, 0x03, ..] => "tls",
+        [] => "empty",
+        _ if bytes.starts_with(b"PRI * HTTP/2") => "http2",
+        _ if bytes.iter().take(64).any(|&b| b == 0 || (b < 0x20 && !b"\r\n\t".contains(&b)) || b >= 0x80) => {
+            "binary"
+        }
+        _ => "not_http",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_heads() {
+        let cases: &[(&[u8], Option<(&str, &str, Version, BodyFraming, bool)>)] = &[
+            (b"GET /a?b=1 HTTP/1.1\r\nHost: x\r\n\r\n", Some(("GET", "/a?b=1", Version::Http11, BodyFraming::None, false))),
+            (b"POST /p HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello", Some(("POST", "/p", Version::Http11, BodyFraming::Length(5), false))),
+            (b"POST /p HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", Some(("POST", "/p", Version::Http11, BodyFraming::Chunked, false))),
+            (b"GET / HTTP/1.0\r\n\r\n", Some(("GET", "/", Version::Http10, BodyFraming::None, true))),
+            (b"GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n", Some(("GET", "/", Version::Http10, BodyFraming::None, false))),
+            (b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n", Some(("GET", "/", Version::Http11, BodyFraming::None, true))),
+        ];
+        for (raw, want) in cases {
+            match (parse_request(raw), want) {
+                (HeadParse::Complete(h, n), Some((m, t, v, b, c))) => {
+                    assert_eq!((h.method.as_str(), h.target.as_slice(), h.version, h.body, h.close), (*m, t.as_bytes(), *v, *b, *c));
+                    assert!(n <= raw.len());
+                }
+                (got, _) => panic!("{:?}: {got:?}", String::from_utf8_lossy(raw)),
+            }
+        }
+        assert_eq!(parse_request(b"GET /a HTTP/1.1\r\nHost:"), HeadParse::Partial);
+        assert_eq!(parse_request(b"\x16\x03\x01\x02\x00"), HeadParse::Invalid);
+    }
+
+    #[test]
+    fn response_heads() {
+        let ok = parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 12\r\n\r\n");
+        assert!(matches!(ok, HeadParse::Complete(ResponseHead { status: 200, body: BodyFraming::Length(12), .. }, 39)));
+        let chunked = parse_response(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n");
+        assert!(matches!(chunked, HeadParse::Complete(ResponseHead { body: BodyFraming::Chunked, .. }, _)));
+        let close = parse_response(b"HTTP/1.0 500 Oops\r\nServer: x\r\n\r\n");
+        assert!(matches!(close, HeadParse::Complete(ResponseHead { status: 500, version: Version::Http10, body: BodyFraming::UntilClose }, _)));
+        assert_eq!(parse_response(b"HTTP/1.1 20"), HeadParse::Partial);
+        assert_eq!(parse_status_line(b"HTTP/1.1 404 Not Found\r\nX-Long: aaaa"), Some((404, Version::Http11)));
+        assert_eq!(parse_request_line(b"DELETE /x/1 HTTP/1.1\r\nCookie: aaa"), Some(("DELETE".into(), b"/x/1".to_vec(), Version::Http11)));
+        assert_eq!(parse_request_line(b"GET /no-end"), None);
+    }
+
+    #[test]
+    fn garbage_reasons() {
+        assert_eq!(classify_garbage(b"\x16\x03\x01\x00\xa5\x01"), "tls");
+        assert_eq!(classify_garbage(b"\x00\x01\x02garbage"), "binary");
+        assert_eq!(classify_garbage(b"hello there\r\n"), "not_http");
+        assert_eq!(classify_garbage(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"), "http2");
+    }
+}

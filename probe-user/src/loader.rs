@@ -1,0 +1,118 @@
+//! Loads the embedded eBPF object, hands it the kernel offsets and settings, sizes its
+//! maps, and attaches the hooks listed in [`HOOKS`].
+use anyhow::{Context, Result, bail};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, MapData, PerCpuArray, RingBuf},
+    programs::BtfTracePoint,
+};
+use probe_common::{
+    GLOBAL_CONFIG, GLOBAL_OFFSETS, KernelOffsets, MAP_CONNS, MAP_COUNTERS, MAP_EVENTS,
+    MAP_TARGETS, ProbeConfig,
+};
+
+use crate::{btf::Btf, privileges};
+
+/// One kernel hook. The table drives attaching, error messages and `--help`.
+pub struct Hook {
+    /// Program name in the eBPF object (named after its tracepoint).
+    pub program: &'static str,
+    /// `category:event` of the tracepoint, for humans.
+    pub tracepoint: &'static str,
+    pub purpose: &'static str,
+}
+
+pub const HOOKS: &[Hook] = &[
+    Hook {
+        program: "sock_recv_length",
+        tracepoint: "sock:sock_recv_length",
+        purpose: "bytes a target reads from a socket (requests)",
+    },
+    Hook {
+        program: "sock_send_length",
+        tracepoint: "sock:sock_send_length",
+        purpose: "bytes a target writes to a socket (responses)",
+    },
+    Hook {
+        program: "inet_sock_set_state",
+        tracepoint: "sock:inet_sock_set_state",
+        purpose: "a target closing a TCP connection (close-delimited responses)",
+    },
+    Hook {
+        program: "sched_process_fork",
+        tracepoint: "sched:sched_process_fork",
+        purpose: "worker processes forked by a target become targets",
+    },
+];
+
+/// Sizes and settings chosen on the command line.
+pub struct LoadOptions {
+    pub ring_buffer_bytes: u32,
+    pub max_connections: u32,
+    pub wakeup_bytes: u32,
+}
+
+/// The loaded, attached probe and the maps the agent talks to.
+pub struct Probe {
+    /// Owns programs and links: dropping it detaches everything.
+    pub ebpf: Ebpf,
+    pub events: RingBuf<MapData>,
+    pub targets: Array<MapData, u64>,
+    pub counters: PerCpuArray<MapData, u64>,
+    pub target_words: u32,
+}
+
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/redprobe"));
+
+fn pid_max() -> Result<u32> {
+    let raw = std::fs::read_to_string("/proc/sys/kernel/pid_max")
+        .context("reading /proc/sys/kernel/pid_max")?;
+    raw.trim().parse().context("parsing /proc/sys/kernel/pid_max")
+}
+
+pub fn load(opts: &LoadOptions) -> Result<Probe> {
+    privileges::check()?;
+    let offsets: KernelOffsets = Btf::from_sys_fs()?.kernel_offsets()?;
+    let target_words = pid_max()?.div_ceil(64);
+    let config = ProbeConfig { wakeup_bytes: opts.wakeup_bytes, target_words };
+    if !opts.ring_buffer_bytes.is_power_of_two() || opts.ring_buffer_bytes < 4096 {
+        bail!("--ring-buffer-bytes must be a power of two of at least 4096 (got {})", opts.ring_buffer_bytes);
+    }
+    let mut ebpf = EbpfLoader::new()
+        .override_global(GLOBAL_OFFSETS, &offsets, true)
+        .override_global(GLOBAL_CONFIG, &config, true)
+        .map_max_entries(MAP_EVENTS, opts.ring_buffer_bytes)
+        .map_max_entries(MAP_TARGETS, target_words)
+        .map_max_entries(MAP_CONNS, opts.max_connections)
+        .load(OBJECT)
+        .map_err(privileges::explain_load_error)
+        .context("loading the eBPF object")?;
+    let kernel_btf = aya::Btf::from_sys_fs().context("reading kernel BTF for attaching")?;
+    for hook in HOOKS {
+        let program: &mut BtfTracePoint = ebpf
+            .program_mut(hook.program)
+            .with_context(|| format!("program {} missing from the eBPF object", hook.program))?
+            .try_into()?;
+        let event = hook.tracepoint.split(':').nth(1).unwrap_or(hook.tracepoint);
+        program
+            .load(event, &kernel_btf)
+            .map_err(|e| privileges::explain_program_error(hook.tracepoint, e))?;
+        program
+            .attach()
+            .map_err(|e| privileges::explain_program_error(hook.tracepoint, e))?;
+        tracing::debug!(tracepoint = hook.tracepoint, "attached");
+    }
+    let take = |ebpf: &mut Ebpf, name: &str| {
+        ebpf.take_map(name).with_context(|| format!("map {name} missing from the eBPF object"))
+    };
+    let events = RingBuf::try_from(take(&mut ebpf, MAP_EVENTS)?)?;
+    let targets = Array::try_from(take(&mut ebpf, MAP_TARGETS)?)?;
+    let counters = PerCpuArray::try_from(take(&mut ebpf, MAP_COUNTERS)?)?;
+    Ok(Probe {
+        ebpf,
+        events,
+        targets,
+        counters,
+        target_words,
+    })
+}

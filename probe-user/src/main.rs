@@ -1,0 +1,41 @@
+//! redprobe: RED metrics for HTTP/1.x servers, measured from the kernel.
+//!
+//! Data flows one way: kernel (`loader`) -> `decode` -> `pairing` (with `http`,
+//! `chunked`) -> `metrics` (with `routes`) -> `exposition`. `agent` runs the loop, `cli`
+//! holds the flags, `targets` the measured processes, `btf` the kernel struct offsets.
+mod agent;
+mod btf;
+mod chunked;
+mod cli;
+mod decode;
+mod exposition;
+mod http;
+mod loader;
+mod metrics;
+mod pairing;
+mod privileges;
+mod routes;
+mod targets;
+
+use clap::Parser;
+
+fn main() {
+    let cli = cli::Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("redprobe: error: cannot start the runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    if let Err(e) = runtime.block_on(agent::run(cli)) {
+        eprintln!("redprobe: error: {e:#}");
+        std::process::exit(1);
+    }
+}

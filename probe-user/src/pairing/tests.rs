@@ -1,0 +1,285 @@
+//! Table tests: event sequences in, exchanges out. No kernel involved.
+use super::*;
+use crate::decode::{Data, Direction};
+
+const WINDOW: usize = probe_common::HEAD_WINDOW;
+const TAIL: usize = probe_common::TAIL_WINDOW;
+
+/// An event as the probe would capture it: `bytes` is the whole buffer, of which only
+/// the head window (and, for large buffers, the tail window) is kept.
+fn ev(conn: u64, ts: u64, dir: Direction, bytes: &[u8]) -> Data {
+    let head = bytes[..bytes.len().min(WINDOW)].to_vec();
+    let tail = if bytes.len() > WINDOW { bytes[bytes.len() - TAIL..].to_vec() } else { vec![] };
+    Data {
+        conn_id: conn,
+        ts_ns: ts,
+        direction: dir,
+        tgid: 1,
+        family: 2,
+        local_port: 80,
+        len: bytes.len() as u64,
+        head,
+        tail,
+        after_loss: false,
+        unclassified: false,
+        no_payload: false,
+    }
+}
+
+fn rx(ts: u64, bytes: &[u8]) -> Data {
+    ev(1, ts, Direction::Recv, bytes)
+}
+
+fn tx(ts: u64, bytes: &[u8]) -> Data {
+    ev(1, ts, Direction::Send, bytes)
+}
+
+/// A write of `n` bytes of which nothing was captured (sendfile).
+fn tx_blind(ts: u64, n: u64) -> Data {
+    let mut d = tx(ts, b"");
+    d.len = n;
+    d.no_payload = true;
+    d
+}
+
+fn run(events: &[Data]) -> (Vec<Exchange>, Vec<&'static str>) {
+    let mut p = Pairer::new(16);
+    let mut out = vec![];
+    for e in events {
+        p.on_data(e, &mut out);
+    }
+    p.on_close(1, &mut out);
+    let mut exchanges = vec![];
+    let mut other = vec![];
+    for o in out {
+        match o {
+            Output::Exchange(x) => exchanges.push(x),
+            Output::Unparsed(r) | Output::Inferred(r) => other.push(r),
+        }
+    }
+    (exchanges, other)
+}
+
+/// (method, target, status, start, end) of each exchange.
+fn summary(x: &[Exchange]) -> Vec<(&str, String, u16, u64, u64)> {
+    x.iter()
+        .map(|e| (e.method.as_str(), String::from_utf8_lossy(&e.target).into_owned(), e.status, e.start_ns, e.end_ns))
+        .collect()
+}
+
+const OK_5: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello";
+
+#[test]
+fn keep_alive_sequence() {
+    let (x, other) = run(&[
+        rx(10, b"GET /a HTTP/1.1\r\nHost: h\r\n\r\n"),
+        tx(20, OK_5),
+        rx(30, b"GET /b HTTP/1.1\r\nHost: h\r\n\r\n"),
+        tx(45, b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n"),
+    ]);
+    assert_eq!(summary(&x), vec![("GET", "/a".into(), 200, 10, 20), ("GET", "/b".into(), 404, 30, 45)]);
+    assert!(other.is_empty(), "{other:?}");
+}
+
+#[test]
+fn response_ends_at_its_last_write_not_its_first() {
+    let (x, _) = run(&[
+        rx(10, b"GET /big HTTP/1.1\r\n\r\n"),
+        tx(11, b"HTTP/1.1 200 OK\r\nContent-Length: 3000\r\n\r\n"),
+        tx(12, &[b'x'; 1000]),
+        tx(13, &[b'x'; 1000]),
+        tx(99, &[b'x'; 1000]),
+    ]);
+    assert_eq!(summary(&x), vec![("GET", "/big".into(), 200, 10, 99)]);
+    assert_eq!(x[0].first_byte_ns, 11);
+    assert_eq!(x[0].response_body_bytes, 3000);
+}
+
+#[test]
+fn sendfile_body_without_payload() {
+    let (x, _) = run(&[
+        rx(1, b"GET /file HTTP/1.1\r\n\r\n"),
+        tx(2, b"HTTP/1.1 200 OK\r\nContent-Length: 131072\r\n\r\n"),
+        tx_blind(3, 65536),
+        tx_blind(500, 65536),
+    ]);
+    assert_eq!(summary(&x), vec![("GET", "/file".into(), 200, 1, 500)]);
+}
+
+#[test]
+fn request_head_split_over_reads_and_body_over_reads() {
+    let (x, other) = run(&[
+        rx(5, b"POST /up HTTP/1.1\r\nContent-Le"),
+        rx(6, b"ngth: 10\r\n\r\n01234"),
+        rx(7, b"56789"),
+        tx(9, OK_5),
+        rx(10, b"GET /after HTTP/1.1\r\n\r\n"),
+        tx(11, OK_5),
+    ]);
+    assert_eq!(summary(&x), vec![("POST", "/up".into(), 200, 5, 9), ("GET", "/after".into(), 200, 10, 11)]);
+    assert_eq!(x[0].request_body_bytes, 10);
+    assert!(other.is_empty(), "{other:?}");
+}
+
+#[test]
+fn pipelined_requests_in_one_read() {
+    let (x, _) = run(&[
+        rx(1, b"GET /1 HTTP/1.1\r\n\r\nGET /2 HTTP/1.1\r\n\r\nGET /3 HTTP/1.1\r\n\r\n"),
+        tx(2, OK_5),
+        tx(3, &[OK_5, OK_5].concat()),
+    ]);
+    assert_eq!(
+        summary(&x),
+        vec![("GET", "/1".into(), 200, 1, 2), ("GET", "/2".into(), 200, 1, 3), ("GET", "/3".into(), 200, 1, 3)]
+    );
+}
+
+#[test]
+fn chunked_response_in_separate_writes() {
+    let (x, _) = run(&[
+        rx(1, b"GET /stream HTTP/1.1\r\n\r\n"),
+        tx(2, b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"),
+        tx(3, b"5\r\nhello\r\n"),
+        tx(4, b"5\r\nworld\r\n"),
+        tx(8, b"0\r\n\r\n"),
+    ]);
+    assert_eq!(summary(&x), vec![("GET", "/stream".into(), 200, 1, 8)]);
+}
+
+#[test]
+fn chunked_response_with_chunks_beyond_the_window() {
+    // One big chunk, then small chunks inside one write, ending in the tail window.
+    let mut body = format!("{:x}\r\n", 3000).into_bytes();
+    body.extend(vec![b'y'; 3000]);
+    body.extend(b"\r\n3\r\nabc\r\n0\r\n\r\n");
+    let (x, other) = run(&[
+        rx(1, b"GET /c HTTP/1.1\r\n\r\n"),
+        tx(2, b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"),
+        tx(3, &body),
+        rx(4, b"GET /next HTTP/1.1\r\n\r\n"),
+        tx(5, OK_5),
+    ]);
+    assert_eq!(summary(&x), vec![("GET", "/c".into(), 200, 1, 3), ("GET", "/next".into(), 200, 4, 5)]);
+    assert!(other.is_empty(), "{other:?}");
+}
+
+#[test]
+fn chunked_many_chunks_in_one_large_write_uses_the_tail() {
+    let mut body = vec![];
+    for _ in 0..100 {
+        body.extend(b"a\r\n0123456789\r\n");
+    }
+    body.extend(b"0\r\n\r\n");
+    let (x, _) = run(&[
+        rx(1, b"GET /c HTTP/1.1\r\n\r\n"),
+        tx(2, b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"),
+        tx(3, &body),
+    ]);
+    assert_eq!(summary(&x), vec![("GET", "/c".into(), 200, 1, 3)]);
+}
+
+#[test]
+fn head_and_no_body_statuses() {
+    let (x, _) = run(&[
+        rx(1, b"HEAD /h HTTP/1.1\r\n\r\n"),
+        tx(2, b"HTTP/1.1 200 OK\r\nContent-Length: 999\r\n\r\n"),
+        rx(3, b"GET /n HTTP/1.1\r\n\r\n"),
+        tx(4, b"HTTP/1.1 304 Not Modified\r\nContent-Length: 999\r\n\r\n"),
+        rx(5, b"DELETE /d HTTP/1.1\r\n\r\n"),
+        tx(6, b"HTTP/1.1 204 No Content\r\n\r\n"),
+    ]);
+    assert_eq!(
+        summary(&x),
+        vec![("HEAD", "/h".into(), 200, 1, 2), ("GET", "/n".into(), 304, 3, 4), ("DELETE", "/d".into(), 204, 5, 6)]
+    );
+}
+
+#[test]
+fn expect_continue_interim_response() {
+    let (x, _) = run(&[
+        rx(1, b"POST /u HTTP/1.1\r\nContent-Length: 4\r\nExpect: 100-continue\r\n\r\n"),
+        tx(2, b"HTTP/1.1 100 Continue\r\n\r\n"),
+        rx(3, b"data"),
+        tx(4, b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n"),
+    ]);
+    assert_eq!(summary(&x), vec![("POST", "/u".into(), 201, 1, 4)]);
+}
+
+#[test]
+fn http10_close_delimited_response_ends_at_last_write() {
+    let (x, _) = run(&[
+        rx(1, b"GET /old HTTP/1.0\r\n\r\n"),
+        tx(2, b"HTTP/1.0 200 OK\r\nServer: x\r\n\r\n"),
+        tx(3, b"part one"),
+        tx(7, b"part two"),
+    ]);
+    assert_eq!(summary(&x), vec![("GET", "/old".into(), 200, 1, 7)]);
+    assert_eq!(x[0].version, Version::Http10);
+    assert_eq!(x[0].response_body_bytes, 16);
+}
+
+#[test]
+fn garbage_and_half_requests_are_reported_not_counted() {
+    let mut tls = rx(1, b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03");
+    tls.unclassified = true;
+    let (x, other) = run(&[tls]);
+    assert!(x.is_empty());
+    assert_eq!(other, vec!["tls"]);
+
+    let (x, other) = run(&[rx(1, b"GET /half HTTP/1.1\r\nHost: x\r\n")]);
+    assert!(x.is_empty());
+    assert!(other.is_empty(), "a half-sent head is simply never completed: {other:?}");
+
+    let (x, other) = run(&[rx(1, b"GET /never HTTP/1.1\r\n\r\n")]);
+    assert!(x.is_empty());
+    assert_eq!(other, vec!["no_response"]);
+
+    let (x, other) = run(&[rx(1, b"GET /ok HTTP/1.1\r\n\r\n\x00\x01garbage"), tx(2, OK_5)]);
+    assert_eq!(x.len(), 1);
+    assert_eq!(other, vec!["binary"]);
+}
+
+#[test]
+fn oversized_request_head_still_counts_by_its_request_line() {
+    let mut head = b"GET /cookies HTTP/1.1\r\nCookie: ".to_vec();
+    head.extend(vec![b'c'; 16 * 1024]);
+    head.extend(b"\r\n\r\n");
+    let (x, other) = run(&[rx(1, &head), tx(2, OK_5), rx(3, b"GET /next HTTP/1.1\r\n\r\n"), tx(4, OK_5)]);
+    assert_eq!(summary(&x), vec![("GET", "/cookies".into(), 200, 1, 2), ("GET", "/next".into(), 200, 3, 4)]);
+    assert!(other.is_empty(), "{other:?}");
+}
+
+#[test]
+fn oversized_response_head_is_inferred_from_the_next_request() {
+    let mut head = b"HTTP/1.1 200 OK\r\nSet-Cookie: ".to_vec();
+    head.extend(vec![b'c'; 2000]);
+    head.extend(b"\r\nContent-Length: 5\r\n\r\nhello");
+    let (x, other) = run(&[
+        rx(1, b"GET /a HTTP/1.1\r\n\r\n"),
+        tx(2, &head),
+        rx(5, b"GET /b HTTP/1.1\r\n\r\n"),
+        tx(6, OK_5),
+    ]);
+    assert_eq!(summary(&x), vec![("GET", "/a".into(), 200, 1, 2), ("GET", "/b".into(), 200, 5, 6)]);
+    assert_eq!(other, vec!["response_head_beyond_capture"]);
+}
+
+#[test]
+fn lost_events_resynchronise_at_the_next_request() {
+    let mut after = rx(5, b"GET /b HTTP/1.1\r\n\r\n");
+    after.after_loss = true;
+    let (x, other) = run(&[rx(1, b"GET /a HTTP/1.1\r\n\r\n"), after, tx(6, OK_5)]);
+    assert_eq!(summary(&x), vec![("GET", "/b".into(), 200, 5, 6)]);
+    assert_eq!(other, vec!["events_lost"]);
+}
+
+#[test]
+fn connection_table_is_bounded() {
+    let mut p = Pairer::new(2);
+    let mut out = vec![];
+    for conn in 0..5 {
+        p.on_data(&ev(conn, conn, Direction::Recv, b"GET / HTTP/1.1\r\n\r\n"), &mut out);
+    }
+    assert_eq!(p.connections(), 2);
+    assert_eq!(out.iter().filter(|o| **o == Output::Unparsed("connection_table_full")).count(), 3);
+}

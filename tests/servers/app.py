@@ -1,0 +1,109 @@
+"""The demo and test HTTP server: a threaded http.server with known routes.
+
+Usage: python3 app.py [--port N] [--http10]
+Prints "LISTENING <port>" on stdout once it accepts connections (port 0 picks a free one).
+
+Routes (GET unless noted):
+  /hello              200, small body
+  /users/<id>         200 (the route folds to /users/{id})
+  /missing            404
+  /error              500
+  /sleep?ms=N         sleeps N ms, then 200
+  /chunked            200, chunked body in several writes
+  /big?kb=N           200, N KiB body written in 16 KiB writes
+  /http10             200 without Content-Length, then the connection closes
+  POST /echo          reads the Content-Length body, answers 201 with its size
+"""
+import argparse
+import sys
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlsplit
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args):
+        pass
+
+    def reply(self, status, body=b"", content_type="text/plain"):
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if body and self.command != "HEAD":
+            self.wfile.write(body)
+
+    def do_HEAD(self):
+        self.do_GET()
+
+    def do_GET(self):
+        url = urlsplit(self.path)
+        query = parse_qs(url.query)
+        path = url.path
+        if path == "/hello":
+            self.reply(200, b"hello world\n")
+        elif path.startswith("/users/"):
+            self.reply(200, b'{"user": "%s"}\n' % path[7:].encode())
+        elif path == "/missing":
+            self.reply(404, b"not found\n")
+        elif path == "/error":
+            self.reply(500, b"internal error\n")
+        elif path == "/sleep":
+            time.sleep(int(query.get("ms", ["50"])[0]) / 1000)
+            self.reply(200, b"slept\n")
+        elif path == "/chunked":
+            self.send_response(200)
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            for part in (b"first part\n", b"second part\n", b"third\n"):
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(part), part))
+                self.wfile.flush()
+            self.wfile.write(b"0\r\n\r\n")
+        elif path == "/big":
+            kb = int(query.get("kb", ["256"])[0])
+            self.send_response(200)
+            self.send_header("Content-Length", str(kb * 1024))
+            self.end_headers()
+            block = b"x" * 16384
+            left = kb * 1024
+            while left > 0:
+                n = min(left, len(block))
+                self.wfile.write(block[:n])
+                left -= n
+        elif path == "/http10":
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain")
+            self.send_header("Connection", "close")
+            self.end_headers()
+            self.wfile.write(b"delimited by close\n")
+            self.close_connection = True
+        else:
+            self.reply(404, b"no such route\n")
+
+    def do_POST(self):
+        length = int(self.headers.get("Content-Length", "0"))
+        body = self.rfile.read(length) if length else b""
+        if urlsplit(self.path).path == "/echo":
+            self.reply(201, b"%d\n" % len(body))
+        else:
+            self.reply(404, b"no such route\n")
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--bind", default="127.0.0.1")
+    args = parser.parse_args()
+    ThreadingHTTPServer.daemon_threads = True
+    server = ThreadingHTTPServer((args.bind, args.port), Handler)
+    print("LISTENING %d" % server.server_address[1], flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    sys.exit(main())
