@@ -1,1 +1,23 @@
+//! Test kit: real processes, a real HTTP client and a /metrics scraper. Used by the
+//! integration tests (which load the real probe) and by `cargo xtask demo`.
+pub mod client;
+pub mod procs;
+pub mod scrape;
 
+use std::time::{Duration, Instant};
+
+/// Polls `check` until it returns `Some`, or fails after `timeout` with `what`.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> anyhow::Result<T> {
+    let deadline = Instant::now() + timeout;
+    let mut pause = Duration::from_millis(5);
+    loop {
+        if let Some(v) = check() {
+            return Ok(v);
+        }
+        if Instant::now() > deadline {
+            anyhow::bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(100));
+    }
+}

@@ -1,0 +1,123 @@
+//! A small HTTP/1.x client over std TCP, with exact control of keep-alive, close and
+//! HTTP/1.0, timing each request from the client's side (the client truth).
+use std::{
+    io::{BufRead, BufReader, Read, Write},
+    net::TcpStream,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+
+#[derive(Debug)]
+pub struct Response {
+    pub status: u16,
+    pub body: Vec<u8>,
+    /// From just before the request was written to the last byte of the response.
+    pub elapsed: Duration,
+    pub closed: bool,
+}
+
+pub struct Conn {
+    reader: BufReader<TcpStream>,
+}
+
+impl Conn {
+    pub fn open(port: u16) -> Result<Self> {
+        let stream = TcpStream::connect(("127.0.0.1", port)).with_context(|| format!("connecting to 127.0.0.1:{port}"))?;
+        stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+        stream.set_nodelay(true)?;
+        Ok(Conn { reader: BufReader::new(stream) })
+    }
+
+    pub fn stream(&mut self) -> &mut TcpStream {
+        self.reader.get_mut()
+    }
+
+    /// Sends one request and reads its whole response.
+    pub fn request(&mut self, method: &str, path: &str, version: &str, headers: &[(&str, &str)], body: &[u8]) -> Result<Response> {
+        let mut raw = format!("{method} {path} {version}\r\nHost: localhost\r\n");
+        for (k, v) in headers {
+            raw.push_str(&format!("{k}: {v}\r\n"));
+        }
+        if !body.is_empty() {
+            raw.push_str(&format!("Content-Length: {}\r\n", body.len()));
+        }
+        raw.push_str("\r\n");
+        let mut bytes = raw.into_bytes();
+        bytes.extend_from_slice(body);
+        let start = Instant::now();
+        self.reader.get_mut().write_all(&bytes)?;
+        let mut resp = self.read_response(method == "HEAD")?;
+        resp.elapsed = start.elapsed();
+        Ok(resp)
+    }
+
+    pub fn get(&mut self, path: &str) -> Result<Response> {
+        self.request("GET", path, "HTTP/1.1", &[], b"")
+    }
+
+    fn read_line(&mut self) -> Result<String> {
+        let mut line = String::new();
+        if self.reader.read_line(&mut line)? == 0 {
+            bail!("connection closed while reading a response head");
+        }
+        Ok(line.trim_end().to_string())
+    }
+
+    pub fn read_response(&mut self, head_request: bool) -> Result<Response> {
+        loop {
+            let status_line = self.read_line()?;
+            let status: u16 = status_line
+                .split_whitespace()
+                .nth(1)
+                .and_then(|s| s.parse().ok())
+                .with_context(|| format!("bad status line {status_line:?}"))?;
+            let (mut length, mut chunked, mut close) = (None, false, status_line.starts_with("HTTP/1.0"));
+            loop {
+                let line = self.read_line()?;
+                if line.is_empty() {
+                    break;
+                }
+                let (k, v) = line.split_once(':').unwrap_or((&line, ""));
+                let (k, v) = (k.trim().to_ascii_lowercase(), v.trim().to_ascii_lowercase());
+                match k.as_str() {
+                    "content-length" => length = v.parse::<usize>().ok(),
+                    "transfer-encoding" => chunked = v.contains("chunked"),
+                    "connection" => close = v.contains("close"),
+                    _ => {}
+                }
+            }
+            if (100..200).contains(&status) {
+                continue;
+            }
+            let mut body = vec![];
+            if head_request || status == 204 || status == 304 {
+            } else if chunked {
+                loop {
+                    let size = usize::from_str_radix(self.read_line()?.split(';').next().unwrap_or("").trim(), 16)?;
+                    if size == 0 {
+                        while !self.read_line()?.is_empty() {}
+                        break;
+                    }
+                    let mut chunk = vec![0; size + 2];
+                    self.reader.read_exact(&mut chunk)?;
+                    body.extend_from_slice(&chunk[..size]);
+                }
+            } else if let Some(n) = length {
+                body.resize(n, 0);
+                self.reader.read_exact(&mut body)?;
+            } else {
+                self.reader.read_to_end(&mut body)?;
+                close = true;
+            }
+            return Ok(Response { status, body, elapsed: Duration::ZERO, closed: close });
+        }
+    }
+}
+
+/// One request on a fresh connection that is closed afterwards (`Connection: close`).
+pub fn one_shot(port: u16, method: &str, path: &str, version: &str) -> Result<Response> {
+    let mut conn = Conn::open(port)?;
+    let headers: &[(&str, &str)] = if version == "HTTP/1.1" { &[("Connection", "close")] } else { &[] };
+    conn.request(method, path, version, headers, b"")
+}

@@ -1,0 +1,183 @@
+//! Real processes for tests and the demo: the demo/test HTTP server and the agent.
+//! Every process is killed when its handle is dropped.
+use std::{
+    io::{BufRead, BufReader, Read},
+    net::TcpListener,
+    path::PathBuf,
+    process::{Child, Command, ExitStatus, Stdio},
+    time::Duration,
+};
+
+use anyhow::{Context, Result, bail};
+
+use crate::{scrape, wait_for};
+
+/// The workspace root (this crate lives in `<root>/tests`).
+pub fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().map(PathBuf::from).unwrap_or_default()
+}
+
+/// The agent binary: `$REDPROBE_BIN`, else the workspace's release build.
+pub fn agent_bin() -> PathBuf {
+    std::env::var_os("REDPROBE_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target/release/redprobe"))
+}
+
+/// A port nobody listens on right now (the OS picks it).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(0)
+}
+
+fn terminate(child: &mut Child) {
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    for _ in 0..200 {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// The Python demo/test server (`tests/servers/app.py`), on a port it picks itself.
+pub struct Server {
+    pub child: Child,
+    pub port: u16,
+}
+
+impl Server {
+    pub fn start_python() -> Result<Self> {
+        let script = workspace_root().join("tests/servers/app.py");
+        let mut child = Command::new("python3")
+            .arg(&script)
+            .args(["--port", "0"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("starting python3 (is it installed?)")?;
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().context("no stdout")?).read_line(&mut line)?;
+        let port = line.trim().strip_prefix("LISTENING ").and_then(|p| p.parse().ok());
+        match port {
+            Some(port) => Ok(Server { child, port }),
+            None => {
+                let _ = child.kill();
+                bail!("{} did not report its port (got {line:?})", script.display())
+            }
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        terminate(&mut self.child);
+    }
+}
+
+/// A running agent, serving /metrics on `addr`.
+pub struct Agent {
+    pub child: Child,
+    pub addr: String,
+    stderr_path: PathBuf,
+}
+
+impl Agent {
+    /// Starts `redprobe` with `args` (plus `--listen` on a free port) and waits until
+    /// /metrics answers, which happens only once every program is attached.
+    pub fn start(args: &[String]) -> Result<Self> {
+        Self::start_with(Command::new(agent_bin()), args)
+    }
+
+    /// Like `start`, with a prepared command (e.g. a wrapper such as `unshare`).
+    pub fn start_with(mut cmd: Command, args: &[String]) -> Result<Self> {
+        let addr = format!("127.0.0.1:{}", free_port());
+        let stderr_path = std::env::temp_dir().join(format!("redprobe-agent-{}-{}.log", std::process::id(), free_port()));
+        let log = std::fs::File::create(&stderr_path)?;
+        let child = cmd
+            .args(args)
+            .args(["--listen", &addr])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {} (build it with `cargo xtask build`)", agent_bin().display()))?;
+        let mut agent = Agent { child, addr, stderr_path };
+        let ready = wait_for("the agent's /metrics", Duration::from_secs(60), || {
+            if let Ok(Some(status)) = agent.child.try_wait() {
+                return Some(Err(status));
+            }
+            scrape::fetch(&agent.addr).ok().map(|_| Ok(()))
+        })?;
+        if let Err(status) = ready {
+            bail!("agent exited with {status} before it was ready:\n{}", agent.stderr());
+        }
+        Ok(agent)
+    }
+
+    pub fn metrics(&self) -> Result<scrape::Metrics> {
+        scrape::fetch(&self.addr)
+    }
+
+    /// Waits until the metrics satisfy `check` (the agent drains the kernel every 20 ms).
+    pub fn wait_metrics(&self, what: &str, check: impl Fn(&scrape::Metrics) -> bool) -> Result<scrape::Metrics> {
+        let mut last = None;
+        let result = wait_for(what, Duration::from_secs(20), || {
+            let m = self.metrics().ok()?;
+            if check(&m) {
+                return Some(m);
+            }
+            last = Some(m);
+            None
+        });
+        result.map_err(|e| {
+            let counts = last.map(|m| format!("{:#?}", m.request_counts())).unwrap_or_default();
+            anyhow::anyhow!("{e}; last request counts: {counts}\nagent log:\n{}", self.stderr())
+        })
+    }
+
+    pub fn stderr(&self) -> String {
+        let mut s = String::new();
+        let _ = std::fs::File::open(&self.stderr_path).and_then(|mut f| f.read_to_string(&mut s));
+        s
+    }
+
+    /// SIGTERM, then the exit status.
+    pub fn stop(mut self) -> Result<ExitStatus> {
+        terminate(&mut self.child);
+        Ok(self.child.wait()?)
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        terminate(&mut self.child);
+        let _ = std::fs::remove_file(&self.stderr_path);
+    }
+}
+
+/// Runs the agent, expecting it to exit by itself within 30 s (error cases), and returns
+/// (status, stderr). An agent still running after that is killed and reported.
+pub fn run_agent_expecting_exit(mut cmd: Command, args: &[&str]) -> Result<(ExitStatus, String)> {
+    let mut child = cmd.args(args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn()?;
+    let mut stderr = child.stderr.take().context("no stderr")?;
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stderr.read_to_string(&mut s);
+        s
+    });
+    let status = wait_for("the agent to exit", Duration::from_secs(30), || child.try_wait().ok().flatten());
+    let status = match status {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("{e}: the agent kept running:\n{}", reader.join().unwrap_or_default());
+        }
+    };
+    Ok((status, reader.join().unwrap_or_default()))
+}

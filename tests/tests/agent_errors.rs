@@ -1,0 +1,98 @@
+//! Every way the agent can be started wrong ends with a clear message and a non-zero
+//! exit, and the target keeping on while the agent runs is handled.
+use std::{net::TcpListener, process::Command};
+
+use anyhow::Result;
+use testkit::{
+    client::Conn,
+    procs::{Agent, Server, agent_bin, run_agent_expecting_exit},
+};
+
+#[test]
+fn pid_that_does_not_exist() -> Result<()> {
+    let (status, stderr) = run_agent_expecting_exit(Command::new(agent_bin()), &["--pid", "4000000", "--listen", "127.0.0.1:0"])?;
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("no process with PID 4000000"), "{stderr}");
+    Ok(())
+}
+
+#[test]
+fn unknown_flag_and_missing_pid() -> Result<()> {
+    let (status, stderr) = run_agent_expecting_exit(Command::new(agent_bin()), &["--pid", "1", "--bogus"])?;
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("--bogus"), "{stderr}");
+    let (status, stderr) = run_agent_expecting_exit(Command::new(agent_bin()), &[])?;
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("--pid"), "{stderr}");
+    Ok(())
+}
+
+#[test]
+fn listen_address_in_use() -> Result<()> {
+    let server = Server::start_python()?;
+    let busy = TcpListener::bind("127.0.0.1:0")?;
+    let addr = busy.local_addr()?.to_string();
+    let (status, stderr) =
+        run_agent_expecting_exit(Command::new(agent_bin()), &["--pid", &server.pid().to_string(), "--listen", &addr])?;
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("already in use"), "{stderr}");
+    Ok(())
+}
+
+#[test]
+fn not_root_names_the_missing_capabilities() -> Result<()> {
+    let server = Server::start_python()?;
+    // setpriv (util-linux) drops to nobody with no capabilities.
+    let mut cmd = Command::new("setpriv");
+    cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all"]).arg(agent_bin());
+    let (status, stderr) = run_agent_expecting_exit(cmd, &["--pid", &server.pid().to_string(), "--listen", "127.0.0.1:0"])?;
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("CAP_BPF") && stderr.contains("CAP_PERFMON"), "{stderr}");
+    Ok(())
+}
+
+#[test]
+fn works_without_tracefs() -> Result<()> {
+    // In a private mount namespace with tracefs and debugfs unmounted, the agent still
+    // attaches (tp_btf programs attach by BTF id, not through tracefs).
+    let server = Server::start_python()?;
+    let mut cmd = Command::new("unshare");
+    cmd.args(["--mount", "--propagation", "private", "sh", "-c"])
+        .arg("umount -l /sys/kernel/tracing 2>/dev/null; umount -l /sys/kernel/debug 2>/dev/null; \
+              if grep -q tracefs /proc/self/mounts; then echo 'tracefs still mounted' >&2; exit 99; fi; exec \"$0\" \"$@\"")
+        .arg(agent_bin());
+    let agent = Agent::start_with(cmd, &["--pid".into(), server.pid().to_string()])?;
+    let mut conn = Conn::open(server.port)?;
+    assert_eq!(conn.get("/hello")?.status, 200);
+    agent.wait_metrics("a request counted without tracefs", |m| m.requests("GET", 200, "/hello") == 1)?;
+    Ok(())
+}
+
+#[test]
+fn target_exit_is_logged_and_counts_are_kept() -> Result<()> {
+    let mut server = Server::start_python()?;
+    let agent = Agent::start(&["--pid".into(), server.pid().to_string()])?;
+    let mut conn = Conn::open(server.port)?;
+    for _ in 0..3 {
+        assert_eq!(conn.get("/hello")?.status, 200);
+    }
+    agent.wait_metrics("3 requests", |m| m.requests("GET", 200, "/hello") == 3)?;
+    server.child.kill()?;
+    server.child.wait()?;
+    let m = agent.wait_metrics("the exit recorded", |m| m.sum("redprobe_target_exits_total", &[]) == 1.0)?;
+    assert_eq!(m.requests("GET", 200, "/hello"), 3, "counts survive the target's exit");
+    assert_eq!(m.sum("redprobe_targets", &[]), 0.0);
+    assert!(agent.stderr().contains("target exited"), "{}", agent.stderr());
+    Ok(())
+}
+
+#[test]
+fn exit_with_target_stops_the_agent() -> Result<()> {
+    let mut server = Server::start_python()?;
+    let mut agent = Agent::start(&["--pid".into(), server.pid().to_string(), "--exit-with-target".into()])?;
+    server.child.kill()?;
+    server.child.wait()?;
+    let status = testkit::wait_for("the agent to exit", std::time::Duration::from_secs(20), || agent.child.try_wait().ok().flatten())?;
+    assert!(status.success(), "{status}: {}", agent.stderr());
+    Ok(())
+}
