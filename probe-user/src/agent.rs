@@ -101,8 +101,11 @@ impl Pipeline {
             self.metrics.events_received.inc();
             match decode(&item) {
                 Ok(Event::Data(d)) => self.pairer.on_data(&d, &mut self.outputs),
-                Ok(Event::Close { conn_id, .. }) => self.pairer.on_close(conn_id, &mut self.outputs),
-                Ok(Event::Fork { child_tgid, .. }) => self.forks.push(child_tgid),
+                Ok(Event::Close { conn_id }) => self.pairer.on_close(conn_id, &mut self.outputs),
+                Ok(Event::Fork { parent_tgid, child_tgid }) => {
+                    tracing::debug!(parent_tgid, child_tgid, "target forked");
+                    self.forks.push(child_tgid)
+                }
                 Err(e) => {
                     self.metrics.events_undecodable.inc();
                     warn!("undecodable event: {e}");

@@ -2,7 +2,7 @@
 //! definition of them.
 use probe_common::{
     CloseEvent, DataEvent, EVENT_CLOSE, EVENT_FORK, EVENT_RECV, EVENT_SEND, EventHeader,
-    FLAG_AFTER_LOSS, FLAG_NO_PAYLOAD, FLAG_UNCLASSIFIED, ForkEvent,
+    FLAG_AFTER_LOSS, FLAG_UNCLASSIFIED, ForkEvent,
 };
 use thiserror::Error;
 
@@ -26,9 +26,7 @@ pub struct Data {
     pub conn_id: u64,
     pub ts_ns: u64,
     pub direction: Direction,
-    pub tgid: u32,
     pub family: u16,
-    pub local_port: u16,
     /// Bytes moved by the call.
     pub len: u64,
     /// The first captured bytes (at most `len`).
@@ -37,13 +35,12 @@ pub struct Data {
     pub tail: Vec<u8>,
     pub after_loss: bool,
     pub unclassified: bool,
-    pub no_payload: bool,
 }
 
 #[derive(Clone, Debug)]
 pub enum Event {
     Data(Data),
-    Close { conn_id: u64, ts_ns: u64 },
+    Close { conn_id: u64 },
     Fork { parent_tgid: u32, child_tgid: u32 },
 }
 
@@ -67,20 +64,17 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
                 conn_id: ev.conn_id,
                 ts_ns: header.ts_ns,
                 direction: if header.kind == EVENT_RECV { Direction::Recv } else { Direction::Send },
-                tgid: ev.tgid,
                 family: ev.family,
-                local_port: ev.local_port,
                 len: ev.len as u64,
                 head: ev.head[..head_len].to_vec(),
                 tail,
                 after_loss: header.flags & FLAG_AFTER_LOSS != 0,
                 unclassified: header.flags & FLAG_UNCLASSIFIED != 0,
-                no_payload: header.flags & FLAG_NO_PAYLOAD != 0,
             }))
         }
         EVENT_CLOSE => {
             let ev: CloseEvent = read(bytes)?;
-            Ok(Event::Close { conn_id: ev.conn_id, ts_ns: header.ts_ns })
+            Ok(Event::Close { conn_id: ev.conn_id })
         }
         EVENT_FORK => {
             let ev: ForkEvent = read(bytes)?;

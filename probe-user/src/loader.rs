@@ -100,7 +100,7 @@ pub fn load(opts: &LoadOptions) -> Result<Probe> {
         program
             .attach()
             .map_err(|e| privileges::explain_program_error(hook.tracepoint, e))?;
-        tracing::debug!(tracepoint = hook.tracepoint, "attached");
+        tracing::debug!(tracepoint = hook.tracepoint, purpose = hook.purpose, "attached");
     }
     let take = |ebpf: &mut Ebpf, name: &str| {
         ebpf.take_map(name).with_context(|| format!("map {name} missing from the eBPF object"))

@@ -23,6 +23,9 @@ from urllib.parse import parse_qs, urlsplit
 
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # Headers and body go out in separate writes; without TCP_NODELAY the body waits for
+    # the client's delayed ACK (~40 ms), which the client sees and the server does not.
+    disable_nagle_algorithm = True
 
     def log_message(self, *args):
         pass

@@ -89,7 +89,7 @@ impl Metrics {
             .iter()
             .filter(|s| s.name == name && want.iter().all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v)))
             .map(|s| s.value)
-            .sum()
+            .fold(0.0, |a, b| a + b)
     }
 
     /// Requests counted for (method, status, route).

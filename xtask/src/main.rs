@@ -1,1 +1,60 @@
-fn main(){}
+//! `cargo xtask <command>`: setup, build, run, demo, test, bench. One module per command.
+mod bench;
+mod build;
+mod demo;
+mod run;
+mod setup;
+mod test;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "redprobe's development tasks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install the eBPF toolchain (idempotent; every other command runs it first).
+    Setup,
+    /// Build the release agent: target/release/redprobe.
+    Build,
+    /// Build, then run the agent: cargo xtask run -- --pid 1234
+    Run {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Start the demo server, attach to it, drive a workload, print a RED summary.
+    Demo {
+        /// Seconds of workload.
+        #[arg(long, default_value_t = 5.0)]
+        seconds: f64,
+        /// Keep the agent and server running afterwards (Ctrl-C to stop).
+        #[arg(long)]
+        keep: bool,
+    },
+    /// Run every test: unit tests, then the integration tests against the real probe (root).
+    Test {
+        /// Only integration tests whose name contains this.
+        filter: Option<String>,
+    },
+    /// Measure the probe's overhead, side by side, and print ratios.
+    Bench,
+}
+
+fn main() {
+    let result = match Cli::parse().command {
+        Cmd::Setup => setup::setup(),
+        Cmd::Build => build::build(),
+        Cmd::Run { args } => run::run(&args),
+        Cmd::Demo { seconds, keep } => demo::demo(seconds, keep),
+        Cmd::Test { filter } => test::test(filter.as_deref()),
+        Cmd::Bench => bench::bench(),
+    };
+    if let Err(e) = result {
+        eprintln!("xtask: error: {e:#}");
+        std::process::exit(1);
+    }
+}

@@ -14,15 +14,12 @@ fn ev(conn: u64, ts: u64, dir: Direction, bytes: &[u8]) -> Data {
         conn_id: conn,
         ts_ns: ts,
         direction: dir,
-        tgid: 1,
         family: 2,
-        local_port: 80,
         len: bytes.len() as u64,
         head,
         tail,
         after_loss: false,
         unclassified: false,
-        no_payload: false,
     }
 }
 
@@ -38,7 +35,6 @@ fn tx(ts: u64, bytes: &[u8]) -> Data {
 fn tx_blind(ts: u64, n: u64) -> Data {
     let mut d = tx(ts, b"");
     d.len = n;
-    d.no_payload = true;
     d
 }
 

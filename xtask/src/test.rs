@@ -1,0 +1,28 @@
+//! `cargo xtask test`: the whole suite. Unit and table tests first (no kernel), then the
+//! integration tests, which load the real probe and so run as root, one at a time
+//! (they share kernel state).
+use anyhow::{Result, bail};
+use xtask::{REDPROBE_BIN, agent_path, cargo, is_root, run};
+
+/// Crates whose unit tests need no kernel (probe-ebpf only builds for the BPF target).
+const UNIT_PACKAGES: &[&str] = &["probe-common", "probe-user", "xtask", "redprobe-tests"];
+
+pub fn test(filter: Option<&str>) -> Result<()> {
+    crate::build::build()?;
+    let mut unit = cargo();
+    unit.args(["test", "--release", "--lib", "--bins"]);
+    for p in UNIT_PACKAGES {
+        unit.args(["--package", p]);
+    }
+    run(&mut unit)?;
+    if !is_root() {
+        bail!("the integration tests load eBPF programs: run `cargo xtask test` as root (sudo -E cargo xtask test)");
+    }
+    let mut integration = cargo();
+    integration.args(["test", "--release", "--package", "redprobe-tests", "--tests", "--"]);
+    if let Some(f) = filter {
+        integration.arg(f);
+    }
+    integration.arg("--test-threads=1").env(REDPROBE_BIN, agent_path());
+    run(&mut integration)
+}
