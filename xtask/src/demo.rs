@@ -56,18 +56,19 @@ fn percentile(sorted: &[Duration], q: f64) -> Duration {
 }
 
 fn ms(v: f64) -> String {
-    format!("{:.1}", v * 1000.0)
+    format!("{:.2}", v * 1000.0)
 }
 
 fn print_summary(m: &Metrics, truth: &Truth, seconds: f64) {
     println!();
     println!("RED summary measured by redprobe over {seconds:.1} s (client truth in brackets)");
     println!(
-        "{:<14} {:>9} {:>9} {:>8} {:>16} {:>9} {:>9}",
-        "route", "requests", "rate/s", "errors%", "p50 ms", "p95 ms", "p99 ms"
+        "{:<13} {:>13} {:>7} {:>7} {:>15} {:>15} {:>7} {:>7}",
+        "route", "requests", "rate/s", "errors%", "mean ms", "p50 ms", "p95 ms", "p99 ms"
     );
     for (route, seen) in truth {
         let count = m.sum("http_server_request_duration_seconds_count", &[("http_route", route)]);
+        let sum = m.sum("http_server_request_duration_seconds_sum", &[("http_route", route)]);
         let errors: f64 = m
             .samples
             .iter()
@@ -80,21 +81,23 @@ fn print_summary(m: &Metrics, truth: &Truth, seconds: f64) {
             .fold(0.0, |a, b| a + b);
         let mut durations: Vec<Duration> = seen.iter().map(|(_, d)| *d).collect();
         durations.sort();
+        let client_mean = durations.iter().map(Duration::as_secs_f64).sum::<f64>() / durations.len().max(1) as f64;
         let q = |x| m.quantile(route, x).map(ms).unwrap_or_else(|| "-".into());
         println!(
-            "{:<14} {:>9} {:>9.1} {:>8.1} {:>16} {:>9} {:>9}",
+            "{:<13} {:>13} {:>7.1} {:>7.1} {:>15} {:>15} {:>7} {:>7}",
             route,
             format!("{count} [{}]", seen.len()),
             count / seconds,
             if count > 0.0 { 100.0 * errors / count } else { 0.0 },
-            format!("{} [{:.1}]", q(0.5), percentile(&durations, 0.5).as_secs_f64() * 1000.0),
+            format!("{} [{}]", ms(sum / count.max(1.0)), ms(client_mean)),
+            format!("{} [{}]", q(0.5), ms(percentile(&durations, 0.5).as_secs_f64())),
             q(0.95),
             q(0.99),
         );
     }
     println!();
-    println!("Quantiles are histogram_quantile() over the duration buckets, as Prometheus computes them;");
-    println!("client durations include the client's own socket time.");
+    println!("mean = _sum / _count (exact); quantiles = histogram_quantile() over the buckets, as Prometheus");
+    println!("computes them (interpolated inside a bucket). Client times include the client's own socket calls.");
 }
 
 pub fn demo(seconds: f64, keep: bool) -> Result<()> {
