@@ -1,13 +1,17 @@
 //! The running agent: kernel -> decode -> pair -> aggregate, while `/metrics` is served.
-use std::{sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
-use anyhow::Result;
-use aya::maps::{MapData, PerCpuArray, RingBuf};
-use prometheus_client::registry::Registry;
+use anyhow::{Context, Result};
+use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
 use probe_common::{
     COUNTER_CLIENT_CONNS, COUNTER_CONN_INSERT_FAILED, COUNTER_FD_MISMATCH, COUNTER_FOREIGN_CONTEXT,
-    COUNTER_LOST, COUNTER_SERVER_CONNS,
+    COUNTER_LOST, COUNTER_SERVER_CONNS, ConnState,
 };
+use prometheus_client::registry::Registry;
 use tokio::{
     io::{Interest, unix::AsyncFd},
     signal::unix::{SignalKind, signal},
@@ -21,13 +25,21 @@ use crate::{
     decode::{Event, decode},
     exposition,
     loader::{self, LoadOptions, Probe},
-    metrics::{Metrics, ReasonLabels, RoleLabels},
+    metrics::{
+        Metrics,
+        health::{Health, ServiceLabels},
+        process::SelfCollector,
+        saturation::{Member, Saturation},
+    },
     pairing::Pairer,
+    routes::{self, Router, Template},
     targets::{self, ProcInfo, TargetSet},
 };
 
 /// Connections with no event for this long are forgotten (UNIX sockets have no close hook).
 const IDLE_CONNECTION: Duration = Duration::from_secs(600);
+/// How often the fill level of the kernel connection map is counted (one syscall a key).
+const MAP_COUNT_EVERY: Duration = Duration::from_secs(5);
 
 /// (pid, start time) of a target that exited.
 type ExitNotice = (u32, u64);
@@ -38,24 +50,78 @@ fn monotonic_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
-/// Starts measuring `info` and watching for its exit.
-fn add_target(set: &mut TargetSet, info: ProcInfo, exits: &mpsc::UnboundedSender<ExitNotice>) -> Result<()> {
-    let (pid, start) = (info.pid, info.start_time);
-    info!(pid, comm = %info.comm, "measuring process");
-    set.add(info)?;
-    let exits = exits.clone();
-    tokio::spawn(async move {
-        // The pidfd refers to whatever has the PID now: check that it is still our process.
-        let watch = targets::pidfd_open(pid).ok().filter(|_| targets::proc_info(pid).is_some_and(|p| p.start_time == start));
-        if let Some(fd) = watch {
-            // SAFETY: the OwnedFd is moved into the AsyncFd and stays open while it lives.
-            if let Ok(fd) = unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) } {
-                let _ = fd.readable().await;
-            }
+fn router(cli: &Cli) -> Result<Router> {
+    let mut templates = cli.routes.iter().map(|t| Template::parse(t)).collect::<Result<Vec<_>>>()?;
+    if let Some(path) = &cli.routes_file {
+        let content =
+            std::fs::read_to_string(path).with_context(|| format!("reading --routes-file {}", path.display()))?;
+        templates.extend(routes::parse_routes_file(&content).with_context(|| format!("in {}", path.display()))?);
+    }
+    Ok(Router::new(templates))
+}
+
+/// The measured processes and what the agent knows of each.
+struct Targets {
+    set: TargetSet,
+    services: HashMap<u32, Arc<str>>,
+    saturation: Arc<Saturation>,
+    exits: mpsc::UnboundedSender<ExitNotice>,
+    health: Health,
+}
+
+impl Targets {
+    /// Starts measuring `info` as part of `service`, and watches for its exit.
+    fn add(&mut self, info: ProcInfo, service: Arc<str>, root: bool) -> Result<()> {
+        let (pid, start) = (info.pid, info.start_time);
+        info!(pid, comm = %info.comm, service = %service, "measuring process");
+        self.set.add(info)?;
+        self.services.insert(pid, service.clone());
+        if let Ok(mut m) = self.saturation.members.lock() {
+            m.push(Member { pid, start_time: start, service, root });
         }
-        let _ = exits.send((pid, start));
-    });
-    Ok(())
+        self.health.target_attaches.inc();
+        self.health.targets.set(self.set.len() as i64);
+        let exits = self.exits.clone();
+        tokio::spawn(async move {
+            // The pidfd refers to whatever has the PID now: check that it is still our process.
+            let watch = targets::pidfd_open(pid)
+                .ok()
+                .filter(|_| targets::proc_info(pid).is_some_and(|p| p.start_time == start));
+            if let Some(fd) = watch {
+                // SAFETY: the OwnedFd is moved into the AsyncFd and stays open while it lives.
+                if let Ok(fd) = unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) } {
+                    let _ = fd.readable().await;
+                }
+            }
+            let _ = exits.send((pid, start));
+        });
+        Ok(())
+    }
+
+    fn exited(&mut self, pid: u32, start: u64) -> Result<()> {
+        if !self.set.get(pid).is_some_and(|p| p.start_time == start) {
+            return Ok(()); // already gone, or the PID now belongs to another process
+        }
+        if let Some(gone) = self.set.remove(pid)? {
+            info!(pid, comm = %gone.comm, "target exited; what it served stays in the metrics");
+            self.health.target_exits.inc();
+        }
+        self.services.remove(&pid);
+        if let Ok(mut m) = self.saturation.members.lock() {
+            m.retain(|m| !(m.pid == pid && m.start_time == start));
+        }
+        self.health.targets.set(self.set.len() as i64);
+        Ok(())
+    }
+
+    /// A target forked `child` (the kernel already measures it).
+    fn forked(&mut self, parent: u32, child: u32) -> Result<()> {
+        let service = self.services.get(&parent).cloned().unwrap_or_else(|| "unknown".into());
+        match targets::proc_info(child) {
+            Some(info) => self.add(info, service, false),
+            None => self.set.remove(child).map(|_| ()), // exited already: clear the kernel's bit
+        }
+    }
 }
 
 /// Kernel-side counters, turned into deltas for the agent's counters.
@@ -65,8 +131,15 @@ struct KernelCounters {
 }
 
 impl KernelCounters {
-    fn poll(&mut self, m: &Metrics) {
-        for slot in [COUNTER_LOST, COUNTER_FOREIGN_CONTEXT, COUNTER_FD_MISMATCH, COUNTER_CONN_INSERT_FAILED, COUNTER_SERVER_CONNS, COUNTER_CLIENT_CONNS] {
+    fn poll(&mut self, h: &Health) {
+        for slot in [
+            COUNTER_LOST,
+            COUNTER_FOREIGN_CONTEXT,
+            COUNTER_FD_MISMATCH,
+            COUNTER_CONN_INSERT_FAILED,
+            COUNTER_SERVER_CONNS,
+            COUNTER_CLIENT_CONNS,
+        ] {
             let Ok(values) = self.map.get(&slot, 0) else { continue };
             let total: u64 = values.iter().sum();
             let delta = total.saturating_sub(self.last[slot as usize]);
@@ -74,15 +147,15 @@ impl KernelCounters {
             if delta == 0 {
                 continue;
             }
-            let reason = |r: &str| ReasonLabels { reason: r.into() };
-            let role = |r: &str| RoleLabels { role: r.into() };
             match slot {
-                COUNTER_LOST => m.events_lost.inc_by(delta),
-                COUNTER_FOREIGN_CONTEXT => m.kernel_skipped.get_or_create(&reason("foreign_context")).inc_by(delta),
-                COUNTER_FD_MISMATCH => m.kernel_skipped.get_or_create(&reason("fd_mismatch")).inc_by(delta),
-                COUNTER_CONN_INSERT_FAILED => m.kernel_skipped.get_or_create(&reason("conn_map_full")).inc_by(delta),
-                COUNTER_SERVER_CONNS => m.connections_classified.get_or_create(&role("server")).inc_by(delta),
-                _ => m.connections_classified.get_or_create(&role("client")).inc_by(delta),
+                COUNTER_LOST => {
+                    h.events_lost.inc_by(delta);
+                }
+                COUNTER_FOREIGN_CONTEXT => h.kernel_skipped("foreign_context", delta),
+                COUNTER_FD_MISMATCH => h.kernel_skipped("fd_mismatch", delta),
+                COUNTER_CONN_INSERT_FAILED => h.kernel_skipped("conn_map_full", delta),
+                COUNTER_SERVER_CONNS => h.classified("server", delta),
+                _ => h.classified("client", delta),
             };
         }
     }
@@ -92,22 +165,26 @@ struct Pipeline {
     pairer: Pairer,
     metrics: Metrics,
     outputs: Vec<crate::pairing::Output>,
-    forks: Vec<u32>,
+    /// (parent, child) forks seen, handled after the drain.
+    forks: Vec<(u32, u32)>,
 }
 
 impl Pipeline {
-    fn drain(&mut self, ring: &mut RingBuf<MapData>) {
+    fn drain(&mut self, ring: &mut RingBuf<MapData>, services: &HashMap<u32, Arc<str>>) {
+        let health = &self.metrics.health;
         while let Some(item) = ring.next() {
-            self.metrics.events_received.inc();
+            health.events_received.inc();
             match decode(&item) {
-                Ok(Event::Data(d)) => self.pairer.on_data(&d, &mut self.outputs),
-                Ok(Event::Close { conn_id }) => self.pairer.on_close(conn_id, &mut self.outputs),
-                Ok(Event::Fork { parent_tgid, child_tgid }) => {
-                    tracing::debug!(parent_tgid, child_tgid, "target forked");
-                    self.forks.push(child_tgid)
+                Ok(Event::Data(mut d)) => {
+                    if let Some(s) = services.get(&d.tgid) {
+                        d.service = s.clone();
+                    }
+                    self.pairer.on_data(&d, &mut self.outputs)
                 }
+                Ok(Event::Close { conn_id }) => self.pairer.on_close(conn_id, &mut self.outputs),
+                Ok(Event::Fork { parent_tgid, child_tgid }) => self.forks.push((parent_tgid, child_tgid)),
                 Err(e) => {
-                    self.metrics.events_undecodable.inc();
+                    health.events_undecodable.inc();
                     warn!("undecodable event: {e}");
                 }
             }
@@ -115,31 +192,53 @@ impl Pipeline {
                 self.metrics.observe(&o);
             }
         }
-        self.metrics.connections_tracked.set(self.pairer.connections() as i64);
+        health.connections_tracked.set(self.pairer.connections() as i64);
+    }
+
+    fn housekeeping(&mut self) {
+        let mut outs = vec![];
+        self.pairer.evict_idle(monotonic_ns(), IDLE_CONNECTION.as_nanos() as u64, &mut outs);
+        outs.iter().for_each(|o| self.metrics.observe(o));
+        self.metrics.set_active_requests(&self.pairer.active_requests());
+        let health = &self.metrics.health;
+        for (service, n) in self.pairer.connections_by_service() {
+            health.open_connections.get_or_create(&ServiceLabels { service_name: service.to_string() }).set(n);
+        }
     }
 }
 
 pub async fn run(cli: Cli) -> Result<()> {
+    let router = router(&cli)?;
     let roots = cli.pids.iter().map(|p| targets::inspect(*p)).collect::<Result<Vec<_>>>()?;
     let listener = exposition::bind(cli.listen).await?;
-    let Probe { ebpf: _ebpf, events, targets: target_map, counters, target_words } = loader::load(&LoadOptions {
-        ring_buffer_bytes: cli.ring_buffer_bytes,
-        max_connections: cli.max_connections,
-        wakeup_bytes: cli.wakeup_bytes,
-    })?;
+    let Probe { ebpf: _ebpf, events, targets: target_map, counters, conns, target_words } =
+        loader::load(&LoadOptions {
+            ring_buffer_bytes: cli.ring_buffer_bytes,
+            max_connections: cli.max_connections,
+            wakeup_bytes: cli.wakeup_bytes,
+        })?;
 
     let mut registry = Registry::default();
-    let metrics = Metrics::new(&mut registry, cli.max_routes);
-    let mut set = TargetSet::new(target_map, target_words);
+    let metrics = Metrics::new(&mut registry, cli.naming, router, cli.max_routes);
+    let saturation = Arc::new(Saturation::default());
+    registry.register_collector(Box::new(saturation.clone()));
+    registry.register_collector(Box::new(SelfCollector));
     let (exit_tx, mut exit_rx) = mpsc::unbounded_channel::<ExitNotice>();
+    let mut targets = Targets {
+        set: TargetSet::new(target_map, target_words),
+        services: HashMap::new(),
+        saturation,
+        exits: exit_tx,
+        health: metrics.health.clone(),
+    };
     for root in roots {
+        let service: Arc<str> = cli.service.clone().unwrap_or_else(|| root.comm.clone()).into();
         let pid = root.pid;
-        add_target(&mut set, root, &exit_tx)?;
+        targets.add(root, service.clone(), true)?;
         for child in targets::descendants(pid) {
-            add_target(&mut set, child, &exit_tx)?;
+            targets.add(child, service.clone(), false)?;
         }
     }
-    metrics.targets.set(set.len() as i64);
 
     let addr = exposition::local_addr(&listener).unwrap_or(cli.listen);
     tokio::spawn(exposition::serve(listener, Arc::new(registry)));
@@ -147,10 +246,16 @@ pub async fn run(cli: Cli) -> Result<()> {
 
     // SAFETY: the ring buffer's map fd is owned by `events`, which the AsyncFd owns.
     let mut ring = unsafe { AsyncFd::register_with_interest(events, Interest::READABLE) }
-        .map_err(|e| anyhow::anyhow!("polling the ring buffer: {}", e))?;
+        .map_err(|e| anyhow::anyhow!("polling the ring buffer: {e}"))?;
     let mut pipeline =
         Pipeline { pairer: Pairer::new(cli.max_connections as usize), metrics: metrics.clone(), outputs: vec![], forks: vec![] };
     let mut kernel = KernelCounters { map: counters, last: [0; 8] };
+    let health = metrics.health.clone();
+    let count_conns = |conns: &BpfHashMap<MapData, u64, ConnState>| {
+        health.set_map("CONNS", conns.keys().filter(Result::is_ok).count() as i64, cli.max_connections as i64);
+    };
+    count_conns(&conns);
+    let mut last_map_count = Instant::now();
     let mut drain_tick = interval(Duration::from_millis(cli.drain_interval_ms.max(1)));
     let mut housekeeping = interval(Duration::from_secs(1));
     let mut sigterm = signal(SignalKind::terminate())?;
@@ -159,26 +264,23 @@ pub async fn run(cli: Cli) -> Result<()> {
         tokio::select! {
             guard = ring.readable_mut() => {
                 let mut guard = guard?;
-                pipeline.drain(guard.get_inner_mut());
+                pipeline.drain(guard.get_inner_mut(), &targets.services);
                 guard.clear_ready();
             }
-            _ = drain_tick.tick() => pipeline.drain(ring.get_mut()),
+            _ = drain_tick.tick() => pipeline.drain(ring.get_mut(), &targets.services),
             _ = housekeeping.tick() => {
-                kernel.poll(&metrics);
-                let mut outs = vec![];
-                pipeline.pairer.evict_idle(monotonic_ns(), IDLE_CONNECTION.as_nanos() as u64, &mut outs);
-                outs.iter().for_each(|o| metrics.observe(o));
+                kernel.poll(&health);
+                pipeline.housekeeping();
+                health.set_map("TARGETS", targets.set.len() as i64, target_words as i64 * 64);
+                if last_map_count.elapsed() >= MAP_COUNT_EVERY {
+                    count_conns(&conns);
+                    last_map_count = Instant::now();
+                }
             }
             Some((pid, start)) = exit_rx.recv() => {
-                pipeline.drain(ring.get_mut());
-                if set.get(pid).is_some_and(|p| p.start_time == start) {
-                    if let Some(gone) = set.remove(pid)? {
-                        info!(pid, comm = %gone.comm, "target exited; what it served stays in the metrics");
-                        metrics.target_exits.inc();
-                    }
-                }
-                metrics.targets.set(set.len() as i64);
-                if cli.exit_with_target && set.len() == 0 {
+                pipeline.drain(ring.get_mut(), &targets.services);
+                targets.exited(pid, start)?;
+                if cli.exit_with_target && targets.set.len() == 0 {
                     info!("every target exited (--exit-with-target): stopping");
                     break;
                 }
@@ -186,17 +288,11 @@ pub async fn run(cli: Cli) -> Result<()> {
             _ = sigterm.recv() => { info!("SIGTERM: detaching and exiting"); break; }
             _ = sigint.recv() => { info!("SIGINT: detaching and exiting"); break; }
         }
-        for child in std::mem::take(&mut pipeline.forks) {
-            match targets::proc_info(child) {
-                Some(info) => add_target(&mut set, info, &exit_tx)?,
-                None => {
-                    set.remove(child)?; // exited already; clear the bit the kernel set
-                }
-            }
-            metrics.targets.set(set.len() as i64);
+        for (parent, child) in std::mem::take(&mut pipeline.forks) {
+            targets.forked(parent, child)?;
         }
     }
-    pipeline.drain(ring.get_mut());
-    kernel.poll(&metrics);
+    pipeline.drain(ring.get_mut(), &targets.services);
+    kernel.poll(&health);
     Ok(())
 }

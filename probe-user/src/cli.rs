@@ -3,6 +3,8 @@ use std::net::SocketAddr;
 
 use clap::Parser;
 
+use crate::metrics::Naming;
+
 const AFTER_HELP: &str = "\
 HOW IT WORKS
   redprobe attaches eBPF programs to these kernel tracepoints (tp_btf: no kprobes, no
@@ -44,10 +46,30 @@ pub struct Cli {
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9464")]
     pub listen: SocketAddr,
 
-    /// Distinct http_route values kept; further routes are reported as "_other" and
-    /// counted in redprobe_routes_folded_total.
+    /// service_name label of the measured processes [default: the target's command name].
+    #[arg(long, value_name = "NAME")]
+    pub service: Option<String>,
+
+    /// A route template, e.g. '/api/items/{id}' or '/static/{path...}'. Repeatable; the
+    /// first match wins. Paths no template matches get a heuristic: identifier-like
+    /// segments (numbers, UUIDs, hex, dates, e-mails, random tokens) fold to {id}.
+    #[arg(long = "route", value_name = "TEMPLATE")]
+    pub routes: Vec<String>,
+
+    /// A file of route templates, one a line; blank lines and '#' comments are ignored.
+    /// Its templates come after the --route ones.
+    #[arg(long, value_name = "FILE")]
+    pub routes_file: Option<std::path::PathBuf>,
+
+    /// Distinct http_route values kept per service; further routes are reported as
+    /// "_other" and counted in redprobe_routes_folded_total.
     #[arg(long, value_name = "N", default_value_t = 100)]
     pub max_routes: usize,
+
+    /// Metric names: OpenTelemetry's HTTP conventions, or django-prometheus's names (its
+    /// dashboards then work unchanged, with the route as the view).
+    #[arg(long, value_enum, default_value_t = Naming::Otel)]
+    pub naming: Naming,
 
     /// Connections tracked at once, in the kernel map and in the agent.
     #[arg(long, value_name = "N", default_value_t = 65536)]

@@ -24,6 +24,10 @@ pub enum Direction {
 #[derive(Clone, Debug)]
 pub struct Data {
     pub conn_id: u64,
+    /// The process that did the I/O (the agent maps it to its service).
+    pub tgid: u32,
+    /// `service_name` of that process; filled in by the agent after decoding.
+    pub service: std::sync::Arc<str>,
     pub ts_ns: u64,
     pub direction: Direction,
     pub family: u16,
@@ -62,6 +66,8 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
             let tail = if (ev.len as usize) > head_len { ev.tail[ev.tail.len() - tail_len..].to_vec() } else { vec![] };
             Ok(Event::Data(Data {
                 conn_id: ev.conn_id,
+                tgid: ev.tgid,
+                service: "".into(),
                 ts_ns: header.ts_ns,
                 direction: if header.kind == EVENT_RECV { Direction::Recv } else { Direction::Send },
                 family: ev.family,

@@ -3,11 +3,11 @@
 use anyhow::{Context, Result, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, MapData, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
     programs::BtfTracePoint,
 };
 use probe_common::{
-    GLOBAL_CONFIG, GLOBAL_OFFSETS, KernelOffsets, MAP_CONNS, MAP_COUNTERS, MAP_EVENTS,
+    ConnState, GLOBAL_CONFIG, GLOBAL_OFFSETS, KernelOffsets, MAP_CONNS, MAP_COUNTERS, MAP_EVENTS,
     MAP_TARGETS, ProbeConfig,
 };
 
@@ -59,6 +59,7 @@ pub struct Probe {
     pub events: RingBuf<MapData>,
     pub targets: Array<MapData, u64>,
     pub counters: PerCpuArray<MapData, u64>,
+    pub conns: HashMap<MapData, u64, ConnState>,
     pub target_words: u32,
 }
 
@@ -108,11 +109,13 @@ pub fn load(opts: &LoadOptions) -> Result<Probe> {
     let events = RingBuf::try_from(take(&mut ebpf, MAP_EVENTS)?)?;
     let targets = Array::try_from(take(&mut ebpf, MAP_TARGETS)?)?;
     let counters = PerCpuArray::try_from(take(&mut ebpf, MAP_COUNTERS)?)?;
+    let conns = HashMap::try_from(take(&mut ebpf, MAP_CONNS)?)?;
     Ok(Probe {
         ebpf,
         events,
         targets,
         counters,
+        conns,
         target_words,
     })
 }

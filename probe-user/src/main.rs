@@ -9,6 +9,8 @@ mod chunked;
 mod cli;
 mod decode;
 mod exposition;
+#[cfg(test)]
+mod golden;
 mod http;
 mod loader;
 mod metrics;

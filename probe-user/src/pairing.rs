@@ -7,7 +7,10 @@
 //!
 //! Duration = from the read that brought a request's first byte to the write that sent
 //! its response's last byte (both kernel timestamps).
-use std::collections::{HashMap, VecDeque};
+use std::{
+    collections::{HashMap, VecDeque},
+    sync::Arc,
+};
 
 use crate::{
     chunked::{Blind, ChunkParser, ends_with_last_chunk},
@@ -26,6 +29,7 @@ pub struct Exchange {
     pub version: Version,
     pub status: u16,
     pub family: u16,
+    pub service: Arc<str>,
     /// Return of the read that brought the request's first byte.
     pub start_ns: u64,
     /// Return of the write that sent the response's first byte.
@@ -92,16 +96,18 @@ struct Conn {
     send: SendState,
     pending: VecDeque<Pending>,
     family: u16,
+    service: Arc<str>,
     last_ns: u64,
 }
 
 impl Conn {
-    fn new(family: u16) -> Self {
+    fn new(family: u16, service: Arc<str>) -> Self {
         Conn {
             recv: RecvState::Head { buf: vec![], start_ns: None },
             send: SendState::Idle,
             pending: VecDeque::new(),
             family,
+            service,
             last_ns: 0,
         }
     }
@@ -171,11 +177,31 @@ impl Pairer {
         self.conns.len()
     }
 
+    /// Requests read and not yet answered, by (service, method).
+    pub fn active_requests(&self) -> HashMap<(Arc<str>, String), i64> {
+        let mut active = HashMap::new();
+        for c in self.conns.values() {
+            for p in &c.pending {
+                *active.entry((c.service.clone(), p.method.clone())).or_insert(0) += 1;
+            }
+        }
+        active
+    }
+
+    /// Tracked connections by service.
+    pub fn connections_by_service(&self) -> HashMap<Arc<str>, i64> {
+        let mut by = HashMap::new();
+        for c in self.conns.values() {
+            *by.entry(c.service.clone()).or_insert(0) += 1;
+        }
+        by
+    }
+
     pub fn on_data(&mut self, d: &Data, out: &mut Vec<Output>) {
         if !self.conns.contains_key(&d.conn_id) && self.conns.len() >= self.max_conns {
             self.evict_oldest(out);
         }
-        let conn = self.conns.entry(d.conn_id).or_insert_with(|| Conn::new(d.family));
+        let conn = self.conns.entry(d.conn_id).or_insert_with(|| Conn::new(d.family, d.service.clone()));
         conn.last_ns = d.ts_ns;
         if d.after_loss {
             resync(conn, "events_lost", out);
@@ -262,6 +288,7 @@ fn complete(conn: &mut Conn, status: u16, first_ns: u64, end_ns: u64, bytes: u64
             version: req.version,
             status,
             family: conn.family,
+            service: conn.service.clone(),
             start_ns: req.start_ns,
             first_byte_ns: first_ns,
             end_ns,

@@ -1,31 +1,124 @@
 //! The `http_route` label: a bounded template made from the request target.
 //!
-//! No query string, no fragment, and path segments that look like identifiers (numbers,
-//! UUIDs, long hex, long random tokens) fold to `{id}`. The aggregation layer also caps
-//! the number of distinct routes.
+//! First the user's templates (`--route`, `--routes-file`), first match wins; otherwise a
+//! heuristic: no query string, no fragment, and segments that look like identifiers
+//! (numbers, UUIDs, hex, dates, e-mails, long random tokens) fold to `{id}`. The
+//! aggregation layer then caps the number of distinct routes per service.
+use anyhow::{Result, bail};
 
 /// Longest route kept, in bytes; longer ones are cut at a segment boundary.
 const MAX_ROUTE_LEN: usize = 128;
 /// Most segments kept; deeper paths end in `/...`.
 const MAX_SEGMENTS: usize = 8;
 
-/// The route of a request target (origin-form `/a/b?c`, absolute-form
-/// `http://h/a`, or `*`).
-pub fn route_of(target: &[u8]) -> String {
-    let target = String::from_utf8_lossy(target);
-    let mut path: &str = &target;
-    if path == "*" {
-        return "*".into();
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Segment {
+    Literal(String),
+    /// `{name}`: exactly one segment.
+    One,
+    /// `{name...}`: the rest of the path (zero or more segments).
+    Rest,
+}
+
+/// A user route template such as `/api/items/{id}` or `/static/{path...}`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Template {
+    text: String,
+    segments: Vec<Segment>,
+}
+
+impl Template {
+    pub fn parse(text: &str) -> Result<Self> {
+        let text = text.trim();
+        if !text.starts_with('/') {
+            bail!("route template {text:?} must start with '/'");
+        }
+        if text.contains(['?', '#']) {
+            bail!("route template {text:?} must not contain a query string or fragment");
+        }
+        let parts: Vec<&str> = text.split('/').skip(1).collect();
+        let mut segments = vec![];
+        for (i, part) in parts.iter().enumerate() {
+            let seg = match part.strip_prefix('{').and_then(|p| p.strip_suffix('}')) {
+                Some(name) => match name.strip_suffix("...") {
+                    Some(n) if !n.is_empty() && i + 1 == parts.len() => Segment::Rest,
+                    Some(_) => bail!("route template {text:?}: {{name...}} must be named and come last"),
+                    None if !name.is_empty() && !name.contains(['{', '}']) => Segment::One,
+                    None => bail!("route template {text:?}: bad parameter {part:?}"),
+                },
+                None if part.contains(['{', '}']) => {
+                    bail!("route template {text:?}: a parameter must be a whole segment, like {{id}}")
+                }
+                None => Segment::Literal(part.to_string()),
+            };
+            segments.push(seg);
+        }
+        Ok(Template { text: text.to_string(), segments })
     }
-    if let Some(rest) = path.strip_prefix("http://").or_else(|| path.strip_prefix("https://")) {
-        path = rest.find('/').map(|i| &rest[i..]).unwrap_or("/");
+
+    fn matches(&self, path: &[&str]) -> bool {
+        let mut i = 0;
+        for seg in &self.segments {
+            match seg {
+                Segment::Rest => return true,
+                Segment::One if i < path.len() && !path[i].is_empty() => {}
+                Segment::Literal(l) if i < path.len() && path[i] == l => {}
+                _ => return false,
+            }
+            i += 1;
+        }
+        i == path.len()
     }
-    let path = path.split(['?', '#']).next().unwrap_or("");
-    if !path.starts_with('/') {
-        return "_invalid".into();
+}
+
+/// Reads a routes file: one template a line; blank lines and `#` comments ignored.
+pub fn parse_routes_file(content: &str) -> Result<Vec<Template>> {
+    content
+        .lines()
+        .enumerate()
+        .map(|(n, l)| (n, l.split('#').next().unwrap_or("").trim()))
+        .filter(|(_, l)| !l.is_empty())
+        .map(|(n, l)| Template::parse(l).map_err(|e| anyhow::anyhow!("line {}: {e}", n + 1)))
+        .collect()
+}
+
+/// Path -> route.
+#[derive(Clone, Debug, Default)]
+pub struct Router {
+    templates: Vec<Template>,
+}
+
+impl Router {
+    pub fn new(templates: Vec<Template>) -> Self {
+        Router { templates }
     }
+
+    /// The route of a request target (origin-form `/a/b?c`, absolute-form
+    /// `http://h/a`, or `*`).
+    pub fn route(&self, target: &[u8]) -> String {
+        let target = String::from_utf8_lossy(target);
+        let mut path: &str = &target;
+        if path == "*" {
+            return "*".into();
+        }
+        if let Some(rest) = path.strip_prefix("http://").or_else(|| path.strip_prefix("https://")) {
+            path = rest.find('/').map(|i| &rest[i..]).unwrap_or("/");
+        }
+        let path = path.split(['?', '#']).next().unwrap_or("");
+        if !path.starts_with('/') {
+            return "_invalid".into();
+        }
+        let segments: Vec<&str> = path.split('/').skip(1).collect();
+        if let Some(t) = self.templates.iter().find(|t| t.matches(&segments)) {
+            return t.text.clone();
+        }
+        fold(&segments)
+    }
+}
+
+fn fold(segments: &[&str]) -> String {
     let mut route = String::new();
-    for (i, segment) in path.split('/').skip(1).enumerate() {
+    for (i, segment) in segments.iter().enumerate() {
         if i == MAX_SEGMENTS {
             route.push_str("/...");
             break;
@@ -41,25 +134,24 @@ pub fn route_of(target: &[u8]) -> String {
     if route.is_empty() { "/".into() } else { route }
 }
 
-fn is_identifier(s: &str) -> bool {
+/// Does a path segment look like an identifier rather than a name?
+pub fn is_identifier(s: &str) -> bool {
     let b = s.as_bytes();
     if b.is_empty() {
         return false;
     }
     let digits = b.iter().filter(|c| c.is_ascii_digit()).count();
-    if digits == b.len() {
-        return true; // 42
-    }
-    if is_uuid(b) {
-        return true;
-    }
-    if b.len() >= 8 && b.iter().all(|c| c.is_ascii_hexdigit()) && digits > 0 {
-        return true; // deadbeef01, a git sha
-    }
-    // A long token mixing letters and digits (base64-ish, random ids).
-    b.len() >= 16
-        && digits > 0
-        && b.iter().all(|c| c.is_ascii_alphanumeric() || b"-_=.~".contains(c))
+    let upper = b.iter().filter(|c| c.is_ascii_uppercase()).count();
+    let lower = b.iter().filter(|c| c.is_ascii_lowercase()).count();
+    let token_chars = b.iter().all(|c| c.is_ascii_alphanumeric() || b"-_=.~+%".contains(c));
+    digits == b.len()                                                     // 42
+        || is_uuid(b)                                                     // 123e4567-e89b-...
+        || (b.len() >= 8 && digits > 0 && b.iter().all(u8::is_ascii_hexdigit)) // deadbeef01, a sha
+        || is_date(b)                                                     // 2024-01-31
+        || (s.contains('@') && s.contains('.'))                           // someone@example.com
+        || (b.len() >= 16 && digits > 0 && token_chars)                   // ab12cd34ef56gh78
+        || (b.len() >= 20 && upper > 0 && lower > 0 && token_chars)      // base64 / random
+        || (digits * 2 >= b.len() && digits >= 3 && token_chars)          // ord-20240131-77
 }
 
 fn is_uuid(b: &[u8]) -> bool {
@@ -67,6 +159,14 @@ fn is_uuid(b: &[u8]) -> bool {
         && b.iter().enumerate().all(|(i, c)| match i {
             8 | 13 | 18 | 23 => *c == b'-',
             _ => c.is_ascii_hexdigit(),
+        })
+}
+
+fn is_date(b: &[u8]) -> bool {
+    b.len() == 10
+        && b.iter().enumerate().all(|(i, c)| match i {
+            4 | 7 => *c == b'-' || *c == b'_' || *c == b'.',
+            _ => c.is_ascii_digit(),
         })
 }
 
@@ -80,8 +180,12 @@ pub fn method_label(method: &str) -> &'static str {
 mod tests {
     use super::*;
 
+    fn route(path: &str) -> String {
+        Router::default().route(path.as_bytes())
+    }
+
     #[test]
-    fn routes_table() {
+    fn heuristic_table() {
         let cases = [
             ("/", "/"),
             ("/hello", "/hello"),
@@ -91,8 +195,14 @@ mod tests {
             ("/items/123e4567-e89b-12d3-a456-426614174000", "/items/{id}"),
             ("/commits/9fceb02d0ae598e95dc970b74767f19372d61af8", "/commits/{id}"),
             ("/static/app.css", "/static/app.css"),
+            ("/static/app.3f2a9c1b.js", "/static/app.3f2a9c1b.js"),
             ("/t/aGVsbG8gd29ybGQ9PT1zZWNyZXQx", "/t/{id}"),
+            ("/s/QmFzZTY0T25seUxldHRlcnNIZXJl", "/s/{id}"),
+            ("/reports/2024-01-31/summary", "/reports/{id}/summary"),
+            ("/u/jane.doe@example.com/profile", "/u/{id}/profile"),
+            ("/orders/ord-20240131-77", "/orders/{id}"),
             ("/api/v1/things", "/api/v1/things"),
+            ("/api/v2/userProfileSettings", "/api/v2/userProfileSettings"),
             ("/deadbeef", "/deadbeef"),
             ("/a#frag", "/a"),
             ("http://example.com/x/5?q", "/x/{id}"),
@@ -101,10 +211,50 @@ mod tests {
             ("/a/b/c/d/e/f/g/h/i/j", "/a/b/c/d/e/f/g/h/..."),
         ];
         for (path, want) in cases {
-            assert_eq!(route_of(path.as_bytes()), want, "{path}");
+            assert_eq!(route(path), want, "{path}");
         }
-        assert!(route_of(format!("/{}", "x".repeat(70_000)).as_bytes()).len() <= MAX_ROUTE_LEN + 4);
-        assert_eq!(route_of(b"/caf\xff/1"), "/caf\u{fffd}/{id}");
+        assert!(route(&format!("/{}", "x".repeat(70_000))).len() <= MAX_ROUTE_LEN + 4);
+        assert_eq!(route("/caf\u{e9}/1"), "/caf\u{e9}/{id}");
+        assert_eq!(Router::default().route(b"/bad\xff/1"), "/bad\u{fffd}/{id}");
+    }
+
+    #[test]
+    fn templates_first_match_wins() {
+        let router = Router::new(
+            parse_routes_file(
+                "# comments and blank lines are fine\n\n/api/items/new\n/api/items/{id}   # any item\n/static/{path...}\n/api/{kind}/{id}/history\n",
+            )
+            .unwrap(),
+        );
+        let cases = [
+            ("/api/items/new", "/api/items/new"),
+            ("/api/items/abc?x=1", "/api/items/{id}"),
+            ("/api/items/abc/more", "/api/items/abc/more"), // templates match whole paths
+            ("/static/css/site/app.css", "/static/{path...}"),
+            ("/static", "/static/{path...}"),
+            ("/api/users/me/history", "/api/{kind}/{id}/history"),
+            ("/api/items/", "/api/items/"),
+            ("/other/5", "/other/{id}"),
+        ];
+        for (path, want) in cases {
+            assert_eq!(router.route(path.as_bytes()), want, "{path}");
+        }
+    }
+
+    #[test]
+    fn bad_templates_are_refused_with_a_reason() {
+        for (bad, why) in [
+            ("api/x", "start with '/'"),
+            ("/a?b", "query string"),
+            ("/a/{rest...}/b", "come last"),
+            ("/a/x{id}", "whole segment"),
+            ("/a/{}", "bad parameter"),
+        ] {
+            let e = Template::parse(bad).unwrap_err().to_string();
+            assert!(e.contains(why), "{bad}: {e}");
+        }
+        let e = parse_routes_file("/ok\nbad\n").unwrap_err().to_string();
+        assert!(e.contains("line 2"), "{e}");
     }
 
     #[test]
@@ -113,5 +263,6 @@ mod tests {
         assert_eq!(method_label("PATCH"), "PATCH");
         assert_eq!(method_label("get"), "_OTHER");
         assert_eq!(method_label("BREW"), "_OTHER");
+        assert_eq!(method_label(&"A".repeat(1024)), "_OTHER");
     }
 }

@@ -12,6 +12,8 @@ fn ev(conn: u64, ts: u64, dir: Direction, bytes: &[u8]) -> Data {
     let tail = if bytes.len() > WINDOW { bytes[bytes.len() - TAIL..].to_vec() } else { vec![] };
     Data {
         conn_id: conn,
+        tgid: 1,
+        service: "svc".into(),
         ts_ns: ts,
         direction: dir,
         family: 2,
@@ -278,4 +280,7 @@ fn connection_table_is_bounded() {
     }
     assert_eq!(p.connections(), 2);
     assert_eq!(out.iter().filter(|o| **o == Output::Unparsed("connection_table_full")).count(), 3);
+    let active = p.active_requests();
+    assert_eq!(active.get(&("svc".into(), "GET".to_string())), Some(&2));
+    assert_eq!(p.connections_by_service().get("svc"), Some(&2));
 }

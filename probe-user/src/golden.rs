@@ -1,0 +1,203 @@
+//! Golden `/metrics` test: a fixed sequence of raw ring-buffer records goes through
+//! decode -> pair -> aggregate -> encode, and the text is compared with the fixtures in
+//! `probe-user/tests/fixtures/`. Any change to names, labels or buckets shows in review.
+//!
+//! Regenerate after an intended change:
+//!   REDPROBE_UPDATE_GOLDEN=1 cargo test -p probe-user golden
+use std::{path::PathBuf, sync::Arc};
+
+use probe_common::{
+    CloseEvent, DataEvent, EVENT_CLOSE, EVENT_RECV, EVENT_SEND, EventHeader, FLAG_AFTER_LOSS, FLAG_UNCLASSIFIED,
+    HEAD_WINDOW, TAIL_WINDOW,
+};
+use prometheus_client::registry::Registry;
+
+use crate::{
+    decode::{Event, decode},
+    exposition::to_prometheus_text,
+    metrics::{Metrics, Naming},
+    pairing::Pairer,
+    routes::{Router, Template},
+};
+
+const AF_INET: u16 = 2;
+const AF_UNIX: u16 = 1;
+
+fn raw<T>(v: &T) -> Vec<u8> {
+    unsafe { std::slice::from_raw_parts(v as *const T as *const u8, size_of::<T>()) }.to_vec()
+}
+
+/// A data record as the kernel writes it: the whole buffer is `bytes`, of which the head
+/// and tail windows are captured.
+fn data(kind: u32, conn: u64, ts_ms: u64, family: u16, flags: u32, bytes: &[u8]) -> Vec<u8> {
+    let mut ev = DataEvent {
+        header: EventHeader { kind, flags, ts_ns: ts_ms * 1_000_000 },
+        conn_id: conn,
+        tgid: 100,
+        tid: 101,
+        len: bytes.len() as u32,
+        family,
+        local_port: if family == AF_UNIX { 0 } else { 8000 },
+        head_len: bytes.len().min(HEAD_WINDOW) as u16,
+        tail_len: 0,
+        syscall: 0,
+        head: [0; HEAD_WINDOW],
+        tail: [0; TAIL_WINDOW],
+    };
+    ev.head[..bytes.len().min(HEAD_WINDOW)].copy_from_slice(&bytes[..bytes.len().min(HEAD_WINDOW)]);
+    if bytes.len() > HEAD_WINDOW {
+        ev.tail.copy_from_slice(&bytes[bytes.len() - TAIL_WINDOW..]);
+        ev.tail_len = TAIL_WINDOW as u16;
+    }
+    raw(&ev)
+}
+
+fn recv(conn: u64, ts_ms: u64, bytes: &[u8]) -> Vec<u8> {
+    data(EVENT_RECV, conn, ts_ms, AF_INET, 0, bytes)
+}
+
+fn send(conn: u64, ts_ms: u64, bytes: &[u8]) -> Vec<u8> {
+    data(EVENT_SEND, conn, ts_ms, AF_INET, 0, bytes)
+}
+
+fn close(conn: u64, ts_ms: u64) -> Vec<u8> {
+    raw(&CloseEvent {
+        header: EventHeader { kind: EVENT_CLOSE, flags: 0, ts_ns: ts_ms * 1_000_000 },
+        conn_id: conn,
+        tgid: 100,
+        new_state: 4,
+    })
+}
+
+/// The recorded sequence: a little of everything the pipeline handles.
+fn sequence() -> Vec<Vec<u8>> {
+    let big = [b"HTTP/1.1 200 OK\r\nContent-Length: 20000\r\n\r\n".to_vec(), vec![b'x'; 20000]].concat();
+    let mut chunked_body = format!("{:x}\r\n", 3000).into_bytes();
+    chunked_body.extend(vec![b'c'; 3000]);
+    chunked_body.extend(b"\r\n0\r\n\r\n");
+    vec![
+        // keep-alive connection 1
+        recv(1, 0, b"GET /api/items/42?x=1 HTTP/1.1\r\nHost: shop\r\n\r\n"),
+        send(1, 3, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"),
+        recv(1, 10, b"POST /api/orders HTTP/1.1\r\nContent-Length: 300\r\n\r\n"),
+        recv(1, 11, &[b'p'; 300]),
+        send(1, 70, b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n"),
+        recv(1, 80, b"GET /static/css/site.css HTTP/1.1\r\n\r\n"),
+        send(1, 81, &big[..8192]),
+        send(1, 82, &big[8192..]),
+        recv(1, 90, b"GET /missing HTTP/1.1\r\n\r\n"),
+        send(1, 91, b"HTTP/1.1 404 Not Found\r\nContent-Length: 9\r\n\r\nnot found"),
+        recv(1, 100, b"GET /boom HTTP/1.1\r\n\r\n"),
+        send(1, 350, b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n"),
+        recv(1, 400, b"GET /stream HTTP/1.1\r\n\r\n"),
+        send(1, 401, b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"),
+        send(1, 1300, &chunked_body),
+        recv(1, 1400, b"BREW /pot HTTP/1.1\r\n\r\n"),
+        send(1, 1401, b"HTTP/1.1 418 I'm a teapot\r\nContent-Length: 0\r\n\r\n"),
+        // HTTP/1.0, close-delimited, over a UNIX socket
+        data(EVENT_RECV, 2, 2000, AF_UNIX, 0, b"GET /api/items/7 HTTP/1.0\r\n\r\n"),
+        data(EVENT_SEND, 2, 2002, AF_UNIX, 0, b"HTTP/1.0 200 OK\r\n\r\n"),
+        data(EVENT_SEND, 2, 2040, AF_UNIX, 0, b"body until close"),
+        close(2, 2041),
+        // TLS on the plain port, then a connection that lost events
+        data(EVENT_RECV, 3, 3000, AF_INET, FLAG_UNCLASSIFIED, b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03"),
+        recv(4, 4000, b"GET /api/items/1 HTTP/1.1\r\n\r\n"),
+        data(EVENT_RECV, 4, 4010, AF_INET, FLAG_AFTER_LOSS, b"GET /api/items/2 HTTP/1.1\r\n\r\n"),
+        send(4, 4012, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"),
+    ]
+}
+
+fn render(naming: Naming) -> String {
+    let mut registry = Registry::default();
+    let router = Router::new(vec![Template::parse("/static/{path...}").unwrap()]);
+    let metrics = Metrics::new(&mut registry, naming, router, 100);
+    let mut pairer = Pairer::new(100);
+    let service: Arc<str> = "shop".into();
+    let mut out = vec![];
+    for record in sequence() {
+        metrics.health.events_received.inc();
+        match decode(&record).expect("fixture records decode") {
+            Event::Data(mut d) => {
+                d.service = service.clone();
+                pairer.on_data(&d, &mut out);
+            }
+            Event::Close { conn_id } => pairer.on_close(conn_id, &mut out),
+            Event::Fork { .. } => {}
+        }
+        for o in out.drain(..) {
+            metrics.observe(&o);
+        }
+    }
+    metrics.set_active_requests(&pairer.active_requests());
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+    to_prometheus_text(&text)
+}
+
+/// Series order inside a family follows a hash map; order them by label set (keeping
+/// each series' own line order: sum, count, buckets) so the text is deterministic.
+fn normalize(text: &str) -> String {
+    let series_key = |line: &str| -> String {
+        let labels = line.split_once('{').map(|(_, l)| l).unwrap_or("");
+        let labels = labels.rsplit_once('}').map(|(l, _)| l).unwrap_or("");
+        labels.split(',').filter(|l| !l.starts_with("le=")).collect::<Vec<_>>().join(",")
+    };
+    let mut out = String::new();
+    let mut samples: Vec<&str> = vec![];
+    let flush = |samples: &mut Vec<&str>, out: &mut String| {
+        samples.sort_by_key(|l| series_key(l));
+        for l in samples.drain(..) {
+            out.push_str(l);
+            out.push('\n');
+        }
+    };
+    for line in text.lines() {
+        if line.starts_with('#') {
+            flush(&mut samples, &mut out);
+            out.push_str(line);
+            out.push('\n');
+        } else {
+            samples.push(line);
+        }
+    }
+    flush(&mut samples, &mut out);
+    out
+}
+
+fn check(naming: Naming, file: &str) {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(file);
+    let got = normalize(&render(naming));
+    if std::env::var_os("REDPROBE_UPDATE_GOLDEN").is_some() {
+        std::fs::write(&path, &got).unwrap();
+        return;
+    }
+    let want = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e}; create it with REDPROBE_UPDATE_GOLDEN=1", path.display()));
+    if got != want {
+        let diff: Vec<String> = want
+            .lines()
+            .zip(got.lines())
+            .enumerate()
+            .filter(|(_, (w, g))| w != g)
+            .take(10)
+            .map(|(i, (w, g))| format!("line {}:\n  want {w}\n  got  {g}", i + 1))
+            .collect();
+        panic!(
+            "/metrics differs from {} ({} vs {} lines):\n{}\nIf intended: REDPROBE_UPDATE_GOLDEN=1 cargo test -p probe-user golden",
+            path.display(),
+            want.lines().count(),
+            got.lines().count(),
+            diff.join("\n")
+        );
+    }
+}
+
+#[test]
+fn golden_metrics_otel() {
+    check(Naming::Otel, "metrics-otel.txt");
+}
+
+#[test]
+fn golden_metrics_django_prometheus() {
+    check(Naming::DjangoPrometheus, "metrics-django-prometheus.txt");
+}

@@ -1,0 +1,128 @@
+//! OpenTelemetry HTTP server semantic conventions, as Prometheus renders them.
+use std::{collections::HashMap, sync::{Arc, Mutex}};
+
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{family::Family, gauge::Gauge, histogram::Histogram},
+    registry::{Registry, Unit},
+};
+
+use super::Request;
+
+/// `http_server_request_duration_seconds` buckets (OpenTelemetry's defaults).
+pub const DURATION_BUCKETS: [f64; 14] = [0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0];
+/// Body size buckets: powers of 4 from 64 B to 1 GiB.
+pub const SIZE_BUCKETS: [f64; 13] = [
+    64.0, 256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0, 1048576.0, 4194304.0, 16777216.0, 67108864.0,
+    268435456.0, 1073741824.0,
+];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub http_request_method: String,
+    pub http_response_status_code: u16,
+    pub http_route: String,
+    pub network_protocol_version: String,
+    pub network_transport: String,
+    /// The status code for 5xx responses (OTel's `error.type`), empty (absent) otherwise.
+    pub error_type: String,
+    pub service_name: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ActiveLabels {
+    pub http_request_method: String,
+    pub service_name: String,
+}
+
+type HistogramFamily = Family<RequestLabels, Histogram, fn() -> Histogram>;
+
+fn duration_histogram() -> Histogram {
+    Histogram::new(DURATION_BUCKETS)
+}
+
+fn size_histogram() -> Histogram {
+    Histogram::new(SIZE_BUCKETS)
+}
+
+pub struct OtelHttp {
+    duration: HistogramFamily,
+    first_byte: HistogramFamily,
+    request_size: HistogramFamily,
+    response_size: HistogramFamily,
+    active: Family<ActiveLabels, Gauge>,
+    /// Label sets of `active` set before, so that they can be set back to 0.
+    active_seen: Arc<Mutex<Vec<ActiveLabels>>>,
+}
+
+impl OtelHttp {
+    pub fn register(registry: &mut Registry) -> Self {
+        let m = OtelHttp {
+            duration: Family::new_with_constructor(duration_histogram),
+            first_byte: Family::new_with_constructor(duration_histogram),
+            request_size: Family::new_with_constructor(size_histogram),
+            response_size: Family::new_with_constructor(size_histogram),
+            active: Family::default(),
+            active_seen: Default::default(),
+        };
+        registry.register_with_unit(
+            "http_server_request_duration",
+            "Duration of HTTP server requests: from the read of the request's first byte to the write of the response's last byte",
+            Unit::Seconds,
+            m.duration.clone(),
+        );
+        registry.register_with_unit(
+            "redprobe_http_server_time_to_first_byte",
+            "From the read of the request's first byte to the write of the response's first byte (redprobe's own metric)",
+            Unit::Seconds,
+            m.first_byte.clone(),
+        );
+        registry.register_with_unit(
+            "http_server_request_body_size",
+            "Size of HTTP request bodies as transferred (chunk framing included), without headers",
+            Unit::Bytes,
+            m.request_size.clone(),
+        );
+        registry.register_with_unit(
+            "http_server_response_body_size",
+            "Size of HTTP response bodies as transferred (chunk framing included), without headers",
+            Unit::Bytes,
+            m.response_size.clone(),
+        );
+        registry.register("http_server_active_requests", "HTTP requests read and not yet answered", m.active.clone());
+        m
+    }
+
+    pub fn observe(&self, r: &Request<'_>) {
+        let labels = RequestLabels {
+            http_request_method: r.method.to_string(),
+            http_response_status_code: r.status,
+            http_route: r.route.to_string(),
+            network_protocol_version: r.version.to_string(),
+            network_transport: r.transport.to_string(),
+            error_type: if r.status >= 500 { r.status.to_string() } else { String::new() },
+            service_name: r.service.to_string(),
+        };
+        self.duration.get_or_create(&labels).observe(r.duration);
+        self.first_byte.get_or_create(&labels).observe(r.time_to_first_byte);
+        self.request_size.get_or_create(&labels).observe(r.request_body as f64);
+        self.response_size.get_or_create(&labels).observe(r.response_body as f64);
+    }
+
+    pub fn set_active(&self, active: &HashMap<(Arc<str>, String), i64>) {
+        let Ok(mut seen) = self.active_seen.lock() else { return };
+        for labels in seen.iter() {
+            self.active.get_or_create(labels).set(0);
+        }
+        for ((service, method), n) in active {
+            let labels = ActiveLabels {
+                http_request_method: crate::routes::method_label(method).to_string(),
+                service_name: service.to_string(),
+            };
+            self.active.get_or_create(&labels).inc_by(*n);
+            if !seen.contains(&labels) {
+                seen.push(labels);
+            }
+        }
+    }
+}

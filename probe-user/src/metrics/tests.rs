@@ -1,0 +1,119 @@
+//! Aggregation tests: bounded labels, buckets, the naming schemes.
+use prometheus_client::registry::Registry;
+
+use super::*;
+use crate::http::Version;
+
+fn exchange(target: &str, status: u16, ms: u64) -> Exchange {
+    Exchange {
+        method: "GET".into(),
+        target: target.as_bytes().to_vec(),
+        version: Version::Http11,
+        status,
+        family: 2,
+        service: "svc".into(),
+        start_ns: 1_000_000,
+        first_byte_ns: 2_000_000,
+        end_ns: 1_000_000 + ms * 1_000_000,
+        request_body_bytes: 0,
+        response_body_bytes: 10_000,
+    }
+}
+
+fn encode(reg: &Registry) -> String {
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, reg).unwrap();
+    text
+}
+
+fn value(text: &str, prefix: &str, contains: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(prefix) && contains.iter().all(|c| l.contains(c)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[test]
+fn routes_are_capped_per_service() {
+    let mut reg = Registry::default();
+    let m = Metrics::new(&mut reg, Naming::Otel, Router::default(), 2);
+    for path in ["/a", "/b", "/c", "/d", "/a"] {
+        m.observe(&Output::Exchange(exchange(path, 200, 1)));
+    }
+    let mut other = exchange("/z", 200, 1);
+    other.service = "another".into();
+    m.observe(&Output::Exchange(other));
+    let text = encode(&reg);
+    assert_eq!(value(&text, "redprobe_routes_folded_total", &[]), 2.0);
+    let series = text.lines().filter(|l| l.starts_with("http_server_request_duration_seconds_count")).count();
+    assert_eq!(series, 4, "/a, /b, _other for svc; /z for another:\n{text}");
+    assert_eq!(value(&text, "http_server_request_duration_seconds_count", &["http_route=\"_other\""]), 2.0);
+}
+
+#[test]
+fn durations_sizes_and_error_type() {
+    let mut reg = Registry::default();
+    let m = Metrics::new(&mut reg, Naming::Otel, Router::default(), 10);
+    m.observe(&Output::Exchange(exchange("/s", 200, 60)));
+    m.observe(&Output::Exchange(exchange("/e", 503, 1)));
+    let text = encode(&reg);
+    let bucket = |le: &str| value(&text, "http_server_request_duration_seconds_bucket", &["/s", &format!("le=\"{le}\"")]);
+    assert_eq!((bucket("0.05"), bucket("0.075")), (0.0, 1.0));
+    assert_eq!(value(&text, "redprobe_http_server_time_to_first_byte_seconds_bucket", &["/s", "le=\"0.005\""]), 1.0);
+    assert_eq!(value(&text, "http_server_response_body_size_bytes_bucket", &["/s", "le=\"16384.0\""]), 1.0);
+    assert_eq!(value(&text, "http_server_response_body_size_bytes_bucket", &["/s", "le=\"4096.0\""]), 0.0);
+    assert!(text.contains("le=\"1073741824.0\""), "size buckets reach 1 GiB");
+    assert_eq!(value(&text, "http_server_request_duration_seconds_count", &["error_type=\"503\""]), 1.0);
+    assert_eq!(value(&text, "http_server_request_duration_seconds_count", &["/s", "error_type=\"\""]), 1.0);
+}
+
+#[test]
+fn ten_thousand_random_paths_stay_bounded() {
+    let mut reg = Registry::default();
+    let m = Metrics::new(&mut reg, Naming::Otel, Router::default(), 100);
+    let mut state = 7u64;
+    let mut word = || {
+        // random lowercase words: not identifier-like, so the heuristic keeps them
+        (0..2)
+            .map(|_| {
+                state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                (0..6).map(|i| (b'a' + ((state >> (20 + i * 5)) % 26) as u8) as char).collect::<String>()
+            })
+            .collect::<Vec<_>>()
+            .join("/")
+    };
+    for _ in 0..10_000 {
+        m.observe(&Output::Exchange(exchange(&format!("/{}", word()), 200, 1)));
+    }
+    let text = encode(&reg);
+    let series = text.lines().filter(|l| l.starts_with("http_server_request_duration_seconds_count")).count();
+    assert_eq!(series, 101, "100 routes + _other");
+    let folded = value(&text, "redprobe_routes_folded_total", &[]);
+    let other = value(&text, "http_server_request_duration_seconds_count", &["http_route=\"_other\""]);
+    assert_eq!(folded, 9_900.0);
+    assert_eq!(other, folded, "the overflow counter equals the folded requests");
+}
+
+#[test]
+fn django_prometheus_names() {
+    let mut reg = Registry::default();
+    let m = Metrics::new(&mut reg, Naming::DjangoPrometheus, Router::default(), 10);
+    m.observe(&Output::Exchange(exchange("/users/5", 200, 30)));
+    let mut bad = exchange("/x", 404, 1);
+    bad.method = "BREW".into();
+    m.observe(&Output::Exchange(bad));
+    let text = encode(&reg);
+    for (prefix, labels, want) in [
+        ("django_http_requests_latency_seconds_by_view_method_count", vec!["view=\"/users/{id}\"", "method=\"GET\""], 1.0),
+        ("django_http_requests_total_by_method_total", vec!["method=\"<invalid method>\""], 1.0),
+        ("django_http_responses_total_by_status_total", vec!["status=\"404\""], 1.0),
+        ("django_http_responses_total_by_status_view_method_total", vec!["status=\"200\"", "view=\"/users/{id}\""], 1.0),
+        ("django_http_requests_total_by_view_transport_method_total", vec!["transport=\"http\""], 2.0),
+        ("django_http_requests_before_middlewares_total", vec![], 2.0),
+        ("django_http_responses_body_total_bytes_count", vec![], 2.0),
+        ("django_http_requests_latency_including_middlewares_seconds_count", vec![], 2.0),
+    ] {
+        assert_eq!(value(&text, prefix, &labels), want, "{prefix} {labels:?}\n{text}");
+    }
+    assert!(!text.contains("http_server_request_duration"), "only one naming scheme at a time");
+}
