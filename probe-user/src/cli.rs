@@ -5,24 +5,29 @@ use clap::Parser;
 
 use crate::metrics::Naming;
 
-const AFTER_HELP: &str = "\
-HOW IT WORKS
+/// The text after the flags in `--help`; the hook list comes from the loader's table.
+pub fn after_help() -> String {
+    let hooks: String = crate::loader::HOOKS
+        .iter()
+        .map(|h| format!("    {:<28}{}\n", h.tracepoint, h.purpose))
+        .collect();
+    format!(
+        "HOW IT WORKS
   redprobe attaches eBPF programs to these kernel tracepoints (tp_btf: no kprobes, no
   tracefs needed) and measures only the processes you name and their children:
-    sock:sock_recv_length       bytes a target reads from a socket (requests)
-    sock:sock_send_length       bytes a target writes to a socket (responses)
-    sock:inet_sock_set_state    a target closing a TCP connection
-    sched:sched_process_fork    workers forked by a target become targets
-
+{hooks}
 REQUIREMENTS
   Linux 5.11+ with BTF (/sys/kernel/btf/vmlinux); root, or CAP_BPF + CAP_PERFMON.
 
 EXAMPLES
   sudo redprobe --pid \"$(pgrep -o gunicorn)\"          # master PID: every worker is measured
-  sudo redprobe --pid 1234 --listen 0.0.0.0:9464       # expose beyond loopback (see README)
+  sudo redprobe --pid 1234 --route '/api/items/{{id}}' --service shop
+  sudo redprobe --pid 1234 --naming django-prometheus   # keep django-prometheus dashboards
   curl -s localhost:9464/metrics | grep http_server_request_duration_seconds_count
 
-Logs go to stderr; set RUST_LOG=debug for more.";
+Logs go to stderr; set RUST_LOG=debug for more."
+    )
+}
 
 #[derive(Debug, Parser)]
 #[command(
@@ -32,8 +37,7 @@ Logs go to stderr; set RUST_LOG=debug for more.";
     long_about = "RED metrics (rate, errors, duration) for any HTTP/1.x server, measured from the \
                   kernel with eBPF. Point it at a server's PID; it serves Prometheus metrics \
                   (http_server_request_duration_seconds by method, route, status) without touching \
-                  the server's code.",
-    after_help = AFTER_HELP
+                  the server's code."
 )]
 pub struct Cli {
     /// PID of a server process to measure. Repeatable. Its child processes (workers,

@@ -96,3 +96,20 @@ fn exit_with_target_stops_the_agent() -> Result<()> {
     assert!(status.success(), "{status}: {}", agent.stderr());
     Ok(())
 }
+
+#[test]
+fn bad_route_templates_and_missing_routes_file() -> Result<()> {
+    let server = Server::start_python()?;
+    let pid = server.pid().to_string();
+    let (status, stderr) =
+        run_agent_expecting_exit(Command::new(agent_bin()), &["--pid", &pid, "--route", "api/{id}", "--listen", "127.0.0.1:0"])?;
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("must start with '/'"), "{stderr}");
+    let (status, stderr) = run_agent_expecting_exit(
+        Command::new(agent_bin()),
+        &["--pid", &pid, "--routes-file", "/nonexistent/routes.txt", "--listen", "127.0.0.1:0"],
+    )?;
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("--routes-file /nonexistent/routes.txt"), "{stderr}");
+    Ok(())
+}
