@@ -69,6 +69,19 @@ struct Framing {
     keep_alive: bool,
 }
 
+impl Framing {
+    /// The body's framing; `without_length` applies when neither chunked nor a length is
+    /// declared (no body for requests, until-close for responses).
+    fn body(&self, without_length: BodyFraming) -> BodyFraming {
+        match (self.chunked, self.content_length) {
+            (true, _) => BodyFraming::Chunked,
+            (false, Some(0)) => BodyFraming::None,
+            (false, Some(len)) => BodyFraming::Length(len),
+            (false, None) => without_length,
+        }
+    }
+}
+
 fn framing(headers: &[httparse::Header<'_>]) -> Framing {
     let mut f = Framing { content_length: None, chunked: false, connection_close: false, keep_alive: false };
     for h in headers {
@@ -94,14 +107,7 @@ pub fn parse_request(buf: &[u8]) -> HeadParse<RequestHead> {
         Ok(httparse::Status::Complete(n)) => {
             let f = framing(req.headers);
             let version = Version::from_minor(req.version);
-            let body = if f.chunked {
-                BodyFraming::Chunked
-            } else {
-                match f.content_length {
-                    Some(0) | None => BodyFraming::None,
-                    Some(len) => BodyFraming::Length(len),
-                }
-            };
+            let body = f.body(BodyFraming::None);
             let close = f.connection_close || (version == Version::Http10 && !f.keep_alive);
             HeadParse::Complete(
                 RequestHead {
@@ -138,15 +144,7 @@ pub fn parse_response(buf: &[u8]) -> HeadParse<ResponseHead> {
     match resp.parse(buf) {
         Ok(httparse::Status::Complete(n)) => {
             let f = framing(resp.headers);
-            let body = if f.chunked {
-                BodyFraming::Chunked
-            } else {
-                match f.content_length {
-                    Some(0) => BodyFraming::None,
-                    Some(len) => BodyFraming::Length(len),
-                    None => BodyFraming::UntilClose,
-                }
-            };
+            let body = f.body(BodyFraming::UntilClose);
             HeadParse::Complete(
                 ResponseHead { status: resp.code.unwrap_or(0), version: Version::from_minor(resp.version), body },
                 n,
