@@ -73,6 +73,10 @@ impl Targets {
     /// Starts measuring `info` as part of `service`, and watches for its exit.
     fn add(&mut self, info: ProcInfo, service: Arc<str>, root: bool) -> Result<()> {
         let (pid, start) = (info.pid, info.start_time);
+        if self.set.get(pid).is_some_and(|p| p.start_time == start) {
+            // Seen twice: forked between attach and the /proc scan of descendants.
+            return Ok(());
+        }
         info!(pid, comm = %info.comm, service = %service, "measuring process");
         self.set.add(info)?;
         self.services.insert(pid, service.clone());
