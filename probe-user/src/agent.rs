@@ -244,7 +244,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         }
     }
 
-    let addr = exposition::local_addr(&listener).unwrap_or(cli.listen);
+    let addr = listener.local_addr().unwrap_or(cli.listen);
     tokio::spawn(exposition::serve(listener, Arc::new(registry)));
     info!("probe attached; metrics at http://{addr}/metrics");
 

@@ -106,11 +106,6 @@ pub fn to_prometheus_text(openmetrics: &str) -> String {
     out
 }
 
-/// Address the server actually listens on (for logs when port 0 was asked).
-pub fn local_addr(listener: &TcpListener) -> Option<SocketAddr> {
-    listener.local_addr().ok()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -16,6 +16,7 @@ mod loader;
 mod metrics;
 mod pairing;
 mod privileges;
+mod procfs;
 mod routes;
 mod targets;
 

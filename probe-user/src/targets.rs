@@ -9,6 +9,8 @@ use std::{collections::HashMap, fs, os::fd::{FromRawFd, OwnedFd}};
 use anyhow::{Result, bail};
 use aya::maps::{Array, MapData};
 
+use crate::procfs::Stat;
+
 /// What /proc says about a process.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ProcInfo {
@@ -19,15 +21,10 @@ pub struct ProcInfo {
     pub comm: String,
 }
 
-/// Parses /proc/PID/stat content. The command name is in parentheses and may itself
-/// contain spaces and parentheses, so fields are counted from the last ')'.
+/// Parses /proc/PID/stat content.
 pub fn parse_stat(pid: u32, stat: &str) -> Option<ProcInfo> {
-    let open = stat.find('(')?;
-    let close = stat.rfind(')')?;
-    let comm = stat.get(open + 1..close)?.to_string();
-    let fields: Vec<&str> = stat.get(close + 1..)?.split_whitespace().collect();
-    // fields[0] is field 3 (state): field N is fields[N - 3].
-    Some(ProcInfo { pid, ppid: fields.get(1)?.parse().ok()?, start_time: fields.get(19)?.parse().ok()?, comm })
+    let s = Stat::parse(stat)?;
+    Some(ProcInfo { pid, ppid: s.field(4)?, start_time: s.field(22)?, comm: s.comm.to_string() })
 }
 
 pub fn proc_info(pid: u32) -> Option<ProcInfo> {

@@ -2,6 +2,8 @@
 //! names every Prometheus client library uses) and the targets' saturation.
 use std::fs;
 
+use crate::procfs::Stat;
+
 /// CPU seconds, resident bytes, start time (seconds since boot) of one process.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct ProcStats {
@@ -25,12 +27,10 @@ fn page_size() -> f64 {
     if p > 0 { p as f64 } else { 4096.0 }
 }
 
-/// Parses /proc/PID/stat (fields counted from the last ')').
+/// CPU, memory and start time from /proc/PID/stat content.
 pub fn parse_stat(stat: &str) -> Option<ProcStats> {
-    let rest = stat.get(stat.rfind(')')? + 1..)?;
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    // f[0] is field 3: field N is f[N - 3].
-    let num = |n: usize| f.get(n - 3).and_then(|v| v.parse::<f64>().ok());
+    let s = Stat::parse(stat)?;
+    let num = |n: usize| s.field::<f64>(n);
     let hz = ticks();
     Some(ProcStats {
         utime_s: num(14)? / hz,
