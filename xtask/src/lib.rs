@@ -18,6 +18,15 @@ pub fn agent_path() -> PathBuf {
     workspace_root().join("target/release/redprobe")
 }
 
+/// The Python venv with the test servers' packages (made by `setup::test_dependencies`);
+/// the tests find it through `REDPROBE_PYTHON`.
+pub fn python_venv() -> PathBuf {
+    workspace_root().join("target/pyvenv")
+}
+
+/// Names the Python interpreter the integration tests and the bench use.
+pub const REDPROBE_PYTHON: &str = "REDPROBE_PYTHON";
+
 /// Runs a command in the workspace root, echoing it; fails on a non-zero exit.
 pub fn run(cmd: &mut Command) -> Result<()> {
     cmd.current_dir(workspace_root());

@@ -2,7 +2,7 @@
 //! integration tests, which load the real probe and so run as root, one at a time
 //! (they share kernel state).
 use anyhow::{Result, bail};
-use xtask::{REDPROBE_BIN, agent_path, cargo, is_root, run};
+use xtask::{REDPROBE_BIN, REDPROBE_PYTHON, agent_path, cargo, is_root, python_venv, run};
 
 /// Crates whose unit tests need no kernel (probe-ebpf only builds for the BPF target).
 const UNIT_PACKAGES: &[&str] = &["probe-common", "probe-user", "xtask", "redprobe-tests"];
@@ -18,11 +18,13 @@ pub fn test(filter: Option<&str>) -> Result<()> {
     if !is_root() {
         bail!("the integration tests load eBPF programs: run `cargo xtask test` as root (sudo -E cargo xtask test)");
     }
+    crate::setup::test_dependencies()?;
     let mut integration = cargo();
     integration.args(["test", "--release", "--package", "redprobe-tests", "--tests", "--"]);
     if let Some(f) = filter {
         integration.arg(f);
     }
-    integration.arg("--test-threads=1").env(REDPROBE_BIN, agent_path());
+    integration.arg("--test-threads=1").env(REDPROBE_BIN, agent_path())
+        .env(REDPROBE_PYTHON, python_venv().join("bin/python"));
     run(&mut integration)
 }
