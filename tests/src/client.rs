@@ -1,8 +1,11 @@
-//! A small HTTP/1.x client over std TCP, with exact control of keep-alive, close and
-//! HTTP/1.0, timing each request from the client's side (the client truth).
+//! A small HTTP/1.x client over TCP (IPv4, IPv6) or a Unix socket, with exact control of
+//! keep-alive, close and HTTP/1.0, timing each request from the client's side (the client
+//! truth).
 use std::{
     io::{BufRead, BufReader, Read, Write},
-    net::TcpStream,
+    net::{Shutdown, SocketAddr, TcpStream},
+    os::unix::net::UnixStream,
+    path::PathBuf,
     time::{Duration, Instant},
 };
 
@@ -17,19 +20,117 @@ pub struct Response {
     pub closed: bool,
 }
 
+/// Where a server listens.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Endpoint {
+    Tcp(SocketAddr),
+    Unix(PathBuf),
+}
+
+impl Endpoint {
+    pub fn v4(port: u16) -> Self {
+        Endpoint::Tcp(SocketAddr::from(([127, 0, 0, 1], port)))
+    }
+
+    pub fn v6(port: u16) -> Self {
+        Endpoint::Tcp(SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port)))
+    }
+
+    /// The `network_transport` label redprobe gives this endpoint's requests.
+    pub fn transport(&self) -> &'static str {
+        match self {
+            Endpoint::Tcp(_) => "tcp",
+            Endpoint::Unix(_) => "unix",
+        }
+    }
+
+    /// The port, for TCP endpoints.
+    pub fn port(&self) -> Option<u16> {
+        match self {
+            Endpoint::Tcp(a) => Some(a.port()),
+            Endpoint::Unix(_) => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Endpoint::Tcp(a) => write!(f, "{a}"),
+            Endpoint::Unix(p) => write!(f, "unix:{}", p.display()),
+        }
+    }
+}
+
+/// A connected stream of either kind.
+pub enum Stream {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+impl Stream {
+    pub fn connect(to: &Endpoint) -> Result<Self> {
+        let s = match to {
+            Endpoint::Tcp(a) => {
+                let s = TcpStream::connect(a).with_context(|| format!("connecting to {to}"))?;
+                s.set_nodelay(true)?;
+                s.set_read_timeout(Some(Duration::from_secs(30)))?;
+                Stream::Tcp(s)
+            }
+            Endpoint::Unix(p) => {
+                let s = UnixStream::connect(p).with_context(|| format!("connecting to {to}"))?;
+                s.set_read_timeout(Some(Duration::from_secs(30)))?;
+                Stream::Unix(s)
+            }
+        };
+        Ok(s)
+    }
+
+    pub fn shutdown(&self, how: Shutdown) -> std::io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.shutdown(how),
+            Stream::Unix(s) => s.shutdown(how),
+        }
+    }
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.read(buf),
+            Stream::Unix(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.write(buf),
+            Stream::Unix(s) => s.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 pub struct Conn {
-    reader: BufReader<TcpStream>,
+    reader: BufReader<Stream>,
 }
 
 impl Conn {
+    /// A TCP connection to 127.0.0.1:`port`.
     pub fn open(port: u16) -> Result<Self> {
-        let stream = TcpStream::connect(("127.0.0.1", port)).with_context(|| format!("connecting to 127.0.0.1:{port}"))?;
-        stream.set_read_timeout(Some(Duration::from_secs(30)))?;
-        stream.set_nodelay(true)?;
-        Ok(Conn { reader: BufReader::new(stream) })
+        Self::connect(&Endpoint::v4(port))
     }
 
-    pub fn stream(&mut self) -> &mut TcpStream {
+    pub fn connect(to: &Endpoint) -> Result<Self> {
+        Ok(Conn { reader: BufReader::new(Stream::connect(to)?) })
+    }
+
+    pub fn stream(&mut self) -> &mut Stream {
         self.reader.get_mut()
     }
 
@@ -117,7 +218,12 @@ impl Conn {
 
 /// One request on a fresh connection that is closed afterwards (`Connection: close`).
 pub fn one_shot(port: u16, method: &str, path: &str, version: &str) -> Result<Response> {
-    let mut conn = Conn::open(port)?;
+    one_shot_to(&Endpoint::v4(port), method, path, version)
+}
+
+/// `one_shot` to any endpoint.
+pub fn one_shot_to(to: &Endpoint, method: &str, path: &str, version: &str) -> Result<Response> {
+    let mut conn = Conn::connect(to)?;
     let headers: &[(&str, &str)] = if version == "HTTP/1.1" { &[("Connection", "close")] } else { &[] };
     conn.request(method, path, version, headers, b"")
 }

@@ -3,6 +3,8 @@
 pub mod client;
 pub mod procs;
 pub mod scrape;
+pub mod servers;
+pub mod workload;
 
 use std::time::{Duration, Instant};
 

@@ -29,7 +29,7 @@ pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(0)
 }
 
-fn terminate(child: &mut Child) {
+pub(crate) fn terminate(child: &mut Child) {
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     for _ in 0..200 {
         if let Ok(Some(_)) = child.try_wait() {

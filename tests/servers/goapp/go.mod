@@ -1,0 +1,3 @@
+module redprobe/goapp
+
+go 1.19

@@ -1,0 +1,55 @@
+// The test server on Node's `http` module (libuv). Same routes as app.py.
+// Usage: node node_app.js <host> <port | unix socket path>; prints "LISTENING" once ready.
+"use strict";
+const http = require("http");
+
+const [host, where] = process.argv.slice(2);
+
+function reply(res, status, body, type = "text/plain") {
+  res.writeHead(status, { "Content-Type": type, "Content-Length": Buffer.byteLength(body) });
+  res.end(body);
+}
+
+const server = http.createServer((req, res) => {
+  const url = new URL(req.url, "http://localhost");
+  const path = url.pathname;
+  if (req.method === "POST" && path === "/echo") {
+    let n = 0;
+    req.on("data", (c) => (n += c.length));
+    req.on("end", () => reply(res, 201, `${n}\n`));
+    return;
+  }
+  if (path === "/hello") return reply(res, 200, "hello world\n");
+  if (path.startsWith("/users/")) return reply(res, 200, `{"user": "${path.slice(7)}"}\n`, "application/json");
+  if (path === "/missing") return reply(res, 404, "not found\n");
+  if (path === "/error") return reply(res, 500, "internal error\n");
+  if (path === "/sleep") {
+    const ms = Number(url.searchParams.get("ms") || 50);
+    return setTimeout(() => reply(res, 200, "slept\n"), ms);
+  }
+  if (path === "/stream") {
+    // Chunked, written over time.
+    const parts = Number(url.searchParams.get("parts") || 3);
+    const ms = Number(url.searchParams.get("ms") || 20);
+    res.writeHead(200, { "Content-Type": "text/plain" });
+    let i = 0;
+    const next = () => {
+      res.write(`part ${i}\n`);
+      if (++i < parts) setTimeout(next, ms);
+      else res.end();
+    };
+    return next();
+  }
+  if (path === "/big") {
+    const kb = Number(url.searchParams.get("kb") || 256);
+    return reply(res, 200, Buffer.alloc(kb * 1024, "x"), "application/octet-stream");
+  }
+  if (path === "/nocontent") {
+    res.writeHead(204);
+    return res.end();
+  }
+  reply(res, 404, "not found\n");
+});
+server.keepAliveTimeout = 60000;
+const target = /^\d+$/.test(where) ? [Number(where), host] : [where];
+server.listen(...target, () => console.log("LISTENING"));

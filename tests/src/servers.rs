@@ -1,0 +1,289 @@
+//! The real servers the integration tests and the bench run: gunicorn + Django, uvicorn,
+//! nginx, Node and Go, each on an endpoint of the test's choosing (IPv4, IPv6 or a Unix
+//! socket). Their apps live in `tests/servers/` and serve the same routes as `app.py`.
+//! Each server is ready when it accepts a connection; it is stopped when dropped.
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::OnceLock,
+    time::Duration,
+};
+
+use anyhow::{Context, Result, bail};
+
+use crate::{
+    client::{Endpoint, Stream},
+    procs::{free_port, terminate, workspace_root},
+    wait_for,
+};
+
+/// Which kind of endpoint a server listens on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Bind {
+    V4,
+    V6,
+    Unix,
+}
+
+impl Bind {
+    /// A fresh endpoint of this kind: a free port, or a socket path in `dir`.
+    fn endpoint(self, dir: &Path) -> Endpoint {
+        match self {
+            Bind::V4 => Endpoint::v4(free_port()),
+            Bind::V6 => Endpoint::v6(free_port6()),
+            Bind::Unix => Endpoint::Unix(dir.join("server.sock")),
+        }
+    }
+}
+
+fn free_port6() -> u16 {
+    std::net::TcpListener::bind("[::1]:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(0)
+}
+
+/// A running server and its scratch directory (configs, sockets, static files, logs).
+pub struct RealServer {
+    pub child: Child,
+    pub endpoint: Endpoint,
+    pub dir: tempfile::TempDir,
+    pub name: &'static str,
+}
+
+impl RealServer {
+    /// The PID to give redprobe: the server's main (master) process.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The server's own log, for failure messages.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
+    }
+
+    /// Starts `cmd` (with its output in the scratch log) and waits until `endpoint` accepts.
+    fn spawn(name: &'static str, mut cmd: Command, endpoint: Endpoint, dir: tempfile::TempDir) -> Result<Self> {
+        let log = std::fs::File::create(dir.path().join("server.log"))?;
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {name} ({cmd:?})"))?;
+        let mut server = RealServer { child, endpoint, dir, name };
+        let ready = wait_for(&format!("{name} to accept on {}", server.endpoint), Duration::from_secs(60), || {
+            if let Ok(Some(status)) = server.child.try_wait() {
+                return Some(Err(status));
+            }
+            Stream::connect(&server.endpoint).ok().map(|_| Ok(()))
+        });
+        match ready {
+            Ok(Ok(())) => Ok(server),
+            Ok(Err(status)) => bail!("{name} exited with {status}:\n{}", server.log()),
+            Err(e) => bail!("{e}\n{name} log:\n{}", server.log()),
+        }
+    }
+}
+
+impl Drop for RealServer {
+    fn drop(&mut self) {
+        terminate(&mut self.child);
+    }
+}
+
+/// The Python interpreter with the test servers' packages: `$REDPROBE_PYTHON` (set by
+/// `cargo xtask test` to the venv it made), else `python3`.
+pub fn python() -> PathBuf {
+    std::env::var_os("REDPROBE_PYTHON").map(PathBuf::from).unwrap_or_else(|| "python3".into())
+}
+
+fn scratch() -> Result<tempfile::TempDir> {
+    Ok(tempfile::Builder::new().prefix("redprobe-server-").tempdir()?)
+}
+
+fn servers_dir() -> PathBuf {
+    workspace_root().join("tests/servers")
+}
+
+fn bind_arg(endpoint: &Endpoint) -> String {
+    match endpoint {
+        Endpoint::Tcp(a) => a.to_string(),
+        Endpoint::Unix(p) => format!("unix:{}", p.display()),
+    }
+}
+
+/// gunicorn + Django (tests/servers/djangoapp), sync workers. `extra` adds gunicorn flags
+/// (e.g. `--max-requests`); `env` adds environment (e.g. django-prometheus for the bench).
+pub fn gunicorn(bind: Bind, workers: u32, extra: &[&str], env: &[(&str, &str)]) -> Result<RealServer> {
+    let dir = scratch()?;
+    let endpoint = bind.endpoint(dir.path());
+    let mut cmd = Command::new(python());
+    cmd.args(["-m", "gunicorn", "--no-control-socket", "--workers", &workers.to_string(), "--bind"])
+        .arg(bind_arg(&endpoint))
+        .args(extra)
+        .arg("djangoapp.wsgi")
+        .current_dir(servers_dir())
+        .envs(env.iter().copied());
+    RealServer::spawn("gunicorn", cmd, endpoint, dir)
+}
+
+/// uvicorn (asyncio) serving the same Django app through ASGI.
+pub fn uvicorn(bind: Bind) -> Result<RealServer> {
+    let dir = scratch()?;
+    let endpoint = bind.endpoint(dir.path());
+    let mut cmd = Command::new(python());
+    cmd.args(["-m", "uvicorn", "--no-access-log", "--log-level", "warning"]);
+    match &endpoint {
+        Endpoint::Tcp(a) => cmd.args(["--host", &a.ip().to_string(), "--port", &a.port().to_string()]),
+        Endpoint::Unix(p) => cmd.arg("--uds").arg(p),
+    };
+    cmd.arg("djangoapp.asgi:application").current_dir(servers_dir());
+    RealServer::spawn("uvicorn", cmd, endpoint, dir)
+}
+
+/// Python's http.server serving the files of a scratch directory (`files` are written
+/// there first), in the threaded server the stdlib module runs.
+pub fn http_server(bind: Bind, files: &[(&str, &[u8])]) -> Result<RealServer> {
+    let dir = scratch()?;
+    let endpoint = bind.endpoint(dir.path());
+    let root = dir.path().join("www");
+    std::fs::create_dir(&root)?;
+    for (name, content) in files {
+        std::fs::write(root.join(name), content)?;
+    }
+    let Endpoint::Tcp(addr) = &endpoint else { bail!("python -m http.server listens on TCP only") };
+    let mut cmd = Command::new(python());
+    cmd.args(["-m", "http.server", "--protocol", "HTTP/1.1", "--bind", &addr.ip().to_string(), "--directory"])
+        .arg(&root)
+        .arg(addr.port().to_string());
+    RealServer::spawn("python http.server", cmd, endpoint, dir)
+}
+
+/// Node's `http` module (tests/servers/node_app.js).
+pub fn node(bind: Bind) -> Result<RealServer> {
+    let dir = scratch()?;
+    let endpoint = bind.endpoint(dir.path());
+    let mut cmd = Command::new("node");
+    cmd.arg(servers_dir().join("node_app.js"));
+    match &endpoint {
+        Endpoint::Tcp(a) => cmd.arg(a.ip().to_string()).arg(a.port().to_string()),
+        Endpoint::Unix(p) => cmd.arg("-").arg(p),
+    };
+    RealServer::spawn("node", cmd, endpoint, dir)
+}
+
+/// Go's net/http (tests/servers/goapp), built once per test run into target/.
+pub fn go(bind: Bind) -> Result<RealServer> {
+    let binary = go_binary()?;
+    let dir = scratch()?;
+    let endpoint = bind.endpoint(dir.path());
+    let mut cmd = Command::new(binary);
+    match &endpoint {
+        Endpoint::Tcp(a) if a.is_ipv6() => cmd.arg("tcp6").arg(a.to_string()),
+        Endpoint::Tcp(a) => cmd.arg("tcp4").arg(a.to_string()),
+        Endpoint::Unix(p) => cmd.arg("unix").arg(p),
+    };
+    RealServer::spawn("go net/http", cmd, endpoint, dir)
+}
+
+fn go_binary() -> Result<PathBuf> {
+    static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    let built = BUILT.get_or_init(|| {
+        let out = workspace_root().join("target/goapp");
+        let status = Command::new("go")
+            .args(["build", "-o"])
+            .arg(&out)
+            .arg(".")
+            .current_dir(servers_dir().join("goapp"))
+            .env("GOCACHE", workspace_root().join("target/gocache"))
+            .env("GOFLAGS", "-mod=mod")
+            .status();
+        match status {
+            Ok(s) if s.success() => Ok(out),
+            Ok(s) => Err(format!("go build failed with {s}")),
+            Err(e) => Err(format!("cannot run go (install golang-go): {e}")),
+        }
+    });
+    built.clone().map_err(|e| anyhow::anyhow!(e))
+}
+
+/// What nginx serves, besides `location = /hello { return 200 }`.
+#[derive(Default)]
+pub struct NginxSite<'a> {
+    /// Worker processes (the master is the PID to attach to).
+    pub workers: u32,
+    /// Files under `/static/`, served with sendfile.
+    pub files: &'a [(&'a str, &'a [u8])],
+    /// `/app/` is proxied (HTTP/1.1, keep-alive) to this upstream, e.g. gunicorn on a
+    /// Unix socket.
+    pub upstream: Option<&'a Endpoint>,
+}
+
+/// nginx, master + workers, in the foreground with everything under a scratch prefix.
+pub fn nginx(bind: Bind, site: &NginxSite<'_>) -> Result<RealServer> {
+    let dir = scratch()?;
+    let endpoint = bind.endpoint(dir.path());
+    let prefix = dir.path();
+    let root = prefix.join("www");
+    std::fs::create_dir_all(root.join("static"))?;
+    for (name, content) in site.files {
+        std::fs::write(root.join("static").join(name), content)?;
+    }
+    let listen = match &endpoint {
+        Endpoint::Tcp(a) => a.to_string(),
+        Endpoint::Unix(p) => format!("unix:{}", p.display()),
+    };
+    let upstream = match site.upstream {
+        Some(up) => format!(
+            "upstream app {{ server {}; keepalive 4; }}\n",
+            match up {
+                Endpoint::Tcp(a) => a.to_string(),
+                Endpoint::Unix(p) => format!("unix:{}", p.display()),
+            }
+        ),
+        None => String::new(),
+    };
+    let proxy = if site.upstream.is_some() {
+        "location /app/ { proxy_pass http://app/; proxy_http_version 1.1; proxy_set_header Connection \"\"; }"
+    } else {
+        ""
+    };
+    let conf = format!(
+        r#"daemon off;
+master_process on;
+user root;
+worker_processes {workers};
+pid {prefix}/nginx.pid;
+error_log {prefix}/server.log warn;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    sendfile on;
+    tcp_nopush off;
+    keepalive_requests 100000;
+    client_body_temp_path {prefix}/body;
+    proxy_temp_path {prefix}/proxy;
+    fastcgi_temp_path {prefix}/fastcgi;
+    uwsgi_temp_path {prefix}/uwsgi;
+    scgi_temp_path {prefix}/scgi;
+    default_type application/octet-stream;
+    {upstream}
+    server {{
+        listen {listen};
+        root {root};
+        location = /hello {{ return 200 "hello world\n"; }}
+        location = /missing {{ return 404; }}
+        location = /nocontent {{ return 204; }}
+        location /static/ {{ }}
+        {proxy}
+    }}
+}}
+"#,
+        workers = site.workers.max(1),
+        prefix = prefix.display(),
+        root = root.display(),
+    );
+    let conf_path = prefix.join("nginx.conf");
+    std::fs::write(&conf_path, conf)?;
+    let mut cmd = Command::new("nginx");
+    cmd.arg("-p").arg(prefix).arg("-c").arg(&conf_path).arg("-e").arg(prefix.join("server.log"));
+    RealServer::spawn("nginx", cmd, endpoint, dir)
+}
