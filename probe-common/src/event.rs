@@ -29,6 +29,10 @@ pub const FLAG_UNCLASSIFIED: u32 = 4;
 /// `flags`: the bytes came through a vectored call and `head` holds only the first iovec.
 pub const FLAG_VECTORED: u32 = 8;
 
+/// Iovecs of a vectored read or write that the programs walk for the head and the tail
+/// windows (a bounded loop; servers put a response head in the first one or two).
+pub const MAX_IOVECS: usize = 8;
+
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct EventHeader {
@@ -56,9 +60,11 @@ pub struct DataEvent {
     pub family: u16,
     /// Local port (host order); 0 for UNIX sockets.
     pub local_port: u16,
-    /// Valid bytes in `head` (min(len, first iovec, HEAD_WINDOW)).
+    /// Valid bytes in `head`: the data's first bytes, gathered across up to
+    /// [`MAX_IOVECS`] iovecs for vectored I/O (min(len, HEAD_WINDOW) unless a fault).
     pub head_len: u16,
-    /// Valid bytes in `tail`, the last bytes of the buffer; 0 if not captured.
+    /// Valid bytes in `tail`: `tail[..tail_len]` are the data's last bytes; 0 if not
+    /// captured (the data fit in `head`, or ended beyond the iovecs we walk).
     pub tail_len: u16,
     /// The syscall number the data came through (diagnostics).
     pub syscall: u32,

@@ -30,6 +30,8 @@ pub const COUNTER_SLOTS: u32 = 8;
 
 /// `ConnState::role`: the target receives HTTP requests on it.
 pub const ROLE_SERVER: u32 = 1;
+/// Not classified yet (no entry, or fewer than four bytes received).
+pub const ROLE_UNKNOWN: u32 = 0;
 /// The target sent an HTTP request on it first: an outgoing client connection.
 pub const ROLE_CLIENT: u32 = 2;
 /// Its first received bytes were not an HTTP request; watched until one arrives.
@@ -43,6 +45,11 @@ pub const CONN_LOST_EVENTS: u32 = 1;
 pub struct ConnState {
     pub role: u32,
     pub flags: u32,
+    /// While the role is unknown: the first bytes received so far (little-endian, up to
+    /// four), for clients that send a request line in pieces of under four bytes.
+    pub prefix: u32,
+    /// How many bytes of `prefix` are valid (0..=3 while the role is unknown).
+    pub prefix_len: u32,
 }
 
 /// Settings the agent writes into the programs' read-only data at load time.

@@ -40,7 +40,9 @@ pub struct KernelOffsets {
     pub task_pid: u32,
     /// Non-zero once the agent filled the struct (programs refuse to run otherwise).
     pub valid: u32,
-    pub _pad: u32,
+    /// `unix_sock.addr` (struct unix_address *): NULL for socketpairs and unbound
+    /// clients, set on listeners and on the connections they accept.
+    pub unix_addr: u32,
 }
 
 /// `task_struct.flags` bit of kernel threads.

@@ -1,10 +1,13 @@
 //! The shared path of the send and receive hooks: filter, classify, capture, emit.
-use aya_ebpf::helpers::{bpf_ktime_get_ns, bpf_probe_read_user, generated::bpf_get_socket_cookie};
+use aya_ebpf::helpers::{
+    bpf_ktime_get_ns, bpf_probe_read_user,
+    generated::{self as helpers, bpf_get_socket_cookie},
+};
 use probe_common::{
     syscalls::BufferShape, DataEvent, EventHeader, COUNTER_CLIENT_CONNS, COUNTER_FD_MISMATCH,
     COUNTER_FOREIGN_CONTEXT, COUNTER_LOST, COUNTER_SERVER_CONNS, EVENT_RECV, EVENT_SEND,
-    FLAG_AFTER_LOSS, FLAG_NO_PAYLOAD, FLAG_UNCLASSIFIED, FLAG_VECTORED, HEAD_WINDOW, ROLE_CLIENT,
-    ROLE_OTHER, ROLE_SERVER, TAIL_WINDOW,
+    FLAG_AFTER_LOSS, FLAG_NO_PAYLOAD, FLAG_UNCLASSIFIED, FLAG_VECTORED, HEAD_WINDOW, MAX_IOVECS,
+    ROLE_CLIENT, ROLE_OTHER, ROLE_SERVER, ROLE_UNKNOWN, TAIL_WINDOW,
 };
 
 use crate::{
@@ -13,7 +16,7 @@ use crate::{
     context::{own_syscall, Direction, Rejection, SyscallContext},
     emit::wakeup_flags,
     kernel::read,
-    maps::{count, global, EVENTS},
+    maps::{count, global, EVENTS, SCRATCH},
 };
 
 const AF_UNIX: u16 = 1;
@@ -21,14 +24,15 @@ const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
 const SOCK_STREAM: u16 = 1;
 
-/// The part of the user buffer that holds the first bytes moved.
-struct Segment {
-    ptr: u64,
-    /// Bytes of the data that are in this segment.
-    len: u64,
-    /// The segment holds all the bytes moved (so its end is the data's end).
-    whole: bool,
-    vectored: bool,
+/// Where the bytes a syscall moved are in user memory.
+#[derive(Clone, Copy)]
+enum Source {
+    /// One buffer.
+    Flat(u64),
+    /// An iovec array and its length.
+    Vectored { iov: u64, count: u64 },
+    /// Not from a user buffer (sendfile, splice) or not attributable (recvmmsg).
+    None,
 }
 
 /// Called by both hooks once the process is known to be a target and `moved > 0`.
@@ -42,10 +46,15 @@ pub fn on_socket_io(sk: *const u8, moved: u32, dir: Direction, tgid: u32, tid: u
     if sk_type != SOCK_STREAM {
         return 0;
     }
+    // A UNIX socket with no address is a socketpair (asyncio's self-pipe, worker pipes)
+    // or an unbound client: never a connection accepted from a listener.
+    if family == AF_UNIX && read::<u64>(sk, global!(OFFSETS.unix_addr)).unwrap_or(0) == 0 {
+        return 0;
+    }
     let cookie = unsafe { bpf_get_socket_cookie(sk as *mut _) };
-    let role = match conn::lookup(cookie) {
-        Some(state) => unsafe { (*state).role },
-        None => 0,
+    let (role, prefix, prefix_len) = match conn::lookup(cookie) {
+        Some(state) => unsafe { ((*state).role, (*state).prefix, (*state).prefix_len) },
+        None => (ROLE_UNKNOWN, 0, 0),
     };
     if role == ROLE_CLIENT || (role == ROLE_OTHER && dir == Direction::Send) {
         return 0;
@@ -61,43 +70,103 @@ pub fn on_socket_io(sk: *const u8, moved: u32, dir: Direction, tgid: u32, tid: u
             return 0;
         }
     };
-    let segment = first_segment(&ctx, moved);
+    let src = source(&ctx);
     let mut flags = 0;
     if role != ROLE_SERVER {
         // Unknown or non-HTTP connection: decide from its first four bytes.
-        let request = match &segment {
-            Some(seg) if seg.len >= 4 => match read_user::<u32>(seg.ptr) {
-                Some(first4) => starts_request(first4),
-                None => false,
-            },
-            _ => false,
-        };
-        match (dir, request) {
-            (Direction::Recv, true) => {
-                conn::set_role(cookie, ROLE_SERVER);
-                count(COUNTER_SERVER_CONNS);
-            }
-            (Direction::Recv, false) => {
-                if role == ROLE_OTHER {
-                    return 0;
+        match dir {
+            Direction::Recv => {
+                // Unreadable data (recvmmsg): decide now, as not a request.
+                let (first, have) = first_bytes(src, moved, prefix, prefix_len).unwrap_or((0, 4));
+                if have < 4 {
+                    if role == ROLE_OTHER {
+                        return 0;
+                    }
+                    // Fewer than four bytes so far: remember them and pass the data on;
+                    // the agent holds it until the connection is classified.
+                    conn::set_prefix(cookie, first, have);
+                } else if starts_request(first) {
+                    conn::set_role(cookie, ROLE_SERVER);
+                    count(COUNTER_SERVER_CONNS);
+                } else {
+                    if role == ROLE_OTHER {
+                        return 0;
+                    }
+                    // Tell the agent once what arrived (TLS, garbage, another protocol).
+                    conn::set_role(cookie, ROLE_OTHER);
+                    flags |= FLAG_UNCLASSIFIED;
                 }
-                // Tell the agent once what arrived (TLS, garbage, another protocol).
-                conn::set_role(cookie, ROLE_OTHER);
-                flags |= FLAG_UNCLASSIFIED;
             }
-            (Direction::Send, true) => {
-                conn::set_role(cookie, ROLE_CLIENT);
-                count(COUNTER_CLIENT_CONNS);
+            Direction::Send => {
+                let request = match first_chunk(src, moved) {
+                    Some((ptr, len)) if len >= 4 => read_user::<u32>(ptr).is_some_and(starts_request),
+                    _ => false,
+                };
+                if request {
+                    conn::set_role(cookie, ROLE_CLIENT);
+                    count(COUNTER_CLIENT_CONNS);
+                }
+                // Otherwise a write before any request: a connection opened before we
+                // attached, in the middle of a response. Its next request classifies it.
                 return 0;
             }
-            // A write before any request: a connection opened before we attached, in
-            // the middle of a response. Its next request classifies it.
-            (Direction::Send, false) => return 0,
         }
     }
     let local_port = read::<u16>(sk, global!(OFFSETS.sk_num)).unwrap_or(0);
-    emit_data(cookie, &ctx, segment, moved, dir, flags, tgid, tid, family, local_port);
+    emit_data(cookie, &ctx, src, moved, dir, flags, tgid, tid, family, local_port);
     0
+}
+
+/// The connection's first bytes: what was kept from earlier reads, completed from this
+/// one, up to four. Returns them (little-endian) and how many there are; `None` if the
+/// data cannot be read.
+#[inline(always)]
+fn first_bytes(src: Source, moved: u32, prefix: u32, prefix_len: u32) -> Option<(u32, u32)> {
+    let (ptr, len) = first_chunk(src, moved)?;
+    if prefix_len == 0 && len >= 4 {
+        return read_user::<u32>(ptr).map(|first4| (first4, 4));
+    }
+    let (mut value, mut have) = (prefix, prefix_len & 3);
+    let mut i = 0u64;
+    while i < 4 {
+        if have >= 4 || i >= len {
+            break;
+        }
+        let b = read_user::<u8>(ptr + i)?;
+        value |= (b as u32) << ((have & 3) * 8);
+        have += 1;
+        i += 1;
+    }
+    Some((value, have))
+}
+
+/// The first contiguous piece of the data: (address, bytes of the data in it).
+#[inline(always)]
+fn first_chunk(src: Source, moved: u32) -> Option<(u64, u64)> {
+    match src {
+        Source::Flat(ptr) => Some((ptr, moved as u64)),
+        Source::Vectored { iov, count } if count > 0 => {
+            let first: [u64; 2] = read_user(iov)?;
+            Some((first[0], first[1].min(moved as u64)))
+        }
+        _ => None,
+    }
+}
+
+/// Where the bytes are, from the syscall's registers.
+#[inline(always)]
+fn source(ctx: &SyscallContext) -> Source {
+    match ctx.shape {
+        BufferShape::None => Source::None,
+        BufferShape::Flat => Source::Flat(ctx.buf_arg),
+        BufferShape::Iovec => Source::Vectored { iov: ctx.buf_arg, count: ctx.len_arg },
+        // struct user_msghdr { void *msg_name; int msg_namelen; struct iovec *msg_iov;
+        //                      size_t msg_iovlen; ... } (UAPI)
+        BufferShape::Msghdr => match (read_user::<u64>(ctx.buf_arg + 16), read_user::<u64>(ctx.buf_arg + 24)) {
+            (Some(iov), Some(count)) => Source::Vectored { iov, count },
+            _ => Source::None,
+        },
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -105,7 +174,7 @@ pub fn on_socket_io(sk: *const u8, moved: u32, dir: Direction, tgid: u32, tid: u
 fn emit_data(
     cookie: u64,
     ctx: &SyscallContext,
-    segment: Option<Segment>,
+    src: Source,
     moved: u32,
     dir: Direction,
     mut flags: u32,
@@ -124,26 +193,20 @@ fn emit_data(
     if conn::take_lost(cookie) {
         flags |= FLAG_AFTER_LOSS;
     }
-    let (mut head_len, mut tail_len) = (0u16, 0u16);
-    unsafe {
-        match segment {
-            Some(seg) => {
-                if seg.vectored {
-                    flags |= FLAG_VECTORED;
-                }
-                head_len = copy_head(&mut (*ev).head, seg.ptr, seg.len);
-                if seg.whole && seg.len > HEAD_WINDOW as u64 {
-                    let from = seg.ptr + seg.len - TAIL_WINDOW as u64;
-                    if bpf_probe_read_user(from as *const [u8; TAIL_WINDOW])
-                        .map(|t| (*ev).tail = t)
-                        .is_ok()
-                    {
-                        tail_len = TAIL_WINDOW as u16;
-                    }
-                }
+    let (head_len, tail_len) = unsafe {
+        match src {
+            Source::Flat(ptr) => capture_flat(&mut *ev, ptr, moved as u64),
+            Source::Vectored { iov, count } => {
+                flags |= FLAG_VECTORED;
+                capture_vectored(&mut *ev, iov, count, moved as u64)
             }
-            None => flags |= FLAG_NO_PAYLOAD,
+            Source::None => {
+                flags |= FLAG_NO_PAYLOAD;
+                (0, 0)
+            }
         }
+    };
+    unsafe {
         (*ev).header = EventHeader {
             kind: if dir == Direction::Recv { EVENT_RECV } else { EVENT_SEND },
             flags,
@@ -162,44 +225,105 @@ fn emit_data(
     entry.submit(wakeup);
 }
 
+/// One buffer: the head window from its start, the tail window from its end.
+#[inline(always)]
+fn capture_flat(ev: &mut DataEvent, ptr: u64, len: u64) -> (u16, u16) {
+    let head_len = copy_head(&mut ev.head, ptr, len);
+    let mut tail_len = 0;
+    if len > HEAD_WINDOW as u64 {
+        let from = ptr + len - TAIL_WINDOW as u64;
+        if let Some(t) = read_user::<[u8; TAIL_WINDOW]>(from) {
+            ev.tail = t;
+            tail_len = TAIL_WINDOW as u16;
+        }
+    }
+    (head_len, tail_len)
+}
+
+/// An iovec array: the head window gathered across the first iovecs (through a per-CPU
+/// scratch buffer, so that every copy has a bound the verifier can check), and the tail
+/// window from the end of the last iovec the data reaches, if that is among the first
+/// `MAX_IOVECS`.
+#[inline(always)]
+fn capture_vectored(ev: &mut DataEvent, iov: u64, count: u64, moved: u64) -> (u16, u16) {
+    let Some(scratch) = SCRATCH.get_ptr_mut(0) else { return (0, 0) };
+    let scratch = scratch as *mut u8;
+    let (mut filled, mut seen) = (0u64, 0u64);
+    let (mut last_base, mut last_len) = (0u64, 0u64);
+    let mut i = 0u64;
+    while i < MAX_IOVECS as u64 {
+        if i >= count || seen >= moved {
+            break;
+        }
+        let Some(v) = read_user::<[u64; 2]>(iov + i * 16) else { break };
+        let in_data = v[1].min(moved - seen);
+        if filled < HEAD_WINDOW as u64 {
+            let take = in_data.min(HEAD_WINDOW as u64 - filled);
+            let src = v[0] as *const core::ffi::c_void;
+            let rc = if take >= HEAD_WINDOW as u64 {
+                // A whole window from the first iovec.
+                unsafe { helpers::bpf_probe_read_user(scratch as *mut _, HEAD_WINDOW as u32, src) }
+            } else {
+                // filled < HEAD_WINDOW and take < HEAD_WINDOW: the masks only restate that,
+                // and the scratch buffer holds twice the window.
+                let dst = unsafe { scratch.add(bounded(filled, HEAD_WINDOW as u64 - 1) as usize) };
+                unsafe { helpers::bpf_probe_read_user(dst as *mut _, bounded(take, HEAD_WINDOW as u64 - 1), src) }
+            };
+            if rc != 0 {
+                break;
+            }
+            filled += take;
+        }
+        seen += in_data;
+        last_base = v[0];
+        last_len = in_data;
+        i += 1;
+    }
+    let head_len = filled.min(HEAD_WINDOW as u64);
+    unsafe { helpers::bpf_probe_read_kernel(ev.head.as_mut_ptr() as *mut _, HEAD_WINDOW as u32, scratch as *const _) };
+    let mut tail_len = 0u64;
+    if seen == moved && moved > head_len {
+        // The data's last bytes are the end of the last iovec we walked.
+        let n = last_len.min(TAIL_WINDOW as u64);
+        let from = last_base + last_len - n;
+        let dst = ev.tail.as_mut_ptr() as *mut core::ffi::c_void;
+        let from = from as *const core::ffi::c_void;
+        let rc = if n >= TAIL_WINDOW as u64 {
+            unsafe { helpers::bpf_probe_read_user(dst, TAIL_WINDOW as u32, from) }
+        } else {
+            unsafe { helpers::bpf_probe_read_user(dst, bounded(n, TAIL_WINDOW as u64 - 1), from) }
+        };
+        if rc == 0 {
+            tail_len = n;
+        }
+    }
+    (head_len as u16, tail_len as u16)
+}
+
 /// Copies min(len, HEAD_WINDOW) bytes; returns how many are valid.
 #[inline(always)]
 fn copy_head(dst: &mut [u8; HEAD_WINDOW], src: u64, len: u64) -> u16 {
     let dst = dst.as_mut_ptr() as *mut core::ffi::c_void;
     let src = src as *const core::ffi::c_void;
     if len >= HEAD_WINDOW as u64 {
-        let rc = unsafe {
-            aya_ebpf::helpers::generated::bpf_probe_read_user(dst, HEAD_WINDOW as u32, src)
-        };
+        let rc = unsafe { helpers::bpf_probe_read_user(dst, HEAD_WINDOW as u32, src) };
         return if rc == 0 { HEAD_WINDOW as u16 } else { 0 };
     }
     // len < HEAD_WINDOW: the mask only tells the verifier the bound it already holds.
-    let n = (len as u32) & (HEAD_WINDOW as u32 - 1);
-    let rc = unsafe { aya_ebpf::helpers::generated::bpf_probe_read_user(dst, n, src) };
+    let n = bounded(len, HEAD_WINDOW as u64 - 1);
+    let rc = unsafe { helpers::bpf_probe_read_user(dst, n, src) };
     if rc == 0 { n as u16 } else { 0 }
+}
+
+/// `value & mask`, with the mask applied to a value the compiler cannot reason about, so
+/// that the AND reaches the verifier (which needs it to bound a copy's size or offset)
+/// instead of being folded away by an earlier range check on another register.
+#[inline(always)]
+fn bounded(value: u64, mask: u64) -> u32 {
+    (unsafe { core::ptr::read_volatile(&value) } & mask) as u32
 }
 
 #[inline(always)]
 fn read_user<T>(addr: u64) -> Option<T> {
     unsafe { bpf_probe_read_user(addr as *const T).ok() }
-}
-
-/// Where the first bytes of the data are, from the syscall's registers.
-#[inline(always)]
-fn first_segment(ctx: &SyscallContext, moved: u32) -> Option<Segment> {
-    let moved = moved as u64;
-    let (iov_ptr, iov_count) = match ctx.shape {
-        BufferShape::None => return None,
-        BufferShape::Flat => {
-            return Some(Segment { ptr: ctx.buf_arg, len: moved, whole: true, vectored: false });
-        }
-        BufferShape::Iovec => (ctx.buf_arg, ctx.len_arg),
-        // struct user_msghdr { void *msg_name; int msg_namelen; struct iovec *msg_iov;
-        //                      size_t msg_iovlen; ... } (UAPI)
-        BufferShape::Msghdr => (read_user::<u64>(ctx.buf_arg + 16)?, read_user::<u64>(ctx.buf_arg + 24)?),
-    };
-    // struct iovec { void *iov_base; size_t iov_len; } (UAPI)
-    let iov: [u64; 2] = read_user(iov_ptr)?;
-    let len = if iov[1] < moved { iov[1] } else { moved };
-    Some(Segment { ptr: iov[0], len, whole: iov_count == 1 || iov[1] >= moved, vectored: true })
 }

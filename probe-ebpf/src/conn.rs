@@ -1,7 +1,7 @@
 //! Per-connection role, keyed by socket cookie (unique for the socket's lifetime, so it
 //! survives fd reuse and socket-address reuse). Entries live in an LRU map; the close
 //! hook removes them when the target closes the connection.
-use probe_common::{ConnState, COUNTER_CONN_INSERT_FAILED, CONN_LOST_EVENTS};
+use probe_common::{ConnState, COUNTER_CONN_INSERT_FAILED, CONN_LOST_EVENTS, ROLE_UNKNOWN};
 
 use crate::maps::{count, CONNS};
 
@@ -12,7 +12,17 @@ pub fn lookup(cookie: u64) -> Option<*mut ConnState> {
 
 #[inline(always)]
 pub fn set_role(cookie: u64, role: u32) {
-    let state = ConnState { role, flags: 0 };
+    insert(cookie, ConnState { role, flags: 0, prefix: 0, prefix_len: 0 });
+}
+
+/// An unclassified connection's first bytes so far (fewer than four).
+#[inline(always)]
+pub fn set_prefix(cookie: u64, prefix: u32, prefix_len: u32) {
+    insert(cookie, ConnState { role: ROLE_UNKNOWN, flags: 0, prefix, prefix_len });
+}
+
+#[inline(always)]
+fn insert(cookie: u64, state: ConnState) {
     if CONNS.insert(&cookie, &state, 0).is_err() {
         count(COUNTER_CONN_INSERT_FAILED);
     }

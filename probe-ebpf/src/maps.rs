@@ -4,7 +4,7 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, LruHashMap, PerCpuArray, RingBuf},
 };
-use probe_common::{ConnState, KernelOffsets, ProbeConfig, COUNTER_SLOTS};
+use probe_common::{ConnState, KernelOffsets, ProbeConfig, COUNTER_SLOTS, HEAD_WINDOW};
 
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 22, 0);
@@ -14,6 +14,11 @@ pub static TARGETS: Array<u64> = Array::with_max_entries(1, 0);
 
 #[map]
 pub static CONNS: LruHashMap<u64, ConnState> = LruHashMap::with_max_entries(1, 0);
+
+/// Per-CPU scratch for gathering a vectored head window: twice the window, so that a copy
+/// of at most one window at an offset below one window is always in bounds.
+#[map]
+pub static SCRATCH: PerCpuArray<[u8; 2 * HEAD_WINDOW]> = PerCpuArray::with_max_entries(1, 0);
 
 #[map]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_SLOTS, 0);
@@ -37,7 +42,7 @@ pub static OFFSETS: KernelOffsets = KernelOffsets {
     regs_arg3: 0,
     task_pid: 0,
     valid: 0,
-    _pad: 0,
+    unix_addr: 0,
 };
 
 #[unsafe(no_mangle)]

@@ -231,8 +231,8 @@ impl Btf {
             regs_arg1: self.offset_of("pt_regs", "di", 8)?,
             regs_arg2: self.offset_of("pt_regs", "si", 8)?,
             regs_arg3: self.offset_of("pt_regs", "dx", 8)?,
+            unix_addr: self.offset_of("unix_sock", "addr", 8)?,
             valid: 1,
-            _pad: 0,
         })
     }
 }

@@ -63,7 +63,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
             let ev: DataEvent = read(bytes)?;
             let head_len = (ev.head_len as usize).min(ev.head.len()).min(ev.len as usize);
             let tail_len = (ev.tail_len as usize).min(ev.tail.len());
-            let tail = if (ev.len as usize) > head_len { ev.tail[ev.tail.len() - tail_len..].to_vec() } else { vec![] };
+            let tail = if (ev.len as usize) > head_len { ev.tail[..tail_len].to_vec() } else { vec![] };
             Ok(Event::Data(Data {
                 conn_id: ev.conn_id,
                 tgid: ev.tgid,

@@ -65,7 +65,17 @@ pub fn explain_load_error(e: EbpfError) -> anyhow::Error {
 pub fn explain_program_error(tracepoint: &str, e: ProgramError) -> anyhow::Error {
     let detail = match &e {
         ProgramError::LoadError { io_error, verifier_log } => {
-            if is_permission(io_error) {
+            let log = verifier_log.to_string();
+            if !log.trim().is_empty() && io_error.raw_os_error() == Some(libc::EACCES) {
+                // EACCES with a log is the verifier refusing the program, not privileges.
+                let tail: Vec<&str> = log.lines().rev().take(25).collect();
+                let tail: Vec<&str> = tail.into_iter().rev().collect();
+                format!(
+                    "the kernel's verifier rejected the program (a redprobe bug on this kernel; \
+                     please report it with this log): {io_error}\nverifier log (last lines):\n{}",
+                    tail.join("\n")
+                )
+            } else if is_permission(io_error) {
                 format!("permission denied (needs CAP_BPF and CAP_PERFMON, or root): {io_error}")
             } else {
                 format!("{io_error}\nverifier log:\n{verifier_log}")
