@@ -120,6 +120,21 @@ impl Workload {
         Ok(())
     }
 
+    /// Requests for `paths` written in one go, then their responses in order; each path
+    /// is its own route.
+    pub fn pipelined_paths(&mut self, paths: &[&str]) -> Result<()> {
+        let mut c = Conn::connect(&self.to)?;
+        let batch: String = paths.iter().map(|p| format!("GET {p} HTTP/1.1\r\nHost: localhost\r\n\r\n")).collect();
+        let start = Instant::now();
+        c.stream().write_all(batch.as_bytes())?;
+        for p in paths {
+            let mut r = c.read_response(false)?;
+            r.elapsed = start.elapsed();
+            self.record("GET", p, &r);
+        }
+        Ok(())
+    }
+
     /// `n` requests to /sleep?ms=`ms` on one connection.
     pub fn sleeps(&mut self, n: usize, ms: u64) -> Result<()> {
         for _ in 0..n {

@@ -1,0 +1,127 @@
+//! nginx, master + 2 workers, the agent given the master PID: `return` responses, static
+//! files sent with sendfile, and `proxy_pass` to gunicorn over a Unix socket, where
+//! nginx's own upstream connections are client connections and never count as served.
+use anyhow::Result;
+use testkit::{
+    client::Conn,
+    procs::Agent,
+    servers::{Bind, NginxSite, gunicorn, nginx},
+    workload::{Workload, assert_exact},
+};
+
+const PAGE: &[u8] = &[b'p'; 4096];
+
+fn nginx_mix(w: &mut Workload) -> Result<()> {
+    let mut c = Conn::connect(&w.to)?;
+    for _ in 0..5 {
+        let r = c.get("/hello")?;
+        w.record("GET", "/hello", &r);
+    }
+    for _ in 0..3 {
+        let r = c.get("/static/page.html")?;
+        anyhow::ensure!(r.body == PAGE, "static body of {} bytes", r.body.len());
+        w.record("GET", "/static/page.html", &r);
+    }
+    let r = c.request("HEAD", "/static/page.html", "HTTP/1.1", &[], b"")?;
+    w.record("HEAD", "/static/page.html", &r);
+    let r = c.get("/missing")?;
+    w.record("GET", "/missing", &r);
+    let r = c.get("/nocontent")?;
+    w.record("GET", "/nocontent", &r);
+    let r = c.get("/static/big.bin")?;
+    anyhow::ensure!(r.body.len() == 3 << 20, "big static body of {} bytes", r.body.len());
+    w.record("GET", "/static/big.bin", &r);
+    w.fresh_connections()?;
+    w.pipelined_paths(&["/hello", "/static/page.html", "/hello", "/missing"])?;
+    Ok(())
+}
+
+fn static_site(big: &[u8]) -> Vec<(&'static str, &[u8])> {
+    vec![("page.html", PAGE), ("big.bin", big)]
+}
+
+fn run(bind: Bind) -> Result<()> {
+    let big = vec![b'b'; 3 << 20];
+    let files = static_site(&big);
+    let server = nginx(bind, &NginxSite { workers: 2, files: &files, upstream: None })?;
+    let agent = Agent::start(&["--pid".into(), server.pid().to_string()])?;
+    let mut w = Workload::new(&server.endpoint);
+    nginx_mix(&mut w)?;
+    let m = assert_exact(&agent, &w, &format!("nginx return+sendfile ({bind:?})"))?;
+    // The static responses went out with sendfile: counted by bytes, not payload.
+    let big_bytes = m.sum("http_server_response_body_size_bytes_sum", &[("http_route", "/static/big.bin")]);
+    assert_eq!(big_bytes, (3 << 20) as f64, "response body bytes of the sendfile route");
+    Ok(())
+}
+
+#[test]
+fn nginx_return_and_sendfile_ipv4() -> Result<()> {
+    run(Bind::V4)
+}
+
+#[test]
+fn nginx_return_and_sendfile_ipv6() -> Result<()> {
+    run(Bind::V6)
+}
+
+#[test]
+fn nginx_proxy_pass_to_gunicorn_over_a_unix_socket() -> Result<()> {
+    proxy_pass(Bind::Unix)
+}
+
+#[test]
+fn nginx_proxy_pass_to_gunicorn_over_tcp() -> Result<()> {
+    proxy_pass(Bind::V4)
+}
+
+fn proxy_pass(upstream: Bind) -> Result<()> {
+    let app = gunicorn(upstream, 2, &[], &[])?;
+    let site = NginxSite { workers: 2, files: &[], upstream: Some(&app.endpoint) };
+    let proxy = nginx(Bind::V4, &site)?;
+    // One agent, both targets: nginx's served requests on TCP and gunicorn's on the Unix
+    // socket; nginx's upstream side of the same requests is a client connection.
+    let agent = Agent::start(&["--pid".into(), proxy.pid().to_string(), "--pid".into(), app.pid().to_string()])?;
+    let mut c = Conn::connect(&proxy.endpoint)?;
+    let mut truth = testkit::workload::Counts::new();
+    let mut add = |k: (&str, u16, &str)| *truth.entry((k.0.to_string(), k.1, k.2.to_string())).or_insert(0) += 1;
+    for _ in 0..4 {
+        assert_eq!(c.get("/app/hello")?.status, 200);
+        add(("GET", 200, "/app/hello"));
+        add(("GET", 200, "/hello"));
+    }
+    for _ in 0..2 {
+        assert_eq!(c.get("/app/error")?.status, 500);
+        add(("GET", 500, "/app/error"));
+        add(("GET", 500, "/error"));
+    }
+    let r = c.get("/app/stream?parts=3&ms=10")?;
+    assert_eq!(r.body, b"part 0\npart 1\npart 2\n");
+    add(("GET", 200, "/app/stream"));
+    add(("GET", 200, "/stream"));
+    assert_eq!(c.get("/hello")?.status, 200);
+    add(("GET", 200, "/hello"));
+    let total: u64 = truth.values().sum();
+    let m = agent.wait_metrics("proxied requests counted", |m| m.request_counts().values().sum::<u64>() >= total)?;
+    println!(
+        "nginx proxy_pass + gunicorn ({upstream:?}): requests sent 8 (7 proxied), counted {} (nginx 8 + gunicorn 7)",
+        m.request_counts().values().sum::<u64>()
+    );
+    assert_eq!(m.request_counts(), truth, "nginx + gunicorn counts");
+    let by = |service: &str, transport: &str| {
+        m.sum("http_server_request_duration_seconds_count", &[("service_name", service), ("network_transport", transport)])
+    };
+    let app_transport = app.endpoint.transport();
+    assert_eq!(by("nginx", "tcp"), 8.0, "nginx's served requests");
+    let app_requests = m.sum("http_server_request_duration_seconds_count", &[("network_transport", app_transport)])
+        - if app_transport == "tcp" { by("nginx", "tcp") } else { 0.0 };
+    assert_eq!(app_requests, 7.0, "gunicorn's served requests on {app_transport}");
+    assert_eq!(by("nginx", "unix"), 0.0, "nginx's upstream requests must not count as served");
+    if upstream != Bind::Unix {
+        // A TCP upstream connection is seen, and classified as nginx's client side. (An
+        // unbound Unix client socket is skipped before classification.)
+        let clients = m.sum("redprobe_connections_classified_total", &[("role", "client")]);
+        assert!(clients >= 1.0, "upstream connections classified as client: {clients}");
+    }
+    assert_eq!(m.sum("redprobe_requests_unparsed_total", &[]), 0.0);
+    Ok(())
+}
