@@ -2,6 +2,7 @@
 use anyhow::{Result, bail};
 use aya::{EbpfError, programs::ProgramError};
 
+const CAP_SYS_PTRACE: u32 = 19;
 const CAP_SYS_ADMIN: u32 = 21;
 const CAP_PERFMON: u32 = 38;
 const CAP_BPF: u32 = 39;
@@ -32,6 +33,12 @@ pub fn missing_capabilities(caps: u64) -> Vec<&'static str> {
         missing.push("CAP_PERFMON");
     }
     missing
+}
+
+/// True if this process may read the /proc/PID/fd of processes of other users (or with
+/// capabilities it lacks): what `--port` needs to map a socket to its process.
+pub fn can_inspect_other_processes() -> bool {
+    effective_caps() & (1u64 << CAP_SYS_PTRACE) != 0
 }
 
 pub fn check() -> Result<()> {

@@ -23,3 +23,12 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Opt
         pause = (pause * 2).min(Duration::from_millis(100));
     }
 }
+
+/// A command line as a shell would show it, for messages.
+pub fn describe(cmd: &std::process::Command) -> String {
+    std::iter::once(cmd.get_program())
+        .chain(cmd.get_args())
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
