@@ -141,13 +141,17 @@ impl Targets {
             info!(pid = m.info.pid, comm = %m.info.comm, "selected by {}", m.selector);
             self.add_tree(m.info, service)?;
         }
-        if scan.denied > 0 && !selectors.ports.is_empty() && !*warned && !privileges::can_inspect_other_processes() {
-            warn!(
-                "--port: the sockets of {} processes could not be read (/proc/PID/fd) without CAP_SYS_PTRACE; \
-                 a server among them is not measured. Grant CAP_SYS_PTRACE, or select it with --exe or --cgroup",
-                scan.denied
-            );
-            *warned = true;
+        if scan.denied > 0 && !selectors.ports.is_empty() && !*warned {
+            let missing = privileges::missing_for_port_selector();
+            if !missing.is_empty() {
+                let missing = missing.join(" and ");
+                warn!(
+                    "--port: the sockets of {} processes could not be read (/proc/PID/fd) without {missing}; \
+                     a server among them is not measured. Grant {missing}, or select the server with --exe or --cgroup",
+                    scan.denied
+                );
+                *warned = true;
+            }
         }
         Ok(())
     }
