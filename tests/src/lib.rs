@@ -2,6 +2,7 @@
 //! integration tests (which load the real probe) and by `cargo xtask demo`.
 pub mod client;
 pub mod procs;
+pub mod prom;
 pub mod scrape;
 pub mod servers;
 pub mod workload;
