@@ -24,6 +24,8 @@ use crate::targets::{self, ProcInfo};
 
 /// The kernel keeps this many bytes of a command name (TASK_COMM_LEN - 1).
 const COMM_LEN: usize = 15;
+/// PID of the kernel thread that forks every other kernel thread.
+const KTHREADD: u32 = 2;
 /// `st` value of a listening socket in /proc/net/tcp.
 const TCP_LISTEN: &str = "0A";
 
@@ -82,7 +84,14 @@ impl Selectors {
         if self.is_empty() {
             return scan;
         }
-        let procs: Vec<ProcInfo> = list_pids().into_iter().filter(|p| *p != me).filter_map(targets::proc_info).collect();
+        // Kernel threads (kthreadd, PID 2, and its children) serve no HTTP: never selected,
+        // even under `--cgroup /`.
+        let procs: Vec<ProcInfo> = list_pids()
+            .into_iter()
+            .filter(|p| *p != me && *p != KTHREADD)
+            .filter_map(targets::proc_info)
+            .filter(|p| p.ppid != KTHREADD)
+            .collect();
         let mut found: BTreeMap<u32, String> = BTreeMap::new();
         for exe in &self.exes {
             for p in procs.iter().filter(|p| exe_matches(exe, &p.comm, || exe_name(p.pid))) {
@@ -330,6 +339,9 @@ mod tests {
         let s = Selectors::new(&[], &[me.comm.clone()], &[]).unwrap();
         assert!(s.scan(0).matches.iter().any(|m| m.info.pid == me.pid));
         assert!(!s.scan(me.pid).matches.iter().any(|m| m.info.pid == me.pid));
+        // Kernel threads are never selected.
+        let kernel = Selectors::new(&[], &["kthreadd".into()], &[]).unwrap();
+        assert!(kernel.scan(0).matches.is_empty(), "{:?}", kernel.scan(0));
     }
 
     #[test]
