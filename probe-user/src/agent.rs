@@ -32,7 +32,9 @@ use crate::{
         saturation::{Member, Saturation},
     },
     pairing::Pairer,
+    privileges,
     routes::{self, Router, Template},
+    selectors::Selectors,
     targets::{self, ProcInfo, TargetSet},
 };
 
@@ -103,6 +105,9 @@ impl Targets {
     }
 
     fn exited(&mut self, pid: u32, start: u64) -> Result<()> {
+        if let Ok(mut m) = self.saturation.members.lock() {
+            m.retain(|m| !(m.pid == pid && m.start_time == start));
+        }
         if !self.set.get(pid).is_some_and(|p| p.start_time == start) {
             return Ok(()); // already gone, or the PID now belongs to another process
         }
@@ -111,10 +116,43 @@ impl Targets {
             self.health.target_exits.inc();
         }
         self.services.remove(&pid);
-        if let Ok(mut m) = self.saturation.members.lock() {
-            m.retain(|m| !(m.pid == pid && m.start_time == start));
-        }
         self.health.targets.set(self.set.len() as i64);
+        Ok(())
+    }
+
+    /// Starts measuring `root` and its children, unless it is measured already.
+    fn add_tree(&mut self, root: ProcInfo, service: Option<&str>) -> Result<()> {
+        let service: Arc<str> = service.map(str::to_string).unwrap_or_else(|| root.comm.clone()).into();
+        let pid = root.pid;
+        self.add(root, service.clone(), true)?;
+        for child in targets::descendants(pid) {
+            self.add(child, service.clone(), false)?;
+        }
+        Ok(())
+    }
+
+    /// Adds the processes the selectors match now and that are not measured yet.
+    fn rescan(&mut self, selectors: &Selectors, service: Option<&str>, warned: &mut bool) -> Result<()> {
+        let scan = selectors.scan(std::process::id());
+        for m in scan.matches {
+            if self.set.get(m.info.pid).is_some_and(|p| p.start_time == m.info.start_time) {
+                continue;
+            }
+            info!(pid = m.info.pid, comm = %m.info.comm, "selected by {}", m.selector);
+            self.add_tree(m.info, service)?;
+        }
+        if scan.denied > 0 && !selectors.ports.is_empty() && !*warned {
+            let missing = privileges::missing_for_port_selector();
+            if !missing.is_empty() {
+                let missing = missing.join(" and ");
+                warn!(
+                    "--port: the sockets of {} processes could not be read (/proc/PID/fd) without {missing}; \
+                     a server among them is not measured. Grant {missing}, or select the server with --exe or --cgroup",
+                    scan.denied
+                );
+                *warned = true;
+            }
+        }
         Ok(())
     }
 
@@ -214,6 +252,7 @@ impl Pipeline {
 pub async fn run(cli: Cli) -> Result<()> {
     let router = router(&cli)?;
     let roots = cli.pids.iter().map(|p| targets::inspect(*p)).collect::<Result<Vec<_>>>()?;
+    let selectors = Selectors::new(&cli.ports, &cli.exes, &cli.cgroups)?;
     let listener = exposition::bind(cli.listen).await?;
     let Probe { ebpf: _ebpf, events, targets: target_map, counters, conns, target_words } =
         loader::load(&LoadOptions {
@@ -236,11 +275,13 @@ pub async fn run(cli: Cli) -> Result<()> {
         health: metrics.health.clone(),
     };
     for root in roots {
-        let service: Arc<str> = cli.service.clone().unwrap_or_else(|| root.comm.clone()).into();
-        let pid = root.pid;
-        targets.add(root, service.clone(), true)?;
-        for child in targets::descendants(pid) {
-            targets.add(child, service.clone(), false)?;
+        targets.add_tree(root, cli.service.as_deref())?;
+    }
+    let mut warned_denied = false;
+    if !selectors.is_empty() {
+        targets.rescan(&selectors, cli.service.as_deref(), &mut warned_denied)?;
+        if targets.set.len() == 0 {
+            info!("no process matches {selectors} yet; checking every {} ms", cli.rescan_interval_ms);
         }
     }
 
@@ -262,6 +303,7 @@ pub async fn run(cli: Cli) -> Result<()> {
     let mut last_map_count = Instant::now();
     let mut drain_tick = interval(Duration::from_millis(cli.drain_interval_ms.max(1)));
     let mut housekeeping = interval(Duration::from_secs(1));
+    let mut rescan = interval(Duration::from_millis(cli.rescan_interval_ms.max(10)));
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
     loop {
@@ -280,6 +322,9 @@ pub async fn run(cli: Cli) -> Result<()> {
                     count_conns(&conns);
                     last_map_count = Instant::now();
                 }
+            }
+            _ = rescan.tick(), if !selectors.is_empty() => {
+                targets.rescan(&selectors, cli.service.as_deref(), &mut warned_denied)?;
             }
             Some((pid, start)) = exit_rx.recv() => {
                 pipeline.drain(ring.get_mut(), &targets.services);

@@ -1,7 +1,7 @@
 //! Command line: what a user can ask of the agent.
 use std::net::SocketAddr;
 
-use clap::Parser;
+use clap::{ArgGroup, Parser};
 
 use crate::metrics::Naming;
 
@@ -16,13 +16,24 @@ pub fn after_help() -> String {
   redprobe attaches eBPF programs to these kernel tracepoints (tp_btf: no kprobes, no
   tracefs needed) and measures only the processes you name and their children:
 {hooks}
+CHOOSING TARGETS
+  --pid names processes running now. --port, --exe and --cgroup name them by something
+  that survives a restart: they are re-evaluated every --rescan-interval-ms, and every
+  process that matches (and its children) is measured, including one restarted under a
+  new PID. They combine with each other and with --pid; a process matching several is
+  measured once.
+
 REQUIREMENTS
   Linux 5.11+ with BTF (/sys/kernel/btf/vmlinux); root, or CAP_BPF + CAP_PERFMON.
+  --port also needs CAP_SYS_PTRACE to see the sockets of processes of other users.
 
 EXAMPLES
   sudo redprobe --pid \"$(pgrep -o gunicorn)\"          # master PID: every worker is measured
   sudo redprobe --pid 1234 --route '/api/items/{{id}}' --service shop
   sudo redprobe --pid 1234 --naming django-prometheus   # keep django-prometheus dashboards
+  sudo redprobe --port 8000 --service shop             # whatever listens on port 8000
+  sudo redprobe --exe gunicorn                         # every gunicorn, now and later
+  sudo redprobe --cgroup /system.slice/shop.service    # a systemd unit (cgroup v2)
   curl -s localhost:9464/metrics | grep http_server_request_duration_seconds_count
 
 Logs go to stderr; set RUST_LOG=debug for more."
@@ -35,15 +46,39 @@ Logs go to stderr; set RUST_LOG=debug for more."
     version,
     about = "RED metrics (rate, errors, duration) for any HTTP/1.x server, measured from the kernel",
     long_about = "RED metrics (rate, errors, duration) for any HTTP/1.x server, measured from the \
-                  kernel with eBPF. Point it at a server's PID; it serves Prometheus metrics \
-                  (http_server_request_duration_seconds by method, route, status) without touching \
-                  the server's code."
+                  kernel with eBPF. Point it at a server (by PID, listening port, executable name or \
+                  cgroup); it serves Prometheus metrics (http_server_request_duration_seconds by \
+                  method, route, status) without touching the server's code."
 )]
+#[command(group(ArgGroup::new("target").required(true).multiple(true).args(["pids", "ports", "exes", "cgroups"])))]
 pub struct Cli {
     /// PID of a server process to measure. Repeatable. Its child processes (workers,
     /// including those forked later) are measured too.
-    #[arg(long = "pid", value_name = "PID", required = true)]
+    #[arg(long = "pid", value_name = "PID")]
     pub pids: Vec<u32>,
+
+    /// Measure whatever process listens on this TCP port (IPv4 or IPv6, in any network
+    /// namespace, so servers in containers too), and its children. Repeatable.
+    /// Re-evaluated as processes come and go.
+    #[arg(long = "port", value_name = "PORT")]
+    pub ports: Vec<u16>,
+
+    /// Measure every process with this command name (as `ps -o comm` and `pgrep` show it)
+    /// or executable file name, e.g. gunicorn, and its children. Repeatable. Re-evaluated
+    /// as processes come and go.
+    #[arg(long = "exe", value_name = "NAME")]
+    pub exes: Vec<String>,
+
+    /// Measure every process in this cgroup v2 directory or below it: a systemd unit
+    /// (/system.slice/shop.service) or a container. Relative to the cgroup v2 mount, or
+    /// an absolute path under it. Repeatable. Re-evaluated as processes come and go.
+    #[arg(long = "cgroup", value_name = "PATH")]
+    pub cgroups: Vec<std::path::PathBuf>,
+
+    /// How often --port, --exe and --cgroup are re-evaluated, in milliseconds. A server
+    /// that (re)starts is measured from the next evaluation on.
+    #[arg(long, value_name = "MS", default_value_t = 1000)]
+    pub rescan_interval_ms: u64,
 
     /// Address to serve /metrics on. Keep the default (loopback) unless a firewall or a
     /// proxy guards the port.
@@ -93,7 +128,8 @@ pub struct Cli {
     #[arg(long, value_name = "MS", default_value_t = 20)]
     pub drain_interval_ms: u64,
 
-    /// Exit (status 0) once every target process has exited.
-    #[arg(long)]
+    /// Exit (status 0) once every target process has exited (--pid targets only: the
+    /// selectors keep waiting for their next process).
+    #[arg(long, conflicts_with_all = ["ports", "exes", "cgroups"])]
     pub exit_with_target: bool,
 }

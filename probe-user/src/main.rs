@@ -2,7 +2,8 @@
 //!
 //! Data flows one way: kernel (`loader`) -> `decode` -> `pairing` (with `http`,
 //! `chunked`) -> `metrics` (with `routes`) -> `exposition`. `agent` runs the loop, `cli`
-//! holds the flags, `targets` the measured processes, `btf` the kernel struct offsets.
+//! holds the flags, `targets` the measured processes (chosen by PID or by `selectors`),
+//! `btf` the kernel struct offsets.
 mod agent;
 mod btf;
 mod chunked;
@@ -18,6 +19,7 @@ mod pairing;
 mod privileges;
 mod procfs;
 mod routes;
+mod selectors;
 mod targets;
 
 use clap::{CommandFactory, FromArgMatches};

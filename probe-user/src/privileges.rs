@@ -2,6 +2,8 @@
 use anyhow::{Result, bail};
 use aya::{EbpfError, programs::ProgramError};
 
+const CAP_DAC_READ_SEARCH: u32 = 2;
+const CAP_SYS_PTRACE: u32 = 19;
 const CAP_SYS_ADMIN: u32 = 21;
 const CAP_PERFMON: u32 = 38;
 const CAP_BPF: u32 = 39;
@@ -32,6 +34,18 @@ pub fn missing_capabilities(caps: u64) -> Vec<&'static str> {
         missing.push("CAP_PERFMON");
     }
     missing
+}
+
+/// What `--port` lacks to read /proc/PID/fd and /proc/PID/ns/net of processes of other
+/// users or with capabilities the agent lacks (ptrace read access, and the fd directory's
+/// permission bits).
+pub fn missing_for_port_selector() -> Vec<&'static str> {
+    let caps = effective_caps();
+    [(CAP_SYS_PTRACE, "CAP_SYS_PTRACE"), (CAP_DAC_READ_SEARCH, "CAP_DAC_READ_SEARCH")]
+        .into_iter()
+        .filter(|(c, _)| caps & (1u64 << c) == 0)
+        .map(|(_, name)| name)
+        .collect()
 }
 
 pub fn check() -> Result<()> {

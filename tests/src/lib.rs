@@ -2,6 +2,7 @@
 //! integration tests (which load the real probe) and by `cargo xtask demo`.
 pub mod client;
 pub mod procs;
+pub mod prom;
 pub mod scrape;
 pub mod servers;
 pub mod workload;
@@ -22,4 +23,13 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Opt
         std::thread::sleep(pause);
         pause = (pause * 2).min(Duration::from_millis(100));
     }
+}
+
+/// A command line as a shell would show it, for messages.
+pub fn describe(cmd: &std::process::Command) -> String {
+    std::iter::once(cmd.get_program())
+        .chain(cmd.get_args())
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect::<Vec<_>>()
+        .join(" ")
 }

@@ -49,14 +49,27 @@ pub struct Server {
 
 impl Server {
     pub fn start_python() -> Result<Self> {
-        let script = workspace_root().join("tests/servers/app.py");
-        let mut child = Command::new("python3")
-            .arg(&script)
-            .args(["--port", "0"])
+        Self::start(Self::python_command("python3", 0))
+    }
+
+    /// `program tests/servers/app.py --port PORT` (0: the server picks a free port).
+    /// `program` is python3, or another name for it (a symlink gives the process that
+    /// command name).
+    pub fn python_command(program: impl AsRef<std::ffi::OsStr>, port: u16) -> Command {
+        let mut cmd = Command::new(program);
+        cmd.arg(workspace_root().join("tests/servers/app.py")).args(["--port", &port.to_string()]);
+        cmd
+    }
+
+    /// Starts a server that prints `LISTENING <port>` on stdout once it accepts
+    /// connections (app.py, possibly through a wrapper), and waits for that line.
+    pub fn start(mut cmd: Command) -> Result<Self> {
+        let what = crate::describe(&cmd);
+        let mut child = cmd
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
-            .context("starting python3 (is it installed?)")?;
+            .with_context(|| format!("starting {what} (is python3 installed?)"))?;
         let mut line = String::new();
         BufReader::new(child.stdout.take().context("no stdout")?).read_line(&mut line)?;
         let port = line.trim().strip_prefix("LISTENING ").and_then(|p| p.parse().ok());
@@ -64,7 +77,8 @@ impl Server {
             Some(port) => Ok(Server { child, port }),
             None => {
                 let _ = child.kill();
-                bail!("{} did not report its port (got {line:?})", script.display())
+                let _ = child.wait();
+                bail!("{what} did not report its port (got {line:?})")
             }
         }
     }

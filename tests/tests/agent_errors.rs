@@ -17,6 +17,17 @@ fn pid_that_does_not_exist() -> Result<()> {
 }
 
 #[test]
+fn cgroup_that_does_not_exist() -> Result<()> {
+    let (status, stderr) = run_agent_expecting_exit(
+        Command::new(agent_bin()),
+        &["--cgroup", "/no-such-redprobe-cgroup", "--listen", "127.0.0.1:0"],
+    )?;
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("--cgroup /no-such-redprobe-cgroup") && stderr.contains("no such cgroup"), "{stderr}");
+    Ok(())
+}
+
+#[test]
 fn unknown_flag_and_missing_pid() -> Result<()> {
     let (status, stderr) = run_agent_expecting_exit(Command::new(agent_bin()), &["--pid", "1", "--bogus"])?;
     assert_eq!(status.code(), Some(2), "{stderr}");

@@ -12,9 +12,21 @@ const APT_PACKAGES: &[&str] = &["llvm-22-dev", "libpolly-22-dev", "libzstd-dev",
 /// python3 (+venv) for the demo server and the Python servers, nginx, golang-go for the Go
 /// server, prometheus for promtool and the real scrape loop, wrk for load, util-linux
 /// (setpriv, unshare) and libcap2-bin (capsh) for the privilege and tracefs tests, iproute2
-/// for network namespaces. Node.js is on the machine already (nodejs if it is not).
-const APT_TEST_PACKAGES: &[&str] =
-    &["python3", "python3-venv", "util-linux", "libcap2-bin", "iproute2", "nginx", "golang-go", "prometheus", "wrk"];
+/// for network namespaces, systemd (systemd-analyze) to verify the unit file, python3-yaml
+/// to read the Kubernetes manifests. Node.js is on the machine already (nodejs if it is not).
+const APT_TEST_PACKAGES: &[&str] = &[
+    "python3",
+    "python3-venv",
+    "python3-yaml",
+    "util-linux",
+    "libcap2-bin",
+    "iproute2",
+    "nginx",
+    "golang-go",
+    "prometheus",
+    "wrk",
+    "systemd",
+];
 
 fn have_nightly_rust_src() -> bool {
     let out = Command::new("rustup").args(["component", "list", "--installed", "--toolchain", "nightly"]).output();

@@ -103,8 +103,8 @@ impl Health {
         r.register("connections_tracked", "Connections the agent is pairing requests on", h.connections_tracked.clone());
         r.register("map_entries", "Entries in each kernel map (CONNS: connections, TARGETS: processes)", h.map_entries.clone());
         r.register("map_capacity", "Capacity of each kernel map", h.map_capacity.clone());
-        r.register("targets", "Processes currently measured (given PIDs and their children)", h.targets.clone());
-        r.register("target_attaches", "Processes that became targets (given PIDs and their children)", h.target_attaches.clone());
+        r.register("targets", "Processes currently measured (given or selected processes and their children)", h.targets.clone());
+        r.register("target_attaches", "Processes that became targets (given or selected processes and their children)", h.target_attaches.clone());
         r.register("target_exits", "Measured processes that exited", h.target_exits.clone());
         r.register(
             "routes_folded",

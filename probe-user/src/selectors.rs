@@ -1,0 +1,356 @@
+//! Selectors: processes named by something that survives their restarts, instead of a
+//! PID: a listening TCP port (`--port`), an executable name (`--exe`) or a cgroup v2
+//! directory (`--cgroup`). The agent re-evaluates them every `--rescan-interval-ms`, so
+//! a server restarted under a new PID is measured again.
+//!
+//! Everything is read from /proc and the cgroup filesystem:
+//! - `--port`: the listening sockets in `/proc/PID/net/tcp{,6}` (one read per network
+//!   namespace, so servers in containers are found too), then the processes holding one of
+//!   those sockets in `/proc/PID/fd`. Reading another user's (or a more privileged
+//!   process's) fds needs CAP_SYS_PTRACE; processes that cannot be read are counted.
+//! - `--exe`: `/proc/PID/stat`'s command name (what `ps` and `pgrep` show), or the file
+//!   name of `/proc/PID/exe`.
+//! - `--cgroup`: the `cgroup.procs` files of the directory and its sub-directories. This
+//!   works from inside a container too, as long as the host's cgroup filesystem is mounted.
+use std::{
+    collections::{BTreeMap, HashSet},
+    fmt, fs, io,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Result, bail};
+
+use crate::targets::{self, ProcInfo};
+
+/// The kernel keeps this many bytes of a command name (TASK_COMM_LEN - 1).
+const COMM_LEN: usize = 15;
+/// PID of the kernel thread that forks every other kernel thread.
+const KTHREADD: u32 = 2;
+/// `st` value of a listening socket in /proc/net/tcp.
+const TCP_LISTEN: &str = "0A";
+
+#[derive(Debug, Default)]
+pub struct Selectors {
+    pub ports: Vec<u16>,
+    pub exes: Vec<String>,
+    /// Absolute paths of cgroup v2 directories.
+    pub cgroups: Vec<PathBuf>,
+}
+
+/// A process a selector matched, and which selector.
+#[derive(Debug)]
+pub struct Match {
+    pub info: ProcInfo,
+    pub selector: String,
+}
+
+#[derive(Debug, Default)]
+pub struct Scan {
+    /// Oldest first, so that a parent comes before the children it forked.
+    pub matches: Vec<Match>,
+    /// Processes whose sockets could not be read (`--port` without CAP_SYS_PTRACE).
+    pub denied: usize,
+}
+
+impl fmt::Display for Selectors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut parts: Vec<String> = self.ports.iter().map(|p| format!("--port {p}")).collect();
+        parts.extend(self.exes.iter().map(|e| format!("--exe {e}")));
+        parts.extend(self.cgroups.iter().map(|c| format!("--cgroup {}", c.display())));
+        f.write_str(&parts.join(", "))
+    }
+}
+
+impl Selectors {
+    pub fn new(ports: &[u16], exes: &[String], cgroups: &[PathBuf]) -> Result<Self> {
+        if let Some(e) = exes.iter().find(|e| e.is_empty() || e.contains('/')) {
+            bail!("--exe takes a file name without a directory (got {e:?}); e.g. --exe gunicorn");
+        }
+        if ports.contains(&0) {
+            bail!("--port 0 is not a port a server listens on");
+        }
+        let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let cgroups = cgroups.iter().map(|c| resolve_cgroup(c, &mountinfo)).collect::<Result<_>>()?;
+        Ok(Selectors { ports: ports.to_vec(), exes: exes.to_vec(), cgroups })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ports.is_empty() && self.exes.is_empty() && self.cgroups.is_empty()
+    }
+
+    /// The processes running now that a selector matches, except `me` (the agent).
+    pub fn scan(&self, me: u32) -> Scan {
+        let mut scan = Scan::default();
+        if self.is_empty() {
+            return scan;
+        }
+        // Kernel threads (kthreadd, PID 2, and its children) serve no HTTP: never selected,
+        // even under `--cgroup /`.
+        let procs: Vec<ProcInfo> = list_pids()
+            .into_iter()
+            .filter(|p| *p != me && *p != KTHREADD)
+            .filter_map(targets::proc_info)
+            .filter(|p| p.ppid != KTHREADD)
+            .collect();
+        let mut found: BTreeMap<u32, String> = BTreeMap::new();
+        for exe in &self.exes {
+            for p in procs.iter().filter(|p| exe_matches(exe, &p.comm, || exe_name(p.pid))) {
+                found.entry(p.pid).or_insert_with(|| format!("--exe {exe}"));
+            }
+        }
+        for dir in &self.cgroups {
+            for pid in cgroup_pids(dir) {
+                found.entry(pid).or_insert_with(|| format!("--cgroup {}", dir.display()));
+            }
+        }
+        if !self.ports.is_empty() {
+            for (pid, port) in self.port_owners(&procs, &mut scan.denied) {
+                found.entry(pid).or_insert_with(|| format!("--port {port}"));
+            }
+        }
+        scan.matches = procs
+            .into_iter()
+            .filter_map(|info| found.remove(&info.pid).map(|selector| Match { info, selector }))
+            .collect();
+        scan.matches.sort_by_key(|m| (m.info.start_time, m.info.pid));
+        scan
+    }
+
+    /// (pid, port) of the processes holding a socket that listens on one of the ports.
+    fn port_owners(&self, procs: &[ProcInfo], denied: &mut usize) -> Vec<(u32, u16)> {
+        // Group the processes by network namespace: each has its own socket tables.
+        let mut by_netns: BTreeMap<String, Vec<u32>> = BTreeMap::new();
+        for p in procs {
+            match fs::read_link(format!("/proc/{}/ns/net", p.pid)) {
+                Ok(ns) => by_netns.entry(ns.to_string_lossy().into_owned()).or_default().push(p.pid),
+                Err(e) if is_denied(&e) => *denied += 1,
+                Err(_) => {} // exited meanwhile, or a kernel thread
+            }
+        }
+        let mut owners = vec![];
+        for pids in by_netns.values() {
+            let listeners: BTreeMap<u64, u16> = pids
+                .iter()
+                .find_map(|pid| {
+                    let v4 = fs::read_to_string(format!("/proc/{pid}/net/tcp")).ok()?;
+                    let v6 = fs::read_to_string(format!("/proc/{pid}/net/tcp6")).unwrap_or_default();
+                    Some(listening_inodes(&v4, &self.ports).into_iter().chain(listening_inodes(&v6, &self.ports)).collect())
+                })
+                .unwrap_or_default();
+            if listeners.is_empty() {
+                continue;
+            }
+            for pid in pids {
+                match socket_inodes(*pid) {
+                    Ok(inodes) => {
+                        if let Some(port) = inodes.iter().find_map(|i| listeners.get(i)) {
+                            owners.push((*pid, *port));
+                        }
+                    }
+                    Err(e) if is_denied(&e) => *denied += 1,
+                    Err(_) => {}
+                }
+            }
+        }
+        owners
+    }
+}
+
+fn is_denied(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::PermissionDenied
+}
+
+fn list_pids() -> Vec<u32> {
+    fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .collect()
+}
+
+/// The file name of the process's executable, if it can be read.
+fn exe_name(pid: u32) -> Option<String> {
+    let exe = fs::read_link(format!("/proc/{pid}/exe")).ok()?;
+    Some(exe.file_name()?.to_string_lossy().trim_end_matches(" (deleted)").to_string())
+}
+
+/// `--exe NAME` matches the command name (kept to 15 bytes by the kernel) or the
+/// executable's file name.
+pub fn exe_matches(name: &str, comm: &str, exe: impl FnOnce() -> Option<String>) -> bool {
+    let short = name.get(..COMM_LEN.min(name.len())).unwrap_or(name);
+    if comm == name || (name.len() > COMM_LEN && comm == short) {
+        return true;
+    }
+    exe().is_some_and(|e| e == name)
+}
+
+/// Inodes of the sockets listening on one of `ports`, from /proc/net/tcp or tcp6 content.
+pub fn listening_inodes(table: &str, ports: &[u16]) -> Vec<(u64, u16)> {
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.get(3) != Some(&TCP_LISTEN) {
+                return None;
+            }
+            let port = u16::from_str_radix(f.get(1)?.rsplit_once(':')?.1, 16).ok()?;
+            let inode: u64 = f.get(9)?.parse().ok()?;
+            (ports.contains(&port) && inode != 0).then_some((inode, port))
+        })
+        .collect()
+}
+
+/// Inodes of the sockets a process holds open.
+fn socket_inodes(pid: u32) -> io::Result<HashSet<u64>> {
+    let mut inodes = HashSet::new();
+    for entry in fs::read_dir(format!("/proc/{pid}/fd"))? {
+        let Ok(link) = fs::read_link(entry?.path()) else { continue };
+        if let Some(inode) = parse_socket_link(&link.to_string_lossy()) {
+            inodes.insert(inode);
+        }
+    }
+    Ok(inodes)
+}
+
+/// `socket:[12345]` -> 12345.
+pub fn parse_socket_link(link: &str) -> Option<u64> {
+    link.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
+}
+
+/// Mount points of cgroup v2 filesystems, from /proc/self/mountinfo content.
+pub fn cgroup2_mounts(mountinfo: &str) -> Vec<PathBuf> {
+    mountinfo
+        .lines()
+        .filter_map(|line| {
+            let (left, right) = line.split_once(" - ")?;
+            let point = left.split_whitespace().nth(4)?;
+            (right.split_whitespace().next()? == "cgroup2").then(|| PathBuf::from(point))
+        })
+        .collect()
+}
+
+/// A `--cgroup` argument: a directory of a cgroup v2 filesystem, given as its absolute
+/// path (`/sys/fs/cgroup/system.slice/app.service`) or relative to the cgroup v2 mount
+/// (`/system.slice/app.service`, as /proc/PID/cgroup and systemd show it).
+fn resolve_cgroup(arg: &Path, mountinfo: &str) -> Result<PathBuf> {
+    let mounts = cgroup2_mounts(mountinfo);
+    let Some(root) = mounts.first() else {
+        bail!("--cgroup needs a cgroup v2 filesystem, and none is mounted (see /proc/self/mountinfo)");
+    };
+    if mounts.iter().any(|m| arg.starts_with(m)) {
+        if arg.join("cgroup.procs").exists() {
+            return Ok(arg.to_path_buf());
+        }
+        bail!("--cgroup {}: not a cgroup directory (no cgroup.procs in it)", arg.display());
+    }
+    let relative = arg.strip_prefix("/").unwrap_or(arg);
+    let full = root.join(relative);
+    if full.join("cgroup.procs").exists() {
+        return Ok(full);
+    }
+    bail!(
+        "--cgroup {}: no such cgroup (looked for {} under the cgroup v2 mount {}); \
+         `systemctl status UNIT` or `cat /proc/PID/cgroup` shows a process's cgroup",
+        arg.display(),
+        full.display(),
+        root.display()
+    )
+}
+
+/// PIDs in a cgroup directory and all its sub-directories. A directory that disappears
+/// (a unit stopped) has none.
+fn cgroup_pids(dir: &Path) -> Vec<u32> {
+    let mut pids = vec![];
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        if let Ok(procs) = fs::read_to_string(d.join("cgroup.procs")) {
+            pids.extend(procs.lines().filter_map(|l| l.trim().parse::<u32>().ok()));
+        }
+        for entry in fs::read_dir(&d).into_iter().flatten().flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                stack.push(entry.path());
+            }
+        }
+    }
+    pids
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listening_sockets_by_port() {
+        let tcp = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n\
+           0: 00000000:1F40 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 634 1 0 100 0 0 10 0\n\
+           1: 0100007F:1F40 0100007F:DBA6 01 00000000:00000000 00:00000000 00000000     0        0 777 1 0 100 0 0 10 0\n\
+           2: 0100007F:0050 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 900 1 0 100 0 0 10 0\n";
+        // Port 8000 = 0x1F40: the listener, not the established connection on it.
+        assert_eq!(listening_inodes(tcp, &[8000]), vec![(634, 8000)]);
+        assert_eq!(listening_inodes(tcp, &[8000, 80]), vec![(634, 8000), (900, 80)]);
+        assert!(listening_inodes(tcp, &[9000]).is_empty());
+        let tcp6 = "  sl  local_address                         remote_address                        st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n\
+           0: 00000000000000000000000000000000:1F40 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 4242 1 0 100 0 0 10 0\n";
+        assert_eq!(listening_inodes(tcp6, &[8000]), vec![(4242, 8000)]);
+    }
+
+    #[test]
+    fn socket_links() {
+        assert_eq!(parse_socket_link("socket:[12345]"), Some(12345));
+        assert_eq!(parse_socket_link("pipe:[12345]"), None);
+        assert_eq!(parse_socket_link("/dev/null"), None);
+    }
+
+    #[test]
+    fn exe_names() {
+        assert!(exe_matches("gunicorn", "gunicorn", || None));
+        assert!(!exe_matches("gunicorn", "python3", || Some("python3.11".into())));
+        assert!(exe_matches("python3.11", "python3", || Some("python3.11".into())));
+        // The kernel keeps 15 bytes of the command name.
+        assert!(exe_matches("a-very-long-server-name", "a-very-long-ser", || None));
+        assert!(!exe_matches("a-very-long-ser", "a-very-long-server", || None));
+        assert!(!exe_matches("gunicorn", "gunicorn: maste", || None));
+    }
+
+    #[test]
+    fn cgroup2_mount_points() {
+        let info = "41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw\n\
+                    42 31 0:39 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu\n\
+                    30 1 0:26 / /sys/fs/cgroup rw,nosuid shared:4 - cgroup2 cgroup2 rw,nsdelegate\n";
+        assert_eq!(cgroup2_mounts(info), vec![PathBuf::from("/sys/fs/cgroup/unified"), PathBuf::from("/sys/fs/cgroup")]);
+        assert!(cgroup2_mounts("").is_empty());
+        let err = resolve_cgroup(Path::new("/system.slice/x.service"), "").unwrap_err().to_string();
+        assert!(err.contains("cgroup v2"), "{err}");
+    }
+
+    #[test]
+    fn bad_arguments() {
+        assert!(Selectors::new(&[0], &[], &[]).is_err());
+        assert!(Selectors::new(&[], &["/usr/bin/gunicorn".into()], &[]).is_err());
+        let s = Selectors::new(&[8000], &["gunicorn".into()], &[]).unwrap();
+        assert_eq!(s.to_string(), "--port 8000, --exe gunicorn");
+    }
+
+    #[test]
+    fn this_process_is_found_by_its_command_name_but_never_the_agent_itself() {
+        let me = targets::proc_info(std::process::id()).unwrap();
+        let s = Selectors::new(&[], &[me.comm.clone()], &[]).unwrap();
+        assert!(s.scan(0).matches.iter().any(|m| m.info.pid == me.pid));
+        assert!(!s.scan(me.pid).matches.iter().any(|m| m.info.pid == me.pid));
+        // Kernel threads are never selected.
+        let kernel = Selectors::new(&[], &["kthreadd".into()], &[]).unwrap();
+        assert!(kernel.scan(0).matches.is_empty(), "{:?}", kernel.scan(0));
+    }
+
+    #[test]
+    fn a_listening_socket_is_found_by_port() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let s = Selectors::new(&[port], &[], &[]).unwrap();
+        let scan = s.scan(0);
+        let m = scan.matches.iter().find(|m| m.info.pid == std::process::id());
+        assert_eq!(m.map(|m| m.selector.clone()), Some(format!("--port {port}")), "{scan:?}");
+    }
+}
