@@ -90,13 +90,14 @@ impl Workload {
 
     /// Requests that each use a fresh connection: `Connection: close` and HTTP/1.0.
     pub fn fresh_connections(&mut self) -> Result<()> {
-        for _ in 0..3 {
-            let r = one_shot_to(&self.to, "GET", "/hello", "HTTP/1.1")?;
-            self.expect("GET", "/hello", r, 200)?;
-        }
-        for _ in 0..2 {
-            let r = one_shot_to(&self.to, "GET", "/hello", "HTTP/1.0")?;
-            self.expect("GET", "/hello", r, 200)?;
+        self.fresh_connections_to("/hello")
+    }
+
+    /// `fresh_connections` for another path (its own route, answered 200).
+    pub fn fresh_connections_to(&mut self, path: &str) -> Result<()> {
+        for version in ["HTTP/1.1", "HTTP/1.1", "HTTP/1.1", "HTTP/1.0", "HTTP/1.0"] {
+            let r = one_shot_to(&self.to, "GET", path, version)?;
+            self.expect("GET", path, r, 200)?;
         }
         Ok(())
     }

@@ -43,3 +43,61 @@ fn gunicorn_django_ipv6() -> Result<()> {
 fn gunicorn_django_unix_socket() -> Result<()> {
     run(Bind::Unix)
 }
+
+/// Every request on a fresh connection (sync workers close after each response); returns
+/// the running total.
+fn hellos(w: &mut Workload, n: usize) -> Result<u64> {
+    for _ in 0..n {
+        let r = testkit::client::one_shot_to(&w.to, "GET", "/hello", "HTTP/1.1")?;
+        anyhow::ensure!(r.status == 200, "status {}", r.status);
+        w.record("GET", "/hello", &r);
+    }
+    Ok(w.total())
+}
+
+fn worker_pids(master: u32) -> Vec<u32> {
+    let children = std::fs::read_to_string(format!("/proc/{master}/task/{master}/children")).unwrap_or_default();
+    children.split_whitespace().filter_map(|p| p.parse().ok()).collect()
+}
+
+#[test]
+fn gunicorn_workers_recycled_added_and_replaced_after_attach_are_all_counted() -> Result<()> {
+    // --max-requests 5: each worker exits after 5 requests and the master forks another.
+    let server = gunicorn(Bind::V4, 2, &["--max-requests", "5"], &[])?;
+    let master = server.pid();
+    let agent = Agent::start(&["--pid".into(), master.to_string()])?;
+    let before = worker_pids(master);
+    let mut w = Workload::new(&server.endpoint);
+    let mut seen = 0.0;
+    let mut check = |w: &Workload, phase: &str| -> Result<()> {
+        let m = assert_exact(&agent, w, &format!("gunicorn workers: {phase}"))?;
+        let now: f64 = m.sum("http_server_request_duration_seconds_count", &[]);
+        assert!(now >= seen, "{phase}: counter went down from {seen} to {now}");
+        seen = now;
+        Ok(())
+    };
+    hellos(&mut w, 30)?;
+    check(&w, "--max-requests recycling")?;
+    let recycled = worker_pids(master);
+    assert!(recycled.iter().all(|p| !before.contains(p)), "workers were not recycled: {before:?} -> {recycled:?}");
+
+    // TTIN: one more worker.
+    unsafe { libc::kill(master as i32, libc::SIGTTIN) };
+    testkit::wait_for("a third worker", std::time::Duration::from_secs(30), || (worker_pids(master).len() == 3).then_some(()))?;
+    hellos(&mut w, 12)?;
+    check(&w, "after TTIN")?;
+
+    // HUP: every worker replaced by a new one.
+    let old = worker_pids(master);
+    unsafe { libc::kill(master as i32, libc::SIGHUP) };
+    testkit::wait_for("workers replaced after HUP", std::time::Duration::from_secs(30), || {
+        let now = worker_pids(master);
+        (!now.is_empty() && now.iter().all(|p| !old.contains(p))).then_some(())
+    })?;
+    hellos(&mut w, 12)?;
+    check(&w, "after HUP")?;
+    // Workers that exited are forgotten: the targets are the master and today's workers.
+    let live = 1.0 + worker_pids(master).len() as f64;
+    agent.wait_metrics(&format!("{live} targets"), |m| m.sum("redprobe_targets", &[]) == live)?;
+    Ok(())
+}

@@ -154,3 +154,27 @@ fn garbage_and_tls_are_reported_not_counted() -> Result<()> {
     assert_eq!(m.request_counts(), want, "garbage must not create request series");
     Ok(())
 }
+
+#[test]
+fn python_m_http_server_static_files_keep_alive() -> Result<()> {
+    use testkit::{
+        servers::{Bind, http_server},
+        workload::{Workload, assert_exact},
+    };
+    let page = vec![b'h'; 20_000];
+    let server = http_server(Bind::V4, &[("page.html", &page), ("small.txt", b"small\n")])?;
+    let agent = Agent::start(&["--pid".into(), server.pid().to_string()])?;
+    let mut w = Workload::new(&server.endpoint);
+    w.pipelined_paths(&["/page.html", "/small.txt", "/page.html", "/nope.txt"])?;
+    let mut c = Conn::connect(&server.endpoint)?;
+    let r = c.request("HEAD", "/page.html", "HTTP/1.1", &[], b"")?;
+    w.record("HEAD", "/page.html", &r);
+    // The 404 comes last: http.server closes the connection after an error.
+    for path in ["/small.txt", "/page.html", "/nope.txt"] {
+        let r = c.get(path)?;
+        w.record("GET", path, &r);
+    }
+    w.fresh_connections_to("/small.txt")?;
+    assert_exact(&agent, &w, "python -m http.server")?;
+    Ok(())
+}
