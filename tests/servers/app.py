@@ -1,6 +1,6 @@
 """The demo and test HTTP server: a threaded http.server with known routes.
 
-Usage: python3 app.py [--port N] [--http10]
+Usage: python3 app.py [--port N] [--bind ADDR] [--peek]
 Prints "LISTENING <port>" on stdout once it accepts connections (port 0 picks a free one).
 
 Routes (GET unless noted):
@@ -15,6 +15,7 @@ Routes (GET unless noted):
   POST /echo          reads the Content-Length body, answers 201 with its size
 """
 import argparse
+import socket
 import sys
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -29,6 +30,12 @@ class Handler(BaseHTTPRequestHandler):
 
     def log_message(self, *args):
         pass
+
+    def setup(self):
+        super().setup()
+        if self.server.peek:
+            # Like servers that sniff for TLS: look at the first bytes before reading them.
+            self.request.recv(16, socket.MSG_PEEK)
 
     def reply(self, status, body=b"", content_type="text/plain"):
         self.send_response(status)
@@ -98,9 +105,11 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--bind", default="127.0.0.1")
+    parser.add_argument("--peek", action="store_true", help="MSG_PEEK each connection's first bytes")
     args = parser.parse_args()
     ThreadingHTTPServer.daemon_threads = True
     server = ThreadingHTTPServer((args.bind, args.port), Handler)
+    server.peek = args.peek
     print("LISTENING %d" % server.server_address[1], flush=True)
     try:
         server.serve_forever()

@@ -178,3 +178,23 @@ fn python_m_http_server_static_files_keep_alive() -> Result<()> {
     assert_exact(&agent, &w, "python -m http.server")?;
     Ok(())
 }
+
+#[test]
+fn msg_peek_reads_are_not_counted_twice() -> Result<()> {
+    let mut cmd = Server::python_command("python3", 0);
+    cmd.arg("--peek");
+    let server = Server::start(cmd)?;
+    let agent = Agent::start(&["--pid".into(), server.pid().to_string()])?;
+    let mut want = Counts::new();
+    for _ in 0..3 {
+        let mut c = Conn::open(server.port)?; // a peek at the start of each connection
+        for _ in 0..2 {
+            assert_eq!(c.get("/hello")?.status, 200);
+            add(&mut want, "GET", 200, "/hello");
+        }
+    }
+    let m = agent.wait_metrics("6 requests", |m| m.request_counts().values().sum::<u64>() >= 6)?;
+    assert_eq!(m.request_counts(), want, "peeked requests counted twice?");
+    assert_eq!(m.sum("redprobe_requests_unparsed_total", &[]), 0.0);
+    Ok(())
+}
