@@ -72,14 +72,19 @@ pub struct DataEvent {
     pub tail: [u8; TAIL_WINDOW],
 }
 
-/// The target closed its side of a tracked TCP connection.
+/// `CloseEvent::new_state` of a UNIX connection whose peer read end-of-file: the target
+/// closed (or shut down) its side. `tgid` is 0: the event fires in the peer.
+pub const CLOSE_UNIX_PEER_EOF: u32 = 0x100;
+
+/// The target closed its side of a tracked TCP connection, or the peer of a tracked UNIX
+/// connection read end-of-file.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct CloseEvent {
     pub header: EventHeader,
     pub conn_id: u64,
     pub tgid: u32,
-    /// TCP state the socket moved to.
+    /// TCP state the socket moved to, or [`CLOSE_UNIX_PEER_EOF`].
     pub new_state: u32,
 }
 

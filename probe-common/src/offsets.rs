@@ -43,6 +43,10 @@ pub struct KernelOffsets {
     /// `unix_sock.addr` (struct unix_address *): NULL for socketpairs and unbound
     /// clients, set on listeners and on the connections they accept.
     pub unix_addr: u32,
+    /// `unix_sock.peer` (struct sock *): the other end of a connected UNIX socket.
+    pub unix_peer: u32,
+    /// `sock.__sk_common.skc_cookie` (atomic64_t): the socket cookie once generated.
+    pub sk_cookie: u32,
 }
 
 /// `task_struct.flags` bit of kernel threads.

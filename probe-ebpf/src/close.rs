@@ -1,18 +1,23 @@
-//! sock:inet_sock_set_state(const struct sock *sk, int oldstate, int newstate): the target
-//! closing its side of a tracked TCP connection ends a close-delimited response.
+//! The target closing its side of a tracked connection ends a close-delimited response.
+//! TCP: sock:inet_sock_set_state(const struct sock *sk, int oldstate, int newstate).
+//! UNIX sockets have no such tracepoint; there, the peer reading end-of-file (a 0-byte
+//! sock_recv_length, see `recv.rs`) tells that the target closed.
 use aya_ebpf::{
     helpers::{bpf_ktime_get_ns, generated::bpf_get_socket_cookie},
     macros::btf_tracepoint,
     programs::BtfTracePointContext,
 };
-use probe_common::{CloseEvent, EventHeader, COUNTER_LOST, EVENT_CLOSE, ROLE_SERVER};
+use probe_common::{CloseEvent, EventHeader, CLOSE_UNIX_PEER_EOF, COUNTER_LOST, EVENT_CLOSE, ROLE_SERVER};
 
 use crate::{
     conn,
     emit::wakeup_flags,
-    maps::{count, EVENTS},
+    kernel::{read, read_ptr},
+    maps::{count, global, EVENTS},
     target::current_target,
 };
+
+const AF_UNIX: u16 = 1;
 
 const TCP_FIN_WAIT1: u32 = 4;
 const TCP_CLOSE: u32 = 7;
@@ -32,9 +37,39 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> u32 {
         None => return 0,
     };
     conn::remove(cookie);
-    if role != ROLE_SERVER {
+    if role == ROLE_SERVER {
+        emit_close(cookie, tgid, new_state);
+    }
+    0
+}
+
+/// A process (any: the peer is usually not a target) read end-of-file on `sk`. If `sk` is
+/// a UNIX socket whose peer is a tracked server connection, the target closed it. The
+/// peer's cookie is read from the socket (it was generated when the target's side was
+/// classified; 0 means the socket was never seen).
+#[inline(always)]
+pub fn on_unix_eof(sk: *const u8) -> u32 {
+    if read::<u16>(sk, global!(OFFSETS.sk_family)) != Some(AF_UNIX) {
         return 0;
     }
+    let Some(peer) = read_ptr(sk, global!(OFFSETS.unix_peer)) else { return 0 };
+    let cookie = match read::<u64>(peer, global!(OFFSETS.sk_cookie)) {
+        Some(c) if c != 0 => c,
+        _ => return 0,
+    };
+    let role = match conn::lookup(cookie) {
+        Some(state) => unsafe { (*state).role },
+        None => return 0,
+    };
+    conn::remove(cookie);
+    if role == ROLE_SERVER {
+        emit_close(cookie, 0, CLOSE_UNIX_PEER_EOF);
+    }
+    0
+}
+
+#[inline(always)]
+fn emit_close(cookie: u64, tgid: u32, new_state: u32) {
     let ev = CloseEvent {
         header: EventHeader { kind: EVENT_CLOSE, flags: 0, ts_ns: unsafe { bpf_ktime_get_ns() } },
         conn_id: cookie,
@@ -44,5 +79,4 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> u32 {
     if EVENTS.output::<CloseEvent>(&ev, wakeup_flags()).is_err() {
         count(COUNTER_LOST);
     }
-    0
 }

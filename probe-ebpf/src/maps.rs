@@ -43,6 +43,8 @@ pub static OFFSETS: KernelOffsets = KernelOffsets {
     task_pid: 0,
     valid: 0,
     unix_addr: 0,
+    unix_peer: 0,
+    sk_cookie: 0,
 };
 
 #[unsafe(no_mangle)]

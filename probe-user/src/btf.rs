@@ -232,6 +232,8 @@ impl Btf {
             regs_arg2: self.offset_of("pt_regs", "si", 8)?,
             regs_arg3: self.offset_of("pt_regs", "dx", 8)?,
             unix_addr: self.offset_of("unix_sock", "addr", 8)?,
+            unix_peer: self.offset_of("unix_sock", "peer", 8)?,
+            sk_cookie: self.offset_of("sock", "__sk_common.skc_cookie", 8)?,
             valid: 1,
         })
     }

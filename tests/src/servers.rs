@@ -215,6 +215,9 @@ pub struct NginxSite<'a> {
     /// `/app/` is proxied (HTTP/1.1, keep-alive) to this upstream, e.g. gunicorn on a
     /// Unix socket.
     pub upstream: Option<&'a Endpoint>,
+    /// Proxy with nginx's defaults (HTTP/1.0, `Connection: close`) instead of HTTP/1.1
+    /// keep-alive: responses without a length are delimited by the upstream's close.
+    pub upstream_http10: bool,
 }
 
 /// nginx, master + workers, in the foreground with everything under a scratch prefix.
@@ -241,10 +244,12 @@ pub fn nginx(bind: Bind, site: &NginxSite<'_>) -> Result<RealServer> {
         ),
         None => String::new(),
     };
-    let proxy = if site.upstream.is_some() {
-        "location /app/ { proxy_pass http://app/; proxy_http_version 1.1; proxy_set_header Connection \"\"; }"
-    } else {
-        ""
+    let proxy = match (site.upstream, site.upstream_http10) {
+        (None, _) => "",
+        (Some(_), true) => "location /app/ { proxy_pass http://app/; }",
+        (Some(_), false) => {
+            "location /app/ { proxy_pass http://app/; proxy_http_version 1.1; proxy_set_header Connection \"\"; }"
+        }
     };
     let conf = format!(
         r#"daemon off;

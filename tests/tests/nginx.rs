@@ -43,7 +43,7 @@ fn static_site(big: &[u8]) -> Vec<(&'static str, &[u8])> {
 fn run(bind: Bind) -> Result<()> {
     let big = vec![b'b'; 3 << 20];
     let files = static_site(&big);
-    let server = nginx(bind, &NginxSite { workers: 2, files: &files, upstream: None })?;
+    let server = nginx(bind, &NginxSite { workers: 2, files: &files, upstream: None, upstream_http10: false })?;
     let agent = Agent::start(&["--pid".into(), server.pid().to_string()])?;
     let mut w = Workload::new(&server.endpoint);
     nginx_mix(&mut w)?;
@@ -74,9 +74,30 @@ fn nginx_proxy_pass_to_gunicorn_over_tcp() -> Result<()> {
     proxy_pass(Bind::V4)
 }
 
+/// nginx's default upstream protocol is HTTP/1.0: gunicorn ends a streaming response by
+/// closing the Unix socket. The response completes when nginx reads that end-of-file.
+#[test]
+fn close_delimited_response_over_a_unix_socket_completes_at_close() -> Result<()> {
+    let app = gunicorn(Bind::Unix, 1, &[], &[])?;
+    let site = NginxSite { workers: 1, files: &[], upstream: Some(&app.endpoint), upstream_http10: true };
+    let proxy = nginx(Bind::V4, &site)?;
+    let agent = Agent::start(&["--pid".into(), app.pid().to_string()])?;
+    let mut c = Conn::connect(&proxy.endpoint)?;
+    for _ in 0..3 {
+        let r = c.get("/app/stream?parts=4&ms=25")?;
+        assert_eq!(r.body, b"part 0\npart 1\npart 2\npart 3\n");
+    }
+    let m = agent.wait_metrics("3 close-delimited responses", |m| m.requests("GET", 200, "/stream") == 3)?;
+    let sum = m.sum("http_server_request_duration_seconds_sum", &[("http_route", "/stream")]);
+    assert!(sum >= 3.0 * 0.075, "3 responses written over >= 75 ms each took {sum} s in all");
+    assert_eq!(m.sum("http_server_request_duration_seconds_count", &[("network_transport", "unix")]), 3.0);
+    assert_eq!(m.sum("redprobe_requests_unparsed_total", &[]), 0.0);
+    Ok(())
+}
+
 fn proxy_pass(upstream: Bind) -> Result<()> {
     let app = gunicorn(upstream, 2, &[], &[])?;
-    let site = NginxSite { workers: 2, files: &[], upstream: Some(&app.endpoint) };
+    let site = NginxSite { workers: 2, files: &[], upstream: Some(&app.endpoint), upstream_http10: false };
     let proxy = nginx(Bind::V4, &site)?;
     // One agent, both targets: nginx's served requests on TCP and gunicorn's on the Unix
     // socket; nginx's upstream side of the same requests is a client connection.
