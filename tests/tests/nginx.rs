@@ -146,3 +146,24 @@ fn proxy_pass(upstream: Bind) -> Result<()> {
     assert_eq!(m.sum("redprobe_requests_unparsed_total", &[]), 0.0);
     Ok(())
 }
+
+/// Keep-alive connections opened (and used) before the agent attached, spread over both
+/// workers, are counted from their next request.
+#[test]
+fn nginx_connections_opened_before_attach_count_from_their_next_request() -> Result<()> {
+    let server = nginx(Bind::V4, &NginxSite { workers: 2, files: &[], upstream: None, upstream_http10: false })?;
+    let mut early: Vec<Conn> = (0..8).map(|_| Conn::connect(&server.endpoint)).collect::<Result<_>>()?;
+    for c in &mut early {
+        assert_eq!(c.get("/hello")?.status, 200); // before the agent: not counted
+    }
+    let agent = Agent::start(&["--pid".into(), server.pid().to_string()])?;
+    let mut w = Workload::new(&server.endpoint);
+    for c in &mut early {
+        for path in ["/hello", "/missing"] {
+            let r = c.get(path)?;
+            w.record("GET", path, &r);
+        }
+    }
+    assert_exact(&agent, &w, "nginx, connections opened before attach")?;
+    Ok(())
+}

@@ -198,3 +198,27 @@ fn msg_peek_reads_are_not_counted_twice() -> Result<()> {
     assert_eq!(m.sum("redprobe_requests_unparsed_total", &[]), 0.0);
     Ok(())
 }
+
+#[test]
+fn a_request_written_one_byte_at_a_time_is_counted() -> Result<()> {
+    use std::io::Write;
+    let server = Server::start_python()?;
+    let agent = Agent::start(&["--pid".into(), server.pid().to_string()])?;
+    let mut c = Conn::open(server.port)?;
+    for _ in 0..2 {
+        for b in b"GET /hello HTTP/1.1\r\nHost: x\r\n\r\n" {
+            c.stream().write_all(&[*b])?;
+            // A pause between bytes, so that the server reads them one at a time: the shape
+            // of this workload, not a wait for anything.
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        assert_eq!(c.read_response(false)?.status, 200);
+    }
+    let m = agent.wait_metrics("2 requests", |m| m.requests("GET", 200, "/hello") == 2)?;
+    let mut want = Counts::new();
+    add(&mut want, "GET", 200, "/hello");
+    add(&mut want, "GET", 200, "/hello");
+    assert_eq!(m.request_counts(), want);
+    assert_eq!(m.sum("redprobe_requests_unparsed_total", &[]), 0.0);
+    Ok(())
+}
