@@ -118,26 +118,55 @@ pub fn on_socket_io(sk: *const u8, moved: u32, dir: Direction, tgid: u32, tid: u
 }
 
 /// The connection's first bytes: what was kept from earlier reads, completed from this
-/// one, up to four. Returns them (little-endian) and how many there are; `None` if the
-/// data cannot be read.
+/// one (across its first iovecs if they are tiny), up to four. Returns them
+/// (little-endian) and how many there are; `None` if the data cannot be read.
 #[inline(always)]
 fn first_bytes(src: Source, moved: u32, prefix: u32, prefix_len: u32) -> Option<(u32, u32)> {
-    let (ptr, len) = first_chunk(src, moved)?;
-    if prefix_len == 0 && len >= 4 {
-        return read_user::<u32>(ptr).map(|first4| (first4, 4));
-    }
     let (mut value, mut have) = (prefix, prefix_len & 3);
+    let (iov, count) = match src {
+        Source::Flat(ptr) => {
+            if have == 0 && moved >= 4 {
+                return read_user::<u32>(ptr).map(|first4| (first4, 4));
+            }
+            take_bytes(ptr, moved as u64, &mut value, &mut have)?;
+            return Some((value, have));
+        }
+        Source::Vectored { iov, count } => (iov, count),
+        Source::None => return None,
+    };
+    // Each non-empty iovec gives at least one byte: four of them are enough.
+    let mut left = moved as u64;
     let mut i = 0u64;
     while i < 4 {
-        if have >= 4 || i >= len {
+        if i >= count || left == 0 || have >= 4 {
             break;
         }
-        let b = read_user::<u8>(ptr + i)?;
-        value |= (b as u32) << ((have & 3) * 8);
-        have += 1;
+        let v: [u64; 2] = read_user(iov + i * 16)?;
+        let n = v[1].min(left);
+        if have == 0 && n >= 4 {
+            return read_user::<u32>(v[0]).map(|first4| (first4, 4));
+        }
+        take_bytes(v[0], n, &mut value, &mut have)?;
+        left -= n;
         i += 1;
     }
     Some((value, have))
+}
+
+/// Appends up to `4 - have` bytes from `ptr` (of `len`) to `value`.
+#[inline(always)]
+fn take_bytes(ptr: u64, len: u64, value: &mut u32, have: &mut u32) -> Option<()> {
+    let mut i = 0u64;
+    while i < 4 {
+        if *have >= 4 || i >= len {
+            break;
+        }
+        let b = read_user::<u8>(ptr + i)?;
+        *value |= (b as u32) << ((*have & 3) * 8);
+        *have += 1;
+        i += 1;
+    }
+    Some(())
 }
 
 /// The first contiguous piece of the data: (address, bytes of the data in it).
