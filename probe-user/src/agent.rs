@@ -236,7 +236,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         health: metrics.health.clone(),
     };
     for root in roots {
-        let service: Arc<str> = cli.service.clone().unwrap_or_else(|| root.comm.clone()).into();
+        let service: Arc<str> = routes::label_safe(cli.service.as_deref().unwrap_or(&root.comm)).into();
         let pid = root.pid;
         targets.add(root, service.clone(), true)?;
         for child in targets::descendants(pid) {
