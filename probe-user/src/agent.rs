@@ -244,6 +244,12 @@ pub async fn run(cli: Cli) -> Result<()> {
         }
     }
 
+    // Everything is loaded, attached and open: what is left needs no privileges but
+    // reading /proc.
+    match crate::privileges::drop_after_attach() {
+        Ok(dropped) => info!(dropped = %dropped.join(","), "capabilities dropped after attaching"),
+        Err(e) => warn!("could not drop capabilities after attaching: {e:#}"),
+    }
     let addr = listener.local_addr().unwrap_or(cli.listen);
     tokio::spawn(exposition::serve(listener, Arc::new(registry)));
     info!("probe attached; metrics at http://{addr}/metrics");

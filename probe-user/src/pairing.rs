@@ -422,6 +422,11 @@ fn on_recv(conn: &mut Conn, p: &Piece<'_>, ts: u64, out: &mut Vec<Output>) {
                                 let req = Pending { method, target, version, start_ns: start, body_bytes: 0, unparsed: None };
                                 push_pending(conn, req, out);
                                 conn.recv = RecvState::UntilResponse;
+                                if !captured_all {
+                                    // More requests may follow in what was not captured
+                                    // (pipelining): their responses are counted.
+                                    conn.unseen = Some("outside_capture_window");
+                                }
                             }
                             // Cut by the window: a head that starts deep in a read (pipelining)
                             // or whose request line alone is larger than the window.
@@ -441,12 +446,25 @@ fn on_recv(conn: &mut Conn, p: &Piece<'_>, ts: u64, out: &mut Vec<Output>) {
     }
 }
 
+/// The server answers a head whose end was not seen (the client sent part of it and
+/// shut its side down, which ends the head for the server): the request is its request
+/// line.
+fn answer_incomplete_head(conn: &mut Conn) -> bool {
+    let RecvState::Head { buf, start_ns: Some(start) } = &conn.recv else { return false };
+    let Some((method, target, version)) = parse_request_line(buf) else { return false };
+    let req = Pending { method, target, version, start_ns: *start, body_bytes: 0, unparsed: None };
+    conn.pending.push_back(req);
+    conn.recv = RecvState::UntilResponse;
+    true
+}
+
 /// Queues a request for its response, within `MAX_PENDING`.
 fn push_pending(conn: &mut Conn, req: Pending, out: &mut Vec<Output>) {
     if conn.pending.len() >= MAX_PENDING {
         out.push(Output::Unparsed("pipeline_too_deep"));
         return;
     }
+    conn.unseen = None; // a readable request: the connection is in step again
     conn.pending.push_back(req);
 }
 
@@ -474,6 +492,9 @@ fn on_send(conn: &mut Conn, p: &Piece<'_>, ts: u64, out: &mut Vec<Output>) {
         match &mut conn.send {
             SendState::Skip => return,
             SendState::Idle => {
+                if conn.pending.is_empty() && answer_incomplete_head(conn) {
+                    continue;
+                }
                 if conn.pending.is_empty() {
                     if let Some(reason) = conn.unseen {
                         // The answer to another request that could not be read.

@@ -227,6 +227,10 @@ fn garbage_and_half_requests_are_reported_not_counted() {
     let (x, other) = run(&[rx(1, b"GET /half HTTP/1.1\r\nHost: x\r\n")]);
     assert!(x.is_empty());
     assert_eq!(other, vec!["head_incomplete"], "a half-sent head, then the close");
+    // The client shut its side down after half a head, and the server answered it.
+    let (x, other) = run(&[rx(1, b"GET /half HTTP/1.1\r\nHost: x\r\n"), tx(2, OK_5)]);
+    assert_eq!(summary(&x), vec![("GET", "/half".into(), 200, 1, 2)]);
+    assert!(other.is_empty(), "{other:?}");
 
     let (x, other) = run(&[rx(1, b"GET /never HTTP/1.1\r\n\r\n")]);
     assert!(x.is_empty());
@@ -296,7 +300,8 @@ fn pipelined(n: usize) -> Vec<Data> {
 #[test]
 fn pipelined_requests_beyond_the_window_are_each_counted_once() {
     let (x, other) = run(&pipelined(100));
-    // 36-byte requests: 14 whole ones fit the 512-byte window, the 15th is cut.
+    // 36-byte requests: 14 whole ones fit the 512-byte window, the 15th is cut in its
+    // request line; the other 86 are counted by their responses.
     assert_eq!(x.len(), 14);
     assert_eq!(other, vec!["outside_capture_window"; 86]);
     assert_eq!(x.iter().map(|e| e.end_ns).collect::<Vec<_>>(), (2..16).collect::<Vec<_>>());
