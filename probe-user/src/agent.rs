@@ -251,6 +251,9 @@ pub async fn run(cli: Cli) -> Result<()> {
         Err(e) => warn!("could not drop capabilities after attaching: {e:#}"),
     }
     let addr = listener.local_addr().unwrap_or(cli.listen);
+    if !addr.ip().is_loopback() {
+        warn!(%addr, "/metrics is served beyond loopback: keep the port behind a firewall or a reverse proxy");
+    }
     tokio::spawn(exposition::serve(listener, Arc::new(registry)));
     info!("probe attached; metrics at http://{addr}/metrics");
 
