@@ -149,10 +149,11 @@ fn ring_record(r: &Record, ts_ns: u64) -> Vec<u8> {
             })
         }
         Record::Close { conn } => {
-            let mut ev = CloseEvent::default();
-            ev.header = EventHeader { kind: EVENT_CLOSE, flags: 0, ts_ns };
-            ev.conn_id = *conn;
-            raw(&ev)
+            raw(&CloseEvent {
+                header: EventHeader { kind: EVENT_CLOSE, flags: 0, ts_ns },
+                conn_id: *conn,
+                ..CloseEvent::default()
+            })
         }
         Record::Fork { parent, child } => raw(&ForkEvent {
             header: EventHeader { kind: EVENT_FORK, flags: 0, ts_ns },
@@ -165,7 +166,9 @@ fn ring_record(r: &Record, ts_ns: u64) -> Vec<u8> {
 
 /// `name{k="v",...} value` lines of the text exposition, parsed strictly: a label value
 /// ends at the first `"`, and must be followed by `,` or `}`.
-fn parse_exposition(text: &str) -> Result<Vec<(String, HashMap<String, String>)>, String> {
+type Series = (String, HashMap<String, String>);
+
+fn parse_exposition(text: &str) -> Result<Vec<Series>, String> {
     let mut out = vec![];
     for line in text.lines().filter(|l| !l.starts_with('#') && !l.is_empty()) {
         let bad = || format!("unparseable line {line:?}");

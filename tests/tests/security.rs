@@ -16,7 +16,7 @@ fn metrics_listen_on_loopback_by_default_and_warn_otherwise() -> Result<()> {
     let server = Server::start_python()?;
     // Every address: served, with a warning.
     let port = free_port();
-    let mut child = Command::new(agent_bin())
+    let child = Command::new(agent_bin())
         .args(["--pid", &server.pid().to_string(), "--listen", &format!("0.0.0.0:{port}")])
         .stderr(std::process::Stdio::piped())
         .spawn()?;
