@@ -122,7 +122,7 @@ impl Targets {
 
     /// Starts measuring `root` and its children, unless it is measured already.
     fn add_tree(&mut self, root: ProcInfo, service: Option<&str>) -> Result<()> {
-        let service: Arc<str> = service.map(str::to_string).unwrap_or_else(|| root.comm.clone()).into();
+        let service: Arc<str> = routes::label_safe(service.unwrap_or(&root.comm)).into();
         let pid = root.pid;
         self.add(root, service.clone(), true)?;
         for child in targets::descendants(pid) {
@@ -285,7 +285,16 @@ pub async fn run(cli: Cli) -> Result<()> {
         }
     }
 
+    // Everything is loaded, attached and open: what is left needs no privileges but
+    // reading /proc.
+    match crate::privileges::drop_after_attach() {
+        Ok(dropped) => info!(dropped = %dropped.join(","), "capabilities dropped after attaching"),
+        Err(e) => warn!("could not drop capabilities after attaching: {e:#}"),
+    }
     let addr = listener.local_addr().unwrap_or(cli.listen);
+    if !addr.ip().is_loopback() {
+        warn!(%addr, "/metrics is served beyond loopback: keep the port behind a firewall or a reverse proxy");
+    }
     tokio::spawn(exposition::serve(listener, Arc::new(registry)));
     info!("probe attached; metrics at http://{addr}/metrics");
 

@@ -133,3 +133,14 @@ pub struct Cli {
     #[arg(long, conflicts_with_all = ["ports", "exes", "cgroups"])]
     pub exit_with_target: bool,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_bind_to_loopback_by_default() {
+        let cli = Cli::try_parse_from(["redprobe", "--pid", "1"]).unwrap();
+        assert!(cli.listen.ip().is_loopback(), "{}", cli.listen);
+    }
+}

@@ -121,7 +121,28 @@ pub fn parse_request(buf: &[u8]) -> HeadParse<RequestHead> {
             )
         }
         Ok(httparse::Status::Partial) => HeadParse::Partial,
-        Err(_) => HeadParse::Invalid,
+        Err(_) => parse_non_utf8_target(buf),
+    }
+}
+
+/// httparse takes the request target as a `&str`, so a target that is not UTF-8 (bytes
+/// that servers do answer) fails. Parse it with those bytes masked, then put the real
+/// bytes back (the route label is made from them lossily).
+fn parse_non_utf8_target(buf: &[u8]) -> HeadParse<RequestHead> {
+    let line_end = buf.windows(2).position(|w| w == b"\r\n").unwrap_or(buf.len());
+    let line = &buf[..line_end];
+    if std::str::from_utf8(line).is_ok() {
+        return HeadParse::Invalid;
+    }
+    let mut masked = buf.to_vec();
+    masked[..line_end].iter_mut().filter(|b| **b >= 0x80).for_each(|b| *b = b'x');
+    match parse_request(&masked) {
+        HeadParse::Complete(mut head, n) => {
+            let start = head.method.len() + 1;
+            head.target = line[start..start + head.target.len()].to_vec();
+            HeadParse::Complete(head, n)
+        }
+        other => other,
     }
 }
 
@@ -142,6 +163,8 @@ pub fn parse_response(buf: &[u8]) -> HeadParse<ResponseHead> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut resp = httparse::Response::new(&mut headers);
     match resp.parse(buf) {
+        // Three digits, but not a status code: not HTTP (the label stays 100..=999).
+        Ok(httparse::Status::Complete(_)) if resp.code.unwrap_or(0) < 100 => HeadParse::Invalid,
         Ok(httparse::Status::Complete(n)) => {
             let f = framing(resp.headers);
             let body = f.body(BodyFraming::UntilClose);
@@ -204,6 +227,13 @@ mod tests {
         }
         assert_eq!(parse_request(b"GET /a HTTP/1.1\r\nHost:"), HeadParse::Partial);
         assert_eq!(parse_request(b"\x16\x03\x01\x02\x00"), HeadParse::Invalid);
+        // A target that is not UTF-8 is still a request; NUL is not allowed in one.
+        match parse_request(b"GET /caf\xe9/\xff?q HTTP/1.1\r\nHost: x\r\n\r\n") {
+            HeadParse::Complete(h, 35) => assert_eq!(h.target, b"/caf\xe9/\xff?q"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(parse_request(b"GET /a\x00b HTTP/1.1\r\n\r\n"), HeadParse::Invalid);
+        assert_eq!(parse_request(b"GET /\xff\x00 HTTP/1.1\r\n\r\n"), HeadParse::Invalid);
     }
 
     #[test]
@@ -215,6 +245,7 @@ mod tests {
         let close = parse_response(b"HTTP/1.0 500 Oops\r\nServer: x\r\n\r\n");
         assert!(matches!(close, HeadParse::Complete(ResponseHead { status: 500, version: Version::Http10, body: BodyFraming::UntilClose }, _)));
         assert_eq!(parse_response(b"HTTP/1.1 20"), HeadParse::Partial);
+        assert_eq!(parse_response(b"HTTP/1.1 099 Low\r\n\r\n"), HeadParse::Invalid);
         assert_eq!(parse_status_line(b"HTTP/1.1 404 Not Found\r\nX-Long: aaaa"), Some((404, Version::Http11)));
         assert_eq!(parse_request_line(b"DELETE /x/1 HTTP/1.1\r\nCookie: aaa"), Some(("DELETE".into(), b"/x/1".to_vec(), Version::Http11)));
         assert_eq!(parse_request_line(b"GET /no-end"), None);

@@ -11,6 +11,8 @@ mod cli;
 mod decode;
 mod exposition;
 #[cfg(test)]
+mod fuzz;
+#[cfg(test)]
 mod golden;
 mod http;
 mod loader;

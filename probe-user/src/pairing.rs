@@ -50,6 +50,10 @@ pub enum Output {
     Inferred(&'static str),
 }
 
+/// Requests a connection may have waiting for their responses; deeper pipelines are
+/// counted as `pipeline_too_deep` instead of growing the agent's memory.
+pub const MAX_PENDING: usize = 256;
+
 #[derive(Debug)]
 struct Pending {
     method: String,
@@ -57,6 +61,15 @@ struct Pending {
     version: Version,
     start_ns: u64,
     body_bytes: u64,
+    /// A request that was seen but could not be read (the reason): its response is
+    /// followed to keep the connection in step, and the pair is counted under the reason.
+    unparsed: Option<&'static str>,
+}
+
+impl Pending {
+    fn unreadable(reason: &'static str, start_ns: u64) -> Self {
+        Pending { method: String::new(), target: vec![], version: Version::Http11, start_ns, body_bytes: 0, unparsed: Some(reason) }
+    }
 }
 
 #[derive(Debug)]
@@ -98,6 +111,9 @@ struct Conn {
     family: u16,
     service: Arc<str>,
     last_ns: u64,
+    /// Requests are arriving that cannot be read (beyond the capture window, malformed):
+    /// each response with no request to pair is counted under this reason.
+    unseen: Option<&'static str>,
 }
 
 impl Conn {
@@ -109,6 +125,7 @@ impl Conn {
             family,
             service,
             last_ns: 0,
+            unseen: None,
         }
     }
 }
@@ -181,7 +198,7 @@ impl Pairer {
     pub fn active_requests(&self) -> HashMap<(Arc<str>, String), i64> {
         let mut active = HashMap::new();
         for c in self.conns.values() {
-            for p in &c.pending {
+            for p in c.pending.iter().filter(|p| p.unparsed.is_none()) {
                 *active.entry((c.service.clone(), p.method.clone())).or_insert(0) += 1;
             }
         }
@@ -222,8 +239,18 @@ impl Pairer {
     pub fn on_close(&mut self, conn_id: u64, out: &mut Vec<Output>) {
         if let Some(mut conn) = self.conns.remove(&conn_id) {
             finish_open_ended(&mut conn, out);
-            for _ in conn.pending.drain(..) {
-                out.push(Output::Unparsed("no_response"));
+            if matches!(&conn.recv, RecvState::Head { buf, .. } if !buf.is_empty()) {
+                out.push(Output::Unparsed("head_incomplete")); // a head cut short by the close
+            }
+            // A response started and not finished, then the requests never answered.
+            let mut reason = if matches!(conn.send, SendState::Head { .. } | SendState::Body { .. }) {
+                "response_incomplete"
+            } else {
+                "no_response"
+            };
+            for p in conn.pending.drain(..) {
+                out.push(Output::Unparsed(p.unparsed.unwrap_or(reason)));
+                reason = "no_response";
             }
         }
     }
@@ -247,8 +274,8 @@ impl Pairer {
 }
 
 fn resync(conn: &mut Conn, reason: &'static str, out: &mut Vec<Output>) {
-    for _ in conn.pending.drain(..) {
-        out.push(Output::Unparsed(reason));
+    for p in conn.pending.drain(..) {
+        out.push(Output::Unparsed(p.unparsed.unwrap_or(reason)));
     }
     conn.recv = RecvState::Desync;
     conn.send = SendState::Skip;
@@ -281,7 +308,10 @@ fn finish_current(conn: &mut Conn, out: &mut Vec<Output>) {
 
 fn complete(conn: &mut Conn, status: u16, first_ns: u64, end_ns: u64, bytes: u64, out: &mut Vec<Output>) {
     conn.send = SendState::Idle;
-    if let Some(req) = conn.pending.pop_front() {
+    if let Some(reason) = conn.pending.front().and_then(|p| p.unparsed) {
+        conn.pending.pop_front();
+        out.push(Output::Unparsed(reason));
+    } else if let Some(req) = conn.pending.pop_front() {
         out.push(Output::Exchange(Exchange {
             method: req.method,
             target: req.target,
@@ -311,6 +341,7 @@ fn on_recv(conn: &mut Conn, p: &Piece<'_>, ts: u64, out: &mut Vec<Output>) {
         // framing we could not see) ended with its last write.
         finish_open_ended(conn, out);
         conn.recv = RecvState::Head { buf: vec![], start_ns: None };
+        conn.unseen = None;
         if matches!(conn.send, SendState::Skip) {
             conn.send = SendState::Idle;
         }
@@ -349,8 +380,7 @@ fn on_recv(conn: &mut Conn, p: &Piece<'_>, ts: u64, out: &mut Vec<Output>) {
                 let Some(known) = p.head_at(pos) else {
                     // A request starts where we captured nothing (deep in a pipelined
                     // batch): it cannot be read.
-                    out.push(Output::Unparsed("outside_capture_window"));
-                    conn.recv = RecvState::Desync;
+                    unreadable(conn, "outside_capture_window", ts);
                     return;
                 };
                 let start = *start_ns.get_or_insert(ts);
@@ -360,13 +390,18 @@ fn on_recv(conn: &mut Conn, p: &Piece<'_>, ts: u64, out: &mut Vec<Output>) {
                     HeadParse::Complete(head, n) => {
                         pos += (n - prev) as u64;
                         finish_unknown(conn, out);
-                        conn.pending.push_back(Pending {
-                            method: head.method,
-                            target: head.target,
-                            version: head.version,
-                            start_ns: start,
-                            body_bytes: 0,
-                        });
+                        push_pending(
+                            conn,
+                            Pending {
+                                method: head.method,
+                                target: head.target,
+                                version: head.version,
+                                start_ns: start,
+                                body_bytes: 0,
+                                unparsed: None,
+                            },
+                            out,
+                        );
                         conn.recv = match head.body {
                             BodyFraming::Length(n) => RecvState::LengthBody(n),
                             BodyFraming::Chunked => RecvState::ChunkedBody(ChunkParser::default()),
@@ -384,19 +419,25 @@ fn on_recv(conn: &mut Conn, p: &Piece<'_>, ts: u64, out: &mut Vec<Output>) {
                         match parse_request_line(buf) {
                             Some((method, target, version)) => {
                                 finish_unknown(conn, out);
-                                conn.pending.push_back(Pending { method, target, version, start_ns: start, body_bytes: 0 });
+                                let req = Pending { method, target, version, start_ns: start, body_bytes: 0, unparsed: None };
+                                push_pending(conn, req, out);
                                 conn.recv = RecvState::UntilResponse;
+                                if !captured_all {
+                                    // More requests may follow in what was not captured
+                                    // (pipelining): their responses are counted.
+                                    conn.unseen = Some("outside_capture_window");
+                                }
                             }
-                            None => {
-                                out.push(Output::Unparsed("head_too_large"));
-                                conn.recv = RecvState::Desync;
-                            }
+                            // Cut by the window: a head that starts deep in a read (pipelining)
+                            // or whose request line alone is larger than the window.
+                            None if prev == 0 && pos > 0 => unreadable(conn, "outside_capture_window", start),
+                            None => unreadable(conn, "head_too_large", start),
                         }
                         return;
                     }
                     HeadParse::Invalid => {
-                        out.push(Output::Unparsed(classify_garbage(buf)));
-                        conn.recv = RecvState::Desync;
+                        let reason = if looks_like_request_line(buf) { "malformed_request" } else { classify_garbage(buf) };
+                        unreadable(conn, reason, start);
                         return;
                     }
                 }
@@ -405,21 +446,68 @@ fn on_recv(conn: &mut Conn, p: &Piece<'_>, ts: u64, out: &mut Vec<Output>) {
     }
 }
 
+/// The server answers a head whose end was not seen (the client sent part of it and
+/// shut its side down, which ends the head for the server): the request is its request
+/// line.
+fn answer_incomplete_head(conn: &mut Conn) -> bool {
+    let RecvState::Head { buf, start_ns: Some(start) } = &conn.recv else { return false };
+    let Some((method, target, version)) = parse_request_line(buf) else { return false };
+    let req = Pending { method, target, version, start_ns: *start, body_bytes: 0, unparsed: None };
+    conn.pending.push_back(req);
+    conn.recv = RecvState::UntilResponse;
+    true
+}
+
+/// Queues a request for its response, within `MAX_PENDING`.
+fn push_pending(conn: &mut Conn, req: Pending, out: &mut Vec<Output>) {
+    if conn.pending.len() >= MAX_PENDING {
+        out.push(Output::Unparsed("pipeline_too_deep"));
+        return;
+    }
+    conn.unseen = None; // a readable request: the connection is in step again
+    conn.pending.push_back(req);
+}
+
+/// A request arrived that cannot be read: it is counted under `reason` when its response
+/// has been followed (or at the close), and so is every further response that has no
+/// request to pair, until a readable request arrives.
+fn unreadable(conn: &mut Conn, reason: &'static str, start_ns: u64) {
+    conn.recv = RecvState::Desync;
+    conn.unseen = Some(reason);
+    if conn.pending.len() < MAX_PENDING {
+        conn.pending.push_back(Pending::unreadable(reason, start_ns));
+    }
+}
+
+/// Starts with `METHOD SP` (a token, then a space): a request line that failed to parse
+/// further is a malformed request, not another protocol.
+fn looks_like_request_line(buf: &[u8]) -> bool {
+    let method_len = buf.iter().take_while(|b| b.is_ascii_alphabetic()).count();
+    method_len > 0 && buf.get(method_len) == Some(&b' ')
+}
+
 fn on_send(conn: &mut Conn, p: &Piece<'_>, ts: u64, out: &mut Vec<Output>) {
     let mut pos = 0u64;
     while pos < p.len {
         match &mut conn.send {
             SendState::Skip => return,
             SendState::Idle => {
+                if conn.pending.is_empty() && answer_incomplete_head(conn) {
+                    continue;
+                }
                 if conn.pending.is_empty() {
+                    if let Some(reason) = conn.unseen {
+                        // The answer to another request that could not be read.
+                        conn.pending.push_back(Pending::unreadable(reason, ts));
+                        continue;
+                    }
                     // Bytes with no request to answer (a response to a request we did not
-                    // see, or an error page for garbage we reported already).
+                    // see, e.g. on a connection opened before the agent started).
                     out.push(Output::Unparsed("response_without_request"));
                     conn.send = SendState::Skip;
                     return;
                 }
                 if p.head_at(pos).is_none() {
-                    out.push(Output::Unparsed("outside_capture_window"));
                     resync(conn, "outside_capture_window", out);
                     return;
                 }

@@ -61,6 +61,102 @@ pub fn check() -> Result<()> {
     Ok(())
 }
 
+const CAP_NET_ADMIN: u32 = 12;
+const CAP_SYS_RESOURCE: u32 = 24;
+
+/// Capabilities kept after attaching: reading other users' /proc/PID entries (targets,
+/// their workers, their sockets). Everything else is dropped.
+pub const KEPT_AFTER_ATTACH: &[(u32, &str)] = &[(CAP_DAC_READ_SEARCH, "CAP_DAC_READ_SEARCH"), (CAP_SYS_PTRACE, "CAP_SYS_PTRACE")];
+
+/// Capabilities only loading and attaching need; the tests check they are gone.
+pub const DROPPED_AFTER_ATTACH: &[(u32, &str)] = &[
+    (CAP_BPF, "CAP_BPF"),
+    (CAP_PERFMON, "CAP_PERFMON"),
+    (CAP_SYS_ADMIN, "CAP_SYS_ADMIN"),
+    (CAP_NET_ADMIN, "CAP_NET_ADMIN"),
+    (CAP_SYS_RESOURCE, "CAP_SYS_RESOURCE"),
+];
+
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: i32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+
+fn capget() -> std::io::Result<u64> {
+    let mut header = CapHeader { version: LINUX_CAPABILITY_VERSION_3, pid: 0 };
+    let mut data = [CapData::default(); 2];
+    // SAFETY: header and two data words, as capget(2) expects for version 3.
+    if unsafe { libc::syscall(libc::SYS_capget, &mut header, data.as_mut_ptr()) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(data[0].permitted as u64 | (data[1].permitted as u64) << 32)
+}
+
+fn capset(set: u64) -> std::io::Result<()> {
+    let mut header = CapHeader { version: LINUX_CAPABILITY_VERSION_3, pid: 0 };
+    let word = |w: u32| CapData { effective: w, permitted: w, inheritable: 0 };
+    let data = [word(set as u32), word((set >> 32) as u32)];
+    // SAFETY: as above.
+    if unsafe { libc::syscall(libc::SYS_capset, &mut header, data.as_ptr()) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// (major, minor) of the running kernel.
+fn kernel_version() -> Option<(u32, u32)> {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").ok()?;
+    let mut parts = release.trim().split(['.', '-']);
+    Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
+}
+
+/// Before Linux 6.5, every bpf(2) command, map reads and updates included, needs CAP_BPF
+/// (or CAP_SYS_ADMIN) while `kernel.unprivileged_bpf_disabled` is set; from 6.5 on only
+/// creating maps and loading programs do.
+fn maps_need_caps() -> bool {
+    let disabled = std::fs::read_to_string("/proc/sys/kernel/unprivileged_bpf_disabled")
+        .map(|s| s.trim() != "0")
+        .unwrap_or(true);
+    disabled && kernel_version().is_none_or(|v| v < (6, 5))
+}
+
+/// Drops every capability the running agent no longer needs once its programs are
+/// attached and its maps open (map fds keep working). Returns the names dropped.
+pub fn drop_after_attach() -> Result<Vec<&'static str>> {
+    let mut keep: u64 = KEPT_AFTER_ATTACH.iter().fold(0, |k, (c, _)| k | 1 << c);
+    if maps_need_caps() {
+        keep |= 1 << CAP_BPF | 1 << CAP_SYS_ADMIN;
+    }
+    let permitted = capget().map_err(|e| anyhow::anyhow!("capget: {e}"))?;
+    // The bounding set first (needs CAP_SETPCAP, which is dropped right after).
+    let last_cap: u32 = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(40);
+    for cap in (0..=last_cap).filter(|c| keep & (1 << c) == 0) {
+        // SAFETY: plain prctl; EPERM (no CAP_SETPCAP) leaves the bounding set as it is.
+        unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) };
+    }
+    // SAFETY: plain prctl calls.
+    unsafe {
+        libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong, 0, 0, 0);
+        libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1 as libc::c_ulong, 0, 0, 0);
+    }
+    capset(permitted & keep).map_err(|e| anyhow::anyhow!("capset: {e}"))?;
+    Ok(DROPPED_AFTER_ATTACH.iter().filter(|(c, _)| permitted & !keep & (1 << c) != 0).map(|(_, n)| *n).collect())
+}
+
 fn is_permission(e: &std::io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::EPERM) | Some(libc::EACCES))
 }

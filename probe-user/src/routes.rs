@@ -96,6 +96,10 @@ impl Router {
     /// The route of a request target (origin-form `/a/b?c`, absolute-form
     /// `http://h/a`, or `*`).
     pub fn route(&self, target: &[u8]) -> String {
+        label_safe(&self.route_raw(target))
+    }
+
+    fn route_raw(&self, target: &[u8]) -> String {
         let target = String::from_utf8_lossy(target);
         let mut path: &str = &target;
         if path == "*" {
@@ -170,6 +174,21 @@ fn is_date(b: &[u8]) -> bool {
         })
 }
 
+/// A label value that every Prometheus parser reads back as it is: the client library
+/// writes label values unescaped, so `"`, `\` and control characters (possible in a
+/// request target or a process name) are percent-encoded, as they would be in a URL.
+pub fn label_safe(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '"' | '\\' | '\u{7f}' => out.push_str(&format!("%{:02X}", c as u32)),
+            c if c.is_control() => out.push_str(&format!("%{:02X}", c as u32 & 0xff)),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 /// The `http_request_method` label: standard methods as they are, anything else `_OTHER`.
 pub fn method_label(method: &str) -> &'static str {
     const KNOWN: [&str; 9] = ["GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"];
@@ -182,6 +201,13 @@ mod tests {
 
     fn route(path: &str) -> String {
         Router::default().route(path.as_bytes())
+    }
+
+    #[test]
+    fn labels_are_safe_to_expose() {
+        assert_eq!(route("/a\"}b\\c"), "/a%22}b%5Cc");
+        assert_eq!(label_safe("my \"svc\"\n"), "my %22svc%22%0A");
+        assert_eq!(route("/caf\u{e9}"), "/caf\u{e9}");
     }
 
     #[test]

@@ -12,6 +12,7 @@ Routes (GET unless noted):
   /chunked            200, chunked body in several writes
   /big?kb=N           200, N KiB body written in 16 KiB writes
   /http10             200 without Content-Length, then the connection closes
+  /partial?ms=N       announces a 1000-byte body, sends 10 bytes, waits N ms, closes
   POST /echo          reads the Content-Length body, answers 201 with its size
 """
 import argparse
@@ -88,6 +89,13 @@ class Handler(BaseHTTPRequestHandler):
             self.send_header("Connection", "close")
             self.end_headers()
             self.wfile.write(b"delimited by close\n")
+            self.close_connection = True
+        elif path == "/partial":
+            self.send_response(200)
+            self.send_header("Content-Length", "1000")
+            self.end_headers()
+            self.wfile.write(b"only this\n")
+            time.sleep(int(query.get("ms", ["0"])[0]) / 1000)
             self.close_connection = True
         else:
             self.reply(404, b"no such route\n")

@@ -30,6 +30,9 @@ pub fn free_port() -> u16 {
 }
 
 pub(crate) fn terminate(child: &mut Child) {
+    if let Ok(Some(_)) = child.try_wait() {
+        return; // reaped already: its PID may belong to another process now
+    }
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     for _ in 0..200 {
         if let Ok(Some(_)) = child.try_wait() {

@@ -1,9 +1,10 @@
-//! `cargo xtask <command>`: setup, build, run, demo, test, bench. One module per command.
+//! `cargo xtask <command>`: setup, build, run, demo, test, bench, soak. One module per command.
 mod bench;
 mod build;
 mod demo;
 mod run;
 mod setup;
+mod soak;
 mod test;
 
 use clap::{Parser, Subcommand};
@@ -42,6 +43,11 @@ enum Cmd {
     },
     /// Measure the probe's overhead, side by side, and print ratios.
     Bench,
+    /// Steady load for N minutes: prints the agent's RSS over time, checks exact counts.
+    Soak {
+        #[arg(long, default_value_t = 10.0)]
+        minutes: f64,
+    },
 }
 
 fn main() {
@@ -52,6 +58,7 @@ fn main() {
         Cmd::Demo { seconds, keep } => demo::demo(seconds, keep),
         Cmd::Test { filter } => test::test(filter.as_deref()),
         Cmd::Bench => bench::bench(),
+        Cmd::Soak { minutes } => soak::soak(minutes),
     };
     if let Err(e) = result {
         eprintln!("xtask: error: {e:#}");

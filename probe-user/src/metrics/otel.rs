@@ -100,7 +100,7 @@ impl OtelHttp {
             http_route: r.route.to_string(),
             network_protocol_version: r.version.to_string(),
             network_transport: r.transport.to_string(),
-            error_type: if r.status >= 500 { r.status.to_string() } else { String::new() },
+            error_type: if (500..600).contains(&r.status) { r.status.to_string() } else { String::new() },
             service_name: r.service.to_string(),
         };
         self.duration.get_or_create(&labels).observe(r.duration);

@@ -226,7 +226,11 @@ fn garbage_and_half_requests_are_reported_not_counted() {
 
     let (x, other) = run(&[rx(1, b"GET /half HTTP/1.1\r\nHost: x\r\n")]);
     assert!(x.is_empty());
-    assert!(other.is_empty(), "a half-sent head is simply never completed: {other:?}");
+    assert_eq!(other, vec!["head_incomplete"], "a half-sent head, then the close");
+    // The client shut its side down after half a head, and the server answered it.
+    let (x, other) = run(&[rx(1, b"GET /half HTTP/1.1\r\nHost: x\r\n"), tx(2, OK_5)]);
+    assert_eq!(summary(&x), vec![("GET", "/half".into(), 200, 1, 2)]);
+    assert!(other.is_empty(), "{other:?}");
 
     let (x, other) = run(&[rx(1, b"GET /never HTTP/1.1\r\n\r\n")]);
     assert!(x.is_empty());
@@ -283,4 +287,55 @@ fn connection_table_is_bounded() {
     let active = p.active_requests();
     assert_eq!(active.get(&("svc".into(), "GET".to_string())), Some(&2));
     assert_eq!(p.connections_by_service().get("svc"), Some(&2));
+}
+
+/// `n` requests of `GET /p HTTP/1.1` in one read, and their `n` responses.
+fn pipelined(n: usize) -> Vec<Data> {
+    let one = b"GET /p HTTP/1.1\r\nHost: localhost\r\n\r\n";
+    let mut events = vec![rx(1, &one.repeat(n))];
+    events.extend((0..n).map(|i| tx(2 + i as u64, OK_5)));
+    events
+}
+
+#[test]
+fn pipelined_requests_beyond_the_window_are_each_counted_once() {
+    let (x, other) = run(&pipelined(100));
+    // 36-byte requests: 14 whole ones fit the 512-byte window, the 15th is cut in its
+    // request line; the other 86 are counted by their responses.
+    assert_eq!(x.len(), 14);
+    assert_eq!(other, vec!["outside_capture_window"; 86]);
+    assert_eq!(x.iter().map(|e| e.end_ns).collect::<Vec<_>>(), (2..16).collect::<Vec<_>>());
+}
+
+#[test]
+fn a_request_that_cannot_be_read_is_one_count_with_its_response() {
+    // A request line longer than the window, answered 414: one count, no
+    // response_without_request, and the next request is measured.
+    let mut long = b"GET /".to_vec();
+    long.extend(vec![b'a'; 70_000]);
+    long.extend(b" HTTP/1.1\r\n\r\n");
+    let (x, other) = run(&[rx(1, &long), tx(2, b"HTTP/1.1 414 URI Too Long\r\nContent-Length: 0\r\n\r\n"), rx(3, b"GET /next HTTP/1.1\r\n\r\n"), tx(4, OK_5)]);
+    assert_eq!(summary(&x), vec![("GET", "/next".into(), 200, 3, 4)]);
+    assert_eq!(other, vec!["head_too_large"]);
+    // A malformed request line (NUL in the target) on a connection the kernel took for HTTP.
+    let (x, other) = run(&[rx(1, b"GET /a\x00b HTTP/1.1\r\n\r\n"), tx(2, b"HTTP/1.1 400 Bad\r\nContent-Length: 0\r\n\r\n")]);
+    assert!(x.is_empty());
+    assert_eq!(other, vec!["malformed_request"]);
+}
+
+#[test]
+fn a_response_cut_by_the_close_is_response_incomplete() {
+    let (x, other) = run(&[rx(1, b"GET /a HTTP/1.1\r\n\r\n"), tx(2, b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly this")]);
+    assert!(x.is_empty());
+    assert_eq!(other, vec!["response_incomplete"]);
+}
+
+#[test]
+fn pending_requests_are_bounded() {
+    let one = b"GET /p HTTP/1.1\r\n\r\n";
+    let events: Vec<Data> = (0..MAX_PENDING as u64 + 10).map(|i| rx(i, one)).collect();
+    let (x, other) = run(&events);
+    assert!(x.is_empty());
+    assert_eq!(other.iter().filter(|r| **r == "pipeline_too_deep").count(), 10);
+    assert_eq!(other.iter().filter(|r| **r == "no_response").count(), MAX_PENDING);
 }

@@ -1,0 +1,220 @@
+//! Load and exhaustion: 10,000 idle connections (slowloris) against nginx, and a burst
+//! that overflows the ring buffer while the agent is stalled. The agent's memory and the
+//! kernel map's fill level are reported; the counts of well-formed traffic stay exact.
+use std::{
+    io::Write,
+    net::TcpStream,
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    sync::Arc,
+    time::Duration,
+};
+
+use anyhow::{Context, Result, bail};
+use testkit::{
+    client::Conn,
+    procs::{Agent, Server, free_port},
+    scrape::Metrics,
+    wait_for,
+};
+
+/// nginx with a master and one worker, on a free port, in a temporary prefix.
+struct Nginx {
+    child: Child,
+    port: u16,
+    dir: PathBuf,
+}
+
+impl Nginx {
+    fn start() -> Result<Self> {
+        let port = free_port();
+        let dir = std::env::temp_dir().join(format!("redprobe-nginx-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(dir.join("logs"))?;
+        let conf = format!(
+            "daemon off; master_process on; worker_processes 1; user root;\n\
+             worker_rlimit_nofile 20000; pid {d}/nginx.pid; error_log {d}/logs/error.log warn;\n\
+             events {{ worker_connections 12000; }}\n\
+             http {{\n  access_log off; client_header_timeout 600s; keepalive_timeout 600s; keepalive_requests 1000000;\n\
+               client_body_temp_path {d}/body; proxy_temp_path {d}/proxy; fastcgi_temp_path {d}/fastcgi;\n\
+               uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;\n\
+               server {{ listen 127.0.0.1:{port} backlog=4096; location /hello {{ return 200 \"hello\\n\"; }} }}\n}}\n",
+            d = dir.display()
+        );
+        std::fs::write(dir.join("nginx.conf"), conf)?;
+        let child = Command::new("/usr/sbin/nginx")
+            .arg("-p")
+            .arg(&dir)
+            .arg("-c")
+            .arg(dir.join("nginx.conf"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("starting /usr/sbin/nginx")?;
+        let mut nginx = Nginx { child, port, dir };
+        wait_for("nginx to listen", Duration::from_secs(20), || {
+            if let Ok(Some(_)) = nginx.child.try_wait() {
+                return Some(());
+            }
+            TcpStream::connect(("127.0.0.1", port)).ok().map(drop)
+        })?;
+        if let Ok(Some(status)) = nginx.child.try_wait() {
+            bail!("nginx exited with {status}");
+        }
+        // The worker is forked right after the master binds.
+        wait_for("the nginx worker", Duration::from_secs(10), || has_children(nginx.child.id()).then_some(()))?;
+        Ok(nginx)
+    }
+}
+
+fn has_children(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).is_ok_and(|c| !c.trim().is_empty())
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn raise_fd_limit() -> Result<u64> {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
+        lim.rlim_cur = lim.rlim_max;
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+            bail!("setrlimit: {}", std::io::Error::last_os_error());
+        }
+    }
+    Ok(lim.rlim_cur)
+}
+
+fn rss_mib(m: &Metrics) -> f64 {
+    m.sum("process_resident_memory_bytes", &[]) / (1024.0 * 1024.0)
+}
+
+/// 200 requests on one keep-alive connection, checked for status.
+fn well_formed(port: u16, n: usize) -> Result<()> {
+    let mut conn = Conn::open(port)?;
+    for _ in 0..n {
+        assert_eq!(conn.get("/hello")?.status, 200);
+    }
+    Ok(())
+}
+
+#[test]
+fn slowloris_ten_thousand_idle_connections() -> Result<()> {
+    const IDLE: usize = 10_000;
+    const BOUNDED: u32 = 4096;
+    let limit = raise_fd_limit()?;
+    assert!(limit as usize > IDLE + 100, "RLIMIT_NOFILE hard limit {limit} is too low for {IDLE} connections");
+    let nginx = Nginx::start()?;
+    let pid = nginx.child.id().to_string();
+    // One agent with the default table (65536), one with a table smaller than the attack.
+    let roomy = Agent::start(&["--pid".into(), pid.clone()])?;
+    let small = Agent::start(&["--pid".into(), pid, "--max-connections".into(), BOUNDED.to_string()])?;
+    let before = [roomy.metrics()?, small.metrics()?];
+
+    // Each idle connection sends half a request head, then nothing.
+    let mut idle = Vec::with_capacity(IDLE);
+    for i in 0..IDLE {
+        let mut s = TcpStream::connect(("127.0.0.1", nginx.port)).with_context(|| format!("idle connection {i}"))?;
+        s.write_all(b"GET /hello HTTP/1.1\r\nHost: x\r\n")?;
+        idle.push(s);
+    }
+    // Well-formed traffic while they are all open.
+    let port = nginx.port;
+    let clients: Vec<_> = (0..2).map(|_| std::thread::spawn(move || well_formed(port, 200))).collect();
+    for c in clients {
+        c.join().expect("client")?;
+    }
+    let full = |m: &Metrics, n: f64| m.sum("redprobe_map_entries", &[("map", "CONNS")]) >= n;
+    let roomy_m = roomy.wait_metrics("400 requests and the idle connections in CONNS", |m| {
+        m.requests("GET", 200, "/hello") == 400 && full(m, IDLE as f64)
+    })?;
+    let small_m = small.wait_metrics("400 requests and a full CONNS", |m| {
+        m.requests("GET", 200, "/hello") == 400 && full(m, BOUNDED as f64 * 0.9)
+    })?;
+    for m in [&roomy_m, &small_m] {
+        assert_eq!(m.request_counts().values().sum::<u64>(), 400, "{:?}", m.request_counts());
+        assert_eq!(m.sum("redprobe_events_lost_total", &[]), 0.0);
+    }
+    // The small table stays within its bound, in the kernel and in the agent.
+    let entries = small_m.sum("redprobe_map_entries", &[("map", "CONNS")]);
+    assert!(entries <= BOUNDED as f64, "CONNS holds {entries} > {BOUNDED}");
+    assert_eq!(small_m.sum("redprobe_map_capacity", &[("map", "CONNS")]), BOUNDED as f64);
+    assert!(small_m.sum("redprobe_connections_tracked", &[]) <= BOUNDED as f64);
+    let evicted = small_m.sum("redprobe_requests_unparsed_total", &[("reason", "connection_table_full")]);
+    assert!(evicted >= (IDLE - BOUNDED as usize) as f64, "{evicted} evictions counted");
+    let grew = |b: &Metrics, a: &Metrics| rss_mib(a) - rss_mib(b);
+    assert!(grew(&before[0], &roomy_m) < 64.0, "the agent grew by {:.1} MiB", grew(&before[0], &roomy_m));
+    assert!(grew(&before[1], &small_m) < 32.0, "the bounded agent grew by {:.1} MiB", grew(&before[1], &small_m));
+    eprintln!(
+        "slowloris {IDLE} idle connections:\n  default table: RSS {:.1} -> {:.1} MiB, CONNS {} / {}, tracked {}\n  \
+         --max-connections {BOUNDED}: RSS {:.1} -> {:.1} MiB, CONNS {} / {}, tracked {}, evicted {evicted}",
+        rss_mib(&before[0]),
+        rss_mib(&roomy_m),
+        roomy_m.sum("redprobe_map_entries", &[("map", "CONNS")]),
+        roomy_m.sum("redprobe_map_capacity", &[("map", "CONNS")]),
+        roomy_m.sum("redprobe_connections_tracked", &[]),
+        rss_mib(&before[1]),
+        rss_mib(&small_m),
+        entries,
+        BOUNDED,
+        small_m.sum("redprobe_connections_tracked", &[]),
+    );
+    drop(idle);
+    Ok(())
+}
+
+#[test]
+fn ring_buffer_burst_while_the_agent_is_stalled() -> Result<()> {
+    // The agent is stopped (SIGSTOP) while 4 clients send 3000 requests: the 1 MiB ring
+    // fills up, losses are counted, and after SIGCONT the agent catches up and counts a
+    // fresh batch exactly.
+    let server = Server::start_python()?;
+    let agent = Agent::start(&["--pid".into(), server.pid().to_string(), "--ring-buffer-bytes".into(), (1 << 20).to_string()])?;
+    let agent_pid = agent.child.id() as i32;
+    unsafe { libc::kill(agent_pid, libc::SIGSTOP) };
+    let port = server.port;
+    let sent = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let sent = sent.clone();
+            std::thread::spawn(move || -> Result<()> {
+                let mut conn = Conn::open(port)?;
+                for _ in 0..750 {
+                    assert_eq!(conn.get("/hello")?.status, 200);
+                    sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                Ok(())
+            })
+        })
+        .collect();
+    let joined: Result<Vec<()>> = clients.into_iter().map(|c| c.join().expect("client")).collect();
+    unsafe { libc::kill(agent_pid, libc::SIGCONT) };
+    joined?;
+    let sent = sent.load(std::sync::atomic::Ordering::Relaxed);
+    let m = agent.wait_metrics("losses counted", |m| m.sum("redprobe_events_lost_total", &[]) > 0.0)?;
+    // Recovery: the burst's connections are resynchronised at their next request, and
+    // new connections are exact.
+    let mut fresh = Conn::open(port)?;
+    for id in 0..50 {
+        assert_eq!(fresh.get(&format!("/users/{id}"))?.status, 200);
+    }
+    let after = agent.wait_metrics("the batch after the burst", |m| m.requests("GET", 200, "/users/{id}") == 50)?;
+    let lost = after.sum("redprobe_events_lost_total", &[]);
+    let received = after.sum("redprobe_events_received_total", &[]);
+    let counted = after.requests("GET", 200, "/hello");
+    let unparsed_lost = after.sum("redprobe_requests_unparsed_total", &[("reason", "events_lost")]);
+    assert!(counted < sent, "with {lost} events lost, not all {sent} requests can be counted ({counted})");
+    assert!(counted as f64 + unparsed_lost <= sent as f64, "{counted} counted + {unparsed_lost} lost > {sent} sent");
+    assert_eq!(after.request_counts().values().sum::<u64>(), counted + 50, "no request invented");
+    assert!(m.sum("redprobe_events_lost_total", &[]) <= lost);
+    eprintln!(
+        "burst: {sent} requests while the agent was stopped, 1 MiB ring: {received} events received, {lost} lost; \
+         {counted} requests counted, {unparsed_lost} counted as events_lost; the next 50 exact"
+    );
+    Ok(())
+}
