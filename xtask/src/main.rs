@@ -40,8 +40,8 @@ enum Cmd {
         /// Only integration tests whose name contains this.
         filter: Option<String>,
     },
-    /// Measure the probe's overhead, side by side, and print ratios.
-    Bench,
+    /// Measure the probe's overhead, side by side, and print the table of ratios.
+    Bench(bench::Options),
 }
 
 fn main() {
@@ -51,7 +51,7 @@ fn main() {
         Cmd::Run { args } => run::run(&args),
         Cmd::Demo { seconds, keep } => demo::demo(seconds, keep),
         Cmd::Test { filter } => test::test(filter.as_deref()),
-        Cmd::Bench => bench::bench(),
+        Cmd::Bench(opts) => bench::bench(&opts),
     };
     if let Err(e) = result {
         eprintln!("xtask: error: {e:#}");
