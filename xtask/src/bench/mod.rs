@@ -117,9 +117,12 @@ pub fn bench(opts: &Options) -> Result<()> {
         bail!("the bench loads eBPF programs: run it as root");
     }
     crate::setup::test_dependencies()?;
-    // SAFETY: still single-threaded; the test kit reads these.
+    // SAFETY: still single-threaded; the test kit reads these. An agent named by
+    // $REDPROBE_BIN (another build, for comparisons) is used instead of this build's.
     unsafe {
-        std::env::set_var(REDPROBE_BIN, agent_path());
+        if std::env::var_os(REDPROBE_BIN).is_none() {
+            std::env::set_var(REDPROBE_BIN, agent_path());
+        }
         std::env::set_var(REDPROBE_PYTHON, python_venv().join("bin/python"));
     }
     let want = |m: &str| opts.only.is_empty() || opts.only.iter().any(|o| o == m);
