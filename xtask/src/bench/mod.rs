@@ -111,7 +111,6 @@ fn cost_rows(cost: &agent_cost::AgentCost, ceiling_rps: f64) -> (Vec<Row>, Strin
 }
 
 pub fn bench(opts: &Options) -> Result<()> {
-    let started = Instant::now();
     crate::build::build()?;
     if !is_root() {
         bail!("the bench loads eBPF programs: run it as root");
@@ -125,6 +124,7 @@ pub fn bench(opts: &Options) -> Result<()> {
         }
         std::env::set_var(REDPROBE_PYTHON, python_venv().join("bin/python"));
     }
+    let (started, load_before) = (Instant::now(), load_average());
     let want = |m: &str| opts.only.is_empty() || opts.only.iter().any(|o| o == m);
     let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let pin = !opts.no_pin && cpus >= 2;
@@ -171,7 +171,11 @@ pub fn bench(opts: &Options) -> Result<()> {
     }
 
     println!();
-    println!("redprobe overhead budget ({})", machine());
+    println!(
+        "redprobe overhead budget ({}; load average {load_before} before, {} after: other load widens the spreads)",
+        machine(),
+        load_average()
+    );
     print_table(&rows);
     println!();
     println!("How it was measured:");
@@ -209,6 +213,12 @@ pub fn bench(opts: &Options) -> Result<()> {
     println!();
     println!("bench took {:.0} s", started.elapsed().as_secs_f64());
     Ok(())
+}
+
+/// The 1-minute load average, to show how busy the machine was.
+fn load_average() -> String {
+    let raw = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    raw.split_whitespace().next().unwrap_or("?").to_string()
 }
 
 /// Kernel release and CPU count, for the table's title.
