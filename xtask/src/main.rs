@@ -41,8 +41,8 @@ enum Cmd {
         /// Only integration tests whose name contains this.
         filter: Option<String>,
     },
-    /// Measure the probe's overhead, side by side, and print ratios.
-    Bench,
+    /// Measure the probe's overhead, side by side, and print the table of ratios.
+    Bench(bench::Options),
     /// Steady load for N minutes: prints the agent's RSS over time, checks exact counts.
     Soak {
         #[arg(long, default_value_t = 10.0)]
@@ -57,7 +57,7 @@ fn main() {
         Cmd::Run { args } => run::run(&args),
         Cmd::Demo { seconds, keep } => demo::demo(seconds, keep),
         Cmd::Test { filter } => test::test(filter.as_deref()),
-        Cmd::Bench => bench::bench(),
+        Cmd::Bench(opts) => bench::bench(&opts),
         Cmd::Soak { minutes } => soak::soak(minutes),
     };
     if let Err(e) = result {

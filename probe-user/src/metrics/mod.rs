@@ -70,12 +70,13 @@ impl RouteLimiter {
     fn admit(&self, service: &Arc<str>, route: String, max: usize) -> Option<String> {
         let Ok(mut seen) = self.seen.lock() else { return None };
         let routes = seen.entry(service.clone()).or_default();
-        if routes.contains(&route) || routes.len() < max {
+        if !routes.contains(&route) {
+            if routes.len() >= max {
+                return None;
+            }
             routes.insert(route.clone());
-            Some(route)
-        } else {
-            None
         }
+        Some(route)
     }
 }
 

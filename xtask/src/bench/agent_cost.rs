@@ -1,0 +1,82 @@
+//! Measure 5: the agent's own cost, read from /proc while it measures nginx (measure 2).
+//! CPU is utime + stime from /proc/<pid>/stat (clock ticks); peak RSS is VmHWM from
+//! /proc/<pid>/status.
+use anyhow::{Context, Result};
+
+use super::stats::{median, range};
+
+fn clock_ticks_per_second() -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 { t as f64 } else { 100.0 }
+}
+
+/// User + system CPU seconds of `pid` so far.
+pub fn cpu_seconds(pid: u32) -> Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name, which ends at the last ')': state is field 3, so
+    // utime (14) and stime (15) are the 12th and 13th after it.
+    let rest = stat.rsplit_once(')').context("malformed /proc/PID/stat")?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| -> Result<f64> { Ok(fields.get(i).context("short /proc/PID/stat")?.parse::<f64>()?) };
+    Ok((ticks(11)? + ticks(12)?) / clock_ticks_per_second())
+}
+
+/// Peak resident set size (VmHWM) in bytes.
+pub fn peak_rss_bytes(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kb = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .context("no VmHWM in /proc/PID/status")?;
+    Ok(kb * 1024)
+}
+
+/// The agent's CPU over one loaded run, and the requests served meanwhile.
+#[derive(Clone, Copy, Debug)]
+pub struct CpuSample {
+    pub cpu_seconds: f64,
+    pub requests: u64,
+    pub wall_seconds: f64,
+}
+
+impl CpuSample {
+    /// CPU-seconds per 10,000 requests (= fraction of a core at 10,000 requests/s).
+    pub fn per_10k(&self) -> f64 {
+        self.cpu_seconds / self.requests as f64 * 10_000.0
+    }
+}
+
+/// Summary over the "with" runs of measure 2.
+pub struct AgentCost {
+    pub samples: Vec<CpuSample>,
+    pub peak_rss_bytes: u64,
+}
+
+impl AgentCost {
+    /// Median CPU-seconds per 10k requests and its range over the runs.
+    pub fn per_10k(&self) -> (f64, (f64, f64)) {
+        let v: Vec<f64> = self.samples.iter().map(CpuSample::per_10k).collect();
+        (median(&v), range(&v))
+    }
+
+    /// Median share of one core while nginx was saturated.
+    pub fn busy_share(&self) -> f64 {
+        median(&self.samples.iter().map(|s| s.cpu_seconds / s.wall_seconds).collect::<Vec<_>>())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_this_process() {
+        let me = std::process::id();
+        assert!(cpu_seconds(me).unwrap() >= 0.0);
+        assert!(peak_rss_bytes(me).unwrap() > 0);
+        let s = CpuSample { cpu_seconds: 0.5, requests: 500_000, wall_seconds: 3.0 };
+        assert!((s.per_10k() - 0.01).abs() < 1e-12);
+    }
+}
