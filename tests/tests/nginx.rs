@@ -43,7 +43,7 @@ fn static_site(big: &[u8]) -> Vec<(&'static str, &[u8])> {
 fn run(bind: Bind) -> Result<()> {
     let big = vec![b'b'; 3 << 20];
     let files = static_site(&big);
-    let server = nginx(bind, &NginxSite { workers: 2, files: &files, upstream: None, upstream_http10: false })?;
+    let server = nginx(bind, &NginxSite { workers: 2, files: &files, ..Default::default() })?;
     let agent = Agent::start(&["--pid".into(), server.pid().to_string()])?;
     let mut w = Workload::new(&server.endpoint);
     nginx_mix(&mut w)?;
@@ -151,7 +151,7 @@ fn proxy_pass(upstream: Bind) -> Result<()> {
 /// workers, are counted from their next request.
 #[test]
 fn nginx_connections_opened_before_attach_count_from_their_next_request() -> Result<()> {
-    let server = nginx(Bind::V4, &NginxSite { workers: 2, files: &[], upstream: None, upstream_http10: false })?;
+    let server = nginx(Bind::V4, &NginxSite { workers: 2, files: &[], ..Default::default() })?;
     let mut early: Vec<Conn> = (0..8).map(|_| Conn::connect(&server.endpoint)).collect::<Result<_>>()?;
     for c in &mut early {
         assert_eq!(c.get("/hello")?.status, 200); // before the agent: not counted

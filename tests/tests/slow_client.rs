@@ -88,7 +88,7 @@ fn slow_reader_python_many_writes() -> Result<()> {
 fn slow_reader_nginx_sendfile() -> Result<()> {
     let big = vec![b'z'; SIZE];
     let files = [("big.bin", &big[..])];
-    let server = nginx(Bind::V4, &NginxSite { workers: 1, files: &files, upstream: None, upstream_http10: false })?;
+    let server = nginx(Bind::V4, &NginxSite { workers: 1, files: &files, ..Default::default() })?;
     let agent = Agent::start(&["--pid".into(), server.pid().to_string()])?;
     let port = server.endpoint.port().unwrap_or(0);
     let client = slow_get(port, "/static/big.bin")?;

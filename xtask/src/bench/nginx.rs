@@ -32,7 +32,7 @@ pub struct Nginx {
 impl Nginx {
     pub fn start(pin_cpu: Option<usize>) -> Result<Self> {
         let file = vec![b'x'; 4096];
-        let server = nginx(Bind::V4, &NginxSite { workers: 1, files: &[("4k.bin", &file)], upstream: None })
+        let server = nginx(Bind::V4, &NginxSite { workers: 1, files: &[("4k.bin", &file)], ..Default::default() })
             .context("starting nginx")?;
         let worker = children(server.pid()).into_iter().next().context("nginx has no worker process")?;
         if let Some(cpu) = pin_cpu {
