@@ -4,7 +4,7 @@ use aya_ebpf::helpers::{
     generated::{self as helpers, bpf_get_socket_cookie},
 };
 use probe_common::{
-    syscalls::BufferShape, DataEvent, EventHeader, COUNTER_CLIENT_CONNS, COUNTER_FD_MISMATCH,
+    syscalls::BufferShape, ConnState, DataEvent, EventHeader, COUNTER_CLIENT_CONNS, COUNTER_FD_MISMATCH,
     COUNTER_FOREIGN_CONTEXT, COUNTER_LOST, COUNTER_SERVER_CONNS, EVENT_RECV, EVENT_SEND,
     FLAG_AFTER_LOSS, FLAG_NO_PAYLOAD, FLAG_UNCLASSIFIED, FLAG_VECTORED, HEAD_WINDOW, MAX_IOVECS,
     ROLE_CLIENT, ROLE_OTHER, ROLE_SERVER, ROLE_UNKNOWN, TAIL_WINDOW,
@@ -52,7 +52,8 @@ pub fn on_socket_io(sk: *const u8, moved: u32, dir: Direction, tgid: u32, tid: u
         return 0;
     }
     let cookie = unsafe { bpf_get_socket_cookie(sk as *mut _) };
-    let (role, prefix, prefix_len) = match conn::lookup(cookie) {
+    let state = conn::lookup(cookie);
+    let (role, prefix, prefix_len) = match state {
         Some(state) => unsafe { ((*state).role, (*state).prefix, (*state).prefix_len) },
         None => (ROLE_UNKNOWN, 0, 0),
     };
@@ -113,7 +114,10 @@ pub fn on_socket_io(sk: *const u8, moved: u32, dir: Direction, tgid: u32, tid: u
         }
     }
     let local_port = read::<u16>(sk, global!(OFFSETS.sk_num)).unwrap_or(0);
-    emit_data(cookie, &ctx, src, moved, dir, flags, tgid, tid, family, local_port);
+    // A server connection's state is the one looked up above; any other was just
+    // (re)written and is looked up again.
+    let server_state = if role == ROLE_SERVER { state } else { None };
+    emit_data(cookie, server_state, &ctx, src, moved, dir, flags, tgid, tid, family, local_port);
     0
 }
 
@@ -202,6 +206,7 @@ fn source(ctx: &SyscallContext) -> Source {
 #[inline(always)]
 fn emit_data(
     cookie: u64,
+    server_state: Option<*mut ConnState>,
     ctx: &SyscallContext,
     src: Source,
     moved: u32,
@@ -215,11 +220,18 @@ fn emit_data(
     let wakeup = wakeup_flags();
     let Some(mut entry) = EVENTS.reserve::<DataEvent>(0) else {
         count(COUNTER_LOST);
-        conn::mark_lost(cookie);
+        match server_state {
+            Some(state) => conn::mark_lost_at(state),
+            None => conn::mark_lost(cookie),
+        }
         return;
     };
     let ev = entry.as_mut_ptr();
-    if conn::take_lost(cookie) {
+    let lost = match server_state {
+        Some(state) => conn::take_lost_at(state),
+        None => conn::take_lost(cookie),
+    };
+    if lost {
         flags |= FLAG_AFTER_LOSS;
     }
     let (head_len, tail_len) = unsafe {

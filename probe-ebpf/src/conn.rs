@@ -18,7 +18,14 @@ pub fn set_role(cookie: u64, role: u32) {
 /// An unclassified connection's first bytes so far (fewer than four).
 #[inline(always)]
 pub fn set_prefix(cookie: u64, prefix: u32, prefix_len: u32) {
-    insert(cookie, ConnState { role: ROLE_UNKNOWN, flags: 0, prefix, prefix_len });
+    match lookup(cookie) {
+        // Keep the entry's flags (a lost-events mark).
+        Some(state) => unsafe {
+            (*state).prefix = prefix;
+            (*state).prefix_len = prefix_len;
+        },
+        None => insert(cookie, ConnState { role: ROLE_UNKNOWN, flags: 0, prefix, prefix_len }),
+    }
 }
 
 #[inline(always)]
@@ -33,22 +40,32 @@ fn insert(cookie: u64, state: ConnState) {
 #[inline(always)]
 pub fn mark_lost(cookie: u64) {
     if let Some(state) = lookup(cookie) {
-        unsafe { (*state).flags |= CONN_LOST_EVENTS };
+        mark_lost_at(state);
     }
+}
+
+#[inline(always)]
+pub fn mark_lost_at(state: *mut ConnState) {
+    unsafe { (*state).flags |= CONN_LOST_EVENTS };
 }
 
 /// Returns and clears the lost-events mark.
 #[inline(always)]
 pub fn take_lost(cookie: u64) -> bool {
     match lookup(cookie) {
-        Some(state) => unsafe {
-            let lost = (*state).flags & CONN_LOST_EVENTS != 0;
-            if lost {
-                (*state).flags &= !CONN_LOST_EVENTS;
-            }
-            lost
-        },
+        Some(state) => take_lost_at(state),
         None => false,
+    }
+}
+
+#[inline(always)]
+pub fn take_lost_at(state: *mut ConnState) -> bool {
+    unsafe {
+        let lost = (*state).flags & CONN_LOST_EVENTS != 0;
+        if lost {
+            (*state).flags &= !CONN_LOST_EVENTS;
+        }
+        lost
     }
 }
 

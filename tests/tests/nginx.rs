@@ -140,8 +140,10 @@ fn proxy_pass(upstream: Bind) -> Result<()> {
     if upstream != Bind::Unix {
         // A TCP upstream connection is seen, and classified as nginx's client side. (An
         // unbound Unix client socket is skipped before classification.)
-        let clients = m.sum("redprobe_connections_classified_total", &[("role", "client")]);
-        assert!(clients >= 1.0, "upstream connections classified as client: {clients}");
+        // (The kernel's counters reach the metrics on the agent's next poll.)
+        agent.wait_metrics("upstream connections classified as client", |m| {
+            m.sum("redprobe_connections_classified_total", &[("role", "client")]) >= 1.0
+        })?;
     }
     assert_eq!(m.sum("redprobe_requests_unparsed_total", &[]), 0.0);
     Ok(())

@@ -137,10 +137,16 @@ fn the_units_capabilities_are_enough_to_attach_and_count() -> Result<()> {
     let server = Server::start_python()?;
     let agent = Agent::start_with(as_the_unit(&caps), &args_for(server.port)?)?;
     let pid = agent.child.id();
-    // The agent runs as nobody with exactly the unit's capabilities, and no more.
+    // The agent runs as nobody with the unit's capabilities, and no more; once attached it
+    // has dropped CAP_BPF and CAP_PERFMON and keeps only what reading /proc needs.
     assert_eq!(status_field(pid, "Uid:").split_whitespace().next(), Some("65534"));
-    assert_eq!(u64::from_str_radix(&status_field(pid, "CapEff:"), 16)?, cap_mask(&caps)?, "effective capabilities");
-    assert_eq!(u64::from_str_radix(&status_field(pid, "CapBnd:"), 16)?, cap_mask(&caps)?, "bounding set");
+    let kept: Vec<String> =
+        caps.iter().filter(|c| *c == "CAP_DAC_READ_SEARCH" || *c == "CAP_SYS_PTRACE").cloned().collect();
+    assert_eq!(u64::from_str_radix(&status_field(pid, "CapEff:"), 16)?, cap_mask(&kept)?, "effective capabilities");
+    assert_eq!(u64::from_str_radix(&status_field(pid, "CapPrm:"), 16)?, cap_mask(&kept)?, "permitted capabilities");
+    // Without CAP_SETPCAP the bounding set cannot shrink further: it stays the unit's.
+    let bounding = u64::from_str_radix(&status_field(pid, "CapBnd:"), 16)?;
+    assert_eq!(bounding & !cap_mask(&caps)?, 0, "bounding set {bounding:#x} beyond the unit's");
     assert_eq!(status_field(pid, "NoNewPrivs:"), "1");
 
     let mut conn = Conn::open(server.port)?;

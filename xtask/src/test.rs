@@ -20,7 +20,7 @@ pub fn test(filter: Option<&str>) -> Result<()> {
     }
     crate::setup::test_dependencies()?;
     let mut integration = cargo();
-    integration.args(["test", "--release", "--package", "redprobe-tests", "--tests", "--"]);
+    integration.args(["test", "--release", "--no-fail-fast", "--package", "redprobe-tests", "--tests", "--"]);
     if let Some(f) = filter {
         integration.arg(f);
     }
