@@ -62,7 +62,7 @@ mod layout_tests {
     #[test]
     fn map_value_layouts() {
         assert_eq!(size_of::<ConnState>(), 16);
-        assert_eq!(size_of::<KernelOffsets>(), 4 * 20);
+        assert_eq!(size_of::<KernelOffsets>(), 4 * 21);
         assert_eq!(size_of::<ProbeConfig>(), 8);
     }
 

@@ -47,6 +47,8 @@ pub struct KernelOffsets {
     pub unix_peer: u32,
     /// `sock.__sk_common.skc_cookie` (atomic64_t): the socket cookie once generated.
     pub sk_cookie: u32,
+    /// `sock.__sk_common.skc_state` (u8): the TCP state.
+    pub sk_state: u32,
 }
 
 /// `task_struct.flags` bit of kernel threads.

@@ -77,6 +77,11 @@ pub fn on_socket_io(sk: *const u8, moved: u32, dir: Direction, tgid: u32, tid: u
         // Unknown or non-HTTP connection: decide from its first four bytes.
         match dir {
             Direction::Recv => {
+                // A TCP connection the target already closed or shut down (its close
+                // hook forgot it): reads now are a lingering-close drain, not requests.
+                if family != AF_UNIX && !open_for_requests(sk) {
+                    return 0;
+                }
                 // Unreadable data (recvmmsg): decide now, as not a request.
                 let (first, have) = first_bytes(src, moved, prefix, prefix_len).unwrap_or((0, 4));
                 if have < 4 {
@@ -119,6 +124,14 @@ pub fn on_socket_io(sk: *const u8, moved: u32, dir: Direction, tgid: u32, tid: u
     let server_state = if role == ROLE_SERVER { state } else { None };
     emit_data(cookie, server_state, &ctx, src, moved, dir, flags, tgid, tid, family, local_port);
     0
+}
+
+/// ESTABLISHED, or CLOSE_WAIT (the client half-closed after its request).
+#[inline(always)]
+fn open_for_requests(sk: *const u8) -> bool {
+    const TCP_ESTABLISHED: u8 = 1;
+    const TCP_CLOSE_WAIT: u8 = 8;
+    matches!(read::<u8>(sk, global!(OFFSETS.sk_state)), Some(TCP_ESTABLISHED) | Some(TCP_CLOSE_WAIT))
 }
 
 /// The connection's first bytes: what was kept from earlier reads, completed from this

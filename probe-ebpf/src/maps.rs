@@ -45,6 +45,7 @@ pub static OFFSETS: KernelOffsets = KernelOffsets {
     unix_addr: 0,
     unix_peer: 0,
     sk_cookie: 0,
+    sk_state: 0,
 };
 
 #[unsafe(no_mangle)]

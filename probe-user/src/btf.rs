@@ -234,6 +234,7 @@ impl Btf {
             unix_addr: self.offset_of("unix_sock", "addr", 8)?,
             unix_peer: self.offset_of("unix_sock", "peer", 8)?,
             sk_cookie: self.offset_of("sock", "__sk_common.skc_cookie", 8)?,
+            sk_state: self.offset_of("sock", "__sk_common.skc_state", 1)?,
             valid: 1,
         })
     }

@@ -44,6 +44,15 @@ impl Endpoint {
         }
     }
 
+    /// "IPv4", "IPv6" or "Unix", for messages.
+    pub fn transport_name(&self) -> &'static str {
+        match self {
+            Endpoint::Tcp(a) if a.is_ipv6() => "IPv6",
+            Endpoint::Tcp(_) => "IPv4",
+            Endpoint::Unix(_) => "Unix",
+        }
+    }
+
     /// The port, for TCP endpoints.
     pub fn port(&self) -> Option<u16> {
         match self {

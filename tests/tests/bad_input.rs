@@ -67,6 +67,16 @@ fn bad_client(port: u16, bytes: &[u8], then: Then) -> Result<String> {
 /// One bad-input case: runs `bad` beside the well-formed client, then checks that the
 /// counts are the well-formed ones plus `extra` (requests the bad client made that are
 /// measurable), and that the unparsed counters are exactly `reasons`.
+/// A bad client that sends `bytes`, shuts down its side and expects an answer starting
+/// with `status_line`.
+fn answered_with<'a>(bytes: &'a [u8], status_line: &'a str) -> impl FnOnce(u16) -> Result<()> + 'a {
+    move |port| {
+        let answer = bad_client(port, bytes, Then::ShutdownAndRead)?;
+        assert!(answer.starts_with(status_line), "{answer}");
+        Ok(())
+    }
+}
+
 fn case(bad: impl FnOnce(u16) -> Result<()>, extra: &[((&str, u16, &str), u64)], reasons: &[(&str, f64)]) -> Result<Metrics> {
     case_with_outcomes(bad, &[(extra, reasons)])
 }
@@ -148,11 +158,7 @@ fn bad_input_head_larger_than_the_capture_window() -> Result<()> {
     }
     head.extend(b"\r\n");
     case(
-        |port| {
-            let answer = bad_client(port, &head, Then::ShutdownAndRead)?;
-            assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
-            Ok(())
-        },
+        answered_with(&head, "HTTP/1.1 200"),
         &[(("GET", 200, "/hello"), 1)],
         &[],
     )?;
@@ -166,11 +172,7 @@ fn bad_input_header_with_no_end() -> Result<()> {
     let mut head = b"GET /hello HTTP/1.1\r\nHost: x\r\nX-No-End: ".to_vec();
     head.extend(vec![b'a'; 70_000]);
     case(
-        |port| {
-            let answer = bad_client(port, &head, Then::ShutdownAndRead)?;
-            assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
-            Ok(())
-        },
+        answered_with(&head, "HTTP/1.1 431"),
         &[(("GET", 431, "/hello"), 1)],
         &[],
     )?;
@@ -197,11 +199,7 @@ fn bad_input_half_sent_request_then_close() -> Result<()> {
 #[test]
 fn bad_input_response_never_finished() -> Result<()> {
     case(
-        |port| {
-            let answer = bad_client(port, b"GET /partial?ms=200 HTTP/1.1\r\nHost: x\r\n\r\n", Then::ShutdownAndRead)?;
-            assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
-            Ok(())
-        },
+        answered_with(b"GET /partial?ms=200 HTTP/1.1\r\nHost: x\r\n\r\n", "HTTP/1.1 200"),
         &[],
         &[("response_incomplete", 1.0)],
     )?;
@@ -236,11 +234,7 @@ fn bad_input_method_of_one_kilobyte() -> Result<()> {
     let mut line = b"POST".repeat(256);
     line.extend(b" /hello HTTP/1.1\r\nHost: x\r\n\r\n");
     case(
-        |port| {
-            let answer = bad_client(port, &line, Then::ShutdownAndRead)?;
-            assert!(answer.starts_with("HTTP/1.1 501"), "{answer}");
-            Ok(())
-        },
+        answered_with(&line, "HTTP/1.1 501"),
         &[],
         &[("head_too_large", 1.0)],
     )?;
@@ -251,11 +245,7 @@ fn bad_input_method_of_one_kilobyte() -> Result<()> {
 fn bad_input_path_of_64_kilobytes() -> Result<()> {
     let line = format!("GET /{} HTTP/1.1\r\nHost: x\r\n\r\n", "p".repeat(64 * 1024));
     case(
-        |port| {
-            let answer = bad_client(port, line.as_bytes(), Then::ShutdownAndRead)?;
-            assert!(answer.starts_with("HTTP/1.1 414"), "{answer}");
-            Ok(())
-        },
+        answered_with(line.as_bytes(), "HTTP/1.1 414"),
         &[],
         &[("head_too_large", 1.0)],
     )?;
@@ -266,11 +256,7 @@ fn bad_input_path_of_64_kilobytes() -> Result<()> {
 fn bad_input_invalid_utf8_in_the_path() -> Result<()> {
     // Measured: the route label holds U+FFFD where the bytes were not UTF-8.
     let m = case(
-        |port| {
-            let answer = bad_client(port, b"GET /caf\xe9/\xff\xfe?x=\xc3 HTTP/1.1\r\nHost: x\r\n\r\n", Then::ShutdownAndRead)?;
-            assert!(answer.starts_with("HTTP/1.1 404"), "{answer}");
-            Ok(())
-        },
+        answered_with(b"GET /caf\xe9/\xff\xfe?x=\xc3 HTTP/1.1\r\nHost: x\r\n\r\n", "HTTP/1.1 404"),
         &[(("GET", 404, "/caf\u{fffd}/\u{fffd}\u{fffd}"), 1)],
         &[],
     )?;

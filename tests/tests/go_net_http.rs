@@ -2,39 +2,23 @@
 //! keep-alive and pipelining, on IPv4, IPv6 and a Unix socket.
 use anyhow::Result;
 use testkit::{
-    procs::Agent,
     servers::{Bind, go},
-    workload::{Workload, assert_exact},
+    workload::{Mix, full_mix_is_counted_exactly},
 };
 
-fn run(bind: Bind) -> Result<()> {
-    let server = go(bind)?;
-    let agent = Agent::start(&["--pid".into(), server.pid().to_string()])?;
-    let mut w = Workload::new(&server.endpoint);
-    w.basics(true)?;
-    w.fresh_connections()?;
-    w.pipelined(6)?;
-    w.sleeps(2, 40)?;
-    w.stream(4, 20)?;
-    w.big(3 * 1024)?;
-    w.chunked_upload()?;
-    w.expect_continue()?;
-    w.no_body(false)?;
-    assert_exact(&agent, &w, &format!("go net/http ({bind:?})"))?;
-    Ok(())
-}
+const MIX: Mix = Mix { pipelining: true, not_modified: false };
 
 #[test]
 fn go_net_http_ipv4() -> Result<()> {
-    run(Bind::V4)
+    full_mix_is_counted_exactly(&go(Bind::V4)?, MIX)
 }
 
 #[test]
 fn go_net_http_ipv6() -> Result<()> {
-    run(Bind::V6)
+    full_mix_is_counted_exactly(&go(Bind::V6)?, MIX)
 }
 
 #[test]
 fn go_net_http_unix_socket() -> Result<()> {
-    run(Bind::Unix)
+    full_mix_is_counted_exactly(&go(Bind::Unix)?, MIX)
 }

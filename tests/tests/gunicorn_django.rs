@@ -5,43 +5,25 @@ use anyhow::Result;
 use testkit::{
     procs::Agent,
     servers::{Bind, gunicorn},
-    workload::{Workload, assert_exact},
+    workload::{Mix, Workload, assert_exact, full_mix_is_counted_exactly},
 };
 
-fn full_mix(w: &mut Workload) -> Result<()> {
-    w.basics(true)?;
-    w.fresh_connections()?;
-    w.sleeps(2, 40)?;
-    w.stream(3, 20)?;
-    w.big(3 * 1024)?;
-    w.chunked_upload()?;
-    w.expect_continue()?;
-    w.no_body(true)?;
-    Ok(())
-}
-
-fn run(bind: Bind) -> Result<()> {
-    let server = gunicorn(bind, 2, &[], &[])?;
-    let agent = Agent::start(&["--pid".into(), server.pid().to_string()])?;
-    let mut w = Workload::new(&server.endpoint);
-    full_mix(&mut w)?;
-    assert_exact(&agent, &w, &format!("gunicorn+Django -w 2 ({bind:?})"))?;
-    Ok(())
-}
+/// gunicorn's sync workers close after each response: no pipelining.
+const MIX: Mix = Mix { pipelining: false, not_modified: true };
 
 #[test]
 fn gunicorn_django_ipv4_master_pid_sees_every_worker() -> Result<()> {
-    run(Bind::V4)
+    full_mix_is_counted_exactly(&gunicorn(Bind::V4, 2, &[], &[])?, MIX)
 }
 
 #[test]
 fn gunicorn_django_ipv6() -> Result<()> {
-    run(Bind::V6)
+    full_mix_is_counted_exactly(&gunicorn(Bind::V6, 2, &[], &[])?, MIX)
 }
 
 #[test]
 fn gunicorn_django_unix_socket() -> Result<()> {
-    run(Bind::Unix)
+    full_mix_is_counted_exactly(&gunicorn(Bind::Unix, 2, &[], &[])?, MIX)
 }
 
 /// Every request on a fresh connection (sync workers close after each response); returns
