@@ -3,7 +3,7 @@
 //! UNIX sockets have no such tracepoint; there, the peer reading end-of-file (a 0-byte
 //! sock_recv_length, see `recv.rs`) tells that the target closed.
 use aya_ebpf::{
-    helpers::{bpf_ktime_get_ns, generated::bpf_get_socket_cookie},
+    helpers::bpf_ktime_get_ns,
     macros::btf_tracepoint,
     programs::BtfTracePointContext,
 };
@@ -25,13 +25,18 @@ const TCP_LAST_ACK: u32 = 9;
 
 #[btf_tracepoint(function = "inet_sock_set_state")]
 pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> u32 {
-    let Some((tgid, _)) = current_target() else { return 0 };
+    // The state is an argument (a register compare): most transitions stop here, before
+    // the target lookup. Loopback transitions of other processes' sockets often run in a
+    // target's context, so the target check alone lets many through.
     let new_state = ctx.arg::<u64>(2) as u32;
     if new_state != TCP_FIN_WAIT1 && new_state != TCP_LAST_ACK && new_state != TCP_CLOSE {
         return 0;
     }
+    let Some((tgid, _)) = current_target() else { return 0 };
     let sk: *const u8 = ctx.arg(0);
-    let cookie = unsafe { bpf_get_socket_cookie(sk as *mut _) };
+    // A socket we tracked has its cookie already; reading it (instead of asking for it)
+    // does not create cookies for every socket that closes.
+    let Some(cookie) = conn::existing_cookie(sk) else { return 0 };
     let role = match conn::lookup(cookie) {
         Some(state) => unsafe { (*state).role },
         None => return 0,
@@ -53,10 +58,7 @@ pub fn on_unix_eof(sk: *const u8) -> u32 {
         return 0;
     }
     let Some(peer) = read_ptr(sk, global!(OFFSETS.unix_peer)) else { return 0 };
-    let cookie = match read::<u64>(peer, global!(OFFSETS.sk_cookie)) {
-        Some(c) if c != 0 => c,
-        _ => return 0,
-    };
+    let Some(cookie) = conn::existing_cookie(peer) else { return 0 };
     let role = match conn::lookup(cookie) {
         Some(state) => unsafe { (*state).role },
         None => return 0,

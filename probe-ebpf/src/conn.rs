@@ -3,7 +3,20 @@
 //! hook removes them when the target closes the connection.
 use probe_common::{ConnState, COUNTER_CONN_INSERT_FAILED, CONN_LOST_EVENTS, ROLE_UNKNOWN};
 
-use crate::maps::{count, CONNS};
+use crate::{
+    kernel::read,
+    maps::{count, global, CONNS},
+};
+
+/// The socket's cookie if one was generated already (every socket the programs tracked
+/// has one); `None` otherwise.
+#[inline(always)]
+pub fn existing_cookie(sk: *const u8) -> Option<u64> {
+    match read::<u64>(sk, global!(OFFSETS.sk_cookie)) {
+        Some(c) if c != 0 => Some(c),
+        _ => None,
+    }
+}
 
 #[inline(always)]
 pub fn lookup(cookie: u64) -> Option<*mut ConnState> {
