@@ -5,7 +5,8 @@
 /// Bytes captured from the start of each read/write buffer: enough for a request line
 /// and the framing headers of a normal HTTP head.
 pub const HEAD_WINDOW: usize = 512;
-/// Bytes captured from the end of each write buffer (the chunked terminator lives there).
+/// Bytes captured from the end of the data of each read or write, when it is longer than
+/// the head window (the chunked terminator lives there).
 pub const TAIL_WINDOW: usize = 16;
 
 /// Data the target read from a tracked connection.
@@ -24,9 +25,11 @@ pub const FLAG_NO_PAYLOAD: u32 = 1;
 pub const FLAG_AFTER_LOSS: u32 = 2;
 /// `flags`: the kernel saw this connection for the first time and could not classify
 /// its first received bytes as an HTTP request (garbage, TLS, another protocol...).
-/// Sent once per such connection so the agent can count it; nothing else follows.
+/// Sent once per such connection so the agent can count it; nothing else follows unless a
+/// read later starts with an HTTP request (the connection then becomes a server one).
 pub const FLAG_UNCLASSIFIED: u32 = 4;
-/// `flags`: the bytes came through a vectored call and `head` holds only the first iovec.
+/// `flags`: the bytes came through a vectored call (`head` gathered from up to
+/// [`MAX_IOVECS`] iovecs, `tail` from the last one the data reaches).
 pub const FLAG_VECTORED: u32 = 8;
 
 /// Iovecs of a vectored read or write that the programs walk for the head and the tail

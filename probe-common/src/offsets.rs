@@ -36,9 +36,9 @@ pub struct KernelOffsets {
     pub regs_arg2: u32,
     /// `pt_regs.dx`: third syscall argument.
     pub regs_arg3: u32,
-    /// `task_struct.pid` (i32, the thread id).
+    /// `task_struct.pid` (i32, the thread id); read from BTF, not used by the programs yet.
     pub task_pid: u32,
-    /// Non-zero once the agent filled the struct (programs refuse to run otherwise).
+    /// 1 once the agent filled the struct from BTF (0 in the object file's placeholder).
     pub valid: u32,
     /// `unix_sock.addr` (struct unix_address *): NULL for socketpairs and unbound
     /// clients, set on listeners and on the connections they accept.

@@ -1,6 +1,6 @@
 //! Per-connection role, keyed by socket cookie (unique for the socket's lifetime, so it
 //! survives fd reuse and socket-address reuse). Entries live in an LRU map; the close
-//! hook removes them when the target closes the connection.
+//! paths (the TCP state hook, a peer's end-of-file on a UNIX socket) remove them.
 use probe_common::{ConnState, COUNTER_CONN_INSERT_FAILED, CONN_LOST_EVENTS, ROLE_UNKNOWN};
 
 use crate::{

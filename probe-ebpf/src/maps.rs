@@ -1,5 +1,5 @@
 //! Maps and globals. Sizes here are placeholders: the agent sets the real ones at load
-//! time (`EbpfLoader::set_max_entries`) from its flags and from the kernel's pid_max.
+//! time (`EbpfLoader::map_max_entries`) from its flags and from the kernel's pid_max.
 use aya_ebpf::{
     macros::map,
     maps::{Array, LruHashMap, PerCpuArray, RingBuf},

@@ -38,7 +38,8 @@ use crate::{
     targets::{self, ProcInfo, TargetSet},
 };
 
-/// Connections with no event for this long are forgotten (UNIX sockets have no close hook).
+/// Connections with no event for this long are forgotten (a UNIX connection whose peer
+/// never read to its end has no close event).
 const IDLE_CONNECTION: Duration = Duration::from_secs(600);
 /// How often the fill level of the kernel connection map is counted (one syscall a key).
 const MAP_COUNT_EVERY: Duration = Duration::from_secs(5);

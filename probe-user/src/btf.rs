@@ -14,7 +14,7 @@ pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 #[derive(Debug, Error)]
 pub enum BtfError {
     #[error(
-        "cannot read {path}: {source}. redprobe needs the kernel's BTF (CONFIG_DEBUG_INFO_BTF=y, kernel 5.5+) \
+        "cannot read {path}: {source}. redprobe needs the kernel's BTF (CONFIG_DEBUG_INFO_BTF=y) \
          to find kernel struct offsets; install a kernel built with BTF"
     )]
     Read { path: String, source: std::io::Error },

@@ -24,8 +24,9 @@ CHOOSING TARGETS
   measured once.
 
 REQUIREMENTS
-  Linux 5.11+ with BTF (/sys/kernel/btf/vmlinux); root, or CAP_BPF + CAP_PERFMON.
-  --port also needs CAP_SYS_PTRACE to see the sockets of processes of other users.
+  Linux 6.3+ with BTF (/sys/kernel/btf/vmlinux); root, or CAP_BPF + CAP_PERFMON.
+  --port also needs CAP_SYS_PTRACE + CAP_DAC_READ_SEARCH to see the sockets of processes
+  of other users.
 
 EXAMPLES
   sudo redprobe --pid \"$(pgrep -o gunicorn)\"          # master PID: every worker is measured

@@ -26,7 +26,7 @@ pub const HOOKS: &[Hook] = &[
     Hook {
         program: "sock_recv_length",
         tracepoint: "sock:sock_recv_length",
-        purpose: "bytes a target reads from a socket (requests)",
+        purpose: "bytes a target reads from a socket (requests); a peer reading end-of-file of a target's UNIX connection",
     },
     Hook {
         program: "sock_send_length",

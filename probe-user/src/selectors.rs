@@ -7,7 +7,8 @@
 //! - `--port`: the listening sockets in `/proc/PID/net/tcp{,6}` (one read per network
 //!   namespace, so servers in containers are found too), then the processes holding one of
 //!   those sockets in `/proc/PID/fd`. Reading another user's (or a more privileged
-//!   process's) fds needs CAP_SYS_PTRACE; processes that cannot be read are counted.
+//!   process's) fds needs CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH; processes that cannot be
+//!   read are counted.
 //! - `--exe`: `/proc/PID/stat`'s command name (what `ps` and `pgrep` show), or the file
 //!   name of `/proc/PID/exe`.
 //! - `--cgroup`: the `cgroup.procs` files of the directory and its sub-directories. This
@@ -48,7 +49,8 @@ pub struct Match {
 pub struct Scan {
     /// Oldest first, so that a parent comes before the children it forked.
     pub matches: Vec<Match>,
-    /// Processes whose sockets could not be read (`--port` without CAP_SYS_PTRACE).
+    /// Processes whose sockets could not be read (`--port` without CAP_SYS_PTRACE or
+    /// CAP_DAC_READ_SEARCH).
     pub denied: usize,
 }
 
