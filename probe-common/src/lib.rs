@@ -46,7 +46,7 @@ mod layout_tests {
         assert_eq!(offset_of!(DataEvent, tail), 48 + HEAD_WINDOW);
         assert_eq!(size_of::<DataEvent>(), 48 + HEAD_WINDOW + TAIL_WINDOW);
         assert_eq!(align_of::<DataEvent>(), 8);
-        assert!(HEAD_WINDOW >= 256);
+        const { assert!(HEAD_WINDOW >= 256) };
         assert!(HEAD_WINDOW.is_power_of_two());
     }
 

@@ -109,7 +109,7 @@ impl Targets {
         if let Ok(mut m) = self.saturation.members.lock() {
             m.retain(|m| !(m.pid == pid && m.start_time == start));
         }
-        if !self.set.get(pid).is_some_and(|p| p.start_time == start) {
+        if self.set.get(pid).is_none_or(|p| p.start_time != start) {
             return Ok(()); // already gone, or the PID now belongs to another process
         }
         if let Some(gone) = self.set.remove(pid)? {

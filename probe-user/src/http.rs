@@ -206,9 +206,12 @@ pub fn classify_garbage(bytes: &[u8]) -> &'static str {
 mod tests {
     use super::*;
 
+    /// (method, target, version, body framing, connection closes after it)
+    type Parsed<'a> = (&'a str, &'a str, Version, BodyFraming, bool);
+
     #[test]
     fn request_heads() {
-        let cases: &[(&[u8], Option<(&str, &str, Version, BodyFraming, bool)>)] = &[
+        let cases: &[(&[u8], Option<Parsed>)] = &[
             (b"GET /a?b=1 HTTP/1.1\r\nHost: x\r\n\r\n", Some(("GET", "/a?b=1", Version::Http11, BodyFraming::None, false))),
             (b"POST /p HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello", Some(("POST", "/p", Version::Http11, BodyFraming::Length(5), false))),
             (b"POST /p HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", Some(("POST", "/p", Version::Http11, BodyFraming::Chunked, false))),

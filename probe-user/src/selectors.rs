@@ -338,7 +338,7 @@ mod tests {
     #[test]
     fn this_process_is_found_by_its_command_name_but_never_the_agent_itself() {
         let me = targets::proc_info(std::process::id()).unwrap();
-        let s = Selectors::new(&[], &[me.comm.clone()], &[]).unwrap();
+        let s = Selectors::new(&[], std::slice::from_ref(&me.comm), &[]).unwrap();
         assert!(s.scan(0).matches.iter().any(|m| m.info.pid == me.pid));
         assert!(!s.scan(me.pid).matches.iter().any(|m| m.info.pid == me.pid));
         // Kernel threads are never selected.
