@@ -19,7 +19,7 @@ use crate::{
     maps::{count, global, EVENTS, SCRATCH},
 };
 
-const AF_UNIX: u16 = 1;
+pub const AF_UNIX: u16 = 1;
 const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
 const SOCK_STREAM: u16 = 1;
@@ -90,7 +90,7 @@ pub fn on_socket_io(sk: *const u8, moved: u32, dir: Direction, tgid: u32, tid: u
                     }
                     // Fewer than four bytes so far: remember them and pass the data on;
                     // the agent holds it until the connection is classified.
-                    conn::set_prefix(cookie, first, have);
+                    conn::set_prefix(state, cookie, first, have);
                 } else if starts_request(first) {
                     conn::set_role(cookie, ROLE_SERVER);
                     count(COUNTER_SERVER_CONNS);
@@ -313,17 +313,10 @@ fn capture_vectored(ev: &mut DataEvent, iov: u64, count: u64, moved: u64) -> (u1
         let in_data = v[1].min(moved - seen);
         if filled < HEAD_WINDOW as u64 {
             let take = in_data.min(HEAD_WINDOW as u64 - filled);
-            let src = v[0] as *const core::ffi::c_void;
-            let rc = if take >= HEAD_WINDOW as u64 {
-                // A whole window from the first iovec.
-                unsafe { helpers::bpf_probe_read_user(scratch as *mut _, HEAD_WINDOW as u32, src) }
-            } else {
-                // filled < HEAD_WINDOW and take < HEAD_WINDOW: the masks only restate that,
-                // and the scratch buffer holds twice the window.
-                let dst = unsafe { scratch.add(bounded(filled, HEAD_WINDOW as u64 - 1) as usize) };
-                unsafe { helpers::bpf_probe_read_user(dst as *mut _, bounded(take, HEAD_WINDOW as u64 - 1), src) }
-            };
-            if rc != 0 {
+            // filled < HEAD_WINDOW (the mask only restates it) and take <= HEAD_WINDOW: the
+            // scratch buffer holds twice the window.
+            let dst = unsafe { scratch.add(bounded(filled, HEAD_WINDOW as u64 - 1) as usize) };
+            if !read_user_upto(dst, v[0], take, HEAD_WINDOW as u64) {
                 break;
             }
             filled += take;
@@ -339,15 +332,7 @@ fn capture_vectored(ev: &mut DataEvent, iov: u64, count: u64, moved: u64) -> (u1
     if seen == moved && moved > head_len {
         // The data's last bytes are the end of the last iovec we walked.
         let n = last_len.min(TAIL_WINDOW as u64);
-        let from = last_base + last_len - n;
-        let dst = ev.tail.as_mut_ptr() as *mut core::ffi::c_void;
-        let from = from as *const core::ffi::c_void;
-        let rc = if n >= TAIL_WINDOW as u64 {
-            unsafe { helpers::bpf_probe_read_user(dst, TAIL_WINDOW as u32, from) }
-        } else {
-            unsafe { helpers::bpf_probe_read_user(dst, bounded(n, TAIL_WINDOW as u64 - 1), from) }
-        };
-        if rc == 0 {
+        if read_user_upto(ev.tail.as_mut_ptr(), last_base + last_len - n, n, TAIL_WINDOW as u64) {
             tail_len = n;
         }
     }
@@ -357,16 +342,22 @@ fn capture_vectored(ev: &mut DataEvent, iov: u64, count: u64, moved: u64) -> (u1
 /// Copies min(len, HEAD_WINDOW) bytes; returns how many are valid.
 #[inline(always)]
 fn copy_head(dst: &mut [u8; HEAD_WINDOW], src: u64, len: u64) -> u16 {
-    let dst = dst.as_mut_ptr() as *mut core::ffi::c_void;
-    let src = src as *const core::ffi::c_void;
-    if len >= HEAD_WINDOW as u64 {
-        let rc = unsafe { helpers::bpf_probe_read_user(dst, HEAD_WINDOW as u32, src) };
-        return if rc == 0 { HEAD_WINDOW as u16 } else { 0 };
-    }
-    // len < HEAD_WINDOW: the mask only tells the verifier the bound it already holds.
-    let n = bounded(len, HEAD_WINDOW as u64 - 1);
-    let rc = unsafe { helpers::bpf_probe_read_user(dst, n, src) };
-    if rc == 0 { n as u16 } else { 0 }
+    let n = len.min(HEAD_WINDOW as u64);
+    if read_user_upto(dst.as_mut_ptr(), src, n, HEAD_WINDOW as u64) { n as u16 } else { 0 }
+}
+
+/// Copies `n <= window` bytes from user memory; `window` is a constant power of two. A
+/// whole window is copied with a constant size, anything shorter with a size masked
+/// below the window: either way a bound the verifier can check. True on success.
+#[inline(always)]
+fn read_user_upto(dst: *mut u8, src: u64, n: u64, window: u64) -> bool {
+    let (dst, src) = (dst as *mut core::ffi::c_void, src as *const core::ffi::c_void);
+    let rc = if n >= window {
+        unsafe { helpers::bpf_probe_read_user(dst, window as u32, src) }
+    } else {
+        unsafe { helpers::bpf_probe_read_user(dst, bounded(n, window - 1), src) }
+    };
+    rc == 0
 }
 
 /// `value & mask`, with the mask applied to a value the compiler cannot reason about, so

@@ -10,14 +10,13 @@ use aya_ebpf::{
 use probe_common::{CloseEvent, EventHeader, CLOSE_UNIX_PEER_EOF, COUNTER_LOST, EVENT_CLOSE, ROLE_SERVER};
 
 use crate::{
+    capture::AF_UNIX,
     conn,
     emit::wakeup_flags,
     kernel::{read, read_ptr},
     maps::{count, global, EVENTS},
     target::current_target,
 };
-
-const AF_UNIX: u16 = 1;
 
 const TCP_FIN_WAIT1: u32 = 4;
 const TCP_CLOSE: u32 = 7;
@@ -37,14 +36,7 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> u32 {
     // A socket we tracked has its cookie already; reading it (instead of asking for it)
     // does not create cookies for every socket that closes.
     let Some(cookie) = conn::existing_cookie(sk) else { return 0 };
-    let role = match conn::lookup(cookie) {
-        Some(state) => unsafe { (*state).role },
-        None => return 0,
-    };
-    conn::remove(cookie);
-    if role == ROLE_SERVER {
-        emit_close(cookie, tgid, new_state);
-    }
+    forget(cookie, tgid, new_state);
     0
 }
 
@@ -59,15 +51,21 @@ pub fn on_unix_eof(sk: *const u8) -> u32 {
     }
     let Some(peer) = read_ptr(sk, global!(OFFSETS.unix_peer)) else { return 0 };
     let Some(cookie) = conn::existing_cookie(peer) else { return 0 };
+    forget(cookie, 0, CLOSE_UNIX_PEER_EOF);
+    0
+}
+
+/// The connection is closed: drop its entry, and tell the agent if it served requests.
+#[inline(always)]
+fn forget(cookie: u64, tgid: u32, new_state: u32) {
     let role = match conn::lookup(cookie) {
         Some(state) => unsafe { (*state).role },
-        None => return 0,
+        None => return,
     };
     conn::remove(cookie);
     if role == ROLE_SERVER {
-        emit_close(cookie, 0, CLOSE_UNIX_PEER_EOF);
+        emit_close(cookie, tgid, new_state);
     }
-    0
 }
 
 #[inline(always)]

@@ -28,10 +28,11 @@ pub fn set_role(cookie: u64, role: u32) {
     insert(cookie, ConnState { role, flags: 0, prefix: 0, prefix_len: 0 });
 }
 
-/// An unclassified connection's first bytes so far (fewer than four).
+/// An unclassified connection's first bytes so far (fewer than four); `state` is its
+/// entry, if it has one already.
 #[inline(always)]
-pub fn set_prefix(cookie: u64, prefix: u32, prefix_len: u32) {
-    match lookup(cookie) {
+pub fn set_prefix(state: Option<*mut ConnState>, cookie: u64, prefix: u32, prefix_len: u32) {
+    match state {
         // Keep the entry's flags (a lost-events mark).
         Some(state) => unsafe {
             (*state).prefix = prefix;
