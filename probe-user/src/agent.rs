@@ -218,11 +218,9 @@ impl Pipeline {
         while let Some(item) = ring.next() {
             health.events_received.inc();
             match decode(&item) {
-                Ok(Event::Data(mut d)) => {
-                    if let Some(s) = services.get(&d.tgid) {
-                        d.service = s.clone();
-                    }
-                    self.pairer.on_data(&d, &mut self.outputs)
+                Ok(Event::Data(d)) => {
+                    let service = || services.get(&d.tgid).cloned().unwrap_or_else(|| "".into());
+                    self.pairer.on_data(&d, service, &mut self.outputs)
                 }
                 Ok(Event::Close { conn_id }) => self.pairer.on_close(conn_id, &mut self.outputs),
                 Ok(Event::Fork { parent_tgid, child_tgid }) => self.forks.push((parent_tgid, child_tgid)),

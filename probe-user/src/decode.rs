@@ -26,8 +26,6 @@ pub struct Data {
     pub conn_id: u64,
     /// The process that did the I/O (the agent maps it to its service).
     pub tgid: u32,
-    /// `service_name` of that process; filled in by the agent after decoding.
-    pub service: std::sync::Arc<str>,
     pub ts_ns: u64,
     pub direction: Direction,
     pub family: u16,
@@ -67,7 +65,6 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
             Ok(Event::Data(Data {
                 conn_id: ev.conn_id,
                 tgid: ev.tgid,
-                service: "".into(),
                 ts_ns: header.ts_ns,
                 direction: if header.kind == EVENT_RECV { Direction::Recv } else { Direction::Send },
                 family: ev.family,

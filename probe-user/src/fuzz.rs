@@ -248,10 +248,7 @@ fn run_pipeline(records: &[Record], max_conns: usize) -> String {
     let mut out = vec![];
     for (i, r) in records.iter().enumerate() {
         match decode(&ring_record(r, 1_000 + i as u64 * 1_000)) {
-            Ok(Event::Data(mut d)) => {
-                d.service = "svc".into();
-                pairer.on_data(&d, &mut out);
-            }
+            Ok(Event::Data(d)) => pairer.on_data(&d, || "svc".into(), &mut out),
             Ok(Event::Close { conn_id }) => pairer.on_close(conn_id, &mut out),
             Ok(Event::Fork { .. }) => {}
             Err(_) => {

@@ -117,10 +117,7 @@ fn render(naming: Naming) -> String {
     for record in sequence() {
         metrics.health.events_received.inc();
         match decode(&record).expect("fixture records decode") {
-            Event::Data(mut d) => {
-                d.service = service.clone();
-                pairer.on_data(&d, &mut out);
-            }
+            Event::Data(d) => pairer.on_data(&d, || service.clone(), &mut out),
             Event::Close { conn_id } => pairer.on_close(conn_id, &mut out),
             Event::Fork { .. } => {}
         }

@@ -214,11 +214,13 @@ impl Pairer {
         by
     }
 
-    pub fn on_data(&mut self, d: &Data, out: &mut Vec<Output>) {
+    /// `service` names the `service_name` of the process that did the I/O; it is asked
+    /// only for a connection seen for the first time.
+    pub fn on_data(&mut self, d: &Data, service: impl FnOnce() -> Arc<str>, out: &mut Vec<Output>) {
         if !self.conns.contains_key(&d.conn_id) && self.conns.len() >= self.max_conns {
             self.evict_oldest(out);
         }
-        let conn = self.conns.entry(d.conn_id).or_insert_with(|| Conn::new(d.family, d.service.clone()));
+        let conn = self.conns.entry(d.conn_id).or_insert_with(|| Conn::new(d.family, service()));
         conn.last_ns = d.ts_ns;
         if d.after_loss {
             resync(conn, "events_lost", out);

@@ -13,7 +13,6 @@ fn ev(conn: u64, ts: u64, dir: Direction, bytes: &[u8]) -> Data {
     Data {
         conn_id: conn,
         tgid: 1,
-        service: "svc".into(),
         ts_ns: ts,
         direction: dir,
         family: 2,
@@ -44,7 +43,7 @@ fn run(events: &[Data]) -> (Vec<Exchange>, Vec<&'static str>) {
     let mut p = Pairer::new(16);
     let mut out = vec![];
     for e in events {
-        p.on_data(e, &mut out);
+        p.on_data(e, || "svc".into(), &mut out);
     }
     p.on_close(1, &mut out);
     let mut exchanges = vec![];
@@ -280,7 +279,7 @@ fn connection_table_is_bounded() {
     let mut p = Pairer::new(2);
     let mut out = vec![];
     for conn in 0..5 {
-        p.on_data(&ev(conn, conn, Direction::Recv, b"GET / HTTP/1.1\r\n\r\n"), &mut out);
+        p.on_data(&ev(conn, conn, Direction::Recv, b"GET / HTTP/1.1\r\n\r\n"), || "svc".into(), &mut out);
     }
     assert_eq!(p.connections(), 2);
     assert_eq!(out.iter().filter(|o| **o == Output::Unparsed("connection_table_full")).count(), 3);
