@@ -76,7 +76,7 @@ impl Targets {
     /// Starts measuring `info` as part of `service`, and watches for its exit.
     fn add(&mut self, info: ProcInfo, service: Arc<str>, root: bool) -> Result<()> {
         let (pid, start) = (info.pid, info.start_time);
-        if self.set.get(pid).is_some_and(|p| p.start_time == start) {
+        if self.set.contains(pid, start) {
             // Seen twice: forked between attach and the /proc scan of descendants.
             return Ok(());
         }
@@ -109,7 +109,7 @@ impl Targets {
         if let Ok(mut m) = self.saturation.members.lock() {
             m.retain(|m| !(m.pid == pid && m.start_time == start));
         }
-        if self.set.get(pid).is_none_or(|p| p.start_time != start) {
+        if !self.set.contains(pid, start) {
             return Ok(()); // already gone, or the PID now belongs to another process
         }
         if let Some(gone) = self.set.remove(pid)? {
@@ -123,7 +123,7 @@ impl Targets {
 
     /// Starts measuring `root` and its children, unless it is measured already.
     fn add_tree(&mut self, root: ProcInfo, service: Option<&str>) -> Result<()> {
-        let service: Arc<str> = routes::label_safe(service.unwrap_or(&root.comm)).into();
+        let service: Arc<str> = routes::label_safe(service.unwrap_or(&root.comm).to_string()).into();
         let pid = root.pid;
         self.add(root, service.clone(), true)?;
         for child in targets::descendants(pid) {
@@ -136,7 +136,7 @@ impl Targets {
     fn rescan(&mut self, selectors: &Selectors, service: Option<&str>, warned: &mut bool) -> Result<()> {
         let scan = selectors.scan(std::process::id());
         for m in scan.matches {
-            if self.set.get(m.info.pid).is_some_and(|p| p.start_time == m.info.start_time) {
+            if self.set.contains(m.info.pid, m.info.start_time) {
                 continue;
             }
             info!(pid = m.info.pid, comm = %m.info.comm, "selected by {}", m.selector);

@@ -494,10 +494,10 @@ fn on_send(conn: &mut Conn, p: &Piece<'_>, ts: u64, out: &mut Vec<Output>) {
         match &mut conn.send {
             SendState::Skip => return,
             SendState::Idle => {
-                if conn.pending.is_empty() && answer_incomplete_head(conn) {
-                    continue;
-                }
                 if conn.pending.is_empty() {
+                    if answer_incomplete_head(conn) {
+                        continue;
+                    }
                     if let Some(reason) = conn.unseen {
                         // The answer to another request that could not be read.
                         conn.pending.push_back(Pending::unreadable(reason, ts));

@@ -3,8 +3,10 @@ use anyhow::{Result, bail};
 use aya::{EbpfError, programs::ProgramError};
 
 const CAP_DAC_READ_SEARCH: u32 = 2;
+const CAP_NET_ADMIN: u32 = 12;
 const CAP_SYS_PTRACE: u32 = 19;
 const CAP_SYS_ADMIN: u32 = 21;
+const CAP_SYS_RESOURCE: u32 = 24;
 const CAP_PERFMON: u32 = 38;
 const CAP_BPF: u32 = 39;
 
@@ -41,11 +43,7 @@ pub fn missing_capabilities(caps: u64) -> Vec<&'static str> {
 /// permission bits).
 pub fn missing_for_port_selector() -> Vec<&'static str> {
     let caps = effective_caps();
-    [(CAP_SYS_PTRACE, "CAP_SYS_PTRACE"), (CAP_DAC_READ_SEARCH, "CAP_DAC_READ_SEARCH")]
-        .into_iter()
-        .filter(|(c, _)| caps & (1u64 << c) == 0)
-        .map(|(_, name)| name)
-        .collect()
+    KEPT_AFTER_ATTACH.iter().filter(|(c, _)| caps & (1u64 << c) == 0).map(|(_, name)| *name).collect()
 }
 
 pub fn check() -> Result<()> {
@@ -61,14 +59,12 @@ pub fn check() -> Result<()> {
     Ok(())
 }
 
-const CAP_NET_ADMIN: u32 = 12;
-const CAP_SYS_RESOURCE: u32 = 24;
-
 /// Capabilities kept after attaching: reading other users' /proc/PID entries (targets,
-/// their workers, their sockets). Everything else is dropped.
-pub const KEPT_AFTER_ATTACH: &[(u32, &str)] = &[(CAP_DAC_READ_SEARCH, "CAP_DAC_READ_SEARCH"), (CAP_SYS_PTRACE, "CAP_SYS_PTRACE")];
+/// their workers, their sockets), which `--port` needs. Everything else is dropped.
+pub const KEPT_AFTER_ATTACH: &[(u32, &str)] = &[(CAP_SYS_PTRACE, "CAP_SYS_PTRACE"), (CAP_DAC_READ_SEARCH, "CAP_DAC_READ_SEARCH")];
 
-/// Capabilities only loading and attaching need; the tests check they are gone.
+/// Capabilities only loading and attaching need (faults.rs checks CAP_BPF, CAP_PERFMON,
+/// CAP_SYS_ADMIN, CAP_NET_ADMIN and CAP_SYS_RESOURCE are gone from the agent's sets).
 pub const DROPPED_AFTER_ATTACH: &[(u32, &str)] = &[
     (CAP_BPF, "CAP_BPF"),
     (CAP_PERFMON, "CAP_PERFMON"),
@@ -157,7 +153,8 @@ pub fn drop_after_attach() -> Result<Vec<&'static str>> {
     Ok(DROPPED_AFTER_ATTACH.iter().filter(|(c, _)| permitted & !keep & (1 << c) != 0).map(|(_, n)| *n).collect())
 }
 
-fn is_permission(e: &std::io::Error) -> bool {
+/// EPERM or EACCES.
+pub fn is_permission(e: &std::io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::EPERM) | Some(libc::EACCES))
 }
 

@@ -96,7 +96,7 @@ impl Router {
     /// The route of a request target (origin-form `/a/b?c`, absolute-form
     /// `http://h/a`, or `*`).
     pub fn route(&self, target: &[u8]) -> String {
-        label_safe(&self.route_raw(target))
+        label_safe(self.route_raw(target))
     }
 
     fn route_raw(&self, target: &[u8]) -> String {
@@ -139,7 +139,7 @@ fn fold(segments: &[&str]) -> String {
 }
 
 /// Does a path segment look like an identifier rather than a name?
-pub fn is_identifier(s: &str) -> bool {
+fn is_identifier(s: &str) -> bool {
     let b = s.as_bytes();
     if b.is_empty() {
         return false;
@@ -177,7 +177,11 @@ fn is_date(b: &[u8]) -> bool {
 /// A label value that every Prometheus parser reads back as it is: the client library
 /// writes label values unescaped, so `"`, `\` and control characters (possible in a
 /// request target or a process name) are percent-encoded, as they would be in a URL.
-pub fn label_safe(s: &str) -> String {
+pub fn label_safe(s: String) -> String {
+    let escaped = |c: char| c == '"' || c == '\\' || c.is_control();
+    if !s.chars().any(escaped) {
+        return s; // the usual case: no copy
+    }
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
         match c {
@@ -206,7 +210,7 @@ mod tests {
     #[test]
     fn labels_are_safe_to_expose() {
         assert_eq!(route("/a\"}b\\c"), "/a%22}b%5Cc");
-        assert_eq!(label_safe("my \"svc\"\n"), "my %22svc%22%0A");
+        assert_eq!(label_safe("my \"svc\"\n".into()), "my %22svc%22%0A");
         assert_eq!(route("/caf\u{e9}"), "/caf\u{e9}");
     }
 

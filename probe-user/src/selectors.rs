@@ -88,7 +88,7 @@ impl Selectors {
         }
         // Kernel threads (kthreadd, PID 2, and its children) serve no HTTP: never selected,
         // even under `--cgroup /`.
-        let procs: Vec<ProcInfo> = list_pids()
+        let procs: Vec<ProcInfo> = targets::pids()
             .into_iter()
             .filter(|p| *p != me && *p != KTHREADD)
             .filter_map(targets::proc_info)
@@ -125,7 +125,7 @@ impl Selectors {
         for p in procs {
             match fs::read_link(format!("/proc/{}/ns/net", p.pid)) {
                 Ok(ns) => by_netns.entry(ns.to_string_lossy().into_owned()).or_default().push(p.pid),
-                Err(e) if is_denied(&e) => *denied += 1,
+                Err(e) if crate::privileges::is_permission(&e) => *denied += 1,
                 Err(_) => {} // exited meanwhile, or a kernel thread
             }
         }
@@ -149,26 +149,13 @@ impl Selectors {
                             owners.push((*pid, *port));
                         }
                     }
-                    Err(e) if is_denied(&e) => *denied += 1,
+                    Err(e) if crate::privileges::is_permission(&e) => *denied += 1,
                     Err(_) => {}
                 }
             }
         }
         owners
     }
-}
-
-fn is_denied(e: &io::Error) -> bool {
-    e.kind() == io::ErrorKind::PermissionDenied
-}
-
-fn list_pids() -> Vec<u32> {
-    fs::read_dir("/proc")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .collect()
 }
 
 /// The file name of the process's executable, if it can be read.

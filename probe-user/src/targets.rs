@@ -42,15 +42,19 @@ pub fn inspect(pid: u32) -> Result<ProcInfo> {
     }
 }
 
-/// All descendants of `root` running now.
-pub fn descendants(root: u32) -> Vec<ProcInfo> {
-    let procs: Vec<ProcInfo> = fs::read_dir("/proc")
+/// The PIDs in /proc now.
+pub fn pids() -> Vec<u32> {
+    fs::read_dir("/proc")
         .into_iter()
         .flatten()
         .flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter_map(proc_info)
-        .collect();
+        .collect()
+}
+
+/// All descendants of `root` running now.
+pub fn descendants(root: u32) -> Vec<ProcInfo> {
+    let procs: Vec<ProcInfo> = pids().into_iter().filter_map(proc_info).collect();
     let mut found = vec![];
     let mut frontier = vec![root];
     while let Some(parent) = frontier.pop() {
@@ -91,6 +95,12 @@ impl TargetSet {
 
     pub fn get(&self, pid: u32) -> Option<&ProcInfo> {
         self.procs.get(&pid)
+    }
+
+    /// Is the process (`pid` started at `start_time`) in the set? A PID alone is not
+    /// enough: it may be reused.
+    pub fn contains(&self, pid: u32, start_time: u64) -> bool {
+        self.get(pid).is_some_and(|p| p.start_time == start_time)
     }
 
     /// Rewrites the bitmap word holding `pid` from the set (the kernel may have set a
