@@ -242,9 +242,12 @@ impl Pipeline {
         outs.iter().for_each(|o| self.metrics.observe(o));
         self.metrics.set_active_requests(&self.pairer.active_requests());
         let health = &self.metrics.health;
-        for (service, n) in self.pairer.connections_by_service() {
-            health.open_connections.get_or_create(&ServiceLabels { service_name: service.to_string() }).set(n);
-        }
+        health.open_connections.set(
+            self.pairer
+                .connections_by_service()
+                .into_iter()
+                .map(|(service, n)| (ServiceLabels { service_name: service.to_string() }, n)),
+        );
     }
 }
 

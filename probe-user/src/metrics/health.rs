@@ -46,7 +46,7 @@ pub struct Health {
     pub target_attaches: Counter,
     pub target_exits: Counter,
     pub routes_folded: Counter,
-    pub open_connections: Family<ServiceLabels, Gauge>,
+    pub open_connections: super::SnapshotGauge<ServiceLabels>,
 }
 
 fn reason(r: &str) -> ReasonLabels {
@@ -70,7 +70,7 @@ impl Health {
             target_attaches: Counter::default(),
             target_exits: Counter::default(),
             routes_folded: Counter::default(),
-            open_connections: Family::default(),
+            open_connections: Default::default(),
         };
         let r = registry.sub_registry_with_prefix("redprobe");
         r.register("events_received", "Events read from the kernel ring buffer", h.events_received.clone());
@@ -114,7 +114,7 @@ impl Health {
         r.register(
             "target_open_connections",
             "Server connections of the target with HTTP traffic, currently tracked",
-            h.open_connections.clone(),
+            h.open_connections.family.clone(),
         );
         r.register("build", "redprobe build information", Info::new(BuildLabels { version: env!("CARGO_PKG_VERSION").to_string() }));
         h

@@ -7,11 +7,11 @@ use std::{
 
 use prometheus_client::{
     encoding::EncodeLabelSet,
-    metrics::{family::Family, gauge::Gauge, histogram::Histogram},
+    metrics::{family::Family, histogram::Histogram},
     registry::{Registry, Unit},
 };
 
-use super::Request;
+use super::{Request, SnapshotGauge};
 
 /// `http_server_request_duration_seconds` buckets (OpenTelemetry's defaults).
 pub const DURATION_BUCKETS: [f64; 14] = [0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0];
@@ -86,9 +86,7 @@ pub struct OtelHttp {
     first_byte: HistogramFamily,
     request_size: HistogramFamily,
     response_size: HistogramFamily,
-    active: Family<ActiveLabels, Gauge>,
-    /// Label sets of `active` set before, so that they can be set back to 0.
-    active_seen: Arc<Mutex<Vec<ActiveLabels>>>,
+    active: SnapshotGauge<ActiveLabels>,
 }
 
 impl OtelHttp {
@@ -99,8 +97,7 @@ impl OtelHttp {
             first_byte: Family::new_with_constructor(duration_histogram),
             request_size: Family::new_with_constructor(size_histogram),
             response_size: Family::new_with_constructor(size_histogram),
-            active: Family::default(),
-            active_seen: Default::default(),
+            active: SnapshotGauge::default(),
         };
         registry.register_with_unit(
             "http_server_request_duration",
@@ -126,7 +123,7 @@ impl OtelHttp {
             Unit::Bytes,
             m.response_size.clone(),
         );
-        registry.register("http_server_active_requests", "HTTP requests read and not yet answered", m.active.clone());
+        registry.register("http_server_active_requests", "HTTP requests read and not yet answered", m.active.family.clone());
         m
     }
 
@@ -167,19 +164,12 @@ impl OtelHttp {
     }
 
     pub fn set_active(&self, active: &HashMap<(Arc<str>, String), i64>) {
-        let Ok(mut seen) = self.active_seen.lock() else { return };
-        for labels in seen.iter() {
-            self.active.get_or_create(labels).set(0);
-        }
-        for ((service, method), n) in active {
+        self.active.set(active.iter().map(|((service, method), n)| {
             let labels = ActiveLabels {
                 http_request_method: crate::routes::method_label(method).to_string(),
                 service_name: service.to_string(),
             };
-            self.active.get_or_create(&labels).inc_by(*n);
-            if !seen.contains(&labels) {
-                seen.push(labels);
-            }
-        }
+            (labels, *n)
+        }));
     }
 }

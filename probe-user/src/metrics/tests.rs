@@ -117,3 +117,16 @@ fn django_prometheus_names() {
     }
     assert!(!text.contains("http_server_request_duration"), "only one naming scheme at a time");
 }
+
+#[test]
+fn snapshot_gauges_drop_series_that_vanished_to_zero() {
+    use super::{SnapshotGauge, health::ServiceLabels};
+    let g: SnapshotGauge<ServiceLabels> = SnapshotGauge::default();
+    let (a, b) = (ServiceLabels { service_name: "a".into() }, ServiceLabels { service_name: "b".into() });
+    g.set([(a.clone(), 2), (b.clone(), 1), (b.clone(), 1)]);
+    assert_eq!((g.family.get_or_create(&a).get(), g.family.get_or_create(&b).get()), (2, 2), "repeated labels add up");
+    g.set([(b.clone(), 5)]);
+    assert_eq!((g.family.get_or_create(&a).get(), g.family.get_or_create(&b).get()), (0, 5), "a vanished: back to 0");
+    g.set([]);
+    assert_eq!(g.family.get_or_create(&b).get(), 0);
+}
