@@ -64,9 +64,6 @@ fn bad_client(port: u16, bytes: &[u8], then: Then) -> Result<String> {
     }
 }
 
-/// One bad-input case: runs `bad` beside the well-formed client, then checks that the
-/// counts are the well-formed ones plus `extra` (requests the bad client made that are
-/// measurable), and that the unparsed counters are exactly `reasons`.
 /// A bad client that sends `bytes`, shuts down its side and expects an answer starting
 /// with `status_line`.
 fn answered_with<'a>(bytes: &'a [u8], status_line: &'a str) -> impl FnOnce(u16) -> Result<()> + 'a {
@@ -77,6 +74,9 @@ fn answered_with<'a>(bytes: &'a [u8], status_line: &'a str) -> impl FnOnce(u16) 
     }
 }
 
+/// One bad-input case: runs `bad` beside the well-formed client, then checks that the
+/// counts are the well-formed ones plus `extra` (requests the bad client made that are
+/// measurable), and that the unparsed counters are exactly `reasons`.
 fn case(bad: impl FnOnce(u16) -> Result<()>, extra: &[((&str, u16, &str), u64)], reasons: &[(&str, f64)]) -> Result<Metrics> {
     case_with_outcomes(bad, &[(extra, reasons)])
 }

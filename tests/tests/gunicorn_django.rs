@@ -50,12 +50,9 @@ fn gunicorn_workers_recycled_added_and_replaced_after_attach_are_all_counted() -
     let agent = Agent::start(&["--pid".into(), master.to_string()])?;
     let before = worker_pids(master);
     let mut w = Workload::new(&server.endpoint);
-    let mut seen = 0.0;
-    let mut check = |w: &Workload, phase: &str| -> Result<()> {
-        let m = assert_exact(&agent, w, &format!("gunicorn workers: {phase}"))?;
-        let now: f64 = m.sum("http_server_request_duration_seconds_count", &[]);
-        assert!(now >= seen, "{phase}: counter went down from {seen} to {now}");
-        seen = now;
+    // The truth is cumulative: counts equal to it after each phase never went down.
+    let check = |w: &Workload, phase: &str| -> Result<()> {
+        assert_exact(&agent, w, &format!("gunicorn workers: {phase}"))?;
         Ok(())
     };
     hellos(&mut w, 30)?;

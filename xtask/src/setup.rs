@@ -52,7 +52,12 @@ fn apt_install(packages: &[&str]) -> Result<()> {
     if !is_root() {
         bail!("missing Debian packages {packages:?}; install them as root: apt-get install -y {}", packages.join(" "));
     }
-    run(Command::new("apt-get").args(["update", "-qq"]))?;
+    // The package lists are refreshed once per xtask run, however many installs follow.
+    static UPDATED: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    if UPDATED.get().is_none() {
+        run(Command::new("apt-get").args(["update", "-qq"]))?;
+        let _ = UPDATED.set(());
+    }
     run(Command::new("apt-get").args(["install", "-y", "-qq"]).args(packages).env("DEBIAN_FRONTEND", "noninteractive"))
 }
 

@@ -5,7 +5,8 @@ use anyhow::{Result, bail};
 use xtask::{REDPROBE_BIN, REDPROBE_PYTHON, agent_path, cargo, is_root, python_venv, run};
 
 /// Crates whose unit tests need no kernel (probe-ebpf only builds for the BPF target).
-const UNIT_PACKAGES: &[&str] = &["probe-common", "probe-user", "xtask", "redprobe-tests"];
+/// (The test kit's own unit tests run with the integration tests: `--tests` includes them.)
+const UNIT_PACKAGES: &[&str] = &["probe-common", "probe-user", "xtask"];
 
 pub fn test(filter: Option<&str>) -> Result<()> {
     crate::build::build()?;

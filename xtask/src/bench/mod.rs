@@ -24,7 +24,7 @@ mod wrk;
 use std::time::Instant;
 
 use anyhow::{Result, bail};
-use xtask::{REDPROBE_BIN, REDPROBE_PYTHON, agent_path, is_root, python_venv};
+use xtask::{REDPROBE_PYTHON, is_root, python_venv};
 
 use self::{nginx::Nginx, wrk::Load};
 
@@ -116,14 +116,9 @@ pub fn bench(opts: &Options) -> Result<()> {
         bail!("the bench loads eBPF programs: run it as root");
     }
     crate::setup::test_dependencies()?;
-    // SAFETY: still single-threaded; the test kit reads these. An agent named by
-    // $REDPROBE_BIN (another build, for comparisons) is used instead of this build's.
-    unsafe {
-        if std::env::var_os(REDPROBE_BIN).is_none() {
-            std::env::set_var(REDPROBE_BIN, agent_path());
-        }
-        std::env::set_var(REDPROBE_PYTHON, python_venv().join("bin/python"));
-    }
+    // SAFETY: still single-threaded; the test kit reads it. The agent is $REDPROBE_BIN
+    // (another build, for comparisons) or, by the test kit's default, this build's.
+    unsafe { std::env::set_var(REDPROBE_PYTHON, python_venv().join("bin/python")) };
     let (started, load_before) = (Instant::now(), load_average());
     let want = |m: &str| opts.only.is_empty() || opts.only.iter().any(|o| o == m);
     let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
