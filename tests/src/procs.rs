@@ -24,6 +24,24 @@ pub fn agent_bin() -> PathBuf {
         .unwrap_or_else(|| workspace_root().join("target/release/redprobe"))
 }
 
+/// The value of a `/proc/PID/status` line (`key` with its colon, e.g. "VmRSS:"), trimmed.
+pub fn status_field(pid: u32, key: &str) -> Result<String> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).with_context(|| format!("reading /proc/{pid}/status"))?;
+    status.lines().find_map(|l| l.strip_prefix(key)).map(|v| v.trim().to_string()).with_context(|| format!("no {key} in /proc/{pid}/status"))
+}
+
+/// A `/proc/PID/status` size (VmRSS:, VmHWM:, ...) in KiB.
+pub fn status_kib(pid: u32, key: &str) -> Result<u64> {
+    let v = status_field(pid, key)?;
+    v.trim_end_matches("kB").trim().parse().with_context(|| format!("{key} {v:?}"))
+}
+
+/// The child processes of `pid` (of its main thread: servers fork from it).
+pub fn children(pid: u32) -> Vec<u32> {
+    let list = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+    list.split_whitespace().filter_map(|p| p.parse().ok()).collect()
+}
+
 /// A port nobody listens on right now (the OS picks it).
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(0)

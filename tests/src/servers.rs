@@ -13,7 +13,7 @@ use anyhow::{Context, Result, bail};
 
 use crate::{
     client::{Endpoint, Stream},
-    procs::{free_port, terminate, workspace_root},
+    procs::{children, free_port, terminate, workspace_root},
     wait_for,
 };
 
@@ -103,13 +103,6 @@ fn servers_dir() -> PathBuf {
     workspace_root().join("tests/servers")
 }
 
-fn bind_arg(endpoint: &Endpoint) -> String {
-    match endpoint {
-        Endpoint::Tcp(a) => a.to_string(),
-        Endpoint::Unix(p) => format!("unix:{}", p.display()),
-    }
-}
-
 /// gunicorn + Django (tests/servers/djangoapp), sync workers. `extra` adds gunicorn flags
 /// (e.g. `--max-requests`); `env` adds environment (e.g. django-prometheus for the bench).
 pub fn gunicorn(bind: Bind, workers: u32, extra: &[&str], env: &[(&str, &str)]) -> Result<RealServer> {
@@ -117,7 +110,7 @@ pub fn gunicorn(bind: Bind, workers: u32, extra: &[&str], env: &[(&str, &str)]) 
     let endpoint = bind.endpoint(dir.path());
     let mut cmd = Command::new(python());
     cmd.args(["-m", "gunicorn", "--no-control-socket", "--workers", &workers.to_string(), "--bind"])
-        .arg(bind_arg(&endpoint))
+        .arg(endpoint.to_string())
         .args(extra)
         .arg("djangoapp.wsgi")
         .current_dir(servers_dir())
@@ -230,18 +223,10 @@ pub fn nginx(bind: Bind, site: &NginxSite<'_>) -> Result<RealServer> {
     for (name, content) in site.files {
         std::fs::write(root.join("static").join(name), content)?;
     }
-    let listen = match &endpoint {
-        Endpoint::Tcp(a) => a.to_string(),
-        Endpoint::Unix(p) => format!("unix:{}", p.display()),
-    };
+    // nginx's `listen` and `server` take addresses as Endpoint displays them.
+    let listen = endpoint.to_string();
     let upstream = match site.upstream {
-        Some(up) => format!(
-            "upstream app {{ server {}; keepalive 4; }}\n",
-            match up {
-                Endpoint::Tcp(a) => a.to_string(),
-                Endpoint::Unix(p) => format!("unix:{}", p.display()),
-            }
-        ),
+        Some(up) => format!("upstream app {{ server {up}; keepalive 4; }}\n"),
         None => String::new(),
     };
     let proxy = match (site.upstream, site.upstream_http10) {
@@ -290,5 +275,9 @@ http {{
     std::fs::write(&conf_path, conf)?;
     let mut cmd = Command::new("nginx");
     cmd.arg("-p").arg(prefix).arg("-c").arg(&conf_path).arg("-e").arg(prefix.join("server.log"));
-    RealServer::spawn("nginx", cmd, endpoint, dir)
+    let server = RealServer::spawn("nginx", cmd, endpoint, dir)?;
+    // The master may accept (through its listening socket) before it forked its workers.
+    let workers = site.workers.max(1) as usize;
+    wait_for("nginx's workers", Duration::from_secs(30), || (children(server.pid()).len() >= workers).then_some(()))?;
+    Ok(server)
 }

@@ -61,13 +61,9 @@ impl Nginx {
             bail!("nginx exited with {status}");
         }
         // The worker is forked right after the master binds.
-        wait_for("the nginx worker", Duration::from_secs(10), || has_children(nginx.child.id()).then_some(()))?;
+        wait_for("the nginx worker", Duration::from_secs(10), || (!testkit::procs::children(nginx.child.id()).is_empty()).then_some(()))?;
         Ok(nginx)
     }
-}
-
-fn has_children(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).is_ok_and(|c| !c.trim().is_empty())
 }
 
 impl Drop for Nginx {

@@ -236,9 +236,7 @@ fn missing_btf_is_a_clear_error() -> Result<()> {
 }
 
 fn caps(pid: u32, field: &str) -> Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let v = status.lines().find_map(|l| l.strip_prefix(field)).with_context(|| format!("no {field}"))?;
-    Ok(u64::from_str_radix(v.trim(), 16)?)
+    Ok(u64::from_str_radix(&testkit::procs::status_field(pid, field)?, 16)?)
 }
 
 #[test]

@@ -3,7 +3,7 @@
 //! (--max-requests recycling, TTIN, HUP) are picked up without counters going down.
 use anyhow::Result;
 use testkit::{
-    procs::Agent,
+    procs::{Agent, children},
     servers::{Bind, gunicorn},
     workload::{Mix, Workload, assert_exact, full_mix_is_counted_exactly},
 };
@@ -37,18 +37,13 @@ fn hellos(w: &mut Workload, n: usize) -> Result<u64> {
     Ok(w.total())
 }
 
-fn worker_pids(master: u32) -> Vec<u32> {
-    let children = std::fs::read_to_string(format!("/proc/{master}/task/{master}/children")).unwrap_or_default();
-    children.split_whitespace().filter_map(|p| p.parse().ok()).collect()
-}
-
 #[test]
 fn gunicorn_workers_recycled_added_and_replaced_after_attach_are_all_counted() -> Result<()> {
     // --max-requests 5: each worker exits after 5 requests and the master forks another.
     let server = gunicorn(Bind::V4, 2, &["--max-requests", "5"], &[])?;
     let master = server.pid();
     let agent = Agent::start(&["--pid".into(), master.to_string()])?;
-    let before = worker_pids(master);
+    let before = children(master);
     let mut w = Workload::new(&server.endpoint);
     // The truth is cumulative: counts equal to it after each phase never went down.
     let check = |w: &Workload, phase: &str| -> Result<()> {
@@ -57,26 +52,26 @@ fn gunicorn_workers_recycled_added_and_replaced_after_attach_are_all_counted() -
     };
     hellos(&mut w, 30)?;
     check(&w, "--max-requests recycling")?;
-    let recycled = worker_pids(master);
+    let recycled = children(master);
     assert!(recycled.iter().all(|p| !before.contains(p)), "workers were not recycled: {before:?} -> {recycled:?}");
 
     // TTIN: one more worker.
     unsafe { libc::kill(master as i32, libc::SIGTTIN) };
-    testkit::wait_for("a third worker", std::time::Duration::from_secs(30), || (worker_pids(master).len() == 3).then_some(()))?;
+    testkit::wait_for("a third worker", std::time::Duration::from_secs(30), || (children(master).len() == 3).then_some(()))?;
     hellos(&mut w, 12)?;
     check(&w, "after TTIN")?;
 
     // HUP: every worker replaced by a new one.
-    let old = worker_pids(master);
+    let old = children(master);
     unsafe { libc::kill(master as i32, libc::SIGHUP) };
     testkit::wait_for("workers replaced after HUP", std::time::Duration::from_secs(30), || {
-        let now = worker_pids(master);
+        let now = children(master);
         (!now.is_empty() && now.iter().all(|p| !old.contains(p))).then_some(())
     })?;
     hellos(&mut w, 12)?;
     check(&w, "after HUP")?;
     // Workers that exited are forgotten: the targets are the master and today's workers.
-    let live = 1.0 + worker_pids(master).len() as f64;
+    let live = 1.0 + children(master).len() as f64;
     agent.wait_metrics(&format!("{live} targets"), |m| m.sum("redprobe_targets", &[]) == live)?;
     Ok(())
 }

@@ -7,7 +7,7 @@ use std::{collections::BTreeMap, path::PathBuf, process::Command};
 use anyhow::{Context, Result, bail, ensure};
 use testkit::{
     client::Conn,
-    procs::{Agent, Server, agent_bin, run_agent_expecting_exit, workspace_root},
+    procs::{Agent, Server, agent_bin, run_agent_expecting_exit, status_field, workspace_root},
 };
 
 fn unit_path() -> PathBuf {
@@ -94,11 +94,6 @@ fn cap_mask(caps: &[String]) -> Result<u64> {
     caps.iter().try_fold(0u64, |m, c| Ok(m | 1 << number(c)?))
 }
 
-fn status_field(pid: u32, key: &str) -> String {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status.lines().find_map(|l| l.strip_prefix(key)).map(|v| v.trim().to_string()).unwrap_or_default()
-}
-
 #[test]
 fn the_units_settings_are_least_privilege() -> Result<()> {
     let text = std::fs::read_to_string(unit_path())?;
@@ -139,15 +134,15 @@ fn the_units_capabilities_are_enough_to_attach_and_count() -> Result<()> {
     let pid = agent.child.id();
     // The agent runs as nobody with the unit's capabilities, and no more; once attached it
     // has dropped CAP_BPF and CAP_PERFMON and keeps only what reading /proc needs.
-    assert_eq!(status_field(pid, "Uid:").split_whitespace().next(), Some("65534"));
+    assert_eq!(status_field(pid, "Uid:")?.split_whitespace().next(), Some("65534"));
     let kept: Vec<String> =
         caps.iter().filter(|c| *c == "CAP_DAC_READ_SEARCH" || *c == "CAP_SYS_PTRACE").cloned().collect();
-    assert_eq!(u64::from_str_radix(&status_field(pid, "CapEff:"), 16)?, cap_mask(&kept)?, "effective capabilities");
-    assert_eq!(u64::from_str_radix(&status_field(pid, "CapPrm:"), 16)?, cap_mask(&kept)?, "permitted capabilities");
+    assert_eq!(u64::from_str_radix(&status_field(pid, "CapEff:")?, 16)?, cap_mask(&kept)?, "effective capabilities");
+    assert_eq!(u64::from_str_radix(&status_field(pid, "CapPrm:")?, 16)?, cap_mask(&kept)?, "permitted capabilities");
     // Without CAP_SETPCAP the bounding set cannot shrink further: it stays the unit's.
-    let bounding = u64::from_str_radix(&status_field(pid, "CapBnd:"), 16)?;
+    let bounding = u64::from_str_radix(&status_field(pid, "CapBnd:")?, 16)?;
     assert_eq!(bounding & !cap_mask(&caps)?, 0, "bounding set {bounding:#x} beyond the unit's");
-    assert_eq!(status_field(pid, "NoNewPrivs:"), "1");
+    assert_eq!(status_field(pid, "NoNewPrivs:")?, "1");
 
     let mut conn = Conn::open(server.port)?;
     for _ in 0..5 {

@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use testkit::{
     client::{Conn, one_shot},
     procs::{Agent, Server},
@@ -24,15 +24,6 @@ const RATE: u64 = 50;
 const FLAT_KIB: u64 = 4096;
 
 type Counts = BTreeMap<(String, u16, String), u64>;
-
-fn vm_rss_kib(pid: u32) -> Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .context("no VmRSS")
-}
 
 /// One client: a paced mix on a keep-alive connection, a fresh connection now and then.
 fn client(port: u16, seed: u64, stop: Arc<AtomicBool>, truth: Arc<Mutex<Counts>>) -> Result<()> {
@@ -95,7 +86,7 @@ pub fn soak(minutes: f64) -> Result<()> {
     let mut samples = vec![];
     while start.elapsed() < total {
         std::thread::sleep(every.min(total.saturating_sub(start.elapsed())));
-        let rss = vm_rss_kib(pid)?;
+        let rss = testkit::procs::status_kib(pid, "VmRSS:")?;
         let m = agent.metrics()?;
         let requests: u64 = m.request_counts().values().sum();
         println!(

@@ -24,13 +24,7 @@ pub fn cpu_seconds(pid: u32) -> Result<f64> {
 
 /// Peak resident set size (VmHWM) in bytes.
 pub fn peak_rss_bytes(pid: u32) -> Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let kb = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .context("no VmHWM in /proc/PID/status")?;
-    Ok(kb * 1024)
+    Ok(testkit::procs::status_kib(pid, "VmHWM:")? * 1024)
 }
 
 /// The agent's CPU over one loaded run, and the requests served meanwhile.

@@ -34,7 +34,7 @@ impl Nginx {
         let file = vec![b'x'; 4096];
         let server = nginx(Bind::V4, &NginxSite { workers: 1, files: &[("4k.bin", &file)], ..Default::default() })
             .context("starting nginx")?;
-        let worker = children(server.pid()).into_iter().next().context("nginx has no worker process")?;
+        let worker = testkit::procs::children(server.pid()).into_iter().next().context("nginx has no worker process")?;
         if let Some(cpu) = pin_cpu {
             pin(worker, cpu)?;
         }
@@ -58,18 +58,6 @@ impl Nginx {
 }
 
 /// Child PIDs of `pid` (from /proc/*/stat).
-fn children(pid: u32) -> Vec<u32> {
-    let Ok(dir) = std::fs::read_dir("/proc") else { return vec![] };
-    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|p| {
-            std::fs::read_to_string(format!("/proc/{p}/stat"))
-                .ok()
-                .and_then(|s| s.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse::<u32>().ok())
-                == Some(pid)
-        })
-        .collect()
-}
-
 /// Pins `pid` to one CPU (sched_setaffinity, as `taskset -p -c` does).
 fn pin(pid: u32, cpu: usize) -> Result<()> {
     // SAFETY: a zeroed cpu_set_t is an empty set; CPU_SET stays within it.
