@@ -26,6 +26,13 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Opt
 }
 
 /// A command line as a shell would show it, for messages.
+/// Names the agent binary the tests, the demo and the bench run (default: the workspace's
+/// release build).
+pub const REDPROBE_BIN: &str = "REDPROBE_BIN";
+
+/// Names the Python interpreter with the test servers' packages (default: `python3`).
+pub const REDPROBE_PYTHON: &str = "REDPROBE_PYTHON";
+
 pub fn describe(cmd: &std::process::Command) -> String {
     std::iter::once(cmd.get_program())
         .chain(cmd.get_args())

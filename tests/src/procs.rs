@@ -19,7 +19,7 @@ pub fn workspace_root() -> PathBuf {
 
 /// The agent binary: `$REDPROBE_BIN`, else the workspace's release build.
 pub fn agent_bin() -> PathBuf {
-    std::env::var_os("REDPROBE_BIN")
+    std::env::var_os(crate::REDPROBE_BIN)
         .map(PathBuf::from)
         .unwrap_or_else(|| workspace_root().join("target/release/redprobe"))
 }

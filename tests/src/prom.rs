@@ -1,7 +1,7 @@
 //! A real Prometheus server (Debian's `prometheus`) for the end-to-end test: started on a
 //! free port with a given configuration, queried through its HTTP API.
 use std::{
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::{Child, Command, Stdio},
     time::Duration,
 };
@@ -71,10 +71,6 @@ impl Prometheus {
 
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("prometheus.log")).unwrap_or_default()
-    }
-
-    pub fn dir(&self) -> &Path {
-        &self.dir
     }
 
     /// GET `path`; the body of a 200 answer.

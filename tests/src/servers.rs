@@ -92,7 +92,7 @@ impl Drop for RealServer {
 /// The Python interpreter with the test servers' packages: `$REDPROBE_PYTHON` (set by
 /// `cargo xtask test` to the venv it made), else `python3`.
 pub fn python() -> PathBuf {
-    std::env::var_os("REDPROBE_PYTHON").map(PathBuf::from).unwrap_or_else(|| "python3".into())
+    std::env::var_os(crate::REDPROBE_PYTHON).map(PathBuf::from).unwrap_or_else(|| "python3".into())
 }
 
 fn scratch() -> Result<tempfile::TempDir> {

@@ -14,6 +14,11 @@ use crate::client::{Conn, Endpoint, Response, one_shot_to};
 /// (method, status, route) → requests.
 pub type Counts = BTreeMap<(String, u16, String), u64>;
 
+/// Counts one request.
+pub fn add(counts: &mut Counts, method: &str, status: u16, route: &str) {
+    *counts.entry((method.to_string(), status, route.to_string())).or_insert(0) += 1;
+}
+
 pub struct Workload {
     pub to: Endpoint,
     /// The open keep-alive connection, reused while the server keeps it open.
@@ -34,7 +39,7 @@ impl Workload {
 
     /// Records one request the server answered.
     pub fn record(&mut self, method: &str, route: &str, r: &Response) {
-        *self.truth.entry((method.to_string(), r.status, route.to_string())).or_insert(0) += 1;
+        add(&mut self.truth, method, r.status, route);
         self.elapsed.entry(route.to_string()).or_default().push(r.elapsed);
     }
 
@@ -61,9 +66,9 @@ impl Workload {
         Ok(r)
     }
 
-    /// Keep-alive GETs (reconnecting when the server closes, as gunicorn's sync workers do): plain, an ID route, 404 and 500 (when the
-    /// server has them), and HEAD.
-    pub fn basics(&mut self, with_error: bool) -> Result<()> {
+    /// Keep-alive GETs (reconnecting when the server closes, as gunicorn's sync workers
+    /// do): plain, an ID route, 404, 500, and HEAD.
+    pub fn basics(&mut self) -> Result<()> {
         for _ in 0..5 {
             let r = self.get("/hello")?;
             ensure!(r.body == b"hello world\n", "/hello body {:?}", String::from_utf8_lossy(&r.body));
@@ -77,11 +82,9 @@ impl Workload {
             let r = self.get("/missing")?;
             self.expect("GET", "/missing", r, 404)?;
         }
-        if with_error {
-            for _ in 0..3 {
-                let r = self.get("/error")?;
-                self.expect("GET", "/error", r, 500)?;
-            }
+        for _ in 0..3 {
+            let r = self.get("/error")?;
+            self.expect("GET", "/error", r, 500)?;
         }
         let r = self.send("HEAD", "/hello", b"")?;
         self.expect("HEAD", "/hello", r, 200)?;
@@ -254,7 +257,7 @@ pub struct Mix {
 /// pipelining, sleeps, a streaming response, 3 MiB each way, a chunked upload,
 /// `Expect: 100-continue`, and 204 (and 304).
 pub fn full_mix(w: &mut Workload, mix: Mix) -> Result<()> {
-    w.basics(true)?;
+    w.basics()?;
     w.fresh_connections()?;
     if mix.pipelining {
         w.pipelined(6)?;

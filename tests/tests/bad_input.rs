@@ -16,7 +16,7 @@ use testkit::{
     scrape::Metrics,
 };
 
-type Counts = BTreeMap<(String, u16, String), u64>;
+use testkit::workload::Counts;
 
 fn key(method: &str, status: u16, route: &str) -> (String, u16, String) {
     (method.to_string(), status, route.to_string())

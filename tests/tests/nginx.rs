@@ -6,7 +6,7 @@ use testkit::{
     client::Conn,
     procs::Agent,
     servers::{Bind, NginxSite, gunicorn, nginx},
-    workload::{Workload, assert_exact},
+    workload::{Counts, Workload, add, assert_exact},
 };
 
 const PAGE: &[u8] = &[b'p'; 4096];
@@ -103,24 +103,23 @@ fn proxy_pass(upstream: Bind) -> Result<()> {
     // socket; nginx's upstream side of the same requests is a client connection.
     let agent = Agent::start(&["--pid".into(), proxy.pid().to_string(), "--pid".into(), app.pid().to_string()])?;
     let mut c = Conn::connect(&proxy.endpoint)?;
-    let mut truth = testkit::workload::Counts::new();
-    let mut add = |k: (&str, u16, &str)| *truth.entry((k.0.to_string(), k.1, k.2.to_string())).or_insert(0) += 1;
+    let mut truth = Counts::new();
     for _ in 0..4 {
         assert_eq!(c.get("/app/hello")?.status, 200);
-        add(("GET", 200, "/app/hello"));
-        add(("GET", 200, "/hello"));
+        add(&mut truth, "GET", 200, "/app/hello");
+        add(&mut truth, "GET", 200, "/hello");
     }
     for _ in 0..2 {
         assert_eq!(c.get("/app/error")?.status, 500);
-        add(("GET", 500, "/app/error"));
-        add(("GET", 500, "/error"));
+        add(&mut truth, "GET", 500, "/app/error");
+        add(&mut truth, "GET", 500, "/error");
     }
     let r = c.get("/app/stream?parts=3&ms=10")?;
     assert_eq!(r.body, b"part 0\npart 1\npart 2\n");
-    add(("GET", 200, "/app/stream"));
-    add(("GET", 200, "/stream"));
+    add(&mut truth, "GET", 200, "/app/stream");
+    add(&mut truth, "GET", 200, "/stream");
     assert_eq!(c.get("/hello")?.status, 200);
-    add(("GET", 200, "/hello"));
+    add(&mut truth, "GET", 200, "/hello");
     let total: u64 = truth.values().sum();
     let m = agent.wait_metrics("proxied requests counted", |m| m.request_counts().values().sum::<u64>() >= total)?;
     println!(

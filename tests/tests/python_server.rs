@@ -1,18 +1,12 @@
 //! End to end on a real Python threaded HTTP server: the real probe attached by PID, a
 //! known workload, exact counts per (method, status, route) and latency buckets.
-use std::collections::BTreeMap;
-
 use anyhow::Result;
 use testkit::{
     client::{Conn, one_shot},
     procs::{Agent, Server},
+    workload::{Counts, add},
 };
 
-type Counts = BTreeMap<(String, u16, String), u64>;
-
-fn add(counts: &mut Counts, method: &str, status: u16, route: &str) {
-    *counts.entry((method.to_string(), status, route.to_string())).or_insert(0) += 1;
-}
 
 /// Sends the known mix; returns what the client saw.
 fn workload(port: u16) -> Result<Counts> {

@@ -3,7 +3,7 @@
 //! the new process up by itself and the counters continue where they were. A second
 //! server that the selector does not name takes traffic at the same time and must not
 //! show up.
-use std::{collections::BTreeMap, path::PathBuf, process::Command};
+use std::{path::PathBuf, process::Command};
 
 use anyhow::{Context, Result, ensure};
 use testkit::{
@@ -12,7 +12,7 @@ use testkit::{
     scrape::Metrics,
 };
 
-type Counts = BTreeMap<(String, u16, String), u64>;
+use testkit::workload::Counts;
 
 fn gauge(m: &Metrics, name: &str) -> f64 {
     m.sum(name, &[])

@@ -1,17 +1,12 @@
 //! Helpers shared by the xtask subcommands.
 use std::{
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::Command,
 };
 
 use anyhow::{Context, Result, bail};
 
-/// Overrides the agent binary the integration tests and the demo run.
-pub const REDPROBE_BIN: &str = "REDPROBE_BIN";
-
-pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
-}
+pub use testkit::{REDPROBE_BIN, REDPROBE_PYTHON, describe, procs::workspace_root};
 
 /// The release agent built by `cargo xtask build`.
 pub fn agent_path() -> PathBuf {
@@ -23,9 +18,6 @@ pub fn agent_path() -> PathBuf {
 pub fn python_venv() -> PathBuf {
     workspace_root().join("target/pyvenv")
 }
-
-/// Names the Python interpreter the integration tests and the bench use.
-pub const REDPROBE_PYTHON: &str = "REDPROBE_PYTHON";
 
 /// Runs a command in the workspace root, echoing it; fails on a non-zero exit.
 pub fn run(cmd: &mut Command) -> Result<()> {
@@ -45,14 +37,6 @@ pub fn succeeds(cmd: &mut Command) -> bool {
         .status()
         .map(|s| s.success())
         .unwrap_or(false)
-}
-
-pub fn describe(cmd: &Command) -> String {
-    std::iter::once(cmd.get_program())
-        .chain(cmd.get_args())
-        .map(|a| a.to_string_lossy().into_owned())
-        .collect::<Vec<_>>()
-        .join(" ")
 }
 
 pub fn cargo() -> Command {

@@ -2,7 +2,6 @@
 //! load for N minutes (default 10). Prints the agent's memory over time, then checks that
 //! its RSS stayed flat and that every request the clients made was counted exactly.
 use std::{
-    collections::BTreeMap,
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, Ordering},
@@ -23,7 +22,7 @@ const RATE: u64 = 50;
 /// RSS growth after the warm-up minute that still counts as flat.
 const FLAT_KIB: u64 = 4096;
 
-type Counts = BTreeMap<(String, u16, String), u64>;
+use testkit::workload::Counts;
 
 /// One client: a paced mix on a keep-alive connection, a fresh connection now and then.
 fn client(port: u16, seed: u64, stop: Arc<AtomicBool>, truth: Arc<Mutex<Counts>>) -> Result<()> {
