@@ -211,6 +211,10 @@ pub struct NginxSite<'a> {
     /// Proxy with nginx's defaults (HTTP/1.0, `Connection: close`) instead of HTTP/1.1
     /// keep-alive: responses without a length are delimited by the upstream's close.
     pub upstream_http10: bool,
+    /// Room for this many idle clients (slowloris): worker connections and file limits
+    /// raised above it, a listen backlog of 4096, and 600 s header and keep-alive
+    /// timeouts, so that nginx keeps them all open. 0: nginx's defaults (1024 connections).
+    pub idle_clients: u32,
 }
 
 /// nginx, master + workers, in the foreground with everything under a scratch prefix.
@@ -236,6 +240,14 @@ pub fn nginx(bind: Bind, site: &NginxSite<'_>) -> Result<RealServer> {
             "location /app/ { proxy_pass http://app/; proxy_http_version 1.1; proxy_set_header Connection \"\"; }"
         }
     };
+    let (limits, backlog, timeouts) = match site.idle_clients {
+        0 => ("events { worker_connections 1024; }".to_string(), "", ""),
+        n => (
+            format!("worker_rlimit_nofile {}; events {{ worker_connections {}; }}", 2 * (n + 2000), n + 2000),
+            " backlog=4096",
+            "client_header_timeout 600s; keepalive_timeout 600s;",
+        ),
+    };
     let conf = format!(
         r#"daemon off;
 master_process on;
@@ -243,9 +255,10 @@ user root;
 worker_processes {workers};
 pid {prefix}/nginx.pid;
 error_log {prefix}/server.log warn;
-events {{ worker_connections 1024; }}
+{limits}
 http {{
     access_log off;
+    {timeouts}
     sendfile on;
     tcp_nopush off;
     keepalive_requests 100000;
@@ -257,7 +270,7 @@ http {{
     default_type application/octet-stream;
     {upstream}
     server {{
-        listen {listen};
+        listen {listen}{backlog};
         root {root};
         location = /hello {{ return 200 "hello world\n"; }}
         location = /missing {{ return 404; }}

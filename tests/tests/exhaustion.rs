@@ -1,78 +1,15 @@
 //! Load and exhaustion: 10,000 idle connections (slowloris) against nginx, and a burst
 //! that overflows the ring buffer while the agent is stalled. The agent's memory and the
 //! kernel map's fill level are reported; the counts of well-formed traffic stay exact.
-use std::{
-    io::Write,
-    net::TcpStream,
-    path::PathBuf,
-    process::{Child, Command, Stdio},
-    sync::Arc,
-    time::Duration,
-};
+use std::{io::Write, net::TcpStream, sync::Arc};
 
 use anyhow::{Context, Result, bail};
 use testkit::{
     client::Conn,
-    procs::{Agent, Server, free_port},
+    procs::{Agent, Server},
     scrape::Metrics,
-    wait_for,
+    servers::{self, Bind, NginxSite},
 };
-
-/// nginx with a master and one worker, on a free port, in a temporary prefix.
-struct Nginx {
-    child: Child,
-    port: u16,
-    dir: PathBuf,
-}
-
-impl Nginx {
-    fn start() -> Result<Self> {
-        let port = free_port();
-        let dir = std::env::temp_dir().join(format!("redprobe-nginx-{}-{port}", std::process::id()));
-        std::fs::create_dir_all(dir.join("logs"))?;
-        let conf = format!(
-            "daemon off; master_process on; worker_processes 1; user root;\n\
-             worker_rlimit_nofile 20000; pid {d}/nginx.pid; error_log {d}/logs/error.log warn;\n\
-             events {{ worker_connections 12000; }}\n\
-             http {{\n  access_log off; client_header_timeout 600s; keepalive_timeout 600s; keepalive_requests 1000000;\n\
-               client_body_temp_path {d}/body; proxy_temp_path {d}/proxy; fastcgi_temp_path {d}/fastcgi;\n\
-               uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;\n\
-               server {{ listen 127.0.0.1:{port} backlog=4096; location /hello {{ return 200 \"hello\\n\"; }} }}\n}}\n",
-            d = dir.display()
-        );
-        std::fs::write(dir.join("nginx.conf"), conf)?;
-        let child = Command::new("/usr/sbin/nginx")
-            .arg("-p")
-            .arg(&dir)
-            .arg("-c")
-            .arg(dir.join("nginx.conf"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .context("starting /usr/sbin/nginx")?;
-        let mut nginx = Nginx { child, port, dir };
-        wait_for("nginx to listen", Duration::from_secs(20), || {
-            if let Ok(Some(_)) = nginx.child.try_wait() {
-                return Some(());
-            }
-            TcpStream::connect(("127.0.0.1", port)).ok().map(drop)
-        })?;
-        if let Ok(Some(status)) = nginx.child.try_wait() {
-            bail!("nginx exited with {status}");
-        }
-        // The worker is forked right after the master binds.
-        wait_for("the nginx worker", Duration::from_secs(10), || (!testkit::procs::children(nginx.child.id()).is_empty()).then_some(()))?;
-        Ok(nginx)
-    }
-}
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
 
 fn raise_fd_limit() -> Result<u64> {
     let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
@@ -105,22 +42,23 @@ fn slowloris_ten_thousand_idle_connections() -> Result<()> {
     const BOUNDED: u32 = 4096;
     let limit = raise_fd_limit()?;
     assert!(limit as usize > IDLE + 100, "RLIMIT_NOFILE hard limit {limit} is too low for {IDLE} connections");
-    let nginx = Nginx::start()?;
-    let pid = nginx.child.id().to_string();
+    let site = NginxSite { workers: 1, idle_clients: IDLE as u32, ..Default::default() };
+    let nginx = servers::nginx(Bind::V4, &site)?;
+    let pid = nginx.pid().to_string();
     // One agent with the default table (65536), one with a table smaller than the attack.
     let roomy = Agent::start(&["--pid".into(), pid.clone()])?;
     let small = Agent::start(&["--pid".into(), pid, "--max-connections".into(), BOUNDED.to_string()])?;
     let before = [roomy.metrics()?, small.metrics()?];
 
     // Each idle connection sends half a request head, then nothing.
+    let port = nginx.endpoint.port().context("nginx on TCP")?;
     let mut idle = Vec::with_capacity(IDLE);
     for i in 0..IDLE {
-        let mut s = TcpStream::connect(("127.0.0.1", nginx.port)).with_context(|| format!("idle connection {i}"))?;
+        let mut s = TcpStream::connect(("127.0.0.1", port)).with_context(|| format!("idle connection {i}"))?;
         s.write_all(b"GET /hello HTTP/1.1\r\nHost: x\r\n")?;
         idle.push(s);
     }
     // Well-formed traffic while they are all open.
-    let port = nginx.port;
     let clients: Vec<_> = (0..2).map(|_| std::thread::spawn(move || well_formed(port, 200))).collect();
     for c in clients {
         c.join().expect("client")?;

@@ -79,7 +79,7 @@ fn nginx_proxy_pass_to_gunicorn_over_tcp() -> Result<()> {
 #[test]
 fn close_delimited_response_over_a_unix_socket_completes_at_close() -> Result<()> {
     let app = gunicorn(Bind::Unix, 1, &[], &[])?;
-    let site = NginxSite { workers: 1, files: &[], upstream: Some(&app.endpoint), upstream_http10: true };
+    let site = NginxSite { workers: 1, upstream: Some(&app.endpoint), upstream_http10: true, ..Default::default() };
     let proxy = nginx(Bind::V4, &site)?;
     let agent = Agent::start(&["--pid".into(), app.pid().to_string()])?;
     let mut c = Conn::connect(&proxy.endpoint)?;
@@ -97,7 +97,7 @@ fn close_delimited_response_over_a_unix_socket_completes_at_close() -> Result<()
 
 fn proxy_pass(upstream: Bind) -> Result<()> {
     let app = gunicorn(upstream, 2, &[], &[])?;
-    let site = NginxSite { workers: 2, files: &[], upstream: Some(&app.endpoint), upstream_http10: false };
+    let site = NginxSite { workers: 2, upstream: Some(&app.endpoint), ..Default::default() };
     let proxy = nginx(Bind::V4, &site)?;
     // One agent, both targets: nginx's served requests on TCP and gunicorn's on the Unix
     // socket; nginx's upstream side of the same requests is a client connection.
