@@ -168,7 +168,13 @@ fn target_killed_mid_request() -> Result<()> {
     }
     let port = server.port;
     let slow = std::thread::spawn(move || Conn::open(port).and_then(|mut c| c.get("/sleep?ms=5000")).map(|r| r.status));
-    agent.wait_metrics("the request in flight", |m| m.sum("http_server_active_requests", &[("http_request_method", "GET")]) == 1.0)?;
+    // The slow request has reached the server: its connection was classified (the /hello
+    // connection was the first). The in-flight gauge alone is refreshed every second and
+    // may still show a /hello caught between its read and its answer.
+    agent.wait_metrics("the request in flight", |m| {
+        m.sum("redprobe_connections_classified_total", &[("role", "server")]) == 2.0
+            && m.sum("http_server_active_requests", &[("http_request_method", "GET")]) == 1.0
+    })?;
     server.child.kill()?;
     server.child.wait()?;
     assert!(slow.join().expect("slow client").is_err(), "the killed server cannot answer");
