@@ -91,13 +91,20 @@ impl Targets {
         let exits = self.exits.clone();
         tokio::spawn(async move {
             // The pidfd refers to whatever has the PID now: check that it is still our process.
-            let watch = targets::pidfd_open(pid)
-                .ok()
-                .filter(|_| targets::proc_info(pid).is_some_and(|p| p.start_time == start));
-            if let Some(fd) = watch {
-                // SAFETY: the OwnedFd is moved into the AsyncFd and stays open while it lives.
-                if let Ok(fd) = unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) } {
-                    let _ = fd.readable().await;
+            if let Ok(fd) = targets::pidfd_open(pid) {
+                if targets::is_running(pid, start) {
+                    // SAFETY: the OwnedFd is moved into the AsyncFd and stays open while it lives.
+                    if let Ok(fd) = unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) } {
+                        let _ = fd.readable().await;
+                    }
+                }
+            }
+            // Only a real exit is reported: a watch that could not be set up (or ended
+            // early) falls back to checking /proc.
+            if targets::is_running(pid, start) {
+                warn!(pid, "cannot watch the process's exit through a pidfd; checking /proc every second");
+                while targets::is_running(pid, start) {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
                 }
             }
             let _ = exits.send((pid, start));
@@ -237,9 +244,10 @@ impl Pipeline {
     }
 
     fn housekeeping(&mut self) {
-        let mut outs = vec![];
-        self.pairer.evict_idle(monotonic_ns(), IDLE_CONNECTION.as_nanos() as u64, &mut outs);
-        outs.iter().for_each(|o| self.metrics.observe(o));
+        self.pairer.evict_idle(monotonic_ns(), IDLE_CONNECTION.as_nanos() as u64, &mut self.outputs);
+        for o in self.outputs.drain(..) {
+            self.metrics.observe(&o);
+        }
         self.metrics.set_active_requests(&self.pairer.active_requests());
         let health = &self.metrics.health;
         health.open_connections.set(

@@ -31,6 +31,18 @@ pub fn proc_info(pid: u32) -> Option<ProcInfo> {
     parse_stat(pid, &fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
 }
 
+/// Is the process that started at `start_time` still running at `pid` (not exited, not a
+/// zombie waiting to be reaped, not replaced by another process with the same PID)?
+pub fn is_running(pid: u32, start_time: u64) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| stat_is_running(&stat, start_time))
+}
+
+fn stat_is_running(stat: &str, start_time: u64) -> bool {
+    Stat::parse(stat).is_some_and(|s| {
+        s.field::<u64>(22) == Some(start_time) && !matches!(s.field::<char>(3), Some('Z') | Some('X'))
+    })
+}
+
 /// Checks a PID given on the command line.
 pub fn inspect(pid: u32) -> Result<ProcInfo> {
     if pid == 0 {
@@ -131,6 +143,14 @@ impl TargetSet {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn running_means_same_start_and_not_a_zombie() {
+        let line = |state: char| format!("42 (srv) {state} 1 42 42 0 -1 4194560 1 0 0 0 0 0 0 0 20 0 1 0 777 0 0");
+        assert!(stat_is_running(&line('S'), 777));
+        assert!(!stat_is_running(&line('S'), 778), "another process at the same PID");
+        assert!(!stat_is_running(&line('Z'), 777), "a zombie has exited");
+    }
 
     #[test]
     fn stat_with_odd_command_names() {

@@ -48,16 +48,16 @@ pub fn free_port() -> u16 {
 }
 
 pub(crate) fn terminate(child: &mut Child) {
+    terminate_within(child, Duration::from_secs(2));
+}
+
+/// SIGTERM, then SIGKILL if the child has not exited within `grace`.
+pub(crate) fn terminate_within(child: &mut Child, grace: Duration) {
     if let Ok(Some(_)) = child.try_wait() {
         return; // reaped already: its PID may belong to another process now
     }
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    for _ in 0..200 {
-        if let Ok(Some(_)) = child.try_wait() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    let _ = crate::wait_for("the child to exit", grace, || child.try_wait().ok().flatten());
     let _ = child.kill();
     let _ = child.wait();
 }

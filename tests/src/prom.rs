@@ -123,10 +123,8 @@ impl Prometheus {
 
 impl Drop for Prometheus {
     fn drop(&mut self) {
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let _ = wait_for("prometheus to exit", Duration::from_secs(10), || self.child.try_wait().ok().flatten());
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        // A TSDB flush may take a while: more grace than the other processes get.
+        crate::procs::terminate_within(&mut self.child, Duration::from_secs(10));
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

@@ -52,18 +52,9 @@ pub fn run(plan: &Plan) -> Result<Done> {
     Ok(Done { requests, seconds })
 }
 
-fn pin_current_thread(cpu: usize) {
-    // SAFETY: a zeroed cpu_set_t is an empty set; pid 0 is the calling thread.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set);
-    }
-}
-
 fn thread(plan: &Plan, start: Instant) -> Result<u64> {
     if let Some(cpu) = plan.cpu {
-        pin_current_thread(cpu);
+        let _ = super::nginx::pin(0, cpu); // best effort: unpinned, the generator still runs
     }
     let request = format!("GET {} HTTP/1.1\r\nHost: {}\r\n\r\n", plan.path, plan.addr);
     let mut conns = (0..plan.connections_per_thread)

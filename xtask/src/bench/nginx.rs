@@ -58,14 +58,15 @@ impl Nginx {
 }
 
 /// Child PIDs of `pid` (from /proc/*/stat).
-/// Pins `pid` to one CPU (sched_setaffinity, as `taskset -p -c` does).
-fn pin(pid: u32, cpu: usize) -> Result<()> {
+/// Pins `pid` (0: the calling thread) to one CPU (sched_setaffinity, as `taskset -p -c`
+/// does).
+pub fn pin(pid: u32, cpu: usize) -> Result<()> {
     // SAFETY: a zeroed cpu_set_t is an empty set; CPU_SET stays within it.
     unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
         libc::CPU_SET(cpu, &mut set);
         if libc::sched_setaffinity(pid as i32, size_of::<libc::cpu_set_t>(), &set) != 0 {
-            anyhow::bail!("pinning nginx's worker to CPU {cpu}: {}", std::io::Error::last_os_error());
+            anyhow::bail!("pinning PID {pid} to CPU {cpu}: {}", std::io::Error::last_os_error());
         }
     }
     Ok(())
