@@ -72,6 +72,9 @@ fn pid_max() -> Result<u32> {
 }
 
 pub fn load(opts: &LoadOptions) -> Result<Probe> {
+    if OBJECT.is_empty() {
+        bail!("this redprobe was built with AYA_BUILD_SKIP=1 and embeds no eBPF programs: build it with `cargo xtask build`");
+    }
     privileges::check()?;
     let offsets: KernelOffsets = Btf::from_sys_fs()?.kernel_offsets()?;
     let target_words = pid_max()?.div_ceil(64);

@@ -3,7 +3,7 @@ use anyhow::Result;
 use xtask::{agent_path, cargo, run};
 
 pub fn build() -> Result<()> {
-    crate::setup::setup()?;
+    crate::setup::setup(false)?;
     run(cargo().args(["build", "--release", "--package", "probe-user"]))?;
     eprintln!("xtask: built {}", agent_path().display());
     Ok(())

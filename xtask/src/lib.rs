@@ -6,6 +6,8 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
+pub mod toolchain;
+
 pub use testkit::{REDPROBE_BIN, REDPROBE_PYTHON, describe, procs::workspace_root};
 
 /// The release agent built by `cargo xtask build`.

@@ -18,8 +18,13 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Install the eBPF toolchain (idempotent; every other command runs it first).
-    Setup,
+    /// Install the pinned eBPF toolchain and a bpf-linker on the same LLVM (idempotent; every
+    /// other command runs it first), then check that their LLVM majors match.
+    Setup {
+        /// Only check the toolchain and bpf-linker, install nothing; exit 1 on a mismatch.
+        #[arg(long)]
+        check: bool,
+    },
     /// Build the release agent: target/release/redprobe.
     Build,
     /// Build, then run the agent: cargo xtask run -- --pid 1234
@@ -52,7 +57,7 @@ enum Cmd {
 
 fn main() {
     let result = match Cli::parse().command {
-        Cmd::Setup => setup::setup(),
+        Cmd::Setup { check } => setup::setup(check),
         Cmd::Build => build::build(),
         Cmd::Run { args } => run::run(&args),
         Cmd::Demo { seconds, keep } => demo::demo(seconds, keep),

@@ -1,13 +1,19 @@
-//! `cargo xtask setup`: installs the eBPF toolchain, idempotently. Every other command
-//! calls it first. The recipe (versions, packages) is the one that works on these hosts:
-//! see the README's "Toolchain" section.
+//! `cargo xtask setup`: installs the eBPF toolchain, idempotently, and checks it before
+//! anything builds. Every other command calls it first. `cargo xtask setup --check` only
+//! checks. The pin and the check live in `xtask::toolchain` (README, "Toolchain").
 use std::process::Command;
 
 use anyhow::{Result, bail};
-use xtask::{cargo, is_root, run, succeeds};
+use xtask::{
+    cargo, is_root, run, succeeds,
+    toolchain::{self, BPF_LINKER_VERSION, Linker},
+    workspace_root,
+};
 
-/// Debian packages bpf-linker needs to build and run against LLVM 22.
-const APT_PACKAGES: &[&str] = &["llvm-22-dev", "libpolly-22-dev", "libzstd-dev", "zlib1g-dev"];
+/// Debian packages bpf-linker needs to build and run against LLVM `major`.
+fn llvm_packages(major: u32) -> Vec<String> {
+    vec![format!("llvm-{major}-dev"), format!("libpolly-{major}-dev"), "libzstd-dev".into(), "zlib1g-dev".into()]
+}
 /// Test and bench dependencies from Debian, each for a real server or tool the tests run:
 /// python3 (+venv) for the demo server and the Python servers, nginx, golang-go for the Go
 /// server, prometheus for promtool and the real scrape loop, wrk for load, util-linux
@@ -28,13 +34,7 @@ const APT_TEST_PACKAGES: &[&str] = &[
     "systemd",
 ];
 
-fn have_nightly_rust_src() -> bool {
-    let out = Command::new("rustup").args(["component", "list", "--installed", "--toolchain", "nightly"]).output();
-    out.map(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).lines().any(|l| l.starts_with("rust-src")))
-        .unwrap_or(false)
-}
-
-fn missing_apt(packages: &[&'static str]) -> Vec<&'static str> {
+fn missing_apt<'a>(packages: &[&'a str]) -> Vec<&'a str> {
     packages
         .iter()
         .copied()
@@ -61,22 +61,96 @@ fn apt_install(packages: &[&str]) -> Result<()> {
     run(Command::new("apt-get").args(["install", "-y", "-qq"]).args(packages).env("DEBIAN_FRONTEND", "noninteractive"))
 }
 
-fn bpf_linker_ok() -> bool {
-    succeeds(Command::new("bpf-linker").arg("--version"))
+/// The pinned toolchain with rust-src (aya-build builds `core` for the BPF target from it).
+fn install_toolchain(toolchain: &str) -> Result<()> {
+    let has_src = Command::new("rustup")
+        .args(["component", "list", "--installed", "--toolchain", toolchain])
+        .output()
+        .map(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).lines().any(|l| l.starts_with("rust-src")))
+        .unwrap_or(false);
+    if !has_src {
+        run(Command::new("rustup").args(["toolchain", "install", toolchain, "--profile", "minimal", "--component", "rust-src"]))?;
+    }
+    Ok(())
 }
 
-pub fn setup() -> Result<()> {
-    if !have_nightly_rust_src() {
-        run(Command::new("rustup").args(["toolchain", "install", "nightly", "--profile", "minimal"]))?;
-        run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))?;
+/// The newest `llvm-N-dev` Debian offers here, for the message when the pin needs another.
+fn debian_llvm_majors() -> Vec<u32> {
+    let out = Command::new("apt-cache").args(["search", "--names-only", "^llvm-[0-9]+-dev$"]).output();
+    let text = out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
+    let mut majors: Vec<u32> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("llvm-")?.split_once("-dev")?.0.parse().ok())
+        .collect();
+    majors.sort_unstable();
+    majors
+}
+
+fn install_llvm(toolchain: &str, major: u32) -> Result<()> {
+    let packages = llvm_packages(major);
+    let wanted: Vec<&str> = packages.iter().map(String::as_str).collect();
+    let missing = missing_apt(&wanted);
+    if missing.is_empty() {
+        return Ok(());
     }
-    apt_install(&missing_apt(APT_PACKAGES))?;
-    if !bpf_linker_ok() {
-        run(cargo()
-            .args(["install", "bpf-linker", "--no-default-features", "--features", "llvm-22"])
-            .env("LLVM_PREFIX", "/usr/lib/llvm-22"))?;
+    if let Err(e) = apt_install(&missing) {
+        let offered = debian_llvm_majors();
+        if !offered.contains(&major) {
+            bail!(
+                "{toolchain} (pinned in {}) is built on LLVM {major}, but this Debian offers no llvm-{major}-dev \
+                 (it has LLVM {offered:?}); bpf-linker must be built on the same LLVM major as rustc. Move the pin to \
+                 a nightly built on one of those (README, \"Toolchain\")",
+                toolchain::TOOLCHAIN_FILE
+            );
+        }
+        return Err(e);
     }
-    eprintln!("xtask: toolchain ready (nightly rust-src, LLVM 22, bpf-linker)");
+    Ok(())
+}
+
+/// `cargo install bpf-linker` against Debian's LLVM `major`, replacing any other build.
+fn install_linker(major: u32) -> Result<()> {
+    let feature = format!("llvm-{major}");
+    run(cargo()
+        .args(["install", "bpf-linker", "--version", BPF_LINKER_VERSION, "--locked", "--force"])
+        .args(["--no-default-features", "--features", &feature])
+        .env("LLVM_PREFIX", format!("/usr/lib/llvm-{major}")))
+}
+
+/// `check_only`: report, install nothing (`cargo xtask setup --check`).
+pub fn setup(check_only: bool) -> Result<()> {
+    let toolchain = toolchain::pinned_toolchain(&workspace_root())?;
+    if !check_only {
+        install_toolchain(&toolchain)?;
+    }
+    let rustc = toolchain::rustc_llvm(&toolchain)?;
+    let major = rustc.1;
+    if !check_only {
+        install_llvm(&toolchain, major)?;
+        let rebuild = match toolchain::find_linker() {
+            Linker::Missing => true,
+            Linker::Found { llvm: Some(have), .. } if have == major => false,
+            Linker::Found { path, version, llvm } => {
+                let built = llvm.map_or("an LLVM ldd cannot name".to_string(), |l| format!("LLVM {l}"));
+                eprintln!("xtask: {version} at {} was built against {built}; {toolchain} needs LLVM {major}: rebuilding it", path.display());
+                true
+            }
+        };
+        if rebuild {
+            install_linker(major)?;
+        }
+    }
+    let linker = toolchain::find_linker();
+    if let Some(warning) = toolchain::check(&toolchain, &rustc, &linker)? {
+        eprintln!("xtask: warning: {warning}");
+    }
+    if let Linker::Found { path, version, .. } = &linker {
+        let pinned = format!("bpf-linker {BPF_LINKER_VERSION}");
+        if *version != pinned {
+            eprintln!("xtask: note: {version} at {} is not the pinned {pinned}; its LLVM matches, so it is used", path.display());
+        }
+        eprintln!("xtask: eBPF toolchain ready: {toolchain} (LLVM {}), {version} (LLVM {major}) at {}", rustc.0, path.display());
+    }
     Ok(())
 }
 
