@@ -103,10 +103,8 @@ fn case_with_outcomes(bad: impl FnOnce(u16) -> Result<()>, outcomes: &[Outcome<'
         })
         .collect();
     let unparsed = |m: &Metrics| -> BTreeMap<String, f64> {
-        m.samples
-            .iter()
-            .filter(|s| s.name == "redprobe_requests_unparsed_total")
-            .map(|s| (s.labels.get("reason").cloned().unwrap_or_default(), s.value))
+        m.series("redprobe_requests_unparsed_total")
+            .map(|s| (s.label("reason").to_string(), s.value))
             .filter(|(_, v)| *v > 0.0)
             .collect()
     };

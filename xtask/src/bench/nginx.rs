@@ -72,8 +72,8 @@ pub fn pin(pid: u32, cpu: usize) -> Result<()> {
     Ok(())
 }
 
-/// One side of one round.
-struct Sample {
+/// One side of one round (what wrk and /proc measured; not a metrics sample).
+struct SideRun {
     hello: WrkResult,
     file: WrkResult,
     /// The agent's CPU over the `hello` run ("with" only).
@@ -84,12 +84,12 @@ struct Sample {
     lost: u64,
 }
 
-fn run_side(nginx: &Nginx, load: &Load, with_agent: bool) -> Result<Sample> {
+fn run_side(nginx: &Nginx, load: &Load, with_agent: bool) -> Result<SideRun> {
     let (hello_url, file_url) = (nginx.url(HELLO), nginx.url(STATIC_FILE));
     if !with_agent {
         let hello = wrk::run(load, &hello_url)?;
         let file = wrk::run(load, &file_url)?;
-        return Ok(Sample { hello, file, cpu: None, peak_rss: 0, counted: 0, lost: 0 });
+        return Ok(SideRun { hello, file, cpu: None, peak_rss: 0, counted: 0, lost: 0 });
     }
     let agent = Agent::start(&nginx.agent_args())?;
     let pid = agent.child.id();
@@ -109,7 +109,7 @@ fn run_side(nginx: &Nginx, load: &Load, with_agent: bool) -> Result<Sample> {
     let lost = m.sum("redprobe_events_lost_total", &[]) as u64;
     let peak_rss = agent_cost::peak_rss_bytes(pid)?;
     agent.stop()?;
-    Ok(Sample { hello, file, cpu: Some(cpu), peak_rss, counted, lost })
+    Ok(SideRun { hello, file, cpu: Some(cpu), peak_rss, counted, lost })
 }
 
 pub struct Results {
@@ -126,7 +126,7 @@ pub fn measure(nginx: &Nginx, load: &Load, rounds: usize) -> Result<Results> {
         run_side(nginx, load, side == 1)
     })?;
     let (without, with) = (&samples[0], &samples[1]);
-    let pair = |f: fn(&Sample) -> f64| Paired::new(without.iter().map(f).collect(), with.iter().map(f).collect());
+    let pair = |f: fn(&SideRun) -> f64| Paired::new(without.iter().map(f).collect(), with.iter().map(f).collect());
     let hello_rps = pair(|s| s.hello.rps);
     let hello_p99 = pair(|s| s.hello.p99_us);
     let file_rps = pair(|s| s.file.rps);
