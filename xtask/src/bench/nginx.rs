@@ -57,7 +57,6 @@ impl Nginx {
     }
 }
 
-/// Child PIDs of `pid` (from /proc/*/stat).
 /// Pins `pid` (0: the calling thread) to one CPU (sched_setaffinity, as `taskset -p -c`
 /// does).
 pub fn pin(pid: u32, cpu: usize) -> Result<()> {
