@@ -153,6 +153,11 @@ impl Drop for Server {
     }
 }
 
+/// The agent's arguments to measure `pids`: `--pid P` for each.
+pub fn pid_args(pids: &[u32]) -> Vec<String> {
+    pids.iter().flat_map(|p| ["--pid".to_string(), p.to_string()]).collect()
+}
+
 /// A running agent, serving /metrics on `addr`.
 pub struct Agent {
     pub child: Child,
@@ -165,6 +170,11 @@ impl Agent {
     /// /metrics answers, which happens only once every program is attached.
     pub fn start(args: &[String]) -> Result<Self> {
         Self::start_with(Command::new(agent_bin()), args)
+    }
+
+    /// Starts `redprobe --pid PID` (`start` with `pid_args`).
+    pub fn attach(pid: u32) -> Result<Self> {
+        Self::start(&pid_args(&[pid]))
     }
 
     /// Like `start`, with a prepared command (e.g. a wrapper such as `unshare`).
@@ -258,6 +268,12 @@ pub fn run_agent_expecting_exit(mut cmd: Command, args: &[&str]) -> Result<(Exit
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pid_args_name_each_pid() {
+        assert_eq!(pid_args(&[7, 42]), ["--pid", "7", "--pid", "42"]);
+        assert!(pid_args(&[]).is_empty());
+    }
 
     #[test]
     fn stat_fields_are_numbered_as_proc_5() {

@@ -273,7 +273,7 @@ pub fn full_mix(w: &mut Workload, mix: Mix) -> Result<()> {
 
 /// Starts the agent on `server`'s main PID, sends the full mix and asserts exact counts.
 pub fn full_mix_is_counted_exactly(server: &crate::servers::RealServer, mix: Mix) -> Result<()> {
-    let agent = crate::procs::Agent::start(&["--pid".into(), server.pid().to_string()])?;
+    let agent = crate::procs::Agent::attach(server.pid())?;
     let mut w = Workload::new(&server.endpoint);
     full_mix(&mut w, mix)?;
     assert_exact(&agent, &w, &format!("{} ({})", server.name, server.endpoint.transport_name()))?;

@@ -5,7 +5,7 @@ use std::{net::TcpListener, process::Command};
 use anyhow::Result;
 use testkit::{
     client::Conn,
-    procs::{Agent, Server, agent_bin, run_agent_expecting_exit},
+    procs::{Agent, Server, agent_bin, pid_args, run_agent_expecting_exit},
 };
 
 #[test]
@@ -72,7 +72,7 @@ fn works_without_tracefs() -> Result<()> {
         .arg("umount -l /sys/kernel/tracing 2>/dev/null; umount -l /sys/kernel/debug 2>/dev/null; \
               if grep -q tracefs /proc/self/mounts; then echo 'tracefs still mounted' >&2; exit 99; fi; exec \"$0\" \"$@\"")
         .arg(agent_bin());
-    let agent = Agent::start_with(cmd, &["--pid".into(), server.pid().to_string()])?;
+    let agent = Agent::start_with(cmd, &pid_args(&[server.pid()]))?;
     let mut conn = Conn::open(server.port)?;
     assert_eq!(conn.get("/hello")?.status, 200);
     agent.wait_metrics("a request counted without tracefs", |m| m.requests("GET", 200, "/hello") == 1)?;
@@ -82,7 +82,7 @@ fn works_without_tracefs() -> Result<()> {
 #[test]
 fn target_exit_is_logged_and_counts_are_kept() -> Result<()> {
     let mut server = Server::start_python()?;
-    let agent = Agent::start(&["--pid".into(), server.pid().to_string()])?;
+    let agent = Agent::attach(server.pid())?;
     let mut conn = Conn::open(server.port)?;
     for _ in 0..3 {
         assert_eq!(conn.get("/hello")?.status, 200);

@@ -87,7 +87,7 @@ type Outcome<'a> = (&'a [((&'a str, u16, &'a str), u64)], &'a [(&'a str, f64)]);
 /// Like `case`, when the kernel may see the bad exchange in one of several ways.
 fn case_with_outcomes(bad: impl FnOnce(u16) -> Result<()>, outcomes: &[Outcome<'_>]) -> Result<Metrics> {
     let server = Server::start_python()?;
-    let mut agent = Agent::start(&["--pid".into(), server.pid().to_string()])?;
+    let mut agent = Agent::attach(server.pid())?;
     let port = server.port;
     let good = std::thread::spawn(move || good_traffic(port));
     bad(port)?;

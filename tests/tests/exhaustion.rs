@@ -46,7 +46,7 @@ fn slowloris_ten_thousand_idle_connections() -> Result<()> {
     let nginx = servers::nginx(Bind::V4, &site)?;
     let pid = nginx.pid().to_string();
     // One agent with the default table (65536), one with a table smaller than the attack.
-    let roomy = Agent::start(&["--pid".into(), pid.clone()])?;
+    let roomy = Agent::attach(nginx.pid())?;
     let small = Agent::start(&["--pid".into(), pid, "--max-connections".into(), BOUNDED.to_string()])?;
     let before = [roomy.metrics()?, small.metrics()?];
 

@@ -13,13 +13,9 @@ use std::{
 use anyhow::{Context, Result, bail};
 use testkit::{
     client::Conn,
-    procs::{Agent, Server, agent_bin, run_agent_expecting_exit},
+    procs::{Agent, Server, agent_bin, pid_args, run_agent_expecting_exit},
     wait_for,
 };
-
-fn pid_args(pids: &[u32]) -> Vec<String> {
-    pids.iter().flat_map(|p| ["--pid".to_string(), p.to_string()]).collect()
-}
 
 /// BPF programs, maps and links a process holds, from its fdinfo.
 #[derive(Debug, Default)]
@@ -77,7 +73,7 @@ fn wait_all_gone(o: &BpfObjects) -> Result<()> {
 #[test]
 fn sigterm_is_a_clean_shutdown_that_detaches_everything() -> Result<()> {
     let server = Server::start_python()?;
-    let agent = Agent::start(&pid_args(&[server.pid()]))?;
+    let agent = Agent::attach(server.pid())?;
     let objects = agent_objects(&agent)?;
     let status = agent.stop()?;
     assert_eq!(status.code(), Some(0), "SIGTERM ends the agent with status 0");
@@ -103,14 +99,14 @@ fn sigkill_under_load_leaves_nothing_attached_and_a_restart_counts() -> Result<(
             Ok(())
         })
     };
-    let mut first = Agent::start(&pid_args(&[server.pid()]))?;
+    let mut first = Agent::attach(server.pid())?;
     first.wait_metrics("load counted", |m| m.requests("GET", 200, "/hello") >= 50)?;
     let objects = agent_objects(&first)?;
     first.child.kill()?; // SIGKILL: no chance to clean up
     first.child.wait()?;
     wait_all_gone(&objects)?;
 
-    let second = Agent::start(&pid_args(&[server.pid()]))?;
+    let second = Agent::attach(server.pid())?;
     // The load goes on through the restart; a known batch after it is counted exactly,
     // on the old keep-alive connection's neighbour and on a fresh one.
     let mut fresh = Conn::open(port)?;
@@ -138,8 +134,8 @@ fn sigkill_under_load_leaves_nothing_attached_and_a_restart_counts() -> Result<(
 fn two_agents_on_one_target_both_count_exactly() -> Result<()> {
     // Each agent loads its own programs and maps: both work, independently.
     let server = Server::start_python()?;
-    let a = Agent::start(&pid_args(&[server.pid()]))?;
-    let b = Agent::start(&pid_args(&[server.pid()]))?;
+    let a = Agent::attach(server.pid())?;
+    let b = Agent::attach(server.pid())?;
     let mut conn = Conn::open(server.port)?;
     for _ in 0..30 {
         assert_eq!(conn.get("/hello")?.status, 200);
@@ -161,7 +157,7 @@ fn two_agents_on_one_target_both_count_exactly() -> Result<()> {
 #[test]
 fn target_killed_mid_request() -> Result<()> {
     let mut server = Server::start_python()?;
-    let agent = Agent::start(&pid_args(&[server.pid()]))?;
+    let agent = Agent::attach(server.pid())?;
     let mut conn = Conn::open(server.port)?;
     for _ in 0..5 {
         assert_eq!(conn.get("/hello")?.status, 200);
@@ -250,7 +246,7 @@ fn capabilities_are_dropped_after_attach_and_counting_goes_on() -> Result<()> {
     const DROPPED: [(u32, &str); 5] =
         [(39, "CAP_BPF"), (38, "CAP_PERFMON"), (21, "CAP_SYS_ADMIN"), (12, "CAP_NET_ADMIN"), (24, "CAP_SYS_RESOURCE")];
     let server = Server::start_python()?;
-    let agent = Agent::start(&pid_args(&[server.pid()]))?;
+    let agent = Agent::attach(server.pid())?;
     let pid = agent.child.id();
     for field in ["CapEff:", "CapPrm:", "CapBnd:"] {
         let set = caps(pid, field)?;

@@ -42,7 +42,7 @@ fn gunicorn_workers_recycled_added_and_replaced_after_attach_are_all_counted() -
     // --max-requests 5: each worker exits after 5 requests and the master forks another.
     let server = gunicorn(Bind::V4, 2, &["--max-requests", "5"], &[])?;
     let master = server.pid();
-    let agent = Agent::start(&["--pid".into(), master.to_string()])?;
+    let agent = Agent::attach(master)?;
     let before = children(master);
     let mut w = Workload::new(&server.endpoint);
     // The truth is cumulative: counts equal to it after each phase never went down.

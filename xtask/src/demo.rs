@@ -102,7 +102,7 @@ pub fn demo(seconds: f64, keep: bool) -> Result<()> {
     unsafe { std::env::set_var(REDPROBE_BIN, agent_path()) };
     let server = Server::start_python().context("starting the demo server")?;
     println!("demo server: python3 tests/servers/app.py, PID {}, http://127.0.0.1:{}/", server.pid(), server.port);
-    let agent = Agent::start(&["--pid".into(), server.pid().to_string()])?;
+    let agent = Agent::attach(server.pid())?;
     println!("redprobe attached to PID {}; metrics at http://{}/metrics", server.pid(), agent.addr);
     println!("driving {CLIENTS} keep-alive clients for {seconds} s ...");
 

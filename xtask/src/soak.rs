@@ -66,7 +66,7 @@ pub fn soak(minutes: f64) -> Result<()> {
     // SAFETY: set before any thread is started.
     unsafe { std::env::set_var(REDPROBE_BIN, agent_path()) };
     let server = Server::start_python()?;
-    let agent = Agent::start(&["--pid".into(), server.pid().to_string()])?;
+    let agent = Agent::attach(server.pid())?;
     let pid = agent.child.id();
     let stop = Arc::new(AtomicBool::new(false));
     let truth = Arc::new(Mutex::new(Counts::new()));

@@ -9,7 +9,7 @@
 use anyhow::{Context, Result};
 use testkit::{
     client::Endpoint,
-    procs::Agent,
+    procs::{Agent, pid_args},
     servers::{Bind, RealServer, gunicorn},
 };
 
@@ -42,7 +42,7 @@ pub fn measure(load: &Load, rounds: usize) -> Result<Vec<Row>> {
         &[("REDPROBE_DJANGO_PROMETHEUS", "1"), ("PROMETHEUS_MULTIPROC_DIR", mp_path.as_str())],
     )
     .context("starting gunicorn with django-prometheus in multiprocess mode")?;
-    let agent_args = ["--pid".to_string(), plain.pid().to_string()];
+    let agent_args = pid_args(&[plain.pid()]);
     let sides = ["without", "redprobe", "django-prometheus", "django-prometheus mp"];
     let samples = interleave("measure 4 (gunicorn + Django)", &sides, rounds, |side| {
         let rps = match side {

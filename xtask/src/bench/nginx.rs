@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use testkit::{
     client::Endpoint,
-    procs::Agent,
+    procs::{Agent, pid_args},
     servers::{Bind, NginxSite, RealServer, nginx},
     wait_for,
 };
@@ -54,7 +54,7 @@ impl Nginx {
     }
 
     pub fn agent_args(&self) -> Vec<String> {
-        vec!["--pid".into(), self.pid().to_string()]
+        pid_args(&[self.pid()])
     }
 }
 
