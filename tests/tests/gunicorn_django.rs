@@ -5,25 +5,14 @@ use anyhow::Result;
 use testkit::{
     procs::{Agent, children},
     servers::{Bind, gunicorn},
-    workload::{Mix, Workload, assert_exact, full_mix_is_counted_exactly},
+    workload::{Mix, Workload, assert_exact},
 };
 
-/// gunicorn's sync workers close after each response: no pipelining.
-const MIX: Mix = Mix { pipelining: false, not_modified: true };
-
-#[test]
-fn gunicorn_django_ipv4_master_pid_sees_every_worker() -> Result<()> {
-    full_mix_is_counted_exactly(&gunicorn(Bind::V4, 2, &[], &[])?, MIX)
-}
-
-#[test]
-fn gunicorn_django_ipv6() -> Result<()> {
-    full_mix_is_counted_exactly(&gunicorn(Bind::V6, 2, &[], &[])?, MIX)
-}
-
-#[test]
-fn gunicorn_django_unix_socket() -> Result<()> {
-    full_mix_is_counted_exactly(&gunicorn(Bind::Unix, 2, &[], &[])?, MIX)
+// 2 workers; gunicorn's sync workers close after each response: no pipelining.
+testkit::full_mix_tests! { |bind| gunicorn(bind, 2, &[], &[]), Mix { pipelining: false, not_modified: true };
+    gunicorn_django_ipv4_master_pid_sees_every_worker => V4,
+    gunicorn_django_ipv6 => V6,
+    gunicorn_django_unix_socket => Unix,
 }
 
 /// Every request on a fresh connection (sync workers close after each response); returns

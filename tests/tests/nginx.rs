@@ -54,24 +54,14 @@ fn run(bind: Bind) -> Result<()> {
     Ok(())
 }
 
-#[test]
-fn nginx_return_and_sendfile_ipv4() -> Result<()> {
-    run(Bind::V4)
+testkit::per_bind_tests! { run;
+    nginx_return_and_sendfile_ipv4 => V4,
+    nginx_return_and_sendfile_ipv6 => V6,
 }
 
-#[test]
-fn nginx_return_and_sendfile_ipv6() -> Result<()> {
-    run(Bind::V6)
-}
-
-#[test]
-fn nginx_proxy_pass_to_gunicorn_over_a_unix_socket() -> Result<()> {
-    proxy_pass(Bind::Unix)
-}
-
-#[test]
-fn nginx_proxy_pass_to_gunicorn_over_tcp() -> Result<()> {
-    proxy_pass(Bind::V4)
+testkit::per_bind_tests! { proxy_pass;
+    nginx_proxy_pass_to_gunicorn_over_a_unix_socket => Unix,
+    nginx_proxy_pass_to_gunicorn_over_tcp => V4,
 }
 
 /// nginx's default upstream protocol is HTTP/1.0: gunicorn ends a streaming response by
