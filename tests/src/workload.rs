@@ -19,7 +19,12 @@ pub type Counts = BTreeMap<(String, u16, String), u64>;
 
 /// Counts one request.
 pub fn add(counts: &mut Counts, method: &str, status: u16, route: &str) {
-    *counts.entry((method.to_string(), status, route.to_string())).or_insert(0) += 1;
+    add_n(counts, method, status, route, 1);
+}
+
+/// Counts `n` requests.
+pub fn add_n(counts: &mut Counts, method: &str, status: u16, route: &str, n: u64) {
+    *counts.entry((method.to_string(), status, route.to_string())).or_insert(0) += n;
 }
 
 pub struct Workload {
