@@ -24,6 +24,16 @@ pub fn agent_bin() -> PathBuf {
         .unwrap_or_else(|| workspace_root().join("target/release/redprobe"))
 }
 
+/// The agent's command in a private mount namespace (`unshare --mount`), run once the
+/// shell commands `setup` have succeeded (e.g. a mount over /sys/kernel/btf).
+pub fn agent_in_private_mounts(setup: &str) -> Command {
+    let mut cmd = Command::new("unshare");
+    cmd.args(["--mount", "--propagation", "private", "sh", "-c"])
+        .arg(format!("{setup} && exec \"$0\" \"$@\""))
+        .arg(agent_bin());
+    cmd
+}
+
 /// The value of a `/proc/PID/status` line (`key` with its colon, e.g. "VmRSS:"), trimmed.
 pub fn status_field(pid: u32, key: &str) -> Result<String> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).with_context(|| format!("reading /proc/{pid}/status"))?;
@@ -265,9 +275,26 @@ pub fn run_agent_expecting_exit(mut cmd: Command, args: &[&str]) -> Result<(Exit
     Ok((status, reader.join().unwrap_or_default()))
 }
 
+/// `run_agent_expecting_exit` for an agent that must fail: asserts that it exited with
+/// `code`, and returns its stderr.
+pub fn agent_fails_with(cmd: Command, args: &[&str], code: i32) -> Result<String> {
+    let (status, stderr) = run_agent_expecting_exit(cmd, args)?;
+    assert_eq!(status.code(), Some(code), "{stderr}");
+    Ok(stderr)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn private_mounts_run_the_agent_after_the_setup() {
+        let cmd = agent_in_private_mounts("mount -t tmpfs none /x");
+        assert_eq!(
+            crate::describe(&cmd),
+            format!("unshare --mount --propagation private sh -c mount -t tmpfs none /x && exec \"$0\" \"$@\" {}", agent_bin().display())
+        );
+    }
 
     #[test]
     fn pid_args_name_each_pid() {

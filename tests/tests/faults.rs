@@ -2,7 +2,6 @@
 //! or stopped, two agents at once, missing BTF, and the privileges left after attach.
 use std::{
     collections::BTreeSet,
-    process::Command,
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -13,7 +12,7 @@ use std::{
 use anyhow::{Context, Result, bail};
 use testkit::{
     client::Conn,
-    procs::{Agent, Server, agent_bin, pid_args, run_agent_expecting_exit},
+    procs::{Agent, Server, agent_fails_with, agent_in_private_mounts, pid_args},
     wait_for,
 };
 
@@ -226,12 +225,8 @@ fn a_reused_target_pid_is_not_measured() -> Result<()> {
 fn missing_btf_is_a_clear_error() -> Result<()> {
     // A private mount namespace with an empty tmpfs over /sys/kernel/btf.
     let server = Server::start_python()?;
-    let mut cmd = Command::new("unshare");
-    cmd.args(["--mount", "--propagation", "private", "sh", "-c"])
-        .arg("mount -t tmpfs none /sys/kernel/btf && exec \"$0\" \"$@\"")
-        .arg(agent_bin());
-    let (status, stderr) = run_agent_expecting_exit(cmd, &["--pid", &server.pid().to_string(), "--listen", "127.0.0.1:0"])?;
-    assert_eq!(status.code(), Some(1), "{stderr}");
+    let cmd = agent_in_private_mounts("mount -t tmpfs none /sys/kernel/btf");
+    let stderr = agent_fails_with(cmd, &["--pid", &server.pid().to_string(), "--listen", "127.0.0.1:0"], 1)?;
     assert!(stderr.contains("cannot read /sys/kernel/btf/vmlinux") && stderr.contains("BTF"), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
     Ok(())
