@@ -74,9 +74,7 @@ fn target_exit_is_logged_and_counts_are_kept() -> Result<()> {
     let mut server = Server::start_python()?;
     let agent = Agent::attach(server.pid())?;
     let mut conn = Conn::open(server.port)?;
-    for _ in 0..3 {
-        assert_eq!(conn.get("/hello")?.status, 200);
-    }
+    conn.get_ok("/hello", 3)?;
     agent.wait_metrics("3 requests", |m| m.requests("GET", 200, "/hello") == 3)?;
     server.child.kill()?;
     server.child.wait()?;

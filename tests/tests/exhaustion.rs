@@ -30,9 +30,7 @@ fn rss_mib(m: &Metrics) -> f64 {
 /// 200 requests on one keep-alive connection, checked for status.
 fn well_formed(port: u16, n: usize) -> Result<()> {
     let mut conn = Conn::open(port)?;
-    for _ in 0..n {
-        assert_eq!(conn.get("/hello")?.status, 200);
-    }
+    conn.get_ok("/hello", n)?;
     Ok(())
 }
 

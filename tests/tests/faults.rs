@@ -136,9 +136,7 @@ fn two_agents_on_one_target_both_count_exactly() -> Result<()> {
     let a = Agent::attach(server.pid())?;
     let b = Agent::attach(server.pid())?;
     let mut conn = Conn::open(server.port)?;
-    for _ in 0..30 {
-        assert_eq!(conn.get("/hello")?.status, 200);
-    }
+    conn.get_ok("/hello", 30)?;
     for agent in [&a, &b] {
         let m = agent.wait_metrics("30 requests", |m| m.requests("GET", 200, "/hello") == 30)?;
         assert_eq!(m.request_counts().values().sum::<u64>(), 30);
@@ -158,9 +156,7 @@ fn target_killed_mid_request() -> Result<()> {
     let mut server = Server::start_python()?;
     let agent = Agent::attach(server.pid())?;
     let mut conn = Conn::open(server.port)?;
-    for _ in 0..5 {
-        assert_eq!(conn.get("/hello")?.status, 200);
-    }
+    conn.get_ok("/hello", 5)?;
     let port = server.port;
     let slow = std::thread::spawn(move || Conn::open(port).and_then(|mut c| c.get("/sleep?ms=5000")).map(|r| r.status));
     // The slow request has reached the server: its connection was classified (the /hello
@@ -209,9 +205,7 @@ fn a_reused_target_pid_is_not_measured() -> Result<()> {
     agent.wait_metrics("the exit", |m| m.sum("redprobe_target_exits_total", &[]) == 1.0)?;
     let impostor = python_server_at_pid(old_pid)?;
     let mut conn = Conn::open(impostor.port)?;
-    for _ in 0..5 {
-        assert_eq!(conn.get("/hello")?.status, 200);
-    }
+    conn.get_ok("/hello", 5)?;
     // The witness's request comes after the impostor's: once it is counted, the
     // impostor's traffic would have been too, had it been measured.
     assert_eq!(Conn::open(witness.port)?.get("/users/1")?.status, 200);
@@ -253,9 +247,7 @@ fn capabilities_are_dropped_after_attach_and_counting_goes_on() -> Result<()> {
     assert!(agent.stderr().contains("capabilities dropped after attaching"), "{}", agent.stderr());
     // Maps, the ring buffer and /proc reads keep working without them.
     let mut conn = Conn::open(server.port)?;
-    for _ in 0..10 {
-        assert_eq!(conn.get("/hello")?.status, 200);
-    }
+    conn.get_ok("/hello", 10)?;
     let m = agent.wait_metrics("10 requests", |m| m.requests("GET", 200, "/hello") == 10)?;
     assert!(m.sum("redprobe_target_resident_memory_bytes", &[]) > 0.0);
     agent.wait_metrics("CONNS counted", |m| m.sum("redprobe_map_entries", &[("map", "CONNS")]) >= 1.0)?;

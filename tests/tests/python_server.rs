@@ -110,9 +110,7 @@ fn connection_opened_before_attach_counts_from_its_next_request() -> Result<()> 
     let mut early = Conn::open(server.port)?;
     assert_eq!(early.get("/hello")?.status, 200); // before the agent: not counted
     let agent = Agent::attach(server.pid())?;
-    for _ in 0..3 {
-        assert_eq!(early.get("/hello")?.status, 200);
-    }
+    early.get_ok("/hello", 3)?;
     assert_eq!(early.get("/missing")?.status, 404);
     let m = agent.wait_metrics("4 requests", |m| m.request_counts().values().sum::<u64>() >= 4)?;
     let mut want = Counts::new();
