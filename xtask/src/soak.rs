@@ -22,7 +22,7 @@ const RATE: u64 = 50;
 /// RSS growth after the warm-up minute that still counts as flat.
 const FLAT_KIB: u64 = 4096;
 
-use testkit::workload::Counts;
+use testkit::workload::{Counts, add};
 
 /// One client: a paced mix on a keep-alive connection, a fresh connection now and then.
 fn client(port: u16, seed: u64, stop: Arc<AtomicBool>, truth: Arc<Mutex<Counts>>) -> Result<()> {
@@ -52,7 +52,7 @@ fn client(port: u16, seed: u64, stop: Arc<AtomicBool>, truth: Arc<Mutex<Counts>>
         if got != status {
             bail!("{method} {path}: status {got}, expected {status}");
         }
-        *truth.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.entry((method.into(), status, route.into())).or_insert(0) += 1;
+        add(&mut *truth.lock().map_err(|_| anyhow::anyhow!("poisoned"))?, method, status, route);
         n += 1;
     }
     Ok(())

@@ -8,7 +8,6 @@
 //! All three servers run for the whole measure; each round loads one side at a time.
 use anyhow::{Context, Result};
 use testkit::{
-    client::Endpoint,
     procs::{Agent, pid_args},
     servers::{Bind, RealServer, gunicorn},
 };
@@ -23,10 +22,7 @@ const PATH: &str = "/hello";
 const WORKERS: u32 = 2;
 
 fn url(server: &RealServer) -> String {
-    match &server.endpoint {
-        Endpoint::Tcp(a) => format!("http://{a}{PATH}"),
-        Endpoint::Unix(_) => unreachable!("the bench's gunicorn listens on TCP"),
-    }
+    super::url(server, PATH)
 }
 
 pub fn measure(load: &Load, rounds: usize) -> Result<Vec<Row>> {

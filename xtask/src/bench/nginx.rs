@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use testkit::{
-    client::Endpoint,
     procs::{Agent, pid_args},
     servers::{Bind, NginxSite, RealServer, nginx},
     wait_for,
@@ -47,10 +46,7 @@ impl Nginx {
     }
 
     pub fn url(&self, path: &str) -> String {
-        match &self.server.endpoint {
-            Endpoint::Tcp(a) => format!("http://{a}{path}"),
-            Endpoint::Unix(_) => unreachable!("the bench's nginx listens on TCP"),
-        }
+        super::url(&self.server, path)
     }
 
     pub fn agent_args(&self) -> Vec<String> {
