@@ -166,6 +166,14 @@ impl Conn {
         self.request("GET", path, "HTTP/1.1", &[], b"")
     }
 
+    /// `n` GETs of `path`, each asserted to be answered 200.
+    pub fn get_ok(&mut self, path: &str, n: usize) -> Result<()> {
+        for _ in 0..n {
+            assert_eq!(self.get(path)?.status, 200);
+        }
+        Ok(())
+    }
+
     fn read_line(&mut self) -> Result<String> {
         let mut line = String::new();
         if self.reader.read_line(&mut line)? == 0 {

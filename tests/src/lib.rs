@@ -9,6 +9,10 @@ pub mod workload;
 
 use std::time::{Duration, Instant};
 
+/// For the test macros (`per_bind_tests!`, `full_mix_tests!`).
+#[doc(hidden)]
+pub use anyhow;
+
 /// Polls `check` until it returns `Some`, or fails after `timeout` with `what`.
 pub fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> anyhow::Result<T> {
     let deadline = Instant::now() + timeout;

@@ -24,6 +24,16 @@ pub fn agent_bin() -> PathBuf {
         .unwrap_or_else(|| workspace_root().join("target/release/redprobe"))
 }
 
+/// The agent's command in a private mount namespace (`unshare --mount`), run once the
+/// shell commands `setup` have succeeded (e.g. a mount over /sys/kernel/btf).
+pub fn agent_in_private_mounts(setup: &str) -> Command {
+    let mut cmd = Command::new("unshare");
+    cmd.args(["--mount", "--propagation", "private", "sh", "-c"])
+        .arg(format!("{setup} && exec \"$0\" \"$@\""))
+        .arg(agent_bin());
+    cmd
+}
+
 /// The value of a `/proc/PID/status` line (`key` with its colon, e.g. "VmRSS:"), trimmed.
 pub fn status_field(pid: u32, key: &str) -> Result<String> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).with_context(|| format!("reading /proc/{pid}/status"))?;
@@ -34,6 +44,44 @@ pub fn status_field(pid: u32, key: &str) -> Result<String> {
 pub fn status_kib(pid: u32, key: &str) -> Result<u64> {
     let v = status_field(pid, key)?;
     v.trim_end_matches("kB").trim().parse().with_context(|| format!("{key} {v:?}"))
+}
+
+/// `/proc/PID/stat`, read once. Its fields are numbered as proc(5) numbers them, from 1
+/// (the PID); the `STAT_*` constants name the ones the test side reads.
+#[derive(Clone, Debug)]
+pub struct Stat {
+    text: String,
+}
+
+/// Field 14 of `/proc/PID/stat`: user CPU time, in clock ticks.
+pub const STAT_UTIME: usize = 14;
+/// Field 15: system CPU time, in clock ticks.
+pub const STAT_STIME: usize = 15;
+
+impl Stat {
+    pub fn read(pid: u32) -> Result<Self> {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).with_context(|| format!("reading /proc/{pid}/stat"))?;
+        Ok(Stat { text })
+    }
+
+    /// Field `n` (1: pid, 2: comm without its parentheses, 3: state, ...). The command
+    /// name may hold spaces and parentheses: it ends at the last ')'.
+    pub fn field(&self, n: usize) -> Result<&str> {
+        let (head, rest) = self.text.rsplit_once(')').context("malformed /proc/PID/stat")?;
+        let (pid, comm) = head.split_once(" (").context("malformed /proc/PID/stat")?;
+        match n {
+            0 => bail!("/proc/PID/stat fields are numbered from 1"),
+            1 => Ok(pid),
+            2 => Ok(comm),
+            _ => rest.split_whitespace().nth(n - 3).with_context(|| format!("no field {n} in /proc/PID/stat")),
+        }
+    }
+
+    /// Field `n` as a number.
+    pub fn number(&self, n: usize) -> Result<u64> {
+        let v = self.field(n)?;
+        v.parse().with_context(|| format!("/proc/PID/stat field {n} {v:?}"))
+    }
 }
 
 /// The child processes of `pid` (of its main thread: servers fork from it).
@@ -115,6 +163,11 @@ impl Drop for Server {
     }
 }
 
+/// The agent's arguments to measure `pids`: `--pid P` for each.
+pub fn pid_args(pids: &[u32]) -> Vec<String> {
+    pids.iter().flat_map(|p| ["--pid".to_string(), p.to_string()]).collect()
+}
+
 /// A running agent, serving /metrics on `addr`.
 pub struct Agent {
     pub child: Child,
@@ -127,6 +180,11 @@ impl Agent {
     /// /metrics answers, which happens only once every program is attached.
     pub fn start(args: &[String]) -> Result<Self> {
         Self::start_with(Command::new(agent_bin()), args)
+    }
+
+    /// Starts `redprobe --pid PID` (`start` with `pid_args`).
+    pub fn attach(pid: u32) -> Result<Self> {
+        Self::start(&pid_args(&[pid]))
     }
 
     /// Like `start`, with a prepared command (e.g. a wrapper such as `unshare`).
@@ -215,4 +273,46 @@ pub fn run_agent_expecting_exit(mut cmd: Command, args: &[&str]) -> Result<(Exit
         }
     };
     Ok((status, reader.join().unwrap_or_default()))
+}
+
+/// `run_agent_expecting_exit` for an agent that must fail: asserts that it exited with
+/// `code`, and returns its stderr.
+pub fn agent_fails_with(cmd: Command, args: &[&str], code: i32) -> Result<String> {
+    let (status, stderr) = run_agent_expecting_exit(cmd, args)?;
+    assert_eq!(status.code(), Some(code), "{stderr}");
+    Ok(stderr)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn private_mounts_run_the_agent_after_the_setup() {
+        let cmd = agent_in_private_mounts("mount -t tmpfs none /x");
+        assert_eq!(
+            crate::describe(&cmd),
+            format!("unshare --mount --propagation private sh -c mount -t tmpfs none /x && exec \"$0\" \"$@\" {}", agent_bin().display())
+        );
+    }
+
+    #[test]
+    fn pid_args_name_each_pid() {
+        assert_eq!(pid_args(&[7, 42]), ["--pid", "7", "--pid", "42"]);
+        assert!(pid_args(&[]).is_empty());
+    }
+
+    #[test]
+    fn stat_fields_are_numbered_as_proc_5() {
+        let stat = Stat { text: "4242 (a) b (c) S 1 4242 4242 0 -1 4194560 10 0 0 0 7 3 0 0 20 0 1 0 99 1 2\n".into() };
+        assert_eq!(stat.field(1).unwrap(), "4242");
+        assert_eq!(stat.field(2).unwrap(), "a) b (c");
+        assert_eq!(stat.field(3).unwrap(), "S");
+        assert_eq!(stat.field(4).unwrap(), "1");
+        assert_eq!((stat.number(STAT_UTIME).unwrap(), stat.number(STAT_STIME).unwrap()), (7, 3));
+        assert!(stat.field(0).is_err() && stat.field(99).is_err());
+        let me = Stat::read(std::process::id()).unwrap();
+        assert_eq!(me.number(1).unwrap(), std::process::id() as u64);
+        assert_eq!(me.field(2).unwrap(), std::fs::read_to_string("/proc/self/comm").unwrap().trim_end());
+    }
 }

@@ -1,6 +1,7 @@
 //! A real Prometheus server (Debian's `prometheus`) for the end-to-end test: started on a
 //! free port with a given configuration, queried through its HTTP API.
 use std::{
+    collections::BTreeMap,
     path::PathBuf,
     process::{Child, Command, Stdio},
     time::Duration,
@@ -9,7 +10,7 @@ use std::{
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
-use crate::{client::Conn, procs::free_port, wait_for};
+use crate::{client::Conn, procs::free_port, scrape::Sample, wait_for};
 
 pub struct Prometheus {
     child: Child,
@@ -17,17 +18,18 @@ pub struct Prometheus {
     dir: PathBuf,
 }
 
-/// One sample of an instant vector: its labels and value.
-#[derive(Clone, Debug)]
-pub struct Sample {
-    pub labels: serde_json::Map<String, Value>,
-    pub value: f64,
-}
-
-impl Sample {
-    pub fn label(&self, name: &str) -> &str {
-        self.labels.get(name).and_then(Value::as_str).unwrap_or("")
-    }
+/// One sample of an instant vector (`metric`, the JSON object of its labels, and its
+/// value), as the scraper represents samples: `__name__` is the name ("" when the query
+/// dropped it), the other labels are labels.
+fn sample(metric: &Value, value: f64) -> Sample {
+    let mut labels: BTreeMap<String, String> = metric
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(k, v)| (k.clone(), v.as_str().unwrap_or("").to_string()))
+        .collect();
+    let name = labels.remove("__name__").unwrap_or_default();
+    Sample { name, labels, value }
 }
 
 /// Percent-encodes a query-string value.
@@ -104,9 +106,9 @@ impl Prometheus {
                 .as_array()
                 .into_iter()
                 .flatten()
-                .map(|s| Sample { labels: s["metric"].as_object().cloned().unwrap_or_default(), value: number(&s["value"]) })
+                .map(|s| sample(&s["metric"], number(&s["value"])))
                 .collect(),
-            Some("scalar") => vec![Sample { labels: Default::default(), value: number(&data["result"]) }],
+            Some("scalar") => vec![sample(&Value::Null, number(&data["result"]))],
             other => bail!("query {expr}: unexpected result type {other:?}"),
         })
     }
@@ -126,5 +128,22 @@ impl Drop for Prometheus {
         // A TSDB flush may take a while: more grace than the other processes get.
         crate::procs::terminate_within(&mut self.child, Duration::from_secs(10));
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vector_samples_take_the_scrapers_shape() {
+        let metric = serde_json::json!({"__name__": "up", "job": "redprobe"});
+        let s = sample(&metric, 1.0);
+        assert_eq!(s.name, "up");
+        assert_eq!(s.label("job"), "redprobe");
+        assert_eq!(s.label("__name__"), "");
+        assert_eq!(s.labels.len(), 1);
+        let scalar = sample(&Value::Null, 2.5);
+        assert_eq!((scalar.name.as_str(), scalar.labels.len(), scalar.value), ("", 0, 2.5));
     }
 }

@@ -3,11 +3,26 @@ use std::{collections::BTreeMap, io::{Read, Write}, net::TcpStream, time::Durati
 
 use anyhow::{Context, Result, bail};
 
+/// One sample: a series (name and labels) and its value. The agent's /metrics (`parse`)
+/// and Prometheus's query API (`prom::Prometheus::query`) both give these.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Sample {
     pub name: String,
     pub labels: BTreeMap<String, String>,
     pub value: f64,
+}
+
+impl Sample {
+    /// The value of label `name`; "" when the sample has no such label (as Prometheus
+    /// treats an absent label).
+    pub fn label(&self, name: &str) -> &str {
+        self.labels.get(name).map(String::as_str).unwrap_or("")
+    }
+
+    /// True if the sample has every label of `want`, with that value.
+    pub fn has(&self, want: &[(&str, &str)]) -> bool {
+        want.iter().all(|(k, v)| self.labels.get(*k).map(String::as_str) == Some(*v))
+    }
 }
 
 #[derive(Clone, Debug, Default)]
@@ -83,13 +98,19 @@ pub fn parse(text: &str) -> Result<Vec<Sample>> {
 }
 
 impl Metrics {
+    /// The samples named `name`.
+    pub fn series<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a Sample> + 'a {
+        self.samples.iter().filter(move |s| s.name == name)
+    }
+
+    /// Sum of the samples named `name` for which `keep` holds.
+    pub fn sum_where(&self, name: &str, keep: impl Fn(&Sample) -> bool) -> f64 {
+        self.series(name).filter(|s| keep(s)).map(|s| s.value).fold(0.0, |a, b| a + b)
+    }
+
     /// Sum of samples named `name` whose labels include all of `want`.
     pub fn sum(&self, name: &str, want: &[(&str, &str)]) -> f64 {
-        self.samples
-            .iter()
-            .filter(|s| s.name == name && want.iter().all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v)))
-            .map(|s| s.value)
-            .fold(0.0, |a, b| a + b)
+        self.sum_where(name, |s| s.has(want))
     }
 
     /// Requests counted for (method, status, route).
@@ -104,11 +125,11 @@ impl Metrics {
     /// Every (method, status, route) -> count.
     pub fn request_counts(&self) -> BTreeMap<(String, u16, String), u64> {
         let mut out = BTreeMap::new();
-        for s in self.samples.iter().filter(|s| s.name == "http_server_request_duration_seconds_count") {
+        for s in self.series("http_server_request_duration_seconds_count") {
             let key = (
-                s.labels.get("http_request_method").cloned().unwrap_or_default(),
-                s.labels.get("http_response_status_code").and_then(|v| v.parse().ok()).unwrap_or(0),
-                s.labels.get("http_route").cloned().unwrap_or_default(),
+                s.label("http_request_method").to_string(),
+                s.label("http_response_status_code").parse().unwrap_or(0),
+                s.label("http_route").to_string(),
             );
             *out.entry(key).or_insert(0) += s.value as u64;
         }
@@ -118,10 +139,8 @@ impl Metrics {
     /// Cumulative bucket counts (le, count) of the duration histogram for `route`.
     pub fn buckets(&self, route: &str) -> Vec<(f64, f64)> {
         let mut by_le: BTreeMap<String, f64> = BTreeMap::new();
-        for s in self.samples.iter().filter(|s| {
-            s.name == "http_server_request_duration_seconds_bucket" && s.labels.get("http_route").map(String::as_str) == Some(route)
-        }) {
-            *by_le.entry(s.labels.get("le").cloned().unwrap_or_default()).or_insert(0.0) += s.value;
+        for s in self.series("http_server_request_duration_seconds_bucket").filter(|s| s.has(&[("http_route", route)])) {
+            *by_le.entry(s.label("le").to_string()).or_insert(0.0) += s.value;
         }
         let mut v: Vec<(f64, f64)> =
             by_le.into_iter().map(|(le, c)| (if le == "+Inf" { f64::INFINITY } else { le.parse().unwrap_or(f64::NAN) }, c)).collect();
@@ -168,5 +187,16 @@ mod tests {
         let m = Metrics { samples: parse(&text).unwrap(), text };
         let p50 = m.quantile("/a", 0.5).unwrap();
         assert!((p50 - 0.15).abs() < 1e-9, "{p50}");
+    }
+
+    #[test]
+    fn labels_absent_and_empty() {
+        let m = Metrics { samples: parse("c{a=\"\",b=\"x\"} 1\nc{b=\"y\"} 2\nd 4\n").unwrap(), text: String::new() };
+        assert_eq!(m.series("c").count(), 2);
+        assert_eq!(m.sum("c", &[("a", "")]), 1.0, "an empty label matches only where it is present");
+        assert_eq!(m.series("c").map(|s| s.label("a")).collect::<Vec<_>>(), ["", ""]);
+        assert_eq!(m.sum_where("c", |s| s.label("b") == "y"), 2.0);
+        assert_eq!(m.sum("e", &[]), 0.0);
+        assert!(m.samples[2].has(&[]) && !m.samples[2].has(&[("b", "x")]));
     }
 }

@@ -9,14 +9,22 @@ use std::{
 
 use anyhow::{Result, ensure};
 
-use crate::client::{Conn, Endpoint, Response, one_shot_to};
+use crate::{
+    client::{Conn, Endpoint, Response, one_shot_to},
+    servers::{Bind, RealServer},
+};
 
 /// (method, status, route) → requests.
 pub type Counts = BTreeMap<(String, u16, String), u64>;
 
 /// Counts one request.
 pub fn add(counts: &mut Counts, method: &str, status: u16, route: &str) {
-    *counts.entry((method.to_string(), status, route.to_string())).or_insert(0) += 1;
+    add_n(counts, method, status, route, 1);
+}
+
+/// Counts `n` requests.
+pub fn add_n(counts: &mut Counts, method: &str, status: u16, route: &str, n: u64) {
+    *counts.entry((method.to_string(), status, route.to_string())).or_insert(0) += n;
 }
 
 pub struct Workload {
@@ -272,10 +280,53 @@ pub fn full_mix(w: &mut Workload, mix: Mix) -> Result<()> {
 }
 
 /// Starts the agent on `server`'s main PID, sends the full mix and asserts exact counts.
-pub fn full_mix_is_counted_exactly(server: &crate::servers::RealServer, mix: Mix) -> Result<()> {
-    let agent = crate::procs::Agent::start(&["--pid".into(), server.pid().to_string()])?;
+pub fn full_mix_is_counted_exactly(server: &RealServer, mix: Mix) -> Result<()> {
+    let agent = crate::procs::Agent::attach(server.pid())?;
     let mut w = Workload::new(&server.endpoint);
     full_mix(&mut w, mix)?;
     assert_exact(&agent, &w, &format!("{} ({})", server.name, server.endpoint.transport_name()))?;
     Ok(())
+}
+
+/// `full_mix_is_counted_exactly` on the server `start` starts on `bind`.
+pub fn full_mix_on(start: impl FnOnce(Bind) -> Result<RealServer>, bind: Bind, mix: Mix) -> Result<()> {
+    full_mix_is_counted_exactly(&start(bind)?, mix)
+}
+
+/// One `#[test]` for each `name => Bind`: `name` returns `run(Bind::...)`, where `run`
+/// takes a `servers::Bind` and returns `anyhow::Result<()>`:
+///
+/// ```text
+/// testkit::per_bind_tests! { run;
+///     nginx_return_and_sendfile_ipv4 => V4,
+///     nginx_return_and_sendfile_ipv6 => V6,
+/// }
+/// ```
+#[macro_export]
+macro_rules! per_bind_tests {
+    ($run:expr; $($name:ident => $bind:ident),+ $(,)?) => {
+        $(
+            #[test]
+            fn $name() -> $crate::anyhow::Result<()> {
+                ($run)($crate::servers::Bind::$bind)
+            }
+        )+
+    };
+}
+
+/// A real server's test file: one `#[test]` for each `name => Bind`, which starts the
+/// server with `start(bind)` (a `servers` function such as `servers::go`), attaches the
+/// agent to it, sends the full mix `mix` and asserts exact counts (`full_mix_on`):
+///
+/// ```text
+/// testkit::full_mix_tests! { go, Mix { pipelining: true, not_modified: false };
+///     go_net_http_ipv4 => V4,
+///     go_net_http_unix_socket => Unix,
+/// }
+/// ```
+#[macro_export]
+macro_rules! full_mix_tests {
+    ($start:expr, $mix:expr; $($name:ident => $bind:ident),+ $(,)?) => {
+        $crate::per_bind_tests! { |bind| $crate::workload::full_mix_on($start, bind, $mix); $($name => $bind),+ }
+    };
 }

@@ -164,9 +164,7 @@ fn the_daemonset_is_least_privilege_and_its_arguments_work() -> Result<()> {
     }
     let agent = Agent::start(&run_args)?;
     let mut conn = Conn::open(server.port)?;
-    for _ in 0..3 {
-        assert_eq!(conn.get("/hello")?.status, 200);
-    }
+    conn.get_ok("/hello", 3)?;
     let m = agent.wait_metrics("3 requests", |m| m.requests("GET", 200, "/hello") == 3)?;
     assert_eq!(m.request_counts().values().sum::<u64>(), 3);
     Ok(())

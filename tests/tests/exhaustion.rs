@@ -30,9 +30,7 @@ fn rss_mib(m: &Metrics) -> f64 {
 /// 200 requests on one keep-alive connection, checked for status.
 fn well_formed(port: u16, n: usize) -> Result<()> {
     let mut conn = Conn::open(port)?;
-    for _ in 0..n {
-        assert_eq!(conn.get("/hello")?.status, 200);
-    }
+    conn.get_ok("/hello", n)?;
     Ok(())
 }
 
@@ -46,7 +44,7 @@ fn slowloris_ten_thousand_idle_connections() -> Result<()> {
     let nginx = servers::nginx(Bind::V4, &site)?;
     let pid = nginx.pid().to_string();
     // One agent with the default table (65536), one with a table smaller than the attack.
-    let roomy = Agent::start(&["--pid".into(), pid.clone()])?;
+    let roomy = Agent::attach(nginx.pid())?;
     let small = Agent::start(&["--pid".into(), pid, "--max-connections".into(), BOUNDED.to_string()])?;
     let before = [roomy.metrics()?, small.metrics()?];
 

@@ -2,7 +2,6 @@
 //! or stopped, two agents at once, missing BTF, and the privileges left after attach.
 use std::{
     collections::BTreeSet,
-    process::Command,
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -13,13 +12,9 @@ use std::{
 use anyhow::{Context, Result, bail};
 use testkit::{
     client::Conn,
-    procs::{Agent, Server, agent_bin, run_agent_expecting_exit},
+    procs::{Agent, Server, agent_fails_with, agent_in_private_mounts, pid_args},
     wait_for,
 };
-
-fn pid_args(pids: &[u32]) -> Vec<String> {
-    pids.iter().flat_map(|p| ["--pid".to_string(), p.to_string()]).collect()
-}
 
 /// BPF programs, maps and links a process holds, from its fdinfo.
 #[derive(Debug, Default)]
@@ -77,7 +72,7 @@ fn wait_all_gone(o: &BpfObjects) -> Result<()> {
 #[test]
 fn sigterm_is_a_clean_shutdown_that_detaches_everything() -> Result<()> {
     let server = Server::start_python()?;
-    let agent = Agent::start(&pid_args(&[server.pid()]))?;
+    let agent = Agent::attach(server.pid())?;
     let objects = agent_objects(&agent)?;
     let status = agent.stop()?;
     assert_eq!(status.code(), Some(0), "SIGTERM ends the agent with status 0");
@@ -103,14 +98,14 @@ fn sigkill_under_load_leaves_nothing_attached_and_a_restart_counts() -> Result<(
             Ok(())
         })
     };
-    let mut first = Agent::start(&pid_args(&[server.pid()]))?;
+    let mut first = Agent::attach(server.pid())?;
     first.wait_metrics("load counted", |m| m.requests("GET", 200, "/hello") >= 50)?;
     let objects = agent_objects(&first)?;
     first.child.kill()?; // SIGKILL: no chance to clean up
     first.child.wait()?;
     wait_all_gone(&objects)?;
 
-    let second = Agent::start(&pid_args(&[server.pid()]))?;
+    let second = Agent::attach(server.pid())?;
     // The load goes on through the restart; a known batch after it is counted exactly,
     // on the old keep-alive connection's neighbour and on a fresh one.
     let mut fresh = Conn::open(port)?;
@@ -138,12 +133,10 @@ fn sigkill_under_load_leaves_nothing_attached_and_a_restart_counts() -> Result<(
 fn two_agents_on_one_target_both_count_exactly() -> Result<()> {
     // Each agent loads its own programs and maps: both work, independently.
     let server = Server::start_python()?;
-    let a = Agent::start(&pid_args(&[server.pid()]))?;
-    let b = Agent::start(&pid_args(&[server.pid()]))?;
+    let a = Agent::attach(server.pid())?;
+    let b = Agent::attach(server.pid())?;
     let mut conn = Conn::open(server.port)?;
-    for _ in 0..30 {
-        assert_eq!(conn.get("/hello")?.status, 200);
-    }
+    conn.get_ok("/hello", 30)?;
     for agent in [&a, &b] {
         let m = agent.wait_metrics("30 requests", |m| m.requests("GET", 200, "/hello") == 30)?;
         assert_eq!(m.request_counts().values().sum::<u64>(), 30);
@@ -161,11 +154,9 @@ fn two_agents_on_one_target_both_count_exactly() -> Result<()> {
 #[test]
 fn target_killed_mid_request() -> Result<()> {
     let mut server = Server::start_python()?;
-    let agent = Agent::start(&pid_args(&[server.pid()]))?;
+    let agent = Agent::attach(server.pid())?;
     let mut conn = Conn::open(server.port)?;
-    for _ in 0..5 {
-        assert_eq!(conn.get("/hello")?.status, 200);
-    }
+    conn.get_ok("/hello", 5)?;
     let port = server.port;
     let slow = std::thread::spawn(move || Conn::open(port).and_then(|mut c| c.get("/sleep?ms=5000")).map(|r| r.status));
     // The slow request has reached the server: its connection was classified (the /hello
@@ -214,9 +205,7 @@ fn a_reused_target_pid_is_not_measured() -> Result<()> {
     agent.wait_metrics("the exit", |m| m.sum("redprobe_target_exits_total", &[]) == 1.0)?;
     let impostor = python_server_at_pid(old_pid)?;
     let mut conn = Conn::open(impostor.port)?;
-    for _ in 0..5 {
-        assert_eq!(conn.get("/hello")?.status, 200);
-    }
+    conn.get_ok("/hello", 5)?;
     // The witness's request comes after the impostor's: once it is counted, the
     // impostor's traffic would have been too, had it been measured.
     assert_eq!(Conn::open(witness.port)?.get("/users/1")?.status, 200);
@@ -230,12 +219,8 @@ fn a_reused_target_pid_is_not_measured() -> Result<()> {
 fn missing_btf_is_a_clear_error() -> Result<()> {
     // A private mount namespace with an empty tmpfs over /sys/kernel/btf.
     let server = Server::start_python()?;
-    let mut cmd = Command::new("unshare");
-    cmd.args(["--mount", "--propagation", "private", "sh", "-c"])
-        .arg("mount -t tmpfs none /sys/kernel/btf && exec \"$0\" \"$@\"")
-        .arg(agent_bin());
-    let (status, stderr) = run_agent_expecting_exit(cmd, &["--pid", &server.pid().to_string(), "--listen", "127.0.0.1:0"])?;
-    assert_eq!(status.code(), Some(1), "{stderr}");
+    let cmd = agent_in_private_mounts("mount -t tmpfs none /sys/kernel/btf");
+    let stderr = agent_fails_with(cmd, &["--pid", &server.pid().to_string(), "--listen", "127.0.0.1:0"], 1)?;
     assert!(stderr.contains("cannot read /sys/kernel/btf/vmlinux") && stderr.contains("BTF"), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
     Ok(())
@@ -250,7 +235,7 @@ fn capabilities_are_dropped_after_attach_and_counting_goes_on() -> Result<()> {
     const DROPPED: [(u32, &str); 5] =
         [(39, "CAP_BPF"), (38, "CAP_PERFMON"), (21, "CAP_SYS_ADMIN"), (12, "CAP_NET_ADMIN"), (24, "CAP_SYS_RESOURCE")];
     let server = Server::start_python()?;
-    let agent = Agent::start(&pid_args(&[server.pid()]))?;
+    let agent = Agent::attach(server.pid())?;
     let pid = agent.child.id();
     for field in ["CapEff:", "CapPrm:", "CapBnd:"] {
         let set = caps(pid, field)?;
@@ -262,9 +247,7 @@ fn capabilities_are_dropped_after_attach_and_counting_goes_on() -> Result<()> {
     assert!(agent.stderr().contains("capabilities dropped after attaching"), "{}", agent.stderr());
     // Maps, the ring buffer and /proc reads keep working without them.
     let mut conn = Conn::open(server.port)?;
-    for _ in 0..10 {
-        assert_eq!(conn.get("/hello")?.status, 200);
-    }
+    conn.get_ok("/hello", 10)?;
     let m = agent.wait_metrics("10 requests", |m| m.requests("GET", 200, "/hello") == 10)?;
     assert!(m.sum("redprobe_target_resident_memory_bytes", &[]) > 0.0);
     agent.wait_metrics("CONNS counted", |m| m.sum("redprobe_map_entries", &[("map", "CONNS")]) >= 1.0)?;

@@ -1,24 +1,9 @@
 //! Go's net/http (goroutines on an epoll netpoller, many threads): buffered writes,
 //! keep-alive and pipelining, on IPv4, IPv6 and a Unix socket.
-use anyhow::Result;
-use testkit::{
-    servers::{Bind, go},
-    workload::{Mix, full_mix_is_counted_exactly},
-};
+use testkit::{servers::go, workload::Mix};
 
-const MIX: Mix = Mix { pipelining: true, not_modified: false };
-
-#[test]
-fn go_net_http_ipv4() -> Result<()> {
-    full_mix_is_counted_exactly(&go(Bind::V4)?, MIX)
-}
-
-#[test]
-fn go_net_http_ipv6() -> Result<()> {
-    full_mix_is_counted_exactly(&go(Bind::V6)?, MIX)
-}
-
-#[test]
-fn go_net_http_unix_socket() -> Result<()> {
-    full_mix_is_counted_exactly(&go(Bind::Unix)?, MIX)
+testkit::full_mix_tests! { go, Mix { pipelining: true, not_modified: false };
+    go_net_http_ipv4 => V4,
+    go_net_http_ipv6 => V6,
+    go_net_http_unix_socket => Unix,
 }

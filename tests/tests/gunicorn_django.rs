@@ -5,25 +5,14 @@ use anyhow::Result;
 use testkit::{
     procs::{Agent, children},
     servers::{Bind, gunicorn},
-    workload::{Mix, Workload, assert_exact, full_mix_is_counted_exactly},
+    workload::{Mix, Workload, assert_exact},
 };
 
-/// gunicorn's sync workers close after each response: no pipelining.
-const MIX: Mix = Mix { pipelining: false, not_modified: true };
-
-#[test]
-fn gunicorn_django_ipv4_master_pid_sees_every_worker() -> Result<()> {
-    full_mix_is_counted_exactly(&gunicorn(Bind::V4, 2, &[], &[])?, MIX)
-}
-
-#[test]
-fn gunicorn_django_ipv6() -> Result<()> {
-    full_mix_is_counted_exactly(&gunicorn(Bind::V6, 2, &[], &[])?, MIX)
-}
-
-#[test]
-fn gunicorn_django_unix_socket() -> Result<()> {
-    full_mix_is_counted_exactly(&gunicorn(Bind::Unix, 2, &[], &[])?, MIX)
+// 2 workers; gunicorn's sync workers close after each response: no pipelining.
+testkit::full_mix_tests! { |bind| gunicorn(bind, 2, &[], &[]), Mix { pipelining: false, not_modified: true };
+    gunicorn_django_ipv4_master_pid_sees_every_worker => V4,
+    gunicorn_django_ipv6 => V6,
+    gunicorn_django_unix_socket => Unix,
 }
 
 /// Every request on a fresh connection (sync workers close after each response); returns
@@ -42,7 +31,7 @@ fn gunicorn_workers_recycled_added_and_replaced_after_attach_are_all_counted() -
     // --max-requests 5: each worker exits after 5 requests and the master forks another.
     let server = gunicorn(Bind::V4, 2, &["--max-requests", "5"], &[])?;
     let master = server.pid();
-    let agent = Agent::start(&["--pid".into(), master.to_string()])?;
+    let agent = Agent::attach(master)?;
     let before = children(master);
     let mut w = Workload::new(&server.endpoint);
     // The truth is cumulative: counts equal to it after each phase never went down.

@@ -138,7 +138,7 @@ fn ten_thousand_distinct_paths_stay_bounded() -> Result<()> {
         c.join().expect("client")?;
     }
     let m = agent.wait_metrics("10000 requests", |m| m.sum("http_server_request_duration_seconds_count", &[]) == 10_000.0)?;
-    let series = m.samples.iter().filter(|s| s.name == "http_server_request_duration_seconds_count").count();
+    let series = m.series("http_server_request_duration_seconds_count").count();
     let folded = m.sum("redprobe_routes_folded_total", &[]);
     let other = m.sum("http_server_request_duration_seconds_count", &[("http_route", "_other")]);
     assert_eq!(series, 101, "100 routes + _other");

@@ -4,7 +4,7 @@
 use anyhow::Result;
 use testkit::{
     client::Conn,
-    procs::Agent,
+    procs::{Agent, pid_args},
     servers::{Bind, NginxSite, gunicorn, nginx},
     workload::{Counts, Workload, add, assert_exact},
 };
@@ -44,7 +44,7 @@ fn run(bind: Bind) -> Result<()> {
     let big = vec![b'b'; 3 << 20];
     let files = static_site(&big);
     let server = nginx(bind, &NginxSite { workers: 2, files: &files, ..Default::default() })?;
-    let agent = Agent::start(&["--pid".into(), server.pid().to_string()])?;
+    let agent = Agent::attach(server.pid())?;
     let mut w = Workload::new(&server.endpoint);
     nginx_mix(&mut w)?;
     let m = assert_exact(&agent, &w, &format!("nginx return+sendfile ({bind:?})"))?;
@@ -54,24 +54,14 @@ fn run(bind: Bind) -> Result<()> {
     Ok(())
 }
 
-#[test]
-fn nginx_return_and_sendfile_ipv4() -> Result<()> {
-    run(Bind::V4)
+testkit::per_bind_tests! { run;
+    nginx_return_and_sendfile_ipv4 => V4,
+    nginx_return_and_sendfile_ipv6 => V6,
 }
 
-#[test]
-fn nginx_return_and_sendfile_ipv6() -> Result<()> {
-    run(Bind::V6)
-}
-
-#[test]
-fn nginx_proxy_pass_to_gunicorn_over_a_unix_socket() -> Result<()> {
-    proxy_pass(Bind::Unix)
-}
-
-#[test]
-fn nginx_proxy_pass_to_gunicorn_over_tcp() -> Result<()> {
-    proxy_pass(Bind::V4)
+testkit::per_bind_tests! { proxy_pass;
+    nginx_proxy_pass_to_gunicorn_over_a_unix_socket => Unix,
+    nginx_proxy_pass_to_gunicorn_over_tcp => V4,
 }
 
 /// nginx's default upstream protocol is HTTP/1.0: gunicorn ends a streaming response by
@@ -81,7 +71,7 @@ fn close_delimited_response_over_a_unix_socket_completes_at_close() -> Result<()
     let app = gunicorn(Bind::Unix, 1, &[], &[])?;
     let site = NginxSite { workers: 1, upstream: Some(&app.endpoint), upstream_http10: true, ..Default::default() };
     let proxy = nginx(Bind::V4, &site)?;
-    let agent = Agent::start(&["--pid".into(), app.pid().to_string()])?;
+    let agent = Agent::attach(app.pid())?;
     let mut c = Conn::connect(&proxy.endpoint)?;
     for _ in 0..3 {
         let r = c.get("/app/stream?parts=4&ms=25")?;
@@ -101,7 +91,7 @@ fn proxy_pass(upstream: Bind) -> Result<()> {
     let proxy = nginx(Bind::V4, &site)?;
     // One agent, both targets: nginx's served requests on TCP and gunicorn's on the Unix
     // socket; nginx's upstream side of the same requests is a client connection.
-    let agent = Agent::start(&["--pid".into(), proxy.pid().to_string(), "--pid".into(), app.pid().to_string()])?;
+    let agent = Agent::start(&pid_args(&[proxy.pid(), app.pid()]))?;
     let mut c = Conn::connect(&proxy.endpoint)?;
     let mut truth = Counts::new();
     for _ in 0..4 {
@@ -157,7 +147,7 @@ fn nginx_connections_opened_before_attach_count_from_their_next_request() -> Res
     for c in &mut early {
         assert_eq!(c.get("/hello")?.status, 200); // before the agent: not counted
     }
-    let agent = Agent::start(&["--pid".into(), server.pid().to_string()])?;
+    let agent = Agent::attach(server.pid())?;
     let mut w = Workload::new(&server.endpoint);
     for c in &mut early {
         for path in ["/hello", "/missing"] {

@@ -1,24 +1,9 @@
 //! Node's `http` module (libuv): writev for heads and bodies, chunked streaming,
 //! keep-alive and pipelining, on IPv4, IPv6 and a Unix socket.
-use anyhow::Result;
-use testkit::{
-    servers::{Bind, node},
-    workload::{Mix, full_mix_is_counted_exactly},
-};
+use testkit::{servers::node, workload::Mix};
 
-const MIX: Mix = Mix { pipelining: true, not_modified: false };
-
-#[test]
-fn node_http_ipv4() -> Result<()> {
-    full_mix_is_counted_exactly(&node(Bind::V4)?, MIX)
-}
-
-#[test]
-fn node_http_ipv6() -> Result<()> {
-    full_mix_is_counted_exactly(&node(Bind::V6)?, MIX)
-}
-
-#[test]
-fn node_http_unix_socket() -> Result<()> {
-    full_mix_is_counted_exactly(&node(Bind::Unix)?, MIX)
+testkit::full_mix_tests! { node, Mix { pipelining: true, not_modified: false };
+    node_http_ipv4 => V4,
+    node_http_ipv6 => V6,
+    node_http_unix_socket => Unix,
 }

@@ -73,7 +73,7 @@ fn workload(port: u16) -> Result<Counts> {
 fn exact_counts_and_latency_buckets_for_a_python_server() -> Result<()> {
     let server = Server::start_python()?;
     let other = Server::start_python()?; // not a target
-    let agent = Agent::start(&["--pid".into(), server.pid().to_string()])?;
+    let agent = Agent::attach(server.pid())?;
 
     // Traffic to the non-target server at the same time.
     let other_port = other.port;
@@ -109,10 +109,8 @@ fn connection_opened_before_attach_counts_from_its_next_request() -> Result<()> 
     let server = Server::start_python()?;
     let mut early = Conn::open(server.port)?;
     assert_eq!(early.get("/hello")?.status, 200); // before the agent: not counted
-    let agent = Agent::start(&["--pid".into(), server.pid().to_string()])?;
-    for _ in 0..3 {
-        assert_eq!(early.get("/hello")?.status, 200);
-    }
+    let agent = Agent::attach(server.pid())?;
+    early.get_ok("/hello", 3)?;
     assert_eq!(early.get("/missing")?.status, 404);
     let m = agent.wait_metrics("4 requests", |m| m.request_counts().values().sum::<u64>() >= 4)?;
     let mut want = Counts::new();
@@ -128,7 +126,7 @@ fn connection_opened_before_attach_counts_from_its_next_request() -> Result<()> 
 fn garbage_and_tls_are_reported_not_counted() -> Result<()> {
     use std::io::Write;
     let server = Server::start_python()?;
-    let agent = Agent::start(&["--pid".into(), server.pid().to_string()])?;
+    let agent = Agent::attach(server.pid())?;
     // A TLS ClientHello on the plain port, then binary garbage, each on its own connection.
     for bytes in [&b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03"[..], &b"\x00\x01\x02\x03garbage\xff\r\n\r\n"[..]] {
         let mut c = Conn::open(server.port)?;
@@ -157,7 +155,7 @@ fn python_m_http_server_static_files_keep_alive() -> Result<()> {
     };
     let page = vec![b'h'; 20_000];
     let server = http_server(Bind::V4, &[("page.html", &page), ("small.txt", b"small\n")])?;
-    let agent = Agent::start(&["--pid".into(), server.pid().to_string()])?;
+    let agent = Agent::attach(server.pid())?;
     let mut w = Workload::new(&server.endpoint);
     w.pipelined_paths(&["/page.html", "/small.txt", "/page.html", "/nope.txt"])?;
     let mut c = Conn::connect(&server.endpoint)?;
@@ -178,7 +176,7 @@ fn msg_peek_reads_are_not_counted_twice() -> Result<()> {
     let mut cmd = Server::python_command("python3", 0);
     cmd.arg("--peek");
     let server = Server::start(cmd)?;
-    let agent = Agent::start(&["--pid".into(), server.pid().to_string()])?;
+    let agent = Agent::attach(server.pid())?;
     let mut want = Counts::new();
     for _ in 0..3 {
         let mut c = Conn::open(server.port)?; // a peek at the start of each connection
@@ -197,7 +195,7 @@ fn msg_peek_reads_are_not_counted_twice() -> Result<()> {
 fn a_request_written_one_byte_at_a_time_is_counted() -> Result<()> {
     use std::io::Write;
     let server = Server::start_python()?;
-    let agent = Agent::start(&["--pid".into(), server.pid().to_string()])?;
+    let agent = Agent::attach(server.pid())?;
     let mut c = Conn::open(server.port)?;
     for _ in 0..2 {
         for b in b"GET /hello HTTP/1.1\r\nHost: x\r\n\r\n" {

@@ -5,7 +5,7 @@ use std::{io::Write, process::Command};
 use anyhow::Result;
 use testkit::{
     client::Conn,
-    procs::{Agent, Server, agent_bin, free_port},
+    procs::{Agent, Server, agent_bin, free_port, pid_args},
 };
 
 #[test]
@@ -37,7 +37,7 @@ fn payload_never_reaches_logs_or_labels() -> Result<()> {
     let server = Server::start_python()?;
     let mut cmd = Command::new(agent_bin());
     cmd.env("RUST_LOG", "trace");
-    let agent = Agent::start_with(cmd, &["--pid".into(), server.pid().to_string()])?;
+    let agent = Agent::start_with(cmd, &pid_args(&[server.pid()]))?;
     let mut conn = Conn::open(server.port)?;
     let auth = format!("Bearer {SECRET}");
     let cookie = format!("session={SECRET}");

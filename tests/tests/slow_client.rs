@@ -79,7 +79,7 @@ fn check(agent: &Agent, route: &str, client: Duration, server: &str) -> Result<(
 #[test]
 fn slow_reader_python_many_writes() -> Result<()> {
     let server = Server::start_python()?;
-    let agent = Agent::start(&["--pid".into(), server.pid().to_string()])?;
+    let agent = Agent::attach(server.pid())?;
     let client = slow_get(server.port, &format!("/big?kb={}", SIZE >> 10))?;
     check(&agent, "/big", client, "python http.server")
 }
@@ -89,7 +89,7 @@ fn slow_reader_nginx_sendfile() -> Result<()> {
     let big = vec![b'z'; SIZE];
     let files = [("big.bin", &big[..])];
     let server = nginx(Bind::V4, &NginxSite { workers: 1, files: &files, ..Default::default() })?;
-    let agent = Agent::start(&["--pid".into(), server.pid().to_string()])?;
+    let agent = Agent::attach(server.pid())?;
     let port = server.endpoint.port().unwrap_or(0);
     let client = slow_get(port, "/static/big.bin")?;
     check(&agent, "/static/big.bin", client, "nginx sendfile")

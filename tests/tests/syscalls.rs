@@ -15,7 +15,7 @@ fn every_read_and_write_syscall_is_counted_exactly() -> Result<()> {
     let mut cmd = std::process::Command::new(python);
     cmd.arg(workspace_root().join("tests/servers/syscalls.py"));
     let server = Server::start(cmd)?;
-    let agent = Agent::start(&["--pid".into(), server.pid().to_string()])?;
+    let agent = Agent::attach(server.pid())?;
     let mut w = Workload::new(&testkit::client::Endpoint::v4(server.port));
     for i in 0..24 {
         let mut c = Conn::open(server.port)?;

@@ -145,9 +145,7 @@ fn the_units_capabilities_are_enough_to_attach_and_count() -> Result<()> {
     assert_eq!(status_field(pid, "NoNewPrivs:")?, "1");
 
     let mut conn = Conn::open(server.port)?;
-    for _ in 0..5 {
-        assert_eq!(conn.get("/hello")?.status, 200);
-    }
+    conn.get_ok("/hello", 5)?;
     assert_eq!(conn.get("/error")?.status, 500);
     let m = agent.wait_metrics("6 requests", |m| m.request_counts().values().sum::<u64>() >= 6)?;
     assert_eq!(m.requests("GET", 200, "/hello"), 5, "{:?}", m.request_counts());

@@ -1,19 +1,8 @@
 //! uvicorn (asyncio) serving the Django app through ASGI: one process, many connections
 //! multiplexed on an event loop; keep-alive, pipelining, streaming and uploads.
-use anyhow::Result;
-use testkit::{
-    servers::{Bind, uvicorn},
-    workload::{Mix, full_mix_is_counted_exactly},
-};
+use testkit::{servers::uvicorn, workload::Mix};
 
-const MIX: Mix = Mix { pipelining: true, not_modified: true };
-
-#[test]
-fn uvicorn_asgi_ipv4() -> Result<()> {
-    full_mix_is_counted_exactly(&uvicorn(Bind::V4)?, MIX)
-}
-
-#[test]
-fn uvicorn_asgi_unix_socket() -> Result<()> {
-    full_mix_is_counted_exactly(&uvicorn(Bind::Unix)?, MIX)
+testkit::full_mix_tests! { uvicorn, Mix { pipelining: true, not_modified: true };
+    uvicorn_asgi_ipv4 => V4,
+    uvicorn_asgi_unix_socket => Unix,
 }

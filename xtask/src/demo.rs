@@ -69,16 +69,9 @@ fn print_summary(m: &Metrics, truth: &Truth, seconds: f64) {
     for (route, seen) in truth {
         let count = m.sum("http_server_request_duration_seconds_count", &[("http_route", route)]);
         let sum = m.sum("http_server_request_duration_seconds_sum", &[("http_route", route)]);
-        let errors: f64 = m
-            .samples
-            .iter()
-            .filter(|s| {
-                s.name == "http_server_request_duration_seconds_count"
-                    && s.labels.get("http_route").map(String::as_str) == Some(*route)
-                    && s.labels.get("http_response_status_code").is_some_and(|c| c.starts_with('5'))
-            })
-            .map(|s| s.value)
-            .fold(0.0, |a, b| a + b);
+        let errors = m.sum_where("http_server_request_duration_seconds_count", |s| {
+            s.has(&[("http_route", route)]) && s.label("http_response_status_code").starts_with('5')
+        });
         let mut durations: Vec<Duration> = seen.iter().map(|(_, d)| *d).collect();
         durations.sort();
         let client_mean = durations.iter().map(Duration::as_secs_f64).sum::<f64>() / durations.len().max(1) as f64;
@@ -109,7 +102,7 @@ pub fn demo(seconds: f64, keep: bool) -> Result<()> {
     unsafe { std::env::set_var(REDPROBE_BIN, agent_path()) };
     let server = Server::start_python().context("starting the demo server")?;
     println!("demo server: python3 tests/servers/app.py, PID {}, http://127.0.0.1:{}/", server.pid(), server.port);
-    let agent = Agent::start(&["--pid".into(), server.pid().to_string()])?;
+    let agent = Agent::attach(server.pid())?;
     println!("redprobe attached to PID {}; metrics at http://{}/metrics", server.pid(), agent.addr);
     println!("driving {CLIENTS} keep-alive clients for {seconds} s ...");
 

@@ -22,7 +22,7 @@ const RATE: u64 = 50;
 /// RSS growth after the warm-up minute that still counts as flat.
 const FLAT_KIB: u64 = 4096;
 
-use testkit::workload::Counts;
+use testkit::workload::{Counts, add};
 
 /// One client: a paced mix on a keep-alive connection, a fresh connection now and then.
 fn client(port: u16, seed: u64, stop: Arc<AtomicBool>, truth: Arc<Mutex<Counts>>) -> Result<()> {
@@ -52,7 +52,7 @@ fn client(port: u16, seed: u64, stop: Arc<AtomicBool>, truth: Arc<Mutex<Counts>>
         if got != status {
             bail!("{method} {path}: status {got}, expected {status}");
         }
-        *truth.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.entry((method.into(), status, route.into())).or_insert(0) += 1;
+        add(&mut *truth.lock().map_err(|_| anyhow::anyhow!("poisoned"))?, method, status, route);
         n += 1;
     }
     Ok(())
@@ -66,7 +66,7 @@ pub fn soak(minutes: f64) -> Result<()> {
     // SAFETY: set before any thread is started.
     unsafe { std::env::set_var(REDPROBE_BIN, agent_path()) };
     let server = Server::start_python()?;
-    let agent = Agent::start(&["--pid".into(), server.pid().to_string()])?;
+    let agent = Agent::attach(server.pid())?;
     let pid = agent.child.id();
     let stop = Arc::new(AtomicBool::new(false));
     let truth = Arc::new(Mutex::new(Counts::new()));

@@ -1,7 +1,8 @@
 //! Measure 5: the agent's own cost, read from /proc while it measures nginx (measure 2).
 //! CPU is utime + stime from /proc/<pid>/stat (clock ticks); peak RSS is VmHWM from
 //! /proc/<pid>/status.
-use anyhow::{Context, Result};
+use anyhow::Result;
+use testkit::procs::{STAT_STIME, STAT_UTIME, Stat, status_kib};
 
 use super::stats::{median, range};
 
@@ -13,18 +14,13 @@ fn clock_ticks_per_second() -> f64 {
 
 /// User + system CPU seconds of `pid` so far.
 pub fn cpu_seconds(pid: u32) -> Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // Fields after the command name, which ends at the last ')': state is field 3, so
-    // utime (14) and stime (15) are the 12th and 13th after it.
-    let rest = stat.rsplit_once(')').context("malformed /proc/PID/stat")?.1;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| -> Result<f64> { Ok(fields.get(i).context("short /proc/PID/stat")?.parse::<f64>()?) };
-    Ok((ticks(11)? + ticks(12)?) / clock_ticks_per_second())
+    let stat = Stat::read(pid)?;
+    Ok((stat.number(STAT_UTIME)? + stat.number(STAT_STIME)?) as f64 / clock_ticks_per_second())
 }
 
 /// Peak resident set size (VmHWM) in bytes.
 pub fn peak_rss_bytes(pid: u32) -> Result<u64> {
-    Ok(testkit::procs::status_kib(pid, "VmHWM:")? * 1024)
+    Ok(status_kib(pid, "VmHWM:")? * 1024)
 }
 
 /// The agent's CPU over one loaded run, and the requests served meanwhile.

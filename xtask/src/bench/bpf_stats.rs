@@ -11,7 +11,7 @@ use anyhow::{Context, Result};
 use testkit::procs::Agent;
 
 use super::{
-    nginx::{HELLO, Nginx},
+    nginx::{HELLO, Nginx, counts, drain},
     non_target::tcp_ping_pong,
     wrk::{self, Load},
 };
@@ -87,10 +87,12 @@ pub fn measure(nginx: &Nginx, load: &Load) -> Result<Vec<String>> {
     let s1 = snapshot(pid)?;
     // Window 2: nginx under load.
     let events0 = agent.metrics()?.sum("redprobe_events_received_total", &[]);
+    let before = counts(&agent, HELLO)?;
     let s2 = snapshot(pid)?;
     let run = wrk::run(load, &nginx.url(HELLO))?;
     let s3 = snapshot(pid)?;
-    std::thread::sleep(std::time::Duration::from_millis(100));
+    // The events of every request wrk completed are in once the agent has counted them.
+    drain(&agent, HELLO, before, run.requests)?;
     let events = agent.metrics()?.sum("redprobe_events_received_total", &[]) - events0;
     drop(_stats);
     agent.stop()?;

@@ -5,10 +5,7 @@
 //! (`http_server_request_duration_seconds_count`) and `redprobe_events_lost_total` must
 //! not have grown. Stepping stops once the generator cannot reach the rate any more:
 //! that is the machine's nginx ceiling.
-use std::{
-    net::SocketAddr,
-    time::{Duration, Instant},
-};
+use std::net::SocketAddr;
 
 use anyhow::{Context, Result};
 use testkit::{client::Endpoint, procs::Agent};
@@ -16,7 +13,7 @@ use testkit::{client::Endpoint, procs::Agent};
 use super::{
     Row,
     loadgen::{self, Plan},
-    nginx::{HELLO, Nginx},
+    nginx::{HELLO, Nginx, counts, drain},
 };
 
 /// Requests per second; the last step is unpaced (as fast as possible).
@@ -37,14 +34,6 @@ impl Step {
     pub fn clean(&self) -> bool {
         self.lost == 0 && self.counted == self.sent
     }
-}
-
-fn counts(agent: &Agent) -> Result<(u64, u64)> {
-    let m = agent.metrics()?;
-    Ok((
-        m.sum("http_server_request_duration_seconds_count", &[("http_route", HELLO)]) as u64,
-        m.sum("redprobe_events_lost_total", &[]) as u64,
-    ))
 }
 
 pub fn measure(nginx: &Nginx, seconds: f64, cpu: Option<usize>) -> Result<(Vec<Row>, Vec<String>)> {
@@ -97,7 +86,7 @@ pub fn measure(nginx: &Nginx, seconds: f64, cpu: Option<usize>) -> Result<(Vec<R
 }
 
 fn run_step(agent: &Agent, addr: SocketAddr, target: Option<f64>, seconds: f64, cpu: Option<usize>) -> Result<Step> {
-    let (count0, lost0) = counts(agent)?;
+    let before = counts(agent, HELLO)?;
     let done = loadgen::run(&Plan {
         addr,
         path: HELLO,
@@ -108,16 +97,7 @@ fn run_step(agent: &Agent, addr: SocketAddr, target: Option<f64>, seconds: f64, 
         cpu,
     })
     .context("load generator")?;
-    // The agent drains every 20 ms: wait until it has counted them all (or give up).
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let (mut counted, mut lost);
-    loop {
-        let (c, l) = counts(agent)?;
-        (counted, lost) = (c - count0, l - lost0);
-        if counted >= done.requests || Instant::now() > deadline {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    // Until it has counted them all, or gives up (a step that lost events is not clean).
+    let (counted, lost) = drain(agent, HELLO, before, done.requests)?;
     Ok(Step { target, achieved: done.rate(), sent: done.requests, counted, lost })
 }

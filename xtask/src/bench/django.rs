@@ -8,8 +8,7 @@
 //! All three servers run for the whole measure; each round loads one side at a time.
 use anyhow::{Context, Result};
 use testkit::{
-    client::Endpoint,
-    procs::Agent,
+    procs::{Agent, pid_args},
     servers::{Bind, RealServer, gunicorn},
 };
 
@@ -23,10 +22,7 @@ const PATH: &str = "/hello";
 const WORKERS: u32 = 2;
 
 fn url(server: &RealServer) -> String {
-    match &server.endpoint {
-        Endpoint::Tcp(a) => format!("http://{a}{PATH}"),
-        Endpoint::Unix(_) => unreachable!("the bench's gunicorn listens on TCP"),
-    }
+    super::url(server, PATH)
 }
 
 pub fn measure(load: &Load, rounds: usize) -> Result<Vec<Row>> {
@@ -42,7 +38,7 @@ pub fn measure(load: &Load, rounds: usize) -> Result<Vec<Row>> {
         &[("REDPROBE_DJANGO_PROMETHEUS", "1"), ("PROMETHEUS_MULTIPROC_DIR", mp_path.as_str())],
     )
     .context("starting gunicorn with django-prometheus in multiprocess mode")?;
-    let agent_args = ["--pid".to_string(), plain.pid().to_string()];
+    let agent_args = pid_args(&[plain.pid()]);
     let sides = ["without", "redprobe", "django-prometheus", "django-prometheus mp"];
     let samples = interleave("measure 4 (gunicorn + Django)", &sides, rounds, |side| {
         let rps = match side {

@@ -24,6 +24,7 @@ mod wrk;
 use std::time::Instant;
 
 use anyhow::{Result, bail};
+use testkit::{client::Endpoint, servers::RealServer};
 use xtask::{REDPROBE_PYTHON, is_root, python_venv};
 
 use self::{nginx::Nginx, wrk::Load};
@@ -43,6 +44,14 @@ pub struct Options {
     /// Do not pin nginx's worker and the load generator to separate CPUs.
     #[arg(long)]
     pub no_pin: bool,
+}
+
+/// The URL of `path` on `server` (the bench's servers listen on TCP), for wrk.
+pub fn url(server: &RealServer, path: &str) -> String {
+    match &server.endpoint {
+        Endpoint::Tcp(a) => format!("http://{a}{path}"),
+        Endpoint::Unix(_) => unreachable!("the bench's {} listens on TCP", server.name),
+    }
 }
 
 /// One line of the table.

@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use testkit::{
-    client::Endpoint,
-    procs::Agent,
+    procs::{Agent, pid_args},
     servers::{Bind, NginxSite, RealServer, nginx},
+    wait_for,
 };
 
 use super::{
@@ -46,18 +46,14 @@ impl Nginx {
     }
 
     pub fn url(&self, path: &str) -> String {
-        match &self.server.endpoint {
-            Endpoint::Tcp(a) => format!("http://{a}{path}"),
-            Endpoint::Unix(_) => unreachable!("the bench's nginx listens on TCP"),
-        }
+        super::url(&self.server, path)
     }
 
     pub fn agent_args(&self) -> Vec<String> {
-        vec!["--pid".into(), self.pid().to_string()]
+        pid_args(&[self.pid()])
     }
 }
 
-/// Child PIDs of `pid` (from /proc/*/stat).
 /// Pins `pid` (0: the calling thread) to one CPU (sched_setaffinity, as `taskset -p -c`
 /// does).
 pub fn pin(pid: u32, cpu: usize) -> Result<()> {
@@ -72,8 +68,54 @@ pub fn pin(pid: u32, cpu: usize) -> Result<()> {
     Ok(())
 }
 
-/// One side of one round.
-struct Sample {
+/// Requests the agent counted on `route`, and the events it lost, as one scrape of its
+/// /metrics shows them.
+pub fn counts(agent: &Agent, route: &str) -> Result<(u64, u64)> {
+    let m = agent.metrics()?;
+    Ok((
+        m.sum("http_server_request_duration_seconds_count", &[("http_route", route)]) as u64,
+        m.sum("redprobe_events_lost_total", &[]) as u64,
+    ))
+}
+
+/// How long the agent may take to count a run's last requests (it drains every 20 ms).
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Polls the agent's /metrics until it has counted `served` requests on `route` since
+/// `before` (`counts` taken before the run). Returns the requests counted and events lost
+/// since then; when `DRAIN_TIMEOUT` passes first, the last ones seen, with a warning
+/// naming them (events lost leave the count short: the bench reports that, it does not
+/// fail on it).
+pub fn drain(agent: &Agent, route: &str, before: (u64, u64), served: u64) -> Result<(u64, u64)> {
+    drain_with(|| counts(agent, route), route, before, served, DRAIN_TIMEOUT)
+}
+
+/// `drain` with `scrape` for `counts`.
+fn drain_with(
+    mut scrape: impl FnMut() -> Result<(u64, u64)>,
+    route: &str,
+    before: (u64, u64),
+    served: u64,
+    timeout: Duration,
+) -> Result<(u64, u64)> {
+    let mut seen = (0, 0);
+    let what = format!("the agent to count {served} {route} requests");
+    let drained = wait_for(&what, timeout, || match scrape() {
+        Err(e) => Some(Err(e)),
+        Ok((counted, lost)) => {
+            seen = (counted.saturating_sub(before.0), lost.saturating_sub(before.1));
+            (seen.0 >= served).then_some(Ok(()))
+        }
+    });
+    match drained {
+        Ok(scraped) => scraped?,
+        Err(e) => eprintln!("bench: warning: {e}: it counted {} of them, events lost {}", seen.0, seen.1),
+    }
+    Ok(seen)
+}
+
+/// One side of one round (what wrk and /proc measured; not a metrics sample).
+struct SideRun {
     hello: WrkResult,
     file: WrkResult,
     /// The agent's CPU over the `hello` run ("with" only).
@@ -84,32 +126,34 @@ struct Sample {
     lost: u64,
 }
 
-fn run_side(nginx: &Nginx, load: &Load, with_agent: bool) -> Result<Sample> {
+fn run_side(nginx: &Nginx, load: &Load, with_agent: bool) -> Result<SideRun> {
     let (hello_url, file_url) = (nginx.url(HELLO), nginx.url(STATIC_FILE));
     if !with_agent {
         let hello = wrk::run(load, &hello_url)?;
         let file = wrk::run(load, &file_url)?;
-        return Ok(Sample { hello, file, cpu: None, peak_rss: 0, counted: 0, lost: 0 });
+        return Ok(SideRun { hello, file, cpu: None, peak_rss: 0, counted: 0, lost: 0 });
     }
     let agent = Agent::start(&nginx.agent_args())?;
     let pid = agent.child.id();
+    let before = counts(&agent, HELLO)?;
     let (cpu0, t0) = (agent_cost::cpu_seconds(pid)?, Instant::now());
     let hello = wrk::run(load, &hello_url)?;
-    // Let the agent drain the last events (it drains every 20 ms).
-    std::thread::sleep(Duration::from_millis(100));
+    // The agent's CPU includes draining the run's last events: wait until it has counted
+    // every /hello wrk completed (it may count more: wrk leaves requests in flight).
+    drain(&agent, HELLO, before, hello.requests)?;
     let cpu = CpuSample {
         cpu_seconds: agent_cost::cpu_seconds(pid)? - cpu0,
         requests: hello.requests,
         wall_seconds: t0.elapsed().as_secs_f64(),
     };
+    // The file run is on its own route: /hello's count is already there.
+    let before = counts(&agent, STATIC_FILE)?;
     let file = wrk::run(load, &file_url)?;
-    std::thread::sleep(Duration::from_millis(100));
-    let m = agent.metrics()?;
-    let counted = m.sum("http_server_request_duration_seconds_count", &[("http_route", HELLO)]) as u64;
-    let lost = m.sum("redprobe_events_lost_total", &[]) as u64;
+    drain(&agent, STATIC_FILE, before, file.requests)?;
+    let (counted, lost) = counts(&agent, HELLO)?;
     let peak_rss = agent_cost::peak_rss_bytes(pid)?;
     agent.stop()?;
-    Ok(Sample { hello, file, cpu: Some(cpu), peak_rss, counted, lost })
+    Ok(SideRun { hello, file, cpu: Some(cpu), peak_rss, counted, lost })
 }
 
 pub struct Results {
@@ -126,7 +170,7 @@ pub fn measure(nginx: &Nginx, load: &Load, rounds: usize) -> Result<Results> {
         run_side(nginx, load, side == 1)
     })?;
     let (without, with) = (&samples[0], &samples[1]);
-    let pair = |f: fn(&Sample) -> f64| Paired::new(without.iter().map(f).collect(), with.iter().map(f).collect());
+    let pair = |f: fn(&SideRun) -> f64| Paired::new(without.iter().map(f).collect(), with.iter().map(f).collect());
     let hello_rps = pair(|s| s.hello.rps);
     let hello_p99 = pair(|s| s.hello.p99_us);
     let file_rps = pair(|s| s.file.rps);
@@ -167,4 +211,33 @@ pub fn measure(nginx: &Nginx, load: &Load, rounds: usize) -> Result<Results> {
         notes,
         ceiling_rps: hello_rps.base_median(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn drain_polls_until_the_route_count_is_reached() {
+        let mut scrapes = 0;
+        let scrape = || {
+            scrapes += 1;
+            Ok((10 + 40 * scrapes, 2))
+        };
+        // Counted since `before`: 40, 80, then 120 (>= 100) at the third scrape.
+        let got = drain_with(scrape, HELLO, (10, 2), 100, Duration::from_secs(5)).unwrap();
+        assert_eq!(got, (120, 0));
+        assert_eq!(scrapes, 3);
+    }
+
+    #[test]
+    fn drain_gives_up_with_the_counts_last_seen() {
+        let got = drain_with(|| Ok((7, 5)), HELLO, (0, 1), 100, Duration::from_millis(30)).unwrap();
+        assert_eq!(got, (7, 4), "short of the target: counted and lost as last seen");
+    }
+
+    #[test]
+    fn drain_fails_when_the_agent_does_not_answer() {
+        assert!(drain_with(|| anyhow::bail!("refused"), HELLO, (0, 0), 1, Duration::from_secs(5)).is_err());
+    }
 }

@@ -9,7 +9,7 @@ use std::{
 };
 
 use anyhow::Result;
-use testkit::procs::Agent;
+use testkit::procs::{Agent, pid_args};
 
 use super::{
     Row,
@@ -94,7 +94,7 @@ const WORKLOADS: [Workload; 3] = [
 
 /// `scale` shortens the loops for development runs (1.0 = about 0.2 s per loop).
 pub fn measure(target_pid: u32, rounds: usize, scale: f64) -> Result<Vec<Row>> {
-    let args = ["--pid".to_string(), target_pid.to_string()];
+    let args = pid_args(&[target_pid]);
     let run_all = || WORKLOADS.iter().map(|w| (w.run)(scale)).collect::<Result<Vec<f64>>>();
     let samples = interleave("measure 1 (non-target)", &["without", "with"], rounds, |side| {
         if side == 0 {
