@@ -13,13 +13,15 @@ pub const TAIL_WINDOW: usize = 16;
 pub const EVENT_RECV: u32 = 1;
 /// Data the target wrote to a tracked connection.
 pub const EVENT_SEND: u32 = 2;
-/// The target closed (or shut down) its side of a tracked TCP connection.
+/// A tracked connection was closed (TCP state hook, or the peer of a UNIX one read EOF).
 pub const EVENT_CLOSE: u32 = 3;
 /// A target process forked a child process, which is now a target too.
 pub const EVENT_FORK: u32 = 4;
+/// A target process executed a new program (its command name changed).
+pub const EVENT_EXEC: u32 = 5;
+/// A target process exited (its last thread); the kernel already cleared its bit.
+pub const EVENT_EXIT: u32 = 6;
 
-/// `DataEvent::header.flags`: no user buffer to capture (sendfile, splice, recvmmsg...).
-pub const FLAG_NO_PAYLOAD: u32 = 1;
 /// `flags`: events of this connection were lost before this one (ring buffer full);
 /// the agent must resynchronise the connection.
 pub const FLAG_AFTER_LOSS: u32 = 2;
@@ -28,13 +30,13 @@ pub const FLAG_AFTER_LOSS: u32 = 2;
 /// Sent once per such connection so the agent can count it; nothing else follows unless a
 /// read later starts with an HTTP request (the connection then becomes a server one).
 pub const FLAG_UNCLASSIFIED: u32 = 4;
-/// `flags`: the bytes came through a vectored call (`head` gathered from up to
-/// [`MAX_IOVECS`] iovecs, `tail` from the last one the data reaches).
-pub const FLAG_VECTORED: u32 = 8;
 
 /// Iovecs of a vectored read or write that the programs walk for the head and the tail
 /// windows (a bounded loop; servers put a response head in the first one or two).
 pub const MAX_IOVECS: usize = 8;
+
+/// `TASK_COMM_LEN`: a command name, NUL-padded.
+pub const COMM_LEN: usize = 16;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -55,40 +57,31 @@ pub struct DataEvent {
     pub header: EventHeader,
     /// Socket cookie: unique for the socket's life, never reused, independent of fds.
     pub conn_id: u64,
+    /// The process that did the I/O (its service is the registry's).
     pub tgid: u32,
-    pub tid: u32,
     /// Bytes moved by this call (the syscall's return value, > 0).
     pub len: u32,
     /// `AF_INET`, `AF_INET6` or `AF_UNIX`.
     pub family: u16,
-    /// Local port (host order); 0 for UNIX sockets.
-    pub local_port: u16,
     /// Valid bytes in `head`: the data's first bytes, gathered across up to
-    /// [`MAX_IOVECS`] iovecs for vectored I/O (min(len, HEAD_WINDOW) unless a fault).
+    /// [`MAX_IOVECS`] iovecs for vectored I/O (min(len, HEAD_WINDOW) unless a fault; 0 for
+    /// sendfile and splice, whose bytes come from a file).
     pub head_len: u16,
     /// Valid bytes in `tail`: `tail[..tail_len]` are the data's last bytes; 0 if not
     /// captured (the data fit in `head`, or ended beyond the iovecs we walk).
     pub tail_len: u16,
-    /// The syscall number the data came through (diagnostics).
-    pub syscall: u32,
+    pub _pad: u16,
     pub head: [u8; HEAD_WINDOW],
     pub tail: [u8; TAIL_WINDOW],
 }
 
-/// `CloseEvent::new_state` of a UNIX connection whose peer read end-of-file: the target
-/// closed (or shut down) its side. `tgid` is 0: the event fires in the peer.
-pub const CLOSE_UNIX_PEER_EOF: u32 = 0x100;
-
-/// The target closed its side of a tracked TCP connection, or the peer of a tracked UNIX
-/// connection read end-of-file.
+/// A tracked connection was closed: the target closed (or shut down) its side of a TCP
+/// connection, or the peer of a UNIX connection read end-of-file.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct CloseEvent {
     pub header: EventHeader,
     pub conn_id: u64,
-    pub tgid: u32,
-    /// TCP state the socket moved to, or [`CLOSE_UNIX_PEER_EOF`].
-    pub new_state: u32,
 }
 
 /// A target forked: `child_tgid` is now a target too (the kernel already marked it).
@@ -98,4 +91,26 @@ pub struct ForkEvent {
     pub header: EventHeader,
     pub parent_tgid: u32,
     pub child_tgid: u32,
+    /// The child's `task_struct.start_boottime` (ns since boot, suspend included): what
+    /// /proc/PID/stat's start time counts in clock ticks.
+    pub child_start_ns: u64,
+}
+
+/// A target executed a new program: `comm` is its new command name.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ExecEvent {
+    pub header: EventHeader,
+    pub tgid: u32,
+    pub _pad: u32,
+    pub comm: [u8; COMM_LEN],
+}
+
+/// The last thread of a target exited.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ExitEvent {
+    pub header: EventHeader,
+    pub tgid: u32,
+    pub _pad: u32,
 }

@@ -35,16 +35,13 @@ mod layout_tests {
         assert_eq!(offset_of!(DataEvent, header), 0);
         assert_eq!(offset_of!(DataEvent, conn_id), 16);
         assert_eq!(offset_of!(DataEvent, tgid), 24);
-        assert_eq!(offset_of!(DataEvent, tid), 28);
-        assert_eq!(offset_of!(DataEvent, len), 32);
-        assert_eq!(offset_of!(DataEvent, family), 36);
-        assert_eq!(offset_of!(DataEvent, local_port), 38);
-        assert_eq!(offset_of!(DataEvent, head_len), 40);
-        assert_eq!(offset_of!(DataEvent, tail_len), 42);
-        assert_eq!(offset_of!(DataEvent, syscall), 44);
-        assert_eq!(offset_of!(DataEvent, head), 48);
-        assert_eq!(offset_of!(DataEvent, tail), 48 + HEAD_WINDOW);
-        assert_eq!(size_of::<DataEvent>(), 48 + HEAD_WINDOW + TAIL_WINDOW);
+        assert_eq!(offset_of!(DataEvent, len), 28);
+        assert_eq!(offset_of!(DataEvent, family), 32);
+        assert_eq!(offset_of!(DataEvent, head_len), 34);
+        assert_eq!(offset_of!(DataEvent, tail_len), 36);
+        assert_eq!(offset_of!(DataEvent, head), 40);
+        assert_eq!(offset_of!(DataEvent, tail), 40 + HEAD_WINDOW);
+        assert_eq!(size_of::<DataEvent>(), 40 + HEAD_WINDOW + TAIL_WINDOW);
         assert_eq!(align_of::<DataEvent>(), 8);
         const { assert!(HEAD_WINDOW >= 256) };
         assert!(HEAD_WINDOW.is_power_of_two());
@@ -52,23 +49,27 @@ mod layout_tests {
 
     #[test]
     fn small_event_layouts() {
-        assert_eq!(size_of::<CloseEvent>(), 32);
+        assert_eq!(size_of::<CloseEvent>(), 24);
         assert_eq!(offset_of!(CloseEvent, conn_id), 16);
-        assert_eq!(offset_of!(CloseEvent, tgid), 24);
-        assert_eq!(size_of::<ForkEvent>(), 24);
+        assert_eq!(size_of::<ForkEvent>(), 32);
         assert_eq!(offset_of!(ForkEvent, child_tgid), 20);
+        assert_eq!(offset_of!(ForkEvent, child_start_ns), 24);
+        assert_eq!(size_of::<ExecEvent>(), 40);
+        assert_eq!(offset_of!(ExecEvent, comm), 24);
+        assert_eq!(size_of::<ExitEvent>(), 24);
+        assert_eq!(offset_of!(ExitEvent, tgid), 16);
     }
 
     #[test]
     fn map_value_layouts() {
         assert_eq!(size_of::<ConnState>(), 16);
-        assert_eq!(size_of::<KernelOffsets>(), 4 * 21);
+        assert_eq!(size_of::<KernelOffsets>(), 4 * 23);
         assert_eq!(size_of::<ProbeConfig>(), 8);
     }
 
     #[test]
     fn kinds_are_distinct() {
-        let kinds = [EVENT_RECV, EVENT_SEND, EVENT_CLOSE, EVENT_FORK];
+        let kinds = [EVENT_RECV, EVENT_SEND, EVENT_CLOSE, EVENT_FORK, EVENT_EXEC, EVENT_EXIT];
         for (i, a) in kinds.iter().enumerate() {
             for b in &kinds[i + 1..] {
                 assert_ne!(a, b);

@@ -36,8 +36,13 @@ pub struct KernelOffsets {
     pub regs_arg2: u32,
     /// `pt_regs.dx`: third syscall argument.
     pub regs_arg3: u32,
-    /// `task_struct.pid` (i32, the thread id); read from BTF, not used by the programs yet.
-    pub task_pid: u32,
+    /// `task_struct.start_boottime` (u64): a forked child's start, as /proc counts it.
+    pub task_start_boottime: u32,
+    /// `task_struct.signal` (struct signal_struct *).
+    pub task_signal: u32,
+    /// `signal_struct.live` (atomic_t): threads of the process still running; 0 once its
+    /// last thread passed the exit point where `sched_process_exit` fires.
+    pub signal_live: u32,
     /// 1 once the agent filled the struct from BTF (0 in the object file's placeholder).
     pub valid: u32,
     /// `unix_sock.addr` (struct unix_address *): NULL for socketpairs and unbound

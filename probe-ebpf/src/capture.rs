@@ -6,8 +6,8 @@ use aya_ebpf::helpers::{
 use probe_common::{
     syscalls::BufferShape, ConnState, DataEvent, EventHeader, COUNTER_CLIENT_CONNS, COUNTER_FD_MISMATCH,
     COUNTER_FOREIGN_CONTEXT, COUNTER_LOST, COUNTER_SERVER_CONNS, EVENT_RECV, EVENT_SEND,
-    FLAG_AFTER_LOSS, FLAG_NO_PAYLOAD, FLAG_UNCLASSIFIED, FLAG_VECTORED, HEAD_WINDOW, MAX_IOVECS,
-    ROLE_CLIENT, ROLE_OTHER, ROLE_SERVER, ROLE_UNKNOWN, TAIL_WINDOW,
+    FLAG_AFTER_LOSS, FLAG_UNCLASSIFIED, HEAD_WINDOW, MAX_IOVECS, ROLE_CLIENT, ROLE_OTHER,
+    ROLE_SERVER, ROLE_UNKNOWN, TAIL_WINDOW,
 };
 
 use crate::{
@@ -37,7 +37,7 @@ enum Source {
 
 /// Called by both hooks once the process is known to be a target and `moved > 0`.
 #[inline(always)]
-pub fn on_socket_io(sk: *const u8, moved: u32, dir: Direction, tgid: u32, tid: u32) -> u32 {
+pub fn on_socket_io(sk: *const u8, moved: u32, dir: Direction, tgid: u32) -> u32 {
     let Some(family) = read::<u16>(sk, global!(OFFSETS.sk_family)) else { return 0 };
     if family != AF_INET && family != AF_INET6 && family != AF_UNIX {
         return 0;
@@ -118,12 +118,24 @@ pub fn on_socket_io(sk: *const u8, moved: u32, dir: Direction, tgid: u32, tid: u
             }
         }
     }
-    let local_port = read::<u16>(sk, global!(OFFSETS.sk_num)).unwrap_or(0);
     // A server connection's state is the one looked up above; any other was just
     // (re)written and is looked up again.
     let server_state = if role == ROLE_SERVER { state } else { None };
-    emit_data(cookie, server_state, &ctx, src, moved, dir, flags, tgid, tid, family, local_port);
+    emit_data(&Capture { cookie, server_state, src, moved, dir, flags, tgid, family });
     0
+}
+
+/// What one data event is made of.
+struct Capture {
+    cookie: u64,
+    /// The connection's entry when it is a server connection already.
+    server_state: Option<*mut ConnState>,
+    src: Source,
+    moved: u32,
+    dir: Direction,
+    flags: u32,
+    tgid: u32,
+    family: u16,
 }
 
 /// ESTABLISHED, or CLOSE_WAIT (the client half-closed after its request).
@@ -215,66 +227,44 @@ fn source(ctx: &SyscallContext) -> Source {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn emit_data(
-    cookie: u64,
-    server_state: Option<*mut ConnState>,
-    ctx: &SyscallContext,
-    src: Source,
-    moved: u32,
-    dir: Direction,
-    mut flags: u32,
-    tgid: u32,
-    tid: u32,
-    family: u16,
-    local_port: u16,
-) {
+fn emit_data(c: &Capture) {
     let wakeup = wakeup_flags();
     let Some(mut entry) = EVENTS.reserve::<DataEvent>(0) else {
         count(COUNTER_LOST);
-        match server_state {
+        match c.server_state {
             Some(state) => conn::mark_lost_at(state),
-            None => conn::mark_lost(cookie),
+            None => conn::mark_lost(c.cookie),
         }
         return;
     };
     let ev = entry.as_mut_ptr();
-    let lost = match server_state {
+    let lost = match c.server_state {
         Some(state) => conn::take_lost_at(state),
-        None => conn::take_lost(cookie),
+        None => conn::take_lost(c.cookie),
     };
-    if lost {
-        flags |= FLAG_AFTER_LOSS;
-    }
+    let flags = if lost { c.flags | FLAG_AFTER_LOSS } else { c.flags };
+    let moved = c.moved as u64;
     let (head_len, tail_len) = unsafe {
-        match src {
-            Source::Flat(ptr) => capture_flat(&mut *ev, ptr, moved as u64),
-            Source::Vectored { iov, count } => {
-                flags |= FLAG_VECTORED;
-                capture_vectored(&mut *ev, iov, count, moved as u64)
-            }
-            Source::None => {
-                flags |= FLAG_NO_PAYLOAD;
-                (0, 0)
-            }
+        match c.src {
+            Source::Flat(ptr) => capture_flat(&mut *ev, ptr, moved),
+            Source::Vectored { iov, count } => capture_vectored(&mut *ev, iov, count, moved),
+            Source::None => (0, 0),
         }
     };
     unsafe {
         (*ev).header = EventHeader {
-            kind: if dir == Direction::Recv { EVENT_RECV } else { EVENT_SEND },
+            kind: if c.dir == Direction::Recv { EVENT_RECV } else { EVENT_SEND },
             flags,
             ts_ns: bpf_ktime_get_ns(),
         };
-        (*ev).conn_id = cookie;
-        (*ev).tgid = tgid;
-        (*ev).tid = tid;
-        (*ev).len = moved;
-        (*ev).family = family;
-        (*ev).local_port = local_port;
+        (*ev).conn_id = c.cookie;
+        (*ev).tgid = c.tgid;
+        (*ev).len = c.moved;
+        (*ev).family = c.family;
         (*ev).head_len = head_len;
         (*ev).tail_len = tail_len;
-        (*ev).syscall = ctx.nr as u32;
+        (*ev)._pad = 0;
     }
     entry.submit(wakeup);
 }

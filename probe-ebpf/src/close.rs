@@ -7,7 +7,7 @@ use aya_ebpf::{
     macros::btf_tracepoint,
     programs::BtfTracePointContext,
 };
-use probe_common::{CloseEvent, EventHeader, CLOSE_UNIX_PEER_EOF, COUNTER_LOST, EVENT_CLOSE, ROLE_SERVER};
+use probe_common::{CloseEvent, EventHeader, COUNTER_LOST, EVENT_CLOSE, ROLE_SERVER};
 
 use crate::{
     capture::AF_UNIX,
@@ -31,12 +31,14 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> u32 {
     if new_state != TCP_FIN_WAIT1 && new_state != TCP_LAST_ACK && new_state != TCP_CLOSE {
         return 0;
     }
-    let Some((tgid, _)) = current_target() else { return 0 };
+    if current_target().is_none() {
+        return 0;
+    }
     let sk: *const u8 = ctx.arg(0);
     // A socket we tracked has its cookie already; reading it (instead of asking for it)
     // does not create cookies for every socket that closes.
     let Some(cookie) = conn::existing_cookie(sk) else { return 0 };
-    forget(cookie, tgid, new_state);
+    forget(cookie);
     0
 }
 
@@ -51,30 +53,28 @@ pub fn on_unix_eof(sk: *const u8) -> u32 {
     }
     let Some(peer) = read_ptr(sk, global!(OFFSETS.unix_peer)) else { return 0 };
     let Some(cookie) = conn::existing_cookie(peer) else { return 0 };
-    forget(cookie, 0, CLOSE_UNIX_PEER_EOF);
+    forget(cookie);
     0
 }
 
 /// The connection is closed: drop its entry, and tell the agent if it served requests.
 #[inline(always)]
-fn forget(cookie: u64, tgid: u32, new_state: u32) {
+fn forget(cookie: u64) {
     let role = match conn::lookup(cookie) {
         Some(state) => unsafe { (*state).role },
         None => return,
     };
     conn::remove(cookie);
     if role == ROLE_SERVER {
-        emit_close(cookie, tgid, new_state);
+        emit_close(cookie);
     }
 }
 
 #[inline(always)]
-fn emit_close(cookie: u64, tgid: u32, new_state: u32) {
+fn emit_close(cookie: u64) {
     let ev = CloseEvent {
         header: EventHeader { kind: EVENT_CLOSE, flags: 0, ts_ns: unsafe { bpf_ktime_get_ns() } },
         conn_id: cookie,
-        tgid,
-        new_state,
     };
     if EVENTS.output::<CloseEvent>(&ev, wakeup_flags()).is_err() {
         count(COUNTER_LOST);

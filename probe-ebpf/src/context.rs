@@ -23,7 +23,6 @@ pub enum Direction {
 
 /// What the saved syscall registers say about the call that moved the data.
 pub struct SyscallContext {
-    pub nr: u64,
     pub shape: BufferShape,
     /// arg2: the buffer, iovec array or msghdr, depending on `shape`.
     pub buf_arg: u64,
@@ -58,7 +57,7 @@ pub fn own_syscall(sk: *const u8, dir: Direction) -> Result<SyscallContext, Reje
     if !fd_is_socket(task, fd, sk) {
         return Err(Rejection::FdMismatch);
     }
-    Ok(SyscallContext { nr, shape, buf_arg, len_arg })
+    Ok(SyscallContext { shape, buf_arg, len_arg })
 }
 
 /// task->files->fdt->fd[fd]->private_data (struct socket)->sk == sk

@@ -10,7 +10,7 @@ use probe_common::{ConnState, KernelOffsets, ProbeConfig, COUNTER_SLOTS, HEAD_WI
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 22, 0);
 
 #[map]
-pub static TARGETS: Array<u64> = Array::with_max_entries(1, 0);
+pub static TARGETS: Array<u64> = Array::with_max_entries(1, aya_ebpf::bindings::BPF_F_MMAPABLE);
 
 #[map]
 pub static CONNS: LruHashMap<u64, ConnState> = LruHashMap::with_max_entries(1, 0);
@@ -40,7 +40,9 @@ pub static OFFSETS: KernelOffsets = KernelOffsets {
     regs_arg1: 0,
     regs_arg2: 0,
     regs_arg3: 0,
-    task_pid: 0,
+    task_start_boottime: 0,
+    task_signal: 0,
+    signal_live: 0,
     valid: 0,
     unix_addr: 0,
     unix_peer: 0,

@@ -17,11 +17,11 @@ pub fn sock_recv_length(ctx: BtfTracePointContext) -> u32 {
     if ret == 0 && flags & MSG_PEEK == 0 {
         return on_unix_eof(ctx.arg(0));
     }
-    let Some((tgid, tid)) = current_target() else { return 0 };
+    let Some(tgid) = current_target() else { return 0 };
     let sk: *const u8 = ctx.arg(0);
     // Peeked bytes are read again later: count them once, at the real read.
     if ret <= 0 || flags & MSG_PEEK != 0 {
         return 0;
     }
-    on_socket_io(sk, ret as u32, Direction::Recv, tgid, tid)
+    on_socket_io(sk, ret as u32, Direction::Recv, tgid)
 }

@@ -1,16 +1,19 @@
-//! The target set: a bitmap of TGIDs in the `TARGETS` array, one bit per process.
+//! The target set: a bitmap of TGIDs in the `TARGETS` array, one bit per process. Both
+//! sides change it only with atomic bit operations on single bits (the array is mmapped by
+//! the agent), so no writer can undo another's bit.
 //! An array lookup is inlined by the verifier, so the bail-out for non-targets costs a
 //! few instructions.
+use core::intrinsics::{AtomicOrdering, atomic_and, atomic_or};
+
 use aya_ebpf::helpers::bpf_get_current_pid_tgid;
 
 use crate::maps::TARGETS;
 
-/// `Some((tgid, tid))` when the current process is a target.
+/// `Some(tgid)` when the current process is a target.
 #[inline(always)]
-pub fn current_target() -> Option<(u32, u32)> {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let tgid = (pid_tgid >> 32) as u32;
-    if is_target(tgid) { Some((tgid, pid_tgid as u32)) } else { None }
+pub fn current_target() -> Option<u32> {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    if is_target(tgid) { Some(tgid) } else { None }
 }
 
 #[inline(always)]
@@ -21,11 +24,19 @@ pub fn is_target(tgid: u32) -> bool {
     }
 }
 
-/// Marks `tgid` as a target (children of targets). Not atomic: the agent rewrites the
-/// word from its own target list when it handles the fork event.
+/// Marks `tgid` as a target (children of targets), with an atomic OR: the agent sets the
+/// bits of the processes it selects in the same words, atomically too.
 #[inline(always)]
 pub fn add_target(tgid: u32) {
     if let Some(word) = TARGETS.get_ptr_mut(tgid >> 6) {
-        unsafe { *word |= 1u64 << (tgid & 63) };
+        unsafe { atomic_or::<u64, u64, { AtomicOrdering::Relaxed }>(word, 1u64 << (tgid & 63)) };
+    }
+}
+
+/// Clears `tgid` (an exited target), with an atomic AND.
+#[inline(always)]
+pub fn remove_target(tgid: u32) {
+    if let Some(word) = TARGETS.get_ptr_mut(tgid >> 6) {
+        unsafe { atomic_and::<u64, u64, { AtomicOrdering::Relaxed }>(word, !(1u64 << (tgid & 63))) };
     }
 }

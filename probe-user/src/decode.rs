@@ -1,8 +1,8 @@
 //! Ring-buffer records -> typed events. The layouts are `probe_common`'s, the only
 //! definition of them.
 use probe_common::{
-    CloseEvent, DataEvent, EVENT_CLOSE, EVENT_FORK, EVENT_RECV, EVENT_SEND, EventHeader,
-    FLAG_AFTER_LOSS, FLAG_UNCLASSIFIED, ForkEvent,
+    CloseEvent, DataEvent, EVENT_CLOSE, EVENT_EXEC, EVENT_EXIT, EVENT_FORK, EVENT_RECV, EVENT_SEND, EventHeader,
+    ExecEvent, ExitEvent, FLAG_AFTER_LOSS, FLAG_UNCLASSIFIED, ForkEvent,
 };
 use thiserror::Error;
 
@@ -43,7 +43,11 @@ pub struct Data {
 pub enum Event {
     Data(Data),
     Close { conn_id: u64 },
-    Fork { parent_tgid: u32, child_tgid: u32 },
+    /// `child_start_ns`: the child's start, ns since boot.
+    Fork { parent_tgid: u32, child_tgid: u32, child_start_ns: u64 },
+    /// The process runs a new program, now called `comm`.
+    Exec { tgid: u32, comm: String },
+    Exit { tgid: u32 },
 }
 
 fn read<T: Copy>(bytes: &[u8]) -> Result<T, DecodeError> {
@@ -81,7 +85,16 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
         }
         EVENT_FORK => {
             let ev: ForkEvent = read(bytes)?;
-            Ok(Event::Fork { parent_tgid: ev.parent_tgid, child_tgid: ev.child_tgid })
+            Ok(Event::Fork { parent_tgid: ev.parent_tgid, child_tgid: ev.child_tgid, child_start_ns: ev.child_start_ns })
+        }
+        EVENT_EXEC => {
+            let ev: ExecEvent = read(bytes)?;
+            let len = ev.comm.iter().position(|&b| b == 0).unwrap_or(ev.comm.len());
+            Ok(Event::Exec { tgid: ev.tgid, comm: String::from_utf8_lossy(&ev.comm[..len]).into_owned() })
+        }
+        EVENT_EXIT => {
+            let ev: ExitEvent = read(bytes)?;
+            Ok(Event::Exit { tgid: ev.tgid })
         }
         other => Err(DecodeError::Kind(other)),
     }
@@ -92,9 +105,8 @@ mod tests {
     use super::*;
     use probe_common::{HEAD_WINDOW, TAIL_WINDOW};
 
-    fn raw<T>(v: &T) -> Vec<u8> {
-        unsafe { std::slice::from_raw_parts(v as *const T as *const u8, size_of::<T>()) }.to_vec()
-    }
+    use crate::wire::raw;
+
 
     #[test]
     fn data_event_round_trip() {
@@ -102,13 +114,11 @@ mod tests {
             header: EventHeader { kind: EVENT_SEND, flags: FLAG_AFTER_LOSS, ts_ns: 77 },
             conn_id: 9,
             tgid: 1,
-            tid: 2,
             len: 2000,
             family: 2,
-            local_port: 8080,
             head_len: HEAD_WINDOW as u16,
             tail_len: TAIL_WINDOW as u16,
-            syscall: 1,
+            _pad: 0,
             head: [b'a'; HEAD_WINDOW],
             tail: [b'z'; TAIL_WINDOW],
         };
@@ -125,8 +135,8 @@ mod tests {
     fn lengths_are_clamped_and_bad_records_rejected() {
         let ev = DataEvent {
             header: EventHeader { kind: EVENT_RECV, flags: 0, ts_ns: 1 },
-            conn_id: 1, tgid: 1, tid: 1, len: 3, family: 2, local_port: 1,
-            head_len: 60000, tail_len: 60000, syscall: 0,
+            conn_id: 1, tgid: 1, len: 3, family: 2,
+            head_len: 60000, tail_len: 60000, _pad: 0,
             head: [0; HEAD_WINDOW], tail: [0; TAIL_WINDOW],
         };
         let Event::Data(d) = decode(&raw(&ev)).unwrap() else { panic!() };
@@ -135,5 +145,17 @@ mod tests {
         assert!(matches!(decode(&[1, 0, 0]), Err(DecodeError::Short(3))));
         assert!(matches!(decode(&raw(&EventHeader { kind: 99, flags: 0, ts_ns: 0 })), Err(DecodeError::Kind(99))));
         assert!(matches!(decode(&raw(&EventHeader { kind: EVENT_RECV, flags: 0, ts_ns: 0 })), Err(DecodeError::Short(16))));
+    }
+
+    #[test]
+    fn process_events() {
+        let mut comm = [0u8; 16];
+        comm[..8].copy_from_slice(b"gunicorn");
+        let exec = ExecEvent { header: EventHeader { kind: EVENT_EXEC, flags: 0, ts_ns: 1 }, tgid: 7, _pad: 0, comm };
+        assert!(matches!(decode(&raw(&exec)), Ok(Event::Exec { tgid: 7, comm }) if comm == "gunicorn"));
+        let fork = ForkEvent { header: EventHeader { kind: EVENT_FORK, flags: 0, ts_ns: 1 }, parent_tgid: 7, child_tgid: 8, child_start_ns: 5 };
+        assert!(matches!(decode(&raw(&fork)), Ok(Event::Fork { parent_tgid: 7, child_tgid: 8, child_start_ns: 5 })));
+        let exit = ExitEvent { header: EventHeader { kind: EVENT_EXIT, flags: 0, ts_ns: 1 }, tgid: 8, _pad: 0 };
+        assert!(matches!(decode(&raw(&exit)), Ok(Event::Exit { tgid: 8 })));
     }
 }

@@ -1,13 +1,13 @@
 //! `/metrics` over HTTP (hyper), as OpenMetrics or as Prometheus text 0.0.4 depending on
 //! the scraper's Accept header.
-use std::{convert::Infallible, net::SocketAddr, sync::Arc};
+use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{Method, Request, Response, StatusCode, body::Incoming, header, service::service_fn};
-use hyper_util::rt::TokioIo;
-use prometheus_client::registry::Registry;
-use tokio::net::TcpListener;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use prometheus_client::{metrics::counter::Counter, registry::Registry};
+use tokio::{net::TcpListener, sync::Semaphore};
 
 pub const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 pub const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -23,15 +23,59 @@ pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
     })
 }
 
-pub async fn serve(listener: TcpListener, registry: Arc<Registry>) {
+/// Scrape connections served at once; more are closed as soon as they are accepted.
+const MAX_SCRAPE_CONNECTIONS: usize = 64;
+/// A scrape connection must send its request head within this time...
+const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+/// ...and is closed after this time, whatever it does.
+const CONNECTION_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Serves `/metrics` until the process ends. A failing accept (out of file descriptors,
+/// say) is counted and backed off from, never spun on; connections that send nothing are
+/// timed out, and at most [`MAX_SCRAPE_CONNECTIONS`] are served at once, so a crowd of
+/// idle clients can neither starve real scrapes for long nor take the agent's CPU.
+pub async fn serve(listener: TcpListener, registry: Arc<Registry>, accept_errors: Counter) {
+    let slots = Arc::new(Semaphore::new(MAX_SCRAPE_CONNECTIONS));
+    let mut backoff = Duration::from_millis(10);
     loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => {
+                backoff = Duration::from_millis(10);
+                stream
+            }
+            Err(e) => {
+                accept_errors.inc();
+                tracing::debug!("accepting a /metrics connection: {e}; retrying in {backoff:?}");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+                continue;
+            }
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            drop(stream); // too many at once: the scraper retries
+            continue;
+        };
         let registry = registry.clone();
         tokio::spawn(async move {
             let service = service_fn(move |req| handle(req, registry.clone()));
-            let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEAD_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), service);
+            let _ = tokio::time::timeout(CONNECTION_TIMEOUT, conn).await;
+            drop(slot);
         });
     }
+}
+
+/// The registry as OpenMetrics text. Collectors read /proc, so this runs off the event loop.
+async fn encode(registry: Arc<Registry>) -> Result<String, String> {
+    tokio::task::spawn_blocking(move || {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).map(|_| text).map_err(|e| e.to_string())
+    })
+    .await
+    .map_err(|e| e.to_string())?
 }
 
 fn response(status: StatusCode, content_type: &str, body: String) -> Response<Full<Bytes>> {
@@ -50,10 +94,12 @@ async fn handle(req: Request<Incoming>, registry: Arc<Registry>) -> Result<Respo
     match req.uri().path() {
         "/metrics" => {
             let accept = req.headers().get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("");
-            let mut text = String::new();
-            if let Err(e) = prometheus_client::encoding::text::encode(&mut text, &registry) {
-                return Ok(response(StatusCode::INTERNAL_SERVER_ERROR, "text/plain", format!("encoding failed: {e}\n")));
-            }
+            let text = match encode(registry).await {
+                Ok(text) => text,
+                Err(e) => {
+                    return Ok(response(StatusCode::INTERNAL_SERVER_ERROR, "text/plain", format!("encoding failed: {e}\n")));
+                }
+            };
             if accept.contains("application/openmetrics-text") {
                 Ok(response(StatusCode::OK, OPENMETRICS, text))
             } else {

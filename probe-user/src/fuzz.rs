@@ -7,31 +7,26 @@
 //! saved in `probe-user/proptest-regressions/fuzz.txt` (committed: it is the corpus, and
 //! it is replayed first on every run). `cargo xtask test` runs it with a bounded number
 //! of cases; `PROPTEST_CASES=100000 cargo test -p probe-user fuzz` runs it longer.
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 
-use probe_common::{
-    CloseEvent, DataEvent, EVENT_CLOSE, EVENT_FORK, EVENT_RECV, EVENT_SEND, EventHeader, FLAG_AFTER_LOSS,
-    FLAG_UNCLASSIFIED, ForkEvent, HEAD_WINDOW, TAIL_WINDOW,
-};
+use probe_common::{DataEvent, EVENT_RECV, EVENT_SEND, EventHeader, FLAG_AFTER_LOSS, FLAG_UNCLASSIFIED, HEAD_WINDOW, TAIL_WINDOW};
 use proptest::{prelude::*, test_runner::FileFailurePersistence};
-use prometheus_client::registry::Registry;
+use prometheus_client::registry::Registry as Prometheus;
 
 use crate::{
-    decode::{Event, decode},
+    labels::{Router, Routes, Template},
     metrics::{Metrics, Naming},
-    pairing::Pairer,
-    routes::{Router, Template},
+    pipeline::Pipeline,
+    proc_root::ProcInfo,
+    reason::{Inference, Protocol, Reason},
+    registry::{Registry, lock},
+    wire::{self, raw},
 };
 
 const MAX_ROUTES: usize = 6;
 const METHODS: [&str; 10] = ["GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH", "_OTHER"];
-/// Every `reason` the agent can export (the README's lists).
-const UNPARSED_REASONS: &[&str] = &[
-    "tls", "binary", "not_http", "http2", "empty", "head_too_large", "head_incomplete", "malformed_request",
-    "outside_capture_window", "no_response", "response_incomplete", "events_lost", "response_without_request",
-    "response_not_http", "upgraded", "connection_table_full", "pipeline_too_deep",
-];
-const INFERRED_REASONS: &[&str] = &["response_head_beyond_capture"];
+/// The target whose I/O the records are.
+const TGID: u32 = 1;
 
 const FRAGMENTS: &[&[u8]] = &[
     b"GET ", b"POST ", b"HEAD ", b"PURGE ", b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", b"/", b"/users/", b"42", b"/a?b=1",
@@ -48,6 +43,8 @@ enum Record {
     Data { conn: u64, send: bool, flags: u32, bytes: Vec<u8>, extra_len: u32, head_len: u16, tail: Vec<u8> },
     Close { conn: u64 },
     Fork { parent: u32, child: u32 },
+    Exec { tgid: u32, comm: &'static str },
+    Exit { tgid: u32 },
     Raw(Vec<u8>),
 }
 
@@ -112,14 +109,12 @@ fn record() -> impl Strategy<Value = Record> {
                 tail
             }),
         2 => (0u64..4).prop_map(|conn| Record::Close { conn }),
-        1 => (any::<u32>(), any::<u32>()).prop_map(|(parent, child)| Record::Fork { parent, child }),
+        1 => (prop_oneof![Just(TGID), any::<u32>()], any::<u32>()).prop_map(|(parent, child)| Record::Fork { parent, child }),
+        1 => (prop_oneof![Just(TGID), any::<u32>()], prop::sample::select(vec!["worker", "", "x\"y"]))
+            .prop_map(|(tgid, comm)| Record::Exec { tgid, comm }),
+        1 => prop_oneof![Just(TGID), any::<u32>()].prop_map(|tgid| Record::Exit { tgid }),
         1 => prop::collection::vec(any::<u8>(), 0..(size_of::<DataEvent>() + 8)).prop_map(Record::Raw),
     ]
-}
-
-fn raw<T>(v: &T) -> Vec<u8> {
-    // SAFETY: T is a plain repr(C) struct from probe_common.
-    unsafe { std::slice::from_raw_parts(v as *const T as *const u8, size_of::<T>()) }.to_vec()
 }
 
 /// The bytes the ring buffer would hold for `r`.
@@ -136,67 +131,36 @@ fn ring_record(r: &Record, ts_ns: u64) -> Vec<u8> {
             raw(&DataEvent {
                 header: EventHeader { kind: if *send { EVENT_SEND } else { EVENT_RECV }, flags: *flags, ts_ns },
                 conn_id: *conn,
-                tgid: 1,
-                tid: 1,
+                tgid: TGID,
                 len,
-                family: if *conn == 3 { libc::AF_UNIX as u16 } else { libc::AF_INET as u16 },
-                local_port: 80,
+                family: if *conn == 3 { wire::AF_UNIX } else { wire::AF_INET },
                 head_len,
                 tail_len: tail.len() as u16,
-                syscall: 0,
+                _pad: 0,
                 head,
                 tail: tail_buf,
             })
         }
-        Record::Close { conn } => {
-            raw(&CloseEvent {
-                header: EventHeader { kind: EVENT_CLOSE, flags: 0, ts_ns },
-                conn_id: *conn,
-                ..CloseEvent::default()
-            })
-        }
-        Record::Fork { parent, child } => raw(&ForkEvent {
-            header: EventHeader { kind: EVENT_FORK, flags: 0, ts_ns },
-            parent_tgid: *parent,
-            child_tgid: *child,
-        }),
+        Record::Close { conn } => wire::close(*conn, ts_ns),
+        Record::Fork { parent, child } => wire::fork(*parent, *child, ts_ns),
+        Record::Exec { tgid, comm } => wire::exec(*tgid, comm, ts_ns),
+        Record::Exit { tgid } => wire::exit(*tgid, ts_ns),
         Record::Raw(bytes) => bytes.clone(),
     }
 }
 
-/// `name{k="v",...} value` lines of the text exposition, parsed strictly: a label value
-/// ends at the first `"`, and must be followed by `,` or `}`.
-type Series = (String, HashMap<String, String>);
-
-fn parse_exposition(text: &str) -> Result<Vec<Series>, String> {
-    let mut out = vec![];
-    for line in text.lines().filter(|l| !l.starts_with('#') && !l.is_empty()) {
-        let bad = || format!("unparseable line {line:?}");
-        let (series, value) = line.rsplit_once(' ').ok_or_else(bad)?;
-        value.parse::<f64>().map_err(|_| bad())?;
-        let Some((name, mut rest)) = series.split_once('{') else {
-            out.push((series.to_string(), HashMap::new()));
-            continue;
-        };
-        let mut labels = HashMap::new();
-        while rest != "}" {
-            let (key, after) = rest.split_once("=\"").ok_or_else(bad)?;
-            let (value, after) = after.split_once('"').ok_or_else(bad)?;
-            labels.insert(key.to_string(), value.to_string());
-            rest = match after.as_bytes().first() {
-                Some(b',') => &after[1..],
-                Some(b'}') if after == "}" => after,
-                _ => return Err(bad()),
-            };
-        }
-        out.push((name.to_string(), labels));
-    }
-    Ok(out)
-}
-
 fn check_labels(text: &str) -> Result<(), String> {
+    let unparsed: Vec<&str> = Reason::ALL.iter().map(|r| r.label()).collect();
+    let inferred: Vec<&str> = Inference::ALL.iter().map(|r| r.label()).collect();
+    let protocols: Vec<&str> = Protocol::ALL.iter().map(|p| p.label()).collect();
     let mut routes = BTreeSet::new();
-    for (name, labels) in parse_exposition(text)? {
+    let samples = testkit::scrape::parse(text).map_err(|e| format!("unparseable exposition: {e:#}"))?;
+    for sample in samples {
+        let (name, labels) = (&sample.name, &sample.labels);
+        // Label values never need escaping: `"` and `\` are percent-encoded.
+        if let Some(v) = labels.values().find(|v| v.contains(['"', '\\', '\n'])) {
+            return Err(format!("label value {v:?} needs escaping"));
+        }
         let get = |k: &str| labels.get(k).map(String::as_str).unwrap_or("");
         if name.starts_with("http_server_request_duration_seconds") {
             let method = get("http_request_method");
@@ -221,15 +185,19 @@ fn check_labels(text: &str) -> Result<(), String> {
             if !(error_type.is_empty() || (error_type == status && status.starts_with('5'))) {
                 return Err(format!("error_type {error_type:?} for status {status}"));
             }
-            if get("service_name") != "svc" {
+            // The root's name, a name an exec gave, or the one for processes never announced.
+            if !["svc", "worker", "", "x%22y", "unknown"].contains(&get("service_name")) {
                 return Err(format!("service {labels:?}"));
             }
         }
-        if name == "redprobe_requests_unparsed_total" && !UNPARSED_REASONS.contains(&get("reason")) {
-            return Err(format!("undocumented unparsed reason {:?}", get("reason")));
+        if name == "redprobe_requests_unparsed_total" && !unparsed.contains(&get("reason")) {
+            return Err(format!("unknown unparsed reason {:?}", get("reason")));
         }
-        if name == "redprobe_responses_inferred_total" && !INFERRED_REASONS.contains(&get("reason")) {
-            return Err(format!("undocumented inferred reason {:?}", get("reason")));
+        if name == "redprobe_responses_inferred_total" && !inferred.contains(&get("reason")) {
+            return Err(format!("unknown inferred reason {:?}", get("reason")));
+        }
+        if name == "redprobe_connections_other_protocol_total" && !protocols.contains(&get("protocol")) {
+            return Err(format!("unknown protocol {:?}", get("protocol")));
         }
     }
     // The cap, plus `_other`, plus the template's route.
@@ -241,28 +209,21 @@ fn check_labels(text: &str) -> Result<(), String> {
 
 /// Feeds `records` through the agent's pipeline; returns the /metrics text.
 fn run_pipeline(records: &[Record], max_conns: usize) -> String {
-    let mut registry = Registry::default();
+    let mut prometheus = Prometheus::default();
     let router = Router::new(vec![Template::parse("/users/{id}").expect("template")]);
-    let metrics = Metrics::new(&mut registry, Naming::Otel, router, MAX_ROUTES);
-    let mut pairer = Pairer::new(max_conns);
-    let mut out = vec![];
+    let metrics = Metrics::new(&mut prometheus, Naming::Otel, Routes::new(router, MAX_ROUTES));
+    let registry = Registry::new(None).shared();
+    lock(&registry).attach_root(&ProcInfo { pid: TGID, ppid: 0, start_time: 1, comm: "svc".into() });
+    let mut pipeline = Pipeline::new(metrics, registry, max_conns);
     for (i, r) in records.iter().enumerate() {
-        match decode(&ring_record(r, 1_000 + i as u64 * 1_000)) {
-            Ok(Event::Data(d)) => pairer.on_data(&d, || "svc".into(), &mut out),
-            Ok(Event::Close { conn_id }) => pairer.on_close(conn_id, &mut out),
-            Ok(Event::Fork { .. }) => {}
-            Err(_) => {
-                metrics.health.events_undecodable.inc();
-            }
-        }
-        out.drain(..).for_each(|o| metrics.observe(&o));
-        metrics.set_active_requests(&pairer.active_requests());
+        let ts = 1_000 + i as u64 * 1_000;
+        pipeline.record(&ring_record(r, ts));
+        pipeline.housekeeping(ts, u64::MAX);
     }
-    pairer.evict_idle(u64::MAX, 0, &mut out);
-    out.drain(..).for_each(|o| metrics.observe(&o));
+    pipeline.housekeeping(u64::MAX, 0);
     let mut text = String::new();
-    prometheus_client::encoding::text::encode(&mut text, &registry).expect("encoding");
-    text
+    prometheus_client::encoding::text::encode(&mut text, &prometheus).expect("encoding");
+    crate::exposition::to_prometheus_text(&text)
 }
 
 proptest! {

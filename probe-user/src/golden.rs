@@ -4,52 +4,26 @@
 //!
 //! Regenerate after an intended change:
 //!   REDPROBE_UPDATE_GOLDEN=1 cargo test -p probe-user golden
-use std::{path::PathBuf, sync::Arc};
+use std::path::PathBuf;
 
-use probe_common::{
-    CloseEvent, DataEvent, EVENT_CLOSE, EVENT_RECV, EVENT_SEND, EventHeader, FLAG_AFTER_LOSS, FLAG_UNCLASSIFIED,
-    HEAD_WINDOW, TAIL_WINDOW,
-};
-use prometheus_client::registry::Registry;
+use probe_common::{EVENT_RECV, EVENT_SEND, FLAG_AFTER_LOSS, FLAG_UNCLASSIFIED};
+use prometheus_client::registry::Registry as Prometheus;
 
 use crate::{
-    decode::{Event, decode},
     exposition::to_prometheus_text,
+    labels::{Router, Routes, Template},
     metrics::{Metrics, Naming},
-    pairing::Pairer,
-    routes::{Router, Template},
+    pipeline::Pipeline,
+    proc_root::ProcInfo,
+    registry::{Registry, lock},
+    wire::{self, AF_INET, AF_UNIX},
 };
 
-const AF_INET: u16 = 2;
-const AF_UNIX: u16 = 1;
+/// The target process of the recorded sequence.
+const TGID: u32 = 100;
 
-fn raw<T>(v: &T) -> Vec<u8> {
-    unsafe { std::slice::from_raw_parts(v as *const T as *const u8, size_of::<T>()) }.to_vec()
-}
-
-/// A data record as the kernel writes it: the whole buffer is `bytes`, of which the head
-/// and tail windows are captured.
 fn data(kind: u32, conn: u64, ts_ms: u64, family: u16, flags: u32, bytes: &[u8]) -> Vec<u8> {
-    let mut ev = DataEvent {
-        header: EventHeader { kind, flags, ts_ns: ts_ms * 1_000_000 },
-        conn_id: conn,
-        tgid: 100,
-        tid: 101,
-        len: bytes.len() as u32,
-        family,
-        local_port: if family == AF_UNIX { 0 } else { 8000 },
-        head_len: bytes.len().min(HEAD_WINDOW) as u16,
-        tail_len: 0,
-        syscall: 0,
-        head: [0; HEAD_WINDOW],
-        tail: [0; TAIL_WINDOW],
-    };
-    ev.head[..bytes.len().min(HEAD_WINDOW)].copy_from_slice(&bytes[..bytes.len().min(HEAD_WINDOW)]);
-    if bytes.len() > HEAD_WINDOW {
-        ev.tail.copy_from_slice(&bytes[bytes.len() - TAIL_WINDOW..]);
-        ev.tail_len = TAIL_WINDOW as u16;
-    }
-    raw(&ev)
+    wire::data(kind, conn, TGID, ts_ms * 1_000_000, family, flags, bytes)
 }
 
 fn recv(conn: u64, ts_ms: u64, bytes: &[u8]) -> Vec<u8> {
@@ -61,12 +35,7 @@ fn send(conn: u64, ts_ms: u64, bytes: &[u8]) -> Vec<u8> {
 }
 
 fn close(conn: u64, ts_ms: u64) -> Vec<u8> {
-    raw(&CloseEvent {
-        header: EventHeader { kind: EVENT_CLOSE, flags: 0, ts_ns: ts_ms * 1_000_000 },
-        conn_id: conn,
-        tgid: 100,
-        new_state: 4,
-    })
+    wire::close(conn, ts_ms * 1_000_000)
 }
 
 /// The recorded sequence: a little of everything the pipeline handles.
@@ -108,26 +77,18 @@ fn sequence() -> Vec<Vec<u8>> {
 }
 
 fn render(naming: Naming) -> String {
-    let mut registry = Registry::default();
+    let mut prometheus = Prometheus::default();
     let router = Router::new(vec![Template::parse("/static/{path...}").unwrap()]);
-    let metrics = Metrics::new(&mut registry, naming, router, 100);
-    let mut pairer = Pairer::new(100);
-    let service: Arc<str> = "shop".into();
-    let mut out = vec![];
+    let metrics = Metrics::new(&mut prometheus, naming, Routes::new(router, 100));
+    let registry = Registry::new(None).shared();
+    lock(&registry).attach_root(&ProcInfo { pid: TGID, ppid: 1, start_time: 1, comm: "shop".into() });
+    let mut pipeline = Pipeline::new(metrics, registry, 100);
     for record in sequence() {
-        metrics.health.events_received.inc();
-        match decode(&record).expect("fixture records decode") {
-            Event::Data(d) => pairer.on_data(&d, || service.clone(), &mut out),
-            Event::Close { conn_id } => pairer.on_close(conn_id, &mut out),
-            Event::Fork { .. } => {}
-        }
-        for o in out.drain(..) {
-            metrics.observe(&o);
-        }
+        assert!(pipeline.record(&record).is_none(), "fixture records are data");
     }
-    metrics.set_active_requests(&pairer.active_requests());
+    pipeline.housekeeping(0, u64::MAX);
     let mut text = String::new();
-    prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+    prometheus_client::encoding::text::encode(&mut text, &prometheus).unwrap();
     to_prometheus_text(&text)
 }
 

@@ -14,14 +14,6 @@ impl Version {
     fn from_minor(minor: Option<u8>) -> Self {
         if minor == Some(0) { Version::Http10 } else { Version::Http11 }
     }
-
-    /// `network_protocol_version` label value.
-    pub fn label(self) -> &'static str {
-        match self {
-            Version::Http10 => "1.0",
-            Version::Http11 => "1.1",
-        }
-    }
 }
 
 /// How the body after a head is delimited.
@@ -189,19 +181,6 @@ pub fn parse_status_line(buf: &[u8]) -> Option<(u16, Version)> {
     }
 }
 
-/// Why received bytes could not be parsed as a request; a label value.
-pub fn classify_garbage(bytes: &[u8]) -> &'static str {
-    match bytes {
-        [0x16, 0x03, ..] => "tls",
-        [] => "empty",
-        _ if bytes.starts_with(b"PRI * HTTP/2") => "http2",
-        _ if bytes.iter().take(64).any(|&b| b == 0 || (b < 0x20 && !b"\r\n\t".contains(&b)) || b >= 0x80) => {
-            "binary"
-        }
-        _ => "not_http",
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -252,13 +231,5 @@ mod tests {
         assert_eq!(parse_status_line(b"HTTP/1.1 404 Not Found\r\nX-Long: aaaa"), Some((404, Version::Http11)));
         assert_eq!(parse_request_line(b"DELETE /x/1 HTTP/1.1\r\nCookie: aaa"), Some(("DELETE".into(), b"/x/1".to_vec(), Version::Http11)));
         assert_eq!(parse_request_line(b"GET /no-end"), None);
-    }
-
-    #[test]
-    fn garbage_reasons() {
-        assert_eq!(classify_garbage(b"\x16\x03\x01\x00\xa5\x01"), "tls");
-        assert_eq!(classify_garbage(b"\x00\x01\x02garbage"), "binary");
-        assert_eq!(classify_garbage(b"hello there\r\n"), "not_http");
-        assert_eq!(classify_garbage(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"), "http2");
     }
 }

@@ -76,7 +76,8 @@ fn answered_with<'a>(bytes: &'a [u8], status_line: &'a str) -> impl FnOnce(u16) 
 
 /// One bad-input case: runs `bad` beside the well-formed client, then checks that the
 /// counts are the well-formed ones plus `extra` (requests the bad client made that are
-/// measurable), and that the unparsed counters are exactly `reasons`.
+/// measurable), and that the unparsed counters are exactly `reasons` (a connection of
+/// another protocol, never a request, is `protocol=P` there).
 fn case(bad: impl FnOnce(u16) -> Result<()>, extra: &[((&str, u16, &str), u64)], reasons: &[(&str, f64)]) -> Result<()> {
     case_with_outcomes(bad, &[(extra, reasons)]).map(drop)
 }
@@ -103,11 +104,13 @@ fn case_with_outcomes(bad: impl FnOnce(u16) -> Result<()>, outcomes: &[Outcome<'
             (truth, reasons.iter().map(|(r, n)| (r.to_string(), *n)).collect())
         })
         .collect();
+    // Unparsed requests by reason, and connections of another protocol as "protocol=P".
     let unparsed = |m: &Metrics| -> BTreeMap<String, f64> {
-        m.series("redprobe_requests_unparsed_total")
-            .map(|s| (s.label("reason").to_string(), s.value))
-            .filter(|(_, v)| *v > 0.0)
-            .collect()
+        let reasons = m.series("redprobe_requests_unparsed_total").map(|s| (s.label("reason").to_string(), s.value));
+        let protocols = m
+            .series("redprobe_connections_other_protocol_total")
+            .map(|s| (format!("protocol={}", s.label("protocol")), s.value));
+        reasons.chain(protocols).filter(|(_, v)| *v > 0.0).collect()
     };
     let result = agent.wait_metrics("exact counts and reasons", |m| {
         wants.iter().any(|(truth, want)| m.request_counts() == *truth && unparsed(m) == *want)
@@ -127,13 +130,13 @@ fn case_with_outcomes(bad: impl FnOnce(u16) -> Result<()>, outcomes: &[Outcome<'
 
 #[test]
 fn bad_input_garbage_bytes() -> Result<()> {
-    case(sends(b"hello there, this is not http\r\n\r\n"), &[], &[("not_http", 1.0)])
+    case(sends(b"hello there, this is not http\r\n\r\n"), &[], &[("protocol=not_http", 1.0)])
 }
 
 #[test]
 fn bad_input_binary_bytes() -> Result<()> {
     let bytes: Vec<u8> = (0..2000u32).map(|i| (i * 7919 % 251) as u8).collect();
-    case(sends(&bytes), &[], &[("binary", 1.0)])
+    case(sends(&bytes), &[], &[("protocol=binary", 1.0)])
 }
 
 #[test]
@@ -142,7 +145,7 @@ fn bad_input_tls_client_hello_on_the_plain_port() -> Result<()> {
     let mut hello = vec![0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03];
     hello.extend((0..32u8).map(|i| i.wrapping_mul(37)));
     hello.resize(5 + 512, 0);
-    case(sends(&hello), &[], &[("tls", 1.0)])
+    case(sends(&hello), &[], &[("protocol=tls", 1.0)])
 }
 
 #[test]
@@ -246,7 +249,7 @@ fn bad_input_nul_bytes() -> Result<()> {
             Ok(())
         },
         &[],
-        &[("malformed_request", 2.0), ("binary", 1.0)],
+        &[("malformed_request", 2.0), ("protocol=binary", 1.0)],
     )
     .context("NUL in a path, in a header, and first")
 }

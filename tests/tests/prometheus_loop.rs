@@ -223,7 +223,7 @@ fn prometheus_scrapes_the_agent_and_answers_with_client_truth() -> Result<()> {
     let _ = garbage.read_response(false);
     agent.wait_metrics("the warm-up counted", |m| {
         m.request_counts().values().sum::<u64>() == warm as u64
-            && m.sum("redprobe_requests_unparsed_total", &[("reason", "binary")]) == 1.0
+            && m.sum("redprobe_connections_other_protocol_total", &[("protocol", "binary")]) == 1.0
     })?;
     let t0 = scrape_after(&prom, now_ms(), warm, "a scrape after the warm-up")?;
 

@@ -123,7 +123,7 @@ fn connection_opened_before_attach_counts_from_its_next_request() -> Result<()> 
 }
 
 #[test]
-fn garbage_and_tls_are_reported_not_counted() -> Result<()> {
+fn garbage_and_tls_are_other_protocols_not_requests() -> Result<()> {
     use std::io::Write;
     let server = Server::start_python()?;
     let agent = Agent::attach(server.pid())?;
@@ -137,13 +137,15 @@ fn garbage_and_tls_are_reported_not_counted() -> Result<()> {
     let mut ok = Conn::open(server.port)?;
     assert_eq!(ok.get("/hello")?.status, 200);
     let m = agent.wait_metrics("tls and binary reported", |m| {
-        m.sum("redprobe_requests_unparsed_total", &[("reason", "tls")]) >= 1.0
-            && m.sum("redprobe_requests_unparsed_total", &[("reason", "binary")]) >= 1.0
+        m.sum("redprobe_connections_other_protocol_total", &[("protocol", "tls")]) >= 1.0
+            && m.sum("redprobe_connections_other_protocol_total", &[("protocol", "binary")]) >= 1.0
+            && m.sum("redprobe_connections_classified_total", &[("role", "other")]) >= 2.0
             && m.requests("GET", 200, "/hello") == 1
     })?;
     let mut want = Counts::new();
     add(&mut want, "GET", 200, "/hello");
     assert_eq!(m.request_counts(), want, "garbage must not create request series");
+    assert_eq!(m.sum("redprobe_requests_unparsed_total", &[]), 0.0, "another protocol is not an unparsed request");
     Ok(())
 }
 

@@ -62,7 +62,7 @@ pub fn rustc_llvm(toolchain: &str) -> Result<(String, u32)> {
 /// (`libLLVM.so.22.1 => ...` on Debian, `libLLVM-22.so => ...` elsewhere).
 pub fn parse_ldd_llvm(ldd: &str) -> Option<u32> {
     ldd.lines().find_map(|l| {
-        let name = l.trim().split_whitespace().next()?;
+        let name = l.split_whitespace().next()?;
         let rest = name.strip_prefix("libLLVM.so.").or_else(|| name.strip_prefix("libLLVM-"))?;
         rest.split(['.', '-']).next()?.parse().ok()
     })

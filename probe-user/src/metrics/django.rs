@@ -8,6 +8,7 @@ use prometheus_client::{
 };
 
 use super::Request;
+use crate::labels;
 
 /// django-prometheus's default latency buckets.
 pub const LATENCY_BUCKETS: [f64; 16] =
@@ -102,7 +103,7 @@ impl DjangoHttp {
     }
 
     pub fn observe(&self, r: &Request<'_>) {
-        let method = if r.method == "_OTHER" { "<invalid method>" } else { r.method }.to_string();
+        let method = labels::django_method(r.method).to_string();
         let view = r.route.to_string();
         let status = r.status.to_string();
         self.latency_by_view_method.get_or_create(&ViewMethod { view: view.clone(), method: method.clone() }).observe(r.duration);
@@ -110,9 +111,13 @@ impl DjangoHttp {
         self.requests_before.inc();
         self.responses_before.inc();
         self.by_method.get_or_create(&MethodLabel { method: method.clone() }).inc();
-        self.by_transport.get_or_create(&TransportLabel { transport: "http".into() }).inc();
+        self.by_transport.get_or_create(&TransportLabel { transport: labels::DJANGO_TRANSPORT.into() }).inc();
         self.by_view_transport_method
-            .get_or_create(&ViewTransportMethod { view: view.clone(), transport: "http".into(), method: method.clone() })
+            .get_or_create(&ViewTransportMethod {
+                view: view.clone(),
+                transport: labels::DJANGO_TRANSPORT.into(),
+                method: method.clone(),
+            })
             .inc();
         self.by_status.get_or_create(&StatusLabel { status: status.clone() }).inc();
         self.by_status_view_method.get_or_create(&StatusViewMethod { status, view, method }).inc();

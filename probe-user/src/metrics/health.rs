@@ -1,9 +1,19 @@
-//! The agent's own health, under the `redprobe_` prefix.
+//! The agent's own health, under the `redprobe_` prefix. Every family whose label values
+//! are known in advance (the reasons, the roles) is served with all of them from the start,
+//! at 0, so that an alert on one of them sees 0 rather than no data.
 use prometheus_client::{
     encoding::EncodeLabelSet,
     metrics::{counter::Counter, family::Family, gauge::Gauge, info::Info},
     registry::Registry,
 };
+
+use crate::reason::{Inference, KernelSkip, Protocol, Reason};
+
+/// The `role` values of `redprobe_connections_classified_total`.
+pub const ROLE_SERVER: &str = "server";
+pub const ROLE_CLIENT: &str = "client";
+pub const ROLE_OTHER: &str = "other";
+pub const ROLES: [&str; 3] = [ROLE_SERVER, ROLE_CLIENT, ROLE_OTHER];
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabels {
@@ -13,6 +23,11 @@ pub struct ReasonLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RoleLabels {
     pub role: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProtocolLabels {
+    pub protocol: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -39,6 +54,9 @@ pub struct Health {
     pub inferred: Family<ReasonLabels, Counter>,
     pub kernel_skipped: Family<ReasonLabels, Counter>,
     pub connections_classified: Family<RoleLabels, Counter>,
+    pub other_protocol: Family<ProtocolLabels, Counter>,
+    pub map_write_errors: Family<MapLabels, Counter>,
+    pub scrape_accept_errors: Counter,
     pub connections_tracked: Gauge,
     pub map_entries: Family<MapLabels, Gauge>,
     pub map_capacity: Family<MapLabels, Gauge>,
@@ -63,6 +81,9 @@ impl Health {
             inferred: Family::default(),
             kernel_skipped: Family::default(),
             connections_classified: Family::default(),
+            other_protocol: Family::default(),
+            map_write_errors: Family::default(),
+            scrape_accept_errors: Counter::default(),
             connections_tracked: Gauge::default(),
             map_entries: Family::default(),
             map_capacity: Family::default(),
@@ -97,8 +118,23 @@ impl Health {
         );
         r.register(
             "connections_classified",
-            "Connections of targets classified by their first bytes: server (HTTP requests received) or client (requests sent)",
+            "Connections of targets classified by their first bytes: server (HTTP requests received), client (requests sent) or other (another protocol)",
             h.connections_classified.clone(),
+        );
+        r.register(
+            "connections_other_protocol",
+            "Connections of targets whose first bytes were not an HTTP/1.x request, by what they looked like (tls, http2, binary, not_http, empty)",
+            h.other_protocol.clone(),
+        );
+        r.register(
+            "map_write_errors",
+            "Writes of the agent to a kernel map that failed, by map (the agent goes on; the process concerned may not be measured)",
+            h.map_write_errors.clone(),
+        );
+        r.register(
+            "scrape_accept_errors",
+            "Connections to /metrics that could not be accepted (for example out of file descriptors); the agent backs off and goes on",
+            h.scrape_accept_errors.clone(),
         );
         r.register("connections_tracked", "Connections the agent is pairing requests on", h.connections_tracked.clone());
         r.register("map_entries", "Entries in each kernel map (CONNS: connections, TARGETS: processes)", h.map_entries.clone());
@@ -117,23 +153,49 @@ impl Health {
             h.open_connections.family.clone(),
         );
         r.register("build", "redprobe build information", Info::new(BuildLabels { version: env!("CARGO_PKG_VERSION").to_string() }));
+        for r in Reason::ALL {
+            let _ = h.unparsed.get_or_create(&reason(r.label()));
+        }
+        for r in Inference::ALL {
+            let _ = h.inferred.get_or_create(&reason(r.label()));
+        }
+        for r in KernelSkip::ALL {
+            let _ = h.kernel_skipped.get_or_create(&reason(r.label()));
+        }
+        for role in ROLES {
+            let _ = h.connections_classified.get_or_create(&RoleLabels { role: role.to_string() });
+        }
+        for p in Protocol::ALL {
+            let _ = h.other_protocol.get_or_create(&ProtocolLabels { protocol: p.label().to_string() });
+        }
         h
     }
 
-    pub fn unparsed(&self, r: &str) {
-        self.unparsed.get_or_create(&reason(r)).inc();
+    pub fn unparsed(&self, r: Reason) {
+        self.unparsed.get_or_create(&reason(r.label())).inc();
     }
 
-    pub fn inferred(&self, r: &str) {
-        self.inferred.get_or_create(&reason(r)).inc();
+    pub fn inferred(&self, r: Inference) {
+        self.inferred.get_or_create(&reason(r.label())).inc();
     }
 
-    pub fn kernel_skipped(&self, r: &str, n: u64) {
-        self.kernel_skipped.get_or_create(&reason(r)).inc_by(n);
+    pub fn kernel_skipped(&self, r: KernelSkip, n: u64) {
+        self.kernel_skipped.get_or_create(&reason(r.label())).inc_by(n);
     }
 
-    pub fn classified(&self, role: &str, n: u64) {
+    /// `role`: one of [`ROLES`].
+    pub fn classified(&self, role: &'static str, n: u64) {
         self.connections_classified.get_or_create(&RoleLabels { role: role.to_string() }).inc_by(n);
+    }
+
+    /// A connection that carried another protocol (it is also a connection of role "other").
+    pub fn other_protocol(&self, p: Protocol) {
+        self.other_protocol.get_or_create(&ProtocolLabels { protocol: p.label().to_string() }).inc();
+        self.classified(ROLE_OTHER, 1);
+    }
+
+    pub fn map_write_failed(&self, map: &str) {
+        self.map_write_errors.get_or_create(&MapLabels { map: map.to_string() }).inc();
     }
 
     pub fn set_map(&self, map: &str, entries: i64, capacity: i64) {

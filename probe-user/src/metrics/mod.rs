@@ -1,69 +1,27 @@
-//! Aggregation: finished exchanges -> metric families, with bounded labels.
+//! Aggregation: finished exchanges -> metric families. Every label value comes from
+//! `labels`; this module only places them.
 //!
 //! One naming scheme is active (`--naming`): OpenTelemetry's HTTP semantic conventions
 //! as Prometheus renders them (`otel.rs`), or django-prometheus's names (`django.rs`).
 //! The agent's own health (`health.rs`), the targets' saturation (`saturation.rs`) and the
-//! agent process (`process.rs`) are always exported. The README's metrics reference lists
-//! every family.
+//! agent process (`process.rs`) are always exported. docs/metrics.md lists every family.
 pub mod django;
 pub mod health;
 pub mod otel;
 pub mod process;
 pub mod saturation;
+pub mod scrape;
+mod snapshot;
 
-use std::{
-    collections::{HashMap, HashSet},
-    sync::{Arc, Mutex},
-};
+use std::{collections::HashMap, sync::Arc};
 
-use prometheus_client::{
-    metrics::{family::Family, gauge::Gauge},
-    registry::Registry,
-};
+use prometheus_client::registry::Registry;
+pub use snapshot::SnapshotGauge;
 
 use crate::{
+    labels::{self, Routes},
     pairing::{Exchange, Output},
-    routes::{Router, method_label},
 };
-
-/// A gauge family set from whole snapshots (every second, from the pairing state): a
-/// series set by an earlier snapshot and absent from this one goes back to 0, where a
-/// plain gauge would keep its last value. Values of label sets that repeat add up.
-#[derive(Clone, Debug)]
-pub struct SnapshotGauge<L> {
-    pub family: Family<L, Gauge>,
-    seen: Arc<Mutex<Vec<L>>>,
-}
-
-impl<L> Default for SnapshotGauge<L>
-where
-    L: Clone + std::hash::Hash + Eq,
-{
-    fn default() -> Self {
-        SnapshotGauge { family: Family::default(), seen: Default::default() }
-    }
-}
-
-impl<L> SnapshotGauge<L>
-where
-    L: Clone + std::hash::Hash + Eq,
-{
-    pub fn set(&self, values: impl IntoIterator<Item = (L, i64)>) {
-        let Ok(mut seen) = self.seen.lock() else { return };
-        for labels in seen.iter() {
-            self.family.get_or_create(labels).set(0);
-        }
-        for (labels, n) in values {
-            self.family.get_or_create(&labels).inc_by(n);
-            if !seen.contains(&labels) {
-                seen.push(labels);
-            }
-        }
-    }
-}
-
-/// Route label used once `--max-routes` distinct routes were seen for a service.
-pub const OTHER_ROUTE: &str = "_other";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Naming {
@@ -88,35 +46,9 @@ pub struct Request<'a> {
     pub response_body: u64,
 }
 
-/// `network_transport` from the socket family.
-pub fn transport(family: u16) -> &'static str {
-    if family == libc::AF_UNIX as u16 { "unix" } else { "tcp" }
-}
-
 enum Http {
     Otel(otel::OtelHttp),
     Django(django::DjangoHttp),
-}
-
-/// Distinct routes per service, capped.
-#[derive(Default)]
-struct RouteLimiter {
-    seen: Mutex<HashMap<Arc<str>, HashSet<String>>>,
-}
-
-impl RouteLimiter {
-    /// `Some(route)` if kept, `None` if it must be folded to `_other`.
-    fn admit(&self, service: &Arc<str>, route: String, max: usize) -> Option<String> {
-        let Ok(mut seen) = self.seen.lock() else { return None };
-        let routes = seen.entry(service.clone()).or_default();
-        if !routes.contains(&route) {
-            if routes.len() >= max {
-                return None;
-            }
-            routes.insert(route.clone());
-        }
-        Some(route)
-    }
 }
 
 /// Everything the agent exports. Cloning shares the underlying values.
@@ -124,42 +56,30 @@ impl RouteLimiter {
 pub struct Metrics {
     http: Arc<Http>,
     pub health: health::Health,
-    router: Arc<Router>,
-    limiter: Arc<RouteLimiter>,
-    max_routes: usize,
+    routes: Arc<Routes>,
 }
 
 impl Metrics {
-    pub fn new(registry: &mut Registry, naming: Naming, router: Router, max_routes: usize) -> Self {
+    pub fn new(registry: &mut Registry, naming: Naming, routes: Routes) -> Self {
         let http = match naming {
             Naming::Otel => Http::Otel(otel::OtelHttp::register(registry)),
             Naming::DjangoPrometheus => Http::Django(django::DjangoHttp::register(registry)),
         };
-        Metrics {
-            http: Arc::new(http),
-            health: health::Health::register(registry),
-            router: Arc::new(router),
-            limiter: Default::default(),
-            max_routes,
-        }
+        Metrics { http: Arc::new(http), health: health::Health::register(registry), routes: Arc::new(routes) }
     }
 
     fn observe_exchange(&self, x: &Exchange) {
-        let route = self.router.route(&x.target);
-        let route = match self.limiter.admit(&x.service, route, self.max_routes) {
-            Some(r) => r,
-            None => {
-                self.health.routes_folded.inc();
-                OTHER_ROUTE.to_string()
-            }
-        };
+        let route = self.routes.label(&x.service, &x.target);
+        if route.folded {
+            self.health.routes_folded.inc();
+        }
         let req = Request {
             service: &x.service,
-            method: method_label(&x.method),
-            route: &route,
+            method: labels::method(&x.method),
+            route: &route.route,
             status: x.status,
-            version: x.version.label(),
-            transport: transport(x.family),
+            version: labels::version(x.version),
+            transport: labels::transport(x.family),
             duration: x.end_ns.saturating_sub(x.start_ns) as f64 / 1e9,
             time_to_first_byte: x.first_byte_ns.saturating_sub(x.start_ns) as f64 / 1e9,
             request_body: x.request_body_bytes,
@@ -174,8 +94,9 @@ impl Metrics {
     pub fn observe(&self, output: &Output) {
         match output {
             Output::Exchange(x) => self.observe_exchange(x),
-            Output::Unparsed(reason) => self.health.unparsed(reason),
-            Output::Inferred(reason) => self.health.inferred(reason),
+            Output::Unparsed(reason) => self.health.unparsed(*reason),
+            Output::Inferred(reason) => self.health.inferred(*reason),
+            Output::OtherProtocol(protocol) => self.health.other_protocol(*protocol),
         }
     }
 

@@ -12,6 +12,7 @@ use prometheus_client::{
 };
 
 use super::{Request, SnapshotGauge};
+use crate::labels;
 
 /// `http_server_request_duration_seconds` buckets (OpenTelemetry's defaults).
 pub const DURATION_BUCKETS: [f64; 14] = [0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0];
@@ -134,7 +135,7 @@ impl OtelHttp {
             http_route: r.route.to_string(),
             network_protocol_version: r.version.to_string(),
             network_transport: r.transport.to_string(),
-            error_type: if (500..600).contains(&r.status) { r.status.to_string() } else { String::new() },
+            error_type: labels::error_type(r.status),
             service_name: r.service.to_string(),
         };
         Series {
@@ -166,7 +167,7 @@ impl OtelHttp {
     pub fn set_active(&self, active: &HashMap<(Arc<str>, String), i64>) {
         self.active.set(active.iter().map(|((service, method), n)| {
             let labels = ActiveLabels {
-                http_request_method: crate::routes::method_label(method).to_string(),
+                http_request_method: labels::method(method).to_string(),
                 service_name: service.to_string(),
             };
             (labels, *n)

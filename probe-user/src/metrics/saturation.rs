@@ -1,76 +1,90 @@
 //! Saturation (the S of RED+S), read from /proc at scrape time: CPU seconds and resident
-//! memory of each service's processes, summed over all its workers.
+//! memory of each service's processes, summed over all its workers (the registry's targets).
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex},
 };
 
 use prometheus_client::{
-    collector::Collector,
     encoding::{DescriptorEncoder, EncodeMetric},
     metrics::{MetricType, counter::ConstCounter, gauge::ConstGauge},
 };
 
-use super::{health::ServiceLabels, process};
+use super::health::ServiceLabels;
+use crate::{
+    proc_root::{ProcRoot, is_permission},
+    registry::{SharedRegistry, lock},
+};
 
-/// One measured process.
-#[derive(Clone, Debug)]
-pub struct Member {
-    pub pid: u32,
-    pub start_time: u64,
+/// CPU and memory of one service.
+pub struct ServiceTotals {
     pub service: Arc<str>,
-    /// A PID given on the command line: its waited-for children's CPU counts too.
-    pub root: bool,
+    pub cpu_s: f64,
+    pub rss_bytes: f64,
 }
 
-/// The targets, shared with the agent (which updates it as processes come and go).
-#[derive(Debug, Default)]
 pub struct Saturation {
-    pub members: Mutex<Vec<Member>>,
+    registry: SharedRegistry,
+    proc: ProcRoot,
     /// Highest CPU total reported per service, so the counter never goes down when a
     /// worker exits and is replaced.
     cpu_floor: Mutex<HashMap<Arc<str>, f64>>,
 }
 
 impl Saturation {
-    fn totals(&self) -> Vec<(Arc<str>, f64, f64)> {
-        let members = self.members.lock().map(|m| m.clone()).unwrap_or_default();
+    pub fn new(registry: SharedRegistry, proc: ProcRoot) -> Self {
+        Saturation { registry, proc, cpu_floor: Mutex::default() }
+    }
+
+    /// Totals per service. A target that exited meanwhile is skipped; one whose /proc
+    /// entry cannot be read (permissions, no /proc) makes the collection fail.
+    pub fn collect(&self) -> Result<Vec<ServiceTotals>, String> {
+        let targets: Vec<_> = lock(&self.registry).targets().map(|t| (t.pid, t.service.clone(), t.root)).collect();
         let mut by: HashMap<Arc<str>, (f64, f64)> = HashMap::new();
-        for m in &members {
-            let Some(s) = process::stats(&m.pid.to_string()) else { continue };
-            let e = by.entry(m.service.clone()).or_default();
-            e.0 += s.utime_s + s.stime_s + if m.root { s.children_s } else { 0.0 };
+        let mut error = None;
+        for (pid, service, root) in targets {
+            let s = match self.proc.stats(pid) {
+                Ok(s) => s,
+                Err(e) if is_permission(&e) => {
+                    error = Some(format!("reading {}/{pid}/stat: {e}", self.proc.path().display()));
+                    continue;
+                }
+                Err(_) => continue, // exited since the registry was read
+            };
+            let e = by.entry(service).or_default();
+            e.0 += s.utime_s + s.stime_s + if root { s.children_s } else { 0.0 };
             e.1 += s.rss_bytes;
         }
-        let Ok(mut floor) = self.cpu_floor.lock() else { return vec![] };
+        if let Some(e) = error {
+            return Err(e);
+        }
+        let Ok(mut floor) = self.cpu_floor.lock() else { return Err("the CPU floor is poisoned".into()) };
         let mut out = vec![];
         for (service, (cpu, rss)) in by {
             let f = floor.entry(service.clone()).or_insert(0.0);
             *f = f.max(cpu);
-            out.push((service, *f, rss));
+            out.push(ServiceTotals { service, cpu_s: *f, rss_bytes: rss });
         }
         for (service, f) in floor.iter() {
-            if !out.iter().any(|(s, _, _)| s == service) {
-                out.push((service.clone(), *f, 0.0)); // every process of the service exited
+            if !out.iter().any(|t| &t.service == service) {
+                // every process of the service exited
+                out.push(ServiceTotals { service: service.clone(), cpu_s: *f, rss_bytes: 0.0 });
             }
         }
-        out.sort_by(|a, b| a.0.cmp(&b.0));
-        out
+        out.sort_by(|a, b| a.service.cmp(&b.service));
+        Ok(out)
     }
-}
 
-impl Collector for Saturation {
-    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let totals = self.totals();
+    pub fn encode(totals: &[ServiceTotals], encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let mut cpu = encoder.encode_descriptor(
             "redprobe_target_cpu_seconds",
             "CPU seconds (user + system) of the target's processes, summed over all workers, including exited ones",
             None,
             MetricType::Counter,
         )?;
-        for (service, c, _) in &totals {
-            let labels = ServiceLabels { service_name: service.to_string() };
-            ConstCounter::new(*c).encode(cpu.encode_family(&labels)?)?;
+        for t in totals {
+            let labels = ServiceLabels { service_name: t.service.to_string() };
+            ConstCounter::new(t.cpu_s).encode(cpu.encode_family(&labels)?)?;
         }
         let mut rss = encoder.encode_descriptor(
             "redprobe_target_resident_memory_bytes",
@@ -78,9 +92,9 @@ impl Collector for Saturation {
             None,
             MetricType::Gauge,
         )?;
-        for (service, _, r) in &totals {
-            let labels = ServiceLabels { service_name: service.to_string() };
-            ConstGauge::new(*r).encode(rss.encode_family(&labels)?)?;
+        for t in totals {
+            let labels = ServiceLabels { service_name: t.service.to_string() };
+            ConstGauge::new(t.rss_bytes).encode(rss.encode_family(&labels)?)?;
         }
         Ok(())
     }

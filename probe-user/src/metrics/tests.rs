@@ -2,7 +2,7 @@
 use prometheus_client::registry::Registry;
 
 use super::*;
-use crate::http::Version;
+use crate::{http::Version, labels::{Router, Routes}};
 
 fn exchange(target: &str, status: u16, ms: u64) -> Exchange {
     Exchange {
@@ -36,7 +36,7 @@ fn value(text: &str, prefix: &str, contains: &[&str]) -> f64 {
 #[test]
 fn routes_are_capped_per_service() {
     let mut reg = Registry::default();
-    let m = Metrics::new(&mut reg, Naming::Otel, Router::default(), 2);
+    let m = Metrics::new(&mut reg, Naming::Otel, Routes::new(Router::default(), 2));
     for path in ["/a", "/b", "/c", "/d", "/a"] {
         m.observe(&Output::Exchange(exchange(path, 200, 1)));
     }
@@ -53,7 +53,7 @@ fn routes_are_capped_per_service() {
 #[test]
 fn durations_sizes_and_error_type() {
     let mut reg = Registry::default();
-    let m = Metrics::new(&mut reg, Naming::Otel, Router::default(), 10);
+    let m = Metrics::new(&mut reg, Naming::Otel, Routes::new(Router::default(), 10));
     m.observe(&Output::Exchange(exchange("/s", 200, 60)));
     m.observe(&Output::Exchange(exchange("/e", 503, 1)));
     let text = encode(&reg);
@@ -70,7 +70,7 @@ fn durations_sizes_and_error_type() {
 #[test]
 fn ten_thousand_random_paths_stay_bounded() {
     let mut reg = Registry::default();
-    let m = Metrics::new(&mut reg, Naming::Otel, Router::default(), 100);
+    let m = Metrics::new(&mut reg, Naming::Otel, Routes::new(Router::default(), 100));
     let mut state = 7u64;
     let mut word = || {
         // random lowercase words: not identifier-like, so the heuristic keeps them
@@ -97,7 +97,7 @@ fn ten_thousand_random_paths_stay_bounded() {
 #[test]
 fn django_prometheus_names() {
     let mut reg = Registry::default();
-    let m = Metrics::new(&mut reg, Naming::DjangoPrometheus, Router::default(), 10);
+    let m = Metrics::new(&mut reg, Naming::DjangoPrometheus, Routes::new(Router::default(), 10));
     m.observe(&Output::Exchange(exchange("/users/5", 200, 30)));
     let mut bad = exchange("/x", 404, 1);
     bad.method = "BREW".into();

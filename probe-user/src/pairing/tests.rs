@@ -1,6 +1,9 @@
 //! Table tests: event sequences in, exchanges out. No kernel involved.
 use super::*;
-use crate::decode::{Data, Direction};
+use crate::{
+    decode::{Data, Direction},
+    reason::Reason,
+};
 
 const WINDOW: usize = probe_common::HEAD_WINDOW;
 const TAIL: usize = probe_common::TAIL_WINDOW;
@@ -51,7 +54,9 @@ fn run(events: &[Data]) -> (Vec<Exchange>, Vec<&'static str>) {
     for o in out {
         match o {
             Output::Exchange(x) => exchanges.push(x),
-            Output::Unparsed(r) | Output::Inferred(r) => other.push(r),
+            Output::Unparsed(r) => other.push(r.label()),
+            Output::Inferred(r) => other.push(r.label()),
+            Output::OtherProtocol(p) => other.push(p.label()),
         }
     }
     (exchanges, other)
@@ -282,7 +287,7 @@ fn connection_table_is_bounded() {
         p.on_data(&ev(conn, conn, Direction::Recv, b"GET / HTTP/1.1\r\n\r\n"), || "svc".into(), &mut out);
     }
     assert_eq!(p.connections(), 2);
-    assert_eq!(out.iter().filter(|o| **o == Output::Unparsed("connection_table_full")).count(), 3);
+    assert_eq!(out.iter().filter(|o| **o == Output::Unparsed(Reason::ConnectionTableFull)).count(), 3);
     let active = p.active_requests();
     assert_eq!(active.get(&("svc".into(), "GET".to_string())), Some(&2));
     assert_eq!(p.connections_by_service().get("svc"), Some(&2));

@@ -2,9 +2,11 @@
 //!
 //! First the user's templates (`--route`, `--routes-file`), first match wins; otherwise a
 //! heuristic: no query string, no fragment, and segments that look like identifiers
-//! (numbers, UUIDs, hex, dates, e-mails, long random tokens) fold to `{id}`. The
-//! aggregation layer then caps the number of distinct routes per service.
+//! (numbers, UUIDs, hex, dates, e-mails, long random tokens) fold to `{id}`. `Routes` in
+//! the parent module then caps the number of distinct routes per service.
 use anyhow::{Result, bail};
+
+use super::label_safe;
 
 /// Longest route kept, in bytes; longer ones are cut at a segment boundary.
 const MAX_ROUTE_LEN: usize = 128;
@@ -174,31 +176,6 @@ fn is_date(b: &[u8]) -> bool {
         })
 }
 
-/// A label value that every Prometheus parser reads back as it is: the client library
-/// writes label values unescaped, so `"`, `\` and control characters (possible in a
-/// request target or a process name) are percent-encoded, as they would be in a URL.
-pub fn label_safe(s: String) -> String {
-    let escaped = |c: char| c == '"' || c == '\\' || c.is_control();
-    if !s.chars().any(escaped) {
-        return s; // the usual case: no copy
-    }
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '"' | '\\' | '\u{7f}' => out.push_str(&format!("%{:02X}", c as u32)),
-            c if c.is_control() => out.push_str(&format!("%{:02X}", c as u32 & 0xff)),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
-/// The `http_request_method` label: standard methods as they are, anything else `_OTHER`.
-pub fn method_label(method: &str) -> &'static str {
-    const KNOWN: [&str; 9] = ["GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"];
-    KNOWN.iter().find(|m| **m == method).copied().unwrap_or("_OTHER")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -208,9 +185,8 @@ mod tests {
     }
 
     #[test]
-    fn labels_are_safe_to_expose() {
+    fn routes_are_safe_to_expose() {
         assert_eq!(route("/a\"}b\\c"), "/a%22}b%5Cc");
-        assert_eq!(label_safe("my \"svc\"\n".into()), "my %22svc%22%0A");
         assert_eq!(route("/caf\u{e9}"), "/caf\u{e9}");
     }
 
@@ -285,14 +261,5 @@ mod tests {
         }
         let e = parse_routes_file("/ok\nbad\n").unwrap_err().to_string();
         assert!(e.contains("line 2"), "{e}");
-    }
-
-    #[test]
-    fn methods() {
-        assert_eq!(method_label("GET"), "GET");
-        assert_eq!(method_label("PATCH"), "PATCH");
-        assert_eq!(method_label("get"), "_OTHER");
-        assert_eq!(method_label("BREW"), "_OTHER");
-        assert_eq!(method_label(&"A".repeat(1024)), "_OTHER");
     }
 }

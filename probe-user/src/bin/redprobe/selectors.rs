@@ -14,24 +14,22 @@
 //! - `--cgroup`: the `cgroup.procs` files of the directory and its sub-directories. This
 //!   works from inside a container too, as long as the host's cgroup filesystem is mounted.
 use std::{
-    collections::{BTreeMap, HashSet},
-    fmt, fs, io,
+    collections::BTreeMap,
+    fmt, fs,
     path::{Path, PathBuf},
 };
 
 use anyhow::{Result, bail};
-
-use crate::targets::{self, ProcInfo};
+use probe_user::proc_root::{ProcInfo, ProcRoot, is_permission};
 
 /// The kernel keeps this many bytes of a command name (TASK_COMM_LEN - 1).
 const COMM_LEN: usize = 15;
 /// PID of the kernel thread that forks every other kernel thread.
 const KTHREADD: u32 = 2;
-/// `st` value of a listening socket in /proc/net/tcp.
-const TCP_LISTEN: &str = "0A";
 
 #[derive(Debug, Default)]
 pub struct Selectors {
+    proc: ProcRoot,
     pub ports: Vec<u16>,
     pub exes: Vec<String>,
     /// Absolute paths of cgroup v2 directories.
@@ -64,16 +62,16 @@ impl fmt::Display for Selectors {
 }
 
 impl Selectors {
-    pub fn new(ports: &[u16], exes: &[String], cgroups: &[PathBuf]) -> Result<Self> {
+    pub fn new(proc: &ProcRoot, ports: &[u16], exes: &[String], cgroups: &[PathBuf]) -> Result<Self> {
         if let Some(e) = exes.iter().find(|e| e.is_empty() || e.contains('/')) {
             bail!("--exe takes a file name without a directory (got {e:?}); e.g. --exe gunicorn");
         }
         if ports.contains(&0) {
             bail!("--port 0 is not a port a server listens on");
         }
-        let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-        let cgroups = cgroups.iter().map(|c| resolve_cgroup(c, &mountinfo)).collect::<Result<_>>()?;
-        Ok(Selectors { ports: ports.to_vec(), exes: exes.to_vec(), cgroups })
+        let mounts = if cgroups.is_empty() { vec![] } else { proc.cgroup2_mounts() };
+        let cgroups = cgroups.iter().map(|c| resolve_cgroup(c, &mounts)).collect::<Result<_>>()?;
+        Ok(Selectors { proc: proc.clone(), ports: ports.to_vec(), exes: exes.to_vec(), cgroups })
     }
 
     pub fn is_empty(&self) -> bool {
@@ -88,15 +86,11 @@ impl Selectors {
         }
         // Kernel threads (kthreadd, PID 2, and its children) serve no HTTP: never selected,
         // even under `--cgroup /`.
-        let procs: Vec<ProcInfo> = targets::pids()
-            .into_iter()
-            .filter(|p| *p != me && *p != KTHREADD)
-            .filter_map(targets::proc_info)
-            .filter(|p| p.ppid != KTHREADD)
-            .collect();
+        let procs: Vec<ProcInfo> =
+            self.proc.all().into_iter().filter(|p| p.pid != me && p.pid != KTHREADD && p.ppid != KTHREADD).collect();
         let mut found: BTreeMap<u32, String> = BTreeMap::new();
         for exe in &self.exes {
-            for p in procs.iter().filter(|p| exe_matches(exe, &p.comm, || exe_name(p.pid))) {
+            for p in procs.iter().filter(|p| exe_matches(exe, &p.comm, || self.proc.exe_name(p.pid))) {
                 found.entry(p.pid).or_insert_with(|| format!("--exe {exe}"));
             }
         }
@@ -121,10 +115,10 @@ impl Selectors {
     /// (pid, port) of the processes holding a socket that listens on one of the ports.
     fn port_owners(&self, procs: &[ProcInfo], denied: &mut usize) -> Vec<(u32, u16)> {
         // Group the processes by network namespace: each has its own socket tables.
-        let mut by_netns: BTreeMap<String, Vec<u32>> = BTreeMap::new();
+        let mut by_netns: BTreeMap<PathBuf, Vec<u32>> = BTreeMap::new();
         for p in procs {
-            match fs::read_link(format!("/proc/{}/ns/net", p.pid)) {
-                Ok(ns) => by_netns.entry(ns.to_string_lossy().into_owned()).or_default().push(p.pid),
+            match self.proc.net_namespace(p.pid) {
+                Ok(ns) => by_netns.entry(ns).or_default().push(p.pid),
                 Err(e) if crate::privileges::is_permission(&e) => *denied += 1,
                 Err(_) => {} // exited meanwhile, or a kernel thread
             }
@@ -133,35 +127,26 @@ impl Selectors {
         for pids in by_netns.values() {
             let listeners: BTreeMap<u64, u16> = pids
                 .iter()
-                .find_map(|pid| {
-                    let v4 = fs::read_to_string(format!("/proc/{pid}/net/tcp")).ok()?;
-                    let v6 = fs::read_to_string(format!("/proc/{pid}/net/tcp6")).unwrap_or_default();
-                    Some(listening_inodes(&v4, &self.ports).into_iter().chain(listening_inodes(&v6, &self.ports)).collect())
-                })
+                .find_map(|pid| self.proc.listening_sockets(*pid, &self.ports).ok())
+                .map(|l| l.into_iter().collect())
                 .unwrap_or_default();
             if listeners.is_empty() {
                 continue;
             }
             for pid in pids {
-                match socket_inodes(*pid) {
+                match self.proc.socket_inodes(*pid) {
                     Ok(inodes) => {
                         if let Some(port) = inodes.iter().find_map(|i| listeners.get(i)) {
                             owners.push((*pid, *port));
                         }
                     }
-                    Err(e) if crate::privileges::is_permission(&e) => *denied += 1,
+                    Err(e) if is_permission(&e) => *denied += 1,
                     Err(_) => {}
                 }
             }
         }
         owners
     }
-}
-
-/// The file name of the process's executable, if it can be read.
-fn exe_name(pid: u32) -> Option<String> {
-    let exe = fs::read_link(format!("/proc/{pid}/exe")).ok()?;
-    Some(exe.file_name()?.to_string_lossy().trim_end_matches(" (deleted)").to_string())
 }
 
 /// `--exe NAME` matches the command name (kept to 15 bytes by the kernel) or the
@@ -174,57 +159,10 @@ pub fn exe_matches(name: &str, comm: &str, exe: impl FnOnce() -> Option<String>)
     exe().is_some_and(|e| e == name)
 }
 
-/// Inodes of the sockets listening on one of `ports`, from /proc/net/tcp or tcp6 content.
-pub fn listening_inodes(table: &str, ports: &[u16]) -> Vec<(u64, u16)> {
-    table
-        .lines()
-        .skip(1)
-        .filter_map(|line| {
-            let f: Vec<&str> = line.split_whitespace().collect();
-            if f.get(3) != Some(&TCP_LISTEN) {
-                return None;
-            }
-            let port = u16::from_str_radix(f.get(1)?.rsplit_once(':')?.1, 16).ok()?;
-            let inode: u64 = f.get(9)?.parse().ok()?;
-            (ports.contains(&port) && inode != 0).then_some((inode, port))
-        })
-        .collect()
-}
-
-/// Inodes of the sockets a process holds open.
-fn socket_inodes(pid: u32) -> io::Result<HashSet<u64>> {
-    let mut inodes = HashSet::new();
-    for entry in fs::read_dir(format!("/proc/{pid}/fd"))? {
-        let Ok(link) = fs::read_link(entry?.path()) else { continue };
-        if let Some(inode) = parse_socket_link(&link.to_string_lossy()) {
-            inodes.insert(inode);
-        }
-    }
-    Ok(inodes)
-}
-
-/// `socket:[12345]` -> 12345.
-pub fn parse_socket_link(link: &str) -> Option<u64> {
-    link.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
-}
-
-/// Mount points of cgroup v2 filesystems, from /proc/self/mountinfo content.
-pub fn cgroup2_mounts(mountinfo: &str) -> Vec<PathBuf> {
-    mountinfo
-        .lines()
-        .filter_map(|line| {
-            let (left, right) = line.split_once(" - ")?;
-            let point = left.split_whitespace().nth(4)?;
-            (right.split_whitespace().next()? == "cgroup2").then(|| PathBuf::from(point))
-        })
-        .collect()
-}
-
 /// A `--cgroup` argument: a directory of a cgroup v2 filesystem, given as its absolute
 /// path (`/sys/fs/cgroup/system.slice/app.service`) or relative to the cgroup v2 mount
 /// (`/system.slice/app.service`, as /proc/PID/cgroup and systemd show it).
-fn resolve_cgroup(arg: &Path, mountinfo: &str) -> Result<PathBuf> {
-    let mounts = cgroup2_mounts(mountinfo);
+fn resolve_cgroup(arg: &Path, mounts: &[PathBuf]) -> Result<PathBuf> {
     let Some(root) = mounts.first() else {
         bail!("--cgroup needs a cgroup v2 filesystem, and none is mounted (see /proc/self/mountinfo)");
     };
@@ -271,28 +209,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn listening_sockets_by_port() {
-        let tcp = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n\
-           0: 00000000:1F40 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 634 1 0 100 0 0 10 0\n\
-           1: 0100007F:1F40 0100007F:DBA6 01 00000000:00000000 00:00000000 00000000     0        0 777 1 0 100 0 0 10 0\n\
-           2: 0100007F:0050 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 900 1 0 100 0 0 10 0\n";
-        // Port 8000 = 0x1F40: the listener, not the established connection on it.
-        assert_eq!(listening_inodes(tcp, &[8000]), vec![(634, 8000)]);
-        assert_eq!(listening_inodes(tcp, &[8000, 80]), vec![(634, 8000), (900, 80)]);
-        assert!(listening_inodes(tcp, &[9000]).is_empty());
-        let tcp6 = "  sl  local_address                         remote_address                        st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n\
-           0: 00000000000000000000000000000000:1F40 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 4242 1 0 100 0 0 10 0\n";
-        assert_eq!(listening_inodes(tcp6, &[8000]), vec![(4242, 8000)]);
-    }
-
-    #[test]
-    fn socket_links() {
-        assert_eq!(parse_socket_link("socket:[12345]"), Some(12345));
-        assert_eq!(parse_socket_link("pipe:[12345]"), None);
-        assert_eq!(parse_socket_link("/dev/null"), None);
-    }
-
-    #[test]
     fn exe_names() {
         assert!(exe_matches("gunicorn", "gunicorn", || None));
         assert!(!exe_matches("gunicorn", "python3", || Some("python3.11".into())));
@@ -304,32 +220,29 @@ mod tests {
     }
 
     #[test]
-    fn cgroup2_mount_points() {
-        let info = "41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw\n\
-                    42 31 0:39 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu\n\
-                    30 1 0:26 / /sys/fs/cgroup rw,nosuid shared:4 - cgroup2 cgroup2 rw,nsdelegate\n";
-        assert_eq!(cgroup2_mounts(info), vec![PathBuf::from("/sys/fs/cgroup/unified"), PathBuf::from("/sys/fs/cgroup")]);
-        assert!(cgroup2_mounts("").is_empty());
-        let err = resolve_cgroup(Path::new("/system.slice/x.service"), "").unwrap_err().to_string();
+    fn cgroups_need_a_cgroup2_mount() {
+        let err = resolve_cgroup(Path::new("/system.slice/x.service"), &[]).unwrap_err().to_string();
         assert!(err.contains("cgroup v2"), "{err}");
     }
 
     #[test]
     fn bad_arguments() {
-        assert!(Selectors::new(&[0], &[], &[]).is_err());
-        assert!(Selectors::new(&[], &["/usr/bin/gunicorn".into()], &[]).is_err());
-        let s = Selectors::new(&[8000], &["gunicorn".into()], &[]).unwrap();
+        let proc = ProcRoot::default();
+        assert!(Selectors::new(&proc, &[0], &[], &[]).is_err());
+        assert!(Selectors::new(&proc, &[], &["/usr/bin/gunicorn".into()], &[]).is_err());
+        let s = Selectors::new(&proc, &[8000], &["gunicorn".into()], &[]).unwrap();
         assert_eq!(s.to_string(), "--port 8000, --exe gunicorn");
     }
 
     #[test]
     fn this_process_is_found_by_its_command_name_but_never_the_agent_itself() {
-        let me = targets::proc_info(std::process::id()).unwrap();
-        let s = Selectors::new(&[], std::slice::from_ref(&me.comm), &[]).unwrap();
+        let proc = ProcRoot::default();
+        let me = proc.info(std::process::id()).unwrap();
+        let s = Selectors::new(&proc, &[], std::slice::from_ref(&me.comm), &[]).unwrap();
         assert!(s.scan(0).matches.iter().any(|m| m.info.pid == me.pid));
         assert!(!s.scan(me.pid).matches.iter().any(|m| m.info.pid == me.pid));
         // Kernel threads are never selected.
-        let kernel = Selectors::new(&[], &["kthreadd".into()], &[]).unwrap();
+        let kernel = Selectors::new(&proc, &[], &["kthreadd".into()], &[]).unwrap();
         assert!(kernel.scan(0).matches.is_empty(), "{:?}", kernel.scan(0));
     }
 
@@ -337,7 +250,7 @@ mod tests {
     fn a_listening_socket_is_found_by_port() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
-        let s = Selectors::new(&[port], &[], &[]).unwrap();
+        let s = Selectors::new(&ProcRoot::default(), &[port], &[], &[]).unwrap();
         let scan = s.scan(0);
         let m = scan.matches.iter().find(|m| m.info.pid == std::process::id());
         assert_eq!(m.map(|m| m.selector.clone()), Some(format!("--port {port}")), "{scan:?}");

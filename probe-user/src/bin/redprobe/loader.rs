@@ -3,7 +3,7 @@
 use anyhow::{Context, Result, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
+    maps::{HashMap, Map, MapData, PerCpuArray, RingBuf},
     programs::BtfTracePoint,
 };
 use probe_common::{
@@ -43,6 +43,16 @@ pub const HOOKS: &[Hook] = &[
         tracepoint: "sched:sched_process_fork",
         purpose: "worker processes forked by a target become targets",
     },
+    Hook {
+        program: "sched_process_exec",
+        tracepoint: "sched:sched_process_exec",
+        purpose: "a target running a new program takes its name",
+    },
+    Hook {
+        program: "sched_process_exit",
+        tracepoint: "sched:sched_process_exit",
+        purpose: "a target that exits stops being one",
+    },
 ];
 
 /// Sizes and settings chosen on the command line.
@@ -57,7 +67,8 @@ pub struct Probe {
     /// Owns programs and links: dropping it detaches everything.
     pub ebpf: Ebpf,
     pub events: RingBuf<MapData>,
-    pub targets: Array<MapData, u64>,
+    /// The bitmap of targets, to be mapped into memory (`targets::TargetBits`).
+    pub targets: MapData,
     pub counters: PerCpuArray<MapData, u64>,
     pub conns: HashMap<MapData, u64, ConnState>,
     pub target_words: u32,
@@ -66,9 +77,7 @@ pub struct Probe {
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/redprobe"));
 
 fn pid_max() -> Result<u32> {
-    let raw = std::fs::read_to_string("/proc/sys/kernel/pid_max")
-        .context("reading /proc/sys/kernel/pid_max")?;
-    raw.trim().parse().context("parsing /proc/sys/kernel/pid_max")
+    Ok(procfs::sys::kernel::pid_max().context("reading /proc/sys/kernel/pid_max")? as u32)
 }
 
 pub fn load(opts: &LoadOptions) -> Result<Probe> {
@@ -99,7 +108,10 @@ pub fn load(opts: &LoadOptions) -> Result<Probe> {
         ebpf.take_map(name).with_context(|| format!("map {name} missing from the eBPF object"))
     };
     let events = RingBuf::try_from(take(&mut ebpf, MAP_EVENTS)?)?;
-    let targets = Array::try_from(take(&mut ebpf, MAP_TARGETS)?)?;
+    let targets = match take(&mut ebpf, MAP_TARGETS)? {
+        Map::Array(data) => data,
+        _ => bail!("map {MAP_TARGETS} is not an array"),
+    };
     let counters = PerCpuArray::try_from(take(&mut ebpf, MAP_COUNTERS)?)?;
     let conns = HashMap::try_from(take(&mut ebpf, MAP_CONNS)?)?;
     Ok(Probe {

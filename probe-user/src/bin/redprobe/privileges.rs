@@ -10,16 +10,9 @@ const CAP_SYS_RESOURCE: u32 = 24;
 const CAP_PERFMON: u32 = 38;
 const CAP_BPF: u32 = 39;
 
-/// The effective capability set of this process, from /proc/self/status.
+/// The effective capability set of this process.
 fn effective_caps() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("CapEff:"))
-                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-        })
-        .unwrap_or(0)
+    capget().map(|(effective, _)| effective).unwrap_or(0)
 }
 
 /// Names the capabilities missing to load and attach tp_btf programs.
@@ -89,14 +82,16 @@ struct CapData {
 
 const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
 
-fn capget() -> std::io::Result<u64> {
+/// (effective, permitted) capability sets of this process.
+fn capget() -> std::io::Result<(u64, u64)> {
     let mut header = CapHeader { version: LINUX_CAPABILITY_VERSION_3, pid: 0 };
     let mut data = [CapData::default(); 2];
     // SAFETY: header and two data words, as capget(2) expects for version 3.
     if unsafe { libc::syscall(libc::SYS_capget, &mut header, data.as_mut_ptr()) } != 0 {
         return Err(std::io::Error::last_os_error());
     }
-    Ok(data[0].permitted as u64 | (data[1].permitted as u64) << 32)
+    let join = |lo: u32, hi: u32| lo as u64 | (hi as u64) << 32;
+    Ok((join(data[0].effective, data[1].effective), join(data[0].permitted, data[1].permitted)))
 }
 
 fn capset(set: u64) -> std::io::Result<()> {
@@ -112,9 +107,8 @@ fn capset(set: u64) -> std::io::Result<()> {
 
 /// (major, minor) of the running kernel.
 fn kernel_version() -> Option<(u32, u32)> {
-    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").ok()?;
-    let mut parts = release.trim().split(['.', '-']);
-    Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
+    let v = procfs::sys::kernel::Version::current().ok()?;
+    Some((v.major as u32, v.minor as u32))
 }
 
 /// Before Linux 6.5, every bpf(2) command, map reads and updates included, needs CAP_BPF
@@ -134,7 +128,7 @@ pub fn drop_after_attach() -> Result<Vec<&'static str>> {
     if maps_need_caps() {
         keep |= 1 << CAP_BPF | 1 << CAP_SYS_ADMIN;
     }
-    let permitted = capget().map_err(|e| anyhow::anyhow!("capget: {e}"))?;
+    let (_, permitted) = capget().map_err(|e| anyhow::anyhow!("capget: {e}"))?;
     // The bounding set first (needs CAP_SETPCAP, which is dropped right after).
     let last_cap: u32 = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
         .ok()

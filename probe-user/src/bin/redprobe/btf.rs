@@ -217,7 +217,9 @@ impl Btf {
         Ok(KernelOffsets {
             task_flags: self.offset_of("task_struct", "flags", 4)?,
             task_tgid: self.offset_of("task_struct", "tgid", 4)?,
-            task_pid: self.offset_of("task_struct", "pid", 4)?,
+            task_start_boottime: self.offset_of("task_struct", "start_boottime", 8)?,
+            task_signal: self.offset_of("task_struct", "signal", 8)?,
+            signal_live: self.offset_of("signal_struct", "live", 4)?,
             task_files: self.offset_of("task_struct", "files", 8)?,
             files_fdt: self.offset_of("files_struct", "fdt", 8)?,
             fdt_max_fds: self.offset_of("fdtable", "max_fds", 4)?,

@@ -3,7 +3,7 @@ use std::net::SocketAddr;
 
 use clap::{ArgGroup, Parser};
 
-use crate::metrics::Naming;
+use probe_user::metrics::Naming;
 
 /// The text after the flags in `--help`; the hook list comes from the loader's table.
 pub fn after_help() -> String {
@@ -129,8 +129,9 @@ pub struct Cli {
     #[arg(long, value_name = "MS", default_value_t = 20)]
     pub drain_interval_ms: u64,
 
-    /// Exit (status 0) once every target process has exited (--pid targets only: the
-    /// selectors keep waiting for their next process).
+    /// Exit (status 0) once every target process has exited. Only with --pid: the
+    /// selectors (--port, --exe, --cgroup) wait for their next process instead, so they do
+    /// not combine with it.
     #[arg(long, conflicts_with_all = ["ports", "exes", "cgroups"])]
     pub exit_with_target: bool,
 }

@@ -1,30 +1,24 @@
-//! redprobe: RED metrics for HTTP/1.x servers, measured from the kernel.
-//!
-//! Data flows one way: kernel (`loader`) -> `decode` -> `pairing` (with `http`,
-//! `chunked`) -> `metrics` (with `routes`) -> `exposition`. `agent` runs the loop, `cli`
-//! holds the flags, `targets` the measured processes (chosen by PID or by `selectors`),
-//! `btf` the kernel struct offsets.
-mod agent;
+//! redprobe, the agent: loads the probe (`loader`, with `btf` offsets and `privileges`
+//! checks), chooses the targets (`cli`, `targets`, `selectors`), and runs the loop (`run`)
+//! that feeds every ring-buffer record to the pipeline library (`probe_user`) while
+//! `/metrics` is served. `counters` reads the kernel's own counters.
 mod btf;
-mod chunked;
 mod cli;
-mod decode;
-mod exposition;
-#[cfg(test)]
-mod fuzz;
-#[cfg(test)]
-mod golden;
-mod http;
+mod counters;
 mod loader;
-mod metrics;
-mod pairing;
 mod privileges;
-mod procfs;
-mod routes;
+mod run;
 mod selectors;
 mod targets;
 
+use std::io::IsTerminal;
+
 use clap::{CommandFactory, FromArgMatches};
+
+/// Colour in logs only on a terminal, and never with NO_COLOR set (https://no-color.org).
+fn log_colour() -> bool {
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
 
 fn main() {
     let matches = cli::Cli::command().after_help(cli::after_help()).get_matches();
@@ -34,6 +28,7 @@ fn main() {
     };
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(log_colour())
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
@@ -45,7 +40,7 @@ fn main() {
             std::process::exit(1);
         }
     };
-    if let Err(e) = runtime.block_on(agent::run(cli)) {
+    if let Err(e) = runtime.block_on(run::run(cli)) {
         eprintln!("redprobe: error: {e:#}");
         std::process::exit(1);
     }

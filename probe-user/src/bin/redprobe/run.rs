@@ -1,0 +1,264 @@
+//! The running agent: every ring-buffer record goes to the pipeline while `/metrics` is
+//! served. Blocking work (selector rescans, the /proc reconciliation) runs off this thread,
+//! so draining the kernel never waits for /proc, and the scrape side cannot stall it.
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result};
+use aya::maps::{HashMap as BpfHashMap, MapData};
+use probe_common::ConnState;
+use probe_user::{
+    exposition,
+    labels::{Router, Routes, parse_routes_file, Template},
+    metrics::{
+        Metrics,
+        process::AgentProcess,
+        saturation::Saturation,
+        scrape::ScrapeCollectors,
+    },
+    pipeline::{Notice, Pipeline},
+    proc_root::ProcRoot,
+    registry::{Registry, lock},
+};
+use prometheus_client::registry::Registry as Prometheus;
+use tokio::{
+    io::{Interest, unix::AsyncFd},
+    signal::unix::{SignalKind, signal},
+    sync::mpsc,
+    time::interval,
+};
+use tracing::{info, warn};
+
+use crate::{
+    cli::Cli,
+    counters::KernelCounters,
+    loader::{self, LoadOptions, Probe},
+    privileges,
+    selectors::{Scan, Selectors},
+    targets::{TargetBits, Targets, inspect},
+};
+
+/// Connections with no event for this long are forgotten (a UNIX connection whose peer
+/// never read to its end has no close event).
+const IDLE_CONNECTION: Duration = Duration::from_secs(600);
+/// How often the fill level of the kernel connection map is counted (one syscall a key).
+const MAP_COUNT_EVERY: Duration = Duration::from_secs(5);
+/// How often the registry is checked against /proc, for exits whose event was lost; the
+/// next second after a loss anyway.
+const RECONCILE_EVERY: Duration = Duration::from_secs(10);
+
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+fn routes(cli: &Cli) -> Result<Routes> {
+    let mut templates = cli.routes.iter().map(|t| Template::parse(t)).collect::<Result<Vec<_>>>()?;
+    if let Some(path) = &cli.routes_file {
+        let content =
+            std::fs::read_to_string(path).with_context(|| format!("reading --routes-file {}", path.display()))?;
+        templates.extend(parse_routes_file(&content).with_context(|| format!("in {}", path.display()))?);
+    }
+    Ok(Routes::new(Router::new(templates), cli.max_routes))
+}
+
+/// Raises the soft limit of open files to the hard one: every scrape connection and every
+/// pidfd is a file, and systemd's default soft limit is 1024.
+fn raise_fd_limit() {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: a plain get/set of this process's own limit.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max {
+            limit.rlim_cur = limit.rlim_max;
+            let _ = libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+}
+
+/// Logs what happened to a target.
+fn log_notice(notice: &Notice) {
+    match notice {
+        Notice::Forked { parent, child, service } => {
+            tracing::debug!(parent, pid = child, service = %service, "measuring forked process")
+        }
+        Notice::Execed { pid, comm, service } => info!(pid, comm = %comm, service = %service, "target runs a new program"),
+        Notice::Exited(t) => info!(pid = t.pid, comm = %t.comm, "target exited; what it served stays in the metrics"),
+    }
+}
+
+pub async fn run(cli: Cli) -> Result<()> {
+    raise_fd_limit();
+    let proc = ProcRoot::default();
+    let routes = routes(&cli)?;
+    let roots = cli.pids.iter().map(|p| inspect(&proc, *p)).collect::<Result<Vec<_>>>()?;
+    let selectors = Arc::new(Selectors::new(&proc, &cli.ports, &cli.exes, &cli.cgroups)?);
+    let listener = exposition::bind(cli.listen).await?;
+    let Probe { ebpf: _ebpf, events, targets: target_map, counters, conns, target_words } =
+        loader::load(&LoadOptions {
+            ring_buffer_bytes: cli.ring_buffer_bytes,
+            max_connections: cli.max_connections,
+            wakeup_bytes: cli.wakeup_bytes,
+        })?;
+
+    let mut prometheus = Prometheus::default();
+    let metrics = Metrics::new(&mut prometheus, cli.naming, routes);
+    let registry = Registry::new(cli.service.as_deref()).shared();
+    prometheus.register_collector(Box::new(ScrapeCollectors::new(
+        Saturation::new(registry.clone(), proc.clone()),
+        AgentProcess::new(proc.clone()),
+    )));
+    let health = metrics.health.clone();
+    let targets = Targets { bits: TargetBits::new(target_map, target_words)?, registry: registry.clone(), proc: proc.clone(), health: health.clone() };
+    for root in &roots {
+        targets.attach_tree(root);
+    }
+    let mut warned_denied = false;
+    if !selectors.is_empty() {
+        let scan = selectors.scan(std::process::id());
+        apply_scan(&targets, &selectors, scan, &mut warned_denied);
+        if lock(&registry).is_empty() {
+            info!("no process matches {selectors} yet; checking every {} ms", cli.rescan_interval_ms);
+        }
+    }
+
+    // Everything is loaded, attached and open: what is left needs no privileges but
+    // reading /proc.
+    match privileges::drop_after_attach() {
+        Ok(dropped) => info!(dropped = %dropped.join(","), "capabilities dropped after attaching"),
+        Err(e) => warn!("could not drop capabilities after attaching: {e:#}"),
+    }
+    let addr = listener.local_addr().unwrap_or(cli.listen);
+    if !addr.ip().is_loopback() {
+        warn!(%addr, "/metrics is served beyond loopback: keep the port behind a firewall or a reverse proxy");
+    }
+    tokio::spawn(exposition::serve(listener, Arc::new(prometheus), health.scrape_accept_errors.clone()));
+    info!("probe attached; metrics at http://{addr}/metrics");
+
+    // SAFETY: the ring buffer's map fd is owned by `events`, which the AsyncFd owns.
+    let mut ring = unsafe { AsyncFd::register_with_interest(events, Interest::READABLE) }
+        .map_err(|e| anyhow::anyhow!("polling the ring buffer: {e}"))?;
+    let mut pipeline = Pipeline::new(metrics.clone(), registry.clone(), cli.max_connections as usize);
+    let mut kernel = KernelCounters::new(counters);
+    let count_conns = |conns: &BpfHashMap<MapData, u64, ConnState>| {
+        health.set_map("CONNS", conns.keys().filter(Result::is_ok).count() as i64, cli.max_connections as i64);
+    };
+    count_conns(&conns);
+    let mut last_map_count = Instant::now();
+    let mut last_reconcile = Instant::now();
+    let mut drain_tick = interval(Duration::from_millis(cli.drain_interval_ms.max(1)));
+    let mut housekeeping = interval(Duration::from_secs(1));
+    let mut rescan = interval(Duration::from_millis(cli.rescan_interval_ms.max(10)));
+    let (scan_tx, mut scan_rx) = mpsc::channel::<Scan>(1);
+    let mut scanning = false;
+    let (gone_tx, mut gone_rx) = mpsc::channel::<Vec<(u32, u64)>>(1);
+    let mut reconciling = false;
+    let mut reconcile_soon = false;
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let exit_when_none = |registry_empty: bool| cli.exit_with_target && registry_empty;
+    loop {
+        let mut stop = false;
+        tokio::select! {
+            guard = ring.readable_mut() => {
+                let mut guard = guard?;
+                stop = drain(&mut pipeline, guard.get_inner_mut(), cli.exit_with_target);
+                guard.clear_ready();
+            }
+            _ = drain_tick.tick() => stop = drain(&mut pipeline, ring.get_mut(), cli.exit_with_target),
+            _ = housekeeping.tick() => {
+                reconcile_soon |= kernel.poll(&health);
+                pipeline.housekeeping(monotonic_ns(), IDLE_CONNECTION.as_nanos() as u64);
+                health.set_map("TARGETS", targets.bits.marked() as i64, targets.bits.capacity() as i64);
+                if last_map_count.elapsed() >= MAP_COUNT_EVERY {
+                    count_conns(&conns);
+                    last_map_count = Instant::now();
+                }
+                if !reconciling && (reconcile_soon || last_reconcile.elapsed() >= RECONCILE_EVERY) {
+                    reconciling = true;
+                    reconcile_soon = false;
+                    last_reconcile = Instant::now();
+                    let running: Vec<(u32, u64)> = lock(&registry).targets().map(|t| (t.pid, t.start_time)).collect();
+                    let (proc, tx) = (proc.clone(), gone_tx.clone());
+                    tokio::task::spawn_blocking(move || {
+                        let gone = running.into_iter().filter(|(pid, start)| !proc.is_running(*pid, *start)).collect();
+                        let _ = tx.blocking_send(gone);
+                    });
+                }
+            }
+            _ = rescan.tick(), if !selectors.is_empty() && !scanning => {
+                scanning = true;
+                let (selectors, tx) = (selectors.clone(), scan_tx.clone());
+                tokio::task::spawn_blocking(move || {
+                    let _ = tx.blocking_send(selectors.scan(std::process::id()));
+                });
+            }
+            Some(scan) = scan_rx.recv() => {
+                scanning = false;
+                apply_scan(&targets, &selectors, scan, &mut warned_denied);
+            }
+            Some(gone) = gone_rx.recv() => {
+                reconciling = false;
+                // Exits whose event was lost: drain first, so that an exit event already
+                // queued is the one that counts.
+                stop = drain(&mut pipeline, ring.get_mut(), cli.exit_with_target);
+                let mut r = lock(&registry);
+                for (pid, start) in gone {
+                    if r.contains(pid, start) && let Some(t) = r.exited(pid) {
+                        health.target_exits.inc();
+                        info!(pid = t.pid, comm = %t.comm, "target gone (its exit event was lost); what it served stays in the metrics");
+                    }
+                }
+                health.targets.set(r.len() as i64);
+                stop |= exit_when_none(r.is_empty());
+            }
+            _ = sigterm.recv() => { info!("SIGTERM: detaching and exiting"); break; }
+            _ = sigint.recv() => { info!("SIGINT: detaching and exiting"); break; }
+        }
+        if stop {
+            info!("every target exited (--exit-with-target): stopping");
+            break;
+        }
+    }
+    drain(&mut pipeline, ring.get_mut(), false);
+    kernel.poll(&health);
+    Ok(())
+}
+
+/// Feeds every pending record to the pipeline. Returns true when `exit_with_target` is
+/// set and the last target just exited.
+fn drain(pipeline: &mut Pipeline, ring: &mut aya::maps::RingBuf<MapData>, exit_with_target: bool) -> bool {
+    let mut exited = false;
+    while let Some(item) = ring.next() {
+        if let Some(notice) = pipeline.record(&item) {
+            log_notice(&notice);
+            exited |= matches!(notice, Notice::Exited(_));
+        }
+    }
+    exit_with_target && exited && pipeline.metrics().health.targets.get() == 0
+}
+
+/// Attaches the processes a selector scan matched that are not measured yet.
+fn apply_scan(targets: &Targets, selectors: &Selectors, scan: Scan, warned: &mut bool) {
+    for m in scan.matches {
+        let known = lock(&targets.registry).contains(m.info.pid, m.info.start_time);
+        if !known {
+            info!(pid = m.info.pid, comm = %m.info.comm, "selected by {}", m.selector);
+            targets.attach_tree(&m.info);
+        }
+    }
+    if scan.denied > 0 && !selectors.ports.is_empty() && !*warned {
+        let missing = privileges::missing_for_port_selector();
+        if !missing.is_empty() {
+            let missing = missing.join(" and ");
+            warn!(
+                "--port: the sockets of {} processes could not be read (/proc/PID/fd) without {missing}; \
+                 a server among them is not measured. Grant {missing}, or select the server with --exe or --cgroup",
+                scan.denied
+            );
+            *warned = true;
+        }
+    }
+}

@@ -1,0 +1,159 @@
+//! Choosing targets: the processes given by PID or found by a selector, with their
+//! descendants, go into the registry and into the kernel's bitmap.
+//!
+//! The bitmap (`TARGETS`, one bit per TGID) is mapped into the agent's memory and changed
+//! one bit at a time with atomic operations, as the kernel does: the kernel sets a child's
+//! bit at its fork and clears a target's bit at its exit; the agent only sets the bits of
+//! the processes it attaches. No writer ever rewrites another's bit.
+use std::{
+    os::fd::{AsFd, AsRawFd},
+    ptr::NonNull,
+    sync::atomic::{AtomicU64, Ordering},
+};
+
+use anyhow::{Result, bail};
+use aya::maps::MapData;
+use probe_user::{
+    metrics::health::Health,
+    proc_root::{ProcInfo, ProcRoot},
+    registry::{SharedRegistry, lock},
+};
+use tracing::{info, warn};
+
+/// The kernel's bitmap of targets, mapped shared.
+pub struct TargetBits {
+    words: NonNull<AtomicU64>,
+    count: u32,
+    len: usize,
+    /// Keeps the map alive as long as the mapping.
+    _map: MapData,
+}
+
+// SAFETY: the mapping is only accessed through atomics.
+unsafe impl Send for TargetBits {}
+
+impl TargetBits {
+    /// Maps the array (created with BPF_F_MMAPABLE) of `count` u64 words.
+    pub fn new(map: MapData, count: u32) -> Result<Self> {
+        let page = procfs::page_size() as usize;
+        let len = (count as usize * 8).div_ceil(page) * page;
+        // SAFETY: a shared mapping of the map's fd, as the kernel allows for mmapable arrays.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                map.fd().as_fd().as_raw_fd(),
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            bail!("mapping the TARGETS map: {}", std::io::Error::last_os_error());
+        }
+        let words = NonNull::new(ptr as *mut AtomicU64).expect("mmap returned a mapping");
+        Ok(TargetBits { words, count, len, _map: map })
+    }
+
+    fn word(&self, pid: u32) -> Option<&AtomicU64> {
+        let index = pid / 64;
+        // SAFETY: index < count, inside the mapping, which lives as long as self.
+        (index < self.count).then(|| unsafe { &*self.words.as_ptr().add(index as usize) })
+    }
+
+    /// Sets `pid`'s bit; false if the PID is beyond the bitmap (above pid_max).
+    pub fn set(&self, pid: u32) -> bool {
+        let Some(word) = self.word(pid) else { return false };
+        word.fetch_or(1 << (pid % 64), Ordering::Relaxed);
+        true
+    }
+
+    /// Clears `pid`'s bit (a process that went away before it could be measured).
+    pub fn clear(&self, pid: u32) {
+        if let Some(word) = self.word(pid) {
+            word.fetch_and(!(1 << (pid % 64)), Ordering::Relaxed);
+        }
+    }
+
+    /// Processes marked now.
+    pub fn marked(&self) -> u64 {
+        (0..self.count).map(|i| unsafe { &*self.words.as_ptr().add(i as usize) }.load(Ordering::Relaxed).count_ones() as u64).sum()
+    }
+
+    /// Capacity: one bit per PID up to pid_max.
+    pub fn capacity(&self) -> u64 {
+        self.count as u64 * 64
+    }
+}
+
+impl Drop for TargetBits {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `new`.
+        unsafe { libc::munmap(self.words.as_ptr() as *mut _, self.len) };
+    }
+}
+
+/// Checks a PID given on the command line.
+pub fn inspect(proc: &ProcRoot, pid: u32) -> Result<ProcInfo> {
+    if pid == 0 {
+        bail!("--pid 0 is not a process");
+    }
+    match proc.info(pid) {
+        Some(info) => Ok(info),
+        None => bail!("no process with PID {pid} (nothing at /proc/{pid}); check the PID with `ps -p {pid}`"),
+    }
+}
+
+/// The agent's side of targets: attach processes to the registry and the bitmap.
+pub struct Targets {
+    pub bits: TargetBits,
+    pub registry: SharedRegistry,
+    pub proc: ProcRoot,
+    pub health: Health,
+}
+
+impl Targets {
+    /// Marks one process; false (counted, logged) if the kernel's bitmap cannot hold it.
+    fn mark(&self, p: &ProcInfo) -> bool {
+        if self.bits.set(p.pid) {
+            return true;
+        }
+        self.health.map_write_failed("TARGETS");
+        warn!(pid = p.pid, "PID above the kernel's pid_max as the probe was loaded: not measured");
+        false
+    }
+
+    /// Starts measuring `root` and its descendants, unless it is measured already.
+    /// Returns false if it was measured already.
+    pub fn attach_tree(&self, root: &ProcInfo) -> bool {
+        let service = {
+            let mut r = lock(&self.registry);
+            let Some(t) = r.attach_root(root) else { return false };
+            t.service.clone()
+        };
+        if !self.mark(root) {
+            lock(&self.registry).exited(root.pid);
+            return false;
+        }
+        info!(pid = root.pid, comm = %root.comm, service = %service, "measuring process");
+        self.health.target_attaches.inc();
+        // Children forked from now on are marked by the kernel. Those forked before are
+        // found in /proc; a second pass finds any a first-pass child forked meanwhile.
+        for _ in 0..2 {
+            for child in self.proc.descendants(root.pid) {
+                let added = lock(&self.registry).attach_descendant(&child, service.clone()).is_some();
+                if added && self.mark(&child) {
+                    info!(pid = child.pid, comm = %child.comm, service = %service, "measuring process");
+                    self.health.target_attaches.inc();
+                }
+            }
+        }
+        // A root that exited before its bit was set would never be reported by the kernel.
+        if !self.proc.is_running(root.pid, root.start_time) {
+            self.bits.clear(root.pid);
+            lock(&self.registry).exited(root.pid);
+        }
+        self.health.targets.set(lock(&self.registry).len() as i64);
+        true
+    }
+}

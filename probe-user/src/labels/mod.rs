@@ -1,0 +1,160 @@
+//! Every label value redprobe exports is made here, bounded: methods, routes (templates,
+//! the heuristic and the per-service cap), services, `error_type`, transports, versions,
+//! and django-prometheus's spellings of them. The metric families in `metrics/` only place
+//! these values.
+pub mod route;
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{Arc, Mutex},
+};
+
+pub use route::{Router, Template, parse_routes_file};
+
+use crate::http::Version;
+
+/// Route label used once `--max-routes` distinct routes were seen for a service.
+pub const OTHER_ROUTE: &str = "_other";
+
+/// The service of a process the registry does not know. That happens only after the ring
+/// buffer lost the event that announced it (`redprobe_events_lost_total`).
+pub const UNKNOWN_SERVICE: &str = "unknown";
+
+/// The nine standard methods, kept as they are; anything else is `_OTHER` (methods are
+/// case-sensitive tokens: `get` is not `GET`).
+const METHODS: [&str; 9] = ["GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"];
+
+/// The `http_request_method` label.
+pub fn method(method: &str) -> &'static str {
+    METHODS.iter().find(|m| **m == method).copied().unwrap_or("_OTHER")
+}
+
+/// `network_transport` from the socket family.
+pub fn transport(family: u16) -> &'static str {
+    if family == libc::AF_UNIX as u16 { "unix" } else { "tcp" }
+}
+
+/// `network_protocol_version`.
+pub fn version(v: Version) -> &'static str {
+    match v {
+        Version::Http10 => "1.0",
+        Version::Http11 => "1.1",
+    }
+}
+
+/// OTel's `error_type` for a response: its status code for 5xx, empty (absent) otherwise.
+pub fn error_type(status: u16) -> String {
+    if (500..600).contains(&status) { status.to_string() } else { String::new() }
+}
+
+/// `service_name` from a name (`--service`, or a command name).
+pub fn service(name: &str) -> Arc<str> {
+    label_safe(name.to_string()).into()
+}
+
+/// django-prometheus's `method` label: its spelling of a method it does not know.
+pub fn django_method(method_label: &'static str) -> &'static str {
+    if method_label == "_OTHER" { "<invalid method>" } else { method_label }
+}
+
+/// django-prometheus's `transport` label: it only ever says `http`.
+pub const DJANGO_TRANSPORT: &str = "http";
+
+/// A label value that every Prometheus parser reads back as it is: the client library
+/// writes label values unescaped, so `"`, `\` and control characters (possible in a
+/// request target or a process name) are percent-encoded, as they would be in a URL.
+pub fn label_safe(s: String) -> String {
+    let escaped = |c: char| c == '"' || c == '\\' || c.is_control();
+    if !s.chars().any(escaped) {
+        return s; // the usual case: no copy
+    }
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '"' | '\\' | '\u{7f}' => out.push_str(&format!("%{:02X}", c as u32)),
+            c if c.is_control() => out.push_str(&format!("%{:02X}", c as u32 & 0xff)),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// The `http_route` of a request: the router's route, capped at `max` distinct routes per
+/// service (later ones become [`OTHER_ROUTE`]).
+pub struct Routes {
+    router: Router,
+    max: usize,
+    seen: Mutex<HashMap<Arc<str>, HashSet<String>>>,
+}
+
+/// A route label, and whether the cap folded it.
+pub struct RouteLabel {
+    pub route: String,
+    pub folded: bool,
+}
+
+impl Routes {
+    pub fn new(router: Router, max: usize) -> Self {
+        Routes { router, max, seen: Mutex::default() }
+    }
+
+    pub fn label(&self, service: &Arc<str>, target: &[u8]) -> RouteLabel {
+        let route = self.router.route(target);
+        let folded = RouteLabel { route: OTHER_ROUTE.to_string(), folded: true };
+        let Ok(mut seen) = self.seen.lock() else { return folded };
+        let routes = seen.entry(service.clone()).or_default();
+        if !routes.contains(&route) {
+            if routes.len() >= self.max {
+                return folded;
+            }
+            routes.insert(route.clone());
+        }
+        RouteLabel { route, folded: false }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_are_safe_to_expose() {
+        assert_eq!(label_safe("my \"svc\"\n".into()), "my %22svc%22%0A");
+        assert_eq!(&*service("a\\b"), "a%5Cb");
+    }
+
+    #[test]
+    fn methods() {
+        assert_eq!(method("GET"), "GET");
+        assert_eq!(method("PATCH"), "PATCH");
+        assert_eq!(method("get"), "_OTHER");
+        assert_eq!(method("BREW"), "_OTHER");
+        assert_eq!(method(&"A".repeat(1024)), "_OTHER");
+        assert_eq!(django_method(method("PROPFIND")), "<invalid method>");
+        assert_eq!(django_method(method("GET")), "GET");
+    }
+
+    #[test]
+    fn error_type_is_set_for_5xx_only() {
+        assert_eq!(error_type(500), "500");
+        assert_eq!(error_type(599), "599");
+        assert_eq!(error_type(404), "");
+        assert_eq!(error_type(600), "");
+    }
+
+    #[test]
+    fn routes_are_capped_per_service() {
+        let routes = Routes::new(Router::default(), 2);
+        let (a, b): (Arc<str>, Arc<str>) = ("a".into(), "b".into());
+        let labels: Vec<(String, bool)> = ["/x", "/y", "/z", "/x"]
+            .iter()
+            .map(|p| routes.label(&a, p.as_bytes()))
+            .map(|l| (l.route, l.folded))
+            .collect();
+        assert_eq!(
+            labels,
+            [("/x".into(), false), ("/y".into(), false), (OTHER_ROUTE.into(), true), ("/x".into(), false)]
+        );
+        assert!(!routes.label(&b, b"/z").folded, "the cap is per service");
+    }
+}

@@ -1,0 +1,177 @@
+//! The pipeline the agent runs on every record the kernel sends: decode -> registry (forks,
+//! execs, exits) or pairing (data, closes) -> aggregation. The agent's loop, the fuzzer and
+//! the golden fixtures all drive this same code with raw records.
+use std::sync::Arc;
+
+use crate::{
+    decode::{Event, decode},
+    metrics::{Metrics, health::ServiceLabels},
+    pairing::{Output, Pairer},
+    proc_root::ticks_per_second,
+    registry::{SharedRegistry, Target, lock},
+};
+
+/// What happened to a target, for the agent to log and act on.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Notice {
+    /// A target forked `child`, which is measured from its fork on.
+    Forked { parent: u32, child: u32, service: Arc<str> },
+    /// A target runs a new program; its service follows the new name.
+    Execed { pid: u32, comm: String, service: Arc<str> },
+    /// A target exited; what it served stays in the metrics.
+    Exited(Target),
+}
+
+pub struct Pipeline {
+    pairer: Pairer,
+    metrics: Metrics,
+    registry: SharedRegistry,
+    outputs: Vec<Output>,
+    ticks_per_second: u64,
+}
+
+impl Pipeline {
+    pub fn new(metrics: Metrics, registry: SharedRegistry, max_connections: usize) -> Self {
+        Pipeline {
+            pairer: Pairer::new(max_connections),
+            metrics,
+            registry,
+            outputs: vec![],
+            ticks_per_second: ticks_per_second().max(1),
+        }
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// One ring-buffer record.
+    pub fn record(&mut self, bytes: &[u8]) -> Option<Notice> {
+        let health = &self.metrics.health;
+        health.events_received.inc();
+        match decode(bytes) {
+            Ok(event) => self.event(event),
+            Err(e) => {
+                health.events_undecodable.inc();
+                tracing::warn!("undecodable event: {e}");
+                None
+            }
+        }
+    }
+
+    pub fn event(&mut self, event: Event) -> Option<Notice> {
+        let notice = match event {
+            Event::Data(d) => {
+                let registry = &self.registry;
+                self.pairer.on_data(&d, || lock(registry).service_of(d.tgid), &mut self.outputs);
+                None
+            }
+            Event::Close { conn_id } => {
+                self.pairer.on_close(conn_id, &mut self.outputs);
+                None
+            }
+            Event::Fork { parent_tgid, child_tgid, child_start_ns } => {
+                // /proc counts start times in clock ticks of the same boot-time clock.
+                let start = child_start_ns / (1_000_000_000 / self.ticks_per_second);
+                let mut r = lock(&self.registry);
+                let service = r.forked(parent_tgid, child_tgid, start).map(|t| t.service.clone());
+                let n = r.len();
+                drop(r);
+                let service = service?;
+                self.metrics.health.target_attaches.inc();
+                self.metrics.health.targets.set(n as i64);
+                Some(Notice::Forked { parent: parent_tgid, child: child_tgid, service })
+            }
+            Event::Exec { tgid, comm } => {
+                let mut r = lock(&self.registry);
+                let t = r.execed(tgid, &comm)?;
+                Some(Notice::Execed { pid: tgid, comm, service: t.service.clone() })
+            }
+            Event::Exit { tgid } => {
+                let mut r = lock(&self.registry);
+                let gone = r.exited(tgid);
+                let n = r.len();
+                drop(r);
+                let gone = gone?;
+                self.metrics.health.target_exits.inc();
+                self.metrics.health.targets.set(n as i64);
+                Some(Notice::Exited(gone))
+            }
+        };
+        self.flush();
+        notice
+    }
+
+    fn flush(&mut self) {
+        for o in self.outputs.drain(..) {
+            self.metrics.observe(&o);
+        }
+    }
+
+    /// Once a second: forget connections idle for `idle_ns`, refresh the snapshot gauges.
+    pub fn housekeeping(&mut self, now_ns: u64, idle_ns: u64) {
+        self.pairer.evict_idle(now_ns, idle_ns, &mut self.outputs);
+        self.flush();
+        self.metrics.set_active_requests(&self.pairer.active_requests());
+        let health = &self.metrics.health;
+        health.connections_tracked.set(self.pairer.connections() as i64);
+        health.open_connections.set(
+            self.pairer
+                .connections_by_service()
+                .into_iter()
+                .map(|(service, n)| (ServiceLabels { service_name: service.to_string() }, n)),
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use prometheus_client::registry::Registry as Prom;
+
+    use super::*;
+    use crate::{
+        labels::{Router, Routes},
+        metrics::Naming,
+        proc_root::ProcInfo,
+        registry::Registry,
+        wire::{self, AF_INET},
+    };
+    use probe_common::{EVENT_RECV, EVENT_SEND};
+
+    fn pipeline() -> (Pipeline, SharedRegistry) {
+        let mut prom = Prom::default();
+        let metrics = Metrics::new(&mut prom, Naming::Otel, Routes::new(Router::default(), 10));
+        let registry = Registry::new(None).shared();
+        let root = ProcInfo { pid: 10, ppid: 1, start_time: 1, comm: "gunicorn".into() };
+        lock(&registry).attach_root(&root);
+        (Pipeline::new(metrics, registry.clone(), 100), registry)
+    }
+
+    /// A worker forked and serving in the same batch of records is named after its parent.
+    #[test]
+    fn a_new_worker_is_named_before_its_first_request() {
+        let (mut p, _) = pipeline();
+        let records = [
+            wire::fork(10, 11, 5),
+            wire::data(EVENT_RECV, 1, 11, 6, AF_INET, 0, b"GET / HTTP/1.1\r\n\r\n"),
+            wire::data(EVENT_SEND, 1, 11, 7, AF_INET, 0, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"),
+            wire::exit(11, 8),
+        ];
+        let notices: Vec<Notice> = records.iter().filter_map(|r| p.record(r)).collect();
+        assert!(matches!(&notices[0], Notice::Forked { child: 11, service, .. } if &**service == "gunicorn"));
+        assert!(matches!(&notices[1], Notice::Exited(t) if t.pid == 11));
+        p.housekeeping(0, u64::MAX);
+        let h = &p.metrics().health;
+        assert_eq!((h.target_attaches.get(), h.target_exits.get(), h.targets.get()), (1, 1, 1));
+    }
+
+    #[test]
+    fn exec_renames_and_unknown_processes_are_ignored() {
+        let (mut p, registry) = pipeline();
+        assert!(p.record(&wire::exec(99, "other", 1)).is_none(), "not a target");
+        assert!(p.record(&wire::exit(99, 1)).is_none());
+        let n = p.record(&wire::exec(10, "python3", 2)).unwrap();
+        assert!(matches!(n, Notice::Execed { pid: 10, service, .. } if &*service == "python3"));
+        assert_eq!(&*lock(&registry).service_of(10), "python3");
+    }
+}

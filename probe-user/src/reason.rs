@@ -1,0 +1,210 @@
+//! Every way something can fail to be measured, each with its one label value. The
+//! metrics reference (docs/metrics.md) lists them; a test checks that its tables match.
+
+/// What bytes that are not an HTTP/1.x request look like, from their first bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Protocol {
+    /// A TLS record (`16 03 ..`): HTTPS sent to a plain port.
+    Tls,
+    /// The HTTP/2 connection preface (`PRI * HTTP/2.0`).
+    Http2,
+    /// NUL, control or non-ASCII bytes.
+    Binary,
+    /// Text that is not an HTTP request.
+    Text,
+    /// Nothing captured.
+    Empty,
+}
+
+impl Protocol {
+    pub const ALL: [Protocol; 5] = [Protocol::Tls, Protocol::Http2, Protocol::Binary, Protocol::Text, Protocol::Empty];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Protocol::Tls => "tls",
+            Protocol::Http2 => "http2",
+            Protocol::Binary => "binary",
+            Protocol::Text => "not_http",
+            Protocol::Empty => "empty",
+        }
+    }
+
+    /// Classifies bytes that did not parse as a request.
+    pub fn of(bytes: &[u8]) -> Protocol {
+        match bytes {
+            [0x16, 0x03, ..] => Protocol::Tls,
+            [] => Protocol::Empty,
+            _ if bytes.starts_with(b"PRI * HTTP/2") => Protocol::Http2,
+            _ if bytes.iter().take(64).any(|&b| b == 0 || (b < 0x20 && !b"\r\n\t".contains(&b)) || b >= 0x80) => {
+                Protocol::Binary
+            }
+            _ => Protocol::Text,
+        }
+    }
+}
+
+/// Why a request on an HTTP connection could not be measured: the `reason` label of
+/// `redprobe_requests_unparsed_total`. Each request is counted once, under one reason.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Reason {
+    /// Bytes where a request should start, on a connection that carried HTTP, that are not
+    /// a request (labelled by what they look like).
+    NotRequest(Protocol),
+    /// A request line that does not parse: NUL or control bytes in the target or a header.
+    MalformedRequest,
+    /// A request line longer than the capture window.
+    HeadTooLarge,
+    /// A request that starts beyond the captured bytes of the read that brought it.
+    OutsideCaptureWindow,
+    /// Part of a request head, then the connection closed.
+    HeadIncomplete,
+    /// A request the server never answered before the connection closed.
+    NoResponse,
+    /// A response the server started and never finished.
+    ResponseIncomplete,
+    /// Requests in flight when the ring buffer overflowed.
+    EventsLost,
+    /// A response to no request the agent saw.
+    ResponseWithoutRequest,
+    /// Bytes written in answer to a request that are not an HTTP/1.x response.
+    ResponseNotHttp,
+    /// What follows a `101 Switching Protocols`.
+    Upgraded,
+    /// A connection evicted from the agent's table (`--max-connections`).
+    ConnectionTableFull,
+    /// Requests beyond the pipelining depth the agent keeps per connection.
+    PipelineTooDeep,
+}
+
+impl Reason {
+    pub const ALL: [Reason; 17] = [
+        Reason::NotRequest(Protocol::Tls),
+        Reason::NotRequest(Protocol::Http2),
+        Reason::NotRequest(Protocol::Binary),
+        Reason::NotRequest(Protocol::Text),
+        Reason::NotRequest(Protocol::Empty),
+        Reason::MalformedRequest,
+        Reason::HeadTooLarge,
+        Reason::OutsideCaptureWindow,
+        Reason::HeadIncomplete,
+        Reason::NoResponse,
+        Reason::ResponseIncomplete,
+        Reason::EventsLost,
+        Reason::ResponseWithoutRequest,
+        Reason::ResponseNotHttp,
+        Reason::Upgraded,
+        Reason::ConnectionTableFull,
+        Reason::PipelineTooDeep,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Reason::NotRequest(p) => p.label(),
+            Reason::MalformedRequest => "malformed_request",
+            Reason::HeadTooLarge => "head_too_large",
+            Reason::OutsideCaptureWindow => "outside_capture_window",
+            Reason::HeadIncomplete => "head_incomplete",
+            Reason::NoResponse => "no_response",
+            Reason::ResponseIncomplete => "response_incomplete",
+            Reason::EventsLost => "events_lost",
+            Reason::ResponseWithoutRequest => "response_without_request",
+            Reason::ResponseNotHttp => "response_not_http",
+            Reason::Upgraded => "upgraded",
+            Reason::ConnectionTableFull => "connection_table_full",
+            Reason::PipelineTooDeep => "pipeline_too_deep",
+        }
+    }
+}
+
+/// Why a response's end was inferred rather than read: the `reason` label of
+/// `redprobe_responses_inferred_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Inference {
+    /// Its framing headers were beyond the capture window: it ends at its last write before
+    /// the next request or the close.
+    ResponseHeadBeyondCapture,
+}
+
+impl Inference {
+    pub const ALL: [Inference; 1] = [Inference::ResponseHeadBeyondCapture];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Inference::ResponseHeadBeyondCapture => "response_head_beyond_capture",
+        }
+    }
+}
+
+/// Socket I/O of a target the kernel deliberately did not capture: the `reason` label of
+/// `redprobe_kernel_skipped_io_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum KernelSkip {
+    /// Ran outside the task's own syscall (io_uring worker, task_work).
+    ForeignContext,
+    /// The syscall's fd did not resolve to the socket the tracepoint fired for.
+    FdMismatch,
+    /// A new connection that did not fit in the kernel's connection map.
+    ConnMapFull,
+}
+
+impl KernelSkip {
+    pub const ALL: [KernelSkip; 3] = [KernelSkip::ForeignContext, KernelSkip::FdMismatch, KernelSkip::ConnMapFull];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            KernelSkip::ForeignContext => "foreign_context",
+            KernelSkip::FdMismatch => "fd_mismatch",
+            KernelSkip::ConnMapFull => "conn_map_full",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn protocols_of_bytes() {
+        assert_eq!(Protocol::of(b"\x16\x03\x01\x00\xa5\x01"), Protocol::Tls);
+        assert_eq!(Protocol::of(b"\x00\x01\x02garbage"), Protocol::Binary);
+        assert_eq!(Protocol::of(b"hello there\r\n"), Protocol::Text);
+        assert_eq!(Protocol::of(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"), Protocol::Http2);
+        assert_eq!(Protocol::of(b""), Protocol::Empty);
+    }
+
+    #[test]
+    fn labels_are_distinct() {
+        let mut all: Vec<&str> = Reason::ALL.iter().map(|r| r.label()).collect();
+        all.extend(Inference::ALL.iter().map(|r| r.label()));
+        let n = all.len();
+        all.sort_unstable();
+        all.dedup();
+        assert_eq!(all.len(), n);
+    }
+
+    /// The reference's tables list exactly these labels (docs/metrics.md).
+    #[test]
+    fn the_metrics_reference_lists_every_reason() {
+        let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/metrics.md")).unwrap();
+        let section = |heading: &str| -> Vec<String> {
+            let start = doc.find(heading).unwrap_or_else(|| panic!("no {heading:?} in docs/metrics.md"));
+            let rest = &doc[start + heading.len()..];
+            let end = rest.find("\n#").unwrap_or(rest.len());
+            rest[..end]
+                .lines()
+                .filter(|l| l.starts_with("| `"))
+                .flat_map(|l| l.split('|').nth(1).unwrap_or("").split(',').map(|c| c.trim().trim_matches('`').to_string()))
+                .collect()
+        };
+        let mut documented = section("## Unparsed reasons");
+        documented.sort();
+        let mut labels: Vec<String> = Reason::ALL.iter().map(|r| r.label().to_string()).collect();
+        labels.sort();
+        assert_eq!(documented, labels, "docs/metrics.md \"Unparsed reasons\" vs reason::Reason");
+        let mut documented = section("## Other protocols");
+        documented.sort();
+        let mut labels: Vec<String> = Protocol::ALL.iter().map(|p| p.label().to_string()).collect();
+        labels.sort();
+        assert_eq!(documented, labels, "docs/metrics.md \"Other protocols\" vs reason::Protocol");
+    }
+}

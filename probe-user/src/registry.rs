@@ -1,0 +1,217 @@
+//! The registry of targets: every measured process and the service it is labelled with.
+//! It is the one list of targets; pairing (a connection's service) and the saturation
+//! collector read it.
+//!
+//! It changes with what happens to processes, in the order the kernel reports it (one ring
+//! buffer carries forks, execs and exits in order), so a service follows the process:
+//! - a process given or selected takes `--service`, or its own command name;
+//! - a child takes its parent's service at its fork, so the name survives its ancestors
+//!   (a double-forking daemon keeps the name of the process it was started as);
+//! - a process that executes a new program takes the new program's name, unless
+//!   `--service` names it (`sh -c 'exec gunicorn ...'` becomes `gunicorn`); children forked
+//!   afterwards inherit that name.
+//!
+//! The kernel's bitmap of targets is not kept here: the kernel sets and clears a process's
+//! bit itself at its fork and exit, and the agent only sets the bits of the processes it
+//! selects (`bin/redprobe/targets.rs`).
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex, MutexGuard, PoisonError},
+};
+
+use crate::{
+    labels::{self, UNKNOWN_SERVICE},
+    proc_root::ProcInfo,
+};
+
+/// One measured process.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Target {
+    pub pid: u32,
+    /// Clock ticks since boot, as /proc/PID/stat counts them (with the PID, the identity of
+    /// the process: a PID alone may be reused).
+    pub start_time: u64,
+    pub comm: String,
+    pub service: Arc<str>,
+    /// Given or selected itself (not a descendant of one): its waited-for children's CPU
+    /// counts in its service's CPU.
+    pub root: bool,
+}
+
+/// The registry, shared by the event loop (which changes it) and the scrape (which reads it).
+pub type SharedRegistry = Arc<Mutex<Registry>>;
+
+/// Locks the shared registry. A panic while it was held cannot leave it half-changed (every
+/// change is one map operation), so a poisoned lock is used as it is.
+pub fn lock(registry: &SharedRegistry) -> MutexGuard<'_, Registry> {
+    registry.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+#[derive(Debug, Default)]
+pub struct Registry {
+    targets: HashMap<u32, Target>,
+    /// `--service`: every target's service, whatever its name.
+    pinned: Option<Arc<str>>,
+}
+
+impl Registry {
+    pub fn new(pinned_service: Option<&str>) -> Self {
+        Registry { targets: HashMap::new(), pinned: pinned_service.map(labels::service) }
+    }
+
+    pub fn shared(self) -> SharedRegistry {
+        Arc::new(Mutex::new(self))
+    }
+
+    fn named(&self, comm: &str) -> Arc<str> {
+        self.pinned.clone().unwrap_or_else(|| labels::service(comm))
+    }
+
+    pub fn len(&self) -> usize {
+        self.targets.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.targets.is_empty()
+    }
+
+    pub fn get(&self, pid: u32) -> Option<&Target> {
+        self.targets.get(&pid)
+    }
+
+    pub fn targets(&self) -> impl Iterator<Item = &Target> {
+        self.targets.values()
+    }
+
+    /// Is this very process (PID and start time) a target?
+    pub fn contains(&self, pid: u32, start_time: u64) -> bool {
+        self.get(pid).is_some_and(|t| t.start_time == start_time)
+    }
+
+    /// The service of a process's I/O.
+    pub fn service_of(&self, pid: u32) -> Arc<str> {
+        match self.targets.get(&pid) {
+            Some(t) => t.service.clone(),
+            None => self.pinned.clone().unwrap_or_else(|| UNKNOWN_SERVICE.into()),
+        }
+    }
+
+    fn insert(&mut self, t: Target) -> Option<&Target> {
+        if self.contains(t.pid, t.start_time) {
+            return None;
+        }
+        let pid = t.pid;
+        self.targets.insert(pid, t);
+        self.targets.get(&pid)
+    }
+
+    /// A process given or selected: its service is `--service` or its own name. `None` if
+    /// it is a target already.
+    pub fn attach_root(&mut self, p: &ProcInfo) -> Option<&Target> {
+        let service = self.named(&p.comm);
+        self.insert(Target { pid: p.pid, start_time: p.start_time, comm: p.comm.clone(), service, root: true })
+    }
+
+    /// A descendant of a root, found in /proc when the root was attached: the root's service.
+    pub fn attach_descendant(&mut self, p: &ProcInfo, service: Arc<str>) -> Option<&Target> {
+        self.insert(Target { pid: p.pid, start_time: p.start_time, comm: p.comm.clone(), service, root: false })
+    }
+
+    /// A target forked `child` (the kernel made it a target): it takes its parent's name
+    /// and service. `None` if the child is known already (a selector found it first).
+    pub fn forked(&mut self, parent: u32, child: u32, start_time: u64) -> Option<&Target> {
+        let (comm, service) = match self.targets.get(&parent) {
+            Some(p) => (p.comm.clone(), p.service.clone()),
+            None => (String::new(), self.service_of(parent)),
+        };
+        self.insert(Target { pid: child, start_time, comm, service, root: false })
+    }
+
+    /// A target executed a new program called `comm`: it takes that name as its service,
+    /// unless `--service` pins it. Returns the target as it is now.
+    pub fn execed(&mut self, pid: u32, comm: &str) -> Option<&Target> {
+        let service = self.named(comm);
+        let t = self.targets.get_mut(&pid)?;
+        t.comm = comm.to_string();
+        t.service = service;
+        Some(t)
+    }
+
+    /// A target exited.
+    pub fn exited(&mut self, pid: u32) -> Option<Target> {
+        self.targets.remove(&pid)
+    }
+
+    /// Forgets targets that `still_running` says are gone (an exit whose event was lost).
+    pub fn retain_running(&mut self, mut still_running: impl FnMut(&Target) -> bool) -> Vec<Target> {
+        let gone: Vec<u32> = self.targets.values().filter(|t| !still_running(t)).map(|t| t.pid).collect();
+        gone.into_iter().filter_map(|pid| self.targets.remove(&pid)).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn proc(pid: u32, comm: &str) -> ProcInfo {
+        ProcInfo { pid, ppid: 1, start_time: 1000 + pid as u64, comm: comm.into() }
+    }
+
+    #[test]
+    fn children_inherit_and_keep_the_name_after_their_ancestors_exit() {
+        let mut r = Registry::new(None);
+        r.attach_root(&proc(10, "daemon")).unwrap();
+        r.forked(10, 11, 2000).unwrap();
+        r.exited(10);
+        r.forked(11, 12, 2001).unwrap();
+        r.exited(11);
+        assert_eq!(&*r.service_of(12), "daemon");
+        assert_eq!(r.len(), 1);
+        assert!(r.contains(12, 2001));
+    }
+
+    #[test]
+    fn exec_renames_the_process_and_its_later_children() {
+        let mut r = Registry::new(None);
+        r.attach_root(&proc(20, "sh")).unwrap();
+        r.forked(20, 21, 3000).unwrap(); // before the exec: stays "sh"
+        r.execed(20, "gunicorn").unwrap();
+        r.forked(20, 22, 3001).unwrap();
+        assert_eq!(&*r.service_of(20), "gunicorn");
+        assert_eq!(&*r.service_of(21), "sh");
+        assert_eq!(&*r.service_of(22), "gunicorn");
+    }
+
+    #[test]
+    fn a_pinned_service_survives_exec_and_unknown_processes_get_one_name() {
+        let mut r = Registry::new(Some("shop"));
+        r.attach_root(&proc(30, "sh")).unwrap();
+        r.execed(30, "gunicorn").unwrap();
+        assert_eq!(&*r.service_of(30), "shop");
+        assert_eq!(&*r.service_of(99), "shop");
+        let r = Registry::new(None);
+        assert_eq!(&*r.service_of(99), UNKNOWN_SERVICE);
+    }
+
+    #[test]
+    fn a_process_is_attached_once_and_a_reused_pid_is_another_process() {
+        let mut r = Registry::new(None);
+        assert!(r.attach_root(&proc(40, "srv")).is_some());
+        assert!(r.attach_root(&proc(40, "srv")).is_none());
+        assert!(r.forked(1, 40, 1040).is_none(), "a selector found the child first");
+        let reused = ProcInfo { start_time: 9999, ..proc(40, "other") };
+        assert!(!r.contains(40, 9999));
+        assert!(r.attach_root(&reused).is_some());
+        assert_eq!(r.get(40).unwrap().comm, "other");
+    }
+
+    #[test]
+    fn lost_exits_are_reconciled() {
+        let mut r = Registry::new(None);
+        r.attach_root(&proc(50, "a")).unwrap();
+        r.attach_root(&proc(51, "b")).unwrap();
+        let gone = r.retain_running(|t| t.pid == 51);
+        assert_eq!(gone.iter().map(|t| t.pid).collect::<Vec<_>>(), [50]);
+        assert_eq!(r.len(), 1);
+    }
+}

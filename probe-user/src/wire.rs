@@ -1,0 +1,62 @@
+//! Ring-buffer records as the kernel writes them, built for tests (decode, the golden
+//! fixtures, the fuzzer): the same bytes the agent reads.
+use probe_common::{
+    CloseEvent, DataEvent, EventHeader, ExecEvent, ExitEvent, ForkEvent, EVENT_CLOSE, EVENT_EXEC, EVENT_EXIT,
+    EVENT_FORK, HEAD_WINDOW, TAIL_WINDOW,
+};
+
+pub const AF_INET: u16 = 2;
+pub const AF_UNIX: u16 = 1;
+
+/// The bytes of a `#[repr(C)]` record.
+pub fn raw<T>(v: &T) -> Vec<u8> {
+    unsafe { std::slice::from_raw_parts(v as *const T as *const u8, size_of::<T>()) }.to_vec()
+}
+
+/// A data record for I/O of `len` bytes by `tgid`, of which `bytes` are what the probe
+/// would capture (the head window from the start and, when `len` is larger than the
+/// window, the last `TAIL_WINDOW` bytes of `bytes` as the tail).
+pub fn data(kind: u32, conn: u64, tgid: u32, ts_ns: u64, family: u16, flags: u32, bytes: &[u8]) -> Vec<u8> {
+    let mut ev = DataEvent {
+        header: EventHeader { kind, flags, ts_ns },
+        conn_id: conn,
+        tgid,
+        len: bytes.len() as u32,
+        family,
+        head_len: bytes.len().min(HEAD_WINDOW) as u16,
+        tail_len: 0,
+        _pad: 0,
+        head: [0; HEAD_WINDOW],
+        tail: [0; TAIL_WINDOW],
+    };
+    ev.head[..bytes.len().min(HEAD_WINDOW)].copy_from_slice(&bytes[..bytes.len().min(HEAD_WINDOW)]);
+    if bytes.len() > HEAD_WINDOW {
+        ev.tail.copy_from_slice(&bytes[bytes.len() - TAIL_WINDOW..]);
+        ev.tail_len = TAIL_WINDOW as u16;
+    }
+    raw(&ev)
+}
+
+pub fn close(conn: u64, ts_ns: u64) -> Vec<u8> {
+    raw(&CloseEvent { header: EventHeader { kind: EVENT_CLOSE, flags: 0, ts_ns }, conn_id: conn })
+}
+
+pub fn fork(parent: u32, child: u32, ts_ns: u64) -> Vec<u8> {
+    raw(&ForkEvent {
+        header: EventHeader { kind: EVENT_FORK, flags: 0, ts_ns },
+        parent_tgid: parent,
+        child_tgid: child,
+        child_start_ns: ts_ns,
+    })
+}
+
+pub fn exec(tgid: u32, comm: &str, ts_ns: u64) -> Vec<u8> {
+    let mut name = [0u8; 16];
+    let n = comm.len().min(15);
+    name[..n].copy_from_slice(&comm.as_bytes()[..n]);
+    raw(&ExecEvent { header: EventHeader { kind: EVENT_EXEC, flags: 0, ts_ns }, tgid, _pad: 0, comm: name })
+}
+
+pub fn exit(tgid: u32, ts_ns: u64) -> Vec<u8> {
+    raw(&ExitEvent { header: EventHeader { kind: EVENT_EXIT, flags: 0, ts_ns }, tgid, _pad: 0 })
+}
