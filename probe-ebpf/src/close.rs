@@ -1,4 +1,7 @@
-//! The target closing its side of a tracked connection ends a close-delimited response.
+//! A tracked connection that closes ends a close-delimited response, and what was still
+//! waiting on it. The close is found by the socket, not by the task: a client's reset moves
+//! the server's socket to CLOSE in the client's context or in softirq, and a target that is
+//! killed closes its sockets after its exit hook ran.
 //! TCP: sock:inet_sock_set_state(const struct sock *sk, int oldstate, int newstate).
 //! UNIX sockets have no such tracepoint; there, the peer reading end-of-file (a 0-byte
 //! sock_recv_length, see `recv.rs`) tells that the target closed.
@@ -15,7 +18,6 @@ use crate::{
     emit::wakeup_flags,
     kernel::{read, read_ptr},
     maps::{count, global, EVENTS},
-    target::current_target,
 };
 
 const TCP_FIN_WAIT1: u32 = 4;
@@ -24,19 +26,15 @@ const TCP_LAST_ACK: u32 = 9;
 
 #[btf_tracepoint(function = "inet_sock_set_state")]
 pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> u32 {
-    // The state is an argument (a register compare): most transitions stop here, before
-    // the target lookup. Loopback transitions of other processes' sockets often run in a
-    // target's context, so the target check alone lets many through.
+    // The state is an argument (a register compare): most transitions stop here.
     let new_state = ctx.arg::<u64>(2) as u32;
     if new_state != TCP_FIN_WAIT1 && new_state != TCP_LAST_ACK && new_state != TCP_CLOSE {
         return 0;
     }
-    if current_target().is_none() {
-        return 0;
-    }
     let sk: *const u8 = ctx.arg(0);
     // A socket we tracked has its cookie already; reading it (instead of asking for it)
-    // does not create cookies for every socket that closes.
+    // does not create cookies for every socket that closes. Sockets without one (almost
+    // every socket of a process that is not a target) stop here.
     let Some(cookie) = conn::existing_cookie(sk) else { return 0 };
     forget(cookie);
     0

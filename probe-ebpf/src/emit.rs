@@ -1,7 +1,7 @@
 //! Ring-buffer submission with batched wakeups: the reader is woken once each time the
 //! pending bytes grow past a multiple of `CONFIG.wakeup_bytes` (it also drains on a short
-//! timer), which cuts the per-event cost for the target by more than half (see the
-//! README's overhead table).
+//! timer), which cuts the per-event cost for the target by more than half (see
+//! docs/overhead.md).
 //!
 //! Only the crossing wakes the reader, not every event past it: a wakeup is an irq_work,
 //! raised with a self-IPI (an APIC write, a VM exit on a virtual machine), and while the

@@ -80,12 +80,14 @@ impl ProcRoot {
         Some(ProcInfo { pid, ppid: s.ppid as u32, start_time: s.starttime, comm: s.comm })
     }
 
-    /// Is the process that started at `start_time` still running at `pid` (not exited, not
-    /// a zombie waiting to be reaped, not replaced by another process with the same PID)?
+    /// Is the process that started at `start_time` still running at `pid` (not exiting,
+    /// not a zombie waiting to be reaped, not replaced by another process with the same PID)?
     pub fn is_running(&self, pid: u32, start_time: u64) -> bool {
-        self.process(pid)
-            .and_then(|p| p.stat())
-            .is_ok_and(|s| s.starttime == start_time && !matches!(s.state, 'Z' | 'X'))
+        /// `task_struct.flags` bit of a task in do_exit (it still shows as running).
+        const PF_EXITING: u32 = 0x4;
+        self.process(pid).and_then(|p| p.stat()).is_ok_and(|s| {
+            s.starttime == start_time && !matches!(s.state, 'Z' | 'X') && s.flags & PF_EXITING == 0
+        })
     }
 
     /// The PIDs in /proc now.

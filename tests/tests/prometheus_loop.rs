@@ -20,7 +20,7 @@ use testkit::{
     wait_for,
 };
 
-/// Duration buckets of http_server_request_duration_seconds (README, metrics reference).
+/// Duration buckets of http_server_request_duration_seconds (docs/metrics.md).
 const BUCKETS: &[f64] = &[0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0];
 /// How much longer the client may see a request than the server (loopback, a loaded VM).
 const CLIENT_SLACK: f64 = 0.005;

@@ -57,7 +57,11 @@ fn payload_never_reaches_logs_or_labels() -> Result<()> {
         let _ = c.read_response(false);
     }
     let m = agent.wait_metrics("the requests and the bad input", |m| {
-        m.request_counts().values().sum::<u64>() == 3 && m.sum("redprobe_requests_unparsed_total", &[]) == 3.0
+        // The garbage is another protocol; the malformed request and the huge head are
+        // unparsed requests.
+        m.request_counts().values().sum::<u64>() == 3
+            && m.sum("redprobe_requests_unparsed_total", &[]) == 2.0
+            && m.sum("redprobe_connections_other_protocol_total", &[]) == 1.0
     })?;
     assert_eq!(m.requests("GET", 200, "/users/{id}"), 1);
     let log = agent.stderr();

@@ -61,11 +61,11 @@ impl TargetBits {
         (index < self.count).then(|| unsafe { &*self.words.as_ptr().add(index as usize) })
     }
 
-    /// Sets `pid`'s bit; false if the PID is beyond the bitmap (above pid_max).
-    pub fn set(&self, pid: u32) -> bool {
-        let Some(word) = self.word(pid) else { return false };
-        word.fetch_or(1 << (pid % 64), Ordering::Relaxed);
-        true
+    /// Sets `pid`'s bit: whether it was set already, or None if the PID is beyond the
+    /// bitmap (above pid_max).
+    pub fn set(&self, pid: u32) -> Option<bool> {
+        let bit = 1 << (pid % 64);
+        Some(self.word(pid)?.fetch_or(bit, Ordering::Relaxed) & bit != 0)
     }
 
     /// Clears `pid`'s bit (a process that went away before it could be measured).
@@ -113,45 +113,51 @@ pub struct Targets {
 }
 
 impl Targets {
-    /// Marks one process; false (counted, logged) if the kernel's bitmap cannot hold it.
+    /// Marks one process in the kernel's bitmap, then checks that it still runs. A process
+    /// that exited before its bit was set would never be reported by the kernel: its bit is
+    /// cleared again (unless the kernel had set it: a fork it will report) and false is
+    /// returned. A PID beyond the bitmap is counted and logged.
     fn mark(&self, p: &ProcInfo) -> bool {
-        if self.bits.set(p.pid) {
+        let Some(was_set) = self.bits.set(p.pid) else {
+            self.health.map_write_failed("TARGETS");
+            warn!(pid = p.pid, "PID above the kernel's pid_max as the probe was loaded: not measured");
+            return false;
+        };
+        if self.proc.is_running(p.pid, p.start_time) {
             return true;
         }
-        self.health.map_write_failed("TARGETS");
-        warn!(pid = p.pid, "PID above the kernel's pid_max as the probe was loaded: not measured");
+        if !was_set {
+            self.bits.clear(p.pid);
+        }
         false
     }
 
-    /// Starts measuring `root` and its descendants, unless it is measured already.
-    /// Returns false if it was measured already.
+    /// Starts measuring `root` and its descendants. False if it is measured already, or
+    /// gone. (The registry changes only on this thread, which also handles the kernel's
+    /// fork and exit events: a process that is running when marked and exits later is
+    /// removed by its exit event.)
     pub fn attach_tree(&self, root: &ProcInfo) -> bool {
-        let service = {
-            let mut r = lock(&self.registry);
-            let Some(t) = r.attach_root(root) else { return false };
-            t.service.clone()
-        };
-        if !self.mark(root) {
-            lock(&self.registry).exited(root.pid);
+        if lock(&self.registry).contains(root.pid, root.start_time) || !self.mark(root) {
             return false;
         }
+        let service = match lock(&self.registry).attach_root(root) {
+            Some(t) => t.service.clone(),
+            None => return false,
+        };
         info!(pid = root.pid, comm = %root.comm, service = %service, "measuring process");
         self.health.target_attaches.inc();
         // Children forked from now on are marked by the kernel. Those forked before are
         // found in /proc; a second pass finds any a first-pass child forked meanwhile.
         for _ in 0..2 {
             for child in self.proc.descendants(root.pid) {
-                let added = lock(&self.registry).attach_descendant(&child, service.clone()).is_some();
-                if added && self.mark(&child) {
+                if lock(&self.registry).contains(child.pid, child.start_time) || !self.mark(&child) {
+                    continue;
+                }
+                if lock(&self.registry).attach_descendant(&child, service.clone()).is_some() {
                     info!(pid = child.pid, comm = %child.comm, service = %service, "measuring process");
                     self.health.target_attaches.inc();
                 }
             }
-        }
-        // A root that exited before its bit was set would never be reported by the kernel.
-        if !self.proc.is_running(root.pid, root.start_time) {
-            self.bits.clear(root.pid);
-            lock(&self.registry).exited(root.pid);
         }
         self.health.targets.set(lock(&self.registry).len() as i64);
         true
