@@ -52,7 +52,7 @@ impl ChunkParser {
                             State::Data(*value)
                         };
                     } else if !*in_extension && b.is_ascii_hexdigit() {
-                        *value = value.saturating_mul(16) + (b as char).to_digit(16).unwrap_or(0) as u64;
+                        *value = value.saturating_mul(16).saturating_add((b as char).to_digit(16).unwrap_or(0) as u64);
                         *digits += 1;
                     } else if b == b';' {
                         *in_extension = true;
@@ -146,6 +146,13 @@ mod tests {
         assert_eq!(p.feed(b"10\r\n"), Ok(4));
         assert_eq!(p.skip(17), Err(Blind));
         assert_eq!(ChunkParser::default().feed(b"\r\n"), Err(Blind));
+    }
+
+    #[test]
+    fn a_chunk_size_beyond_u64_saturates() {
+        let mut p = ChunkParser::default();
+        assert_eq!(p.feed(b"ffffffffffffffff1\r\n"), Ok(19));
+        assert!(!p.is_done());
     }
 
     #[test]

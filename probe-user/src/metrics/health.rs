@@ -94,28 +94,46 @@ impl Health {
             open_connections: Default::default(),
         };
         let r = registry.sub_registry_with_prefix("redprobe");
-        r.register("events_received", "Events read from the kernel ring buffer", h.events_received.clone());
-        r.register(
-            "events_lost",
-            "Events the kernel could not queue because the ring buffer was full (their connections are resynchronised)",
-            h.events_lost.clone(),
-        );
-        r.register("events_undecodable", "Ring buffer records of unknown kind or size", h.events_undecodable.clone());
-        r.register(
-            "requests_unparsed",
-            "Bytes on server connections that could not be measured as requests, by reason",
-            h.unparsed.clone(),
-        );
-        r.register(
-            "responses_inferred",
-            "Responses whose end was inferred because their framing headers were not captured, by reason",
-            h.inferred.clone(),
-        );
-        r.register(
-            "kernel_skipped_io",
-            "Socket I/O of targets the kernel did not capture, by reason (foreign_context: io_uring worker or task_work; fd_mismatch; conn_map_full)",
-            h.kernel_skipped.clone(),
-        );
+        let counters = [
+            ("events_received", "Events read from the kernel ring buffer", &h.events_received),
+            (
+                "events_lost",
+                "Events the kernel could not queue because the ring buffer was full (their connections are resynchronised)",
+                &h.events_lost,
+            ),
+            ("events_undecodable", "Ring buffer records of unknown kind or size", &h.events_undecodable),
+            (
+                "scrape_accept_errors",
+                "Connections to /metrics that could not be accepted (for example out of file descriptors); the agent backs off and goes on",
+                &h.scrape_accept_errors,
+            ),
+            ("target_attaches", "Processes that became targets (given or selected processes and their children)", &h.target_attaches),
+            ("target_exits", "Measured processes that exited", &h.target_exits),
+            (
+                "routes_folded",
+                "Requests reported as http_route=\"_other\" because --max-routes distinct routes were already seen for their service",
+                &h.routes_folded,
+            ),
+        ];
+        for (name, help, counter) in counters {
+            r.register(name, help, counter.clone());
+        }
+        let by_reason = [
+            ("requests_unparsed", "Bytes on server connections that could not be measured as requests, by reason", &h.unparsed),
+            (
+                "responses_inferred",
+                "Responses whose end was inferred because their framing headers were not captured, by reason",
+                &h.inferred,
+            ),
+            (
+                "kernel_skipped_io",
+                "Socket I/O of targets the kernel did not capture, by reason (foreign_context: io_uring worker or task_work; fd_mismatch; conn_map_full)",
+                &h.kernel_skipped,
+            ),
+        ];
+        for (name, help, family) in by_reason {
+            r.register(name, help, family.clone());
+        }
         r.register(
             "connections_classified",
             "Connections of targets classified by their first bytes: server (HTTP requests received), client (requests sent) or other (another protocol)",
@@ -131,22 +149,10 @@ impl Health {
             "Writes of the agent to a kernel map that failed, by map (the agent goes on; the process concerned may not be measured)",
             h.map_write_errors.clone(),
         );
-        r.register(
-            "scrape_accept_errors",
-            "Connections to /metrics that could not be accepted (for example out of file descriptors); the agent backs off and goes on",
-            h.scrape_accept_errors.clone(),
-        );
         r.register("connections_tracked", "Connections the agent is pairing requests on", h.connections_tracked.clone());
         r.register("map_entries", "Entries in each kernel map (CONNS: connections, TARGETS: processes)", h.map_entries.clone());
         r.register("map_capacity", "Capacity of each kernel map", h.map_capacity.clone());
         r.register("targets", "Processes currently measured (given or selected processes and their children)", h.targets.clone());
-        r.register("target_attaches", "Processes that became targets (given or selected processes and their children)", h.target_attaches.clone());
-        r.register("target_exits", "Measured processes that exited", h.target_exits.clone());
-        r.register(
-            "routes_folded",
-            "Requests reported as http_route=\"_other\" because --max-routes distinct routes were already seen for their service",
-            h.routes_folded.clone(),
-        );
         r.register(
             "target_open_connections",
             "Server connections of the target with HTTP traffic, currently tracked",

@@ -100,30 +100,35 @@ impl OtelHttp {
             response_size: Family::new_with_constructor(size_histogram),
             active: SnapshotGauge::default(),
         };
-        registry.register_with_unit(
-            "http_server_request_duration",
-            "Duration of HTTP server requests: from the read of the request's first byte to the write of the response's last byte",
-            Unit::Seconds,
-            m.duration.clone(),
-        );
-        registry.register_with_unit(
-            "redprobe_http_server_time_to_first_byte",
-            "From the read of the request's first byte to the write of the response's first byte (redprobe's own metric)",
-            Unit::Seconds,
-            m.first_byte.clone(),
-        );
-        registry.register_with_unit(
-            "http_server_request_body_size",
-            "Size of HTTP request bodies as transferred (chunk framing included), without headers",
-            Unit::Bytes,
-            m.request_size.clone(),
-        );
-        registry.register_with_unit(
-            "http_server_response_body_size",
-            "Size of HTTP response bodies as transferred (chunk framing included), without headers",
-            Unit::Bytes,
-            m.response_size.clone(),
-        );
+        let histograms = [
+            (
+                "http_server_request_duration",
+                "Duration of HTTP server requests: from the read of the request's first byte to the write of the response's last byte",
+                Unit::Seconds,
+                &m.duration,
+            ),
+            (
+                "redprobe_http_server_time_to_first_byte",
+                "From the read of the request's first byte to the write of the response's first byte (redprobe's own metric)",
+                Unit::Seconds,
+                &m.first_byte,
+            ),
+            (
+                "http_server_request_body_size",
+                "Size of HTTP request bodies as transferred (chunk framing included), without headers",
+                Unit::Bytes,
+                &m.request_size,
+            ),
+            (
+                "http_server_response_body_size",
+                "Size of HTTP response bodies as transferred (chunk framing included), without headers",
+                Unit::Bytes,
+                &m.response_size,
+            ),
+        ];
+        for (name, help, unit, family) in histograms {
+            registry.register_with_unit(name, help, unit, family.clone());
+        }
         registry.register("http_server_active_requests", "HTTP requests read and not yet answered", m.active.family.clone());
         m
     }

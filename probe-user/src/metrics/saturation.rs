@@ -76,6 +76,7 @@ impl Saturation {
     }
 
     pub fn encode(totals: &[ServiceTotals], encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let labels = |t: &ServiceTotals| ServiceLabels { service_name: t.service.to_string() };
         let mut cpu = encoder.encode_descriptor(
             "redprobe_target_cpu_seconds",
             "CPU seconds (user + system) of the target's processes, summed over all workers, including exited ones",
@@ -83,8 +84,7 @@ impl Saturation {
             MetricType::Counter,
         )?;
         for t in totals {
-            let labels = ServiceLabels { service_name: t.service.to_string() };
-            ConstCounter::new(t.cpu_s).encode(cpu.encode_family(&labels)?)?;
+            ConstCounter::new(t.cpu_s).encode(cpu.encode_family(&labels(t))?)?;
         }
         let mut rss = encoder.encode_descriptor(
             "redprobe_target_resident_memory_bytes",
@@ -93,8 +93,7 @@ impl Saturation {
             MetricType::Gauge,
         )?;
         for t in totals {
-            let labels = ServiceLabels { service_name: t.service.to_string() };
-            ConstGauge::new(t.rss_bytes).encode(rss.encode_family(&labels)?)?;
+            ConstGauge::new(t.rss_bytes).encode(rss.encode_family(&labels(t))?)?;
         }
         Ok(())
     }

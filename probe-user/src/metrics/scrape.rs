@@ -50,21 +50,25 @@ impl ScrapeCollectors {
 
 impl Collector for ScrapeCollectors {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        // Each collector reads, then encodes what it read; a failed read encodes nothing.
+        type Collect<'a> = Box<dyn Fn(&mut DescriptorEncoder) -> Result<Result<(), String>, std::fmt::Error> + 'a>;
+        let collectors: [(&str, Collect<'_>); 2] = [
+            ("saturation", Box::new(|e| match self.saturation.collect() {
+                Ok(totals) => Saturation::encode(&totals, e).map(Ok),
+                Err(why) => Ok(Err(why)),
+            })),
+            ("process", Box::new(|e| match self.process.collect() {
+                Ok(stats) => AgentProcess::encode(&stats, e).map(Ok),
+                Err(why) => Ok(Err(why)),
+            })),
+        ];
         let mut outcomes = vec![];
-        let start = Instant::now();
-        let result = match self.saturation.collect() {
-            Ok(totals) => Saturation::encode(&totals, &mut encoder).map(|_| Ok(()))?,
-            Err(e) => Err(e),
-        };
-        self.report(0, "saturation", &result);
-        outcomes.push(("saturation", result.is_ok(), start.elapsed().as_secs_f64()));
-        let start = Instant::now();
-        let result = match self.process.collect() {
-            Ok(stats) => AgentProcess::encode(&stats, &mut encoder).map(|_| Ok(()))?,
-            Err(e) => Err(e),
-        };
-        self.report(1, "process", &result);
-        outcomes.push(("process", result.is_ok(), start.elapsed().as_secs_f64()));
+        for (i, (name, collect)) in collectors.iter().enumerate() {
+            let start = Instant::now();
+            let result = collect(&mut encoder)?;
+            self.report(i, name, &result);
+            outcomes.push((*name, result.is_ok(), start.elapsed().as_secs_f64()));
+        }
 
         let mut success = encoder.encode_descriptor(
             "redprobe_scrape_collector_success",
