@@ -26,7 +26,7 @@ pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
 /// Scrape connections served at once; more are closed as soon as they are accepted.
 const MAX_SCRAPE_CONNECTIONS: usize = 64;
 /// A scrape connection must send its request head within this time...
-const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
 /// ...and is closed after this time, whatever it does.
 const CONNECTION_TIMEOUT: Duration = Duration::from_secs(60);
 

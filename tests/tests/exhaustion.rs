@@ -150,3 +150,40 @@ fn ring_buffer_burst_while_the_agent_is_stalled() -> Result<()> {
     );
     Ok(())
 }
+
+/// CPU seconds (user + system) of a process so far.
+fn cpu_seconds(pid: u32) -> Result<f64> {
+    let stat = testkit::procs::Stat::read(pid)?;
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Ok((stat.number(testkit::procs::STAT_UTIME)? + stat.number(testkit::procs::STAT_STIME)?) as f64 / ticks)
+}
+
+/// 1,000 idle connections to the metrics port of an agent started with systemd's default
+/// limit of 1,024 open files: the agent neither spins nor stops measuring, and serves
+/// scrapes again once they are gone.
+#[test]
+fn a_thousand_idle_scrape_connections_neither_spin_nor_blind_the_agent() -> Result<()> {
+    const IDLE: usize = 1000;
+    raise_fd_limit()?;
+    let server = Server::start_python()?;
+    let mut prlimit = std::process::Command::new("prlimit");
+    prlimit.arg("--nofile=1024:1024").arg(testkit::procs::agent_bin());
+    let agent = Agent::start_with(prlimit, &testkit::procs::pid_args(&[server.pid()]))?;
+    let agent_pid = agent.child.id();
+    let mut idle = Vec::with_capacity(IDLE);
+    for _ in 0..IDLE {
+        idle.push(TcpStream::connect(&agent.addr)?);
+    }
+    // Measuring goes on while the metrics port is crowded.
+    let cpu_before = cpu_seconds(agent_pid)?;
+    let started = std::time::Instant::now();
+    well_formed(server.port, 200)?;
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let busy = (cpu_seconds(agent_pid)? - cpu_before) / started.elapsed().as_secs_f64();
+    drop(idle);
+    let m = agent.wait_metrics("the 200 requests, once the idle clients left", |m| m.requests("GET", 200, "/hello") == 200)?;
+    println!("1000 idle scrape connections: agent CPU {:.1} % of a core; 200 requests counted", busy * 100.0);
+    assert!(busy < 0.5, "the agent spun at {:.0} % of a core with idle scrape connections", busy * 100.0);
+    assert_eq!(m.sum("redprobe_events_lost_total", &[]), 0.0);
+    Ok(())
+}
