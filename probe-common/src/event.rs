@@ -31,9 +31,16 @@ pub const FLAG_AFTER_LOSS: u32 = 2;
 /// read later starts with an HTTP request (the connection then becomes a server one).
 pub const FLAG_UNCLASSIFIED: u32 = 4;
 
-/// Iovecs of a vectored read or write that the programs walk for the head and the tail
-/// windows (a bounded loop; servers put a response head in the first one or two).
+/// `flags` of a close: the connection was reset (it went straight from an open state to
+/// CLOSE: a reset received, or an abortive close) rather than closed with a FIN.
+pub const FLAG_RESET: u32 = 8;
+
+/// Iovecs of a vectored read or write that the programs gather the head window from (a
+/// bounded loop; servers put a response head in the first one or two).
 pub const MAX_IOVECS: usize = 8;
+/// Iovecs walked to find the last one the data reaches, whose end is the tail window. A
+/// writev of more reaches no tail (its chunked end is then inferred at the next request).
+pub const MAX_IOVECS_WALKED: usize = 64;
 
 /// `TASK_COMM_LEN`: a command name, NUL-padded.
 pub const COMM_LEN: usize = 16;

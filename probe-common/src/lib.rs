@@ -6,6 +6,7 @@
 //! feature the structs implement `aya::Pod` so the agent can put them in maps and globals.
 #![no_std]
 
+pub mod classify;
 pub mod event;
 pub mod maps;
 pub mod offsets;

@@ -4,14 +4,14 @@ use aya_ebpf::helpers::{
     generated::{self as helpers, bpf_get_socket_cookie},
 };
 use probe_common::{
+    classify::{Classifier, Verdict},
     syscalls::BufferShape, ConnState, DataEvent, EventHeader, COUNTER_CLIENT_CONNS, COUNTER_FD_MISMATCH,
     COUNTER_FOREIGN_CONTEXT, COUNTER_LOST, COUNTER_SERVER_CONNS, EVENT_RECV, EVENT_SEND,
-    FLAG_AFTER_LOSS, FLAG_UNCLASSIFIED, HEAD_WINDOW, MAX_IOVECS, ROLE_CLIENT, ROLE_OTHER,
+    FLAG_AFTER_LOSS, FLAG_UNCLASSIFIED, HEAD_WINDOW, MAX_IOVECS, MAX_IOVECS_WALKED, ROLE_CLIENT, ROLE_OTHER,
     ROLE_SERVER, ROLE_UNKNOWN, TAIL_WINDOW,
 };
 
 use crate::{
-    classify::starts_request,
     conn,
     context::{own_syscall, Direction, Rejection, SyscallContext},
     emit::wakeup_flags,
@@ -74,7 +74,8 @@ pub fn on_socket_io(sk: *const u8, moved: u32, dir: Direction, tgid: u32) -> u32
     let src = source(&ctx);
     let mut flags = 0;
     if role != ROLE_SERVER {
-        // Unknown or non-HTTP connection: decide from its first four bytes.
+        // Unknown or non-HTTP connection: decide from its first bytes, by the shape of a
+        // request line (probe_common::classify).
         match dir {
             Direction::Recv => {
                 // A TCP connection the target already closed or shut down (its close
@@ -82,31 +83,37 @@ pub fn on_socket_io(sk: *const u8, moved: u32, dir: Direction, tgid: u32) -> u32
                 if family != AF_UNIX && !open_for_requests(sk) {
                     return 0;
                 }
-                // Unreadable data (recvmmsg): decide now, as not a request.
-                let (first, have) = first_bytes(src, moved, prefix, prefix_len).unwrap_or((0, 4));
-                if have < 4 {
-                    if role == ROLE_OTHER {
-                        return 0;
+                // A connection that carried another protocol is looked at afresh at each
+                // read; an unknown one goes on from the bytes it had so far.
+                let mut c = if role == ROLE_OTHER { Classifier::default() } else { Classifier::from_state(prefix, prefix_len) };
+                // Unreadable data (recvmmsg) is not a request.
+                let verdict = match first_bytes(src, moved) {
+                    Some((buf, n)) => c.feed_all(&buf[..n]),
+                    None => Verdict::NotRequest,
+                };
+                match verdict {
+                    Verdict::Request => {
+                        conn::set_role(cookie, ROLE_SERVER);
+                        count(COUNTER_SERVER_CONNS);
                     }
-                    // Fewer than four bytes so far: remember them and pass the data on;
-                    // the agent holds it until the connection is classified.
-                    conn::set_prefix(state, cookie, first, have);
-                } else if starts_request(first) {
-                    conn::set_role(cookie, ROLE_SERVER);
-                    count(COUNTER_SERVER_CONNS);
-                } else {
-                    if role == ROLE_OTHER {
-                        return 0;
+                    _ if role == ROLE_OTHER => return 0,
+                    Verdict::Undecided => {
+                        // Too few bytes so far (a client writing byte by byte): remember where
+                        // the classifier is and pass the data on; the agent holds it until
+                        // the connection is classified.
+                        conn::set_prefix(state, cookie, c.first4, c.meta());
                     }
-                    // Tell the agent once what arrived (TLS, garbage, another protocol).
-                    conn::set_role(cookie, ROLE_OTHER);
-                    flags |= FLAG_UNCLASSIFIED;
+                    Verdict::NotRequest => {
+                        // Tell the agent once what arrived (TLS, garbage, another protocol).
+                        conn::set_role(cookie, ROLE_OTHER);
+                        flags |= FLAG_UNCLASSIFIED;
+                    }
                 }
             }
             Direction::Send => {
-                let request = match first_chunk(src, moved) {
-                    Some((ptr, len)) if len >= 4 => read_user::<u32>(ptr).is_some_and(starts_request),
-                    _ => false,
+                let request = match first_bytes(src, moved) {
+                    Some((buf, n)) => Classifier::default().feed_all(&buf[..n]) == Verdict::Request,
+                    None => false,
                 };
                 if request {
                     conn::set_role(cookie, ROLE_CLIENT);
@@ -146,69 +153,43 @@ fn open_for_requests(sk: *const u8) -> bool {
     matches!(read::<u8>(sk, global!(OFFSETS.sk_state)), Some(TCP_ESTABLISHED) | Some(TCP_CLOSE_WAIT))
 }
 
-/// The connection's first bytes: what was kept from earlier reads, completed from this
-/// one (across its first iovecs if they are tiny), up to four. Returns them
-/// (little-endian) and how many there are; `None` if the data cannot be read.
+/// Bytes gathered for classification: a power of two above `CLASSIFY_BYTES`.
+const FIRST: usize = 32;
+
+/// The data's first bytes, up to [`FIRST`], across its first iovecs if they are tiny (a
+/// 2-byte first iovec, say). `None` if the data cannot be read (recvmmsg). The buffer is
+/// twice [`FIRST`], so that every copy at an offset below `FIRST` is in bounds.
 #[inline(always)]
-fn first_bytes(src: Source, moved: u32, prefix: u32, prefix_len: u32) -> Option<(u32, u32)> {
-    let (mut value, mut have) = (prefix, prefix_len & 3);
+fn first_bytes(src: Source, moved: u32) -> Option<([u8; 2 * FIRST], usize)> {
+    let mut buf = [0u8; 2 * FIRST];
     let (iov, count) = match src {
         Source::Flat(ptr) => {
-            if have == 0 && moved >= 4 {
-                return read_user::<u32>(ptr).map(|first4| (first4, 4));
+            let n = (moved as u64).min(FIRST as u64);
+            if !read_user_upto(buf.as_mut_ptr(), ptr, n, FIRST as u64) {
+                return None;
             }
-            take_bytes(ptr, moved as u64, &mut value, &mut have)?;
-            return Some((value, have));
+            return Some((buf, n as usize));
         }
         Source::Vectored { iov, count } => (iov, count),
         Source::None => return None,
     };
-    // Each non-empty iovec gives at least one byte: four of them are enough.
-    let mut left = moved as u64;
+    let (mut have, mut left) = (0u64, moved as u64);
     let mut i = 0u64;
     while i < 4 {
-        if i >= count || left == 0 || have >= 4 {
+        if i >= count || left == 0 || have >= FIRST as u64 {
             break;
         }
         let v: [u64; 2] = read_user(iov + i * 16)?;
-        let n = v[1].min(left);
-        if have == 0 && n >= 4 {
-            return read_user::<u32>(v[0]).map(|first4| (first4, 4));
+        let n = v[1].min(left).min(FIRST as u64 - have);
+        let dst = unsafe { buf.as_mut_ptr().add(bounded(have, FIRST as u64 - 1) as usize) };
+        if !read_user_upto(dst, v[0], n, FIRST as u64) {
+            return None;
         }
-        take_bytes(v[0], n, &mut value, &mut have)?;
-        left -= n;
+        have += n;
+        left -= v[1].min(left);
         i += 1;
     }
-    Some((value, have))
-}
-
-/// Appends up to `4 - have` bytes from `ptr` (of `len`) to `value`.
-#[inline(always)]
-fn take_bytes(ptr: u64, len: u64, value: &mut u32, have: &mut u32) -> Option<()> {
-    let mut i = 0u64;
-    while i < 4 {
-        if *have >= 4 || i >= len {
-            break;
-        }
-        let b = read_user::<u8>(ptr + i)?;
-        *value |= (b as u32) << ((*have & 3) * 8);
-        *have += 1;
-        i += 1;
-    }
-    Some(())
-}
-
-/// The first contiguous piece of the data: (address, bytes of the data in it).
-#[inline(always)]
-fn first_chunk(src: Source, moved: u32) -> Option<(u64, u64)> {
-    match src {
-        Source::Flat(ptr) => Some((ptr, moved as u64)),
-        Source::Vectored { iov, count } if count > 0 => {
-            let first: [u64; 2] = read_user(iov)?;
-            Some((first[0], first[1].min(moved as u64)))
-        }
-        _ => None,
-    }
+    Some((buf, (have as usize).min(FIRST)))
 }
 
 /// Where the bytes are, from the syscall's registers.
@@ -312,8 +293,24 @@ fn capture_vectored(ev: &mut DataEvent, iov: u64, count: u64, moved: u64) -> (u1
             filled += take;
         }
         seen += in_data;
-        last_base = v[0];
-        last_len = in_data;
+        if in_data > 0 {
+            (last_base, last_len) = (v[0], in_data);
+        }
+        i += 1;
+    }
+    // The remaining iovecs are walked only to find the last one the data reaches: its end
+    // is the data's end, where a chunked terminator lives (Node writes a stream of
+    // res.write() chunks as one writev of size, data and CRLF iovecs).
+    while i < MAX_IOVECS_WALKED as u64 {
+        if i >= count || seen >= moved {
+            break;
+        }
+        let Some(v) = read_user::<[u64; 2]>(iov + i * 16) else { break };
+        let in_data = v[1].min(moved - seen);
+        seen += in_data;
+        if in_data > 0 {
+            (last_base, last_len) = (v[0], in_data);
+        }
         i += 1;
     }
     let head_len = filled.min(HEAD_WINDOW as u64);

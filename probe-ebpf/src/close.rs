@@ -10,7 +10,7 @@ use aya_ebpf::{
     macros::btf_tracepoint,
     programs::BtfTracePointContext,
 };
-use probe_common::{CloseEvent, EventHeader, COUNTER_LOST, EVENT_CLOSE, ROLE_SERVER};
+use probe_common::{CloseEvent, EventHeader, COUNTER_LOST, EVENT_CLOSE, FLAG_RESET, ROLE_SERVER};
 
 use crate::{
     capture::AF_UNIX,
@@ -20,9 +20,20 @@ use crate::{
     maps::{count, global, EVENTS},
 };
 
+const TCP_ESTABLISHED: u32 = 1;
 const TCP_FIN_WAIT1: u32 = 4;
 const TCP_CLOSE: u32 = 7;
+const TCP_CLOSE_WAIT: u32 = 8;
 const TCP_LAST_ACK: u32 = 9;
+
+/// How the connection closed.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Closing {
+    /// The first step out of the open states (FIN sent, or a reset).
+    First { reset: bool },
+    /// A later step of a close already seen.
+    Later,
+}
 
 #[btf_tracepoint(function = "inet_sock_set_state")]
 pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> u32 {
@@ -36,7 +47,11 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> u32 {
     // does not create cookies for every socket that closes. Sockets without one (almost
     // every socket of a process that is not a target) stop here.
     let Some(cookie) = conn::existing_cookie(sk) else { return 0 };
-    forget(cookie);
+    let old_state = ctx.arg::<u64>(1) as u32;
+    let open = old_state == TCP_ESTABLISHED || old_state == TCP_CLOSE_WAIT;
+    // Straight from an open state to CLOSE: a reset (received, or sent by an abortive close).
+    let closing = if open { Closing::First { reset: new_state == TCP_CLOSE } } else { Closing::Later };
+    forget(cookie, closing);
     0
 }
 
@@ -51,27 +66,40 @@ pub fn on_unix_eof(sk: *const u8) -> u32 {
     }
     let Some(peer) = read_ptr(sk, global!(OFFSETS.unix_peer)) else { return 0 };
     let Some(cookie) = conn::existing_cookie(peer) else { return 0 };
-    forget(cookie);
+    // A peer may read end-of-file more than once: only a connection still in the map is
+    // reported (the agent forgets one the map lost after its idle timeout).
+    if conn::lookup(cookie).is_some() {
+        forget(cookie, Closing::First { reset: false });
+    }
     0
 }
 
-/// The connection is closed: drop its entry, and tell the agent if it served requests.
+/// The connection is closed: drop its entry, and tell the agent if it served requests. A
+/// tracked socket with no entry any more (the LRU map dropped it while full) is reported
+/// at its first closing step too: the agent may still hold it (and ignores the close if not).
 #[inline(always)]
-fn forget(cookie: u64) {
-    let role = match conn::lookup(cookie) {
-        Some(state) => unsafe { (*state).role },
-        None => return,
+fn forget(cookie: u64, closing: Closing) {
+    let report = match conn::lookup(cookie) {
+        Some(state) => {
+            let role = unsafe { (*state).role };
+            conn::remove(cookie);
+            role == ROLE_SERVER
+        }
+        None => closing != Closing::Later,
     };
-    conn::remove(cookie);
-    if role == ROLE_SERVER {
-        emit_close(cookie);
+    if report {
+        emit_close(cookie, closing == Closing::First { reset: true });
     }
 }
 
 #[inline(always)]
-fn emit_close(cookie: u64) {
+fn emit_close(cookie: u64, reset: bool) {
     let ev = CloseEvent {
-        header: EventHeader { kind: EVENT_CLOSE, flags: 0, ts_ns: unsafe { bpf_ktime_get_ns() } },
+        header: EventHeader {
+            kind: EVENT_CLOSE,
+            flags: if reset { FLAG_RESET } else { 0 },
+            ts_ns: unsafe { bpf_ktime_get_ns() },
+        },
         conn_id: cookie,
     };
     if EVENTS.output::<CloseEvent>(&ev, wakeup_flags()).is_err() {

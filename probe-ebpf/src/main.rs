@@ -12,7 +12,6 @@
 #![allow(internal_features)]
 
 mod capture;
-mod classify;
 mod close;
 mod conn;
 mod context;

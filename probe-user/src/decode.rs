@@ -2,7 +2,7 @@
 //! definition of them.
 use probe_common::{
     CloseEvent, DataEvent, EVENT_CLOSE, EVENT_EXEC, EVENT_EXIT, EVENT_FORK, EVENT_RECV, EVENT_SEND, EventHeader,
-    ExecEvent, ExitEvent, FLAG_AFTER_LOSS, FLAG_UNCLASSIFIED, ForkEvent,
+    ExecEvent, ExitEvent, FLAG_AFTER_LOSS, FLAG_RESET, FLAG_UNCLASSIFIED, ForkEvent,
 };
 use thiserror::Error;
 
@@ -42,7 +42,8 @@ pub struct Data {
 #[derive(Clone, Debug)]
 pub enum Event {
     Data(Data),
-    Close { conn_id: u64 },
+    /// `reset`: by a reset rather than a FIN; `ts_ns`: when.
+    Close { conn_id: u64, reset: bool, ts_ns: u64 },
     /// `child_start_ns`: the child's start, ns since boot.
     Fork { parent_tgid: u32, child_tgid: u32, child_start_ns: u64 },
     /// The process runs a new program, now called `comm`.
@@ -81,7 +82,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
         }
         EVENT_CLOSE => {
             let ev: CloseEvent = read(bytes)?;
-            Ok(Event::Close { conn_id: ev.conn_id })
+            Ok(Event::Close { conn_id: ev.conn_id, reset: header.flags & FLAG_RESET != 0, ts_ns: header.ts_ns })
         }
         EVENT_FORK => {
             let ev: ForkEvent = read(bytes)?;

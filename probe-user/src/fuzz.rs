@@ -41,7 +41,7 @@ const FRAGMENTS: &[&[u8]] = &[
 #[derive(Clone, Debug)]
 enum Record {
     Data { conn: u64, send: bool, flags: u32, bytes: Vec<u8>, extra_len: u32, head_len: u16, tail: Vec<u8> },
-    Close { conn: u64 },
+    Close { conn: u64, reset: bool },
     Fork { parent: u32, child: u32 },
     Exec { tgid: u32, comm: &'static str },
     Exit { tgid: u32 },
@@ -108,7 +108,7 @@ fn record() -> impl Strategy<Value = Record> {
                 head_len,
                 tail
             }),
-        2 => (0u64..4).prop_map(|conn| Record::Close { conn }),
+        2 => (0u64..4, any::<bool>()).prop_map(|(conn, reset)| Record::Close { conn, reset }),
         1 => (prop_oneof![Just(TGID), any::<u32>()], any::<u32>()).prop_map(|(parent, child)| Record::Fork { parent, child }),
         1 => (prop_oneof![Just(TGID), any::<u32>()], prop::sample::select(vec!["worker", "", "x\"y"]))
             .prop_map(|(tgid, comm)| Record::Exec { tgid, comm }),
@@ -141,7 +141,8 @@ fn ring_record(r: &Record, ts_ns: u64) -> Vec<u8> {
                 tail: tail_buf,
             })
         }
-        Record::Close { conn } => wire::close(*conn, ts_ns),
+        Record::Close { conn, reset: false } => wire::close(*conn, ts_ns),
+        Record::Close { conn, reset: true } => wire::reset(*conn, ts_ns),
         Record::Fork { parent, child } => wire::fork(*parent, *child, ts_ns),
         Record::Exec { tgid, comm } => wire::exec(*tgid, comm, ts_ns),
         Record::Exit { tgid } => wire::exit(*tgid, ts_ns),
@@ -169,20 +170,26 @@ fn check_labels(text: &str) -> Result<(), String> {
             if !METHODS.contains(&method) {
                 return Err(format!("method {method:?} outside the bounded set"));
             }
-            if status.len() != 3 || !(100..=999).contains(&status.parse::<u16>().unwrap_or(0)) {
+            let error_type = get("error_type");
+            let reset = error_type == "connection_reset";
+            // A 3-digit code, or none when the client gave up before a status line.
+            let code_ok = status.len() == 3 && (100..=999).contains(&status.parse::<u16>().unwrap_or(0));
+            if !(code_ok || (status.is_empty() && reset)) {
                 return Err(format!("status {status:?} is not a 3-digit code"));
             }
             let route_ok = (route.starts_with('/') && route.len() <= 132 && route.matches('/').count() <= 9)
-                || ["*", "_invalid", "_other"].contains(&route);
+                || ["*", "_invalid", "_other", "_unknown"].contains(&route);
             if !route_ok {
                 return Err(format!("route {route:?} outside the bounds"));
             }
             routes.insert(route.to_string());
-            if !["1.0", "1.1"].contains(&get("network_protocol_version")) || !["tcp", "unix"].contains(&get("network_transport")) {
+            // The version is unknown for a request measured by its response alone.
+            let version_ok = ["1.0", "1.1"].contains(&get("network_protocol_version"))
+                || (route == "_unknown" && get("network_protocol_version").is_empty());
+            if !version_ok || !["tcp", "unix"].contains(&get("network_transport")) {
                 return Err(format!("bad version or transport in {labels:?}"));
             }
-            let error_type = get("error_type");
-            if !(error_type.is_empty() || (error_type == status && status.starts_with('5'))) {
+            if !(error_type.is_empty() || reset || (error_type == status && status.starts_with('5'))) {
                 return Err(format!("error_type {error_type:?} for status {status}"));
             }
             // The root's name, a name an exec gave, or the one for processes never announced.

@@ -74,12 +74,20 @@ impl Framing {
     }
 }
 
+/// A Content-Length value: a number, or a list of the same number (RFC 9110 §8.6: a
+/// recipient may take `5, 5` as 5). Different numbers are no length at all.
+fn content_length(value: &str) -> Option<u64> {
+    let mut values = value.split(',').map(|v| v.trim().parse::<u64>());
+    let first = values.next()?.ok()?;
+    values.all(|v| v == Ok(first)).then_some(first)
+}
+
 fn framing(headers: &[httparse::Header<'_>]) -> Framing {
     let mut f = Framing { content_length: None, chunked: false, connection_close: false, keep_alive: false };
     for h in headers {
         let value = std::str::from_utf8(h.value).unwrap_or("").trim();
         if h.name.eq_ignore_ascii_case("content-length") {
-            f.content_length = value.parse().ok();
+            f.content_length = content_length(value);
         } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
             f.chunked = value.to_ascii_lowercase().split(',').any(|t| t.trim() == "chunked");
         } else if h.name.eq_ignore_ascii_case("connection") {
@@ -154,7 +162,10 @@ pub fn parse_request_line(buf: &[u8]) -> Option<(String, Vec<u8>, Version)> {
 pub fn parse_response(buf: &[u8]) -> HeadParse<ResponseHead> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut resp = httparse::Response::new(&mut headers);
-    match resp.parse(buf) {
+    // Obsolete line folding (a header continued on a line starting with a space) is valid
+    // in responses a client accepts (RFC 9112 §5.2).
+    let parsed = httparse::ParserConfig::default().allow_obsolete_multiline_headers_in_responses(true).parse_response(&mut resp, buf);
+    match parsed {
         // Three digits, but not a status code: not HTTP (the label stays 100..=999).
         Ok(httparse::Status::Complete(_)) if resp.code.unwrap_or(0) < 100 => HeadParse::Invalid,
         Ok(httparse::Status::Complete(n)) => {
@@ -227,6 +238,13 @@ mod tests {
         let close = parse_response(b"HTTP/1.0 500 Oops\r\nServer: x\r\n\r\n");
         assert!(matches!(close, HeadParse::Complete(ResponseHead { status: 500, version: Version::Http10, body: BodyFraming::UntilClose }, _)));
         assert_eq!(parse_response(b"HTTP/1.1 20"), HeadParse::Partial);
+        // A Content-Length list of one value; a folded header.
+        let list = parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 5, 5\r\n\r\n");
+        assert!(matches!(list, HeadParse::Complete(ResponseHead { body: BodyFraming::Length(5), .. }, _)), "{list:?}");
+        let mixed = parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 5, 6\r\n\r\n");
+        assert!(matches!(mixed, HeadParse::Complete(ResponseHead { body: BodyFraming::UntilClose, .. }, _)), "{mixed:?}");
+        let folded = parse_response(b"HTTP/1.1 200 OK\r\nX-Long: a\r\n  b\r\nContent-Length: 2\r\n\r\nok");
+        assert!(matches!(folded, HeadParse::Complete(ResponseHead { status: 200, body: BodyFraming::Length(2), .. }, _)), "{folded:?}");
         assert_eq!(parse_response(b"HTTP/1.1 099 Low\r\n\r\n"), HeadParse::Invalid);
         assert_eq!(parse_status_line(b"HTTP/1.1 404 Not Found\r\nX-Long: aaaa"), Some((404, Version::Http11)));
         assert_eq!(parse_request_line(b"DELETE /x/1 HTTP/1.1\r\nCookie: aaa"), Some(("DELETE".into(), b"/x/1".to_vec(), Version::Http11)));

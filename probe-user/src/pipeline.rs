@@ -66,8 +66,8 @@ impl Pipeline {
                 self.pairer.on_data(&d, || lock(registry).service_of(d.tgid), &mut self.outputs);
                 None
             }
-            Event::Close { conn_id } => {
-                self.pairer.on_close(conn_id, &mut self.outputs);
+            Event::Close { conn_id, reset, ts_ns } => {
+                self.pairer.on_close(conn_id, reset, ts_ns, &mut self.outputs);
                 None
             }
             Event::Fork { parent_tgid, child_tgid, child_start_ns } => {
@@ -112,7 +112,12 @@ impl Pipeline {
     pub fn housekeeping(&mut self, now_ns: u64, idle_ns: u64) {
         self.pairer.evict_idle(now_ns, idle_ns, &mut self.outputs);
         self.flush();
-        self.metrics.set_active_requests(&self.pairer.active_requests());
+        // Every service's GET series is there, at 0 when idle, so that an alert on it sees 0.
+        let mut active = self.pairer.active_requests();
+        for t in lock(&self.registry).targets() {
+            active.entry((t.service.clone(), "GET".to_string())).or_insert(0);
+        }
+        self.metrics.set_active_requests(&active);
         let health = &self.metrics.health;
         health.connections_tracked.set(self.pairer.connections() as i64);
         health.open_connections.set(

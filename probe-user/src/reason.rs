@@ -123,14 +123,18 @@ pub enum Inference {
     /// Its framing headers were beyond the capture window: it ends at its last write before
     /// the next request or the close.
     ResponseHeadBeyondCapture,
+    /// A chunked response whose terminator was not captured: it ends at its last write
+    /// before the next request.
+    ChunkEndBeyondCapture,
 }
 
 impl Inference {
-    pub const ALL: [Inference; 1] = [Inference::ResponseHeadBeyondCapture];
+    pub const ALL: [Inference; 2] = [Inference::ResponseHeadBeyondCapture, Inference::ChunkEndBeyondCapture];
 
     pub fn label(self) -> &'static str {
         match self {
             Inference::ResponseHeadBeyondCapture => "response_head_beyond_capture",
+            Inference::ChunkEndBeyondCapture => "chunk_end_beyond_capture",
         }
     }
 }

@@ -2,7 +2,7 @@
 //! fixtures, the fuzzer): the same bytes the agent reads.
 use probe_common::{
     CloseEvent, DataEvent, EventHeader, ExecEvent, ExitEvent, ForkEvent, EVENT_CLOSE, EVENT_EXEC, EVENT_EXIT,
-    EVENT_FORK, HEAD_WINDOW, TAIL_WINDOW,
+    EVENT_FORK, FLAG_RESET, HEAD_WINDOW, TAIL_WINDOW,
 };
 
 pub const AF_INET: u16 = 2;
@@ -39,6 +39,11 @@ pub fn data(kind: u32, conn: u64, tgid: u32, ts_ns: u64, family: u16, flags: u32
 
 pub fn close(conn: u64, ts_ns: u64) -> Vec<u8> {
     raw(&CloseEvent { header: EventHeader { kind: EVENT_CLOSE, flags: 0, ts_ns }, conn_id: conn })
+}
+
+/// A close by a reset (the client gave up).
+pub fn reset(conn: u64, ts_ns: u64) -> Vec<u8> {
+    raw(&CloseEvent { header: EventHeader { kind: EVENT_CLOSE, flags: FLAG_RESET, ts_ns }, conn_id: conn })
 }
 
 pub fn fork(parent: u32, child: u32, ts_ns: u64) -> Vec<u8> {

@@ -16,6 +16,15 @@ use crate::http::Version;
 /// Route label used once `--max-routes` distinct routes were seen for a service.
 pub const OTHER_ROUTE: &str = "_other";
 
+/// Route and method of a request measured by its response alone: its head was beyond the
+/// capture window (`redprobe_requests_unread_total`).
+pub const UNREAD_ROUTE: &str = "_unknown";
+pub const OTHER_METHOD: &str = "_OTHER";
+
+/// OTel's `error.type` of a request the client gave up on (the connection was reset
+/// before the response was complete).
+pub const CONNECTION_RESET: &str = "connection_reset";
+
 /// The service of a process the registry does not know. That happens only after the ring
 /// buffer lost the event that announced it (`redprobe_events_lost_total`).
 pub const UNKNOWN_SERVICE: &str = "unknown";
@@ -26,7 +35,7 @@ const METHODS: [&str; 9] = ["GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "
 
 /// The `http_request_method` label.
 pub fn method(method: &str) -> &'static str {
-    METHODS.iter().find(|m| **m == method).copied().unwrap_or("_OTHER")
+    METHODS.iter().find(|m| **m == method).copied().unwrap_or(OTHER_METHOD)
 }
 
 /// `network_transport` from the socket family.
@@ -42,9 +51,19 @@ pub fn version(v: Version) -> &'static str {
     }
 }
 
-/// OTel's `error_type` for a response: its status code for 5xx, empty (absent) otherwise.
-pub fn error_type(status: u16) -> String {
-    if (500..600).contains(&status) { status.to_string() } else { String::new() }
+/// `http_response_status_code`: empty (absent) when no status line was sent.
+pub fn status(status: Option<u16>) -> String {
+    status.map(|s| s.to_string()).unwrap_or_default()
+}
+
+/// OTel's `error_type`: [`CONNECTION_RESET`] for a request the client gave up on, the status
+/// code for 5xx, empty (absent) otherwise.
+pub fn error_type(status: Option<u16>, reset: bool) -> String {
+    match status {
+        _ if reset => CONNECTION_RESET.to_string(),
+        Some(s) if (500..600).contains(&s) => s.to_string(),
+        _ => String::new(),
+    }
 }
 
 /// `service_name` from a name (`--service`, or a command name).
@@ -54,7 +73,7 @@ pub fn service(name: &str) -> Arc<str> {
 
 /// django-prometheus's `method` label: its spelling of a method it does not know.
 pub fn django_method(method_label: &'static str) -> &'static str {
-    if method_label == "_OTHER" { "<invalid method>" } else { method_label }
+    if method_label == OTHER_METHOD { "<invalid method>" } else { method_label }
 }
 
 /// django-prometheus's `transport` label: it only ever says `http`.
@@ -136,10 +155,13 @@ mod tests {
 
     #[test]
     fn error_type_is_set_for_5xx_only() {
-        assert_eq!(error_type(500), "500");
-        assert_eq!(error_type(599), "599");
-        assert_eq!(error_type(404), "");
-        assert_eq!(error_type(600), "");
+        assert_eq!(error_type(Some(500), false), "500");
+        assert_eq!(error_type(Some(599), false), "599");
+        assert_eq!(error_type(Some(404), false), "");
+        assert_eq!(error_type(Some(600), false), "");
+        assert_eq!(error_type(Some(200), true), CONNECTION_RESET);
+        assert_eq!(error_type(None, true), CONNECTION_RESET);
+        assert_eq!(status(None), "");
     }
 
     #[test]

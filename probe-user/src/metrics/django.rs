@@ -105,11 +105,9 @@ impl DjangoHttp {
     pub fn observe(&self, r: &Request<'_>) {
         let method = labels::django_method(r.method).to_string();
         let view = r.route.to_string();
-        let status = r.status.to_string();
         self.latency_by_view_method.get_or_create(&ViewMethod { view: view.clone(), method: method.clone() }).observe(r.duration);
         self.latency_including_middlewares.observe(r.duration);
         self.requests_before.inc();
-        self.responses_before.inc();
         self.by_method.get_or_create(&MethodLabel { method: method.clone() }).inc();
         self.by_transport.get_or_create(&TransportLabel { transport: labels::DJANGO_TRANSPORT.into() }).inc();
         self.by_view_transport_method
@@ -119,9 +117,13 @@ impl DjangoHttp {
                 method: method.clone(),
             })
             .inc();
+        self.request_body.observe(r.request_body as f64);
+        // A request the client gave up on before a status line has no response to count.
+        let Some(status) = r.status else { return };
+        let status = status.to_string();
+        self.responses_before.inc();
         self.by_status.get_or_create(&StatusLabel { status: status.clone() }).inc();
         self.by_status_view_method.get_or_create(&StatusViewMethod { status, view, method }).inc();
-        self.request_body.observe(r.request_body as f64);
         self.response_body.observe(r.response_body as f64);
     }
 }

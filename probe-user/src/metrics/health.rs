@@ -52,6 +52,7 @@ pub struct Health {
     pub events_undecodable: Counter,
     pub unparsed: Family<ReasonLabels, Counter>,
     pub inferred: Family<ReasonLabels, Counter>,
+    pub unread: Family<ReasonLabels, Counter>,
     pub kernel_skipped: Family<ReasonLabels, Counter>,
     pub connections_classified: Family<RoleLabels, Counter>,
     pub other_protocol: Family<ProtocolLabels, Counter>,
@@ -79,6 +80,7 @@ impl Health {
             events_undecodable: Counter::default(),
             unparsed: Family::default(),
             inferred: Family::default(),
+            unread: Family::default(),
             kernel_skipped: Family::default(),
             connections_classified: Family::default(),
             other_protocol: Family::default(),
@@ -126,6 +128,11 @@ impl Health {
                 &h.inferred,
             ),
             (
+                "requests_unread",
+                "Requests measured by their response alone (status, duration), their head beyond the capture window: labelled http_route=\"_unknown\", http_request_method=\"_OTHER\"",
+                &h.unread,
+            ),
+            (
                 "kernel_skipped_io",
                 "Socket I/O of targets the kernel did not capture, by reason (foreign_context: io_uring worker or task_work; fd_mismatch; conn_map_full)",
                 &h.kernel_skipped,
@@ -165,6 +172,7 @@ impl Health {
         for r in Inference::ALL {
             let _ = h.inferred.get_or_create(&reason(r.label()));
         }
+        let _ = h.unread.get_or_create(&reason(Reason::OutsideCaptureWindow.label()));
         for r in KernelSkip::ALL {
             let _ = h.kernel_skipped.get_or_create(&reason(r.label()));
         }
@@ -179,6 +187,10 @@ impl Health {
 
     pub fn unparsed(&self, r: Reason) {
         self.unparsed.get_or_create(&reason(r.label())).inc();
+    }
+
+    pub fn unread(&self, r: Reason) {
+        self.unread.get_or_create(&reason(r.label())).inc();
     }
 
     pub fn inferred(&self, r: Inference) {

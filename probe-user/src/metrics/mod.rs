@@ -20,7 +20,7 @@ pub use snapshot::SnapshotGauge;
 
 use crate::{
     labels::{self, Routes},
-    pairing::{Exchange, Output},
+    pairing::{Exchange, Head, Output},
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -37,7 +37,10 @@ pub struct Request<'a> {
     pub service: &'a str,
     pub method: &'static str,
     pub route: &'a str,
-    pub status: u16,
+    /// None: reset before a status line was sent.
+    pub status: Option<u16>,
+    /// The client gave up (the connection was reset before the response was complete).
+    pub reset: bool,
     pub version: &'static str,
     pub transport: &'static str,
     pub duration: f64,
@@ -69,16 +72,26 @@ impl Metrics {
     }
 
     fn observe_exchange(&self, x: &Exchange) {
-        let route = self.routes.label(&x.service, &x.target);
-        if route.folded {
-            self.health.routes_folded.inc();
-        }
+        let (method, route, version) = match &x.head {
+            Head::Read(line) => {
+                let route = self.routes.label(&x.service, &line.target);
+                if route.folded {
+                    self.health.routes_folded.inc();
+                }
+                (labels::method(&line.method), route.route, labels::version(line.version))
+            }
+            Head::Unread(reason) => {
+                self.health.unread(*reason);
+                (labels::OTHER_METHOD, labels::UNREAD_ROUTE.to_string(), "")
+            }
+        };
         let req = Request {
             service: &x.service,
-            method: labels::method(&x.method),
-            route: &route.route,
+            method,
+            route: &route,
             status: x.status,
-            version: labels::version(x.version),
+            reset: x.reset,
+            version,
             transport: labels::transport(x.family),
             duration: x.end_ns.saturating_sub(x.start_ns) as f64 / 1e9,
             time_to_first_byte: x.first_byte_ns.saturating_sub(x.start_ns) as f64 / 1e9,

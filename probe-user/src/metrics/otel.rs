@@ -25,11 +25,13 @@ pub const SIZE_BUCKETS: [f64; 13] = [
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
     pub http_request_method: String,
-    pub http_response_status_code: u16,
+    /// Empty (absent) when the connection was reset before a status line was sent.
+    pub http_response_status_code: String,
     pub http_route: String,
     pub network_protocol_version: String,
     pub network_transport: String,
-    /// The status code for 5xx responses (OTel's `error.type`), empty (absent) otherwise.
+    /// OTel's `error.type`: `connection_reset` for a request the client gave up on, the
+    /// status code for 5xx responses, empty (absent) otherwise.
     pub error_type: String,
     pub service_name: String,
 }
@@ -55,6 +57,9 @@ fn size_histogram() -> Histogram {
 /// label allocations. The histograms are shared with the families, which export them.
 struct Series {
     labels: RequestLabels,
+    /// The request fields the labels were made of, to match requests without formatting.
+    status: Option<u16>,
+    reset: bool,
     duration: Histogram,
     first_byte: Histogram,
     request_size: Histogram,
@@ -64,7 +69,8 @@ struct Series {
 impl Series {
     fn matches(&self, r: &Request<'_>) -> bool {
         let l = &self.labels;
-        l.http_response_status_code == r.status
+        self.status == r.status
+            && self.reset == r.reset
             && l.http_route == r.route
             && l.service_name == r.service
             && l.http_request_method == r.method
@@ -76,7 +82,7 @@ impl Series {
 /// Hash of the fields that make a request's label set (`error_type` follows the status).
 fn series_key(r: &Request<'_>) -> u64 {
     let mut h = DefaultHasher::new();
-    (r.status, r.route, r.service, r.method, r.version, r.transport).hash(&mut h);
+    (r.status, r.reset, r.route, r.service, r.method, r.version, r.transport).hash(&mut h);
     h.finish()
 }
 
@@ -136,14 +142,16 @@ impl OtelHttp {
     fn new_series(&self, r: &Request<'_>) -> Series {
         let labels = RequestLabels {
             http_request_method: r.method.to_string(),
-            http_response_status_code: r.status,
+            http_response_status_code: labels::status(r.status),
             http_route: r.route.to_string(),
             network_protocol_version: r.version.to_string(),
             network_transport: r.transport.to_string(),
-            error_type: labels::error_type(r.status),
+            error_type: labels::error_type(r.status, r.reset),
             service_name: r.service.to_string(),
         };
         Series {
+            status: r.status,
+            reset: r.reset,
             duration: self.duration.get_or_create(&labels).clone(),
             first_byte: self.first_byte.get_or_create(&labels).clone(),
             request_size: self.request_size.get_or_create(&labels).clone(),

@@ -2,14 +2,17 @@
 use prometheus_client::registry::Registry;
 
 use super::*;
-use crate::{http::Version, labels::{Router, Routes}};
+use crate::{
+    http::Version,
+    labels::{Router, Routes},
+    pairing::RequestLine,
+};
 
 fn exchange(target: &str, status: u16, ms: u64) -> Exchange {
     Exchange {
-        method: "GET".into(),
-        target: target.as_bytes().to_vec(),
-        version: Version::Http11,
-        status,
+        head: Head::Read(RequestLine { method: "GET".into(), target: target.as_bytes().to_vec(), version: Version::Http11 }),
+        status: Some(status),
+        reset: false,
         family: 2,
         service: "svc".into(),
         start_ns: 1_000_000,
@@ -100,7 +103,9 @@ fn django_prometheus_names() {
     let m = Metrics::new(&mut reg, Naming::DjangoPrometheus, Routes::new(Router::default(), 10));
     m.observe(&Output::Exchange(exchange("/users/5", 200, 30)));
     let mut bad = exchange("/x", 404, 1);
-    bad.method = "BREW".into();
+    if let Head::Read(line) = &mut bad.head {
+        line.method = "BREW".into();
+    }
     m.observe(&Output::Exchange(bad));
     let text = encode(&reg);
     for (prefix, labels, want) in [

@@ -3,29 +3,63 @@
 //! the requests on it.
 use std::{collections::VecDeque, sync::Arc};
 
-use super::{Exchange, MAX_PENDING, Output, head::HeadBuf};
+use super::{Exchange, Head, MAX_PENDING, Output, RequestLine, head::HeadBuf};
 use crate::{
     chunked::ChunkParser,
-    http::Version,
+    http::parse_status_line,
     reason::{Inference, Reason},
 };
 
 #[derive(Debug)]
 pub(super) struct Pending {
-    pub method: String,
-    pub target: Vec<u8>,
-    pub version: Version,
+    /// Read, or not read for a reason. A request that could not be read has its response
+    /// followed to keep the connection in step; the pair is measured under placeholder
+    /// labels if only its head was beyond the capture window, counted under the reason
+    /// otherwise.
+    pub head: Head,
     pub start_ns: u64,
     pub body_bytes: u64,
-    /// A request that was seen but could not be read (the reason): its response is
-    /// followed to keep the connection in step, and the pair is counted under the reason.
-    pub unparsed: Option<Reason>,
 }
 
 impl Pending {
-    pub fn unreadable(reason: Reason, start_ns: u64) -> Self {
-        Pending { method: String::new(), target: vec![], version: Version::Http11, start_ns, body_bytes: 0, unparsed: Some(reason) }
+    pub fn read(line: RequestLine, start_ns: u64) -> Self {
+        Pending { head: Head::Read(line), start_ns, body_bytes: 0 }
     }
+
+    pub fn unreadable(reason: Reason, start_ns: u64) -> Self {
+        Pending { head: Head::Unread(reason), start_ns, body_bytes: 0 }
+    }
+
+    /// The method, for the in-flight gauge (None: not read).
+    pub fn method(&self) -> Option<&str> {
+        match &self.head {
+            Head::Read(line) => Some(&line.method),
+            Head::Unread(_) => None,
+        }
+    }
+
+    /// Measured when answered: read, or only beyond the capture window.
+    fn measurable(&self) -> bool {
+        matches!(self.head, Head::Read(_) | Head::Unread(Reason::OutsideCaptureWindow))
+    }
+
+    fn reason(&self) -> Option<Reason> {
+        match self.head {
+            Head::Unread(r) => Some(r),
+            Head::Read(_) => None,
+        }
+    }
+}
+
+/// How a connection ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Closed {
+    /// A FIN, or forgotten when idle.
+    Normally,
+    /// A reset at this time: the peer gave up (or an abortive close).
+    Reset(u64),
+    /// Dropped from the agent's full table.
+    Evicted,
 }
 
 #[derive(Debug)]
@@ -77,6 +111,9 @@ pub(super) struct Conn {
     /// Requests are arriving that cannot be read (beyond the capture window, malformed):
     /// each response with no request to pair is counted under this reason.
     pub unseen: Option<Reason>,
+    /// A request answered before its body was read (an early 413 or 417): measured once
+    /// the rest of its body has arrived, so that its body size is whole.
+    pub answered_early: Option<Exchange>,
 }
 
 impl Conn {
@@ -89,6 +126,7 @@ impl Conn {
             service,
             last_ns: 0,
             unseen: None,
+            answered_early: None,
         }
     }
 
@@ -96,7 +134,7 @@ impl Conn {
     /// wait for the next request.
     pub fn resync(&mut self, reason: Reason, out: &mut Vec<Output>) {
         for p in self.pending.drain(..) {
-            out.push(Output::Unparsed(p.unparsed.unwrap_or(reason)));
+            out.push(Output::Unparsed(p.reason().unwrap_or(reason)));
         }
         self.recv = RecvState::Desync;
         self.send = SendState::Skip;
@@ -121,6 +159,18 @@ impl Conn {
         }
     }
 
+    /// A new request arrives (its head is read): a response whose end was not seen ends at
+    /// its last write. That is a response whose framing was beyond the capture window, or a
+    /// chunked one whose terminator was (a client sends its next request once the previous
+    /// response is complete, unless it pipelines).
+    pub fn finish_before_next_request(&mut self, out: &mut Vec<Output>) {
+        self.finish_unknown(out);
+        if self.pending.len() == 1 && matches!(self.send, SendState::Body { body: Body::ChunkedTail, .. }) {
+            self.finish_current(out);
+            out.push(Output::Inferred(Inference::ChunkEndBeyondCapture));
+        }
+    }
+
     fn finish_current(&mut self, out: &mut Vec<Output>) {
         if let SendState::Body { status, first_ns, last_ns, bytes, .. } = self.send {
             self.complete(status, first_ns, last_ns, bytes, out);
@@ -130,36 +180,66 @@ impl Conn {
     /// The response to the oldest waiting request is complete.
     pub fn complete(&mut self, status: u16, first_ns: u64, end_ns: u64, bytes: u64, out: &mut Vec<Output>) {
         self.send = SendState::Idle;
-        if let Some(reason) = self.pending.front().and_then(|p| p.unparsed) {
-            self.pending.pop_front();
-            out.push(Output::Unparsed(reason));
-        } else if let Some(req) = self.pending.pop_front() {
-            out.push(Output::Exchange(Exchange {
-                method: req.method,
-                target: req.target,
-                version: req.version,
-                status,
-                family: self.family,
-                service: self.service.clone(),
-                start_ns: req.start_ns,
-                first_byte_ns: first_ns,
-                end_ns,
-                request_body_bytes: req.body_bytes,
-                response_body_bytes: bytes,
-            }));
+        if let Some(req) = self.pending.pop_front() {
+            let body_follows = self.pending.is_empty() && matches!(self.recv, RecvState::LengthBody(_) | RecvState::ChunkedBody(_));
+            match self.answered(req, Some(status), false, first_ns, end_ns, bytes) {
+                Output::Exchange(x) if body_follows => self.answered_early = Some(x),
+                o => out.push(o),
+            }
         }
         if matches!(self.recv, RecvState::UntilResponse) {
             self.recv = RecvState::head();
         }
     }
 
-    /// Queues a request for its response, within `MAX_PENDING`.
+    /// Body bytes of the request being received: the newest one waiting, or the one
+    /// answered early.
+    pub fn add_request_body(&mut self, n: u64) {
+        if let Some(req) = self.pending.back_mut() {
+            req.body_bytes += n;
+        } else if let Some(x) = &mut self.answered_early {
+            x.request_body_bytes += n;
+        }
+    }
+
+    /// The request body being received is complete.
+    pub fn request_body_done(&mut self, out: &mut Vec<Output>) {
+        if let Some(x) = self.answered_early.take() {
+            out.push(Output::Exchange(x));
+        }
+    }
+
+    /// A request's answer is known: measured, or counted under its reason.
+    fn answered(&self, req: Pending, status: Option<u16>, reset: bool, first_ns: u64, end_ns: u64, bytes: u64) -> Output {
+        if !req.measurable() {
+            return Output::Unparsed(req.reason().unwrap_or(Reason::MalformedRequest));
+        }
+        Output::Exchange(Exchange {
+            head: req.head,
+            status,
+            reset,
+            family: self.family,
+            service: self.service.clone(),
+            start_ns: req.start_ns,
+            first_byte_ns: first_ns,
+            end_ns,
+            request_body_bytes: req.body_bytes,
+            response_body_bytes: bytes,
+        })
+    }
+
+    /// Queues a request for its response, within `MAX_PENDING`. A readable request puts
+    /// the connection in step again: the send side, if it was skipping bytes no request
+    /// asked for, waits for this request's response.
     pub fn push_pending(&mut self, req: Pending, out: &mut Vec<Output>) {
         if self.pending.len() >= MAX_PENDING {
             out.push(Output::Unparsed(Reason::PipelineTooDeep));
             return;
         }
-        self.unseen = None; // a readable request: the connection is in step again
+        self.unseen = None;
+        if matches!(self.send, SendState::Skip) {
+            self.send = SendState::Idle;
+        }
         self.pending.push_back(req);
     }
 
@@ -174,21 +254,37 @@ impl Conn {
         }
     }
 
-    /// The connection is gone: finish what ends with it, count what never will.
-    pub fn close(mut self, out: &mut Vec<Output>) {
+    /// The connection is gone: finish what ends with it, count what never will. After a
+    /// reset, the requests waiting are measured up to the reset, as reset (the client gave
+    /// up on them: the ones users most need to see), the one being answered with its
+    /// status; otherwise they are counted as never (completely) answered.
+    pub fn close(mut self, how: Closed, out: &mut Vec<Output>) {
+        self.request_body_done(out);
         self.finish_open_ended(out);
         if matches!(&self.recv, RecvState::Head { head, .. } if !head.buf.is_empty()) {
-            out.push(Output::Unparsed(Reason::HeadIncomplete)); // a head cut short by the close
+            // A head cut short by the close (or lost with the evicted connection).
+            out.push(Output::Unparsed(if how == Closed::Evicted { Reason::ConnectionTableFull } else { Reason::HeadIncomplete }));
         }
-        // A response started and not finished, then the requests never answered.
-        let mut reason = if matches!(self.send, SendState::Head { .. } | SendState::Body { .. }) {
-            Reason::ResponseIncomplete
-        } else {
-            Reason::NoResponse
+        // The response in progress: its status and first byte, if its status line was sent.
+        let in_progress = match &self.send {
+            SendState::Body { status, first_ns, bytes, .. } => Some((Some(*status), *first_ns, *bytes)),
+            SendState::Head { head, first_ns } => Some((parse_status_line(&head.buf).map(|(s, _)| s), *first_ns, 0)),
+            _ => None,
         };
-        for p in self.pending.drain(..) {
-            out.push(Output::Unparsed(p.unparsed.unwrap_or(reason)));
-            reason = Reason::NoResponse;
+        let pending: Vec<Pending> = self.pending.drain(..).collect();
+        for (i, p) in pending.into_iter().enumerate() {
+            let answering = if i == 0 { in_progress } else { None };
+            match how {
+                Closed::Reset(at) => {
+                    let (status, first_ns, bytes) = answering.unwrap_or((None, at, 0));
+                    out.push(self.answered(p, status, true, first_ns, at, bytes));
+                }
+                Closed::Evicted => out.push(Output::Unparsed(p.reason().unwrap_or(Reason::ConnectionTableFull))),
+                Closed::Normally => {
+                    let reason = if answering.is_some() { Reason::ResponseIncomplete } else { Reason::NoResponse };
+                    out.push(Output::Unparsed(p.reason().unwrap_or(reason)));
+                }
+            }
         }
     }
 }

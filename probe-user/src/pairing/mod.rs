@@ -17,7 +17,7 @@ mod send;
 
 use std::{collections::HashMap, sync::Arc};
 
-use conn::Conn;
+use conn::{Closed, Conn};
 use piece::Piece;
 
 use crate::{
@@ -26,13 +26,33 @@ use crate::{
     reason::{Inference, Protocol, Reason},
 };
 
-/// A request whose response was sent completely.
+/// A request's first line.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Exchange {
+pub struct RequestLine {
     pub method: String,
     pub target: Vec<u8>,
     pub version: Version,
-    pub status: u16,
+}
+
+/// What was read of a measured request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Head {
+    Read(RequestLine),
+    /// Its head was not captured (the reason), but its response was: it is measured with
+    /// its status and duration, under placeholder method and route labels.
+    Unread(Reason),
+}
+
+/// A measured request: its response was sent completely, or the connection was reset
+/// before it was.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Exchange {
+    pub head: Head,
+    /// None: the connection was reset before a status line was sent.
+    pub status: Option<u16>,
+    /// The connection was reset before the response was complete (a client that gave up);
+    /// `end_ns` is then the reset.
+    pub reset: bool,
     pub family: u16,
     pub service: Arc<str>,
     /// Return of the read that brought the request's first byte.
@@ -80,8 +100,8 @@ impl Pairer {
     pub fn active_requests(&self) -> HashMap<(Arc<str>, String), i64> {
         let mut active = HashMap::new();
         for c in self.conns.values() {
-            for p in c.pending.iter().filter(|p| p.unparsed.is_none()) {
-                *active.entry((c.service.clone(), p.method.clone())).or_insert(0) += 1;
+            for method in c.pending.iter().filter_map(|p| p.method()) {
+                *active.entry((c.service.clone(), method.to_string())).or_insert(0) += 1;
             }
         }
         active
@@ -101,9 +121,13 @@ impl Pairer {
     pub fn on_data(&mut self, d: &Data, service: impl FnOnce() -> Arc<str>, out: &mut Vec<Output>) {
         if d.unclassified {
             // Not HTTP from its first bytes: counted among the connections, not tracked.
+            // What the agent held of it was bytes undecided so far, not a request; a request
+            // waiting on it (the kernel's map had lost the connection) is never answered.
             out.push(Output::OtherProtocol(Protocol::of(&d.head)));
-            if let Some(conn) = self.conns.get_mut(&d.conn_id) {
-                conn.recv = conn::RecvState::Desync;
+            if let Some(conn) = self.conns.remove(&d.conn_id)
+                && !conn.pending.is_empty()
+            {
+                conn.close(Closed::Normally, out);
             }
             return;
         }
@@ -122,10 +146,10 @@ impl Pairer {
         }
     }
 
-    /// The connection was closed.
-    pub fn on_close(&mut self, conn_id: u64, out: &mut Vec<Output>) {
+    /// The connection was closed at `ts_ns`; `reset`: by a reset rather than a FIN.
+    pub fn on_close(&mut self, conn_id: u64, reset: bool, ts_ns: u64, out: &mut Vec<Output>) {
         if let Some(conn) = self.conns.remove(&conn_id) {
-            conn.close(out);
+            conn.close(if reset { Closed::Reset(ts_ns) } else { Closed::Normally }, out);
         }
     }
 
@@ -135,14 +159,18 @@ impl Pairer {
         let stale: Vec<u64> =
             self.conns.iter().filter(|(_, c)| now_ns.saturating_sub(c.last_ns) > idle_ns).map(|(k, _)| *k).collect();
         for id in stale {
-            self.on_close(id, out);
+            self.on_close(id, false, now_ns, out);
         }
     }
 
+    /// Makes room: the connection idle the longest is forgotten. Only what was waiting on
+    /// it is lost (each request once, as `connection_table_full`); an idle keep-alive
+    /// connection loses nothing, and is tracked again from its next request.
     fn evict_oldest(&mut self, out: &mut Vec<Output>) {
-        if let Some(id) = self.conns.iter().min_by_key(|(_, c)| c.last_ns).map(|(k, _)| *k) {
-            out.push(Output::Unparsed(Reason::ConnectionTableFull));
-            self.on_close(id, out);
+        if let Some(id) = self.conns.iter().min_by_key(|(_, c)| c.last_ns).map(|(k, _)| *k)
+            && let Some(conn) = self.conns.remove(&id)
+        {
+            conn.close(Closed::Evicted, out);
         }
     }
 }

@@ -1,7 +1,7 @@
 //! The receive side: requests read from the connection's byte stream (heads across
 //! reads, bodies by Content-Length or chunked), queued for their responses.
 use super::{
-    Output,
+    Output, RequestLine,
     conn::{Conn, Pending, RecvState, SendState},
     head::Fed,
     piece::Piece,
@@ -42,21 +42,21 @@ pub(super) fn on_recv(conn: &mut Conn, p: &Piece<'_>, ts: u64, out: &mut Vec<Out
                 let take = (*left).min(p.len - pos);
                 *left -= take;
                 pos += take;
-                if let Some(req) = conn.pending.back_mut() {
-                    req.body_bytes += take;
-                }
-                if *left == 0 {
+                let done = *left == 0;
+                conn.add_request_body(take);
+                if done {
                     conn.recv = RecvState::head();
+                    conn.request_body_done(out);
                 }
             }
             RecvState::ChunkedBody(parser) => match p.run_chunks(parser, pos) {
                 Ok(end) => {
-                    if let Some(req) = conn.pending.back_mut() {
-                        req.body_bytes += end - pos;
-                    }
+                    let done = parser.is_done();
+                    conn.add_request_body(end - pos);
                     pos = end;
-                    if parser.is_done() {
+                    if done {
                         conn.recv = RecvState::head();
+                        conn.request_body_done(out);
                     }
                 }
                 Err(Blind) => {
@@ -76,16 +76,9 @@ pub(super) fn on_recv(conn: &mut Conn, p: &Piece<'_>, ts: u64, out: &mut Vec<Out
                 match head.feed(p, pos, known, parse_request) {
                     Fed::Complete { head, end } => {
                         pos = end;
-                        conn.finish_unknown(out);
-                        let req = Pending {
-                            method: head.method,
-                            target: head.target,
-                            version: head.version,
-                            start_ns: start,
-                            body_bytes: 0,
-                            unparsed: None,
-                        };
-                        conn.push_pending(req, out);
+                        conn.finish_before_next_request(out);
+                        let line = RequestLine { method: head.method, target: head.target, version: head.version };
+                        conn.push_pending(Pending::read(line, start), out);
                         conn.recv = match head.body {
                             BodyFraming::Length(n) => RecvState::LengthBody(n),
                             BodyFraming::Chunked => RecvState::ChunkedBody(ChunkParser::default()),
@@ -98,9 +91,8 @@ pub(super) fn on_recv(conn: &mut Conn, p: &Piece<'_>, ts: u64, out: &mut Vec<Out
                         let captured_all = pos + known.len() as u64 >= p.len;
                         match parse_request_line(&head.buf) {
                             Some((method, target, version)) => {
-                                conn.finish_unknown(out);
-                                let req = Pending { method, target, version, start_ns: start, body_bytes: 0, unparsed: None };
-                                conn.push_pending(req, out);
+                                conn.finish_before_next_request(out);
+                                conn.push_pending(Pending::read(RequestLine { method, target, version }, start), out);
                                 conn.recv = RecvState::UntilResponse;
                                 if !captured_all {
                                     // More requests may follow in what was not captured
@@ -136,7 +128,7 @@ pub(super) fn on_recv(conn: &mut Conn, p: &Piece<'_>, ts: u64, out: &mut Vec<Out
 pub(super) fn answer_incomplete_head(conn: &mut Conn) -> bool {
     let RecvState::Head { head, start_ns: Some(start) } = &conn.recv else { return false };
     let Some((method, target, version)) = parse_request_line(&head.buf) else { return false };
-    let req = Pending { method, target, version, start_ns: *start, body_bytes: 0, unparsed: None };
+    let req = Pending::read(RequestLine { method, target, version }, *start);
     conn.pending.push_back(req);
     conn.recv = RecvState::UntilResponse;
     true

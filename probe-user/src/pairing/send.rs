@@ -29,9 +29,14 @@ pub(super) fn on_send(conn: &mut Conn, p: &Piece<'_>, ts: u64, out: &mut Vec<Out
                         conn.pending.push_back(Pending::unreadable(reason, ts));
                         continue;
                     }
-                    // Bytes with no request to answer (a response to a request we did not
-                    // see, e.g. on a connection opened before the agent started).
-                    out.push(Output::Unparsed(Reason::ResponseWithoutRequest));
+                    // Bytes no request asked for. A status line: the response to a request
+                    // we did not see (a connection opened before the agent started), which
+                    // is counted. Anything else: stray bytes after a complete response (a
+                    // body sent with the answer to a HEAD): no request is lost. Either way
+                    // the bytes are skipped until the next request.
+                    if p.head.starts_with(b"HTTP/") {
+                        out.push(Output::Unparsed(Reason::ResponseWithoutRequest));
+                    }
                     conn.send = SendState::Skip;
                     return;
                 }
@@ -54,7 +59,7 @@ pub(super) fn on_send(conn: &mut Conn, p: &Piece<'_>, ts: u64, out: &mut Vec<Out
                             conn.send = SendState::Idle; // interim response: the final one follows
                             continue;
                         }
-                        let is_head = conn.pending.front().is_some_and(|r| r.method == "HEAD");
+                        let is_head = conn.pending.front().and_then(|r| r.method()) == Some("HEAD");
                         let body = if is_head || head.status == 204 || head.status == 304 || head.status == 101 {
                             None
                         } else {

@@ -43,12 +43,17 @@ fn tx_blind(ts: u64, n: u64) -> Data {
 }
 
 fn run(events: &[Data]) -> (Vec<Exchange>, Vec<&'static str>) {
+    run_closed(events, false, u64::MAX)
+}
+
+/// `run`, the connection closed at `close_ns`, by a reset or a FIN.
+fn run_closed(events: &[Data], reset: bool, close_ns: u64) -> (Vec<Exchange>, Vec<&'static str>) {
     let mut p = Pairer::new(16);
     let mut out = vec![];
     for e in events {
         p.on_data(e, || "svc".into(), &mut out);
     }
-    p.on_close(1, &mut out);
+    p.on_close(1, reset, close_ns, &mut out);
     let mut exchanges = vec![];
     let mut other = vec![];
     for o in out {
@@ -65,7 +70,10 @@ fn run(events: &[Data]) -> (Vec<Exchange>, Vec<&'static str>) {
 /// (method, target, status, start, end) of each exchange.
 fn summary(x: &[Exchange]) -> Vec<(&str, String, u16, u64, u64)> {
     x.iter()
-        .map(|e| (e.method.as_str(), String::from_utf8_lossy(&e.target).into_owned(), e.status, e.start_ns, e.end_ns))
+        .map(|e| match &e.head {
+            Head::Read(l) => (l.method.as_str(), String::from_utf8_lossy(&l.target).into_owned(), e.status.unwrap_or(0), e.start_ns, e.end_ns),
+            Head::Unread(r) => (r.label(), String::new(), e.status.unwrap_or(0), e.start_ns, e.end_ns),
+        })
         .collect()
 }
 
@@ -216,7 +224,7 @@ fn http10_close_delimited_response_ends_at_last_write() {
         tx(7, b"part two"),
     ]);
     assert_eq!(summary(&x), vec![("GET", "/old".into(), 200, 1, 7)]);
-    assert_eq!(x[0].version, Version::Http10);
+    assert!(matches!(&x[0].head, Head::Read(l) if l.version == Version::Http10));
     assert_eq!(x[0].response_body_bytes, 16);
 }
 
@@ -287,10 +295,93 @@ fn connection_table_is_bounded() {
         p.on_data(&ev(conn, conn, Direction::Recv, b"GET / HTTP/1.1\r\n\r\n"), || "svc".into(), &mut out);
     }
     assert_eq!(p.connections(), 2);
+    // Each evicted connection had a request waiting: that request is what is lost.
     assert_eq!(out.iter().filter(|o| **o == Output::Unparsed(Reason::ConnectionTableFull)).count(), 3);
     let active = p.active_requests();
     assert_eq!(active.get(&("svc".into(), "GET".to_string())), Some(&2));
     assert_eq!(p.connections_by_service().get("svc"), Some(&2));
+}
+
+#[test]
+fn evicting_an_idle_connection_loses_nothing() {
+    let mut p = Pairer::new(2);
+    let mut out = vec![];
+    // 10 keep-alive connections, each answered, then each asked again: the table holds 2.
+    for round in 0..2 {
+        for conn in 0..10u64 {
+            let ts = round * 100 + conn * 2;
+            p.on_data(&ev(conn, ts, Direction::Recv, b"GET / HTTP/1.1\r\n\r\n"), || "svc".into(), &mut out);
+            p.on_data(&ev(conn, ts + 1, Direction::Send, OK_5), || "svc".into(), &mut out);
+        }
+    }
+    let exchanges = out.iter().filter(|o| matches!(o, Output::Exchange(_))).count();
+    assert_eq!(exchanges, 20, "{out:?}");
+    assert_eq!(out.len(), 20, "no loss reported: {out:?}");
+    assert_eq!(p.connections(), 2);
+}
+
+#[test]
+fn a_reset_measures_the_abandoned_requests_up_to_the_reset() {
+    // A slow request the client gave up on: no status, reset at 500.
+    let (x, other) = run_closed(&[rx(10, b"GET /slow HTTP/1.1\r\n\r\n")], true, 500);
+    assert!(other.is_empty(), "{other:?}");
+    assert_eq!((x.len(), x[0].status, x[0].reset, x[0].start_ns, x[0].end_ns), (1, None, true, 10, 500));
+    // A large response cut by the reset: its status is known.
+    let head = b"HTTP/1.1 200 OK\r\nContent-Length: 4000000\r\n\r\n".to_vec();
+    let (x, other) = run_closed(&[rx(10, b"GET /big HTTP/1.1\r\n\r\n"), tx(20, &[head, vec![b'x'; 100_000]].concat())], true, 900);
+    assert!(other.is_empty(), "{other:?}");
+    assert_eq!((x[0].status, x[0].reset, x[0].first_byte_ns, x[0].end_ns), (Some(200), true, 20, 900));
+    // Closed with a FIN instead: never answered, as before.
+    let (x, other) = run_closed(&[rx(10, b"GET /slow HTTP/1.1\r\n\r\n")], false, 500);
+    assert!(x.is_empty());
+    assert_eq!(other, vec!["no_response"]);
+}
+
+#[test]
+fn stray_bytes_after_a_complete_response_do_not_blind_the_connection() {
+    // A server that sends a body with its answer to HEAD, then answers two GETs.
+    let (x, other) = run(&[
+        rx(1, b"HEAD /a HTTP/1.1\r\n\r\n"),
+        tx(2, b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n"),
+        tx(3, b"hello"),
+        rx(4, b"GET /a HTTP/1.1\r\n\r\n"),
+        tx(5, OK_5),
+        rx(6, b"GET /b HTTP/1.1\r\n\r\n"),
+        tx(7, OK_5),
+    ]);
+    assert_eq!(summary(&x), vec![("HEAD", "/a".into(), 200, 1, 2), ("GET", "/a".into(), 200, 4, 5), ("GET", "/b".into(), 200, 6, 7)]);
+    assert!(other.is_empty(), "stray bytes are no lost request: {other:?}");
+}
+
+#[test]
+fn a_chunked_response_whose_end_was_not_captured_ends_before_the_next_request() {
+    // The chunk framing falls beyond what was captured (a long writev): the next request
+    // tells that the response ended with its last write.
+    let mut blind = tx_blind(3, 700);
+    blind.head = b"5\r\nhello\r\n".to_vec();
+    let (x, other) = run(&[
+        rx(1, b"GET /s HTTP/1.1\r\n\r\n"),
+        tx(2, b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"),
+        blind,
+        rx(10, b"GET /t HTTP/1.1\r\n\r\n"),
+        tx(11, OK_5),
+    ]);
+    assert_eq!(summary(&x), vec![("GET", "/s".into(), 200, 1, 3), ("GET", "/t".into(), 200, 10, 11)]);
+    assert_eq!(other, vec!["chunk_end_beyond_capture"]);
+}
+
+#[test]
+fn a_body_read_after_an_early_answer_counts_whole() {
+    let (x, other) = run(&[
+        rx(1, b"POST /up HTTP/1.1\r\nContent-Length: 3000\r\n\r\n"),
+        tx(2, b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 0\r\n\r\n"),
+        rx(3, &[b'u'; 3000]),
+        rx(4, b"GET /next HTTP/1.1\r\n\r\n"),
+        tx(5, OK_5),
+    ]);
+    assert!(other.is_empty(), "{other:?}");
+    assert_eq!(summary(&x), vec![("POST", "/up".into(), 413, 1, 2), ("GET", "/next".into(), 200, 4, 5)]);
+    assert_eq!(x[0].request_body_bytes, 3000);
 }
 
 /// `n` requests of `GET /p HTTP/1.1` in one read, and their `n` responses.
@@ -302,13 +393,16 @@ fn pipelined(n: usize) -> Vec<Data> {
 }
 
 #[test]
-fn pipelined_requests_beyond_the_window_are_each_counted_once() {
+fn pipelined_requests_beyond_the_window_are_each_measured_once() {
     let (x, other) = run(&pipelined(100));
     // 36-byte requests: 14 whole ones fit the 512-byte window, the 15th is cut in its
-    // request line; the other 86 are counted by their responses.
-    assert_eq!(x.len(), 14);
-    assert_eq!(other, vec!["outside_capture_window"; 86]);
-    assert_eq!(x.iter().map(|e| e.end_ns).collect::<Vec<_>>(), (2..16).collect::<Vec<_>>());
+    // request line; the other 86 are measured by their responses (status and duration),
+    // with their head unread.
+    assert_eq!(x.len(), 100);
+    assert!(other.is_empty(), "{other:?}");
+    assert_eq!(x.iter().map(|e| e.end_ns).collect::<Vec<_>>(), (2..102).collect::<Vec<_>>());
+    assert!(x[..14].iter().all(|e| matches!(&e.head, Head::Read(l) if l.target == b"/p")));
+    assert!(x[14..].iter().all(|e| e.head == Head::Unread(Reason::OutsideCaptureWindow) && e.status == Some(200)));
 }
 
 #[test]
