@@ -14,6 +14,9 @@ mod toolchain;
 fn main() -> anyhow::Result<()> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("probe-user is in the workspace");
     println!("cargo:rerun-if-changed={}", root.join(toolchain::TOOLCHAIN_FILE).display());
+    // aya-build watches probe-ebpf; the programs are also made of probe-common (the shared
+    // types and the classifier), whose change must rebuild them too.
+    println!("cargo:rerun-if-changed={}", root.join("probe-common").display());
     println!("cargo:rerun-if-env-changed=AYA_BUILD_SKIP");
     println!("cargo:rerun-if-env-changed=PATH");
     let skip = std::env::var("AYA_BUILD_SKIP").is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"));

@@ -13,7 +13,11 @@ Routes (GET unless noted):
   /big?kb=N           200, N KiB body written in 16 KiB writes
   /http10             200 without Content-Length, then the connection closes
   /partial?ms=N       announces a 1000-byte body, sends 10 bytes, waits N ms, closes
+  /cl-list            200 with "Content-Length: 5, 5" (a valid list of one length)
+  /folded             200 with a folded (obsolete line folding) header
   POST /echo          reads the Content-Length body, answers 201 with its size
+  POST /early         answers 413 before it reads the body, then reads it
+With --head-body, HEAD is answered like GET, body included (as `do_HEAD = do_GET` does).
 """
 import argparse
 import socket
@@ -43,7 +47,7 @@ class Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
-        if body and self.command != "HEAD":
+        if body and (self.command != "HEAD" or self.server.head_body):
             self.wfile.write(body)
 
     def do_HEAD(self):
@@ -83,6 +87,17 @@ class Handler(BaseHTTPRequestHandler):
                 n = min(left, len(block))
                 self.wfile.write(block[:n])
                 left -= n
+        elif path == "/cl-list":
+            self.send_response(200)
+            self.send_header("Content-Length", "5, 5")
+            self.end_headers()
+            self.wfile.write(b"hello")
+        elif path == "/folded":
+            self.send_response(200)
+            self.send_header("X-Folded", "first line\r\n  continued")
+            self.send_header("Content-Length", "3")
+            self.end_headers()
+            self.wfile.write(b"ok\n")
         elif path == "/http10":
             self.send_response(200)
             self.send_header("Content-Type", "text/plain")
@@ -102,6 +117,10 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_POST(self):
         length = int(self.headers.get("Content-Length", "0"))
+        if urlsplit(self.path).path == "/early":
+            self.reply(413, b"too large\n")
+            self.rfile.read(length)
+            return
         body = self.rfile.read(length) if length else b""
         if urlsplit(self.path).path == "/echo":
             self.reply(201, b"%d\n" % len(body))
@@ -114,10 +133,12 @@ def main():
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--bind", default="127.0.0.1")
     parser.add_argument("--peek", action="store_true", help="MSG_PEEK each connection's first bytes")
+    parser.add_argument("--head-body", action="store_true", help="answer HEAD with the body too")
     args = parser.parse_args()
     ThreadingHTTPServer.daemon_threads = True
     server = ThreadingHTTPServer((args.bind, args.port), Handler)
     server.peek = args.peek
+    server.head_body = args.head_body
     print("LISTENING %d" % server.server_address[1], flush=True)
     try:
         server.serve_forever()

@@ -40,6 +40,14 @@ const server = http.createServer((req, res) => {
     };
     return next();
   }
+  if (path === "/burst") {
+    // Chunked, every part written in the same tick: Node corks the socket and sends the
+    // head and all the chunks (size, data, CRLF each) in one writev on the next tick.
+    const parts = Number(url.searchParams.get("parts") || 3);
+    res.writeHead(200, { "Content-Type": "text/plain" });
+    for (let i = 0; i < parts; i++) res.write(`part ${i}\n`);
+    return res.end();
+  }
   if (path === "/big") {
     const kb = Number(url.searchParams.get("kb") || 256);
     return reply(res, 200, Buffer.alloc(kb * 1024, "x"), "application/octet-stream");

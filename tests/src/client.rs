@@ -199,7 +199,8 @@ impl Conn {
                 let (k, v) = line.split_once(':').unwrap_or((&line, ""));
                 let (k, v) = (k.trim().to_ascii_lowercase(), v.trim().to_ascii_lowercase());
                 match k.as_str() {
-                    "content-length" => length = v.parse::<usize>().ok(),
+                    // A list of one length ("5, 5") is a length too.
+                    "content-length" => length = v.split(',').next().and_then(|v| v.trim().parse::<usize>().ok()),
                     "transfer-encoding" => chunked = v.contains("chunked"),
                     "connection" => close = v.contains("close"),
                     _ => {}
