@@ -21,6 +21,12 @@ pub const EVENT_FORK: u32 = 4;
 pub const EVENT_EXEC: u32 = 5;
 /// A target process exited (its last thread); the kernel already cleared its bit.
 pub const EVENT_EXIT: u32 = 6;
+/// The kernel handed a connection to the agent (`fast::SwitchEvent`).
+pub const EVENT_SWITCH: u32 = 7;
+/// A path whose route the kernel does not know yet (`fast::PathEvent`).
+pub const EVENT_PATH: u32 = 8;
+/// A request the kernel measured and did not aggregate (`fast::MeasuredEvent`).
+pub const EVENT_MEASURED: u32 = 9;
 
 /// `flags`: events of this connection were lost before this one (ring buffer full);
 /// the agent must resynchronise the connection.

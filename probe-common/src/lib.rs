@@ -8,11 +8,15 @@
 
 pub mod classify;
 pub mod event;
+pub mod fast;
+pub mod http1;
 pub mod maps;
 pub mod offsets;
+pub mod route;
 pub mod syscalls;
 
 pub use event::*;
+pub use fast::*;
 pub use maps::*;
 pub use offsets::*;
 
@@ -23,6 +27,9 @@ mod pod {
     unsafe impl aya::Pod for crate::KernelOffsets {}
     unsafe impl aya::Pod for crate::ConnState {}
     unsafe impl aya::Pod for crate::ProbeConfig {}
+    unsafe impl aya::Pod for crate::AggKey {}
+    unsafe impl aya::Pod for crate::AggValue {}
+    unsafe impl aya::Pod for crate::RouteKey {}
 }
 
 #[cfg(test)]
@@ -63,14 +70,14 @@ mod layout_tests {
 
     #[test]
     fn map_value_layouts() {
-        assert_eq!(size_of::<ConnState>(), 16);
+        assert_eq!(size_of::<ConnState>(), 40 + size_of::<Pairing>());
         assert_eq!(size_of::<KernelOffsets>(), 4 * 23);
         assert_eq!(size_of::<ProbeConfig>(), 8);
     }
 
     #[test]
     fn kinds_are_distinct() {
-        let kinds = [EVENT_RECV, EVENT_SEND, EVENT_CLOSE, EVENT_FORK, EVENT_EXEC, EVENT_EXIT];
+        let kinds = [EVENT_RECV, EVENT_SEND, EVENT_CLOSE, EVENT_FORK, EVENT_EXEC, EVENT_EXIT, EVENT_SWITCH, EVENT_PATH, EVENT_MEASURED];
         for (i, a) in kinds.iter().enumerate() {
             for b in &kinds[i + 1..] {
                 assert_ne!(a, b);

@@ -8,6 +8,19 @@ pub const MAP_TARGETS: &str = "TARGETS";
 pub const MAP_CONNS: &str = "CONNS";
 /// Per-CPU array of u64 counters, indexed by the `COUNTER_*` constants.
 pub const MAP_COUNTERS: &str = "COUNTERS";
+/// Hash: tgid -> service id. The agent writes it for each target it attaches or that
+/// executes a new program; the kernel copies the parent's at a fork, and deletes it at an
+/// exec (until the agent names the new program) and at the exit.
+pub const MAP_SERVICES: &str = "SERVICES";
+/// LRU hash: `fast::RouteKey` -> route id, written by the agent for each path key it
+/// routed. The kernel inserts a 0 (only where the key is absent) when it sends the agent a
+/// new path, so that it asks once; the agent's write replaces it.
+pub const MAP_ROUTES: &str = "ROUTES";
+/// Per-CPU hash: `fast::AggKey` -> `fast::AggValue`, the kernel's aggregates.
+pub const MAP_AGG: &str = "AGG";
+/// Per-CPU array of i64: per service id, requests in flight by method id and open fast
+/// connections (`fast::ACTIVE_PER_SERVICE`).
+pub const MAP_ACTIVE: &str = "ACTIVE";
 /// Global with the kernel struct offsets read from BTF at load time.
 pub const GLOBAL_OFFSETS: &str = "OFFSETS";
 /// Global with run-time settings.
@@ -26,6 +39,8 @@ pub const COUNTER_CONN_INSERT_FAILED: u32 = 3;
 pub const COUNTER_SERVER_CONNS: u32 = 4;
 /// Connections classified as client connections of the target (ignored).
 pub const COUNTER_CLIENT_CONNS: u32 = 5;
+/// Requests the kernel measured that did not fit in `AGG` (sent as events instead).
+pub const COUNTER_AGG_FULL: u32 = 6;
 pub const COUNTER_SLOTS: u32 = 8;
 
 /// `ConnState::role`: the target receives HTTP requests on it.
@@ -45,11 +60,25 @@ pub const CONN_LOST_EVENTS: u32 = 1;
 pub struct ConnState {
     pub role: u32,
     pub flags: u32,
-    /// While the role is unknown: the first bytes received so far (little-endian, up to
-    /// four), for clients that send a request line in pieces of under four bytes.
+    /// While the role is unknown: the classifier's state (`classify::Classifier`): the
+    /// first four bytes received, little-endian...
     pub prefix: u32,
-    /// How many bytes of `prefix` are valid (0..=3 while the role is unknown).
+    /// ...and how far it got.
     pub prefix_len: u32,
+    /// Of a server connection: `fast::MODE_FAST` or `MODE_SLOW`.
+    pub mode: u32,
+    /// The service id of the process that classified it (`SERVICES`).
+    pub service: u32,
+    /// The fd a syscall of process `fd_tgid` was checked to reach this socket through
+    /// (`fd_tgid` 0: none yet): the next syscall of that process on that fd needs no walk
+    /// of its fd table (an fd reaches another socket only after a close, and a socket's
+    /// I/O never runs in a syscall on another fd).
+    pub fd_tgid: u32,
+    pub fd: u32,
+    /// The socket's address family, read once at classification.
+    pub family: u32,
+    pub _pad: u32,
+    pub pairing: crate::fast::Pairing,
 }
 
 /// Settings the agent writes into the programs' read-only data at load time.

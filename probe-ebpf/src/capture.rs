@@ -5,6 +5,8 @@ use aya_ebpf::helpers::{
 };
 use probe_common::{
     classify::{Classifier, Verdict},
+    http1::Scratch,
+    MODE_FAST, SLOW_HEAD_SPLIT, SLOW_NO_SERVICE,
     syscalls::BufferShape, ConnState, DataEvent, EventHeader, COUNTER_CLIENT_CONNS, COUNTER_FD_MISMATCH,
     COUNTER_FOREIGN_CONTEXT, COUNTER_LOST, COUNTER_SERVER_CONNS, EVENT_RECV, EVENT_SEND,
     FLAG_AFTER_LOSS, FLAG_UNCLASSIFIED, HEAD_WINDOW, MAX_IOVECS, MAX_IOVECS_WALKED, ROLE_CLIENT, ROLE_OTHER,
@@ -13,10 +15,11 @@ use probe_common::{
 
 use crate::{
     conn,
-    context::{own_syscall, Direction, Rejection, SyscallContext},
+    context::{own_syscall, Checked, Direction, Rejection, SyscallContext},
     emit::wakeup_flags,
     kernel::read,
-    maps::{count, global, EVENTS, SCRATCH},
+    fast::{self, Work},
+    maps::{count, global, EVENTS, SCRATCH, SERVICES, WORK},
 };
 
 pub const AF_UNIX: u16 = 1;
@@ -38,30 +41,47 @@ enum Source {
 /// Called by both hooks once the process is known to be a target and `moved > 0`.
 #[inline(always)]
 pub fn on_socket_io(sk: *const u8, moved: u32, dir: Direction, tgid: u32) -> u32 {
-    let Some(family) = read::<u16>(sk, global!(OFFSETS.sk_family)) else { return 0 };
-    if family != AF_INET && family != AF_INET6 && family != AF_UNIX {
-        return 0;
-    }
-    let Some(sk_type) = read::<u16>(sk, global!(OFFSETS.sk_type)) else { return 0 };
-    if sk_type != SOCK_STREAM {
-        return 0;
-    }
-    // A UNIX socket with no address is a socketpair (asyncio's self-pipe, worker pipes)
-    // or an unbound client: never a connection accepted from a listener.
-    if family == AF_UNIX && read::<u64>(sk, global!(OFFSETS.unix_addr)).unwrap_or(0) == 0 {
-        return 0;
-    }
-    let cookie = unsafe { bpf_get_socket_cookie(sk as *mut _) };
-    let state = conn::lookup(cookie);
-    let (role, prefix, prefix_len) = match state {
-        Some(state) => unsafe { ((*state).role, (*state).prefix, (*state).prefix_len) },
-        None => (ROLE_UNKNOWN, 0, 0),
+    // A socket with a cookie may be one we track: its state says what it is. Any other is
+    // looked at first (a cookie is made only for the sockets that pass).
+    let known = match conn::existing_cookie(sk) {
+        Some(cookie) => conn::lookup(cookie).map(|s| (cookie, s)),
+        None => None,
+    };
+    let family = match known {
+        Some((_, s)) if unsafe { (*s).family } != 0 => unsafe { (*s).family as u16 },
+        _ => {
+            let Some(family) = socket_family(sk) else { return 0 };
+            family
+        }
+    };
+    let (cookie, state) = match known {
+        Some((cookie, s)) => (cookie, Some(s)),
+        None => {
+            let cookie = unsafe { bpf_get_socket_cookie(sk as *mut _) };
+            (cookie, conn::lookup(cookie))
+        }
+    };
+    let role = match state {
+        Some(state) => unsafe { (*state).role },
+        None => ROLE_UNKNOWN,
     };
     if role == ROLE_CLIENT || (role == ROLE_OTHER && dir == Direction::Send) {
         return 0;
     }
-    let ctx = match own_syscall(sk, dir) {
-        Ok(ctx) => ctx,
+    let checked = state.and_then(|s| unsafe {
+        ((*s).fd_tgid != 0).then(|| Checked { tgid: (*s).fd_tgid, fd: (*s).fd })
+    });
+    let ctx = match own_syscall(sk, dir, tgid, checked) {
+        Ok((ctx, fd)) => {
+            if let Some(s) = state {
+                unsafe {
+                    (*s).fd_tgid = tgid;
+                    (*s).fd = fd;
+                    (*s).family = family as u32;
+                }
+            }
+            ctx
+        }
         Err(Rejection::ForeignContext) => {
             count(COUNTER_FOREIGN_CONTEXT);
             return 0;
@@ -71,7 +91,67 @@ pub fn on_socket_io(sk: *const u8, moved: u32, dir: Direction, tgid: u32) -> u32
             return 0;
         }
     };
-    let src = source(&ctx);
+    let Some(w) = WORK.get_ptr_mut(0) else { return 0 };
+    let (kind, ptr, count) = match source(&ctx) {
+        Source::Flat(ptr) => (1, ptr, 0),
+        Source::Vectored { iov, count } => (2, iov, count),
+        Source::None => (0, 0, 0),
+    };
+    unsafe {
+        (*w).kind = kind;
+        (*w).ptr = ptr;
+        (*w).count = count;
+        (*w).moved = moved as u64;
+        (*w).ts = bpf_ktime_get_ns();
+        (*w).tgid = tgid as u64;
+        (*w).cookie = cookie;
+        (*w).family = family as u64;
+        (*w).sk = sk as u64;
+        (*w).recv = (dir == Direction::Recv) as u64;
+        (*w).offset = 0;
+    }
+    rp_on_io(w, state.unwrap_or(core::ptr::null_mut()));
+    0
+}
+
+/// The family of a socket the probe may track: a TCP or UNIX stream socket (not a
+/// socketpair); None for any other.
+#[inline(always)]
+fn socket_family(sk: *const u8) -> Option<u16> {
+    let family = read::<u16>(sk, global!(OFFSETS.sk_family))?;
+    if family != AF_INET && family != AF_INET6 && family != AF_UNIX {
+        return None;
+    }
+    if read::<u16>(sk, global!(OFFSETS.sk_type))? != SOCK_STREAM {
+        return None;
+    }
+    // A UNIX socket with no address is a socketpair (asyncio's self-pipe, worker pipes)
+    // or an unbound client: never a connection accepted from a listener.
+    if family == AF_UNIX && read::<u64>(sk, global!(OFFSETS.unix_addr)).unwrap_or(0) == 0 {
+        return None;
+    }
+    Some(family)
+}
+
+/// Everything after the filters, in a global function (verified once, whatever path led
+/// to it): classify a new connection, hand a fast one's I/O to the fast path, or emit it.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn rp_on_io(w: *mut Work, state: *mut ConnState) -> u32 {
+    let Some(wr) = (unsafe { w.as_mut() }) else { return 0 };
+    let state = if state.is_null() { None } else { Some(state) };
+    let (role, prefix, prefix_len) = match state {
+        Some(state) => unsafe { ((*state).role, (*state).prefix, (*state).prefix_len) },
+        None => (ROLE_UNKNOWN, 0, 0),
+    };
+    let (cookie, moved, tgid, family) = (wr.cookie, wr.moved as u32, wr.tgid as u32, wr.family as u16);
+    let dir = if wr.recv != 0 { Direction::Recv } else { Direction::Send };
+    let sk = wr.sk as *const u8;
+    let src = match wr.kind {
+        1 => Source::Flat(wr.ptr),
+        2 => Source::Vectored { iov: wr.ptr, count: wr.count },
+        _ => Source::None,
+    };
     let mut flags = 0;
     if role != ROLE_SERVER {
         // Unknown or non-HTTP connection: decide from its first bytes, by the shape of a
@@ -85,16 +165,35 @@ pub fn on_socket_io(sk: *const u8, moved: u32, dir: Direction, tgid: u32) -> u32
                 }
                 // A connection that carried another protocol is looked at afresh at each
                 // read; an unknown one goes on from the bytes it had so far.
-                let mut c = if role == ROLE_OTHER { Classifier::default() } else { Classifier::from_state(prefix, prefix_len) };
-                // Unreadable data (recvmmsg) is not a request.
-                let verdict = match first_bytes(src, moved) {
-                    Some((buf, n)) => c.feed_all(&buf[..n]),
-                    None => Verdict::NotRequest,
-                };
+                let c = if role == ROLE_OTHER { Classifier::default() } else { Classifier::from_state(prefix, prefix_len) };
+                let (verdict, c) = classify(src, moved, c);
                 match verdict {
                     Verdict::Request => {
-                        conn::set_role(cookie, ROLE_SERVER);
                         count(COUNTER_SERVER_CONNS);
+                        let server = conn::set_role(cookie, ROLE_SERVER);
+                        // A server connection is fast from its first request, if its
+                        // process's service is known, and if the agent holds none of its
+                        // bytes yet (a request line that came in pieces).
+                        let undecided_before = state.is_some() && prefix_len & 0xff != 0;
+                        if let Some(server) = server {
+                            match unsafe { SERVICES.get(&tgid) } {
+                                Some(service) if !undecided_before => {
+                                    unsafe {
+                                        (*server).mode = MODE_FAST;
+                                        (*server).service = *service;
+                                    }
+                                    fast::opened(*service);
+                                    if fast_io(w, server, dir) == fast::DONE {
+                                        return 0;
+                                    }
+                                }
+                                // Slow from its start: the agent is told why, once.
+                                _ => {
+                                    let why = if undecided_before { SLOW_HEAD_SPLIT } else { SLOW_NO_SERVICE };
+                                    fast::rp_switch(w, server, why);
+                                }
+                            }
+                        }
                     }
                     _ if role == ROLE_OTHER => return 0,
                     Verdict::Undecided => {
@@ -111,10 +210,7 @@ pub fn on_socket_io(sk: *const u8, moved: u32, dir: Direction, tgid: u32) -> u32
                 }
             }
             Direction::Send => {
-                let request = match first_bytes(src, moved) {
-                    Some((buf, n)) => Classifier::default().feed_all(&buf[..n]) == Verdict::Request,
-                    None => false,
-                };
+                let request = classify(src, moved, Classifier::default()).0 == Verdict::Request;
                 if request {
                     conn::set_role(cookie, ROLE_CLIENT);
                     count(COUNTER_CLIENT_CONNS);
@@ -128,15 +224,28 @@ pub fn on_socket_io(sk: *const u8, moved: u32, dir: Direction, tgid: u32) -> u32
     // A server connection's state is the one looked up above; any other was just
     // (re)written and is looked up again.
     let server_state = if role == ROLE_SERVER { state } else { None };
-    emit_data(&Capture { cookie, server_state, src, moved, dir, flags, tgid, family });
+    if let Some(server) = server_state
+        && unsafe { (*server).mode } == MODE_FAST
+        && fast_io(w, server, dir) == fast::DONE
+    {
+        return 0;
+    }
+    emit_data(&Capture { cookie, src, moved, dir, flags, tgid, family });
     0
+}
+
+/// Hands a fast connection's I/O to the fast path; `fast::SLOW` when it must be an event.
+#[inline(always)]
+fn fast_io(w: *mut Work, state: *mut ConnState, dir: Direction) -> u32 {
+    match dir {
+        Direction::Recv => fast::rp_fast_recv(w, state),
+        Direction::Send => fast::rp_fast_send(w, state),
+    }
 }
 
 /// What one data event is made of.
 struct Capture {
     cookie: u64,
-    /// The connection's entry when it is a server connection already.
-    server_state: Option<*mut ConnState>,
     src: Source,
     moved: u32,
     dir: Direction,
@@ -151,6 +260,44 @@ fn open_for_requests(sk: *const u8) -> bool {
     const TCP_ESTABLISHED: u8 = 1;
     const TCP_CLOSE_WAIT: u8 = 8;
     matches!(read::<u8>(sk, global!(OFFSETS.sk_state)), Some(TCP_ESTABLISHED) | Some(TCP_CLOSE_WAIT))
+}
+
+/// Classifies the data's first bytes, from the classifier's state so far. Unreadable data
+/// (recvmmsg) is not a request. The work runs in a global function, verified once.
+#[inline(always)]
+fn classify(src: Source, moved: u32, c: Classifier) -> (Verdict, Classifier) {
+    let (kind, ptr, count) = match src {
+        Source::Flat(ptr) => (1u64, ptr, 0),
+        Source::Vectored { iov, count } => (2, iov, count),
+        Source::None => return (Verdict::NotRequest, c),
+    };
+    let state = c.first4 as u64 | (c.meta() as u64) << 32;
+    let packed = rp_classify(kind << 32 | moved as u64, ptr, count, state);
+    let c = Classifier::from_state(packed as u32, (packed >> 32) as u32 & 0x00ff_ffff);
+    let verdict = match packed >> 56 {
+        1 => Verdict::Request,
+        2 => Verdict::NotRequest,
+        _ => Verdict::Undecided,
+    };
+    (verdict, c)
+}
+
+/// `kind_moved`: 1 (a flat buffer at `ptr`) or 2 (`count` iovecs at `ptr`) << 32 | bytes
+/// moved; `state`: the classifier's first4 | meta << 32. Returns the verdict (0 undecided, 1
+/// a request, 2 not) << 56 | the new state.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn rp_classify(kind_moved: u64, ptr: u64, count: u64, state: u64) -> u64 {
+    let moved = kind_moved as u32;
+    let src = if kind_moved >> 32 == 1 { Source::Flat(ptr) } else { Source::Vectored { iov: ptr, count } };
+    let Some((buf, n)) = first_bytes(src, moved) else { return 2 << 56 };
+    let mut c = Classifier::from_state(state as u32, (state >> 32) as u32);
+    let v: u64 = match c.feed_all(&buf[..n]) {
+        Verdict::Request => 1,
+        Verdict::NotRequest => 2,
+        Verdict::Undecided => 0,
+    };
+    v << 56 | (c.meta() as u64 & 0x00ff_ffff) << 32 | c.first4 as u64
 }
 
 /// Bytes gathered for classification: a power of two above `CLASSIFY_BYTES`.
@@ -208,46 +355,80 @@ fn source(ctx: &SyscallContext) -> Source {
     }
 }
 
+/// One data event, made in a global function (verified once, whatever path led here).
 #[inline(always)]
 fn emit_data(c: &Capture) {
+    let (kind, ptr, count) = match c.src {
+        Source::Flat(ptr) => (1, ptr, 0),
+        Source::Vectored { iov, count } => (2, iov, count),
+        Source::None => (0, 0, 0),
+    };
+    let args = EmitArgs {
+        cookie: c.cookie,
+        kind,
+        ptr,
+        count,
+        moved: c.moved as u64,
+        recv: (c.dir == Direction::Recv) as u64,
+        flags: c.flags as u64,
+        tgid: c.tgid as u64,
+        family: c.family as u64,
+    };
+    rp_emit(&args);
+}
+
+/// The arguments of [`rp_emit`].
+#[repr(C)]
+pub struct EmitArgs {
+    cookie: u64,
+    kind: u64,
+    ptr: u64,
+    count: u64,
+    moved: u64,
+    recv: u64,
+    flags: u64,
+    tgid: u64,
+    family: u64,
+}
+
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn rp_emit(a: *const EmitArgs) -> u64 {
+    let Some(a) = (unsafe { a.as_ref() }) else { return 0 };
+    let cookie = a.cookie;
     let wakeup = wakeup_flags();
     let Some(mut entry) = EVENTS.reserve::<DataEvent>(0) else {
         count(COUNTER_LOST);
-        match c.server_state {
-            Some(state) => conn::mark_lost_at(state),
-            None => conn::mark_lost(c.cookie),
-        }
-        return;
+        conn::mark_lost(cookie);
+        return 0;
     };
     let ev = entry.as_mut_ptr();
-    let lost = match c.server_state {
-        Some(state) => conn::take_lost_at(state),
-        None => conn::take_lost(c.cookie),
-    };
-    let flags = if lost { c.flags | FLAG_AFTER_LOSS } else { c.flags };
-    let moved = c.moved as u64;
+    let lost = conn::take_lost(cookie);
+    let flags = if lost { a.flags as u32 | FLAG_AFTER_LOSS } else { a.flags as u32 };
+    let moved = a.moved;
     let (head_len, tail_len) = unsafe {
-        match c.src {
-            Source::Flat(ptr) => capture_flat(&mut *ev, ptr, moved),
-            Source::Vectored { iov, count } => capture_vectored(&mut *ev, iov, count, moved),
-            Source::None => (0, 0),
+        match a.kind {
+            1 => capture_flat(&mut *ev, a.ptr, moved),
+            2 => capture_vectored(&mut *ev, a.ptr, a.count, moved),
+            _ => (0, 0),
         }
     };
     unsafe {
         (*ev).header = EventHeader {
-            kind: if c.dir == Direction::Recv { EVENT_RECV } else { EVENT_SEND },
+            kind: if a.recv != 0 { EVENT_RECV } else { EVENT_SEND },
             flags,
             ts_ns: bpf_ktime_get_ns(),
         };
-        (*ev).conn_id = c.cookie;
-        (*ev).tgid = c.tgid;
-        (*ev).len = c.moved;
-        (*ev).family = c.family;
+        (*ev).conn_id = cookie;
+        (*ev).tgid = a.tgid as u32;
+        (*ev).len = moved as u32;
+        (*ev).family = a.family as u16;
         (*ev).head_len = head_len;
         (*ev).tail_len = tail_len;
         (*ev)._pad = 0;
     }
     entry.submit(wakeup);
+    0
 }
 
 /// One buffer: the head window from its start, the tail window from its end.
@@ -265,65 +446,88 @@ fn capture_flat(ev: &mut DataEvent, ptr: u64, len: u64) -> (u16, u16) {
     (head_len, tail_len)
 }
 
-/// An iovec array: the head window gathered across the first iovecs (through a per-CPU
-/// scratch buffer, so that every copy has a bound the verifier can check), and the tail
-/// window from the end of the last iovec the data reaches, if that is among the first
-/// `MAX_IOVECS`.
+/// An iovec array: the head window gathered across the first iovecs, and the tail window
+/// from the end of the last iovec the data reaches. The walk runs in a global function
+/// (verified once, on its own) into the per-CPU scratch buffer; the event gets both
+/// windows with constant-size copies.
 #[inline(always)]
 fn capture_vectored(ev: &mut DataEvent, iov: u64, count: u64, moved: u64) -> (u16, u16) {
     let Some(scratch) = SCRATCH.get_ptr_mut(0) else { return (0, 0) };
-    let scratch = scratch as *mut u8;
-    let (mut filled, mut seen) = (0u64, 0u64);
-    let (mut last_base, mut last_len) = (0u64, 0u64);
+    let lens = rp_gather_iovecs(scratch, iov, count, moved);
+    let scratch = unsafe { (*scratch).buf.as_ptr() };
+    unsafe {
+        helpers::bpf_probe_read_kernel(ev.head.as_mut_ptr() as *mut _, HEAD_WINDOW as u32, scratch as *const _);
+        helpers::bpf_probe_read_kernel(
+            ev.tail.as_mut_ptr() as *mut _,
+            TAIL_WINDOW as u32,
+            scratch.add(HEAD_WINDOW) as *const _,
+        );
+    }
+    (lens as u16, (lens >> 16) as u16)
+}
+
+/// Gathers the head window of the data an iovec array holds into `scratch[..HEAD_WINDOW]`
+/// (across the first `MAX_IOVECS` iovecs; the buffer is twice the window, so that a copy of
+/// at most one window at an offset below one window is in bounds), and its last bytes
+/// (the end of the last iovec the data reaches, among the first `MAX_IOVECS_WALKED`) into
+/// `scratch[HEAD_WINDOW..]`. Returns head length | tail length << 16.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn rp_gather_iovecs(s: *mut Scratch, iov: u64, count: u64, moved: u64) -> u64 {
+    let Some(s) = (unsafe { s.as_mut() }) else { return 0 };
+    // The walk's state lives in the scratch's cells (see probe_common::http1): the
+    // verifier then sees one state per iovec, whatever their lengths.
+    const FILLED: usize = 48;
+    const SEEN: usize = 49;
+    const LAST_BASE: usize = 50;
+    const LAST_LEN: usize = 51;
+    for c in [FILLED, SEEN, LAST_BASE, LAST_LEN] {
+        s.cells[c] = 0;
+    }
+    let cell = |s: &Scratch, c: usize| unsafe { core::ptr::read_volatile(&s.cells[c]) };
+    let set = |s: &mut Scratch, c: usize, v: u64| unsafe { core::ptr::write_volatile(&mut s.cells[c], v) };
+    let scratch = s.buf.as_mut_ptr();
     let mut i = 0u64;
-    while i < MAX_IOVECS as u64 {
+    while i < MAX_IOVECS_WALKED as u64 {
+        let seen = cell(s, SEEN);
         if i >= count || seen >= moved {
             break;
         }
         let Some(v) = read_user::<[u64; 2]>(iov + i * 16) else { break };
         let in_data = v[1].min(moved - seen);
-        if filled < HEAD_WINDOW as u64 {
+        let filled = cell(s, FILLED);
+        if i < MAX_IOVECS as u64 && filled < HEAD_WINDOW as u64 {
             let take = in_data.min(HEAD_WINDOW as u64 - filled);
             // filled < HEAD_WINDOW (the mask only restates it) and take <= HEAD_WINDOW: the
-            // scratch buffer holds twice the window.
+            // buffer holds twice the window.
             let dst = unsafe { scratch.add(bounded(filled, HEAD_WINDOW as u64 - 1) as usize) };
             if !read_user_upto(dst, v[0], take, HEAD_WINDOW as u64) {
                 break;
             }
-            filled += take;
+            set(s, FILLED, filled + take);
         }
-        seen += in_data;
+        // Iovecs past the first MAX_IOVECS are walked only to find the last one the data
+        // reaches: its end is the data's end, where a chunked terminator lives (Node writes
+        // a stream of res.write() chunks as one writev of size, data and CRLF iovecs).
+        set(s, SEEN, seen + in_data);
         if in_data > 0 {
-            (last_base, last_len) = (v[0], in_data);
+            set(s, LAST_BASE, v[0]);
+            set(s, LAST_LEN, in_data);
         }
         i += 1;
     }
-    // The remaining iovecs are walked only to find the last one the data reaches: its end
-    // is the data's end, where a chunked terminator lives (Node writes a stream of
-    // res.write() chunks as one writev of size, data and CRLF iovecs).
-    while i < MAX_IOVECS_WALKED as u64 {
-        if i >= count || seen >= moved {
-            break;
-        }
-        let Some(v) = read_user::<[u64; 2]>(iov + i * 16) else { break };
-        let in_data = v[1].min(moved - seen);
-        seen += in_data;
-        if in_data > 0 {
-            (last_base, last_len) = (v[0], in_data);
-        }
-        i += 1;
-    }
-    let head_len = filled.min(HEAD_WINDOW as u64);
-    unsafe { helpers::bpf_probe_read_kernel(ev.head.as_mut_ptr() as *mut _, HEAD_WINDOW as u32, scratch as *const _) };
+    let head_len = cell(s, FILLED).min(HEAD_WINDOW as u64);
     let mut tail_len = 0u64;
-    if seen == moved && moved > head_len {
-        // The data's last bytes are the end of the last iovec we walked.
-        let n = last_len.min(TAIL_WINDOW as u64);
-        if read_user_upto(ev.tail.as_mut_ptr(), last_base + last_len - n, n, TAIL_WINDOW as u64) {
+    if cell(s, SEEN) == moved && moved > head_len {
+        // The data's last bytes are the end of the last iovec walked.
+        let (base, len) = (cell(s, LAST_BASE), cell(s, LAST_LEN));
+        let n = len.min(TAIL_WINDOW as u64);
+        let dst = unsafe { scratch.add(HEAD_WINDOW) };
+        if read_user_upto(dst, base + len - n, n, TAIL_WINDOW as u64) {
             tail_len = n;
         }
     }
-    (head_len as u16, tail_len as u16)
+    head_len | tail_len << 16
 }
 
 /// Copies min(len, HEAD_WINDOW) bytes; returns how many are valid.
@@ -337,7 +541,7 @@ fn copy_head(dst: &mut [u8; HEAD_WINDOW], src: u64, len: u64) -> u16 {
 /// whole window is copied with a constant size, anything shorter with a size masked
 /// below the window: either way a bound the verifier can check. True on success.
 #[inline(always)]
-fn read_user_upto(dst: *mut u8, src: u64, n: u64, window: u64) -> bool {
+pub(crate) fn read_user_upto(dst: *mut u8, src: u64, n: u64, window: u64) -> bool {
     let (dst, src) = (dst as *mut core::ffi::c_void, src as *const core::ffi::c_void);
     let rc = if n >= window {
         unsafe { helpers::bpf_probe_read_user(dst, window as u32, src) }
@@ -358,4 +562,24 @@ fn bounded(value: u64, mask: u64) -> u32 {
 #[inline(always)]
 fn read_user<T>(addr: u64) -> Option<T> {
     unsafe { bpf_probe_read_user(addr as *const T).ok() }
+}
+
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn rp_parse_response(buf: *mut probe_common::http1::Scratch, len: u64) -> u64 {
+    let Some(buf) = (unsafe { buf.as_mut() }) else { return 0 };
+    match probe_common::http1::parse_response(buf, len as usize) {
+        probe_common::http1::Parse::Complete(h) => h.status as u64 | (h.len as u64) << 16,
+        probe_common::http1::Parse::Slow => 0,
+    }
+}
+
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn rp_parse_request(buf: *mut probe_common::http1::Scratch, len: u64) -> u64 {
+    let Some(buf) = (unsafe { buf.as_mut() }) else { return 0 };
+    match probe_common::http1::parse_request(buf, len as usize) {
+        probe_common::http1::Parse::Complete(h) => h.method as u64 | (h.len as u64) << 16,
+        probe_common::http1::Parse::Slow => 0,
+    }
 }

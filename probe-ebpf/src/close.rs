@@ -10,14 +10,15 @@ use aya_ebpf::{
     macros::btf_tracepoint,
     programs::BtfTracePointContext,
 };
-use probe_common::{CloseEvent, EventHeader, COUNTER_LOST, EVENT_CLOSE, FLAG_RESET, ROLE_SERVER};
+use probe_common::{CloseEvent, ConnState, EventHeader, COUNTER_LOST, EVENT_CLOSE, FLAG_RESET, MODE_FAST, ROLE_SERVER};
 
 use crate::{
     capture::AF_UNIX,
     conn,
     emit::wakeup_flags,
     kernel::{read, read_ptr},
-    maps::{count, global, EVENTS},
+    fast,
+    maps::{count, global, CLOSE_WORK, EVENTS},
 };
 
 const TCP_ESTABLISHED: u32 = 1;
@@ -51,7 +52,8 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> u32 {
     let open = old_state == TCP_ESTABLISHED || old_state == TCP_CLOSE_WAIT;
     // Straight from an open state to CLOSE: a reset (received, or sent by an abortive close).
     let closing = if open { Closing::First { reset: new_state == TCP_CLOSE } } else { Closing::Later };
-    forget(cookie, closing);
+    let family = read::<u16>(sk, global!(OFFSETS.sk_family)).unwrap_or(0);
+    forget(cookie, closing, family);
     0
 }
 
@@ -64,12 +66,24 @@ pub fn on_unix_eof(sk: *const u8) -> u32 {
     if read::<u16>(sk, global!(OFFSETS.sk_family)) != Some(AF_UNIX) {
         return 0;
     }
+    // The target itself read end-of-file: the client closed first, and only the target's
+    // close remains, which UNIX sockets do not announce. A fast connection with nothing
+    // waiting is done (a half-closed client still waiting for its answer is not).
+    if let Some(own) = conn::existing_cookie(sk)
+        && let Some(state) = conn::lookup(own)
+        && unsafe { (*state).role == ROLE_SERVER && (*state).mode == MODE_FAST }
+        && fast::idle(state)
+    {
+        fast::closed_idle(state);
+        conn::remove(own);
+        return 0;
+    }
     let Some(peer) = read_ptr(sk, global!(OFFSETS.unix_peer)) else { return 0 };
     let Some(cookie) = conn::existing_cookie(peer) else { return 0 };
     // A peer may read end-of-file more than once: only a connection still in the map is
     // reported (the agent forgets one the map lost after its idle timeout).
     if conn::lookup(cookie).is_some() {
-        forget(cookie, Closing::First { reset: false });
+        forget(cookie, Closing::First { reset: false }, AF_UNIX);
     }
     0
 }
@@ -78,18 +92,33 @@ pub fn on_unix_eof(sk: *const u8) -> u32 {
 /// tracked socket with no entry any more (the LRU map dropped it while full) is reported
 /// at its first closing step too: the agent may still hold it (and ignores the close if not).
 #[inline(always)]
-fn forget(cookie: u64, closing: Closing) {
+fn forget(cookie: u64, closing: Closing, family: u16) {
     let report = match conn::lookup(cookie) {
         Some(state) => {
-            let role = unsafe { (*state).role };
+            let (role, mode) = unsafe { ((*state).role, (*state).mode) };
+            // A fast connection: the kernel finishes what ends with the close; only what
+            // still waits goes to the agent (a switch event, then the close).
+            let report = role == ROLE_SERVER && (mode != MODE_FAST || fast_close(state, cookie, family) != fast::DONE);
             conn::remove(cookie);
-            role == ROLE_SERVER
+            report
         }
         None => closing != Closing::Later,
     };
     if report {
         emit_close(cookie, closing == Closing::First { reset: true });
     }
+}
+
+#[inline(always)]
+fn fast_close(state: *mut ConnState, cookie: u64, family: u16) -> u32 {
+    let Some(w) = CLOSE_WORK.get_ptr_mut(0) else { return fast::SLOW };
+    unsafe {
+        (*w).ts = bpf_ktime_get_ns();
+        (*w).cookie = cookie;
+        (*w).family = family as u64;
+        (*w).tgid = 0;
+    }
+    fast::rp_fast_close(w, state)
 }
 
 #[inline(always)]

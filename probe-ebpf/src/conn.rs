@@ -5,7 +5,7 @@ use probe_common::{ConnState, COUNTER_CONN_INSERT_FAILED, CONN_LOST_EVENTS, ROLE
 
 use crate::{
     kernel::read,
-    maps::{count, global, CONNS},
+    maps::{count, global, CONNS, ZERO_CONN},
 };
 
 /// The socket's cookie if one was generated already (every socket the programs tracked
@@ -23,9 +23,13 @@ pub fn lookup(cookie: u64) -> Option<*mut ConnState> {
     CONNS.get_ptr_mut(&cookie)
 }
 
+/// A fresh entry of `role` (its fast-path state zero: slow, nothing pending).
 #[inline(always)]
-pub fn set_role(cookie: u64, role: u32) {
-    insert(cookie, ConnState { role, flags: 0, prefix: 0, prefix_len: 0 });
+pub fn set_role(cookie: u64, role: u32) -> Option<*mut ConnState> {
+    insert(cookie)?;
+    let state = lookup(cookie)?;
+    unsafe { (*state).role = role };
+    Some(state)
 }
 
 /// An unclassified connection's first bytes so far (fewer than four); `state` is its
@@ -38,15 +42,27 @@ pub fn set_prefix(state: Option<*mut ConnState>, cookie: u64, prefix: u32, prefi
             (*state).prefix = prefix;
             (*state).prefix_len = prefix_len;
         },
-        None => insert(cookie, ConnState { role: ROLE_UNKNOWN, flags: 0, prefix, prefix_len }),
+        None => {
+            if let Some(state) = set_role(cookie, ROLE_UNKNOWN) {
+                unsafe {
+                    (*state).prefix = prefix;
+                    (*state).prefix_len = prefix_len;
+                }
+            }
+        }
     }
 }
 
+/// Inserts a zeroed entry (from the per-CPU zeroed template: the state is too large for
+/// the stack).
 #[inline(always)]
-fn insert(cookie: u64, state: ConnState) {
-    if CONNS.insert(&cookie, &state, 0).is_err() {
+fn insert(cookie: u64) -> Option<()> {
+    let zero = ZERO_CONN.get(0)?;
+    if CONNS.insert(&cookie, zero, 0).is_err() {
         count(COUNTER_CONN_INSERT_FAILED);
+        return None;
     }
+    Some(())
 }
 
 /// Remembers that an event of this connection was lost, so that the next one tells the

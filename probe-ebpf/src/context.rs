@@ -35,29 +35,38 @@ pub enum Rejection {
     FdMismatch,
 }
 
+/// The syscall's fd was checked to reach this socket before, in this process: the fd
+/// table need not be walked again.
+#[derive(Clone, Copy)]
+pub struct Checked {
+    pub tgid: u32,
+    pub fd: u32,
+}
+
+/// Checks the context, and that the syscall's fd reaches `sk` (unless `checked` says it
+/// did, for this process and fd). Returns the syscall's buffer and the fd.
 #[inline(always)]
-pub fn own_syscall(sk: *const u8, dir: Direction) -> Result<SyscallContext, Rejection> {
+pub fn own_syscall(sk: *const u8, dir: Direction, tgid: u32, checked: Option<Checked>) -> Result<(SyscallContext, u32), Rejection> {
     let task = unsafe { bpf_get_current_task_btf() } as *const u8;
     let flags: u32 = read(task, global!(OFFSETS.task_flags)).ok_or(Rejection::ForeignContext)?;
     if flags & (PF_KTHREAD | PF_IO_WORKER) != 0 {
         return Err(Rejection::ForeignContext);
     }
     let regs = unsafe { bpf_task_pt_regs(task as *mut _) } as *const u8;
-    let nr: u64 = read(regs, global!(OFFSETS.regs_syscall)).ok_or(Rejection::ForeignContext)?;
+    // dx, si, di, orig_ax: consecutive in x86-64's pt_regs (the loader checks it), so one read.
+    let [len_arg, buf_arg, arg1, nr]: [u64; 4] = read(regs, global!(OFFSETS.regs_arg3)).ok_or(Rejection::ForeignContext)?;
     let shape = match dir {
         Direction::Recv => syscalls::recv_shape(nr),
         Direction::Send => syscalls::send_shape(nr),
     }
     .ok_or(Rejection::ForeignContext)?;
-    let arg1: u64 = read(regs, global!(OFFSETS.regs_arg1)).ok_or(Rejection::ForeignContext)?;
-    let buf_arg: u64 = read(regs, global!(OFFSETS.regs_arg2)).ok_or(Rejection::ForeignContext)?;
-    let len_arg: u64 = read(regs, global!(OFFSETS.regs_arg3)).ok_or(Rejection::ForeignContext)?;
     // splice(fd_in, off_in, fd_out, ...): the socket we write to is fd_out, in arg3.
     let fd = if nr == syscalls::SPLICE { len_arg } else { arg1 };
-    if !fd_is_socket(task, fd, sk) {
+    let known = matches!(checked, Some(c) if c.tgid == tgid && c.fd as u64 == fd);
+    if !known && !fd_is_socket(task, fd, sk) {
         return Err(Rejection::FdMismatch);
     }
-    Ok(SyscallContext { shape, buf_arg, len_arg })
+    Ok((SyscallContext { shape, buf_arg, len_arg }, fd as u32))
 }
 
 /// task->files->fdt->fd[fd]->private_data (struct socket)->sk == sk

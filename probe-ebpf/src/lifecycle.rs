@@ -23,7 +23,7 @@ use probe_common::{
 use crate::{
     emit::wakeup_flags,
     kernel::{read, read_ptr},
-    maps::{count, global, EVENTS},
+    maps::{count, global, EVENTS, SERVICES},
     target::{add_target, current_target, remove_target},
 };
 
@@ -37,6 +37,12 @@ pub fn sched_process_fork(ctx: BtfTracePointContext) -> u32 {
         return 0; // a new thread of the same process
     }
     add_target(child_tgid);
+    // The child serves as its parent's service from its first request (the agent renames
+    // it if it executes another program).
+    if let Some(service) = unsafe { SERVICES.get(&tgid) } {
+        let service = *service;
+        let _ = SERVICES.insert(&child_tgid, &service, 0);
+    }
     let ev = ForkEvent {
         header: header(EVENT_FORK),
         parent_tgid: tgid,
@@ -52,6 +58,8 @@ pub fn sched_process_fork(ctx: BtfTracePointContext) -> u32 {
 #[btf_tracepoint(function = "sched_process_exec")]
 pub fn sched_process_exec(_ctx: BtfTracePointContext) -> u32 {
     let Some(tgid) = current_target() else { return 0 };
+    // Its service follows the new program's name, which the agent decides.
+    let _ = SERVICES.remove(&tgid);
     let ev = ExecEvent { header: header(EVENT_EXEC), tgid, _pad: 0, comm: bpf_get_current_comm().unwrap_or_default() };
     if EVENTS.output::<ExecEvent>(&ev, wakeup_flags()).is_err() {
         count(COUNTER_LOST);
@@ -68,6 +76,7 @@ pub fn sched_process_exit(ctx: BtfTracePointContext) -> u32 {
         return 0; // another thread of the process still runs
     }
     remove_target(tgid);
+    let _ = SERVICES.remove(&tgid);
     let ev = ExitEvent { header: header(EVENT_EXIT), tgid, _pad: 0 };
     if EVENTS.output::<ExitEvent>(&ev, wakeup_flags()).is_err() {
         count(COUNTER_LOST);

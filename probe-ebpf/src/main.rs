@@ -16,6 +16,7 @@ mod close;
 mod conn;
 mod context;
 mod emit;
+mod fast;
 mod kernel;
 mod lifecycle;
 mod maps;

@@ -2,9 +2,11 @@
 //! time (`EbpfLoader::map_max_entries`) from its flags and from the kernel's pid_max.
 use aya_ebpf::{
     macros::map,
-    maps::{Array, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
-use probe_common::{ConnState, KernelOffsets, ProbeConfig, COUNTER_SLOTS, HEAD_WINDOW};
+use probe_common::{AggKey, AggValue, ConnState, KernelOffsets, ProbeConfig, RouteKey, COUNTER_SLOTS};
+
+use crate::fast::Work;
 
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 22, 0);
@@ -15,10 +17,44 @@ pub static TARGETS: Array<u64> = Array::with_max_entries(1, aya_ebpf::bindings::
 #[map]
 pub static CONNS: LruHashMap<u64, ConnState> = LruHashMap::with_max_entries(1, 0);
 
-/// Per-CPU scratch for gathering a vectored head window: twice the window, so that a copy
-/// of at most one window at an offset below one window is always in bounds.
+/// Per-CPU scratch for gathering a vectored head window of a data event: twice the
+/// window, so that a copy of at most one window at an offset below one window is always in
+/// bounds.
 #[map]
-pub static SCRATCH: PerCpuArray<[u8; 2 * HEAD_WINDOW]> = PerCpuArray::with_max_entries(1, 0);
+pub static SCRATCH: PerCpuArray<probe_common::http1::Scratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// Per-CPU working memory of the fast path (`fast::Work`), for the programs that run in the
+/// targets' syscalls.
+#[map]
+pub static WORK: PerCpuArray<Work> = PerCpuArray::with_max_entries(1, 0);
+
+/// The same for the close hook, which may run in softirq while a syscall's program was
+/// interrupted on the same CPU.
+#[map]
+pub static CLOSE_WORK: PerCpuArray<Work> = PerCpuArray::with_max_entries(1, 0);
+
+/// A zeroed connection state, the template of new `CONNS` entries (never written).
+#[map]
+pub static ZERO_CONN: Array<ConnState> = Array::with_max_entries(1, 0);
+
+/// tgid -> service id (probe_common::MAP_SERVICES says who writes it when).
+#[map]
+pub static SERVICES: HashMap<u32, u32> = HashMap::with_max_entries(1, 0);
+
+/// (service, path key) -> route id (the agent writes it; the least recent go when full).
+#[map]
+pub static ROUTES: LruHashMap<RouteKey, u32> = LruHashMap::with_max_entries(1, 0);
+
+/// Per service: requests in flight by method id, and open fast connections (`fast::active`).
+/// Incremented and decremented on whichever CPU: the agent sums the CPUs.
+#[map]
+pub static ACTIVE: PerCpuArray<i64> = PerCpuArray::with_max_entries(1, 0);
+
+/// The kernel's aggregates of the requests it measured. Entries are allocated as label
+/// sets appear (no preallocation: a value is per CPU), and never deleted.
+#[map]
+pub static AGG: PerCpuHashMap<AggKey, AggValue> =
+    PerCpuHashMap::with_max_entries(1, aya_ebpf::bindings::BPF_F_NO_PREALLOC);
 
 #[map]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_SLOTS, 0);
