@@ -1,8 +1,9 @@
 //! Ring-buffer records -> typed events. The layouts are `probe_common`'s, the only
 //! definition of them.
 use probe_common::{
-    CloseEvent, DataEvent, EVENT_CLOSE, EVENT_EXEC, EVENT_EXIT, EVENT_FORK, EVENT_RECV, EVENT_SEND, EventHeader,
-    ExecEvent, ExitEvent, FLAG_AFTER_LOSS, FLAG_RESET, FLAG_UNCLASSIFIED, ForkEvent,
+    CloseEvent, DataEvent, EVENT_CLOSE, EVENT_EXEC, EVENT_EXIT, EVENT_FORK, EVENT_MEASURED, EVENT_PATH, EVENT_RECV,
+    EVENT_SEND, EVENT_SWITCH, EventHeader, ExecEvent, ExitEvent, FLAG_AFTER_LOSS, FLAG_RESET, FLAG_UNCLASSIFIED,
+    ForkEvent, MeasuredEvent, PathEvent, SwitchEvent,
 };
 use thiserror::Error;
 
@@ -49,6 +50,12 @@ pub enum Event {
     /// The process runs a new program, now called `comm`.
     Exec { tgid: u32, comm: String },
     Exit { tgid: u32 },
+    /// The kernel handed a connection to the agent, with its pairing state.
+    Switch(SwitchEvent),
+    /// A path whose route the kernel does not know yet.
+    Path { key: u64, service: u32, path: Vec<u8> },
+    /// A request the kernel measured and did not aggregate.
+    Measured(MeasuredEvent),
 }
 
 fn read<T: Copy>(bytes: &[u8]) -> Result<T, DecodeError> {
@@ -97,6 +104,13 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
             let ev: ExitEvent = read(bytes)?;
             Ok(Event::Exit { tgid: ev.tgid })
         }
+        EVENT_SWITCH => Ok(Event::Switch(read(bytes)?)),
+        EVENT_PATH => {
+            let ev: PathEvent = read(bytes)?;
+            let len = (ev.len as usize).min(ev.path.len());
+            Ok(Event::Path { key: ev.key, service: ev.service, path: ev.path[..len].to_vec() })
+        }
+        EVENT_MEASURED => Ok(Event::Measured(read(bytes)?)),
         other => Err(DecodeError::Kind(other)),
     }
 }

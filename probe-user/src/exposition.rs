@@ -34,7 +34,10 @@ const CONNECTION_TIMEOUT: Duration = Duration::from_secs(60);
 /// say) is counted and backed off from, never spun on; connections that send nothing are
 /// timed out, and at most [`MAX_SCRAPE_CONNECTIONS`] are served at once, so a crowd of
 /// idle clients can neither starve real scrapes for long nor take the agent's CPU.
-pub async fn serve(listener: TcpListener, registry: Arc<Registry>, accept_errors: Counter) {
+/// Runs before each encode (the agent reads the kernel's aggregates then).
+pub type BeforeScrape = Arc<dyn Fn() + Send + Sync>;
+
+pub async fn serve(listener: TcpListener, registry: Arc<Registry>, accept_errors: Counter, before: Option<BeforeScrape>) {
     let slots = Arc::new(Semaphore::new(MAX_SCRAPE_CONNECTIONS));
     let mut backoff = Duration::from_millis(10);
     loop {
@@ -55,9 +58,9 @@ pub async fn serve(listener: TcpListener, registry: Arc<Registry>, accept_errors
             drop(stream); // too many at once: the scraper retries
             continue;
         };
-        let registry = registry.clone();
+        let (registry, before) = (registry.clone(), before.clone());
         tokio::spawn(async move {
-            let service = service_fn(move |req| handle(req, registry.clone()));
+            let service = service_fn(move |req| handle(req, registry.clone(), before.clone()));
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEAD_TIMEOUT)
@@ -69,8 +72,11 @@ pub async fn serve(listener: TcpListener, registry: Arc<Registry>, accept_errors
 }
 
 /// The registry as OpenMetrics text. Collectors read /proc, so this runs off the event loop.
-async fn encode(registry: Arc<Registry>) -> Result<String, String> {
+async fn encode(registry: Arc<Registry>, before: Option<BeforeScrape>) -> Result<String, String> {
     tokio::task::spawn_blocking(move || {
+        if let Some(before) = before {
+            before();
+        }
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &registry).map(|_| text).map_err(|e| e.to_string())
     })
@@ -87,14 +93,14 @@ fn response(status: StatusCode, content_type: &str, body: String) -> Response<Fu
     resp
 }
 
-async fn handle(req: Request<Incoming>, registry: Arc<Registry>) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn handle(req: Request<Incoming>, registry: Arc<Registry>, before: Option<BeforeScrape>) -> Result<Response<Full<Bytes>>, Infallible> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return Ok(response(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "use GET\n".into()));
     }
     match req.uri().path() {
         "/metrics" => {
             let accept = req.headers().get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("");
-            let text = match encode(registry).await {
+            let text = match encode(registry, before).await {
                 Ok(text) => text,
                 Err(e) => {
                     return Ok(response(StatusCode::INTERNAL_SERVER_ERROR, "text/plain", format!("encoding failed: {e}\n")));

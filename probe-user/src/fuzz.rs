@@ -225,9 +225,9 @@ fn run_pipeline(records: &[Record], max_conns: usize) -> String {
     for (i, r) in records.iter().enumerate() {
         let ts = 1_000 + i as u64 * 1_000;
         pipeline.record(&ring_record(r, ts));
-        pipeline.housekeeping(ts, u64::MAX);
+        pipeline.housekeeping(ts, u64::MAX, &[]);
     }
-    pipeline.housekeeping(u64::MAX, 0);
+    pipeline.housekeeping(u64::MAX, 0, &[]);
     let mut text = String::new();
     prometheus_client::encoding::text::encode(&mut text, &prometheus).expect("encoding");
     crate::exposition::to_prometheus_text(&text)

@@ -6,14 +6,17 @@
 //!   REDPROBE_UPDATE_GOLDEN=1 cargo test -p probe-user golden
 use std::path::PathBuf;
 
-use probe_common::{EVENT_RECV, EVENT_SEND, FLAG_AFTER_LOSS, FLAG_UNCLASSIFIED};
+use probe_common::{
+    AggKey, AggValue, EVENT_RECV, EVENT_SEND, FLAG_AFTER_LOSS, FLAG_UNCLASSIFIED, FastRequest, MeasuredEvent, Pairing,
+    RESP_LENGTH, SLOW_PIPELINE, SwitchEvent,
+};
 use prometheus_client::registry::Registry as Prometheus;
 
 use crate::{
     exposition::to_prometheus_text,
     labels::{Router, Routes, Template},
-    metrics::{Metrics, Naming},
-    pipeline::Pipeline,
+    metrics::{Metrics, Naming, kernel::KernelTotals},
+    pipeline::{Notice, Pipeline},
     proc_root::ProcInfo,
     registry::{Registry, lock},
     wire::{self, AF_INET, AF_UNIX},
@@ -76,17 +79,65 @@ fn sequence() -> Vec<Vec<u8>> {
     ]
 }
 
+/// The path key the kernel would send for `/api/items/9` (any value does here).
+const ITEMS_KEY: u64 = 0x1234_5678;
+
+/// What the kernel's fast path sends: a new path, a request measured before its route was
+/// known, and a connection handed over mid-response (the rest of which the agent follows).
+fn kernel_sequence() -> Vec<Vec<u8>> {
+    let request = FastRequest { start_ns: 5_000_000_000, path_key: ITEMS_KEY, body_bytes: 0, route: 0, method: 1, version: 1, _pad: [0; 2] };
+    let mut pairing = Pairing { len: 1, resp_state: RESP_LENGTH, status: 200, resp_left: 3, resp_bytes: 2, ..Default::default() };
+    pairing.pending[0] = FastRequest { start_ns: 6_000_000_000, ..request };
+    (pairing.resp_first_ns, pairing.resp_last_ns) = (6_001_000_000, 6_001_000_000);
+    vec![
+        wire::path(ITEMS_KEY, 1, b"/api/items/9", 5_000_000_000),
+        wire::measured(MeasuredEvent {
+            conn_id: 5,
+            request,
+            first_byte_ns: 5_020_000_000,
+            end_ns: 5_030_000_000,
+            response_bytes: 120,
+            service: 1,
+            status: 200,
+            family: AF_INET,
+            ..Default::default()
+        }),
+        wire::switch(SwitchEvent { conn_id: 6, tgid: TGID, reason: SLOW_PIPELINE, service: 1, family: AF_INET, pairing, ..Default::default() }),
+        send(6, 6_090, b"end"),
+    ]
+}
+
+/// What the kernel aggregated: 7 requests on the route of `ITEMS_KEY`.
+fn kernel_aggregates(route: u32) -> Vec<(AggKey, AggValue)> {
+    let key = AggKey { service: 1, route, status: 200, method: 1, version: 1, family: AF_INET, _pad: 0 };
+    let mut v = AggValue::default();
+    (v.duration.counts[0], v.duration.counts[1], v.duration.sum) = (5, 2, 30_000_000);
+    (v.first_byte.counts[0], v.first_byte.sum) = (7, 7_000_000);
+    (v.request_body.counts[0], v.response_body.counts[2], v.response_body.sum) = (7, 7, 7 * 1000);
+    vec![(key, v)]
+}
+
 fn render(naming: Naming) -> String {
     let mut prometheus = Prometheus::default();
     let router = Router::new(vec![Template::parse("/static/{path...}").unwrap()]);
     let metrics = Metrics::new(&mut prometheus, naming, Routes::new(router, 100));
     let registry = Registry::new(None).shared();
     lock(&registry).attach_root(&ProcInfo { pid: TGID, ppid: 1, start_time: 1, comm: "shop".into() });
-    let mut pipeline = Pipeline::new(metrics, registry, 100);
+    let mut pipeline = Pipeline::new(metrics.clone(), registry.clone(), 100);
     for record in sequence() {
         assert!(pipeline.record(&record).is_none(), "fixture records are data");
     }
-    pipeline.housekeeping(0, u64::MAX);
+    if metrics.kernel_can_aggregate() {
+        let mut route = 0;
+        for record in kernel_sequence() {
+            if let Some(Notice::Route { route: r, .. }) = pipeline.record(&record) {
+                route = r;
+            }
+        }
+        let r = lock(&registry);
+        KernelTotals::default().apply(&metrics, kernel_aggregates(route), |id| r.service_named(id));
+    }
+    pipeline.housekeeping(0, u64::MAX, &[]);
     let mut text = String::new();
     prometheus_client::encoding::text::encode(&mut text, &prometheus).unwrap();
     to_prometheus_text(&text)

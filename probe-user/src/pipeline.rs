@@ -3,11 +3,15 @@
 //! the golden fixtures all drive this same code with raw records.
 use std::sync::Arc;
 
+use probe_common::{ACTIVE_OPEN, ACTIVE_PER_SERVICE, MeasuredEvent, SwitchEvent};
+
 use crate::{
     decode::{Event, decode},
+    labels::kernel_ids,
     metrics::{Metrics, health::ServiceLabels},
-    pairing::{Output, Pairer},
+    pairing::{Exchange, Head, KernelHead, Output, PairedBy, Pairer},
     proc_root::ticks_per_second,
+    reason::SlowReason,
     registry::{SharedRegistry, Target, lock},
 };
 
@@ -20,6 +24,8 @@ pub enum Notice {
     Execed { pid: u32, comm: String, service: Arc<str> },
     /// A target exited; what it served stays in the metrics.
     Exited(Target),
+    /// The agent routed a path key the kernel sent: the kernel's `ROUTES` map gets it.
+    Route { service_id: u32, key: u64, route: u32 },
 }
 
 pub struct Pipeline {
@@ -28,6 +34,8 @@ pub struct Pipeline {
     registry: SharedRegistry,
     outputs: Vec<Output>,
     ticks_per_second: u64,
+    /// The kernel's fast path is on (the agent fills `SERVICES`).
+    fast_path: bool,
 }
 
 impl Pipeline {
@@ -38,7 +46,66 @@ impl Pipeline {
             registry,
             outputs: vec![],
             ticks_per_second: ticks_per_second().max(1),
+            fast_path: true,
         }
+    }
+
+    /// Tells the pipeline that the kernel's fast path is off: connections left to the agent
+    /// for want of a service id are counted as `fast_path_off`.
+    pub fn set_fast_path(&mut self, on: bool) {
+        self.fast_path = on;
+    }
+
+    /// The name of service id `id` (the registry's), or the service of `tgid`.
+    fn service(&self, id: u32, tgid: u32) -> Arc<str> {
+        let r = lock(&self.registry);
+        r.service_named(id).unwrap_or_else(|| r.service_of(tgid))
+    }
+
+    fn switched(&mut self, sw: &SwitchEvent) {
+        let service = self.service(sw.service, sw.tgid);
+        let mut reason = SlowReason::from_kernel(sw.reason);
+        if reason == SlowReason::NoService && !self.fast_path {
+            reason = SlowReason::FastPathOff;
+        }
+        self.pairer.adopt(sw, service, reason, &mut self.outputs);
+    }
+
+    fn routed(&mut self, key: u64, service_id: u32, path: &[u8]) -> Option<Notice> {
+        let service = lock(&self.registry).service_named(service_id)?;
+        let (route, new) = self.metrics.routes().route_key(service_id, &service, key, path);
+        if new {
+            self.metrics.health.route_keys.inc();
+        }
+        // Known or not, the kernel asks because its map lacks the key (it never had it, or
+        // it dropped it when full): it gets it again.
+        (route != 0).then_some(Notice::Route { service_id, key, route })
+    }
+
+    fn measured(&mut self, m: &MeasuredEvent) {
+        self.metrics.health.kernel_measured_events.inc();
+        let r = &m.request;
+        let head = KernelHead {
+            method: r.method,
+            version: r.version,
+            route: r.route,
+            path_key: r.path_key,
+            service_id: m.service,
+        };
+        let x = Exchange {
+            head: Head::Kernel(head),
+            status: Some(m.status),
+            reset: false,
+            family: m.family,
+            service: self.service(m.service, 0),
+            start_ns: r.start_ns,
+            first_byte_ns: m.first_byte_ns,
+            end_ns: m.end_ns,
+            request_body_bytes: r.body_bytes,
+            response_body_bytes: m.response_bytes,
+            paired_by: PairedBy::Kernel,
+        };
+        self.outputs.push(Output::Exchange(x));
     }
 
     pub fn metrics(&self) -> &Metrics {
@@ -68,6 +135,15 @@ impl Pipeline {
             }
             Event::Close { conn_id, reset, ts_ns } => {
                 self.pairer.on_close(conn_id, reset, ts_ns, &mut self.outputs);
+                None
+            }
+            Event::Switch(sw) => {
+                self.switched(&sw);
+                None
+            }
+            Event::Path { key, service, path } => self.routed(key, service, &path),
+            Event::Measured(m) => {
+                self.measured(&m);
                 None
             }
             Event::Fork { parent_tgid, child_tgid, child_start_ns } => {
@@ -109,22 +185,41 @@ impl Pipeline {
     }
 
     /// Once a second: forget connections idle for `idle_ns`, refresh the snapshot gauges.
-    pub fn housekeeping(&mut self, now_ns: u64, idle_ns: u64) {
+    /// `kernel_active` is the kernel's `ACTIVE` map summed over the CPUs (requests in
+    /// flight and open connections of the fast path, per service id).
+    pub fn housekeeping(&mut self, now_ns: u64, idle_ns: u64, kernel_active: &[i64]) {
         self.pairer.evict_idle(now_ns, idle_ns, &mut self.outputs);
         self.flush();
-        // Every service's GET series is there, at 0 when idle, so that an alert on it sees 0.
         let mut active = self.pairer.active_requests();
-        for t in lock(&self.registry).targets() {
+        let mut open = self.pairer.connections_by_service();
+        let r = lock(&self.registry);
+        for (row, slots) in kernel_active.chunks(ACTIVE_PER_SERVICE as usize).enumerate() {
+            let Some(service) = r.service_named(row as u32) else { continue };
+            for (method, n) in slots.iter().enumerate().take(ACTIVE_OPEN as usize) {
+                if *n != 0 {
+                    let method = kernel_ids::method(method as u8).to_string();
+                    *active.entry((service.clone(), method)).or_insert(0) += n;
+                }
+            }
+            if let Some(n) = slots.get(ACTIVE_OPEN as usize).filter(|n| **n != 0) {
+                *open.entry(service.clone()).or_insert(0) += n;
+            }
+        }
+        // Every service's GET series is there, at 0 when idle, so that an alert on it sees 0.
+        for t in r.targets() {
             active.entry((t.service.clone(), "GET".to_string())).or_insert(0);
+        }
+        drop(r);
+        // A request counted on one CPU and answered on another can make one CPU's count
+        // negative; the sum is exact once both are read, and never below 0 when it is.
+        for n in active.values_mut() {
+            *n = (*n).max(0);
         }
         self.metrics.set_active_requests(&active);
         let health = &self.metrics.health;
         health.connections_tracked.set(self.pairer.connections() as i64);
         health.open_connections.set(
-            self.pairer
-                .connections_by_service()
-                .into_iter()
-                .map(|(service, n)| (ServiceLabels { service_name: service.to_string() }, n)),
+            open.into_iter().map(|(service, n)| (ServiceLabels { service_name: service.to_string() }, n.max(0))),
         );
     }
 }
@@ -165,7 +260,7 @@ mod tests {
         let notices: Vec<Notice> = records.iter().filter_map(|r| p.record(r)).collect();
         assert!(matches!(&notices[0], Notice::Forked { child: 11, service, .. } if &**service == "gunicorn"));
         assert!(matches!(&notices[1], Notice::Exited(t) if t.pid == 11));
-        p.housekeeping(0, u64::MAX);
+        p.housekeeping(0, u64::MAX, &[]);
         let h = &p.metrics().health;
         assert_eq!((h.target_attaches.get(), h.target_exits.get(), h.targets.get()), (1, 1, 1));
     }

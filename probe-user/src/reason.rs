@@ -163,6 +163,97 @@ impl KernelSkip {
     }
 }
 
+/// Why a server connection is paired by the agent rather than in the kernel: the `reason`
+/// label of `redprobe_requests_paired_total{pairer="agent"}`. The kernel decides it (the
+/// `SLOW_*` codes of probe_common::fast) when it hands a connection over; every request the
+/// agent then measures on that connection counts under it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum SlowReason {
+    /// A request head that came in more than one read.
+    HeadSplit,
+    /// A request head larger than the capture window.
+    HeadBeyondWindow,
+    /// A request the kernel does not read itself: a chunked body, folded headers, a
+    /// Content-Length list, a target that is not a short origin-form path.
+    Request,
+    /// More requests waiting than the kernel keeps, or a body and the next request in one read.
+    Pipelined,
+    /// A response the kernel does not read itself: a head split over writes or beyond the
+    /// window, an early answer, a request while a chunked or close-delimited one is written.
+    Response,
+    /// `101 Switching Protocols`.
+    Upgrade,
+    /// A write with no request waiting, or more bytes than the response held.
+    UnexpectedWrite,
+    /// The connection closed with requests waiting (a reset, or no answer).
+    ClosedWaiting,
+    /// The process's service id was not known to the kernel yet.
+    NoService,
+    /// Bytes the kernel needed and could not read (sendfile or recvmmsg at a head).
+    Unreadable,
+    /// An event of the connection was lost.
+    EventsLost,
+    /// The fast path is off (`--naming django-prometheus`, or `--no-fast-path`).
+    FastPathOff,
+    /// The kernel never said (the connection's switch event was lost).
+    Unannounced,
+}
+
+impl SlowReason {
+    pub const ALL: [SlowReason; 13] = [
+        SlowReason::HeadSplit,
+        SlowReason::HeadBeyondWindow,
+        SlowReason::Request,
+        SlowReason::Pipelined,
+        SlowReason::Response,
+        SlowReason::Upgrade,
+        SlowReason::UnexpectedWrite,
+        SlowReason::ClosedWaiting,
+        SlowReason::NoService,
+        SlowReason::Unreadable,
+        SlowReason::EventsLost,
+        SlowReason::FastPathOff,
+        SlowReason::Unannounced,
+    ];
+
+    /// The reason of a kernel `SLOW_*` code.
+    pub fn from_kernel(code: u32) -> Self {
+        use probe_common::fast::*;
+        match code {
+            SLOW_HEAD_SPLIT => SlowReason::HeadSplit,
+            SLOW_HEAD_BEYOND_WINDOW => SlowReason::HeadBeyondWindow,
+            SLOW_REQUEST => SlowReason::Request,
+            SLOW_PIPELINE => SlowReason::Pipelined,
+            SLOW_RESPONSE => SlowReason::Response,
+            SLOW_UPGRADE => SlowReason::Upgrade,
+            SLOW_UNEXPECTED_WRITE => SlowReason::UnexpectedWrite,
+            SLOW_CLOSE => SlowReason::ClosedWaiting,
+            SLOW_NO_SERVICE => SlowReason::NoService,
+            SLOW_UNREADABLE => SlowReason::Unreadable,
+            SLOW_LOST => SlowReason::EventsLost,
+            _ => SlowReason::Unannounced,
+        }
+    }
+
+    pub fn label(self) -> &'static str {
+        match self {
+            SlowReason::HeadSplit => "head_split",
+            SlowReason::HeadBeyondWindow => "head_beyond_window",
+            SlowReason::Request => "request_not_plain",
+            SlowReason::Pipelined => "pipelined",
+            SlowReason::Response => "response_not_plain",
+            SlowReason::Upgrade => "upgrade",
+            SlowReason::UnexpectedWrite => "unexpected_write",
+            SlowReason::ClosedWaiting => "closed_waiting",
+            SlowReason::NoService => "no_service",
+            SlowReason::Unreadable => "unreadable_io",
+            SlowReason::EventsLost => "events_lost",
+            SlowReason::FastPathOff => "fast_path_off",
+            SlowReason::Unannounced => "unannounced",
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -210,5 +301,10 @@ mod tests {
         let mut labels: Vec<String> = Protocol::ALL.iter().map(|p| p.label().to_string()).collect();
         labels.sort();
         assert_eq!(documented, labels, "docs/metrics.md \"Other protocols\" vs reason::Protocol");
+        let mut documented = section("## Agent pairing reasons");
+        documented.sort();
+        let mut labels: Vec<String> = SlowReason::ALL.iter().map(|r| r.label().to_string()).collect();
+        labels.sort();
+        assert_eq!(documented, labels, "docs/metrics.md \"Agent pairing reasons\" vs reason::SlowReason");
     }
 }

@@ -33,6 +33,9 @@ pub struct Target {
     pub start_time: u64,
     pub comm: String,
     pub service: Arc<str>,
+    /// The service's small id, which the kernel knows the process by (`SERVICES`); 0 when
+    /// there are too many services (the process is then paired by the agent).
+    pub service_id: u32,
     /// Given or selected itself (not a descendant of one): its waited-for children's CPU
     /// counts in its service's CPU.
     pub root: bool,
@@ -47,16 +50,46 @@ pub fn lock(registry: &SharedRegistry) -> MutexGuard<'_, Registry> {
     registry.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// Distinct service ids given out at most (the kernel's `ACTIVE` map has a row each).
+pub const MAX_SERVICES: u32 = 1024;
+
 #[derive(Debug, Default)]
 pub struct Registry {
     targets: HashMap<u32, Target>,
     /// `--service`: every target's service, whatever its name.
     pinned: Option<Arc<str>>,
+    /// Service ids: `services[id - 1]` is the service of id `id`.
+    services: Vec<Arc<str>>,
+    ids: HashMap<Arc<str>, u32>,
 }
 
 impl Registry {
     pub fn new(pinned_service: Option<&str>) -> Self {
-        Registry { targets: HashMap::new(), pinned: pinned_service.map(labels::service) }
+        Registry { pinned: pinned_service.map(labels::service), ..Default::default() }
+    }
+
+    /// The id of a service (given out on first sight; 0 past [`MAX_SERVICES`]).
+    fn id_of(&mut self, service: &Arc<str>) -> u32 {
+        if let Some(id) = self.ids.get(service) {
+            return *id;
+        }
+        if self.services.len() as u32 >= MAX_SERVICES {
+            return 0;
+        }
+        self.services.push(service.clone());
+        let id = self.services.len() as u32;
+        self.ids.insert(service.clone(), id);
+        id
+    }
+
+    /// The service of an id the kernel reported.
+    pub fn service_named(&self, id: u32) -> Option<Arc<str>> {
+        self.services.get((id as usize).checked_sub(1)?).cloned()
+    }
+
+    /// Every service id given out.
+    pub fn service_ids(&self) -> std::ops::RangeInclusive<u32> {
+        1..=self.services.len() as u32
     }
 
     pub fn shared(self) -> SharedRegistry {
@@ -96,10 +129,11 @@ impl Registry {
         }
     }
 
-    fn insert(&mut self, t: Target) -> Option<&Target> {
+    fn insert(&mut self, mut t: Target) -> Option<&Target> {
         if self.contains(t.pid, t.start_time) {
             return None;
         }
+        t.service_id = self.id_of(&t.service);
         let pid = t.pid;
         self.targets.insert(pid, t);
         self.targets.get(&pid)
@@ -109,12 +143,12 @@ impl Registry {
     /// it is a target already.
     pub fn attach_root(&mut self, p: &ProcInfo) -> Option<&Target> {
         let service = self.named(&p.comm);
-        self.insert(Target { pid: p.pid, start_time: p.start_time, comm: p.comm.clone(), service, root: true })
+        self.insert(Target { pid: p.pid, start_time: p.start_time, comm: p.comm.clone(), service, service_id: 0, root: true })
     }
 
     /// A descendant of a root, found in /proc when the root was attached: the root's service.
     pub fn attach_descendant(&mut self, p: &ProcInfo, service: Arc<str>) -> Option<&Target> {
-        self.insert(Target { pid: p.pid, start_time: p.start_time, comm: p.comm.clone(), service, root: false })
+        self.insert(Target { pid: p.pid, start_time: p.start_time, comm: p.comm.clone(), service, service_id: 0, root: false })
     }
 
     /// A target forked `child` (the kernel made it a target): it takes its parent's name
@@ -124,16 +158,18 @@ impl Registry {
             Some(p) => (p.comm.clone(), p.service.clone()),
             None => (String::new(), self.service_of(parent)),
         };
-        self.insert(Target { pid: child, start_time, comm, service, root: false })
+        self.insert(Target { pid: child, start_time, comm, service, service_id: 0, root: false })
     }
 
     /// A target executed a new program called `comm`: it takes that name as its service,
     /// unless `--service` pins it. Returns the target as it is now.
     pub fn execed(&mut self, pid: u32, comm: &str) -> Option<&Target> {
         let service = self.named(comm);
+        let id = self.id_of(&service);
         let t = self.targets.get_mut(&pid)?;
         t.comm = comm.to_string();
         t.service = service;
+        t.service_id = id;
         Some(t)
     }
 
@@ -180,6 +216,11 @@ mod tests {
         assert_eq!(&*r.service_of(20), "gunicorn");
         assert_eq!(&*r.service_of(21), "sh");
         assert_eq!(&*r.service_of(22), "gunicorn");
+        // Ids follow the names: one per service.
+        let (sh, gunicorn) = (r.get(21).unwrap().service_id, r.get(22).unwrap().service_id);
+        assert_eq!((sh, gunicorn, r.get(20).unwrap().service_id), (1, 2, 2));
+        assert_eq!(r.service_named(2).as_deref(), Some("gunicorn"));
+        assert_eq!(r.service_named(3), None);
     }
 
     #[test]

@@ -1,8 +1,9 @@
 //! Ring-buffer records as the kernel writes them, built for tests (decode, the golden
 //! fixtures, the fuzzer): the same bytes the agent reads.
 use probe_common::{
-    CloseEvent, DataEvent, EventHeader, ExecEvent, ExitEvent, ForkEvent, EVENT_CLOSE, EVENT_EXEC, EVENT_EXIT,
-    EVENT_FORK, FLAG_RESET, HEAD_WINDOW, TAIL_WINDOW,
+    CloseEvent, DataEvent, EventHeader, ExecEvent, ExitEvent, ForkEvent, MeasuredEvent, PathEvent, SwitchEvent,
+    EVENT_CLOSE, EVENT_EXEC, EVENT_EXIT, EVENT_FORK, EVENT_MEASURED, EVENT_PATH, EVENT_SWITCH, FLAG_RESET, HEAD_WINDOW,
+    TAIL_WINDOW, route::MAX_PATH,
 };
 
 pub const AF_INET: u16 = 2;
@@ -64,4 +65,29 @@ pub fn exec(tgid: u32, comm: &str, ts_ns: u64) -> Vec<u8> {
 
 pub fn exit(tgid: u32, ts_ns: u64) -> Vec<u8> {
     raw(&ExitEvent { header: EventHeader { kind: EVENT_EXIT, flags: 0, ts_ns }, tgid, _pad: 0 })
+}
+
+/// The kernel sent `path` under `key` for service id `service`.
+pub fn path(key: u64, service: u32, path: &[u8], ts_ns: u64) -> Vec<u8> {
+    let mut ev = PathEvent {
+        header: EventHeader { kind: EVENT_PATH, flags: 0, ts_ns },
+        key,
+        service,
+        len: path.len().min(MAX_PATH) as u32,
+        path: [0; MAX_PATH],
+    };
+    ev.path[..path.len().min(MAX_PATH)].copy_from_slice(&path[..path.len().min(MAX_PATH)]);
+    raw(&ev)
+}
+
+/// A request the kernel measured and sent as an event.
+pub fn measured(mut ev: MeasuredEvent) -> Vec<u8> {
+    ev.header = EventHeader { kind: EVENT_MEASURED, flags: 0, ts_ns: ev.end_ns };
+    raw(&ev)
+}
+
+/// The kernel handed a connection to the agent.
+pub fn switch(mut ev: SwitchEvent) -> Vec<u8> {
+    ev.header.kind = EVENT_SWITCH;
+    raw(&ev)
 }

@@ -2,6 +2,7 @@
 //! the heuristic and the per-service cap), services, `error_type`, transports, versions,
 //! and django-prometheus's spellings of them. The metric families in `metrics/` only place
 //! these values.
+pub mod kernel_ids;
 pub mod route;
 
 use std::{
@@ -104,9 +105,12 @@ pub struct Routes {
     router: Router,
     max: usize,
     seen: Mutex<HashMap<Arc<str>, HashSet<String>>>,
+    /// The ids of the routes the kernel labels requests with.
+    kernel: Mutex<kernel_ids::RouteIds>,
 }
 
 /// A route label, and whether the cap folded it.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RouteLabel {
     pub route: String,
     pub folded: bool,
@@ -114,7 +118,38 @@ pub struct RouteLabel {
 
 impl Routes {
     pub fn new(router: Router, max: usize) -> Self {
-        Routes { router, max, seen: Mutex::default() }
+        Routes { router, max, seen: Mutex::default(), kernel: Mutex::default() }
+    }
+
+    /// Can the kernel label requests by path key? Its keys fold identifier segments, so a
+    /// template with an identifier as a literal segment (`/v/2024-01-31`) needs every path.
+    pub fn kernel_can_route(&self) -> bool {
+        self.router.folds_like_kernel()
+    }
+
+    /// The route id of a path the kernel sent under `key` (service id `service_id`), routed
+    /// now if it is new: the id, and whether the key is new (the kernel's `ROUTES` map then
+    /// needs it).
+    pub fn route_key(&self, service_id: u32, service: &Arc<str>, key: u64, path: &[u8]) -> (u32, bool) {
+        let known = self.kernel.lock().ok().and_then(|ids| ids.of_key(service_id, key));
+        if let Some(id) = known {
+            return (id, false);
+        }
+        let label = self.label(service, path);
+        let Ok(mut ids) = self.kernel.lock() else { return (0, false) };
+        let id = ids.id(service, label);
+        ids.set_key(service_id, key, id);
+        (id, true)
+    }
+
+    /// The route of a kernel route id (0, or one never given out: None).
+    pub fn of_id(&self, id: u32) -> Option<RouteLabel> {
+        self.kernel.lock().ok()?.route(id).cloned()
+    }
+
+    /// The route id of a path key the agent routed.
+    pub fn id_of_key(&self, service_id: u32, key: u64) -> Option<u32> {
+        self.kernel.lock().ok()?.of_key(service_id, key)
     }
 
     pub fn label(&self, service: &Arc<str>, target: &[u8]) -> RouteLabel {

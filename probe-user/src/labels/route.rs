@@ -95,6 +95,12 @@ impl Router {
         Router { templates }
     }
 
+    /// Does every path with the same kernel path key get the same route? Only a template
+    /// with an identifier-looking literal segment tells apart paths the key folds together.
+    pub fn folds_like_kernel(&self) -> bool {
+        self.templates.iter().all(|t| t.segments.iter().all(|s| !matches!(s, Segment::Literal(l) if is_identifier(l))))
+    }
+
     /// The route of a request target (origin-form `/a/b?c`, absolute-form
     /// `http://h/a`, or `*`).
     pub fn route(&self, target: &[u8]) -> String {
@@ -140,40 +146,10 @@ fn fold(segments: &[&str]) -> String {
     if route.is_empty() { "/".into() } else { route }
 }
 
-/// Does a path segment look like an identifier rather than a name?
+/// Does a path segment look like an identifier rather than a name? The rule is
+/// probe_common's, which the kernel's fast path folds its route keys with too.
 fn is_identifier(s: &str) -> bool {
-    let b = s.as_bytes();
-    if b.is_empty() {
-        return false;
-    }
-    let digits = b.iter().filter(|c| c.is_ascii_digit()).count();
-    let upper = b.iter().filter(|c| c.is_ascii_uppercase()).count();
-    let lower = b.iter().filter(|c| c.is_ascii_lowercase()).count();
-    let token_chars = b.iter().all(|c| c.is_ascii_alphanumeric() || b"-_=.~+%".contains(c));
-    digits == b.len()                                                     // 42
-        || is_uuid(b)                                                     // 123e4567-e89b-...
-        || (b.len() >= 8 && digits > 0 && b.iter().all(u8::is_ascii_hexdigit)) // deadbeef01, a sha
-        || is_date(b)                                                     // 2024-01-31
-        || (s.contains('@') && s.contains('.'))                           // someone@example.com
-        || (b.len() >= 16 && digits > 0 && token_chars)                   // ab12cd34ef56gh78
-        || (b.len() >= 20 && upper > 0 && lower > 0 && token_chars)      // base64 / random
-        || (digits * 2 >= b.len() && digits >= 3 && token_chars)          // ord-20240131-77
-}
-
-fn is_uuid(b: &[u8]) -> bool {
-    b.len() == 36
-        && b.iter().enumerate().all(|(i, c)| match i {
-            8 | 13 | 18 | 23 => *c == b'-',
-            _ => c.is_ascii_hexdigit(),
-        })
-}
-
-fn is_date(b: &[u8]) -> bool {
-    b.len() == 10
-        && b.iter().enumerate().all(|(i, c)| match i {
-            4 | 7 => *c == b'-' || *c == b'_' || *c == b'.',
-            _ => c.is_ascii_digit(),
-        })
+    probe_common::route::SegmentStats::of(s.as_bytes()).is_identifier()
 }
 
 #[cfg(test)]

@@ -7,7 +7,10 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::reason::{Inference, KernelSkip, Protocol, Reason};
+use crate::{
+    pairing::PairedBy,
+    reason::{Inference, KernelSkip, Protocol, Reason, SlowReason},
+};
 
 /// The `role` values of `redprobe_connections_classified_total`.
 pub const ROLE_SERVER: &str = "server";
@@ -40,6 +43,23 @@ pub struct ServiceLabels {
     pub service_name: String,
 }
 
+/// `redprobe_requests_paired_total`: who paired the request, and for the agent, why the
+/// kernel left the connection to it (empty for the kernel).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PairedLabels {
+    pub pairer: String,
+    pub reason: String,
+}
+
+impl PairedLabels {
+    fn of(by: PairedBy) -> Self {
+        match by {
+            PairedBy::Kernel => PairedLabels { pairer: "kernel".into(), reason: String::new() },
+            PairedBy::Agent(r) => PairedLabels { pairer: "agent".into(), reason: r.label().into() },
+        }
+    }
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BuildLabels {
     version: String,
@@ -66,6 +86,10 @@ pub struct Health {
     pub target_exits: Counter,
     pub routes_folded: Counter,
     pub open_connections: super::SnapshotGauge<ServiceLabels>,
+    pub paired: Family<PairedLabels, Counter>,
+    pub kernel_measured_events: Counter,
+    pub aggregates_full: Counter,
+    pub route_keys: Counter,
 }
 
 fn reason(r: &str) -> ReasonLabels {
@@ -94,6 +118,10 @@ impl Health {
             target_exits: Counter::default(),
             routes_folded: Counter::default(),
             open_connections: Default::default(),
+            paired: Family::default(),
+            kernel_measured_events: Counter::default(),
+            aggregates_full: Counter::default(),
+            route_keys: Counter::default(),
         };
         let r = registry.sub_registry_with_prefix("redprobe");
         let counters = [
@@ -115,6 +143,21 @@ impl Health {
                 "routes_folded",
                 "Requests reported as http_route=\"_other\" because --max-routes distinct routes were already seen for their service",
                 &h.routes_folded,
+            ),
+            (
+                "kernel_measured_events",
+                "Requests the kernel paired and timed but sent one by one instead of aggregating (their route was not known yet, or its aggregate map was full)",
+                &h.kernel_measured_events,
+            ),
+            (
+                "kernel_aggregate_map_full",
+                "Requests the kernel could not aggregate because its aggregate map (AGG) was full; each was sent as an event instead and is counted in the metrics all the same",
+                &h.aggregates_full,
+            ),
+            (
+                "route_keys",
+                "Path keys the agent routed for the kernel (each is one path the kernel sent once, then labels by itself)",
+                &h.route_keys,
             ),
         ];
         for (name, help, counter) in counters {
@@ -165,6 +208,11 @@ impl Health {
             "Server connections of the target with HTTP traffic, currently tracked",
             h.open_connections.family.clone(),
         );
+        r.register(
+            "requests_paired",
+            "Requests measured, by who paired them: pairer=\"kernel\" (the fast path), or pairer=\"agent\" with the reason the kernel left the connection to the agent",
+            h.paired.clone(),
+        );
         r.register("build", "redprobe build information", Info::new(BuildLabels { version: env!("CARGO_PKG_VERSION").to_string() }));
         for r in Reason::ALL {
             let _ = h.unparsed.get_or_create(&reason(r.label()));
@@ -175,6 +223,10 @@ impl Health {
         let _ = h.unread.get_or_create(&reason(Reason::OutsideCaptureWindow.label()));
         for r in KernelSkip::ALL {
             let _ = h.kernel_skipped.get_or_create(&reason(r.label()));
+        }
+        let _ = h.paired.get_or_create(&PairedLabels::of(PairedBy::Kernel));
+        for r in SlowReason::ALL {
+            let _ = h.paired.get_or_create(&PairedLabels::of(PairedBy::Agent(r)));
         }
         for role in ROLES {
             let _ = h.connections_classified.get_or_create(&RoleLabels { role: role.to_string() });
@@ -187,6 +239,10 @@ impl Health {
 
     pub fn unparsed(&self, r: Reason) {
         self.unparsed.get_or_create(&reason(r.label())).inc();
+    }
+
+    pub fn paired(&self, by: PairedBy, n: u64) {
+        self.paired.get_or_create(&PairedLabels::of(by)).inc_by(n);
     }
 
     pub fn unread(&self, r: Reason) {

@@ -7,6 +7,8 @@
 //! agent process (`process.rs`) are always exported. docs/metrics.md lists every family.
 pub mod django;
 pub mod health;
+mod histogram;
+pub mod kernel;
 pub mod otel;
 pub mod process;
 pub mod saturation;
@@ -18,9 +20,11 @@ use std::{collections::HashMap, sync::Arc};
 use prometheus_client::registry::Registry;
 pub use snapshot::SnapshotGauge;
 
+use probe_common::{AggKey, AggValue};
+
 use crate::{
-    labels::{self, Routes},
-    pairing::{Exchange, Head, Output},
+    labels::{self, RouteLabel, Routes, kernel_ids},
+    pairing::{Exchange, Head, KernelHead, Output, PairedBy},
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -71,8 +75,65 @@ impl Metrics {
         Metrics { http: Arc::new(http), health: health::Health::register(registry), routes: Arc::new(routes) }
     }
 
+    pub fn routes(&self) -> &Routes {
+        &self.routes
+    }
+
+    /// Does the kernel's fast path serve these metrics? Only OpenTelemetry's buckets are the
+    /// kernel's (django-prometheus's are its own).
+    pub fn kernel_can_aggregate(&self) -> bool {
+        matches!(self.http.as_ref(), Http::Otel(_))
+    }
+
+    /// The route label of a kernel route id (0: the key's, if the agent routed it).
+    fn kernel_route(&self, route: u32, service_id: u32, path_key: u64) -> RouteLabel {
+        let id = if route != 0 { Some(route) } else { self.routes.id_of_key(service_id, path_key) };
+        let label = id.and_then(|id| self.routes.of_id(id));
+        // None: the path's event was lost (counted in redprobe_events_lost_total).
+        label.unwrap_or(RouteLabel { route: labels::UNREAD_ROUTE.to_string(), folded: false })
+    }
+
+    fn kernel_labels(&self, k: &KernelHead) -> (&'static str, String, &'static str) {
+        let route = self.kernel_route(k.route, k.service_id, k.path_key);
+        if route.folded {
+            self.health.routes_folded.inc();
+        }
+        (kernel_ids::method(k.method), route.route, kernel_ids::version(k.version))
+    }
+
+    /// What the kernel aggregated under `key` since the last time (`delta`), for `service`.
+    pub fn add_kernel(&self, key: &AggKey, delta: &AggValue, service: &str) {
+        let n: u64 = delta.duration.counts.iter().sum();
+        if n == 0 {
+            return;
+        }
+        let route = self.kernel_route(key.route, key.service, 0);
+        if route.folded {
+            self.health.routes_folded.inc_by(n);
+        }
+        self.health.paired(PairedBy::Kernel, n);
+        let req = Request {
+            service,
+            method: kernel_ids::method(key.method),
+            route: &route.route,
+            status: Some(key.status),
+            reset: false,
+            version: kernel_ids::version(key.version),
+            transport: labels::transport(key.family),
+            duration: 0.0,
+            time_to_first_byte: 0.0,
+            request_body: 0,
+            response_body: 0,
+        };
+        if let Http::Otel(m) = self.http.as_ref() {
+            m.add_kernel(&req, delta);
+        }
+    }
+
     fn observe_exchange(&self, x: &Exchange) {
+        self.health.paired(x.paired_by, 1);
         let (method, route, version) = match &x.head {
+            Head::Kernel(k) => self.kernel_labels(k),
             Head::Read(line) => {
                 let route = self.routes.label(&x.service, &line.target);
                 if route.folded {

@@ -7,17 +7,19 @@ use std::{
 
 use prometheus_client::{
     encoding::EncodeLabelSet,
-    metrics::{family::Family, histogram::Histogram},
+    metrics::family::Family,
     registry::{Registry, Unit},
 };
+use probe_common::AggValue;
 
-use super::{Request, SnapshotGauge};
+use super::{Request, SnapshotGauge, histogram::Buckets};
 use crate::labels;
 
-/// `http_server_request_duration_seconds` buckets (OpenTelemetry's defaults).
-pub const DURATION_BUCKETS: [f64; 14] = [0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0];
-/// Body size buckets: powers of 4 from 64 B to 1 GiB.
-pub const SIZE_BUCKETS: [f64; 13] = [
+/// `http_server_request_duration_seconds` buckets (OpenTelemetry's defaults); the kernel's
+/// are the same in ns (`probe_common::DURATION_BOUNDS_NS`).
+pub static DURATION_BUCKETS: [f64; 14] = [0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0];
+/// Body size buckets: powers of 4 from 64 B to 1 GiB (`probe_common::SIZE_BOUNDS`).
+pub static SIZE_BUCKETS: [f64; 13] = [
     64.0, 256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0, 1048576.0, 4194304.0, 16777216.0, 67108864.0,
     268435456.0, 1073741824.0,
 ];
@@ -42,14 +44,14 @@ pub struct ActiveLabels {
     pub service_name: String,
 }
 
-type HistogramFamily = Family<RequestLabels, Histogram, fn() -> Histogram>;
+type HistogramFamily = Family<RequestLabels, Buckets, fn() -> Buckets>;
 
-fn duration_histogram() -> Histogram {
-    Histogram::new(DURATION_BUCKETS)
+fn duration_histogram() -> Buckets {
+    Buckets::new(&DURATION_BUCKETS)
 }
 
-fn size_histogram() -> Histogram {
-    Histogram::new(SIZE_BUCKETS)
+fn size_histogram() -> Buckets {
+    Buckets::new(&SIZE_BUCKETS)
 }
 
 /// The four histograms of one label set, kept so that a request costs one cheap lookup
@@ -60,10 +62,10 @@ struct Series {
     /// The request fields the labels were made of, to match requests without formatting.
     status: Option<u16>,
     reset: bool,
-    duration: Histogram,
-    first_byte: Histogram,
-    request_size: Histogram,
-    response_size: Histogram,
+    duration: Buckets,
+    first_byte: Buckets,
+    request_size: Buckets,
+    response_size: Buckets,
 }
 
 impl Series {
@@ -160,7 +162,8 @@ impl OtelHttp {
         }
     }
 
-    pub fn observe(&self, r: &Request<'_>) {
+    /// The series of a request's labels (created on first sight), given to `f`.
+    fn with_series(&self, r: &Request<'_>, f: impl FnOnce(&Series)) {
         let Ok(mut series) = self.series.lock() else { return };
         let same_hash = series.entry(series_key(r)).or_default();
         let i = match same_hash.iter().position(|s| s.matches(r)) {
@@ -170,11 +173,27 @@ impl OtelHttp {
                 same_hash.len() - 1
             }
         };
-        let s = &same_hash[i];
-        s.duration.observe(r.duration);
-        s.first_byte.observe(r.time_to_first_byte);
-        s.request_size.observe(r.request_body as f64);
-        s.response_size.observe(r.response_body as f64);
+        f(&same_hash[i]);
+    }
+
+    pub fn observe(&self, r: &Request<'_>) {
+        self.with_series(r, |s| {
+            s.duration.observe(r.duration);
+            s.first_byte.observe(r.time_to_first_byte);
+            s.request_size.observe(r.request_body as f64);
+            s.response_size.observe(r.response_body as f64);
+        });
+    }
+
+    /// Adds what the kernel aggregated for `r`'s labels since the last time (`r`'s values
+    /// are not used).
+    pub fn add_kernel(&self, r: &Request<'_>, delta: &AggValue) {
+        self.with_series(r, |s| {
+            s.duration.add(&delta.duration.counts, delta.duration.sum as f64 / 1e9);
+            s.first_byte.add(&delta.first_byte.counts, delta.first_byte.sum as f64 / 1e9);
+            s.request_size.add(&delta.request_body.counts, delta.request_body.sum as f64);
+            s.response_size.add(&delta.response_body.counts, delta.response_body.sum as f64);
+        });
     }
 
     pub fn set_active(&self, active: &HashMap<(Arc<str>, String), i64>) {
@@ -185,5 +204,22 @@ impl OtelHttp {
             };
             (labels, *n)
         }));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The kernel's buckets are the agent's, in its units.
+    #[test]
+    fn kernel_bounds_are_the_exported_ones() {
+        let ns: Vec<f64> = probe_common::DURATION_BOUNDS_NS.iter().map(|b| *b as f64 / 1e9).collect();
+        assert_eq!(ns, DURATION_BUCKETS);
+        let sizes: Vec<f64> = probe_common::SIZE_BOUNDS.iter().map(|b| *b as f64).collect();
+        assert_eq!(sizes, SIZE_BUCKETS);
+        let v = AggValue::default();
+        assert_eq!(v.duration.counts.len(), DURATION_BUCKETS.len() + 1);
+        assert_eq!(v.request_body.counts.len(), SIZE_BUCKETS.len() + 1);
     }
 }

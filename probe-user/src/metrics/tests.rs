@@ -20,6 +20,7 @@ fn exchange(target: &str, status: u16, ms: u64) -> Exchange {
         end_ns: 1_000_000 + ms * 1_000_000,
         request_body_bytes: 0,
         response_body_bytes: 10_000,
+        paired_by: crate::pairing::PairedBy::Agent(crate::reason::SlowReason::FastPathOff),
     }
 }
 

@@ -3,11 +3,14 @@
 //! the requests on it.
 use std::{collections::VecDeque, sync::Arc};
 
-use super::{Exchange, Head, MAX_PENDING, Output, RequestLine, head::HeadBuf};
+use probe_common::{FAST_DEPTH, REQ_BODY, RESP_CHUNKED, RESP_LENGTH, RESP_UNTIL_CLOSE, SwitchEvent};
+
+use super::{Exchange, Head, KernelHead, MAX_PENDING, Output, PairedBy, RequestLine, head::HeadBuf};
 use crate::{
     chunked::ChunkParser,
     http::parse_status_line,
-    reason::{Inference, Reason},
+    labels::kernel_ids,
+    reason::{Inference, Reason, SlowReason},
 };
 
 #[derive(Debug)]
@@ -34,19 +37,20 @@ impl Pending {
     pub fn method(&self) -> Option<&str> {
         match &self.head {
             Head::Read(line) => Some(&line.method),
+            Head::Kernel(k) => Some(kernel_ids::method(k.method)),
             Head::Unread(_) => None,
         }
     }
 
     /// Measured when answered: read, or only beyond the capture window.
     fn measurable(&self) -> bool {
-        matches!(self.head, Head::Read(_) | Head::Unread(Reason::OutsideCaptureWindow))
+        matches!(self.head, Head::Read(_) | Head::Kernel(_) | Head::Unread(Reason::OutsideCaptureWindow))
     }
 
     fn reason(&self) -> Option<Reason> {
         match self.head {
             Head::Unread(r) => Some(r),
-            Head::Read(_) => None,
+            Head::Read(_) | Head::Kernel(_) => None,
         }
     }
 }
@@ -114,6 +118,8 @@ pub(super) struct Conn {
     /// A request answered before its body was read (an early 413 or 417): measured once
     /// the rest of its body has arrived, so that its body size is whole.
     pub answered_early: Option<Exchange>,
+    /// Why the kernel left this connection to the agent.
+    pub slow: SlowReason,
 }
 
 impl Conn {
@@ -127,7 +133,51 @@ impl Conn {
             last_ns: 0,
             unseen: None,
             answered_early: None,
+            slow: SlowReason::Unannounced,
         }
+    }
+
+    /// A connection the kernel paired until now: its waiting requests, the request body
+    /// being read and the response being written, as the kernel left them.
+    pub fn from_kernel(sw: &SwitchEvent, service: Arc<str>, slow: SlowReason) -> Self {
+        let k = &sw.pairing;
+        let mut conn = Conn::new(sw.family, service);
+        conn.slow = slow;
+        conn.last_ns = sw.header.ts_ns;
+        for i in 0..(k.len as usize).min(FAST_DEPTH) {
+            let r = &k.pending[(k.first as usize + i) % FAST_DEPTH];
+            let head = KernelHead {
+                method: r.method,
+                version: r.version,
+                route: r.route,
+                path_key: r.path_key,
+                service_id: sw.service,
+            };
+            conn.pending.push_back(Pending { head: Head::Kernel(head), start_ns: r.start_ns, body_bytes: r.body_bytes });
+        }
+        if k.req_state == REQ_BODY && k.req_left > 0 {
+            conn.recv = RecvState::LengthBody(k.req_left);
+        } else if k.held_len > 0 {
+            // The first bytes of the next head, from a short read.
+            let held = k.held[..(k.held_len as usize).min(k.held.len())].to_vec();
+            conn.recv = RecvState::Head { head: HeadBuf { buf: held }, start_ns: Some(k.held_ns) };
+        }
+        let body = match k.resp_state {
+            RESP_LENGTH => Some(Body::Length(k.resp_left)),
+            RESP_CHUNKED => Some(Body::ChunkedTail),
+            RESP_UNTIL_CLOSE => Some(Body::UntilClose),
+            _ => None,
+        };
+        if let Some(body) = body {
+            conn.send = SendState::Body {
+                body,
+                status: k.status,
+                first_ns: k.resp_first_ns,
+                last_ns: k.resp_last_ns,
+                bytes: k.resp_bytes,
+            };
+        }
+        conn
     }
 
     /// Lost track of the connection: what waits is counted under `reason`, and both sides
@@ -225,6 +275,7 @@ impl Conn {
             end_ns,
             request_body_bytes: req.body_bytes,
             response_body_bytes: bytes,
+            paired_by: PairedBy::Agent(self.slow),
         })
     }
 

@@ -17,13 +17,15 @@ mod send;
 
 use std::{collections::HashMap, sync::Arc};
 
+use probe_common::SwitchEvent;
+
 use conn::{Closed, Conn};
 use piece::Piece;
 
 use crate::{
     decode::{Data, Direction},
     http::Version,
-    reason::{Inference, Protocol, Reason},
+    reason::{Inference, Protocol, Reason, SlowReason},
 };
 
 /// A request's first line.
@@ -34,10 +36,24 @@ pub struct RequestLine {
     pub version: Version,
 }
 
+/// A request head the kernel read, as its ids (`labels::kernel_ids`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KernelHead {
+    pub method: u8,
+    pub version: u8,
+    /// The route id, if the kernel's `ROUTES` map had the path key (0: not).
+    pub route: u32,
+    pub path_key: u64,
+    /// The service id the path key is known under.
+    pub service_id: u32,
+}
+
 /// What was read of a measured request.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Head {
     Read(RequestLine),
+    /// Read by the kernel (before it handed the connection to the agent, or measured there).
+    Kernel(KernelHead),
     /// Its head was not captured (the reason), but its response was: it is measured with
     /// its status and duration, under placeholder method and route labels.
     Unread(Reason),
@@ -63,6 +79,16 @@ pub struct Exchange {
     pub end_ns: u64,
     pub request_body_bytes: u64,
     pub response_body_bytes: u64,
+    pub paired_by: PairedBy,
+}
+
+/// Who paired a request with its response.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PairedBy {
+    /// The kernel's fast path.
+    Kernel,
+    /// The agent, from events, on a connection the kernel handed over for this reason.
+    Agent(SlowReason),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -144,6 +170,31 @@ impl Pairer {
             Direction::Recv => recv::on_recv(conn, &piece, d.ts_ns, out),
             Direction::Send => send::on_send(conn, &piece, d.ts_ns, out),
         }
+    }
+
+    /// The kernel hands a connection over (`sw`: its pairing state then): the agent pairs it
+    /// from now on, from the state the kernel left. `service` names the service of id
+    /// `sw.service`.
+    pub fn adopt(&mut self, sw: &SwitchEvent, service: Arc<str>, reason: SlowReason, out: &mut Vec<Output>) {
+        let k = &sw.pairing;
+        let kernel_empty =
+            k.len == 0 && k.req_state == probe_common::REQ_HEAD && k.resp_state == probe_common::RESP_IDLE && k.held_len == 0;
+        if kernel_empty && let Some(conn) = self.conns.get_mut(&sw.conn_id) {
+            // Slow from its start, and the agent holds its first bytes already (a request
+            // line that came in pieces before the kernel could classify it).
+            conn.slow = reason;
+            return;
+        }
+        if let Some(old) = self.conns.remove(&sw.conn_id) {
+            // The kernel classified the connection anew (its map had lost it): what the
+            // agent held of it is over.
+            old.close(Closed::Normally, out);
+        }
+        if self.conns.len() >= self.max_conns {
+            self.evict_oldest(out);
+        }
+        let conn = Conn::from_kernel(sw, service, reason);
+        self.conns.insert(sw.conn_id, conn);
     }
 
     /// The connection was closed at `ts_ns`; `reset`: by a reset rather than a FIN.

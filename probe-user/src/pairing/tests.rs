@@ -73,6 +73,7 @@ fn summary(x: &[Exchange]) -> Vec<(&str, String, u16, u64, u64)> {
         .map(|e| match &e.head {
             Head::Read(l) => (l.method.as_str(), String::from_utf8_lossy(&l.target).into_owned(), e.status.unwrap_or(0), e.start_ns, e.end_ns),
             Head::Unread(r) => (r.label(), String::new(), e.status.unwrap_or(0), e.start_ns, e.end_ns),
+            Head::Kernel(k) => (crate::labels::kernel_ids::method(k.method), format!("key {}", k.path_key), e.status.unwrap_or(0), e.start_ns, e.end_ns),
         })
         .collect()
 }
@@ -436,4 +437,89 @@ fn pending_requests_are_bounded() {
     assert!(x.is_empty());
     assert_eq!(other.iter().filter(|r| **r == "pipeline_too_deep").count(), 10);
     assert_eq!(other.iter().filter(|r| **r == "no_response").count(), MAX_PENDING);
+}
+
+/// The kernel's state when it hands a connection over: `pending` (start, method id, path
+/// key) waiting, a response of `status` with `left` body bytes to go after `sent`.
+fn switch(pending: &[(u64, u8, u64)], resp: Option<(u16, u64, u64, u64)>) -> SwitchEvent {
+    let mut sw = SwitchEvent { conn_id: 1, family: 2, service: 3, ..Default::default() };
+    let k = &mut sw.pairing;
+    k.first = 3; // the FIFO wraps
+    for (i, (start, method, key)) in pending.iter().enumerate() {
+        let slot = (3 + i) % probe_common::FAST_DEPTH;
+        k.pending[slot] = probe_common::FastRequest { start_ns: *start, path_key: *key, method: *method, version: 1, ..Default::default() };
+    }
+    k.len = pending.len() as u8;
+    if let Some((status, first, sent, left)) = resp {
+        k.resp_state = probe_common::RESP_LENGTH;
+        (k.status, k.resp_first_ns, k.resp_last_ns, k.resp_bytes, k.resp_left) = (status, first, first, sent, left);
+    }
+    sw
+}
+
+/// The agent goes on where the kernel stopped: the response half sent, a pipelined
+/// request waiting, then more writes and a new request.
+#[test]
+fn a_connection_handed_over_mid_response_goes_on_from_the_kernels_state() {
+    let mut p = Pairer::new(16);
+    let mut out = vec![];
+    let sw = switch(&[(10, 1, 77), (12, 2, 78)], Some((200, 15, 4, 6)));
+    p.adopt(&sw, "svc".into(), SlowReason::Pipelined, &mut out);
+    assert_eq!(p.active_requests().values().sum::<i64>(), 2);
+    for e in [tx(20, b"world!"), tx(30, b"HTTP/1.1 204 No Content\r\n\r\n"), rx(40, b"GET /c HTTP/1.1\r\n\r\n"), tx(50, OK_5)] {
+        p.on_data(&e, || unreachable!("the switch named the service"), &mut out);
+    }
+    let x: Vec<Exchange> = out.into_iter().filter_map(|o| if let Output::Exchange(x) = o { Some(x) } else { None }).collect();
+    assert_eq!(
+        summary(&x),
+        [("GET", "key 77".into(), 200, 10, 20), ("HEAD", "key 78".into(), 204, 12, 30), ("GET", "/c".into(), 200, 40, 50)]
+    );
+    assert_eq!((x[0].response_body_bytes, x[0].first_byte_ns), (10, 15));
+    assert!(x.iter().all(|e| e.paired_by == PairedBy::Agent(SlowReason::Pipelined)));
+    assert!(matches!(x[0].head, Head::Kernel(KernelHead { service_id: 3, .. })));
+}
+
+/// A reset after the hand-over measures what the kernel left waiting, as reset.
+#[test]
+fn requests_the_kernel_left_waiting_are_measured_at_a_reset() {
+    let mut p = Pairer::new(16);
+    let mut out = vec![];
+    p.adopt(&switch(&[(10, 3, 5)], None), "svc".into(), SlowReason::ClosedWaiting, &mut out);
+    p.on_close(1, true, 99, &mut out);
+    let Some(Output::Exchange(x)) = out.pop() else { panic!("{out:?}") };
+    assert_eq!((x.status, x.reset, x.start_ns, x.end_ns), (None, true, 10, 99));
+    assert!(out.is_empty());
+}
+
+/// A request body the kernel was reading goes on in the agent.
+#[test]
+fn a_request_body_in_progress_goes_on() {
+    let mut p = Pairer::new(16);
+    let mut out = vec![];
+    let mut sw = switch(&[(10, 3, 5)], None);
+    sw.pairing.req_state = probe_common::REQ_BODY;
+    sw.pairing.req_left = 4;
+    sw.pairing.pending[3].body_bytes = 6;
+    p.adopt(&sw, "svc".into(), SlowReason::Pipelined, &mut out);
+    for e in [rx(20, b"abcdGET /n HTTP/1.1\r\n\r\n"), tx(30, OK_5), tx(40, OK_5)] {
+        p.on_data(&e, || "svc".into(), &mut out);
+    }
+    let x: Vec<Exchange> = out.into_iter().filter_map(|o| if let Output::Exchange(x) = o { Some(x) } else { None }).collect();
+    assert_eq!(summary(&x), [("POST", "key 5".into(), 200, 10, 30), ("GET", "/n".into(), 200, 20, 40)]);
+    assert_eq!(x[0].request_body_bytes, 10);
+}
+
+/// A head's first byte the kernel held (Go reads it alone) starts the head the agent reads.
+#[test]
+fn a_held_first_byte_starts_the_next_head() {
+    let mut p = Pairer::new(16);
+    let mut out = vec![];
+    let mut sw = switch(&[], None);
+    (sw.pairing.held[0], sw.pairing.held_len, sw.pairing.held_ns) = (b'G', 1, 7);
+    p.adopt(&sw, "svc".into(), SlowReason::Pipelined, &mut out);
+    for e in [rx(9, b"ET /a HTTP/1.1\r\n\r\nGET /b HTTP/1.1\r\n\r\n"), tx(20, OK_5), tx(30, OK_5)] {
+        p.on_data(&e, || "svc".into(), &mut out);
+    }
+    let x: Vec<Exchange> = out.into_iter().filter_map(|o| if let Output::Exchange(x) = o { Some(x) } else { None }).collect();
+    assert_eq!(summary(&x), [("GET", "/a".into(), 200, 7, 20), ("GET", "/b".into(), 200, 9, 30)]);
 }

@@ -111,6 +111,14 @@ pub struct Cli {
     #[arg(long, value_enum, default_value_t = Naming::Otel)]
     pub naming: Naming,
 
+    /// Pair and time every request in the agent, from events, instead of in the kernel.
+    /// The numbers are the same; the kernel's fast path (the default) costs the server
+    /// far less CPU per request. Also off with --naming django-prometheus (its buckets are
+    /// not the kernel's) and with a route template whose literal segment looks like an
+    /// identifier. redprobe_requests_paired_total shows which path paired what.
+    #[arg(long)]
+    pub no_fast_path: bool,
+
     /// Connections tracked at once, in the kernel map and in the agent.
     #[arg(long, value_name = "N", default_value_t = 65536)]
     pub max_connections: u32,

@@ -1,7 +1,7 @@
 //! The kernel's own counters (per-CPU, `COUNTERS`), turned into the agent's counters.
 use aya::maps::{MapData, PerCpuArray};
 use probe_common::{
-    COUNTER_CLIENT_CONNS, COUNTER_CONN_INSERT_FAILED, COUNTER_FD_MISMATCH, COUNTER_FOREIGN_CONTEXT, COUNTER_LOST,
+    COUNTER_AGG_FULL, COUNTER_CLIENT_CONNS, COUNTER_CONN_INSERT_FAILED, COUNTER_FD_MISMATCH, COUNTER_FOREIGN_CONTEXT, COUNTER_LOST,
     COUNTER_SERVER_CONNS, COUNTER_SLOTS,
 };
 use probe_user::{
@@ -29,6 +29,7 @@ impl KernelCounters {
             COUNTER_CONN_INSERT_FAILED,
             COUNTER_SERVER_CONNS,
             COUNTER_CLIENT_CONNS,
+            COUNTER_AGG_FULL,
         ] {
             let Ok(values) = self.map.get(&slot, 0) else { continue };
             let total: u64 = values.iter().sum();
@@ -46,6 +47,9 @@ impl KernelCounters {
                 COUNTER_FD_MISMATCH => h.kernel_skipped(KernelSkip::FdMismatch, delta),
                 COUNTER_CONN_INSERT_FAILED => h.kernel_skipped(KernelSkip::ConnMapFull, delta),
                 COUNTER_SERVER_CONNS => h.classified(ROLE_SERVER, delta),
+                COUNTER_AGG_FULL => {
+                    h.aggregates_full.inc_by(delta);
+                }
                 _ => h.classified(ROLE_CLIENT, delta),
             }
         }

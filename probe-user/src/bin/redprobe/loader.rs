@@ -3,13 +3,14 @@
 use anyhow::{Context, Result, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{HashMap, Map, MapData, PerCpuArray, RingBuf},
+    maps::{HashMap, Map, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::BtfTracePoint,
 };
 use probe_common::{
-    ConnState, GLOBAL_CONFIG, GLOBAL_OFFSETS, KernelOffsets, MAP_CONNS, MAP_COUNTERS, MAP_EVENTS,
-    MAP_TARGETS, ProbeConfig,
+    ACTIVE_PER_SERVICE, AggKey, AggValue, ConnState, GLOBAL_CONFIG, GLOBAL_OFFSETS, KernelOffsets, MAP_ACTIVE, MAP_AGG,
+    MAP_CONNS, MAP_COUNTERS, MAP_EVENTS, MAP_ROUTES, MAP_SERVICES, MAP_TARGETS, ProbeConfig, RouteKey,
 };
+use probe_user::registry::MAX_SERVICES;
 
 use crate::{btf::Btf, privileges};
 
@@ -62,6 +63,23 @@ pub struct LoadOptions {
     pub wakeup_bytes: u32,
 }
 
+/// Target processes the kernel knows the service of (`SERVICES`); beyond, a process's
+/// connections are paired by the agent (reason no_service).
+pub const MAX_SERVICE_PROCESSES: u32 = 65_536;
+/// Path keys the kernel remembers the route of (`ROUTES`, least recently used go first).
+pub const MAX_ROUTE_KEYS: u32 = 65_536;
+/// Label sets the kernel aggregates (`AGG`); requests of further ones are sent as events,
+/// counted in redprobe_kernel_measured_events_total.
+pub const MAX_AGGREGATES: u32 = 16_384;
+
+/// The maps of the kernel's fast path (`kernel_maps::KernelMaps` owns them).
+pub struct FastMaps {
+    pub services: HashMap<MapData, u32, u32>,
+    pub routes: HashMap<MapData, RouteKey, u32>,
+    pub agg: PerCpuHashMap<MapData, AggKey, AggValue>,
+    pub active: PerCpuArray<MapData, i64>,
+}
+
 /// The loaded, attached probe and the maps the agent talks to.
 pub struct Probe {
     /// Owns programs and links: dropping it detaches everything.
@@ -71,6 +89,7 @@ pub struct Probe {
     pub targets: MapData,
     pub counters: PerCpuArray<MapData, u64>,
     pub conns: HashMap<MapData, u64, ConnState>,
+    pub fast: FastMaps,
     pub target_words: u32,
 }
 
@@ -86,6 +105,11 @@ pub fn load(opts: &LoadOptions) -> Result<Probe> {
     }
     privileges::check()?;
     let offsets: KernelOffsets = Btf::from_sys_fs()?.kernel_offsets()?;
+    // The programs read the syscall's registers in one go: dx, si, di, orig_ax in a row.
+    let r = &offsets;
+    if (r.regs_arg2, r.regs_arg1, r.regs_syscall) != (r.regs_arg3 + 8, r.regs_arg3 + 16, r.regs_arg3 + 24) {
+        bail!("this kernel's struct pt_regs does not have dx, si, di and orig_ax in a row (x86-64's layout); redprobe supports x86-64 only");
+    }
     let target_words = pid_max()?.div_ceil(64);
     let config = ProbeConfig { wakeup_bytes: opts.wakeup_bytes, target_words };
     if !opts.ring_buffer_bytes.is_power_of_two() || opts.ring_buffer_bytes < 4096 {
@@ -97,6 +121,10 @@ pub fn load(opts: &LoadOptions) -> Result<Probe> {
         .map_max_entries(MAP_EVENTS, opts.ring_buffer_bytes)
         .map_max_entries(MAP_TARGETS, target_words)
         .map_max_entries(MAP_CONNS, opts.max_connections)
+        .map_max_entries(MAP_SERVICES, MAX_SERVICE_PROCESSES)
+        .map_max_entries(MAP_ROUTES, MAX_ROUTE_KEYS)
+        .map_max_entries(MAP_AGG, MAX_AGGREGATES)
+        .map_max_entries(MAP_ACTIVE, (MAX_SERVICES + 1) * ACTIVE_PER_SERVICE)
         .load(OBJECT)
         .map_err(privileges::explain_load_error)
         .context("loading the eBPF object")?;
@@ -114,14 +142,13 @@ pub fn load(opts: &LoadOptions) -> Result<Probe> {
     };
     let counters = PerCpuArray::try_from(take(&mut ebpf, MAP_COUNTERS)?)?;
     let conns = HashMap::try_from(take(&mut ebpf, MAP_CONNS)?)?;
-    Ok(Probe {
-        ebpf,
-        events,
-        targets,
-        counters,
-        conns,
-        target_words,
-    })
+    let fast = FastMaps {
+        services: HashMap::try_from(take(&mut ebpf, MAP_SERVICES)?)?,
+        routes: HashMap::try_from(take(&mut ebpf, MAP_ROUTES)?)?,
+        agg: PerCpuHashMap::try_from(take(&mut ebpf, MAP_AGG)?)?,
+        active: PerCpuArray::try_from(take(&mut ebpf, MAP_ACTIVE)?)?,
+    };
+    Ok(Probe { ebpf, events, targets, counters, conns, fast, target_words })
 }
 
 /// Loads and attaches every program of [`HOOKS`].
@@ -139,7 +166,8 @@ fn attach(ebpf: &mut Ebpf) -> Result<()> {
         program
             .attach()
             .map_err(|e| privileges::explain_program_error(hook.tracepoint, e))?;
-        tracing::debug!(tracepoint = hook.tracepoint, purpose = hook.purpose, "attached");
+        let verified = program.info().ok().and_then(|i| i.verified_instruction_count());
+        tracing::debug!(tracepoint = hook.tracepoint, purpose = hook.purpose, verified_insns = ?verified, "attached");
     }
     Ok(())
 }

@@ -5,6 +5,7 @@
 mod btf;
 mod cli;
 mod counters;
+mod fast_path;
 mod loader;
 mod privileges;
 mod run;

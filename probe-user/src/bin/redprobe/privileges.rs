@@ -185,7 +185,7 @@ pub fn explain_program_error(tracepoint: &str, e: ProgramError) -> anyhow::Error
         ProgramError::SyscallError(s) if is_permission(&s.io_error) => {
             format!("permission denied (needs CAP_BPF and CAP_PERFMON, or root): {s}")
         }
-        other => other.to_string(),
+        other => format!("{other:?}"),
     };
     anyhow::anyhow!("cannot attach to tracepoint {tracepoint}: {detail}")
 }

@@ -34,6 +34,7 @@ use tracing::{info, warn};
 use crate::{
     cli::Cli,
     counters::KernelCounters,
+    fast_path::{Aggregates, FastPath, before_scrape},
     loader::{self, LoadOptions, Probe},
     privileges,
     selectors::{Scan, Selectors},
@@ -86,6 +87,20 @@ fn log_notice(notice: &Notice) {
         }
         Notice::Execed { pid, comm, service } => info!(pid, comm = %comm, service = %service, "target runs a new program"),
         Notice::Exited(t) => info!(pid = t.pid, comm = %t.comm, "target exited; what it served stays in the metrics"),
+        Notice::Route { service_id, key, route } => tracing::debug!(service_id, key, route, "route of a path key"),
+    }
+}
+
+/// Whether the kernel pairs and aggregates (and why not).
+fn fast_path_off(cli: &Cli, metrics: &Metrics) -> Option<&'static str> {
+    if cli.no_fast_path {
+        Some("--no-fast-path")
+    } else if !metrics.kernel_can_aggregate() {
+        Some("--naming django-prometheus (its buckets are not the kernel's)")
+    } else if !metrics.routes().kernel_can_route() {
+        Some("a route template has a literal segment that looks like an identifier")
+    } else {
+        None
     }
 }
 
@@ -96,7 +111,7 @@ pub async fn run(cli: Cli) -> Result<()> {
     let roots = cli.pids.iter().map(|p| inspect(&proc, *p)).collect::<Result<Vec<_>>>()?;
     let selectors = Arc::new(Selectors::new(&proc, &cli.ports, &cli.exes, &cli.cgroups)?);
     let listener = exposition::bind(cli.listen).await?;
-    let Probe { ebpf: _ebpf, events, targets: target_map, counters, conns, target_words } =
+    let Probe { ebpf: _ebpf, events, targets: target_map, counters, conns, fast, target_words } =
         loader::load(&LoadOptions {
             ring_buffer_bytes: cli.ring_buffer_bytes,
             max_connections: cli.max_connections,
@@ -111,7 +126,21 @@ pub async fn run(cli: Cli) -> Result<()> {
         AgentProcess::new(proc.clone()),
     )));
     let health = metrics.health.clone();
-    let targets = Targets { bits: TargetBits::new(target_map, target_words)?, registry: registry.clone(), proc: proc.clone(), health: health.clone() };
+    let off = fast_path_off(&cli, &metrics);
+    match off {
+        None => info!("fast path on: the kernel pairs and aggregates plain HTTP/1.x requests"),
+        Some(why) => info!("fast path off ({why}): every request is paired by the agent, from events"),
+    }
+    let services = off.is_none().then(|| std::sync::Mutex::new(fast.services));
+    let targets = Targets {
+        bits: TargetBits::new(target_map, target_words)?,
+        registry: registry.clone(),
+        proc: proc.clone(),
+        health: health.clone(),
+        services,
+    };
+    let mut fast_path = FastPath::new(fast.routes, fast.active, metrics.clone());
+    let aggregates = Aggregates::new(fast.agg, metrics.clone(), registry.clone());
     for root in &roots {
         targets.attach_tree(root);
     }
@@ -134,13 +163,20 @@ pub async fn run(cli: Cli) -> Result<()> {
     if !addr.ip().is_loopback() {
         warn!(%addr, "/metrics is served beyond loopback: keep the port behind a firewall or a reverse proxy");
     }
-    tokio::spawn(exposition::serve(listener, Arc::new(prometheus), health.scrape_accept_errors.clone()));
+    tokio::spawn(exposition::serve(
+        listener,
+        Arc::new(prometheus),
+        health.scrape_accept_errors.clone(),
+        Some(before_scrape(aggregates.clone())),
+    ));
     info!("probe attached; metrics at http://{addr}/metrics");
 
     // SAFETY: the ring buffer's map fd is owned by `events`, which the AsyncFd owns.
     let mut ring = unsafe { AsyncFd::register_with_interest(events, Interest::READABLE) }
         .map_err(|e| anyhow::anyhow!("polling the ring buffer: {e}"))?;
     let mut pipeline = Pipeline::new(metrics.clone(), registry.clone(), cli.max_connections as usize);
+    pipeline.set_fast_path(off.is_none());
+
     let mut kernel = KernelCounters::new(counters);
     let count_conns = |conns: &BpfHashMap<MapData, u64, ConnState>| {
         health.set_map("CONNS", conns.keys().filter(Result::is_ok).count() as i64, cli.max_connections as i64);
@@ -164,13 +200,15 @@ pub async fn run(cli: Cli) -> Result<()> {
         tokio::select! {
             guard = ring.readable_mut() => {
                 let mut guard = guard?;
-                stop = drain(&mut pipeline, guard.get_inner_mut(), cli.exit_with_target);
+                stop = drain(&mut pipeline, guard.get_inner_mut(), cli.exit_with_target, &targets, &mut fast_path);
                 guard.clear_ready();
             }
-            _ = drain_tick.tick() => stop = drain(&mut pipeline, ring.get_mut(), cli.exit_with_target),
+            _ = drain_tick.tick() => stop = drain(&mut pipeline, ring.get_mut(), cli.exit_with_target, &targets, &mut fast_path),
             _ = housekeeping.tick() => {
                 reconcile_soon |= kernel.poll(&health);
-                pipeline.housekeeping(monotonic_ns(), IDLE_CONNECTION.as_nanos() as u64);
+                let max_id = lock(&registry).service_ids().end().to_owned();
+                let kernel_active = fast_path.active(max_id);
+                pipeline.housekeeping(monotonic_ns(), IDLE_CONNECTION.as_nanos() as u64, &kernel_active);
                 health.set_map("TARGETS", targets.bits.marked() as i64, targets.bits.capacity() as i64);
                 if last_map_count.elapsed() >= MAP_COUNT_EVERY {
                     count_conns(&conns);
@@ -203,7 +241,7 @@ pub async fn run(cli: Cli) -> Result<()> {
                 reconciling = false;
                 // Exits whose event was lost: drain first, so that an exit event already
                 // queued is the one that counts.
-                stop = drain(&mut pipeline, ring.get_mut(), cli.exit_with_target);
+                stop = drain(&mut pipeline, ring.get_mut(), cli.exit_with_target, &targets, &mut fast_path);
                 let mut r = lock(&registry);
                 for (pid, start) in gone {
                     if r.contains(pid, start) && let Some(t) = r.exited(pid) {
@@ -222,19 +260,33 @@ pub async fn run(cli: Cli) -> Result<()> {
             break;
         }
     }
-    drain(&mut pipeline, ring.get_mut(), false);
+    drain(&mut pipeline, ring.get_mut(), false, &targets, &mut fast_path);
     kernel.poll(&health);
     Ok(())
 }
 
 /// Feeds every pending record to the pipeline. Returns true when `exit_with_target` is
 /// set and the last target just exited.
-fn drain(pipeline: &mut Pipeline, ring: &mut aya::maps::RingBuf<MapData>, exit_with_target: bool) -> bool {
+fn drain(
+    pipeline: &mut Pipeline,
+    ring: &mut aya::maps::RingBuf<MapData>,
+    exit_with_target: bool,
+    targets: &Targets,
+    fast_path: &mut FastPath,
+) -> bool {
     let mut exited = false;
     while let Some(item) = ring.next() {
         if let Some(notice) = pipeline.record(&item) {
             log_notice(&notice);
-            exited |= matches!(notice, Notice::Exited(_));
+            // The kernel's maps follow what the pipeline decided.
+            match &notice {
+                Notice::Forked { child: pid, .. } | Notice::Execed { pid, .. } => targets.sync_service(*pid),
+                Notice::Exited(t) => {
+                    targets.sync_service(t.pid);
+                    exited = true;
+                }
+                Notice::Route { service_id, key, route } => fast_path.set_route(*service_id, *key, *route),
+            }
         }
     }
     exit_with_target && exited && pipeline.metrics().health.targets.get() == 0

@@ -5,6 +5,11 @@
 //! one bit at a time with atomic operations, as the kernel does: the kernel sets a child's
 //! bit at its fork and clears a target's bit at its exit; the agent only sets the bits of
 //! the processes it attaches. No writer ever rewrites another's bit.
+//!
+//! With the fast path on, each target's service id goes into `SERVICES` (tgid -> id) as
+//! the registry decides it: at attach, and after each fork, exec and exit the agent
+//! learns of, in the order they happened. The kernel fills a child's entry at its fork
+//! and clears it at an exec or exit, for the moments before the agent catches up.
 use std::{
     os::fd::{AsFd, AsRawFd},
     ptr::NonNull,
@@ -12,7 +17,7 @@ use std::{
 };
 
 use anyhow::{Result, bail};
-use aya::maps::MapData;
+use aya::maps::{HashMap as BpfHashMap, MapData};
 use probe_user::{
     metrics::health::Health,
     proc_root::{ProcInfo, ProcRoot},
@@ -110,9 +115,24 @@ pub struct Targets {
     pub registry: SharedRegistry,
     pub proc: ProcRoot,
     pub health: Health,
+    /// `SERVICES`, when the fast path is on.
+    pub services: Option<std::sync::Mutex<BpfHashMap<MapData, u32, u32>>>,
 }
 
 impl Targets {
+    /// Writes `pid`'s service id into `SERVICES` as the registry has it (removes it if
+    /// the process is not a target, or has no id).
+    pub fn sync_service(&self, pid: u32) {
+        let Some(services) = &self.services else { return };
+        let id = lock(&self.registry).get(pid).map(|t| t.service_id).unwrap_or(0);
+        let mut services = services.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if id == 0 {
+            let _ = services.remove(&pid);
+        } else if services.insert(pid, id, 0).is_err() {
+            self.health.map_write_failed("SERVICES");
+        }
+    }
+
     /// Marks one process in the kernel's bitmap, then checks that it still runs. A process
     /// that exited before its bit was set would never be reported by the kernel: its bit is
     /// cleared again (unless the kernel had set it: a fork it will report) and false is
@@ -144,6 +164,7 @@ impl Targets {
             Some(t) => t.service.clone(),
             None => return false,
         };
+        self.sync_service(root.pid);
         info!(pid = root.pid, comm = %root.comm, service = %service, "measuring process");
         self.health.target_attaches.inc();
         // Children forked from now on are marked by the kernel. Those forked before are
@@ -154,6 +175,7 @@ impl Targets {
                     continue;
                 }
                 if lock(&self.registry).attach_descendant(&child, service.clone()).is_some() {
+                    self.sync_service(child.pid);
                     info!(pid = child.pid, comm = %child.comm, service = %service, "measuring process");
                     self.health.target_attaches.inc();
                 }

@@ -1,0 +1,77 @@
+//! The agent's side of the kernel's fast path: the route ids it writes (`ROUTES`), the
+//! gauges it reads (`ACTIVE`), and the aggregates it reads at each scrape (`AGG`). The
+//! service ids of processes (`SERVICES`) are the targets' (`targets.rs`).
+use std::sync::{Arc, Mutex, PoisonError};
+
+use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMap};
+use probe_common::{ACTIVE_PER_SERVICE, AggKey, AggValue, RouteKey};
+use probe_user::{
+    metrics::{Metrics, kernel::{KernelTotals, add}},
+    registry::{SharedRegistry, lock},
+};
+
+/// `ROUTES` and `ACTIVE`, used from the agent's loop.
+pub struct FastPath {
+    routes: BpfHashMap<MapData, RouteKey, u32>,
+    active: PerCpuArray<MapData, i64>,
+    metrics: Metrics,
+}
+
+impl FastPath {
+    pub fn new(routes: BpfHashMap<MapData, RouteKey, u32>, active: PerCpuArray<MapData, i64>, metrics: Metrics) -> Self {
+        FastPath { routes, active, metrics }
+    }
+
+    /// The kernel labels requests with `key` by `route` from now on.
+    pub fn set_route(&mut self, service_id: u32, key: u64, route: u32) {
+        let k = RouteKey { service: service_id, _pad: 0, path_key: key };
+        if self.routes.insert(k, route, 0).is_err() {
+            self.metrics.health.map_write_failed("ROUTES");
+        }
+    }
+
+    /// `ACTIVE` summed over the CPUs, for the service ids `0..=max_id` (one read per slot).
+    pub fn active(&self, max_id: u32) -> Vec<i64> {
+        let n = (max_id + 1) * ACTIVE_PER_SERVICE;
+        (0..n).map(|i| self.active.get(&i, 0).map(|v| v.iter().sum()).unwrap_or(0)).collect()
+    }
+}
+
+/// `AGG`, read at each scrape: what the kernel added since the last read goes into the
+/// series.
+pub struct Aggregates {
+    map: PerCpuHashMap<MapData, AggKey, AggValue>,
+    totals: KernelTotals,
+    metrics: Metrics,
+    registry: SharedRegistry,
+}
+
+impl Aggregates {
+    pub fn new(map: PerCpuHashMap<MapData, AggKey, AggValue>, metrics: Metrics, registry: SharedRegistry) -> Arc<Mutex<Self>> {
+        Arc::new(Mutex::new(Aggregates { map, totals: KernelTotals::default(), metrics, registry }))
+    }
+
+    pub fn sync(&mut self) {
+        let read: Vec<(AggKey, AggValue)> = self
+            .map
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(key, per_cpu)| {
+                let mut sum = AggValue::default();
+                for v in per_cpu.iter() {
+                    add(&mut sum, v);
+                }
+                (key, sum)
+            })
+            .collect();
+        let registry = lock(&self.registry);
+        self.totals.apply(&self.metrics, read, |id| registry.service_named(id));
+        drop(registry);
+        self.metrics.health.set_map("AGG", self.totals.keys() as i64, crate::loader::MAX_AGGREGATES as i64);
+    }
+}
+
+/// The hook the exposition runs before each encode.
+pub fn before_scrape(aggregates: Arc<Mutex<Aggregates>>) -> Arc<dyn Fn() + Send + Sync> {
+    Arc::new(move || aggregates.lock().unwrap_or_else(PoisonError::into_inner).sync())
+}
