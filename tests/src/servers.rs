@@ -198,7 +198,8 @@ fn go_binary() -> Result<PathBuf> {
     built.clone().map_err(|e| anyhow::anyhow!(e))
 }
 
-/// What nginx serves, besides `location = /hello { return 200 }`.
+/// What nginx serves, besides `location = /hello { return 200 }` (and `/users/<anything>`,
+/// `/missing` 404, `/nocontent` 204).
 #[derive(Default)]
 pub struct NginxSite<'a> {
     /// Worker processes (the master is the PID to attach to).
@@ -275,6 +276,7 @@ http {{
         location = /hello {{ return 200 "hello world\n"; }}
         location = /missing {{ return 404; }}
         location = /nocontent {{ return 204; }}
+        location /users/ {{ return 200 "user\n"; }}
         location /static/ {{ }}
         {proxy}
     }}

@@ -249,7 +249,41 @@ pub fn assert_exact(agent: &crate::procs::Agent, w: &Workload, server: &str) -> 
     assert_eq!(m.sum("redprobe_events_lost_total", &[]), 0.0, "{server}: events lost");
     let unparsed: Vec<&str> = m.text.lines().filter(|l| l.starts_with("redprobe_requests_unparsed_total")).collect();
     assert_eq!(m.sum("redprobe_requests_unparsed_total", &[]), 0.0, "{server}: unparsed: {unparsed:?}");
+    // Each request was paired once, by the kernel's fast path or by the agent.
+    let kernel = m.sum("redprobe_requests_paired_total", &[("pairer", "kernel")]);
+    let agent_paired = m.sum("redprobe_requests_paired_total", &[("pairer", "agent")]);
+    assert_eq!(kernel + agent_paired, total as f64, "{server}: requests paired (kernel {kernel}, agent {agent_paired})");
+    record_share(server, total, &m);
     Ok(m)
+}
+
+/// Appends who paired a server's requests to `target/fast-path-share.txt`, which
+/// `cargo xtask test` prints at its end: the share of the fast path, and the reasons the
+/// rest went to the agent.
+pub fn record_share(server: &str, total: u64, m: &crate::scrape::Metrics) {
+    let kernel = m.sum("redprobe_requests_paired_total", &[("pairer", "kernel")]);
+    let mut reasons: Vec<(String, f64)> = m
+        .text
+        .lines()
+        .filter(|l| l.starts_with("redprobe_requests_paired_total{pairer=\"agent\""))
+        .filter_map(|l| {
+            let reason = l.split("reason=\"").nth(1)?.split('"').next()?.to_string();
+            let n: f64 = l.rsplit(' ').next()?.parse().ok()?;
+            (n > 0.0).then_some((reason, n))
+        })
+        .collect();
+    reasons.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let rest: Vec<String> = reasons.iter().map(|(r, n)| format!("{r} {n}")).collect();
+    let line = format!(
+        "{server}: {total} requests, {kernel} by the kernel ({:.0} %); agent: {}\n",
+        100.0 * kernel / total.max(1) as f64,
+        if rest.is_empty() { "none".to_string() } else { rest.join(", ") }
+    );
+    let path = crate::procs::workspace_root().join("target/fast-path-share.txt");
+    if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
+        use std::io::Write;
+        let _ = f.write_all(line.as_bytes());
+    }
 }
 
 /// What a server supports beyond the common mix.

@@ -102,11 +102,18 @@ fn slowloris_ten_thousand_idle_connections() -> Result<()> {
 
 #[test]
 fn ring_buffer_burst_while_the_agent_is_stalled() -> Result<()> {
-    // The agent is stopped (SIGSTOP) while 4 clients send 3000 requests: the 1 MiB ring
-    // fills up, losses are counted, and after SIGCONT the agent catches up and counts a
-    // fresh batch exactly.
+    // The agent pairs every request (--no-fast-path: each read and write is an event). It
+    // is stopped (SIGSTOP) while 4 clients send 3000 requests: the 1 MiB ring fills up,
+    // losses are counted, and after SIGCONT the agent catches up and counts a fresh batch
+    // exactly.
     let server = Server::start_python()?;
-    let agent = Agent::start(&["--pid".into(), server.pid().to_string(), "--ring-buffer-bytes".into(), (1 << 20).to_string()])?;
+    let agent = Agent::start(&[
+        "--pid".into(),
+        server.pid().to_string(),
+        "--ring-buffer-bytes".into(),
+        (1 << 20).to_string(),
+        "--no-fast-path".into(),
+    ])?;
     let agent_pid = agent.child.id() as i32;
     unsafe { libc::kill(agent_pid, libc::SIGSTOP) };
     let port = server.port;
@@ -148,6 +155,50 @@ fn ring_buffer_burst_while_the_agent_is_stalled() -> Result<()> {
         "burst: {sent} requests while the agent was stopped, 1 MiB ring: {received} events received, {lost} lost; \
          {counted} requests counted, {unparsed_lost} counted as events_lost; the next 50 exact"
     );
+    Ok(())
+}
+
+/// The same burst with the kernel's fast path: it pairs and aggregates in the kernel,
+/// which needs no agent; the one path is sent once, and each request the kernel measured
+/// before the agent routed that path is one small event. Nothing is lost, and the count is
+/// exact once the agent runs again.
+#[test]
+fn a_stalled_agent_loses_nothing_on_the_fast_path() -> Result<()> {
+    let server = Server::start_python()?;
+    let agent = Agent::start(&["--pid".into(), server.pid().to_string(), "--ring-buffer-bytes".into(), (1 << 20).to_string()])?;
+    let agent_pid = agent.child.id() as i32;
+    // /users/{id} is routed before the stall; /hello is new during it.
+    let mut warm = Conn::open(server.port)?;
+    assert_eq!(warm.get("/users/1")?.status, 200);
+    agent.wait_metrics("the first request", |m| m.requests("GET", 200, "/users/{id}") == 1)?;
+    unsafe { libc::kill(agent_pid, libc::SIGSTOP) };
+    let port = server.port;
+    let clients: Vec<_> = (0..4)
+        .map(|c| {
+            std::thread::spawn(move || -> Result<()> {
+                let mut conn = Conn::open(port)?;
+                for i in 0..750 {
+                    let path = if i % 2 == 0 { "/hello".to_string() } else { format!("/users/{}", c * 1000 + i) };
+                    assert_eq!(conn.get(&path)?.status, 200);
+                }
+                Ok(())
+            })
+        })
+        .collect();
+    let joined: Result<Vec<()>> = clients.into_iter().map(|c| c.join().expect("client")).collect();
+    unsafe { libc::kill(agent_pid, libc::SIGCONT) };
+    joined?;
+    let m = agent.wait_metrics("every request of the burst", |m| {
+        m.requests("GET", 200, "/hello") == 1500 && m.requests("GET", 200, "/users/{id}") == 1501
+    })?;
+    assert_eq!(m.sum("redprobe_events_lost_total", &[]), 0.0);
+    assert_eq!(m.sum("redprobe_requests_unparsed_total", &[]), 0.0);
+    assert_eq!(m.sum("redprobe_requests_paired_total", &[("pairer", "kernel")]), 3001.0);
+    // Only the first /users request and /hello's before the agent could route it came as
+    // events.
+    let measured = m.sum("redprobe_kernel_measured_events_total", &[]);
+    assert!(measured <= 1501.0, "{measured} requests sent one by one");
+    eprintln!("stalled agent, fast path: 3001 requests exact, {measured} of them sent as events, 0 lost");
     Ok(())
 }
 

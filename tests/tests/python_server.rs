@@ -100,7 +100,9 @@ fn exact_counts_and_latency_buckets_for_a_python_server() -> Result<()> {
     // Labels: protocol version of the HTTP/1.0 requests.
     assert_eq!(m.sum("http_server_request_duration_seconds_count", &[("network_protocol_version", "1.0")]), 2.0);
     assert_eq!(m.sum("redprobe_events_lost_total", &[]), 0.0);
-    assert!(m.sum("redprobe_events_received_total", &[]) > total as f64);
+    // Every request was paired once, by the kernel or by the agent.
+    assert_eq!(m.sum("redprobe_requests_paired_total", &[]), total as f64);
+    assert!(m.sum("redprobe_requests_paired_total", &[("pairer", "kernel")]) > 0.0);
     Ok(())
 }
 

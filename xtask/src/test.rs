@@ -27,5 +27,13 @@ pub fn test(filter: Option<&str>) -> Result<()> {
     }
     integration.arg("--test-threads=1").env(REDPROBE_BIN, agent_path())
         .env(REDPROBE_PYTHON, python_venv().join("bin/python"));
-    run(&mut integration)
+    // The tests that assert exact counts also record who paired the requests.
+    let share = xtask::workspace_root().join("target/fast-path-share.txt");
+    let _ = std::fs::remove_file(&share);
+    let result = run(&mut integration);
+    if let Ok(text) = std::fs::read_to_string(&share) {
+        println!("\nWho paired the requests of each exact-count test (the kernel's fast path, or the agent and why):");
+        print!("{text}");
+    }
+    result
 }

@@ -22,6 +22,8 @@ use super::{
 };
 
 pub const HELLO: &str = "/hello";
+/// The route of the route-heavy variant (`wrk::RANDOM_USERS`).
+pub const USERS: &str = "/users/{id}";
 pub const STATIC_FILE: &str = "/static/4k.bin";
 
 /// The bench's nginx and where its single worker runs.
@@ -118,6 +120,8 @@ fn drain_with(
 struct SideRun {
     hello: WrkResult,
     file: WrkResult,
+    /// `/users/<random id>`.
+    users: WrkResult,
     /// The agent's CPU over the `hello` run ("with" only).
     cpu: Option<CpuSample>,
     peak_rss: u64,
@@ -131,7 +135,8 @@ fn run_side(nginx: &Nginx, load: &Load, with_agent: bool) -> Result<SideRun> {
     if !with_agent {
         let hello = wrk::run(load, &hello_url)?;
         let file = wrk::run(load, &file_url)?;
-        return Ok(SideRun { hello, file, cpu: None, peak_rss: 0, counted: 0, lost: 0 });
+        let users = wrk::run_script(load, &nginx.url("/"), Some(wrk::RANDOM_USERS))?;
+        return Ok(SideRun { hello, file, users, cpu: None, peak_rss: 0, counted: 0, lost: 0 });
     }
     let agent = Agent::start(&nginx.agent_args())?;
     let pid = agent.child.id();
@@ -150,10 +155,13 @@ fn run_side(nginx: &Nginx, load: &Load, with_agent: bool) -> Result<SideRun> {
     let before = counts(&agent, STATIC_FILE)?;
     let file = wrk::run(load, &file_url)?;
     drain(&agent, STATIC_FILE, before, file.requests)?;
+    let before = counts(&agent, USERS)?;
+    let users = wrk::run_script(load, &nginx.url("/"), Some(wrk::RANDOM_USERS))?;
+    drain(&agent, USERS, before, users.requests)?;
     let (counted, lost) = counts(&agent, HELLO)?;
     let peak_rss = agent_cost::peak_rss_bytes(pid)?;
     agent.stop()?;
-    Ok(SideRun { hello, file, cpu: Some(cpu), peak_rss, counted, lost })
+    Ok(SideRun { hello, file, users, cpu: Some(cpu), peak_rss, counted, lost })
 }
 
 pub struct Results {
@@ -175,6 +183,8 @@ pub fn measure(nginx: &Nginx, load: &Load, rounds: usize) -> Result<Results> {
     let hello_p99 = pair(|s| s.hello.p99_us);
     let file_rps = pair(|s| s.file.rps);
     let file_p99 = pair(|s| s.file.p99_us);
+    let users_rps = pair(|s| s.users.rps);
+    let users_p99 = pair(|s| s.users.p99_us);
     let ratio_row = |id, measure: &str, p: &Paired, unit: &str, digits: usize, goal: Option<(&str, bool)>| {
         let (lo, hi) = p.ratio_spread();
         Row {
@@ -193,6 +203,8 @@ pub fn measure(nginx: &Nginx, load: &Load, rounds: usize) -> Result<Results> {
         ratio_row("2", "nginx return 200, p99 latency", &hello_p99, " us", 0, Some(("<= 1.10", hello_p99.ratio() <= 1.10))),
         ratio_row("3", "nginx 4 KB static (sendfile), req/s", &file_rps, "", 0, Some((">= 0.95", file_rps.ratio() >= 0.95))),
         ratio_row("3", "nginx 4 KB static (sendfile), p99", &file_p99, " us", 0, None),
+        ratio_row("2u", "nginx /users/<random id>, req/s", &users_rps, "", 0, Some((">= 0.95", users_rps.ratio() >= 0.95))),
+        ratio_row("2u", "nginx /users/<random id>, p99 latency", &users_p99, " us", 0, Some(("<= 1.10", users_p99.ratio() <= 1.10))),
     ];
     let counted: u64 = with.iter().map(|s| s.counted).sum();
     let served: u64 = with.iter().map(|s| s.hello.requests).sum();

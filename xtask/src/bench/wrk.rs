@@ -32,7 +32,24 @@ pub struct WrkResult {
     pub p99_us: f64,
 }
 
+/// A wrk script that asks for `/users/<random id>` (up to a billion ids): a route-heavy
+/// service, whose paths the route heuristic folds to `/users/{id}`.
+pub const RANDOM_USERS: &str = "request = function() return wrk.format(nil, \"/users/\" .. math.random(1, 1000000000)) end\n";
+
 pub fn run(load: &Load, url: &str) -> Result<WrkResult> {
+    run_script(load, url, None)
+}
+
+/// `run`, with a Lua script (wrk -s) that makes the requests.
+pub fn run_script(load: &Load, url: &str, script: Option<&str>) -> Result<WrkResult> {
+    let script_file = match script {
+        Some(text) => {
+            let path = std::env::temp_dir().join(format!("redprobe-wrk-{}.lua", std::process::id()));
+            std::fs::write(&path, text).context("writing the wrk script")?;
+            Some(path)
+        }
+        None => None,
+    };
     let mut cmd = match &load.cpus {
         Some(cpus) => {
             let mut c = Command::new("taskset");
@@ -48,8 +65,11 @@ pub fn run(load: &Load, url: &str) -> Result<WrkResult> {
         format!("-c{}", load.connections),
         format!("-d{secs}s"),
         "--latency".into(),
-        url.into(),
     ]);
+    if let Some(path) = &script_file {
+        cmd.arg("-s").arg(path);
+    }
+    cmd.arg(url);
     let out = cmd.output().context("running wrk (apt-get install wrk)")?;
     let text = String::from_utf8_lossy(&out.stdout);
     if !out.status.success() {
