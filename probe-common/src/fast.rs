@@ -9,11 +9,6 @@ use crate::route::MAX_PATH;
 /// pipeline goes to the agent.
 pub const FAST_DEPTH: usize = 4;
 
-/// `ACTIVE` slots per service id: one per method id (0..=9: requests in flight), then the
-/// service's open fast connections.
-pub const ACTIVE_PER_SERVICE: u32 = 11;
-pub const ACTIVE_OPEN: u32 = 10;
-
 /// `ConnState::mode` of a server connection: paired by the agent, from events.
 pub const MODE_SLOW: u32 = 0;
 /// Paired and measured by the kernel.
@@ -81,6 +76,16 @@ pub struct Pairing {
     pub held: [u8; MAX_HELD],
     /// When the read that brought the held bytes returned.
     pub held_ns: u64,
+}
+
+impl Pairing {
+    /// The method ids of the requests read and not yet answered, oldest first: what
+    /// `http_server_active_requests` counts for a fast connection. The agent reads them from
+    /// `CONNS` (a connection the LRU map drops takes its requests with it, so a count kept
+    /// beside the map would drift).
+    pub fn in_flight(&self) -> impl Iterator<Item = u8> + '_ {
+        (0..self.len.min(FAST_DEPTH as u8)).map(|i| self.pending[(self.first.wrapping_add(i) as usize) & (FAST_DEPTH - 1)].method)
+    }
 }
 
 /// Bytes of a request head the kernel holds from short reads, at most.
@@ -253,6 +258,20 @@ mod tests {
         assert_eq!(bucket(u64::MAX, &DURATION_BOUNDS_NS), 14);
         assert_eq!(bucket(64, &SIZE_BOUNDS), 0);
         assert_eq!(bucket(65, &SIZE_BOUNDS), 1);
+    }
+
+    #[test]
+    fn in_flight_walks_the_ring_from_the_oldest() {
+        let mut p = Pairing::default();
+        assert_eq!(p.in_flight().count(), 0);
+        for (i, m) in [3u8, 1, 2, 9].into_iter().enumerate() {
+            p.pending[i].method = m;
+        }
+        p.first = 3;
+        p.len = 2;
+        assert!(p.in_flight().eq([9, 3]));
+        p.len = 200; // never more than the ring holds
+        assert_eq!(p.in_flight().count(), FAST_DEPTH);
     }
 
     #[test]

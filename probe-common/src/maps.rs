@@ -18,9 +18,6 @@ pub const MAP_SERVICES: &str = "SERVICES";
 pub const MAP_ROUTES: &str = "ROUTES";
 /// Per-CPU hash: `fast::AggKey` -> `fast::AggValue`, the kernel's aggregates.
 pub const MAP_AGG: &str = "AGG";
-/// Per-CPU array of i64: per service id, requests in flight by method id and open fast
-/// connections (`fast::ACTIVE_PER_SERVICE`).
-pub const MAP_ACTIVE: &str = "ACTIVE";
 /// Global with the kernel struct offsets read from BTF at load time.
 pub const GLOBAL_OFFSETS: &str = "OFFSETS";
 /// Global with run-time settings.

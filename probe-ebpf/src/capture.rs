@@ -182,7 +182,6 @@ pub extern "C" fn rp_on_io(w: *mut Work, state: *mut ConnState) -> u32 {
                                         (*server).mode = MODE_FAST;
                                         (*server).service = *service;
                                     }
-                                    fast::opened(*service);
                                     if fast_io(w, server, dir) == fast::DONE {
                                         return 0;
                                     }

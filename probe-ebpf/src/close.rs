@@ -74,7 +74,6 @@ pub fn on_unix_eof(sk: *const u8) -> u32 {
         && unsafe { (*state).role == ROLE_SERVER && (*state).mode == MODE_FAST }
         && fast::idle(state)
     {
-        fast::closed_idle(state);
         conn::remove(own);
         return 0;
     }

@@ -10,9 +10,9 @@
 //! probe_common's (`http1`, `route`, `fast`), table-tested on the host.
 use aya_ebpf::{bindings::BPF_NOEXIST, helpers::generated::bpf_probe_read_kernel};
 use probe_common::{
-    ACTIVE_OPEN, ACTIVE_PER_SERVICE, AggKey, AggValue, ConnState, EventHeader, FastRequest, MeasuredEvent, Pairing, PathEvent, RouteKey,
+    AggKey, AggValue, ConnState, EventHeader, FastRequest, MeasuredEvent, Pairing, PathEvent, RouteKey,
     SwitchEvent, CONN_LOST_EVENTS, COUNTER_AGG_FULL, COUNTER_LOST, DURATION_BOUNDS_NS, EVENT_MEASURED, EVENT_PATH,
-    EVENT_SWITCH, FAST_DEPTH, HEAD_WINDOW, MAX_HELD, MODE_FAST, MODE_SLOW, REQ_BODY, REQ_HEAD, RESP_CHUNKED, RESP_IDLE, RESP_LENGTH,
+    EVENT_SWITCH, FAST_DEPTH, HEAD_WINDOW, MAX_HELD, MODE_SLOW, REQ_BODY, REQ_HEAD, RESP_CHUNKED, RESP_IDLE, RESP_LENGTH,
     RESP_UNTIL_CLOSE, SIZE_BOUNDS, SLOW_HEAD_BEYOND_WINDOW, SLOW_HEAD_SPLIT, SLOW_PIPELINE, SLOW_REQUEST,
     SLOW_RESPONSE, SLOW_UNEXPECTED_WRITE, SLOW_UNREADABLE, SLOW_UPGRADE, TAIL_WINDOW,
     fast::{bucket, Hist},
@@ -23,7 +23,7 @@ use probe_common::{
 use crate::{
     capture::{read_user_upto, rp_gather_iovecs},
     emit::wakeup_flags,
-    maps::{count, ACTIVE, AGG, EVENTS, ROUTES},
+    maps::{count, AGG, EVENTS, ROUTES},
 };
 
 /// What the hook asks of a global function, and what the fast path found.
@@ -69,19 +69,6 @@ pub const DONE: u32 = 0;
 /// The connection went slow: emit this I/O as an event.
 pub const SLOW: u32 = 1;
 
-
-#[inline(always)]
-fn active(service: u32, slot: u32, delta: i64) {
-    if let Some(p) = ACTIVE.get_ptr_mut(service.wrapping_mul(ACTIVE_PER_SERVICE).wrapping_add(slot)) {
-        unsafe { *p += delta };
-    }
-}
-
-/// A connection becomes a fast one of `service`.
-#[inline(always)]
-pub fn opened(service: u32) {
-    active(service, ACTIVE_OPEN, 1);
-}
 
 #[inline(always)]
 fn slot(first: u8, i: u8) -> usize {
@@ -287,17 +274,6 @@ fn route_of(service: u32, key: u64) -> u32 {
 #[inline(never)]
 pub extern "C" fn rp_switch(w: *const Work, c: *mut ConnState, reason: u32) -> u32 {
     let (Some(w), Some(c)) = (unsafe { w.as_ref() }, unsafe { c.as_mut() }) else { return SLOW };
-    if c.mode == MODE_FAST {
-        let p = &c.pairing;
-        let mut i = 0u8;
-        while i < FAST_DEPTH as u8 {
-            if i < p.len {
-                active(c.service, p.pending[slot(p.first, i)].method as u32 & 15, -1);
-            }
-            i += 1;
-        }
-        active(c.service, ACTIVE_OPEN, -1);
-    }
     c.mode = MODE_SLOW;
     let Some(mut entry) = EVENTS.reserve::<SwitchEvent>(0) else {
         count(COUNTER_LOST);
@@ -351,7 +327,6 @@ pub extern "C" fn rp_measure(w: *mut Work, c: *mut ConnState, status: u64, first
     p.resp_state = RESP_IDLE;
     p.resp_bytes = 0;
     p.resp_left = 0;
-    active(service, req.method as u32 & 15, -1);
     let route = if req.route != 0 { req.route } else { route_of(service, req.path_key) };
     if route != 0 {
         let key = AggKey {
@@ -486,7 +461,6 @@ pub extern "C" fn rp_fast_recv(w: *mut Work, c: *mut ConnState) -> u32 {
         _pad: [0; 2],
     };
     p.len += 1;
-    active(service, wr.method as u32 & 15, 1);
     if wr.length > body {
         p.req_state = REQ_BODY;
         p.req_left = wr.length - body;
@@ -607,12 +581,6 @@ pub fn idle(c: *const ConnState) -> bool {
     unsafe { (*c).pairing.len == 0 && (*c).pairing.resp_state == RESP_IDLE && (*c).pairing.held_len == 0 }
 }
 
-/// An idle fast connection is gone.
-#[inline(always)]
-pub fn closed_idle(c: *const ConnState) {
-    active(unsafe { (*c).service }, ACTIVE_OPEN, -1);
-}
-
 /// A fast connection closes: a response that ends with it is measured; what still waits
 /// is handed to the agent (which then counts it, as the close that follows tells).
 /// Returns SLOW when the agent must be told of the close.
@@ -627,7 +595,6 @@ pub extern "C" fn rp_fast_close(w: *mut Work, c: *mut ConnState) -> u32 {
     }
     let Some(cr) = (unsafe { c.as_mut() }) else { return SLOW };
     if idle(cr) {
-        closed_idle(cr);
         return DONE;
     }
     rp_switch(w, c, probe_common::SLOW_CLOSE)

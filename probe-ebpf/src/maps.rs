@@ -45,11 +45,6 @@ pub static SERVICES: HashMap<u32, u32> = HashMap::with_max_entries(1, 0);
 #[map]
 pub static ROUTES: LruHashMap<RouteKey, u32> = LruHashMap::with_max_entries(1, 0);
 
-/// Per service: requests in flight by method id, and open fast connections (`fast::active`).
-/// Incremented and decremented on whichever CPU: the agent sums the CPUs.
-#[map]
-pub static ACTIVE: PerCpuArray<i64> = PerCpuArray::with_max_entries(1, 0);
-
 /// The kernel's aggregates of the requests it measured. Entries are allocated as label
 /// sets appear (no preallocation: a value is per CPU), and never deleted.
 #[map]

@@ -3,7 +3,7 @@
 //! the golden fixtures all drive this same code with raw records.
 use std::sync::Arc;
 
-use probe_common::{ACTIVE_OPEN, ACTIVE_PER_SERVICE, MeasuredEvent, SwitchEvent};
+use probe_common::{ConnState, MODE_FAST, MeasuredEvent, ROLE_SERVER, SwitchEvent};
 
 use crate::{
     decode::{Event, decode},
@@ -185,41 +185,31 @@ impl Pipeline {
     }
 
     /// Once a second: forget connections idle for `idle_ns`, refresh the snapshot gauges.
-    /// `kernel_active` is the kernel's `ACTIVE` map summed over the CPUs (requests in
-    /// flight and open connections of the fast path, per service id).
-    pub fn housekeeping(&mut self, now_ns: u64, idle_ns: u64, kernel_active: &[i64]) {
+    /// `kernel_conns` is what the kernel's `CONNS` map holds: its fast connections are open
+    /// connections, and their waiting requests are in flight.
+    pub fn housekeeping(&mut self, now_ns: u64, idle_ns: u64, kernel_conns: &[ConnState]) {
         self.pairer.evict_idle(now_ns, idle_ns, &mut self.outputs);
         self.flush();
         let mut active = self.pairer.active_requests();
         let mut open = self.pairer.connections_by_service();
         let r = lock(&self.registry);
-        for (row, slots) in kernel_active.chunks(ACTIVE_PER_SERVICE as usize).enumerate() {
-            let Some(service) = r.service_named(row as u32) else { continue };
-            for (method, n) in slots.iter().enumerate().take(ACTIVE_OPEN as usize) {
-                if *n != 0 {
-                    let method = kernel_ids::method(method as u8).to_string();
-                    *active.entry((service.clone(), method)).or_insert(0) += n;
-                }
+        for c in kernel_conns.iter().filter(|c| c.role == ROLE_SERVER && c.mode == MODE_FAST) {
+            let Some(service) = r.service_named(c.service) else { continue };
+            for method in c.pairing.in_flight() {
+                *active.entry((service.clone(), kernel_ids::method(method).to_string())).or_insert(0) += 1;
             }
-            if let Some(n) = slots.get(ACTIVE_OPEN as usize).filter(|n| **n != 0) {
-                *open.entry(service.clone()).or_insert(0) += n;
-            }
+            *open.entry(service.clone()).or_insert(0) += 1;
         }
         // Every service's GET series is there, at 0 when idle, so that an alert on it sees 0.
         for t in r.targets() {
             active.entry((t.service.clone(), "GET".to_string())).or_insert(0);
         }
         drop(r);
-        // A request counted on one CPU and answered on another can make one CPU's count
-        // negative; the sum is exact once both are read, and never below 0 when it is.
-        for n in active.values_mut() {
-            *n = (*n).max(0);
-        }
         self.metrics.set_active_requests(&active);
         let health = &self.metrics.health;
         health.connections_tracked.set(self.pairer.connections() as i64);
         health.open_connections.set(
-            open.into_iter().map(|(service, n)| (ServiceLabels { service_name: service.to_string() }, n.max(0))),
+            open.into_iter().map(|(service, n)| (ServiceLabels { service_name: service.to_string() }, n)),
         );
     }
 }
@@ -273,5 +263,50 @@ mod tests {
         let n = p.record(&wire::exec(10, "python3", 2)).unwrap();
         assert!(matches!(n, Notice::Execed { pid: 10, service, .. } if &*service == "python3"));
         assert_eq!(&*lock(&registry).service_of(10), "python3");
+    }
+
+    /// The kernel's fast connections are open connections of their service, and what waits
+    /// on them is in flight; slow, client and unknown-service entries are not counted here
+    /// (the agent's own table counts the slow ones).
+    #[test]
+    fn fast_connections_in_the_kernel_map_are_the_gauges() {
+        let mut prom = Prom::default();
+        let metrics = Metrics::new(&mut prom, Naming::Otel, Routes::new(Router::default(), 10));
+        let registry = Registry::new(None).shared();
+        lock(&registry).attach_root(&ProcInfo { pid: 10, ppid: 1, start_time: 1, comm: "gunicorn".into() });
+        let mut p = Pipeline::new(metrics, registry, 100);
+        let fast = |service: u32, methods: &[u8]| {
+            let mut c = ConnState { role: ROLE_SERVER, mode: MODE_FAST, service, ..Default::default() };
+            for (i, m) in methods.iter().enumerate() {
+                c.pairing.pending[i].method = *m;
+            }
+            c.pairing.len = methods.len() as u8;
+            c
+        };
+        let conns = [
+            fast(1, &[1, 1, 3]),
+            fast(1, &[]),
+            fast(7, &[1]),
+            ConnState { mode: probe_common::MODE_SLOW, ..fast(1, &[1]) },
+            ConnState { role: probe_common::ROLE_CLIENT, ..fast(1, &[1]) },
+        ];
+        p.housekeeping(0, u64::MAX, &conns);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &prom).unwrap();
+        let value = |text: &str, prefix: &str, method: &str| {
+            text.lines()
+                .find(|l| l.starts_with(prefix) && l.contains(&format!("=\"{method}\"")))
+                .and_then(|l| l.rsplit(' ').next())
+                .map(str::to_owned)
+        };
+        assert_eq!(value(&text, "http_server_active_requests{", "GET").as_deref(), Some("2"), "{text}");
+        assert_eq!(value(&text, "http_server_active_requests{", "POST").as_deref(), Some("1"), "{text}");
+        assert_eq!(value(&text, "redprobe_target_open_connections{", "gunicorn").as_deref(), Some("2"), "{text}");
+        // Gone from the map: back to 0.
+        p.housekeeping(0, u64::MAX, &[]);
+        text.clear();
+        prometheus_client::encoding::text::encode(&mut text, &prom).unwrap();
+        assert_eq!(value(&text, "http_server_active_requests{", "GET").as_deref(), Some("0"), "{text}");
+        assert_eq!(value(&text, "redprobe_target_open_connections{", "gunicorn").as_deref(), Some("0"), "{text}");
     }
 }

@@ -1,25 +1,25 @@
-//! The agent's side of the kernel's fast path: the route ids it writes (`ROUTES`), the
-//! gauges it reads (`ACTIVE`), and the aggregates it reads at each scrape (`AGG`). The
+//! The agent's side of the kernel's fast path: the route ids it writes (`ROUTES`) and the
+//! aggregates it reads at each scrape (`AGG`). The gauges come from `CONNS` itself
+//! (`run.rs`, `Pipeline::housekeeping`). The
 //! service ids of processes (`SERVICES`) are the targets' (`targets.rs`).
 use std::sync::{Arc, Mutex, PoisonError};
 
-use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMap};
-use probe_common::{ACTIVE_PER_SERVICE, AggKey, AggValue, RouteKey};
+use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuHashMap};
+use probe_common::{AggKey, AggValue, RouteKey};
 use probe_user::{
     metrics::{Metrics, kernel::{KernelTotals, add}},
     registry::{SharedRegistry, lock},
 };
 
-/// `ROUTES` and `ACTIVE`, used from the agent's loop.
+/// `ROUTES`, written from the agent's loop.
 pub struct FastPath {
     routes: BpfHashMap<MapData, RouteKey, u32>,
-    active: PerCpuArray<MapData, i64>,
     metrics: Metrics,
 }
 
 impl FastPath {
-    pub fn new(routes: BpfHashMap<MapData, RouteKey, u32>, active: PerCpuArray<MapData, i64>, metrics: Metrics) -> Self {
-        FastPath { routes, active, metrics }
+    pub fn new(routes: BpfHashMap<MapData, RouteKey, u32>, metrics: Metrics) -> Self {
+        FastPath { routes, metrics }
     }
 
     /// The kernel labels requests with `key` by `route` from now on.
@@ -28,12 +28,6 @@ impl FastPath {
         if self.routes.insert(k, route, 0).is_err() {
             self.metrics.health.map_write_failed("ROUTES");
         }
-    }
-
-    /// `ACTIVE` summed over the CPUs, for the service ids `0..=max_id` (one read per slot).
-    pub fn active(&self, max_id: u32) -> Vec<i64> {
-        let n = (max_id + 1) * ACTIVE_PER_SERVICE;
-        (0..n).map(|i| self.active.get(&i, 0).map(|v| v.iter().sum()).unwrap_or(0)).collect()
     }
 }
 

@@ -7,10 +7,9 @@ use aya::{
     programs::BtfTracePoint,
 };
 use probe_common::{
-    ACTIVE_PER_SERVICE, AggKey, AggValue, ConnState, GLOBAL_CONFIG, GLOBAL_OFFSETS, KernelOffsets, MAP_ACTIVE, MAP_AGG,
+    AggKey, AggValue, ConnState, GLOBAL_CONFIG, GLOBAL_OFFSETS, KernelOffsets, MAP_AGG,
     MAP_CONNS, MAP_COUNTERS, MAP_EVENTS, MAP_ROUTES, MAP_SERVICES, MAP_TARGETS, ProbeConfig, RouteKey,
 };
-use probe_user::registry::MAX_SERVICES;
 
 use crate::{btf::Btf, privileges};
 
@@ -77,7 +76,6 @@ pub struct FastMaps {
     pub services: HashMap<MapData, u32, u32>,
     pub routes: HashMap<MapData, RouteKey, u32>,
     pub agg: PerCpuHashMap<MapData, AggKey, AggValue>,
-    pub active: PerCpuArray<MapData, i64>,
 }
 
 /// The loaded, attached probe and the maps the agent talks to.
@@ -124,7 +122,6 @@ pub fn load(opts: &LoadOptions) -> Result<Probe> {
         .map_max_entries(MAP_SERVICES, MAX_SERVICE_PROCESSES)
         .map_max_entries(MAP_ROUTES, MAX_ROUTE_KEYS)
         .map_max_entries(MAP_AGG, MAX_AGGREGATES)
-        .map_max_entries(MAP_ACTIVE, (MAX_SERVICES + 1) * ACTIVE_PER_SERVICE)
         .load(OBJECT)
         .map_err(privileges::explain_load_error)
         .context("loading the eBPF object")?;
@@ -146,7 +143,6 @@ pub fn load(opts: &LoadOptions) -> Result<Probe> {
         services: HashMap::try_from(take(&mut ebpf, MAP_SERVICES)?)?,
         routes: HashMap::try_from(take(&mut ebpf, MAP_ROUTES)?)?,
         agg: PerCpuHashMap::try_from(take(&mut ebpf, MAP_AGG)?)?,
-        active: PerCpuArray::try_from(take(&mut ebpf, MAP_ACTIVE)?)?,
     };
     Ok(Probe { ebpf, events, targets, counters, conns, fast, target_words })
 }

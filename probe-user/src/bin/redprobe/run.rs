@@ -8,7 +8,7 @@ use std::{
 
 use anyhow::{Context, Result};
 use aya::maps::{HashMap as BpfHashMap, MapData};
-use probe_common::ConnState;
+use probe_common::{ConnState, MODE_FAST, ROLE_SERVER};
 use probe_user::{
     exposition,
     labels::{Router, Routes, parse_routes_file, Template},
@@ -44,8 +44,11 @@ use crate::{
 /// Connections with no event for this long are forgotten (a UNIX connection whose peer
 /// never read to its end has no close event).
 const IDLE_CONNECTION: Duration = Duration::from_secs(600);
-/// How often the fill level of the kernel connection map is counted (one syscall a key).
-const MAP_COUNT_EVERY: Duration = Duration::from_secs(5);
+/// The kernel connection map is read every second (two syscalls an entry: its fill level,
+/// and the fast connections' gauges) while it holds at most this many entries...
+const READ_CONNS_EACH_SECOND_UP_TO: usize = 8192;
+/// ...and every 5 s when it holds more.
+const READ_BIG_CONNS_EVERY: Duration = Duration::from_secs(5);
 /// How often the registry is checked against /proc, for exits whose event was lost; the
 /// next second after a loss anyway.
 const RECONCILE_EVERY: Duration = Duration::from_secs(10);
@@ -139,7 +142,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         health: health.clone(),
         services,
     };
-    let mut fast_path = FastPath::new(fast.routes, fast.active, metrics.clone());
+    let mut fast_path = FastPath::new(fast.routes, metrics.clone());
     let aggregates = Aggregates::new(fast.agg, metrics.clone(), registry.clone());
     for root in &roots {
         targets.attach_tree(root);
@@ -178,11 +181,21 @@ pub async fn run(cli: Cli) -> Result<()> {
     pipeline.set_fast_path(off.is_none());
 
     let mut kernel = KernelCounters::new(counters);
-    let count_conns = |conns: &BpfHashMap<MapData, u64, ConnState>| {
-        health.set_map("CONNS", conns.keys().filter(Result::is_ok).count() as i64, cli.max_connections as i64);
+    // The fast server connections in `CONNS`, as last read: the gauges of the fast path.
+    let read_conns = |conns: &BpfHashMap<MapData, u64, ConnState>| {
+        let mut entries = 0i64;
+        let mut fast = Vec::new();
+        for (_, c) in conns.iter().filter_map(Result::ok) {
+            entries += 1;
+            if c.role == ROLE_SERVER && c.mode == MODE_FAST {
+                fast.push(c);
+            }
+        }
+        health.set_map("CONNS", entries, cli.max_connections as i64);
+        (entries as usize, fast)
     };
-    count_conns(&conns);
-    let mut last_map_count = Instant::now();
+    let (mut conn_entries, mut fast_conns) = read_conns(&conns);
+    let mut last_conns_read = Instant::now();
     let mut last_reconcile = Instant::now();
     let mut drain_tick = interval(Duration::from_millis(cli.drain_interval_ms.max(1)));
     let mut housekeeping = interval(Duration::from_secs(1));
@@ -206,14 +219,12 @@ pub async fn run(cli: Cli) -> Result<()> {
             _ = drain_tick.tick() => stop = drain(&mut pipeline, ring.get_mut(), cli.exit_with_target, &targets, &mut fast_path),
             _ = housekeeping.tick() => {
                 reconcile_soon |= kernel.poll(&health);
-                let max_id = lock(&registry).service_ids().end().to_owned();
-                let kernel_active = fast_path.active(max_id);
-                pipeline.housekeeping(monotonic_ns(), IDLE_CONNECTION.as_nanos() as u64, &kernel_active);
-                health.set_map("TARGETS", targets.bits.marked() as i64, targets.bits.capacity() as i64);
-                if last_map_count.elapsed() >= MAP_COUNT_EVERY {
-                    count_conns(&conns);
-                    last_map_count = Instant::now();
+                if conn_entries <= READ_CONNS_EACH_SECOND_UP_TO || last_conns_read.elapsed() >= READ_BIG_CONNS_EVERY {
+                    (conn_entries, fast_conns) = read_conns(&conns);
+                    last_conns_read = Instant::now();
                 }
+                pipeline.housekeeping(monotonic_ns(), IDLE_CONNECTION.as_nanos() as u64, &fast_conns);
+                health.set_map("TARGETS", targets.bits.marked() as i64, targets.bits.capacity() as i64);
                 if !reconciling && (reconcile_soon || last_reconcile.elapsed() >= RECONCILE_EVERY) {
                     reconciling = true;
                     reconcile_soon = false;
