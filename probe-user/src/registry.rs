@@ -50,7 +50,8 @@ pub fn lock(registry: &SharedRegistry) -> MutexGuard<'_, Registry> {
     registry.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// Distinct service ids given out at most (the kernel's `ACTIVE` map has a row each).
+/// Distinct service ids given out at most: a bound on the label sets a churn of process
+/// names can make (a process past it stays on the agent's path, `no_service`).
 pub const MAX_SERVICES: u32 = 1024;
 
 #[derive(Debug, Default)]

@@ -224,7 +224,7 @@ fn more_keep_alive_connections_than_the_table_holds_lose_nothing() -> Result<()>
     assert_eq!(m.sum("redprobe_requests_unparsed_total", &[]), 0.0, "nothing lost: no connection_table_full");
     drop(conns);
     // Every connection closed: the gauges go back to the truth (the map's fill level is
-    // counted every 5 s).
+    // counted each second).
     let m = wait_for("the gauges back to 0", Duration::from_secs(30), || {
         let m = agent.metrics().ok()?;
         let tracked = m.sum("redprobe_connections_tracked", &[]);

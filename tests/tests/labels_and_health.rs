@@ -32,7 +32,7 @@ fn health_counters_routes_and_saturation_move() -> Result<()> {
         m.sum("http_server_active_requests", &[("http_request_method", "GET"), ("service_name", "shop")]) == 1.0
     })?;
     assert_eq!(slow.join().expect("slow client")?, 200);
-    // The kernel connection map is counted every 5 s; `conn` is still open.
+    // The kernel connection map is counted each second (5 s when large); `conn` is still open.
     let m = agent.wait_metrics("the request done and CONNS counted", |m| {
         m.sum("http_server_active_requests", &[("http_request_method", "GET"), ("service_name", "shop")]) == 0.0
             && m.sum("redprobe_map_entries", &[("map", "CONNS")]) >= 1.0
