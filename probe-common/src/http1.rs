@@ -243,6 +243,19 @@ fn header_is(s: &Scratch, i: usize, name: &[u8]) -> bool {
     true
 }
 
+/// Moves cell `C_J` past up to 8 spaces before cell `C_END`.
+#[inline(always)]
+fn skip_spaces(s: &mut Scratch) {
+    let mut k = 0;
+    while k < 8 {
+        let j = s.take(C_J) as usize;
+        if (j as u64) < s.take(C_END) && at(s, j) == b' ' {
+            s.put(C_J, j as u64 + 1);
+        }
+        k += 1;
+    }
+}
+
 /// The framing the candidate header lines declare (after [`scan`]). Every loop counts
 /// from 0 to a constant and reloads what it compares with from the cells, so that the
 /// verifier's states at a loop head are alike whatever path led there.
@@ -294,27 +307,13 @@ pub fn framing(s: &mut Scratch) -> Parse<Framing> {
             // `chunked` alone, with spaces around: the line, spaces trimmed, is 25 bytes
             // from `Transfer-Encoding:` to the end of `chunked`.
             s.put(C_J, s.take(C_I) + 18);
-            let mut k = 0;
-            while k < 8 {
-                let j = s.take(C_J) as usize;
-                if (j as u64) < s.take(C_END) && at(s, j) == b' ' {
-                    s.put(C_J, j as u64 + 1);
-                }
-                k += 1;
-            }
+            skip_spaces(s);
             let j = s.take(C_J) as usize & (HEAD_WINDOW - 1);
             if !header_is(s, j, b"chunked") {
                 return Parse::Slow;
             }
             s.put(C_J, j as u64 + 7);
-            let mut k = 0;
-            while k < 8 {
-                let j = s.take(C_J) as usize;
-                if (j as u64) < s.take(C_END) && at(s, j) == b' ' {
-                    s.put(C_J, j as u64 + 1);
-                }
-                k += 1;
-            }
+            skip_spaces(s);
             if s.take(C_J) != s.take(C_END) {
                 return Parse::Slow;
             }

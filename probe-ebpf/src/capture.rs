@@ -562,23 +562,3 @@ fn bounded(value: u64, mask: u64) -> u32 {
 fn read_user<T>(addr: u64) -> Option<T> {
     unsafe { bpf_probe_read_user(addr as *const T).ok() }
 }
-
-#[unsafe(no_mangle)]
-#[inline(never)]
-pub extern "C" fn rp_parse_response(buf: *mut probe_common::http1::Scratch, len: u64) -> u64 {
-    let Some(buf) = (unsafe { buf.as_mut() }) else { return 0 };
-    match probe_common::http1::parse_response(buf, len as usize) {
-        probe_common::http1::Parse::Complete(h) => h.status as u64 | (h.len as u64) << 16,
-        probe_common::http1::Parse::Slow => 0,
-    }
-}
-
-#[unsafe(no_mangle)]
-#[inline(never)]
-pub extern "C" fn rp_parse_request(buf: *mut probe_common::http1::Scratch, len: u64) -> u64 {
-    let Some(buf) = (unsafe { buf.as_mut() }) else { return 0 };
-    match probe_common::http1::parse_request(buf, len as usize) {
-        probe_common::http1::Parse::Complete(h) => h.method as u64 | (h.len as u64) << 16,
-        probe_common::http1::Parse::Slow => 0,
-    }
-}
