@@ -485,6 +485,11 @@ pub extern "C" fn rp_gather_iovecs(s: *mut Scratch, iov: u64, count: u64, moved:
     }
     let cell = |s: &Scratch, c: usize| unsafe { core::ptr::read_volatile(&s.cells[c]) };
     let set = |s: &mut Scratch, c: usize, v: u64| unsafe { core::ptr::write_volatile(&mut s.cells[c], v) };
+    // The first MAX_IOVECS iovecs come in one copy (cells IOVS..IOVS + 2 * MAX_IOVECS, free
+    // while no head is parsed): each copy from user memory costs as much as a head scan.
+    const IOVS: usize = 32;
+    let first = count.min(MAX_IOVECS as u64) * 16;
+    let first_ok = read_user_upto(s.cells[IOVS..].as_mut_ptr() as *mut u8, iov, first, (MAX_IOVECS * 16) as u64);
     let scratch = s.buf.as_mut_ptr();
     let mut i = 0u64;
     while i < MAX_IOVECS_WALKED as u64 {
@@ -492,7 +497,16 @@ pub extern "C" fn rp_gather_iovecs(s: *mut Scratch, iov: u64, count: u64, moved:
         if i >= count || seen >= moved {
             break;
         }
-        let Some(v) = read_user::<[u64; 2]>(iov + i * 16) else { break };
+        let v = if i < MAX_IOVECS as u64 {
+            if !first_ok {
+                break;
+            }
+            let k = IOVS + ((i as usize * 2) & (2 * MAX_IOVECS - 1));
+            [cell(s, k), cell(s, k + 1)]
+        } else {
+            let Some(v) = read_user::<[u64; 2]>(iov + i * 16) else { break };
+            v
+        };
         let in_data = v[1].min(moved - seen);
         let filled = cell(s, FILLED);
         if i < MAX_IOVECS as u64 && filled < HEAD_WINDOW as u64 {

@@ -60,6 +60,8 @@ pub struct Work {
     pub key: u64,
     pub target_start: u64,
     pub target_end: u64,
+    /// What `rp_gather_iovecs` returned for this I/O (head length | tail length << 16).
+    pub gathered: u64,
     /// Always zero: the template of a new `AGG` value.
     pub zero: AggValue,
 }
@@ -75,14 +77,15 @@ fn slot(first: u8, i: u8) -> usize {
     (first.wrapping_add(i) as usize) & (FAST_DEPTH - 1)
 }
 
-/// Copies the data's first bytes (up to the window) into the scratch buffer, and its last
-/// bytes into `tail`. Returns how many head bytes were captured.
+/// Copies the data's first bytes (up to the window) into the scratch buffer. Returns how
+/// many were captured. Each copy from user memory costs about as much as the parsing of a
+/// head, so the tail is copied only when a decision needs it ([`rp_tail`]).
 #[unsafe(no_mangle)]
 #[inline(never)]
 pub extern "C" fn rp_capture(w: *mut Work) -> u64 {
     let Some(w) = (unsafe { w.as_mut() }) else { return 0 };
     let moved = w.moved;
-    w.tail_len = 0;
+    w.gathered = 0;
     match w.kind {
         1 => {
             let n = moved.min(HEAD_WINDOW as u64);
@@ -91,43 +94,55 @@ pub extern "C" fn rp_capture(w: *mut Work) -> u64 {
             if !read_user_upto(dst, w.ptr, n, HEAD_WINDOW as u64) {
                 return 0;
             }
+            n
+        }
+        2 => {
+            w.gathered = rp_gather_iovecs(&mut w.scratch, w.ptr, w.count, moved);
+            w.gathered & 0xffff
+        }
+        _ => 0,
+    }
+}
+
+/// Copies the data's last bytes into `tail` (after [`rp_capture`], which gathered the
+/// iovecs): where a chunked body's terminator is. Returns how many.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn rp_tail(w: *mut Work) -> u64 {
+    let Some(w) = (unsafe { w.as_mut() }) else { return 0 };
+    let moved = w.moved;
+    w.tail_len = 0;
+    match w.kind {
+        1 => {
             let t = moved.min(TAIL_WINDOW as u64);
             if read_user_upto(w.tail.as_mut_ptr(), w.ptr + moved - t, t, TAIL_WINDOW as u64) {
                 w.tail_len = t;
             }
-            n
         }
         2 => {
-            let lens = rp_gather_iovecs(&mut w.scratch, w.ptr, w.count, moved);
-            let (head, tail) = (lens & 0xffff, (lens >> 16) & 0xffff);
+            let (head, tail) = (w.gathered & 0xffff, (w.gathered >> 16) & 0xffff);
             let tail = tail.min(TAIL_WINDOW as u64);
-            // The gather puts the tail right after the window.
+            // The gather put the tail right after the window; a write that fit in the head
+            // window has its end in the head.
+            let from = if tail == 0 && head == moved && head > 0 {
+                let t = head.min(TAIL_WINDOW as u64);
+                w.tail_len = t;
+                ((head - t) as usize) & (HEAD_WINDOW - 1)
+            } else {
+                w.tail_len = tail;
+                HEAD_WINDOW
+            };
             unsafe {
                 bpf_probe_read_kernel(
                     w.tail.as_mut_ptr() as *mut _,
                     TAIL_WINDOW as u32,
-                    w.scratch.buf.as_ptr().add(HEAD_WINDOW) as *const _,
+                    w.scratch.buf.as_ptr().add(from) as *const _,
                 )
             };
-            // A write that fit in the head window has its end in the head.
-            if tail == 0 && head == moved && head > 0 {
-                let t = head.min(TAIL_WINDOW as u64);
-                let from = ((head - t) as usize) & (HEAD_WINDOW - 1);
-                unsafe {
-                    bpf_probe_read_kernel(
-                        w.tail.as_mut_ptr() as *mut _,
-                        TAIL_WINDOW as u32,
-                        w.scratch.buf.as_ptr().add(from) as *const _,
-                    )
-                };
-                w.tail_len = t;
-            } else {
-                w.tail_len = tail;
-            }
-            head
         }
-        _ => 0,
+        _ => {}
     }
+    w.tail_len
 }
 
 /// Parses a request head from `n` captured bytes into `w`. Returns 0, or why the agent
@@ -492,7 +507,10 @@ pub extern "C" fn rp_fast_send(w: *mut Work, c: *mut ConnState) -> u32 {
         RESP_CHUNKED => {
             p.resp_bytes += moved;
             p.resp_last_ns = ts;
-            rp_capture(w);
+            if wr.kind == 2 {
+                rp_capture(w);
+            }
+            rp_tail(w);
             let (Some(wr), Some(cr)) = (unsafe { w.as_mut() }, unsafe { c.as_mut() }) else { return SLOW };
             if http1::ends_chunked(&wr.tail, wr.tail_len as usize) {
                 let (status, first) = (cr.pairing.status as u64, cr.pairing.resp_first_ns);
@@ -558,10 +576,12 @@ pub extern "C" fn rp_fast_send(w: *mut Work, c: *mut ConnState) -> u32 {
             p.resp_first_ns = ts;
             p.resp_last_ns = ts;
             p.status = status as u16;
-            if body > 0 && http1::ends_chunked(&wr.tail, wr.tail_len as usize) {
-                rp_measure(w, c, status, ts, ts);
-            } else {
-                p.resp_state = RESP_CHUNKED;
+            p.resp_state = RESP_CHUNKED;
+            if body > 0 && rp_tail(w) > 0 {
+                let Some(wr) = (unsafe { w.as_ref() }) else { return SLOW };
+                if http1::ends_chunked(&wr.tail, wr.tail_len as usize) {
+                    rp_measure(w, c, status, ts, ts);
+                }
             }
         }
         _ => {
