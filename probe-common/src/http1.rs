@@ -181,13 +181,16 @@ pub fn scan(s: &mut Scratch) -> bool {
         let del = x ^ DELS;
         // A byte below 0x20 (a LF, or a control byte) or a DEL in this word: which bytes.
         if (x.wrapping_sub(SPACES) & !x & HIGHS) | (del.wrapping_sub(ONES) & !del & HIGHS) != 0 {
+            // Loaded once a word: the byte loop below runs for every line end.
+            let n = s.take(C_N);
             let mut k = 0;
             while k < 8 {
                 let i = base + k;
-                if (i as u64) < s.take(C_N) && forbidden(at(s, i)) {
+                let b = at(s, i);
+                if (i as u64) < n && forbidden(b) {
                     return false;
                 }
-                if (i as u64) < s.take(C_N) && at(s, i) == b'\n' {
+                if (i as u64) < n && b == b'\n' {
                     if i == 0 || at(s, i - 1) != b'\r' {
                         return false; // a bare LF
                     }
@@ -198,7 +201,7 @@ pub fn scan(s: &mut Scratch) -> bool {
                         s.put(C_OPEN, 0);
                     }
                     let next = i + 1;
-                    if next as u64 + 1 >= s.take(C_N) {
+                    if next as u64 + 1 >= n {
                         return false; // the head goes on beyond what was captured
                     }
                     match at(s, next) {
