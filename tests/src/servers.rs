@@ -273,6 +273,10 @@ http {{
     server {{
         listen {listen}{backlog};
         root {root};
+        # Only for clients that ask: a compressed response has no length, so it is chunked.
+        gzip on;
+        gzip_types *;
+        gzip_min_length 100;
         location = /hello {{ return 200 "hello world\n"; }}
         location = /missing {{ return 404; }}
         location = /nocontent {{ return 204; }}

@@ -1,5 +1,6 @@
 //! nginx, master + 2 workers, the agent given the master PID: `return` responses, static
-//! files sent with sendfile, and `proxy_pass` to gunicorn over a Unix socket, where
+//! files sent with sendfile (and gzip-compressed, chunked, for a client that asks), a head
+//! beyond the capture window, and `proxy_pass` to gunicorn over a Unix socket, where
 //! nginx's own upstream connections are client connections and never count as served.
 use anyhow::Result;
 use testkit::{
@@ -31,6 +32,18 @@ fn nginx_mix(w: &mut Workload) -> Result<()> {
     let r = c.get("/static/big.bin")?;
     anyhow::ensure!(r.body.len() == 3 << 20, "big static body of {} bytes", r.body.len());
     w.record("GET", "/static/big.bin", &r);
+    // Compressed on request: a chunked response written by nginx's gzip filter.
+    for _ in 0..2 {
+        let r = c.request("GET", "/static/page.html", "HTTP/1.1", &[("Accept-Encoding", "gzip")], b"")?;
+        anyhow::ensure!(r.body.len() < PAGE.len() && r.body.starts_with(&[0x1f, 0x8b]), "a gzip body of {} bytes", r.body.len());
+        w.record("GET", "/static/page.html", &r);
+    }
+    // A head larger than the capture window (a 2 KB cookie), and an empty POST.
+    let cookie = "a".repeat(2000);
+    let r = c.request("GET", "/hello", "HTTP/1.1", &[("Cookie", &cookie)], b"")?;
+    w.record("GET", "/hello", &r);
+    let r = c.request("POST", "/hello", "HTTP/1.1", &[("Content-Length", "0")], b"")?;
+    w.record("POST", "/hello", &r);
     w.fresh_connections()?;
     w.pipelined_paths(&["/hello", "/static/page.html", "/hello", "/missing"])?;
     Ok(())
