@@ -4,6 +4,7 @@
 //! `/metrics` is served. `counters` reads the kernel's own counters.
 mod btf;
 mod cli;
+mod conn_map;
 mod counters;
 mod fast_path;
 mod loader;

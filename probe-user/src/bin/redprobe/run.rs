@@ -8,7 +8,7 @@ use std::{
 
 use anyhow::{Context, Result};
 use aya::maps::{HashMap as BpfHashMap, MapData};
-use probe_common::{ConnState, MODE_FAST, ROLE_SERVER};
+use probe_common::ConnState;
 use probe_user::{
     exposition,
     labels::{Router, Routes, parse_routes_file, Template},
@@ -34,6 +34,7 @@ use tracing::{info, warn};
 use crate::{
     cli::Cli,
     counters::KernelCounters,
+    conn_map,
     fast_path::{Aggregates, FastPath, before_scrape},
     loader::{self, LoadOptions, Probe},
     privileges,
@@ -44,8 +45,8 @@ use crate::{
 /// Connections with no event for this long are forgotten (a UNIX connection whose peer
 /// never read to its end has no close event).
 const IDLE_CONNECTION: Duration = Duration::from_secs(600);
-/// The kernel connection map is read every second (two syscalls an entry: its fill level,
-/// and the fast connections' gauges) while it holds at most this many entries...
+/// The kernel connection map is read every second (its fill level, and the fast
+/// connections' gauges: `conn_map`) while it holds at most this many entries...
 const READ_CONNS_EACH_SECOND_UP_TO: usize = 8192;
 /// ...and every 5 s when it holds more.
 const READ_BIG_CONNS_EVERY: Duration = Duration::from_secs(5);
@@ -183,16 +184,9 @@ pub async fn run(cli: Cli) -> Result<()> {
     let mut kernel = KernelCounters::new(counters);
     // The fast server connections in `CONNS`, as last read: the gauges of the fast path.
     let read_conns = |conns: &BpfHashMap<MapData, u64, ConnState>| {
-        let mut entries = 0i64;
-        let mut fast = Vec::new();
-        for (_, c) in conns.iter().filter_map(Result::ok) {
-            entries += 1;
-            if c.role == ROLE_SERVER && c.mode == MODE_FAST {
-                fast.push(c);
-            }
-        }
-        health.set_map("CONNS", entries, cli.max_connections as i64);
-        (entries as usize, fast)
+        let read = conn_map::read(conns);
+        health.set_map("CONNS", read.entries as i64, cli.max_connections as i64);
+        (read.entries, read.fast)
     };
     let (mut conn_entries, mut fast_conns) = read_conns(&conns);
     let mut last_conns_read = Instant::now();
