@@ -185,7 +185,16 @@ pub fn explain_program_error(tracepoint: &str, e: ProgramError) -> anyhow::Error
         ProgramError::SyscallError(s) if is_permission(&s.io_error) => {
             format!("permission denied (needs CAP_BPF and CAP_PERFMON, or root): {s}")
         }
-        other => format!("{other:?}"),
+        // With its causes (a load error's Display leaves out the syscall that failed).
+        other => {
+            let mut detail = other.to_string();
+            let mut cause = std::error::Error::source(other);
+            while let Some(c) = cause {
+                detail.push_str(&format!(": {c}"));
+                cause = c.source();
+            }
+            detail
+        }
     };
     anyhow::anyhow!("cannot attach to tracepoint {tracepoint}: {detail}")
 }
