@@ -84,7 +84,12 @@ impl Pairing {
     /// `CONNS` (a connection the LRU map drops takes its requests with it, so a count kept
     /// beside the map would drift).
     pub fn in_flight(&self) -> impl Iterator<Item = u8> + '_ {
-        (0..self.len.min(FAST_DEPTH as u8)).map(|i| self.pending[(self.first.wrapping_add(i) as usize) & (FAST_DEPTH - 1)].method)
+        self.waiting().map(|r| r.method)
+    }
+
+    /// The requests read and not yet answered, oldest first (the ring from `first`).
+    pub fn waiting(&self) -> impl Iterator<Item = &FastRequest> + '_ {
+        (0..self.len.min(FAST_DEPTH as u8)).map(|i| &self.pending[(self.first.wrapping_add(i) as usize) & (FAST_DEPTH - 1)])
     }
 }
 

@@ -78,6 +78,13 @@ pub struct ConnState {
     pub pairing: crate::fast::Pairing,
 }
 
+impl ConnState {
+    /// A server connection the kernel's fast path pairs.
+    pub fn is_fast_server(&self) -> bool {
+        self.role == ROLE_SERVER && self.mode == crate::fast::MODE_FAST
+    }
+}
+
 /// Settings the agent writes into the programs' read-only data at load time.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

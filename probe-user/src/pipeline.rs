@@ -3,7 +3,7 @@
 //! the golden fixtures all drive this same code with raw records.
 use std::sync::Arc;
 
-use probe_common::{ConnState, MODE_FAST, MeasuredEvent, ROLE_SERVER, SwitchEvent};
+use probe_common::{ConnState, MeasuredEvent, SwitchEvent};
 
 use crate::{
     decode::{Event, decode},
@@ -85,13 +85,7 @@ impl Pipeline {
     fn measured(&mut self, m: &MeasuredEvent) {
         self.metrics.health.kernel_measured_events.inc();
         let r = &m.request;
-        let head = KernelHead {
-            method: r.method,
-            version: r.version,
-            route: r.route,
-            path_key: r.path_key,
-            service_id: m.service,
-        };
+        let head = KernelHead::of(r, m.service);
         let x = Exchange {
             head: Head::Kernel(head),
             status: Some(m.status),
@@ -193,7 +187,7 @@ impl Pipeline {
         let mut active = self.pairer.active_requests();
         let mut open = self.pairer.connections_by_service();
         let r = lock(&self.registry);
-        for c in kernel_conns.iter().filter(|c| c.role == ROLE_SERVER && c.mode == MODE_FAST) {
+        for c in kernel_conns.iter().filter(|c| c.is_fast_server()) {
             let Some(service) = r.service_named(c.service) else { continue };
             for method in c.pairing.in_flight() {
                 *active.entry((service.clone(), kernel_ids::method(method).to_string())).or_insert(0) += 1;
@@ -226,7 +220,7 @@ mod tests {
         registry::Registry,
         wire::{self, AF_INET},
     };
-    use probe_common::{EVENT_RECV, EVENT_SEND};
+    use probe_common::{EVENT_RECV, EVENT_SEND, MODE_FAST, ROLE_SERVER};
 
     fn pipeline() -> (Pipeline, SharedRegistry) {
         let mut prom = Prom::default();

@@ -3,7 +3,7 @@
 //! the requests on it.
 use std::{collections::VecDeque, sync::Arc};
 
-use probe_common::{FAST_DEPTH, REQ_BODY, RESP_CHUNKED, RESP_LENGTH, RESP_UNTIL_CLOSE, SwitchEvent};
+use probe_common::{REQ_BODY, RESP_CHUNKED, RESP_LENGTH, RESP_UNTIL_CLOSE, SwitchEvent};
 
 use super::{Exchange, Head, KernelHead, MAX_PENDING, Output, PairedBy, RequestLine, head::HeadBuf};
 use crate::{
@@ -144,15 +144,8 @@ impl Conn {
         let mut conn = Conn::new(sw.family, service);
         conn.slow = slow;
         conn.last_ns = sw.header.ts_ns;
-        for i in 0..(k.len as usize).min(FAST_DEPTH) {
-            let r = &k.pending[(k.first as usize + i) % FAST_DEPTH];
-            let head = KernelHead {
-                method: r.method,
-                version: r.version,
-                route: r.route,
-                path_key: r.path_key,
-                service_id: sw.service,
-            };
+        for r in k.waiting() {
+            let head = KernelHead::of(r, sw.service);
             conn.pending.push_back(Pending { head: Head::Kernel(head), start_ns: r.start_ns, body_bytes: r.body_bytes });
         }
         if k.req_state == REQ_BODY && k.req_left > 0 {

@@ -48,6 +48,13 @@ pub struct KernelHead {
     pub service_id: u32,
 }
 
+impl KernelHead {
+    /// What the kernel read of request `r` on a connection of service id `service_id`.
+    pub fn of(r: &probe_common::FastRequest, service_id: u32) -> Self {
+        KernelHead { method: r.method, version: r.version, route: r.route, path_key: r.path_key, service_id }
+    }
+}
+
 /// What was read of a measured request.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Head {

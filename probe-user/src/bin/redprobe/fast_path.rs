@@ -1,7 +1,7 @@
 //! The agent's side of the kernel's fast path: the route ids it writes (`ROUTES`) and the
 //! aggregates it reads at each scrape (`AGG`). The gauges come from `CONNS` itself
-//! (`run.rs`, `Pipeline::housekeeping`). The
-//! service ids of processes (`SERVICES`) are the targets' (`targets.rs`).
+//! (`conn_map.rs`, `Pipeline::housekeeping`); the service ids of processes (`SERVICES`)
+//! are the targets' (`targets.rs`).
 use std::sync::{Arc, Mutex, PoisonError};
 
 use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuHashMap};

@@ -71,7 +71,8 @@ pub const MAX_ROUTE_KEYS: u32 = 65_536;
 /// counted in redprobe_kernel_measured_events_total.
 pub const MAX_AGGREGATES: u32 = 16_384;
 
-/// The maps of the kernel's fast path (`kernel_maps::KernelMaps` owns them).
+/// The maps of the kernel's fast path: `SERVICES` goes to `targets.rs`, `ROUTES` and `AGG`
+/// to `fast_path.rs`.
 pub struct FastMaps {
     pub services: HashMap<MapData, u32, u32>,
     pub routes: HashMap<MapData, RouteKey, u32>,

@@ -186,9 +186,9 @@ pub async fn run(cli: Cli) -> Result<()> {
     let read_conns = |conns: &BpfHashMap<MapData, u64, ConnState>| {
         let read = conn_map::read(conns);
         health.set_map("CONNS", read.entries as i64, cli.max_connections as i64);
-        (read.entries, read.fast)
+        read
     };
-    let (mut conn_entries, mut fast_conns) = read_conns(&conns);
+    let mut conns_read = read_conns(&conns);
     let mut last_conns_read = Instant::now();
     let mut last_reconcile = Instant::now();
     let mut drain_tick = interval(Duration::from_millis(cli.drain_interval_ms.max(1)));
@@ -213,11 +213,11 @@ pub async fn run(cli: Cli) -> Result<()> {
             _ = drain_tick.tick() => stop = drain(&mut pipeline, ring.get_mut(), cli.exit_with_target, &targets, &mut fast_path),
             _ = housekeeping.tick() => {
                 reconcile_soon |= kernel.poll(&health);
-                if conn_entries <= READ_CONNS_EACH_SECOND_UP_TO || last_conns_read.elapsed() >= READ_BIG_CONNS_EVERY {
-                    (conn_entries, fast_conns) = read_conns(&conns);
+                if conns_read.entries <= READ_CONNS_EACH_SECOND_UP_TO || last_conns_read.elapsed() >= READ_BIG_CONNS_EVERY {
+                    conns_read = read_conns(&conns);
                     last_conns_read = Instant::now();
                 }
-                pipeline.housekeeping(monotonic_ns(), IDLE_CONNECTION.as_nanos() as u64, &fast_conns);
+                pipeline.housekeeping(monotonic_ns(), IDLE_CONNECTION.as_nanos() as u64, &conns_read.fast);
                 health.set_map("TARGETS", targets.bits.marked() as i64, targets.bits.capacity() as i64);
                 if !reconciling && (reconcile_soon || last_reconcile.elapsed() >= RECONCILE_EVERY) {
                     reconciling = true;
