@@ -2,6 +2,7 @@
 //! what it aggregates per request, and the events it sends when it hands a connection to
 //! the agent (the slow path) or cannot aggregate a request it measured.
 
+use crate::buckets::{Hist, SIZE_SLOTS, TIME_SLOTS};
 use crate::event::EventHeader;
 use crate::route::MAX_PATH;
 
@@ -192,78 +193,19 @@ pub struct AggKey {
     pub _pad: u16,
 }
 
-/// Upper bounds of the duration buckets, in ns (the `+Inf` bucket is the last count).
-/// OpenTelemetry's default boundaries; the agent serves them in seconds.
-pub const DURATION_BOUNDS_NS: [u64; 14] = [
-    5_000_000,
-    10_000_000,
-    25_000_000,
-    50_000_000,
-    75_000_000,
-    100_000_000,
-    250_000_000,
-    500_000_000,
-    750_000_000,
-    1_000_000_000,
-    2_500_000_000,
-    5_000_000_000,
-    7_500_000_000,
-    10_000_000_000,
-];
-/// Upper bounds of the body size buckets, in bytes: powers of 4 from 64 B to 1 GiB.
-pub const SIZE_BOUNDS: [u64; 13] =
-    [64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216, 67108864, 268435456, 1073741824];
-
-/// A histogram as counts per bucket (not cumulative) and a sum.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Hist<const N: usize> {
-    pub sum: u64,
-    pub counts: [u64; N],
-}
-
-impl<const N: usize> Default for Hist<N> {
-    fn default() -> Self {
-        Hist { sum: 0, counts: [0; N] }
-    }
-}
-
-/// The bucket of `v` among `bounds` (upper bounds, inclusive): `bounds.len()` is +Inf.
-#[inline(always)]
-pub fn bucket(v: u64, bounds: &[u64]) -> usize {
-    let mut i = 0;
-    while i < bounds.len() {
-        if v <= bounds[i] {
-            return i;
-        }
-        i += 1;
-    }
-    bounds.len()
-}
-
-/// One `AGG` value (per CPU): the four histograms of a label set.
+/// One `AGG` value (per CPU): the four histograms of a label set, by slot (`buckets`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct AggValue {
-    pub duration: Hist<15>,
-    pub first_byte: Hist<15>,
-    pub request_body: Hist<14>,
-    pub response_body: Hist<14>,
+    pub duration: Hist<TIME_SLOTS>,
+    pub first_byte: Hist<TIME_SLOTS>,
+    pub request_body: Hist<SIZE_SLOTS>,
+    pub response_body: Hist<SIZE_SLOTS>,
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn buckets_are_upper_bounds() {
-        assert_eq!(bucket(0, &DURATION_BOUNDS_NS), 0);
-        assert_eq!(bucket(5_000_000, &DURATION_BOUNDS_NS), 0);
-        assert_eq!(bucket(5_000_001, &DURATION_BOUNDS_NS), 1);
-        assert_eq!(bucket(u64::MAX, &DURATION_BOUNDS_NS), 14);
-        assert_eq!(bucket(64, &SIZE_BOUNDS), 0);
-        assert_eq!(bucket(65, &SIZE_BOUNDS), 1);
-    }
 
     #[test]
     fn in_flight_walks_the_ring_from_the_oldest() {
@@ -289,6 +231,6 @@ mod tests {
         assert_eq!(size_of::<MeasuredEvent>(), 24 + 32 + 24 + 8);
         assert_eq!(size_of::<AggKey>(), 16);
         assert_eq!(size_of::<RouteKey>(), 16);
-        assert_eq!(size_of::<AggValue>(), 8 * (16 + 16 + 15 + 15));
+        assert_eq!(size_of::<AggValue>(), 8 * (4 + 2 * TIME_SLOTS + 2 * SIZE_SLOTS));
     }
 }

@@ -6,6 +6,7 @@
 //! feature the structs implement `aya::Pod` so the agent can put them in maps and globals.
 #![no_std]
 
+pub mod buckets;
 pub mod classify;
 pub mod event;
 pub mod fast;
@@ -30,6 +31,7 @@ mod pod {
     unsafe impl aya::Pod for crate::AggKey {}
     unsafe impl aya::Pod for crate::AggValue {}
     unsafe impl aya::Pod for crate::RouteKey {}
+    unsafe impl aya::Pod for crate::buckets::TimeBounds {}
 }
 
 #[cfg(test)]
@@ -73,6 +75,7 @@ mod layout_tests {
         assert_eq!(size_of::<ConnState>(), 40 + size_of::<Pairing>());
         assert_eq!(size_of::<KernelOffsets>(), 4 * 23);
         assert_eq!(size_of::<ProbeConfig>(), 8);
+        assert_eq!(size_of::<buckets::TimeBounds>(), 8 * buckets::TIME_SLOTS);
     }
 
     #[test]

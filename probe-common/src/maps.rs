@@ -22,6 +22,8 @@ pub const MAP_AGG: &str = "AGG";
 pub const GLOBAL_OFFSETS: &str = "OFFSETS";
 /// Global with run-time settings.
 pub const GLOBAL_CONFIG: &str = "CONFIG";
+/// Global with the duration slots (`buckets::TimeBounds`), built by the agent.
+pub const GLOBAL_TIME_BOUNDS: &str = "TIME_BOUNDS";
 
 /// Events that did not fit in the ring buffer (lost; the connection is resynchronised).
 pub const COUNTER_LOST: u32 = 0;

@@ -11,11 +11,10 @@
 use aya_ebpf::{bindings::BPF_NOEXIST, helpers::generated::bpf_probe_read_kernel};
 use probe_common::{
     AggKey, AggValue, ConnState, EventHeader, FastRequest, MeasuredEvent, Pairing, PathEvent, RouteKey,
-    SwitchEvent, CONN_LOST_EVENTS, COUNTER_AGG_FULL, COUNTER_LOST, DURATION_BOUNDS_NS, EVENT_MEASURED, EVENT_PATH,
+    SwitchEvent, CONN_LOST_EVENTS, COUNTER_AGG_FULL, COUNTER_LOST, EVENT_MEASURED, EVENT_PATH,
     EVENT_SWITCH, FAST_DEPTH, HEAD_WINDOW, MAX_HELD, MODE_SLOW, REQ_BODY, REQ_HEAD, RESP_CHUNKED, RESP_IDLE, RESP_LENGTH,
-    RESP_UNTIL_CLOSE, SIZE_BOUNDS, SLOW_HEAD_BEYOND_WINDOW, SLOW_HEAD_SPLIT, SLOW_PIPELINE, SLOW_REQUEST,
+    RESP_UNTIL_CLOSE, SLOW_HEAD_BEYOND_WINDOW, SLOW_HEAD_SPLIT, SLOW_PIPELINE, SLOW_REQUEST,
     SLOW_RESPONSE, SLOW_UNEXPECTED_WRITE, SLOW_UNREADABLE, SLOW_UPGRADE, TAIL_WINDOW,
-    fast::{bucket, Hist},
     http1::{self, Framing, Parse, Scratch, METHOD_HEAD},
     route::{path_key, MAX_PATH},
 };
@@ -23,7 +22,7 @@ use probe_common::{
 use crate::{
     capture::{read_user_upto, rp_gather_iovecs},
     emit::wakeup_flags,
-    maps::{count, AGG, EVENTS, ROUTES},
+    maps::{count, rp_size_slot, rp_time_slot, AGG, EVENTS, ROUTES},
 };
 
 /// What the hook asks of a global function, and what the fast path found.
@@ -314,15 +313,6 @@ pub extern "C" fn rp_switch(w: *const Work, c: *mut ConnState, reason: u32) -> u
     SLOW
 }
 
-#[inline(always)]
-fn add<const N: usize>(h: &mut Hist<N>, v: u64, bounds: &[u64]) {
-    h.sum = h.sum.wrapping_add(v);
-    let b = bucket(v, bounds) & 15;
-    if b < N {
-        h.counts[b] += 1;
-    }
-}
-
 /// The oldest request waiting got its whole response (`status`, first and last writes,
 /// body bytes): it is measured into `AGG`, or sent as an event when its route is not
 /// known yet or `AGG` is full.
@@ -359,10 +349,11 @@ pub extern "C" fn rp_measure(w: *mut Work, c: *mut ConnState, status: u64, first
         }
         if let Some(v) = value {
             let v = unsafe { &mut *v };
-            add(&mut v.duration, end_ns.saturating_sub(req.start_ns), &DURATION_BOUNDS_NS);
-            add(&mut v.first_byte, first_ns.saturating_sub(req.start_ns), &DURATION_BOUNDS_NS);
-            add(&mut v.request_body, req.body_bytes, &SIZE_BOUNDS);
-            add(&mut v.response_body, bytes, &SIZE_BOUNDS);
+            let (duration, first_byte) = (end_ns.saturating_sub(req.start_ns), first_ns.saturating_sub(req.start_ns));
+            v.duration.add(rp_time_slot(duration) as usize, duration);
+            v.first_byte.add(rp_time_slot(first_byte) as usize, first_byte);
+            v.request_body.add(rp_size_slot(req.body_bytes) as usize, req.body_bytes);
+            v.response_body.add(rp_size_slot(bytes) as usize, bytes);
             return 0;
         }
         count(COUNTER_AGG_FULL);

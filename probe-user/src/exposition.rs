@@ -1,5 +1,5 @@
-//! `/metrics` over HTTP (hyper), as OpenMetrics or as Prometheus text 0.0.4 depending on
-//! the scraper's Accept header.
+//! `/metrics` over HTTP (hyper), as OpenMetrics, Prometheus text 0.0.4 or Prometheus
+//! protobuf (the one format with native histograms), as the scraper's Accept header asks.
 use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
 
 use bytes::Bytes;
@@ -11,6 +11,48 @@ use tokio::{net::TcpListener, sync::Semaphore};
 
 pub const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 pub const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
+pub const PROMETHEUS_PROTOBUF: &str = "application/vnd.google.protobuf; proto=io.prometheus.client.MetricFamily; encoding=delimited";
+
+/// What a scrape gets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    OpenMetrics,
+    PrometheusText,
+    /// Classic and native buckets in one histogram.
+    Protobuf,
+}
+
+impl Format {
+    /// The scraper's preferred format among ours. Prometheus asks for protobuf first only
+    /// when its native histograms are on; a media type with `q=0` is refused.
+    pub fn of_accept(accept: &str) -> Format {
+        let mut best = (Format::PrometheusText, 0.0f32);
+        for item in accept.split(',') {
+            let mut params = item.split(';').map(str::trim);
+            let media = params.next().unwrap_or("").to_ascii_lowercase();
+            let (mut q, mut proto, mut delimited) = (1.0f32, false, false);
+            for p in params {
+                let (k, v) = p.split_once('=').unwrap_or((p, ""));
+                match k.trim().to_ascii_lowercase().as_str() {
+                    "q" => q = v.trim().parse().unwrap_or(0.0),
+                    "proto" => proto = v.trim() == "io.prometheus.client.MetricFamily",
+                    "encoding" => delimited = v.trim() == "delimited",
+                    _ => {}
+                }
+            }
+            let format = match media.as_str() {
+                "application/vnd.google.protobuf" if proto && delimited => Format::Protobuf,
+                "application/openmetrics-text" => Format::OpenMetrics,
+                "text/plain" => Format::PrometheusText,
+                _ => continue,
+            };
+            if q > best.1 {
+                best = (format, q);
+            }
+        }
+        best.0
+    }
+}
 
 /// Binds the listen address; done before loading the probe so that a busy port fails fast.
 pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
@@ -71,21 +113,29 @@ pub async fn serve(listener: TcpListener, registry: Arc<Registry>, accept_errors
     }
 }
 
-/// The registry as OpenMetrics text. Collectors read /proc, so this runs off the event loop.
-async fn encode(registry: Arc<Registry>, before: Option<BeforeScrape>) -> Result<String, String> {
+/// The registry in `format`. Collectors read /proc, so this runs off the event loop.
+async fn encode(registry: Arc<Registry>, before: Option<BeforeScrape>, format: Format) -> Result<Vec<u8>, String> {
     tokio::task::spawn_blocking(move || {
         if let Some(before) = before {
             before();
         }
+        if format == Format::Protobuf {
+            return prometheus_client::encoding::prometheus_protobuf::encode_to_vec(&registry).map_err(|e| format!("{e:?}"));
+        }
         let mut text = String::new();
-        prometheus_client::encoding::text::encode(&mut text, &registry).map(|_| text).map_err(|e| e.to_string())
+        prometheus_client::encoding::text::encode(&mut text, &registry).map_err(|e| e.to_string())?;
+        Ok(match format {
+            Format::PrometheusText => to_prometheus_text(&text),
+            _ => text,
+        }
+        .into_bytes())
     })
     .await
     .map_err(|e| e.to_string())?
 }
 
-fn response(status: StatusCode, content_type: &str, body: String) -> Response<Full<Bytes>> {
-    let mut resp = Response::new(Full::new(Bytes::from(body)));
+fn response(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(body.into()));
     *resp.status_mut() = status;
     if let Ok(v) = header::HeaderValue::from_str(content_type) {
         resp.headers_mut().insert(header::CONTENT_TYPE, v);
@@ -95,29 +145,28 @@ fn response(status: StatusCode, content_type: &str, body: String) -> Response<Fu
 
 async fn handle(req: Request<Incoming>, registry: Arc<Registry>, before: Option<BeforeScrape>) -> Result<Response<Full<Bytes>>, Infallible> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
-        return Ok(response(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "use GET\n".into()));
+        return Ok(response(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "use GET\n"));
     }
     match req.uri().path() {
         "/metrics" => {
             let accept = req.headers().get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("");
-            let text = match encode(registry, before).await {
-                Ok(text) => text,
-                Err(e) => {
-                    return Ok(response(StatusCode::INTERNAL_SERVER_ERROR, "text/plain", format!("encoding failed: {e}\n")));
-                }
+            let format = Format::of_accept(accept);
+            let content_type = match format {
+                Format::OpenMetrics => OPENMETRICS,
+                Format::PrometheusText => PROMETHEUS_TEXT,
+                Format::Protobuf => PROMETHEUS_PROTOBUF,
             };
-            if accept.contains("application/openmetrics-text") {
-                Ok(response(StatusCode::OK, OPENMETRICS, text))
-            } else {
-                Ok(response(StatusCode::OK, PROMETHEUS_TEXT, to_prometheus_text(&text)))
+            match encode(registry, before, format).await {
+                Ok(body) => Ok(response(StatusCode::OK, content_type, body)),
+                Err(e) => Ok(response(StatusCode::INTERNAL_SERVER_ERROR, "text/plain", format!("encoding failed: {e}\n"))),
             }
         }
         "/" => Ok(response(
             StatusCode::OK,
             "text/html; charset=utf-8",
-            "<html><head><title>redprobe</title></head><body><h1>redprobe</h1><p><a href=\"/metrics\">Metrics</a></p></body></html>\n".into(),
+            "<html><head><title>redprobe</title></head><body><h1>redprobe</h1><p><a href=\"/metrics\">Metrics</a></p></body></html>\n",
         )),
-        _ => Ok(response(StatusCode::NOT_FOUND, "text/plain", "not found; metrics are at /metrics\n".into())),
+        _ => Ok(response(StatusCode::NOT_FOUND, "text/plain", "not found; metrics are at /metrics\n")),
     }
 }
 
@@ -161,6 +210,29 @@ pub fn to_prometheus_text(openmetrics: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn negotiates_the_format() {
+        // Prometheus 2.42 with --enable-feature=native-histograms, then without.
+        let native = "application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited,application/openmetrics-text;version=1.0.0;q=0.8,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+        let classic = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+        let cases = [
+            (native, Format::Protobuf),
+            (classic, Format::OpenMetrics),
+            ("", Format::PrometheusText),
+            ("*/*", Format::PrometheusText),
+            ("text/plain", Format::PrometheusText),
+            // Text first, protobuf second: the scraper's order wins.
+            ("text/plain;q=0.9,application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited;q=0.5", Format::PrometheusText),
+            // Protobuf of another message, or not delimited, is not ours.
+            ("application/vnd.google.protobuf;proto=other.Message;encoding=delimited", Format::PrometheusText),
+            ("application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=text", Format::PrometheusText),
+            ("application/openmetrics-text;q=0", Format::PrometheusText),
+        ];
+        for (accept, want) in cases {
+            assert_eq!(Format::of_accept(accept), want, "{accept}");
+        }
+    }
 
     #[test]
     fn converts_openmetrics_to_prometheus_text() {

@@ -5,7 +5,7 @@ Prints "LISTENING <port>" on stdout once it accepts connections (port 0 picks a 
 
 Routes (GET unless noted):
   /hello              200, small body
-  /users/<id>         200 (the route folds to /users/{id})
+  /users/<id>[?ms=N]  200 (the route folds to /users/{id}), after N ms
   /missing            404
   /error              500
   /sleep?ms=N         sleeps N ms, then 200
@@ -60,6 +60,7 @@ class Handler(BaseHTTPRequestHandler):
         if path == "/hello":
             self.reply(200, b"hello world\n")
         elif path.startswith("/users/"):
+            time.sleep(int(query.get("ms", ["0"])[0]) / 1000)
             self.reply(200, b'{"user": "%s"}\n' % path[7:].encode())
         elif path == "/missing":
             self.reply(404, b"not found\n")

@@ -45,6 +45,11 @@ pub fn url_encode(s: &str) -> String {
 impl Prometheus {
     /// Starts `prometheus` with `config` (YAML text) and waits until it is ready.
     pub fn start(config: &str) -> Result<Self> {
+        Prometheus::start_with(config, &[])
+    }
+
+    /// The same, with `features` enabled (`--enable-feature`: native-histograms...).
+    pub fn start_with(config: &str, features: &[&str]) -> Result<Self> {
         let port = free_port();
         let dir = std::env::temp_dir().join(format!("redprobe-prometheus-{}-{port}", std::process::id()));
         std::fs::create_dir_all(dir.join("data"))?;
@@ -54,6 +59,7 @@ impl Prometheus {
             .arg(format!("--config.file={}", dir.join("prometheus.yml").display()))
             .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
             .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .args(features.iter().map(|f| format!("--enable-feature={f}")))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

@@ -1,22 +1,24 @@
-//! A histogram that takes observations one by one (the requests the agent paired) and
-//! whole bucket counts (the kernel's aggregates), served as one Prometheus histogram.
-//! prometheus-client's own takes single observations only.
+//! A histogram counted by slot (`scheme.rs`): it takes observations one by one (the
+//! requests the agent paired) and whole slot counts (the kernel's aggregates), and serves
+//! them as one Prometheus histogram with classic buckets (every format) and native buckets
+//! (the protobuf format). prometheus-client's own takes single observations only.
 use std::sync::{
     Arc,
     atomic::{AtomicU64, Ordering},
 };
 
 use prometheus_client::{
-    encoding::{EncodeMetric, MetricEncoder, NoLabelSet},
-    metrics::{MetricType, TypedMetric},
+    encoding::{EncodeMetric, MetricEncoder, NativeHistogram, NativeHistogramBuckets, NoLabelSet},
+    metrics::{MetricType, TypedMetric, family::MetricConstructor},
 };
+
+use super::scheme::{Scheme, spans};
 
 #[derive(Debug)]
 struct Inner {
-    /// Upper bounds (the +Inf bucket comes after them).
-    bounds: &'static [f64],
+    scheme: Arc<Scheme>,
     counts: Vec<AtomicU64>,
-    /// The sum, as f64 bits.
+    /// The sum, in the value's unit (ns, bytes).
     sum: AtomicU64,
 }
 
@@ -26,34 +28,40 @@ pub struct Buckets {
 }
 
 impl Buckets {
-    pub fn new(bounds: &'static [f64]) -> Self {
-        let counts = (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect();
-        Buckets { inner: Arc::new(Inner { bounds, counts, sum: AtomicU64::new(0f64.to_bits()) }) }
+    pub fn new(scheme: Arc<Scheme>) -> Self {
+        let counts = (0..scheme.slots()).map(|_| AtomicU64::new(0)).collect();
+        Buckets { inner: Arc::new(Inner { scheme, counts, sum: AtomicU64::new(0) }) }
     }
 
-    fn add_sum(&self, v: f64) {
-        let _ = self.inner.sum.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |bits| Some((f64::from_bits(bits) + v).to_bits()));
+    /// One value, in the scheme's unit (ns, bytes).
+    pub fn observe(&self, v: u64) {
+        self.inner.counts[self.inner.scheme.slot(v)].fetch_add(1, Ordering::Relaxed);
+        self.inner.sum.fetch_add(v, Ordering::Relaxed);
     }
 
-    pub fn observe(&self, v: f64) {
-        let i = self.inner.bounds.iter().position(|b| v <= *b).unwrap_or(self.inner.bounds.len());
-        self.inner.counts[i].fetch_add(1, Ordering::Relaxed);
-        self.add_sum(v);
-    }
-
-    /// Adds bucket counts (one per bound, then +Inf) and their sum.
-    pub fn add(&self, counts: &[u64], sum: f64) {
+    /// Adds per-slot counts (the kernel's, on the same slots) and their sum.
+    pub fn add(&self, counts: &[u64], sum: u64) {
         for (c, n) in self.inner.counts.iter().zip(counts) {
             if *n > 0 {
                 c.fetch_add(*n, Ordering::Relaxed);
             }
         }
-        self.add_sum(sum);
+        self.inner.sum.fetch_add(sum, Ordering::Relaxed);
     }
 
     #[cfg(test)]
     pub fn count(&self) -> u64 {
         self.inner.counts.iter().map(|c| c.load(Ordering::Relaxed)).sum()
+    }
+}
+
+/// Makes the histograms of a family, on one scheme.
+#[derive(Clone, Debug)]
+pub struct OnScheme(pub Arc<Scheme>);
+
+impl MetricConstructor<Buckets> for OnScheme {
+    fn new_metric(&self) -> Buckets {
+        Buckets::new(self.0.clone())
     }
 }
 
@@ -63,11 +71,21 @@ impl TypedMetric for Buckets {
 
 impl EncodeMetric for Buckets {
     fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        let scheme = &self.inner.scheme;
         let counts: Vec<u64> = self.inner.counts.iter().map(|c| c.load(Ordering::Relaxed)).collect();
-        let buckets: Vec<(f64, u64)> =
-            self.inner.bounds.iter().copied().chain(std::iter::once(f64::MAX)).zip(counts.iter().copied()).collect();
-        let sum = f64::from_bits(self.inner.sum.load(Ordering::Relaxed));
-        encoder.encode_histogram::<NoLabelSet>(sum, counts.iter().sum(), &buckets, None)
+        let sum = self.inner.sum.load(Ordering::Relaxed) as f64 * scheme.scale;
+        let classic = scheme.classic(&counts);
+        let (zero_count, native) = scheme.native(&counts);
+        let (spans, deltas) = spans(&native);
+        let native = NativeHistogram {
+            schema: scheme.schema,
+            zero_threshold: scheme.zero_threshold,
+            zero_count,
+            negative: NativeHistogramBuckets { spans: &[], deltas: &[] },
+            positive: NativeHistogramBuckets { spans: &spans, deltas: &deltas },
+            created: None,
+        };
+        encoder.encode_histogram_with_native::<NoLabelSet>(sum, counts.iter().sum(), &classic, None, native)
     }
 
     fn metric_type(&self) -> MetricType {
@@ -77,23 +95,62 @@ impl EncodeMetric for Buckets {
 
 #[cfg(test)]
 mod tests {
+    use prometheus_client::encoding::prometheus_protobuf;
+
     use super::*;
 
-    #[test]
-    fn observations_and_kernel_counts_add_up() {
-        static BOUNDS: [f64; 2] = [1.0, 2.0];
-        let h = Buckets::new(&BOUNDS);
-        h.observe(0.5);
-        h.observe(3.0);
-        h.add(&[1, 2, 0], 4.0);
-        assert_eq!(h.count(), 5);
+    fn registry() -> (prometheus_client::registry::Registry, Buckets) {
+        let h = Buckets::new(Scheme::default_time());
+        h.observe(500_000); // 0.5 ms
+        h.observe(3_000_000_000);
+        let kernel = Buckets::new(Scheme::default_time());
+        kernel.observe(1_000_000);
+        kernel.observe(1_500_000);
+        let kernel_counts: Vec<u64> = kernel.inner.counts.iter().map(|c| c.load(Ordering::Relaxed)).collect();
+        h.add(&kernel_counts, 2_500_000);
+        assert_eq!(h.count(), 4);
         let mut reg = prometheus_client::registry::Registry::default();
-        reg.register("h", "help", h);
+        reg.register("h", "help", h.clone());
+        (reg, h)
+    }
+
+    #[test]
+    fn text_has_the_classic_buckets() {
+        let (reg, _) = registry();
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &reg).unwrap();
-        assert!(text.contains("h_bucket{le=\"1.0\"} 2"), "{text}");
-        assert!(text.contains("h_bucket{le=\"2.0\"} 4"), "{text}");
-        assert!(text.contains("h_bucket{le=\"+Inf\"} 5"), "{text}");
-        assert!(text.contains("h_sum 7.5"), "{text}");
+        assert!(text.contains("h_bucket{le=\"0.0001\"} 0\n"), "{text}");
+        assert!(text.contains("h_bucket{le=\"0.0005\"} 1\n"), "{text}");
+        assert!(text.contains("h_bucket{le=\"0.001\"} 2\n"), "{text}");
+        assert!(text.contains("h_bucket{le=\"0.0025\"} 3\n"), "{text}");
+        assert!(text.contains("h_bucket{le=\"2.5\"} 3\n"), "{text}");
+        assert!(text.contains("h_bucket{le=\"+Inf\"} 4\n"), "{text}");
+        assert!(text.contains("h_sum 3.003\n"), "{text}");
+        assert_eq!(text.matches("h_bucket").count(), 20, "{text}");
+    }
+
+    #[test]
+    fn protobuf_has_native_and_classic_buckets() {
+        let (reg, _) = registry();
+        let families = prometheus_protobuf::encode(&reg).unwrap();
+        let h = families[0].metric[0].histogram.as_ref().unwrap();
+        assert_eq!((h.sample_count, h.schema), (4, 3));
+        assert!((h.sample_sum - 3.003).abs() < 1e-12);
+        // 0.5 ms = 2^-10.97: native bucket -87; 1 ms -79; 1.5 ms -75; 3 s 13.
+        let mut want = vec![];
+        let mut idx = 0;
+        for s in &h.positive_span {
+            idx += s.offset;
+            for _ in 0..s.length {
+                want.push(idx);
+                idx += 1;
+            }
+        }
+        assert_eq!(want, [-87, -79, -75, 13]);
+        assert_eq!(h.positive_delta, [1, 0, 0, 0]);
+        // The classic buckets ride along; the last is +Inf, not f64::MAX.
+        assert_eq!(h.bucket.len(), 20);
+        assert_eq!(h.bucket[19].upper_bound, f64::INFINITY);
+        assert_eq!(h.bucket[19].cumulative_count, 4);
     }
 }

@@ -4,7 +4,7 @@
 //! once.
 use std::{collections::HashMap, sync::Arc};
 
-use probe_common::{AggKey, AggValue, Hist};
+use probe_common::{AggKey, AggValue, buckets::Hist};
 
 use super::Metrics;
 

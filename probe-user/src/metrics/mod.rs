@@ -12,6 +12,7 @@ pub mod kernel;
 pub mod otel;
 pub mod process;
 pub mod saturation;
+pub mod scheme;
 pub mod scrape;
 mod snapshot;
 
@@ -47,8 +48,10 @@ pub struct Request<'a> {
     pub reset: bool,
     pub version: &'static str,
     pub transport: &'static str,
-    pub duration: f64,
-    pub time_to_first_byte: f64,
+    /// From the request's first byte read to the response's last byte written.
+    pub duration_ns: u64,
+    /// ... to the response's first byte written.
+    pub first_byte_ns: u64,
     pub request_body: u64,
     pub response_body: u64,
 }
@@ -67,9 +70,15 @@ pub struct Metrics {
 }
 
 impl Metrics {
+    /// With the default duration buckets.
     pub fn new(registry: &mut Registry, naming: Naming, routes: Routes) -> Self {
+        Metrics::with_durations(registry, naming, routes, scheme::Scheme::default_time())
+    }
+
+    /// `durations`: the duration scheme (`--buckets`; the kernel's table is made of it).
+    pub fn with_durations(registry: &mut Registry, naming: Naming, routes: Routes, durations: Arc<scheme::Scheme>) -> Self {
         let http = match naming {
-            Naming::Otel => Http::Otel(otel::OtelHttp::register(registry)),
+            Naming::Otel => Http::Otel(otel::OtelHttp::register(registry, durations)),
             Naming::DjangoPrometheus => Http::Django(django::DjangoHttp::register(registry)),
         };
         Metrics { http: Arc::new(http), health: health::Health::register(registry), routes: Arc::new(routes) }
@@ -120,8 +129,8 @@ impl Metrics {
             reset: false,
             version: kernel_ids::version(key.version),
             transport: labels::transport(key.family),
-            duration: 0.0,
-            time_to_first_byte: 0.0,
+            duration_ns: 0,
+            first_byte_ns: 0,
             request_body: 0,
             response_body: 0,
         };
@@ -154,8 +163,8 @@ impl Metrics {
             reset: x.reset,
             version,
             transport: labels::transport(x.family),
-            duration: x.end_ns.saturating_sub(x.start_ns) as f64 / 1e9,
-            time_to_first_byte: x.first_byte_ns.saturating_sub(x.start_ns) as f64 / 1e9,
+            duration_ns: x.end_ns.saturating_sub(x.start_ns),
+            first_byte_ns: x.first_byte_ns.saturating_sub(x.start_ns),
             request_body: x.request_body_bytes,
             response_body: x.response_body_bytes,
         };

@@ -12,17 +12,12 @@ use prometheus_client::{
 };
 use probe_common::AggValue;
 
-use super::{Request, SnapshotGauge, histogram::Buckets};
+use super::{
+    Request, SnapshotGauge,
+    histogram::{Buckets, OnScheme},
+    scheme::Scheme,
+};
 use crate::labels;
-
-/// `http_server_request_duration_seconds` buckets (OpenTelemetry's defaults); the kernel's
-/// are the same in ns (`probe_common::DURATION_BOUNDS_NS`).
-pub static DURATION_BUCKETS: [f64; 14] = [0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0];
-/// Body size buckets: powers of 4 from 64 B to 1 GiB (`probe_common::SIZE_BOUNDS`).
-pub static SIZE_BUCKETS: [f64; 13] = [
-    64.0, 256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0, 1048576.0, 4194304.0, 16777216.0, 67108864.0,
-    268435456.0, 1073741824.0,
-];
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
@@ -44,15 +39,7 @@ pub struct ActiveLabels {
     pub service_name: String,
 }
 
-type HistogramFamily = Family<RequestLabels, Buckets, fn() -> Buckets>;
-
-fn duration_histogram() -> Buckets {
-    Buckets::new(&DURATION_BUCKETS)
-}
-
-fn size_histogram() -> Buckets {
-    Buckets::new(&SIZE_BUCKETS)
-}
+type HistogramFamily = Family<RequestLabels, Buckets, OnScheme>;
 
 /// The four histograms of one label set, kept so that a request costs one cheap lookup
 /// instead of four label-set lookups (each hashing and comparing seven strings) and seven
@@ -99,13 +86,15 @@ pub struct OtelHttp {
 }
 
 impl OtelHttp {
-    pub fn register(registry: &mut Registry) -> Self {
+    /// `durations`: the duration scheme (`--buckets`), the kernel's too.
+    pub fn register(registry: &mut Registry, durations: Arc<Scheme>) -> Self {
+        let sizes = Scheme::size();
         let m = OtelHttp {
             series: Default::default(),
-            duration: Family::new_with_constructor(duration_histogram),
-            first_byte: Family::new_with_constructor(duration_histogram),
-            request_size: Family::new_with_constructor(size_histogram),
-            response_size: Family::new_with_constructor(size_histogram),
+            duration: Family::new_with_constructor(OnScheme(durations.clone())),
+            first_byte: Family::new_with_constructor(OnScheme(durations)),
+            request_size: Family::new_with_constructor(OnScheme(sizes.clone())),
+            response_size: Family::new_with_constructor(OnScheme(sizes)),
             active: SnapshotGauge::default(),
         };
         let histograms = [
@@ -178,10 +167,10 @@ impl OtelHttp {
 
     pub fn observe(&self, r: &Request<'_>) {
         self.with_series(r, |s| {
-            s.duration.observe(r.duration);
-            s.first_byte.observe(r.time_to_first_byte);
-            s.request_size.observe(r.request_body as f64);
-            s.response_size.observe(r.response_body as f64);
+            s.duration.observe(r.duration_ns);
+            s.first_byte.observe(r.first_byte_ns);
+            s.request_size.observe(r.request_body);
+            s.response_size.observe(r.response_body);
         });
     }
 
@@ -189,10 +178,10 @@ impl OtelHttp {
     /// are not used).
     pub fn add_kernel(&self, r: &Request<'_>, delta: &AggValue) {
         self.with_series(r, |s| {
-            s.duration.add(&delta.duration.counts, delta.duration.sum as f64 / 1e9);
-            s.first_byte.add(&delta.first_byte.counts, delta.first_byte.sum as f64 / 1e9);
-            s.request_size.add(&delta.request_body.counts, delta.request_body.sum as f64);
-            s.response_size.add(&delta.response_body.counts, delta.response_body.sum as f64);
+            s.duration.add(&delta.duration.counts, delta.duration.sum);
+            s.first_byte.add(&delta.first_byte.counts, delta.first_byte.sum);
+            s.request_size.add(&delta.request_body.counts, delta.request_body.sum);
+            s.response_size.add(&delta.response_body.counts, delta.response_body.sum);
         });
     }
 
@@ -211,15 +200,11 @@ impl OtelHttp {
 mod tests {
     use super::*;
 
-    /// The kernel's buckets are the agent's, in its units.
+    /// The kernel's histograms have the agent's slots.
     #[test]
-    fn kernel_bounds_are_the_exported_ones() {
-        let ns: Vec<f64> = probe_common::DURATION_BOUNDS_NS.iter().map(|b| *b as f64 / 1e9).collect();
-        assert_eq!(ns, DURATION_BUCKETS);
-        let sizes: Vec<f64> = probe_common::SIZE_BOUNDS.iter().map(|b| *b as f64).collect();
-        assert_eq!(sizes, SIZE_BUCKETS);
+    fn kernel_slots_are_the_schemes() {
         let v = AggValue::default();
-        assert_eq!(v.duration.counts.len(), DURATION_BUCKETS.len() + 1);
-        assert_eq!(v.request_body.counts.len(), SIZE_BUCKETS.len() + 1);
+        assert_eq!(v.duration.counts.len(), Scheme::default_time().slots());
+        assert_eq!(v.request_body.counts.len(), Scheme::size().slots());
     }
 }

@@ -3,7 +3,7 @@ use std::net::SocketAddr;
 
 use clap::{ArgGroup, Parser};
 
-use probe_user::metrics::Naming;
+use probe_user::metrics::{Naming, scheme::DEFAULT_DURATION_BUCKETS};
 
 /// The text after the flags in `--help`; the hook list comes from the loader's table.
 pub fn after_help() -> String {
@@ -110,6 +110,13 @@ pub struct Cli {
     /// dashboards then work unchanged, with the route as the view).
     #[arg(long, value_enum, default_value_t = Naming::Otel)]
     pub naming: Naming,
+
+    /// Classic bucket boundaries of the duration histograms, in seconds, comma-separated
+    /// (at most 20). The default is OpenTelemetry's, with 100 µs, 250 µs, 500 µs, 1 ms and
+    /// 2.5 ms below it. Each boundary is a series per label set and histogram on text
+    /// scrapes; native histograms (protobuf scrapes) do not depend on it.
+    #[arg(long, value_name = "S,S,...", value_delimiter = ',', default_values_t = DEFAULT_DURATION_BUCKETS)]
+    pub buckets: Vec<f64>,
 
     /// Pair and time every request in the agent, from events, instead of in the kernel.
     /// The numbers are the same; the kernel's fast path (the default) costs the server

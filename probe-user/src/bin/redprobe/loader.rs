@@ -7,8 +7,9 @@ use aya::{
     programs::BtfTracePoint,
 };
 use probe_common::{
-    AggKey, AggValue, ConnState, GLOBAL_CONFIG, GLOBAL_OFFSETS, KernelOffsets, MAP_AGG,
+    AggKey, AggValue, ConnState, GLOBAL_CONFIG, GLOBAL_OFFSETS, GLOBAL_TIME_BOUNDS, KernelOffsets, MAP_AGG,
     MAP_CONNS, MAP_COUNTERS, MAP_EVENTS, MAP_ROUTES, MAP_SERVICES, MAP_TARGETS, ProbeConfig, RouteKey,
+    buckets::TimeBounds,
 };
 
 use crate::{btf::Btf, privileges};
@@ -60,6 +61,8 @@ pub struct LoadOptions {
     pub ring_buffer_bytes: u32,
     pub max_connections: u32,
     pub wakeup_bytes: u32,
+    /// The duration slots (`probe_user::metrics::scheme`).
+    pub time_bounds: TimeBounds,
 }
 
 /// Target processes the kernel knows the service of (`SERVICES`); beyond, a process's
@@ -117,6 +120,7 @@ pub fn load(opts: &LoadOptions) -> Result<Probe> {
     let mut ebpf = EbpfLoader::new()
         .override_global(GLOBAL_OFFSETS, &offsets, true)
         .override_global(GLOBAL_CONFIG, &config, true)
+        .override_global(GLOBAL_TIME_BOUNDS, &opts.time_bounds, true)
         .map_max_entries(MAP_EVENTS, opts.ring_buffer_bytes)
         .map_max_entries(MAP_TARGETS, target_words)
         .map_max_entries(MAP_CONNS, opts.max_connections)

@@ -14,6 +14,7 @@ use probe_user::{
     labels::{Router, Routes, parse_routes_file, Template},
     metrics::{
         Metrics,
+        scheme::Scheme,
         process::AgentProcess,
         saturation::Saturation,
         scrape::ScrapeCollectors,
@@ -112,6 +113,7 @@ pub async fn run(cli: Cli) -> Result<()> {
     raise_fd_limit();
     let proc = ProcRoot::default();
     let routes = routes(&cli)?;
+    let durations = Scheme::time(&cli.buckets)?;
     let roots = cli.pids.iter().map(|p| inspect(&proc, *p)).collect::<Result<Vec<_>>>()?;
     let selectors = Arc::new(Selectors::new(&proc, &cli.ports, &cli.exes, &cli.cgroups)?);
     let listener = exposition::bind(cli.listen).await?;
@@ -120,10 +122,11 @@ pub async fn run(cli: Cli) -> Result<()> {
             ring_buffer_bytes: cli.ring_buffer_bytes,
             max_connections: cli.max_connections,
             wakeup_bytes: cli.wakeup_bytes,
+            time_bounds: durations.kernel_table(),
         })?;
 
     let mut prometheus = Prometheus::default();
-    let metrics = Metrics::new(&mut prometheus, cli.naming, routes);
+    let metrics = Metrics::with_durations(&mut prometheus, cli.naming, routes, durations);
     let registry = Registry::new(cli.service.as_deref()).shared();
     prometheus.register_collector(Box::new(ScrapeCollectors::new(
         Saturation::new(registry.clone(), proc.clone()),
