@@ -231,6 +231,6 @@ mod tests {
         assert_eq!(size_of::<MeasuredEvent>(), 24 + 32 + 24 + 8);
         assert_eq!(size_of::<AggKey>(), 16);
         assert_eq!(size_of::<RouteKey>(), 16);
-        assert_eq!(size_of::<AggValue>(), 8 * (4 + 2 * TIME_SLOTS + 2 * SIZE_SLOTS));
+        assert_eq!(size_of::<AggValue>(), 8 * 4 + 4 * (2 * TIME_SLOTS + 2 * SIZE_SLOTS));
     }
 }

@@ -107,13 +107,16 @@ fn kernel_sequence() -> Vec<Vec<u8>> {
     ]
 }
 
-/// What the kernel aggregated: 7 requests on the route of `ITEMS_KEY`.
+/// What the kernel aggregated: 7 requests on the route of `ITEMS_KEY`, 5 of 2 ms and 2 of
+/// 10 ms, first bytes after 1 ms, no request body, 1000-byte responses.
 fn kernel_aggregates(route: u32) -> Vec<(AggKey, AggValue)> {
     let key = AggKey { service: 1, route, status: 200, method: 1, version: 1, family: AF_INET, _pad: 0 };
+    let time = crate::metrics::scheme::Scheme::default_time();
     let mut v = AggValue::default();
-    (v.duration.counts[0], v.duration.counts[1], v.duration.sum) = (5, 2, 30_000_000);
-    (v.first_byte.counts[0], v.first_byte.sum) = (7, 7_000_000);
-    (v.request_body.counts[0], v.response_body.counts[2], v.response_body.sum) = (7, 7, 7 * 1000);
+    (v.duration.counts[time.slot(2_000_000)], v.duration.counts[time.slot(10_000_000)], v.duration.sum) = (5, 2, 30_000_000);
+    (v.first_byte.counts[time.slot(1_000_000)], v.first_byte.sum) = (7, 7_000_000);
+    let (none, kb) = (probe_common::buckets::size_slot(0), probe_common::buckets::size_slot(1000));
+    (v.request_body.counts[none], v.response_body.counts[kb], v.response_body.sum) = (7, 7, 7 * 1000);
     vec![(key, v)]
 }
 

@@ -40,10 +40,10 @@ impl Buckets {
     }
 
     /// Adds per-slot counts (the kernel's, on the same slots) and their sum.
-    pub fn add(&self, counts: &[u64], sum: u64) {
+    pub fn add(&self, counts: &[u32], sum: u64) {
         for (c, n) in self.inner.counts.iter().zip(counts) {
             if *n > 0 {
-                c.fetch_add(*n, Ordering::Relaxed);
+                c.fetch_add(*n as u64, Ordering::Relaxed);
             }
         }
         self.inner.sum.fetch_add(sum, Ordering::Relaxed);
@@ -106,7 +106,7 @@ mod tests {
         let kernel = Buckets::new(Scheme::default_time());
         kernel.observe(1_000_000);
         kernel.observe(1_500_000);
-        let kernel_counts: Vec<u64> = kernel.inner.counts.iter().map(|c| c.load(Ordering::Relaxed)).collect();
+        let kernel_counts: Vec<u32> = kernel.inner.counts.iter().map(|c| c.load(Ordering::Relaxed) as u32).collect();
         h.add(&kernel_counts, 2_500_000);
         assert_eq!(h.count(), 4);
         let mut reg = prometheus_client::registry::Registry::default();

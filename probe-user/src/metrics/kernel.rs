@@ -1,7 +1,9 @@
 //! The kernel's aggregates (`AGG`: per-CPU histograms keyed by small ids) -> the agent's
 //! series. The kernel only adds; the agent keeps each key's totals as it last read them and
 //! adds the difference, so that a read at any time, as often as wanted, counts each request
-//! once.
+//! once. Slot counts are u32 and wrap: sums and differences are modulo 2^32 (the per-CPU
+//! counts add up to the total modulo 2^32), exact while a slot gets fewer than 2^32
+//! requests between two reads.
 use std::{collections::HashMap, sync::Arc};
 
 use probe_common::{AggKey, AggValue, buckets::Hist};
@@ -22,12 +24,12 @@ pub fn add(a: &mut AggValue, b: &AggValue) {
     hist(&mut a.response_body, &b.response_body);
 }
 
-/// `now - before` (each count only grows).
+/// `now - before`, modulo 2^32 for the slot counts.
 fn since(now: &AggValue, before: &AggValue) -> AggValue {
     fn hist<const N: usize>(a: &Hist<N>, b: &Hist<N>) -> Hist<N> {
         let mut d = Hist { sum: a.sum.wrapping_sub(b.sum), counts: [0; N] };
         for (i, c) in d.counts.iter_mut().enumerate() {
-            *c = a.counts[i].saturating_sub(b.counts[i]);
+            *c = a.counts[i].wrapping_sub(b.counts[i]);
         }
         d
     }
@@ -75,14 +77,14 @@ mod tests {
         metrics::Naming,
     };
 
-    fn value(n: u64, ns: u64) -> AggValue {
+    fn value(n: u32, ns: u64) -> AggValue {
         let mut v = AggValue::default();
         v.duration.counts[0] = n;
         v.duration.sum = ns;
         v.first_byte.counts[0] = n;
         v.request_body.counts[0] = n;
         v.response_body.counts[1] = n;
-        v.response_body.sum = 100 * n;
+        v.response_body.sum = 100 * n as u64;
         v
     }
 
@@ -110,6 +112,15 @@ mod tests {
         assert!(line("http_server_response_body_size_bytes_sum").ends_with(" 500.0"), "{text}");
         assert!(text.contains("redprobe_requests_paired_total{pairer=\"kernel\",reason=\"\"} 5"), "{text}");
         assert_eq!(totals.keys(), 1);
+    }
+
+    /// A slot count that wrapped since the last read still gives the right difference.
+    #[test]
+    fn a_wrapped_count_is_a_difference_modulo_2_32() {
+        let before = value(u32::MAX - 1, 10);
+        let now = value(2, 20);
+        let d = since(&now, &before);
+        assert_eq!((d.duration.counts[0], d.duration.count(), d.duration.sum), (4, 4, 10));
     }
 
     #[test]

@@ -112,7 +112,7 @@ impl Metrics {
 
     /// What the kernel aggregated under `key` since the last time (`delta`), for `service`.
     pub fn add_kernel(&self, key: &AggKey, delta: &AggValue, service: &str) {
-        let n: u64 = delta.duration.counts.iter().sum();
+        let n = delta.duration.count();
         if n == 0 {
             return;
         }

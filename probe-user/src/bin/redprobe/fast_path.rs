@@ -65,7 +65,8 @@ impl Aggregates {
     }
 }
 
-/// The hook the exposition runs before each encode.
-pub fn before_scrape(aggregates: Arc<Mutex<Aggregates>>) -> Arc<dyn Fn() + Send + Sync> {
+/// A read of the aggregates: the hook the exposition runs before each encode, which the
+/// loop also runs every `READ_AGGREGATES_EVERY`.
+pub fn reader(aggregates: Arc<Mutex<Aggregates>>) -> Arc<dyn Fn() + Send + Sync> {
     Arc::new(move || aggregates.lock().unwrap_or_else(PoisonError::into_inner).sync())
 }

@@ -36,7 +36,7 @@ use crate::{
     cli::Cli,
     counters::KernelCounters,
     conn_map,
-    fast_path::{Aggregates, FastPath, before_scrape},
+    fast_path::{Aggregates, FastPath, reader},
     loader::{self, LoadOptions, Probe},
     privileges,
     selectors::{Scan, Selectors},
@@ -54,6 +54,9 @@ const READ_BIG_CONNS_EVERY: Duration = Duration::from_secs(5);
 /// How often the registry is checked against /proc, for exits whose event was lost; the
 /// next second after a loss anyway.
 const RECONCILE_EVERY: Duration = Duration::from_secs(10);
+/// The kernel's aggregates are read at each scrape and at least this often, so that no
+/// u32 slot count wraps twice between two reads, scrapes or not.
+const READ_AGGREGATES_EVERY: Duration = Duration::from_secs(10);
 
 fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
@@ -170,12 +173,8 @@ pub async fn run(cli: Cli) -> Result<()> {
     if !addr.ip().is_loopback() {
         warn!(%addr, "/metrics is served beyond loopback: keep the port behind a firewall or a reverse proxy");
     }
-    tokio::spawn(exposition::serve(
-        listener,
-        Arc::new(prometheus),
-        health.scrape_accept_errors.clone(),
-        Some(before_scrape(aggregates.clone())),
-    ));
+    let read_aggregates = reader(aggregates);
+    tokio::spawn(exposition::serve(listener, Arc::new(prometheus), health.scrape_accept_errors.clone(), Some(read_aggregates.clone())));
     info!("probe attached; metrics at http://{addr}/metrics");
 
     // SAFETY: the ring buffer's map fd is owned by `events`, which the AsyncFd owns.
@@ -194,6 +193,7 @@ pub async fn run(cli: Cli) -> Result<()> {
     let mut conns_read = read_conns(&conns);
     let mut last_conns_read = Instant::now();
     let mut last_reconcile = Instant::now();
+    let mut last_aggregates_read = Instant::now();
     let mut drain_tick = interval(Duration::from_millis(cli.drain_interval_ms.max(1)));
     let mut housekeeping = interval(Duration::from_secs(1));
     let mut rescan = interval(Duration::from_millis(cli.rescan_interval_ms.max(10)));
@@ -222,6 +222,11 @@ pub async fn run(cli: Cli) -> Result<()> {
                 }
                 pipeline.housekeeping(monotonic_ns(), IDLE_CONNECTION.as_nanos() as u64, &conns_read.fast);
                 health.set_map("TARGETS", targets.bits.marked() as i64, targets.bits.capacity() as i64);
+                if last_aggregates_read.elapsed() >= READ_AGGREGATES_EVERY {
+                    last_aggregates_read = Instant::now();
+                    let read = read_aggregates.clone();
+                    tokio::task::spawn_blocking(move || read());
+                }
                 if !reconciling && (reconcile_soon || last_reconcile.elapsed() >= RECONCILE_EVERY) {
                     reconciling = true;
                     reconcile_soon = false;
