@@ -121,6 +121,14 @@ fn kernel_aggregates(route: u32) -> Vec<(AggKey, AggValue)> {
 }
 
 fn render(naming: Naming) -> String {
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry_after_the_sequence(naming)).unwrap();
+    to_prometheus_text(&text)
+}
+
+/// The registry after the fixed sequence (the agent's records, then the kernel's
+/// aggregates).
+fn registry_after_the_sequence(naming: Naming) -> Prometheus {
     let mut prometheus = Prometheus::default();
     let router = Router::new(vec![Template::parse("/static/{path...}").unwrap()]);
     let metrics = Metrics::new(&mut prometheus, naming, Routes::new(router, 100));
@@ -141,9 +149,7 @@ fn render(naming: Naming) -> String {
         KernelTotals::default().apply(&metrics, kernel_aggregates(route), |id| r.service_named(id));
     }
     pipeline.housekeeping(0, u64::MAX, &[]);
-    let mut text = String::new();
-    prometheus_client::encoding::text::encode(&mut text, &prometheus).unwrap();
-    to_prometheus_text(&text)
+    prometheus
 }
 
 /// Series order inside a family follows a hash map; order them by label set (keeping
@@ -207,6 +213,32 @@ fn check(naming: Naming, file: &str) {
 #[test]
 fn golden_metrics_otel() {
     check(Naming::Otel, "metrics-otel.txt");
+}
+
+/// The protobuf page of the same sequence: every histogram's native buckets hold the same
+/// requests as its classic ones (two foldings of the same slots), and carry the schema.
+#[test]
+fn protobuf_native_and_classic_buckets_agree() {
+    let families = prometheus_client::encoding::prometheus_protobuf::encode(&registry_after_the_sequence(Naming::Otel)).unwrap();
+    let mut histograms = 0;
+    for f in &families {
+        for m in &f.metric {
+            let Some(h) = &m.histogram else { continue };
+            histograms += 1;
+            let (mut native, mut count) = (h.zero_count, 0i64);
+            for d in &h.positive_delta {
+                count += d;
+                native += count as u64;
+            }
+            let classic = h.bucket.last().map(|b| b.cumulative_count);
+            assert_eq!((native, classic), (h.sample_count, Some(h.sample_count)), "{}", f.name);
+            assert_eq!(h.bucket.last().map(|b| b.upper_bound), Some(f64::INFINITY), "{}", f.name);
+            let schema = if f.name.ends_with("_seconds") { 3 } else { 0 };
+            assert_eq!(h.schema, schema, "{}", f.name);
+            assert!(!h.positive_span.is_empty(), "{}: an empty span list would read as classic", f.name);
+        }
+    }
+    assert!(histograms >= 20, "{histograms} histograms");
 }
 
 #[test]

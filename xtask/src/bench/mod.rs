@@ -7,6 +7,7 @@
 //! | 4 | `django` | gunicorn + Django: redprobe and django-prometheus, each ÷ without |
 //! | 5 | `agent_cost` | the agent's CPU per 10k requests and peak RSS, under measure 2 |
 //! | 6 | `capacity` (+ `loadgen`) | the highest rate with no event lost |
+//! | P | `page` | the `/metrics` page at the label caps: bytes and render time, text and protobuf |
 //! | H, - | `bpf_stats` | what redprobe adds per nginx request (BPF + agent) as a share of nginx's own CPU; each program's run_time_ns / run_cnt |
 //!
 //! `stats` holds the interleaved A/B runner, medians and spreads; `wrk` runs and parses
@@ -18,6 +19,7 @@ mod django;
 mod loadgen;
 mod nginx;
 mod non_target;
+mod page;
 mod stats;
 mod wrk;
 
@@ -38,7 +40,7 @@ pub struct Options {
     /// Seconds of each wrk run (whole seconds).
     #[arg(long, default_value_t = 3.0)]
     pub seconds: f64,
-    /// Only these measures, comma-separated: 1, 2 (also 3 and 5), 4, 6, bpf.
+    /// Only these measures, comma-separated: 1, 2 (also 3 and 5), 4, 6, bpf, page.
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
     /// Do not pin nginx's worker and the load generator to separate CPUs.
@@ -174,6 +176,9 @@ pub fn bench(opts: &Options) -> Result<()> {
             rows.splice(0..0, headline);
             bpf_lines = lines;
         }
+    }
+    if want("page") {
+        rows.extend(page::measure()?);
     }
 
     println!();

@@ -1,0 +1,61 @@
+//! The `/metrics` page at the label caps, for `cargo xtask bench` (measure P): `SERVICES`
+//! services, each at the default route cap with one label set per route, every histogram
+//! populated. Prints one line per format: `format label_sets bytes lines render_ms`
+//! (render: the median of 3 encodes of the whole registry).
+use std::time::Instant;
+
+use probe_user::metrics::{Request, otel::OtelHttp, scheme::Scheme};
+use prometheus_client::{
+    encoding::{prometheus_protobuf, text},
+    registry::Registry,
+};
+
+fn median_ms(mut f: impl FnMut()) -> f64 {
+    let mut t: Vec<f64> = (0..3)
+        .map(|_| {
+            let start = Instant::now();
+            f();
+            start.elapsed().as_secs_f64() * 1e3
+        })
+        .collect();
+    t.sort_by(f64::total_cmp);
+    t[1]
+}
+
+fn main() {
+    let mut args = std::env::args().skip(1).map(|a| a.parse::<usize>().expect("SERVICES ROUTES"));
+    let (services, routes) = (args.next().unwrap_or(50), args.next().unwrap_or(100));
+    let mut registry = Registry::default();
+    let http = OtelHttp::register(&mut registry, Scheme::default_time());
+    let names: Vec<String> = (0..services).map(|s| format!("service-{s:02}")).collect();
+    let paths: Vec<String> = (0..routes).map(|r| format!("/api/v1/resource-{r:03}/{{id}}")).collect();
+    for service in &names {
+        for (i, route) in paths.iter().enumerate() {
+            for n in 0..20u64 {
+                http.observe(&Request {
+                    service,
+                    method: "GET",
+                    route,
+                    status: Some(200),
+                    reset: false,
+                    version: "1.1",
+                    transport: "tcp",
+                    duration_ns: 50_000 * (1 + n + i as u64 % 7) * (1 + n % 5),
+                    first_byte_ns: 40_000 * (1 + n),
+                    request_body: 0,
+                    response_body: 100 << (n % 12),
+                });
+            }
+        }
+    }
+    let sets = services * routes;
+    let mut page = String::new();
+    let ms = median_ms(|| {
+        page.clear();
+        text::encode(&mut page, &registry).expect("text encoding");
+    });
+    println!("openmetrics-text {sets} {} {} {ms:.1}", page.len(), page.lines().count());
+    let mut bytes = vec![];
+    let ms = median_ms(|| bytes = prometheus_protobuf::encode_to_vec(&registry).expect("protobuf encoding"));
+    println!("prometheus-protobuf {sets} {} 0 {ms:.1}", bytes.len());
+}

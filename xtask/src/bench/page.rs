@@ -1,0 +1,39 @@
+//! Measure P: the `/metrics` page a node's agent serves at the label caps (50 services at
+//! the default route cap), in bytes and render time, as text and as protobuf (native
+//! histograms). Renders in probe-user's `page_at_caps` example: the agent's own encoders.
+use anyhow::{Context, Result, bail};
+use xtask::{cargo, workspace_root};
+
+use super::Row;
+
+/// The goal: a page Prometheus takes from every node (node_exporter's is a few hundred KB).
+const GOAL_BYTES: f64 = 10e6;
+
+pub fn measure() -> Result<Vec<Row>> {
+    let out = cargo()
+        .args(["run", "--quiet", "--release", "--package", "probe-user", "--example", "page_at_caps", "--", "50", "100"])
+        .current_dir(workspace_root())
+        .output()
+        .context("running probe-user's page_at_caps example")?;
+    if !out.status.success() {
+        bail!("page_at_caps failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let mut rows = vec![];
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let [format, sets, bytes, lines, ms] = f[..] else { bail!("page_at_caps printed {line:?}") };
+        let bytes: f64 = bytes.parse()?;
+        let lines = if lines == "0" { String::new() } else { format!(", {lines} lines") };
+        rows.push(Row {
+            id: "P",
+            measure: format!("/metrics at the caps, {format} ({sets} label sets{lines})"),
+            without: String::new(),
+            with: format!("{:.1} MB", bytes / 1e6),
+            result: format!("{ms} ms render"),
+            spread: format!("{:.0} B per set", bytes / sets.parse::<f64>()?),
+            goal: "<= 10 MB".into(),
+            met: Some(bytes <= GOAL_BYTES),
+        });
+    }
+    Ok(rows)
+}
