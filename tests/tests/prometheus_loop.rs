@@ -201,10 +201,8 @@ fn dashboard_queries() -> Result<Vec<(String, String)>> {
     Ok(out)
 }
 
-#[test]
-fn prometheus_scrapes_the_agent_and_answers_with_client_truth() -> Result<()> {
-    let server = Server::start_python()?;
-    let agent = Agent::start(&["--pid".into(), server.pid().to_string(), "--service".into(), "shop".into()])?;
+/// A Prometheus with `features` that scrapes `agent` every second, with the project's rules.
+fn prometheus_scraping(agent: &Agent, features: &[&str]) -> Result<Prometheus> {
     let rules = workspace_root().join("deploy/prometheus/rules.yml");
     let config = format!(
         "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - {}\n\
@@ -212,7 +210,14 @@ fn prometheus_scrapes_the_agent_and_answers_with_client_truth() -> Result<()> {
         rules.display(),
         agent.addr
     );
-    let prom = Prometheus::start(&config)?;
+    Prometheus::start_with(&config, features)
+}
+
+#[test]
+fn prometheus_scrapes_the_agent_and_answers_with_client_truth() -> Result<()> {
+    let server = Server::start_python()?;
+    let agent = Agent::start(&["--pid".into(), server.pid().to_string(), "--service".into(), "shop".into()])?;
+    let prom = prometheus_scraping(&agent, &[])?;
     wait_for("the first scrape of the agent", Duration::from_secs(30), || {
         (prom.scalar(r#"up{job="redprobe"}"#, None).ok()? == 1.0).then_some(())
     })
@@ -418,14 +423,7 @@ fn native_histograms_give_the_clients_quantiles() -> Result<()> {
     let python = Server::start_python()?;
     let web = nginx(Bind::V4, &NginxSite { workers: 1, files: &[], ..Default::default() })?;
     let agent = Agent::start(&["--pid".into(), python.pid().to_string(), "--pid".into(), web.pid().to_string()])?;
-    let rules = workspace_root().join("deploy/prometheus/rules.yml");
-    let config = format!(
-        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - {}\n\
-         scrape_configs:\n  - job_name: redprobe\n    static_configs:\n      - targets: ['{}']\n",
-        rules.display(),
-        agent.addr
-    );
-    let prom = Prometheus::start_with(&config, &["native-histograms"])?;
+    let prom = prometheus_scraping(&agent, &["native-histograms"])?;
     let mut python_conn = Conn::open(python.port)?;
     let mut nginx_conn = Conn::connect(&web.endpoint)?;
     // Warm-up: one request per route, so that every series exists before the window.

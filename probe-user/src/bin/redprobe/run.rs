@@ -14,7 +14,8 @@ use probe_user::{
     labels::{Router, Routes, parse_routes_file, Template},
     metrics::{
         Metrics,
-        scheme::Scheme,
+        Naming,
+        scheme::{DEFAULT_DURATION_BUCKETS, Scheme},
         process::AgentProcess,
         saturation::Saturation,
         scrape::ScrapeCollectors,
@@ -117,6 +118,9 @@ pub async fn run(cli: Cli) -> Result<()> {
     let proc = ProcRoot::default();
     let routes = routes(&cli)?;
     let durations = Scheme::time(&cli.buckets)?;
+    if cli.naming == Naming::DjangoPrometheus && cli.buckets != DEFAULT_DURATION_BUCKETS {
+        anyhow::bail!("--buckets sets the OpenTelemetry duration buckets; --naming django-prometheus keeps django-prometheus's own");
+    }
     let roots = cli.pids.iter().map(|p| inspect(&proc, *p)).collect::<Result<Vec<_>>>()?;
     let selectors = Arc::new(Selectors::new(&proc, &cli.ports, &cli.exes, &cli.cgroups)?);
     let listener = exposition::bind(cli.listen).await?;
