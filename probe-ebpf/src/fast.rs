@@ -22,7 +22,8 @@ use probe_common::{
 use crate::{
     capture::{read_user_upto, rp_gather_iovecs},
     emit::wakeup_flags,
-    maps::{count, rp_size_slot, rp_time_slot, AGG, EVENTS, ROUTES},
+    maps::{count, AGG, EVENTS, ROUTES},
+    slots::{rp_size_slot, rp_time_slot},
 };
 
 /// What the hook asks of a global function, and what the fast path found.

@@ -22,6 +22,7 @@ mod lifecycle;
 mod maps;
 mod recv;
 mod send;
+mod slots;
 mod target;
 
 #[cfg(not(test))]

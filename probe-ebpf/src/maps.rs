@@ -5,7 +5,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use probe_common::{
-    buckets::{size_slot, slot, TimeBounds, TIME_SLOTS},
+    buckets::{TimeBounds, TIME_SLOTS},
     AggKey, AggValue, ConnState, KernelOffsets, ProbeConfig, RouteKey, COUNTER_SLOTS,
 };
 
@@ -90,21 +90,6 @@ pub static CONFIG: ProbeConfig = ProbeConfig { wakeup_bytes: 0, target_words: 0 
 /// The duration slots' upper bounds (`probe_common::buckets`), patched in by the agent.
 #[unsafe(no_mangle)]
 pub static TIME_BOUNDS: TimeBounds = TimeBounds { ns: [u64::MAX; TIME_SLOTS] };
-
-/// The duration slot of `ns`. A global function (probe-ebpf/build.rs), verified once: the
-/// search's branches would otherwise multiply with every other search of the caller.
-#[unsafe(no_mangle)]
-#[inline(never)]
-pub extern "C" fn rp_time_slot(ns: u64) -> u64 {
-    slot::<TIME_SLOTS>(ns, |i| unsafe { core::ptr::read_volatile(&TIME_BOUNDS.ns[i & (TIME_SLOTS - 1)]) }) as u64
-}
-
-/// The size slot of `bytes` (a global function, as `rp_time_slot`).
-#[unsafe(no_mangle)]
-#[inline(never)]
-pub extern "C" fn rp_size_slot(bytes: u64) -> u64 {
-    size_slot(bytes) as u64
-}
 
 /// Reads one field of a global the agent patched in at load time. The volatile read keeps
 /// the compiler from folding the placeholder value.
