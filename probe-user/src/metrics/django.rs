@@ -105,8 +105,9 @@ impl DjangoHttp {
     pub fn observe(&self, r: &Request<'_>) {
         let method = labels::django_method(r.method).to_string();
         let view = r.route.to_string();
-        self.latency_by_view_method.get_or_create(&ViewMethod { view: view.clone(), method: method.clone() }).observe(r.duration_ns as f64 / 1e9);
-        self.latency_including_middlewares.observe(r.duration_ns as f64 / 1e9);
+        let seconds = r.duration_ns as f64 / 1e9;
+        self.latency_by_view_method.get_or_create(&ViewMethod { view: view.clone(), method: method.clone() }).observe(seconds);
+        self.latency_including_middlewares.observe(seconds);
         self.requests_before.inc();
         self.by_method.get_or_create(&MethodLabel { method: method.clone() }).inc();
         self.by_transport.get_or_create(&TransportLabel { transport: labels::DJANGO_TRANSPORT.into() }).inc();

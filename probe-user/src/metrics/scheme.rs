@@ -122,7 +122,8 @@ impl Scheme {
     pub fn slot(&self, v: u64) -> usize {
         match self.bounds.len() {
             TIME_SLOTS => slot::<TIME_SLOTS>(v, |i| self.bounds[i]),
-            _ => slot::<SIZE_SLOTS>(v, |i| self.bounds[i]),
+            SIZE_SLOTS => slot::<SIZE_SLOTS>(v, |i| self.bounds[i]),
+            n => unreachable!("a scheme has {TIME_SLOTS} or {SIZE_SLOTS} slots, not {n}"),
         }
     }
 
