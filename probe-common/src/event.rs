@@ -84,6 +84,9 @@ pub struct DataEvent {
     /// captured (the data fit in `head`, or ended beyond the iovecs we walk).
     pub tail_len: u16,
     pub _pad: u16,
+    /// Of a read: when its first byte arrived at the socket (see `maps::Arrival`); 0 when
+    /// not known, and for writes.
+    pub arrival_ns: u64,
     pub head: [u8; HEAD_WINDOW],
     pub tail: [u8; TAIL_WINDOW],
 }

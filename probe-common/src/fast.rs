@@ -33,8 +33,12 @@ pub const RESP_UNTIL_CLOSE: u8 = 3;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FastRequest {
-    /// When the read that brought its first byte returned.
+    /// When its first byte arrived at the socket (`probe_common::maps::Arrival`), or
+    /// else when the read that brought it returned.
     pub start_ns: u64,
+    /// From that arrival to the return of that read: the time the request waited in the
+    /// socket's queues for the server to read it (0 when the arrival is not known).
+    pub queued_ns: u64,
     /// `route::path_key` of its target (0: none).
     pub path_key: u64,
     pub body_bytes: u64,
@@ -75,8 +79,10 @@ pub struct Pairing {
     pub held_len: u8,
     pub _pad: u8,
     pub held: [u8; MAX_HELD],
-    /// When the read that brought the held bytes returned.
+    /// When the held bytes arrived (as `FastRequest::start_ns`)...
     pub held_ns: u64,
+    /// ...and how long they waited to be read (as `FastRequest::queued_ns`).
+    pub held_queued_ns: u64,
 }
 
 impl Pairing {
@@ -201,6 +207,8 @@ pub struct AggValue {
     pub first_byte: Hist<TIME_SLOTS>,
     pub request_body: Hist<SIZE_SLOTS>,
     pub response_body: Hist<SIZE_SLOTS>,
+    /// `FastRequest::queued_ns`.
+    pub queue: Hist<TIME_SLOTS>,
 }
 
 #[cfg(test)]
@@ -224,13 +232,13 @@ mod tests {
     #[test]
     fn layouts() {
         use core::mem::size_of;
-        assert_eq!(size_of::<FastRequest>(), 32);
-        assert_eq!(size_of::<Pairing>(), 32 * FAST_DEPTH + 64);
+        assert_eq!(size_of::<FastRequest>(), 40);
+        assert_eq!(size_of::<Pairing>(), 40 * FAST_DEPTH + 72);
         assert_eq!(size_of::<SwitchEvent>(), 40 + size_of::<Pairing>());
         assert_eq!(size_of::<PathEvent>(), 32 + MAX_PATH);
-        assert_eq!(size_of::<MeasuredEvent>(), 24 + 32 + 24 + 8);
+        assert_eq!(size_of::<MeasuredEvent>(), 24 + 40 + 24 + 8);
         assert_eq!(size_of::<AggKey>(), 16);
         assert_eq!(size_of::<RouteKey>(), 16);
-        assert_eq!(size_of::<AggValue>(), 8 * 4 + 4 * (2 * TIME_SLOTS + 2 * SIZE_SLOTS));
+        assert_eq!(size_of::<AggValue>(), 8 * 5 + 4 * (3 * TIME_SLOTS + 2 * SIZE_SLOTS));
     }
 }

@@ -31,6 +31,7 @@ mod pod {
     unsafe impl aya::Pod for crate::AggKey {}
     unsafe impl aya::Pod for crate::AggValue {}
     unsafe impl aya::Pod for crate::RouteKey {}
+    unsafe impl aya::Pod for crate::Arrival {}
     unsafe impl aya::Pod for crate::buckets::TimeBounds {}
 }
 
@@ -49,9 +50,10 @@ mod layout_tests {
         assert_eq!(offset_of!(DataEvent, family), 32);
         assert_eq!(offset_of!(DataEvent, head_len), 34);
         assert_eq!(offset_of!(DataEvent, tail_len), 36);
-        assert_eq!(offset_of!(DataEvent, head), 40);
-        assert_eq!(offset_of!(DataEvent, tail), 40 + HEAD_WINDOW);
-        assert_eq!(size_of::<DataEvent>(), 40 + HEAD_WINDOW + TAIL_WINDOW);
+        assert_eq!(offset_of!(DataEvent, arrival_ns), 40);
+        assert_eq!(offset_of!(DataEvent, head), 48);
+        assert_eq!(offset_of!(DataEvent, tail), 48 + HEAD_WINDOW);
+        assert_eq!(size_of::<DataEvent>(), 48 + HEAD_WINDOW + TAIL_WINDOW);
         assert_eq!(align_of::<DataEvent>(), 8);
         const { assert!(HEAD_WINDOW >= 256) };
         assert!(HEAD_WINDOW.is_power_of_two());
@@ -73,8 +75,10 @@ mod layout_tests {
     #[test]
     fn map_value_layouts() {
         assert_eq!(size_of::<ConnState>(), 40 + size_of::<Pairing>());
-        assert_eq!(size_of::<KernelOffsets>(), 4 * 23);
+        assert_eq!(size_of::<KernelOffsets>(), 4 * 25);
         assert_eq!(size_of::<ProbeConfig>(), 8);
+        assert_eq!(size_of::<Arrival>(), 16);
+        assert_eq!((offset_of!(Arrival, start_seq), offset_of!(Arrival, end_seq)), (8, 12));
         assert_eq!(size_of::<buckets::TimeBounds>(), 8 * buckets::TIME_SLOTS);
     }
 

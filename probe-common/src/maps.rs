@@ -6,6 +6,12 @@ pub const MAP_EVENTS: &str = "EVENTS";
 pub const MAP_TARGETS: &str = "TARGETS";
 /// LRU hash: socket cookie -> [`ConnState`].
 pub const MAP_CONNS: &str = "CONNS";
+/// LRU hash: socket cookie -> [`Arrival`]. Written only by the `sk_data_ready` hook.
+pub const MAP_ARRIVALS: &str = "ARRIVALS";
+/// Array of 65536 bytes, one per TCP port: 1 for a port a target listens or served an
+/// HTTP request on. Only ever set to 1, by the kernel (a target's listen, a target's
+/// connection classified as a server one), never cleared; read by `sk_data_ready`.
+pub const MAP_SERVER_PORTS: &str = "SERVER_PORTS";
 /// Per-CPU array of u64 counters, indexed by the `COUNTER_*` constants.
 pub const MAP_COUNTERS: &str = "COUNTERS";
 /// Hash: tgid -> service id. The agent writes it for each target it attaches or that
@@ -85,6 +91,20 @@ impl ConnState {
     pub fn is_fast_server(&self) -> bool {
         self.role == ROLE_SERVER && self.mode == crate::fast::MODE_FAST
     }
+}
+
+/// When the bytes a TCP socket has not been read yet began to arrive: the data that came
+/// while the socket's receive queue was empty opens a batch (`start_seq`, at `ts_ns`), and
+/// each delivery while bytes of it remain unread extends it (`end_seq`). A read whose first
+/// byte is `start_seq` returned data that waited since `ts_ns`. One writer: the
+/// `sk_data_ready` hook (a new batch replaces the whole value; an extension writes
+/// `end_seq` alone, which readers do not use).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Arrival {
+    pub ts_ns: u64,
+    pub start_seq: u32,
+    pub end_seq: u32,
 }
 
 /// Settings the agent writes into the programs' read-only data at load time.

@@ -54,6 +54,10 @@ pub struct KernelOffsets {
     pub sk_cookie: u32,
     /// `sock.__sk_common.skc_state` (u8): the TCP state.
     pub sk_state: u32,
+    /// `tcp_sock.copied_seq` (u32): the sequence number of the next byte a read returns.
+    pub tcp_copied_seq: u32,
+    /// `tcp_sock.rcv_nxt` (u32): the sequence number after the last byte received.
+    pub tcp_rcv_nxt: u32,
 }
 
 /// `task_struct.flags` bit of kernel threads.

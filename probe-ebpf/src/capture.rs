@@ -170,6 +170,9 @@ pub extern "C" fn rp_on_io(w: *mut Work, state: *mut ConnState) -> u32 {
                 match verdict {
                     Verdict::Request => {
                         count(COUNTER_SERVER_CONNS);
+                        if family != AF_UNIX {
+                            crate::arrival::mark_port(sk);
+                        }
                         let server = conn::set_role(cookie, ROLE_SERVER);
                         // A server connection is fast from its first request, if its
                         // process's service is known, and if the agent holds none of its
@@ -229,7 +232,7 @@ pub extern "C" fn rp_on_io(w: *mut Work, state: *mut ConnState) -> u32 {
     {
         return 0;
     }
-    emit_data(&Capture { cookie, src, moved, dir, flags, tgid, family });
+    emit_data(&Capture { cookie, sk, src, moved, dir, flags, tgid, family });
     0
 }
 
@@ -245,6 +248,7 @@ fn fast_io(w: *mut Work, state: *mut ConnState, dir: Direction) -> u32 {
 /// What one data event is made of.
 struct Capture {
     cookie: u64,
+    sk: *const u8,
     src: Source,
     moved: u32,
     dir: Direction,
@@ -364,6 +368,7 @@ fn emit_data(c: &Capture) {
     };
     let args = EmitArgs {
         cookie: c.cookie,
+        sk: c.sk as u64,
         kind,
         ptr,
         count,
@@ -380,6 +385,7 @@ fn emit_data(c: &Capture) {
 #[repr(C)]
 pub struct EmitArgs {
     cookie: u64,
+    sk: u64,
     kind: u64,
     ptr: u64,
     count: u64,
@@ -412,12 +418,17 @@ pub extern "C" fn rp_emit(a: *const EmitArgs) -> u64 {
             _ => (0, 0),
         }
     };
+    let ts = unsafe { bpf_ktime_get_ns() };
+    // A read's arrival (`arrival`): TCP only, 0 when not known.
+    let arrival_ns = if a.recv != 0 && a.family != AF_UNIX as u64 {
+        let at = crate::arrival::arrived(a.sk as *const u8, cookie, moved, ts);
+        if at < ts { at } else { 0 }
+    } else {
+        0
+    };
     unsafe {
-        (*ev).header = EventHeader {
-            kind: if a.recv != 0 { EVENT_RECV } else { EVENT_SEND },
-            flags,
-            ts_ns: bpf_ktime_get_ns(),
-        };
+        (*ev).header = EventHeader { kind: if a.recv != 0 { EVENT_RECV } else { EVENT_SEND }, flags, ts_ns: ts };
+        (*ev).arrival_ns = arrival_ns;
         (*ev).conn_id = cookie;
         (*ev).tgid = a.tgid as u32;
         (*ev).len = moved as u32;

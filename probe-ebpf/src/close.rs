@@ -2,7 +2,8 @@
 //! waiting on it. The close is found by the socket, not by the task: a client's reset moves
 //! the server's socket to CLOSE in the client's context or in softirq, and a target that is
 //! killed closes its sockets after its exit hook ran.
-//! TCP: sock:inet_sock_set_state(const struct sock *sk, int oldstate, int newstate).
+//! TCP: sock:inet_sock_set_state(const struct sock *sk, int oldstate, int newstate). The
+//! same hook sees a target start to listen (`arrival::mark_port`).
 //! UNIX sockets have no such tracepoint; there, the peer reading end-of-file (a 0-byte
 //! sock_recv_length, see `recv.rs`) tells that the target closed.
 use aya_ebpf::{
@@ -19,6 +20,7 @@ use crate::{
     kernel::{read, read_ptr},
     fast,
     maps::{count, global, CLOSE_WORK, EVENTS},
+    target::current_target,
 };
 
 const TCP_ESTABLISHED: u32 = 1;
@@ -26,6 +28,7 @@ const TCP_FIN_WAIT1: u32 = 4;
 const TCP_CLOSE: u32 = 7;
 const TCP_CLOSE_WAIT: u32 = 8;
 const TCP_LAST_ACK: u32 = 9;
+const TCP_LISTEN: u32 = 10;
 
 /// How the connection closed.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -40,6 +43,14 @@ enum Closing {
 pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> u32 {
     // The state is an argument (a register compare): most transitions stop here.
     let new_state = ctx.arg::<u64>(2) as u32;
+    if new_state == TCP_LISTEN {
+        // A target that starts listening: its port's requests get arrival stamps from the
+        // first connection on (`arrival`).
+        if current_target().is_some() {
+            crate::arrival::mark_port(ctx.arg(0));
+        }
+        return 0;
+    }
     if new_state != TCP_FIN_WAIT1 && new_state != TCP_LAST_ACK && new_state != TCP_CLOSE {
         return 0;
     }

@@ -20,7 +20,8 @@ use probe_common::{
 };
 
 use crate::{
-    capture::{read_user_upto, rp_gather_iovecs},
+    arrival::arrived,
+    capture::{read_user_upto, rp_gather_iovecs, AF_UNIX},
     emit::wakeup_flags,
     maps::{count, AGG, EVENTS, ROUTES},
     slots::{rp_size_slot, rp_time_slot},
@@ -355,6 +356,7 @@ pub extern "C" fn rp_measure(w: *mut Work, c: *mut ConnState, status: u64, first
             v.first_byte.add(rp_time_slot(first_byte) as usize, first_byte);
             v.request_body.add(rp_size_slot(req.body_bytes) as usize, req.body_bytes);
             v.response_body.add(rp_size_slot(bytes) as usize, bytes);
+            v.queue.add(rp_time_slot(req.queued_ns) as usize, req.queued_ns);
             return 0;
         }
         count(COUNTER_AGG_FULL);
@@ -377,6 +379,16 @@ pub extern "C" fn rp_measure(w: *mut Work, c: *mut ConnState, status: u64, first
     }
     entry.submit(wakeup_flags());
     0
+}
+
+/// When the data of this read began to arrive (`arrival`); UNIX sockets' requests start
+/// at their read.
+#[inline(always)]
+fn arrival_of(w: &Work) -> u64 {
+    if w.family == AF_UNIX as u64 {
+        return w.ts;
+    }
+    arrived(w.sk as *const u8, w.cookie, w.moved, w.ts)
 }
 
 /// A read of a fast connection.
@@ -418,8 +430,10 @@ pub extern "C" fn rp_fast_recv(w: *mut Work, c: *mut ConnState) -> u32 {
         if !read_user_upto(p.held.as_mut_ptr(), wr.ptr, moved, MAX_HELD as u64) {
             return rp_switch(w, c, SLOW_UNREADABLE);
         }
+        let arrival = arrival_of(wr);
         p.held_len = moved as u8;
-        p.held_ns = wr.ts;
+        p.held_ns = arrival;
+        p.held_queued_ns = wr.ts - arrival;
         return DONE;
     }
     if held > 0 && wr.kind != 1 {
@@ -427,7 +441,12 @@ pub extern "C" fn rp_fast_recv(w: *mut Work, c: *mut ConnState) -> u32 {
     }
     // The head is the held bytes, then this read's.
     wr.offset = held;
-    let start_ns = if held > 0 { cr.pairing.held_ns } else { wr.ts };
+    let (start_ns, queued_ns) = if held > 0 {
+        (cr.pairing.held_ns, cr.pairing.held_queued_ns)
+    } else {
+        let arrival = arrival_of(wr);
+        (arrival, wr.ts - arrival)
+    };
     let captured = rp_capture(w);
     let Some(wr) = (unsafe { w.as_mut() }) else { return SLOW };
     let Some(cr) = (unsafe { c.as_mut() }) else { return SLOW };
@@ -460,6 +479,7 @@ pub extern "C" fn rp_fast_recv(w: *mut Work, c: *mut ConnState) -> u32 {
     let i = slot(p.first, p.len);
     p.pending[i] = FastRequest {
         start_ns,
+        queued_ns,
         path_key: wr.key,
         body_bytes: body,
         route,

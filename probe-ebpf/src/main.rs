@@ -1,16 +1,18 @@
 //! redprobe's eBPF programs.
 //!
 //! Hooks (one module each): `recv` (sock:sock_recv_length), `send` (sock:sock_send_length),
-//! `close` (sock:inet_sock_set_state), `lifecycle` (sched:sched_process_{fork,exec,exit}). All are
-//! tp_btf programs: they need neither kprobes nor tracefs. Each one bails out early for
-//! processes that are not targets (`target::current_target`); only a compare of a
-//! tracepoint argument may come first (end-of-file reads in `recv`, the new TCP state in
-//! `close`).
+//! `close` (sock:inet_sock_set_state), `lifecycle` (sched:sched_process_{fork,exec,exit}),
+//! `arrival` (sock:sk_data_ready). All are tp_btf programs: they need neither kprobes nor
+//! tracefs. Each one bails out early for processes that are not targets
+//! (`target::current_target`); only a compare of a tracepoint argument may come first
+//! (end-of-file reads in `recv`, the new TCP state in `close`). `arrival` runs outside the
+//! targets' context (softirq): it bails out for sockets on ports no target serves on.
 #![no_std]
 #![no_main]
 #![feature(core_intrinsics)]
 #![allow(internal_features)]
 
+mod arrival;
 mod capture;
 mod close;
 mod conn;

@@ -6,7 +6,7 @@ use aya_ebpf::{
 };
 use probe_common::{
     buckets::{TimeBounds, TIME_SLOTS},
-    AggKey, AggValue, ConnState, KernelOffsets, ProbeConfig, RouteKey, COUNTER_SLOTS,
+    AggKey, AggValue, Arrival, ConnState, KernelOffsets, ProbeConfig, RouteKey, COUNTER_SLOTS,
 };
 
 use crate::fast::Work;
@@ -54,6 +54,14 @@ pub static ROUTES: LruHashMap<RouteKey, u32> = LruHashMap::with_max_entries(1, 0
 pub static AGG: PerCpuHashMap<AggKey, AggValue> =
     PerCpuHashMap::with_max_entries(1, aya_ebpf::bindings::BPF_F_NO_PREALLOC);
 
+/// Socket cookie -> when its unread bytes began to arrive (`probe_common::Arrival`).
+#[map]
+pub static ARRIVALS: LruHashMap<u64, Arrival> = LruHashMap::with_max_entries(1, 0);
+
+/// One byte per TCP port: 1 where a target served an HTTP request (`arrival::mark_port`).
+#[map]
+pub static SERVER_PORTS: Array<u8> = Array::with_max_entries(65536, 0);
+
 #[map]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_SLOTS, 0);
 
@@ -82,6 +90,8 @@ pub static OFFSETS: KernelOffsets = KernelOffsets {
     unix_peer: 0,
     sk_cookie: 0,
     sk_state: 0,
+    tcp_copied_seq: 0,
+    tcp_rcv_nxt: 0,
 };
 
 #[unsafe(no_mangle)]

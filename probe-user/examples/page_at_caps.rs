@@ -41,6 +41,7 @@ fn main() {
                     version: "1.1",
                     transport: "tcp",
                     duration_ns: 50_000 * (1 + n + i as u64 % 7) * (1 + n % 5),
+                    queue_ns: 0,
                     first_byte_ns: 40_000 * (1 + n),
                     request_body: 0,
                     response_body: 100 << (n % 12),

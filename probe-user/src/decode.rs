@@ -28,6 +28,8 @@ pub struct Data {
     /// The process that did the I/O (the agent maps it to its service).
     pub tgid: u32,
     pub ts_ns: u64,
+    /// Of a read: when its first byte arrived at the socket (`ts_ns` when not known).
+    pub arrival_ns: u64,
     pub direction: Direction,
     pub family: u16,
     /// Bytes moved by the call.
@@ -78,6 +80,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
                 conn_id: ev.conn_id,
                 tgid: ev.tgid,
                 ts_ns: header.ts_ns,
+                arrival_ns: if ev.arrival_ns == 0 { header.ts_ns } else { ev.arrival_ns },
                 direction: if header.kind == EVENT_RECV { Direction::Recv } else { Direction::Send },
                 family: ev.family,
                 len: ev.len as u64,
@@ -134,6 +137,7 @@ mod tests {
             head_len: HEAD_WINDOW as u16,
             tail_len: TAIL_WINDOW as u16,
             _pad: 0,
+            arrival_ns: 0,
             head: [b'a'; HEAD_WINDOW],
             tail: [b'z'; TAIL_WINDOW],
         };
@@ -151,7 +155,7 @@ mod tests {
         let ev = DataEvent {
             header: EventHeader { kind: EVENT_RECV, flags: 0, ts_ns: 1 },
             conn_id: 1, tgid: 1, len: 3, family: 2,
-            head_len: 60000, tail_len: 60000, _pad: 0,
+            head_len: 60000, tail_len: 60000, _pad: 0, arrival_ns: 0,
             head: [0; HEAD_WINDOW], tail: [0; TAIL_WINDOW],
         };
         let Event::Data(d) = decode(&raw(&ev)).unwrap() else { panic!() };

@@ -137,6 +137,7 @@ fn ring_record(r: &Record, ts_ns: u64) -> Vec<u8> {
                 head_len,
                 tail_len: tail.len() as u16,
                 _pad: 0,
+                arrival_ns: 0,
                 head,
                 tail: tail_buf,
             })

@@ -85,7 +85,7 @@ const ITEMS_KEY: u64 = 0x1234_5678;
 /// What the kernel's fast path sends: a new path, a request measured before its route was
 /// known, and a connection handed over mid-response (the rest of which the agent follows).
 fn kernel_sequence() -> Vec<Vec<u8>> {
-    let request = FastRequest { start_ns: 5_000_000_000, path_key: ITEMS_KEY, body_bytes: 0, route: 0, method: 1, version: 1, _pad: [0; 2] };
+    let request = FastRequest { start_ns: 5_000_000_000, queued_ns: 2_000_000, path_key: ITEMS_KEY, body_bytes: 0, route: 0, method: 1, version: 1, _pad: [0; 2] };
     let mut pairing = Pairing { len: 1, resp_state: RESP_LENGTH, status: 200, resp_left: 3, resp_bytes: 2, ..Default::default() };
     pairing.pending[0] = FastRequest { start_ns: 6_000_000_000, ..request };
     (pairing.resp_first_ns, pairing.resp_last_ns) = (6_001_000_000, 6_001_000_000);

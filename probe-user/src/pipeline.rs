@@ -93,6 +93,7 @@ impl Pipeline {
             family: m.family,
             service: self.service(m.service, 0),
             start_ns: r.start_ns,
+            queued_ns: r.queued_ns,
             first_byte_ns: m.first_byte_ns,
             end_ns: m.end_ns,
             request_body_bytes: r.body_bytes,

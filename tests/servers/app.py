@@ -1,6 +1,6 @@
 """The demo and test HTTP server: a threaded http.server with known routes.
 
-Usage: python3 app.py [--port N] [--bind ADDR] [--peek]
+Usage: python3 app.py [--port N] [--bind ADDR] [--peek] [--one-at-a-time]
 Prints "LISTENING <port>" on stdout once it accepts connections (port 0 picks a free one).
 
 Routes (GET unless noted):
@@ -18,12 +18,14 @@ Routes (GET unless noted):
   POST /echo          reads the Content-Length body, answers 201 with its size
   POST /early         answers 413 before it reads the body, then reads it
 With --head-body, HEAD is answered like GET, body included (as `do_HEAD = do_GET` does).
+With --one-at-a-time, one connection is served at a time (http.server's HTTPServer): the
+others wait in the listener's accept queue, as on a saturated prefork server.
 """
 import argparse
 import socket
 import sys
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler, HTTPServer, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
 
@@ -135,9 +137,11 @@ def main():
     parser.add_argument("--bind", default="127.0.0.1")
     parser.add_argument("--peek", action="store_true", help="MSG_PEEK each connection's first bytes")
     parser.add_argument("--head-body", action="store_true", help="answer HEAD with the body too")
+    parser.add_argument("--one-at-a-time", action="store_true", help="serve one connection at a time")
     args = parser.parse_args()
     ThreadingHTTPServer.daemon_threads = True
-    server = ThreadingHTTPServer((args.bind, args.port), Handler)
+    kind = HTTPServer if args.one_at_a_time else ThreadingHTTPServer
+    server = kind((args.bind, args.port), Handler)
     server.peek = args.peek
     server.head_body = args.head_body
     print("LISTENING %d" % server.server_address[1], flush=True)

@@ -52,6 +52,13 @@ const server = http.createServer((req, res) => {
     const kb = Number(url.searchParams.get("kb") || 256);
     return reply(res, 200, Buffer.alloc(kb * 1024, "x"), "application/octet-stream");
   }
+  if (path === "/busy") {
+    // Holds the event loop for N ms: requests on other connections wait, unread, in their
+    // sockets' receive queues.
+    const until = Date.now() + Number(url.searchParams.get("ms") || 20);
+    while (Date.now() < until) {}
+    return reply(res, 200, "busy\n");
+  }
   if (path === "/nocontent") {
     res.writeHead(204);
     return res.end();

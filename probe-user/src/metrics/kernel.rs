@@ -22,6 +22,7 @@ pub fn add(a: &mut AggValue, b: &AggValue) {
     hist(&mut a.first_byte, &b.first_byte);
     hist(&mut a.request_body, &b.request_body);
     hist(&mut a.response_body, &b.response_body);
+    hist(&mut a.queue, &b.queue);
 }
 
 /// `now - before`, modulo 2^32 for the slot counts.
@@ -38,6 +39,7 @@ fn since(now: &AggValue, before: &AggValue) -> AggValue {
         first_byte: hist(&now.first_byte, &before.first_byte),
         request_body: hist(&now.request_body, &before.request_body),
         response_body: hist(&now.response_body, &before.response_body),
+        queue: hist(&now.queue, &before.queue),
     }
 }
 

@@ -48,8 +48,11 @@ pub struct Request<'a> {
     pub reset: bool,
     pub version: &'static str,
     pub transport: &'static str,
-    /// From the request's first byte read to the response's last byte written.
+    /// From the request's arrival (else its first byte read) to the response's last byte
+    /// written.
     pub duration_ns: u64,
+    /// From the request's arrival to its first byte read: its wait in the socket's queues.
+    pub queue_ns: u64,
     /// ... to the response's first byte written.
     pub first_byte_ns: u64,
     pub request_body: u64,
@@ -130,6 +133,7 @@ impl Metrics {
             version: kernel_ids::version(key.version),
             transport: labels::transport(key.family),
             duration_ns: 0,
+            queue_ns: 0,
             first_byte_ns: 0,
             request_body: 0,
             response_body: 0,
@@ -164,6 +168,7 @@ impl Metrics {
             version,
             transport: labels::transport(x.family),
             duration_ns: x.end_ns.saturating_sub(x.start_ns),
+            queue_ns: x.queued_ns,
             first_byte_ns: x.first_byte_ns.saturating_sub(x.start_ns),
             request_body: x.request_body_bytes,
             response_body: x.response_body_bytes,

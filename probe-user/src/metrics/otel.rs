@@ -33,6 +33,12 @@ pub struct RequestLabels {
     pub service_name: String,
 }
 
+/// The queue time is the server's, not a route's: one series per service.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct QueueLabels {
+    pub service_name: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ActiveLabels {
     pub http_request_method: String,
@@ -41,8 +47,8 @@ pub struct ActiveLabels {
 
 type HistogramFamily = Family<RequestLabels, Buckets, OnScheme>;
 
-/// The four histograms of one label set, kept so that a request costs one cheap lookup
-/// instead of four label-set lookups (each hashing and comparing seven strings) and seven
+/// The histograms of one label set (and its service's queue time), kept so that a request
+/// costs one cheap lookup instead of five label-set lookups (each hashing and comparing seven strings) and seven
 /// label allocations. The histograms are shared with the families, which export them.
 struct Series {
     labels: RequestLabels,
@@ -53,6 +59,8 @@ struct Series {
     first_byte: Buckets,
     request_size: Buckets,
     response_size: Buckets,
+    /// The service's (shared by all its series).
+    queue: Buckets,
 }
 
 impl Series {
@@ -82,6 +90,7 @@ pub struct OtelHttp {
     first_byte: HistogramFamily,
     request_size: HistogramFamily,
     response_size: HistogramFamily,
+    queue: Family<QueueLabels, Buckets, OnScheme>,
     active: SnapshotGauge<ActiveLabels>,
 }
 
@@ -92,7 +101,8 @@ impl OtelHttp {
         let m = OtelHttp {
             series: Default::default(),
             duration: Family::new_with_constructor(OnScheme(durations.clone())),
-            first_byte: Family::new_with_constructor(OnScheme(durations)),
+            first_byte: Family::new_with_constructor(OnScheme(durations.clone())),
+            queue: Family::new_with_constructor(OnScheme(durations)),
             request_size: Family::new_with_constructor(OnScheme(sizes.clone())),
             response_size: Family::new_with_constructor(OnScheme(sizes)),
             active: SnapshotGauge::default(),
@@ -100,13 +110,13 @@ impl OtelHttp {
         let histograms = [
             (
                 "http_server_request_duration",
-                "Duration of HTTP server requests: from the read of the request's first byte to the write of the response's last byte",
+                "Duration of HTTP server requests: from the arrival of the request's first byte at the socket (else its read) to the write of the response's last byte",
                 Unit::Seconds,
                 &m.duration,
             ),
             (
                 "redprobe_http_server_time_to_first_byte",
-                "From the read of the request's first byte to the write of the response's first byte (redprobe's own metric)",
+                "From the arrival of the request's first byte at the socket (else its read) to the write of the response's first byte (redprobe's own metric)",
                 Unit::Seconds,
                 &m.first_byte,
             ),
@@ -126,6 +136,12 @@ impl OtelHttp {
         for (name, help, unit, family) in histograms {
             registry.register_with_unit(name, help, unit, family.clone());
         }
+        registry.register_with_unit(
+            "redprobe_http_server_queue_time",
+            "Time requests waited in the accept and receive queues: from the arrival of a request's first byte at the socket to the server's read of it (0 where the arrival is not known: UNIX sockets, pipelined requests)",
+            Unit::Seconds,
+            m.queue.clone(),
+        );
         registry.register("http_server_active_requests", "HTTP requests read and not yet answered", m.active.family.clone());
         m
     }
@@ -147,6 +163,7 @@ impl OtelHttp {
             first_byte: self.first_byte.get_or_create(&labels).clone(),
             request_size: self.request_size.get_or_create(&labels).clone(),
             response_size: self.response_size.get_or_create(&labels).clone(),
+            queue: self.queue.get_or_create(&QueueLabels { service_name: r.service.to_string() }).clone(),
             labels,
         }
     }
@@ -171,6 +188,7 @@ impl OtelHttp {
             s.first_byte.observe(r.first_byte_ns);
             s.request_size.observe(r.request_body);
             s.response_size.observe(r.response_body);
+            s.queue.observe(r.queue_ns);
         });
     }
 
@@ -182,6 +200,7 @@ impl OtelHttp {
             s.first_byte.add(&delta.first_byte.counts, delta.first_byte.sum);
             s.request_size.add(&delta.request_body.counts, delta.request_body.sum);
             s.response_size.add(&delta.response_body.counts, delta.response_body.sum);
+            s.queue.add(&delta.queue.counts, delta.queue.sum);
         });
     }
 

@@ -16,6 +16,7 @@ fn exchange(target: &str, status: u16, ms: u64) -> Exchange {
         family: 2,
         service: "svc".into(),
         start_ns: 1_000_000,
+        queued_ns: 0,
         first_byte_ns: 2_000_000,
         end_ns: 1_000_000 + ms * 1_000_000,
         request_body_bytes: 0,

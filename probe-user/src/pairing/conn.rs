@@ -13,6 +13,28 @@ use crate::{
     reason::{Inference, Reason, SlowReason},
 };
 
+/// When a request started: its arrival at the socket if the kernel saw it, else the read
+/// that brought its first byte; and the time between the two (its wait in the socket's
+/// queues).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Start {
+    pub ns: u64,
+    pub queued_ns: u64,
+}
+
+impl Start {
+    /// Read at `read_ns`, its arrival not known.
+    pub fn read_at(read_ns: u64) -> Self {
+        Start { ns: read_ns, queued_ns: 0 }
+    }
+
+    /// Arrived at `arrival_ns` (never after its read), read at `read_ns`.
+    pub fn arrived(arrival_ns: u64, read_ns: u64) -> Self {
+        let ns = arrival_ns.min(read_ns);
+        Start { ns, queued_ns: read_ns - ns }
+    }
+}
+
 #[derive(Debug)]
 pub(super) struct Pending {
     /// Read, or not read for a reason. A request that could not be read has its response
@@ -21,16 +43,19 @@ pub(super) struct Pending {
     /// otherwise.
     pub head: Head,
     pub start_ns: u64,
+    /// The time it waited in the socket's queues (the kernel's `FastRequest::queued_ns`;
+    /// 0 for the requests the agent reads itself, whose start is their read).
+    pub queued_ns: u64,
     pub body_bytes: u64,
 }
 
 impl Pending {
-    pub fn read(line: RequestLine, start_ns: u64) -> Self {
-        Pending { head: Head::Read(line), start_ns, body_bytes: 0 }
+    pub fn read(line: RequestLine, start: Start) -> Self {
+        Pending { head: Head::Read(line), start_ns: start.ns, queued_ns: start.queued_ns, body_bytes: 0 }
     }
 
-    pub fn unreadable(reason: Reason, start_ns: u64) -> Self {
-        Pending { head: Head::Unread(reason), start_ns, body_bytes: 0 }
+    pub fn unreadable(reason: Reason, start: Start) -> Self {
+        Pending { head: Head::Unread(reason), start_ns: start.ns, queued_ns: start.queued_ns, body_bytes: 0 }
     }
 
     /// The method, for the in-flight gauge (None: not read).
@@ -68,8 +93,8 @@ pub(super) enum Closed {
 
 #[derive(Debug)]
 pub(super) enum RecvState {
-    /// A request head; `start_ns` is when its first byte was read.
-    Head { head: HeadBuf, start_ns: Option<u64> },
+    /// A request head; `start` is when its first byte arrived and was read.
+    Head { head: HeadBuf, start: Option<Start> },
     LengthBody(u64),
     ChunkedBody(ChunkParser),
     /// The body's end is unknown: the next request starts after the current response.
@@ -80,7 +105,7 @@ pub(super) enum RecvState {
 
 impl RecvState {
     pub fn head() -> Self {
-        RecvState::Head { head: HeadBuf::default(), start_ns: None }
+        RecvState::Head { head: HeadBuf::default(), start: None }
     }
 }
 
@@ -146,14 +171,15 @@ impl Conn {
         conn.last_ns = sw.header.ts_ns;
         for r in k.waiting() {
             let head = KernelHead::of(r, sw.service);
-            conn.pending.push_back(Pending { head: Head::Kernel(head), start_ns: r.start_ns, body_bytes: r.body_bytes });
+            conn.pending.push_back(Pending { head: Head::Kernel(head), start_ns: r.start_ns, queued_ns: r.queued_ns, body_bytes: r.body_bytes });
         }
         if k.req_state == REQ_BODY && k.req_left > 0 {
             conn.recv = RecvState::LengthBody(k.req_left);
         } else if k.held_len > 0 {
             // The first bytes of the next head, from a short read.
             let held = k.held[..(k.held_len as usize).min(k.held.len())].to_vec();
-            conn.recv = RecvState::Head { head: HeadBuf { buf: held }, start_ns: Some(k.held_ns) };
+            let start = Start { ns: k.held_ns, queued_ns: k.held_queued_ns };
+            conn.recv = RecvState::Head { head: HeadBuf { buf: held }, start: Some(start) };
         }
         let body = match k.resp_state {
             RESP_LENGTH => Some(Body::Length(k.resp_left)),
@@ -264,6 +290,7 @@ impl Conn {
             family: self.family,
             service: self.service.clone(),
             start_ns: req.start_ns,
+            queued_ns: req.queued_ns,
             first_byte_ns: first_ns,
             end_ns,
             request_body_bytes: req.body_bytes,
@@ -290,11 +317,11 @@ impl Conn {
     /// A request arrived that cannot be read: it is counted under `reason` when its response
     /// has been followed (or at the close), and so is every further response that has no
     /// request to pair, until a readable request arrives.
-    pub fn unreadable(&mut self, reason: Reason, start_ns: u64) {
+    pub fn unreadable(&mut self, reason: Reason, start: Start) {
         self.recv = RecvState::Desync;
         self.unseen = Some(reason);
         if self.pending.len() < MAX_PENDING {
-            self.pending.push_back(Pending::unreadable(reason, start_ns));
+            self.pending.push_back(Pending::unreadable(reason, start));
         }
     }
 

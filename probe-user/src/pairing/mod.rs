@@ -78,8 +78,11 @@ pub struct Exchange {
     pub reset: bool,
     pub family: u16,
     pub service: Arc<str>,
-    /// Return of the read that brought the request's first byte.
+    /// When the request's first byte arrived at the socket (the kernel's arrival stamp), or
+    /// else the return of the read that brought it.
     pub start_ns: u64,
+    /// From that arrival to that read: the time the request waited in the socket's queues.
+    pub queued_ns: u64,
     /// Return of the write that sent the response's first byte.
     pub first_byte_ns: u64,
     /// Return of the write that sent the response's last byte.
@@ -174,7 +177,7 @@ impl Pairer {
         }
         let piece = Piece { len: d.len, head: &d.head, tail: &d.tail };
         match d.direction {
-            Direction::Recv => recv::on_recv(conn, &piece, d.ts_ns, out),
+            Direction::Recv => recv::on_recv(conn, &piece, d.ts_ns, d.arrival_ns, out),
             Direction::Send => send::on_send(conn, &piece, d.ts_ns, out),
         }
     }

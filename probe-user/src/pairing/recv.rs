@@ -2,7 +2,7 @@
 //! reads, bodies by Content-Length or chunked), queued for their responses.
 use super::{
     Output, RequestLine,
-    conn::{Conn, Pending, RecvState, SendState},
+    conn::{Conn, Pending, RecvState, SendState, Start},
     head::Fed,
     piece::Piece,
 };
@@ -23,7 +23,10 @@ fn looks_like_request_line(buf: &[u8]) -> bool {
     method_len > 0 && buf.get(method_len) == Some(&b' ')
 }
 
-pub(super) fn on_recv(conn: &mut Conn, p: &Piece<'_>, ts: u64, out: &mut Vec<Output>) {
+/// A read that returned at `ts`; its first byte arrived at `arrival_ns` (the kernel's
+/// stamp, else `ts`). A request that starts later in the read has no arrival of its own.
+pub(super) fn on_recv(conn: &mut Conn, p: &Piece<'_>, ts: u64, arrival_ns: u64, out: &mut Vec<Output>) {
+    let start_at = |pos: u64| if pos == 0 { Start::arrived(arrival_ns, ts) } else { Start::read_at(ts) };
     if matches!(conn.recv, RecvState::Desync | RecvState::UntilResponse) && starts_request(p.head) {
         // A new request; for UntilResponse this also means the previous response (whose
         // framing we could not see) ended with its last write.
@@ -64,14 +67,14 @@ pub(super) fn on_recv(conn: &mut Conn, p: &Piece<'_>, ts: u64, out: &mut Vec<Out
                     return;
                 }
             },
-            RecvState::Head { head, start_ns } => {
+            RecvState::Head { head, start } => {
                 let Some(known) = p.head_at(pos) else {
                     // A request starts where we captured nothing (deep in a pipelined
                     // batch): it cannot be read.
-                    conn.unreadable(Reason::OutsideCaptureWindow, ts);
+                    conn.unreadable(Reason::OutsideCaptureWindow, start_at(pos));
                     return;
                 };
-                let start = *start_ns.get_or_insert(ts);
+                let start = *start.get_or_insert(start_at(pos));
                 let started_here = head.buf.is_empty();
                 match head.feed(p, pos, known, parse_request) {
                     Fed::Complete { head, end } => {
@@ -126,7 +129,7 @@ pub(super) fn on_recv(conn: &mut Conn, p: &Piece<'_>, ts: u64, out: &mut Vec<Out
 /// shut its side down, which ends the head for the server): the request is its request
 /// line.
 pub(super) fn answer_incomplete_head(conn: &mut Conn) -> bool {
-    let RecvState::Head { head, start_ns: Some(start) } = &conn.recv else { return false };
+    let RecvState::Head { head, start: Some(start) } = &conn.recv else { return false };
     let Some((method, target, version)) = parse_request_line(&head.buf) else { return false };
     let req = Pending::read(RequestLine { method, target, version }, *start);
     conn.pending.push_back(req);

@@ -3,7 +3,7 @@
 //! oldest waiting request.
 use super::{
     Output,
-    conn::{Body, Conn, Pending, SendState},
+    conn::{Body, Conn, Pending, SendState, Start},
     head::{Fed, HeadBuf},
     piece::Piece,
     recv::answer_incomplete_head,
@@ -26,7 +26,7 @@ pub(super) fn on_send(conn: &mut Conn, p: &Piece<'_>, ts: u64, out: &mut Vec<Out
                     }
                     if let Some(reason) = conn.unseen {
                         // The answer to another request that could not be read.
-                        conn.pending.push_back(Pending::unreadable(reason, ts));
+                        conn.pending.push_back(Pending::unreadable(reason, Start::read_at(ts)));
                         continue;
                     }
                     // Bytes no request asked for. A status line: the response to a request

@@ -17,6 +17,7 @@ fn ev(conn: u64, ts: u64, dir: Direction, bytes: &[u8]) -> Data {
         conn_id: conn,
         tgid: 1,
         ts_ns: ts,
+        arrival_ns: ts,
         direction: dir,
         family: 2,
         len: bytes.len() as u64,
@@ -90,6 +91,25 @@ fn keep_alive_sequence() {
     ]);
     assert_eq!(summary(&x), vec![("GET", "/a".into(), 200, 10, 20), ("GET", "/b".into(), 404, 30, 45)]);
     assert!(other.is_empty(), "{other:?}");
+}
+
+/// A read's arrival stamp starts the request whose head begins the read (its wait in the
+/// socket's queues is the difference); a request later in the same read (pipelined) has
+/// no arrival of its own: it starts at the read. A head split over reads keeps the first.
+#[test]
+fn requests_start_at_their_arrival() {
+    let mut first = rx(100, b"GET /a HTTP/1.1\r\n\r\nGET /b HTTP/1.1\r\n\r\n");
+    first.arrival_ns = 40;
+    let mut split = rx(300, b"GET /c HT");
+    split.arrival_ns = 250;
+    let mut rest = rx(310, b"TP/1.1\r\n\r\n");
+    rest.arrival_ns = 305;
+    let (x, _) = run(&[first, tx(120, OK_5), tx(130, OK_5), split, rest, tx(320, OK_5)]);
+    assert_eq!(
+        summary(&x),
+        vec![("GET", "/a".into(), 200, 40, 120), ("GET", "/b".into(), 200, 100, 130), ("GET", "/c".into(), 200, 250, 320)]
+    );
+    assert_eq!(x.iter().map(|e| e.queued_ns).collect::<Vec<_>>(), vec![60, 0, 50]);
 }
 
 #[test]

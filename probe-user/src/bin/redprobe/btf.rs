@@ -237,6 +237,8 @@ impl Btf {
             unix_peer: self.offset_of("unix_sock", "peer", 8)?,
             sk_cookie: self.offset_of("sock", "__sk_common.skc_cookie", 8)?,
             sk_state: self.offset_of("sock", "__sk_common.skc_state", 1)?,
+            tcp_copied_seq: self.offset_of("tcp_sock", "copied_seq", 4)?,
+            tcp_rcv_nxt: self.offset_of("tcp_sock", "rcv_nxt", 4)?,
             valid: 1,
         })
     }

@@ -8,7 +8,7 @@ use aya::{
 };
 use probe_common::{
     AggKey, AggValue, ConnState, GLOBAL_CONFIG, GLOBAL_OFFSETS, GLOBAL_TIME_BOUNDS, KernelOffsets, MAP_AGG,
-    MAP_CONNS, MAP_COUNTERS, MAP_EVENTS, MAP_ROUTES, MAP_SERVICES, MAP_TARGETS, ProbeConfig, RouteKey,
+    MAP_ARRIVALS, MAP_CONNS, MAP_COUNTERS, MAP_EVENTS, MAP_ROUTES, MAP_SERVICES, MAP_TARGETS, ProbeConfig, RouteKey,
     buckets::TimeBounds,
 };
 
@@ -37,7 +37,12 @@ pub const HOOKS: &[Hook] = &[
     Hook {
         program: "inet_sock_set_state",
         tracepoint: "sock:inet_sock_set_state",
-        purpose: "a target closing a TCP connection (close-delimited responses)",
+        purpose: "a target closing a TCP connection (close-delimited responses); a target starting to listen",
+    },
+    Hook {
+        program: "sk_data_ready",
+        tracepoint: "sock:sk_data_ready",
+        purpose: "when the bytes of a request arrived on a target's port (the time it waited in the accept and receive queues)",
     },
     Hook {
         program: "sched_process_fork",
@@ -124,6 +129,7 @@ pub fn load(opts: &LoadOptions) -> Result<Probe> {
         .map_max_entries(MAP_EVENTS, opts.ring_buffer_bytes)
         .map_max_entries(MAP_TARGETS, target_words)
         .map_max_entries(MAP_CONNS, opts.max_connections)
+        .map_max_entries(MAP_ARRIVALS, opts.max_connections)
         .map_max_entries(MAP_SERVICES, MAX_SERVICE_PROCESSES)
         .map_max_entries(MAP_ROUTES, MAX_ROUTE_KEYS)
         .map_max_entries(MAP_AGG, MAX_AGGREGATES)
