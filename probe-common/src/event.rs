@@ -27,6 +27,8 @@ pub const EVENT_SWITCH: u32 = 7;
 pub const EVENT_PATH: u32 = 8;
 /// A request the kernel measured and did not aggregate (`fast::MeasuredEvent`).
 pub const EVENT_MEASURED: u32 = 9;
+/// The bytes a connection's writes left unsent went out (`SentEvent`).
+pub const EVENT_SENT: u32 = 10;
 
 /// `flags`: events of this connection were lost before this one (ring buffer full);
 /// the agent must resynchronise the connection.
@@ -40,6 +42,15 @@ pub const FLAG_UNCLASSIFIED: u32 = 4;
 /// `flags` of a close: the connection was reset (it went straight from an open state to
 /// CLOSE: a reset received, or an abortive close) rather than closed with a FIN.
 pub const FLAG_RESET: u32 = 8;
+
+/// `flags` of a write: it returned with bytes of it still unsent (in the socket's send
+/// queue: a slow reader's full window, Nagle, cork), up to `DataEvent::tx_end_seq`. A
+/// `SentEvent` for that sequence number follows when they have gone out.
+pub const FLAG_TX_PENDING: u32 = 16;
+
+/// `flags` of a `SentEvent`: the bytes had not gone out yet; a later write of the
+/// connection left bytes unsent in turn, and this wait ended at that write.
+pub const FLAG_SUPERSEDED: u32 = 32;
 
 /// Iovecs of a vectored read or write that the programs gather the head window from (a
 /// bounded loop; servers put a response head in the first one or two).
@@ -87,6 +98,10 @@ pub struct DataEvent {
     /// Of a read: when its first byte arrived at the socket (see `maps::Arrival`); 0 when
     /// not known, and for writes.
     pub arrival_ns: u64,
+    /// Of a write with `FLAG_TX_PENDING`: the TCP sequence number after its last byte
+    /// (`tcp_sock.write_seq` when it returned).
+    pub tx_end_seq: u32,
+    pub _pad2: u32,
     pub head: [u8; HEAD_WINDOW],
     pub tail: [u8; TAIL_WINDOW],
 }
@@ -98,6 +113,19 @@ pub struct DataEvent {
 pub struct CloseEvent {
     pub header: EventHeader,
     pub conn_id: u64,
+}
+
+/// The bytes of a connection up to `end_seq` have been transmitted (the segment that
+/// carried the last of them left at `header.ts_ns`), or will not be waited for any more: a
+/// later write left bytes unsent in turn, or the connection closed (`tx::take`). One per
+/// write that was sent with `FLAG_TX_PENDING`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SentEvent {
+    pub header: EventHeader,
+    pub conn_id: u64,
+    pub end_seq: u32,
+    pub _pad: u32,
 }
 
 /// A target forked: `child_tgid` is now a target too (the kernel already marked it).

@@ -32,6 +32,7 @@ mod pod {
     unsafe impl aya::Pod for crate::AggValue {}
     unsafe impl aya::Pod for crate::RouteKey {}
     unsafe impl aya::Pod for crate::Arrival {}
+    unsafe impl aya::Pod for crate::TxWait {}
     unsafe impl aya::Pod for crate::buckets::TimeBounds {}
 }
 
@@ -51,9 +52,10 @@ mod layout_tests {
         assert_eq!(offset_of!(DataEvent, head_len), 34);
         assert_eq!(offset_of!(DataEvent, tail_len), 36);
         assert_eq!(offset_of!(DataEvent, arrival_ns), 40);
-        assert_eq!(offset_of!(DataEvent, head), 48);
-        assert_eq!(offset_of!(DataEvent, tail), 48 + HEAD_WINDOW);
-        assert_eq!(size_of::<DataEvent>(), 48 + HEAD_WINDOW + TAIL_WINDOW);
+        assert_eq!(offset_of!(DataEvent, tx_end_seq), 48);
+        assert_eq!(offset_of!(DataEvent, head), 56);
+        assert_eq!(offset_of!(DataEvent, tail), 56 + HEAD_WINDOW);
+        assert_eq!(size_of::<DataEvent>(), 56 + HEAD_WINDOW + TAIL_WINDOW);
         assert_eq!(align_of::<DataEvent>(), 8);
         const { assert!(HEAD_WINDOW >= 256) };
         assert!(HEAD_WINDOW.is_power_of_two());
@@ -70,21 +72,25 @@ mod layout_tests {
         assert_eq!(offset_of!(ExecEvent, comm), 24);
         assert_eq!(size_of::<ExitEvent>(), 24);
         assert_eq!(offset_of!(ExitEvent, tgid), 16);
+        assert_eq!(size_of::<SentEvent>(), 32);
+        assert_eq!(offset_of!(SentEvent, end_seq), 24);
     }
 
     #[test]
     fn map_value_layouts() {
         assert_eq!(size_of::<ConnState>(), 40 + size_of::<Pairing>());
-        assert_eq!(size_of::<KernelOffsets>(), 4 * 25);
+        assert_eq!(size_of::<KernelOffsets>(), 4 * 29);
         assert_eq!(size_of::<ProbeConfig>(), 8);
         assert_eq!(size_of::<Arrival>(), 16);
         assert_eq!((offset_of!(Arrival, start_seq), offset_of!(Arrival, end_seq)), (8, 12));
         assert_eq!(size_of::<buckets::TimeBounds>(), 8 * buckets::TIME_SLOTS);
+        assert_eq!(size_of::<TxWait>(), 16 + size_of::<MeasuredEvent>());
+        assert_eq!((offset_of!(TxWait, taken), offset_of!(TxWait, measured)), (8, 16));
     }
 
     #[test]
     fn kinds_are_distinct() {
-        let kinds = [EVENT_RECV, EVENT_SEND, EVENT_CLOSE, EVENT_FORK, EVENT_EXEC, EVENT_EXIT, EVENT_SWITCH, EVENT_PATH, EVENT_MEASURED];
+        let kinds = [EVENT_RECV, EVENT_SEND, EVENT_CLOSE, EVENT_FORK, EVENT_EXEC, EVENT_EXIT, EVENT_SWITCH, EVENT_PATH, EVENT_MEASURED, EVENT_SENT];
         for (i, a) in kinds.iter().enumerate() {
             for b in &kinds[i + 1..] {
                 assert_ne!(a, b);

@@ -12,6 +12,10 @@ pub const MAP_ARRIVALS: &str = "ARRIVALS";
 /// HTTP request on. Only ever set to 1, by the kernel (a target's listen, a target's
 /// connection classified as a server one), never cleared; read by `sk_data_ready`.
 pub const MAP_SERVER_PORTS: &str = "SERVER_PORTS";
+/// Hash: socket cookie -> [`TxWait`], a response (or write) whose last bytes were still in
+/// the send queue when the server's last write returned. Not an LRU: nothing in it is
+/// dropped unseen (`tx::take` ends each one, exactly once).
+pub const MAP_TX_WAIT: &str = "TX_WAIT";
 /// Per-CPU array of u64 counters, indexed by the `COUNTER_*` constants.
 pub const MAP_COUNTERS: &str = "COUNTERS";
 /// Hash: tgid -> service id. The agent writes it for each target it attaches or that
@@ -46,7 +50,16 @@ pub const COUNTER_SERVER_CONNS: u32 = 4;
 pub const COUNTER_CLIENT_CONNS: u32 = 5;
 /// Requests the kernel measured that did not fit in `AGG` (sent as events instead).
 pub const COUNTER_AGG_FULL: u32 = 6;
-pub const COUNTER_SLOTS: u32 = 8;
+/// Writes that left bytes unsent whose transmission could not be waited for (`TX_WAIT`
+/// full): they end when the write returned.
+pub const COUNTER_TX_WAIT_FULL: u32 = 7;
+/// Waits ended before their bytes went out: a later write of the same connection left
+/// bytes unsent in turn (pipelined responses behind a slow reader).
+pub const COUNTER_TX_SUPERSEDED: u32 = 8;
+/// Waits stored: responses (fast path) or writes (agent's connections) whose last bytes
+/// were still unsent when the write returned.
+pub const COUNTER_TX_WAITS: u32 = 9;
+pub const COUNTER_SLOTS: u32 = 16;
 
 /// `ConnState::role`: the target receives HTTP requests on it.
 pub const ROLE_SERVER: u32 = 1;
@@ -105,6 +118,31 @@ pub struct Arrival {
     pub ts_ns: u64,
     pub start_seq: u32,
     pub end_seq: u32,
+}
+
+/// `TxWait::kind`: the fast path's measurement of a response, sent as a
+/// `fast::MeasuredEvent` when its last byte goes out.
+pub const TX_FAST: u32 = 1;
+/// `TxWait::kind`: a write of a connection the agent pairs, announced by a `SentEvent`.
+pub const TX_SLOW: u32 = 2;
+
+/// Bytes a server's write left in the socket's send queue, waited for (`MAP_TX_WAIT`).
+/// Written whole once, with `BPF_NOEXIST`, by the hook of the write that left them
+/// (`tx::wait`); after that only `taken` changes, once, by a compare-and-swap from 0 to 1:
+/// whoever wins it ends the wait (`tx::take`) and then deletes the entry. The contenders:
+/// the transmission of its last byte (`sock_ops`), a later write that leaves bytes unsent
+/// in turn, and the close.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TxWait {
+    /// The TCP sequence number after the last byte waited for.
+    pub end_seq: u32,
+    /// `TX_FAST` or `TX_SLOW`.
+    pub kind: u32,
+    /// 0 while waiting; 1 once taken (64 bits: the eBPF target's compare-and-swap).
+    pub taken: u64,
+    /// `TX_FAST`: the measurement, whose `end_ns` (and header time) the take sets.
+    pub measured: crate::fast::MeasuredEvent,
 }
 
 /// Settings the agent writes into the programs' read-only data at load time.

@@ -58,6 +58,13 @@ pub struct KernelOffsets {
     pub tcp_copied_seq: u32,
     /// `tcp_sock.rcv_nxt` (u32): the sequence number after the last byte received.
     pub tcp_rcv_nxt: u32,
+    /// `tcp_sock.snd_nxt` (u32): the sequence number of the next byte to transmit.
+    pub tcp_snd_nxt: u32,
+    /// `tcp_sock.write_seq` (u32): the sequence number after the last byte written.
+    pub tcp_write_seq: u32,
+    /// `tcp_sock.bpf_sock_ops_cb_flags` (u8): the sock_ops callbacks on for the socket.
+    pub tcp_cb_flags: u32,
+    pub _pad: u32,
 }
 
 /// `task_struct.flags` bit of kernel threads.

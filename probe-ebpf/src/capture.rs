@@ -10,7 +10,7 @@ use probe_common::{
     syscalls::BufferShape, ConnState, DataEvent, EventHeader, COUNTER_CLIENT_CONNS, COUNTER_FD_MISMATCH,
     COUNTER_FOREIGN_CONTEXT, COUNTER_LOST, COUNTER_SERVER_CONNS, EVENT_RECV, EVENT_SEND,
     FLAG_AFTER_LOSS, FLAG_UNCLASSIFIED, HEAD_WINDOW, MAX_IOVECS, MAX_IOVECS_WALKED, ROLE_CLIENT, ROLE_OTHER,
-    ROLE_SERVER, ROLE_UNKNOWN, TAIL_WINDOW,
+    ROLE_SERVER, ROLE_UNKNOWN, TAIL_WINDOW, FLAG_TX_PENDING, TX_SLOW, TxWait,
 };
 
 use crate::{
@@ -20,6 +20,7 @@ use crate::{
     kernel::read,
     fast::{self, Work},
     maps::{count, global, EVENTS, SCRATCH, SERVICES, WORK},
+    tx,
 };
 
 pub const AF_UNIX: u16 = 1;
@@ -108,6 +109,7 @@ pub fn on_socket_io(sk: *const u8, moved: u32, dir: Direction, tgid: u32) -> u32
         (*w).family = family as u64;
         (*w).sk = sk as u64;
         (*w).recv = (dir == Direction::Recv) as u64;
+        (*w).tx_ok = 1;
         (*w).offset = 0;
     }
     rp_on_io(w, state.unwrap_or(core::ptr::null_mut()));
@@ -419,6 +421,26 @@ pub extern "C" fn rp_emit(a: *const EmitArgs) -> u64 {
         }
     };
     let ts = unsafe { bpf_ktime_get_ns() };
+    // A write that left bytes unsent: the agent is told when they go out (`tx`). The
+    // event was reserved before the wait is stored, so it comes before that news.
+    let mut tx_end_seq = 0;
+    let mut flags = flags;
+    if a.recv == 0
+        && a.family != AF_UNIX as u64
+        && let Some(end_seq) = tx::unsent(a.sk as *const u8)
+    {
+        // Built in the per-CPU work area (this runs in the target's syscall, as its caller
+        // `rp_on_io` does), not on the stack.
+        if let Some(w) = WORK.get_ptr_mut(0)
+            && unsafe {
+                (*w).tx = TxWait { end_seq, kind: TX_SLOW, ..Default::default() };
+                tx::rp_tx_wait(cookie, a.sk, &(*w).tx) != 0
+            }
+        {
+            flags |= FLAG_TX_PENDING;
+            tx_end_seq = end_seq;
+        }
+    }
     // A read's arrival (`arrival`): TCP only, 0 when not known.
     let arrival_ns = if a.recv != 0 && a.family != AF_UNIX as u64 {
         let at = crate::arrival::arrived(a.sk as *const u8, cookie, moved, ts);
@@ -429,6 +451,8 @@ pub extern "C" fn rp_emit(a: *const EmitArgs) -> u64 {
     unsafe {
         (*ev).header = EventHeader { kind: if a.recv != 0 { EVENT_RECV } else { EVENT_SEND }, flags, ts_ns: ts };
         (*ev).arrival_ns = arrival_ns;
+        (*ev).tx_end_seq = tx_end_seq;
+        (*ev)._pad2 = 0;
         (*ev).conn_id = cookie;
         (*ev).tgid = a.tgid as u32;
         (*ev).len = moved as u32;

@@ -21,6 +21,7 @@ use crate::{
     fast,
     maps::{count, global, CLOSE_WORK, EVENTS},
     target::current_target,
+    tx,
 };
 
 const TCP_ESTABLISHED: u32 = 1;
@@ -59,12 +60,16 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> u32 {
     // does not create cookies for every socket that closes. Sockets without one (almost
     // every socket of a process that is not a target) stop here.
     let Some(cookie) = conn::existing_cookie(sk) else { return 0 };
+    if new_state == TCP_CLOSE {
+        // Nothing will be sent any more: bytes still waited for end now (`tx`).
+        tx::rp_tx_take(cookie, unsafe { bpf_ktime_get_ns() }, 0);
+    }
     let old_state = ctx.arg::<u64>(1) as u32;
     let open = old_state == TCP_ESTABLISHED || old_state == TCP_CLOSE_WAIT;
     // Straight from an open state to CLOSE: a reset (received, or sent by an abortive close).
     let closing = if open { Closing::First { reset: new_state == TCP_CLOSE } } else { Closing::Later };
     let family = read::<u16>(sk, global!(OFFSETS.sk_family)).unwrap_or(0);
-    forget(cookie, closing, family);
+    forget(cookie, closing, family, sk);
     0
 }
 
@@ -93,7 +98,7 @@ pub fn on_unix_eof(sk: *const u8) -> u32 {
     // A peer may read end-of-file more than once: only a connection still in the map is
     // reported (the agent forgets one the map lost after its idle timeout).
     if conn::lookup(cookie).is_some() {
-        forget(cookie, Closing::First { reset: false }, AF_UNIX);
+        forget(cookie, Closing::First { reset: false }, AF_UNIX, peer);
     }
     0
 }
@@ -102,13 +107,15 @@ pub fn on_unix_eof(sk: *const u8) -> u32 {
 /// tracked socket with no entry any more (the LRU map dropped it while full) is reported
 /// at its first closing step too: the agent may still hold it (and ignores the close if not).
 #[inline(always)]
-fn forget(cookie: u64, closing: Closing, family: u16) {
+fn forget(cookie: u64, closing: Closing, family: u16, sk: *const u8) {
     let report = match conn::lookup(cookie) {
         Some(state) => {
             let (role, mode) = unsafe { ((*state).role, (*state).mode) };
             // A fast connection: the kernel finishes what ends with the close; only what
             // still waits goes to the agent (a switch event, then the close).
-            let report = role == ROLE_SERVER && (mode != MODE_FAST || fast_close(state, cookie, family) != fast::DONE);
+            let reset = closing == Closing::First { reset: true };
+            let report =
+                role == ROLE_SERVER && (mode != MODE_FAST || fast_close(state, cookie, family, sk, !reset) != fast::DONE);
             conn::remove(cookie);
             report
         }
@@ -120,9 +127,11 @@ fn forget(cookie: u64, closing: Closing, family: u16) {
 }
 
 #[inline(always)]
-fn fast_close(state: *mut ConnState, cookie: u64, family: u16) -> u32 {
+fn fast_close(state: *mut ConnState, cookie: u64, family: u16, sk: *const u8, tx_ok: bool) -> u32 {
     let Some(w) = CLOSE_WORK.get_ptr_mut(0) else { return fast::SLOW };
     unsafe {
+        (*w).sk = sk as u64;
+        (*w).tx_ok = tx_ok as u64;
         (*w).ts = bpf_ktime_get_ns();
         (*w).cookie = cookie;
         (*w).family = family as u64;

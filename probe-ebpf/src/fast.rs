@@ -11,7 +11,7 @@
 use aya_ebpf::{bindings::BPF_NOEXIST, helpers::generated::bpf_probe_read_kernel};
 use probe_common::{
     AggKey, AggValue, ConnState, EventHeader, FastRequest, MeasuredEvent, Pairing, PathEvent, RouteKey,
-    SwitchEvent, CONN_LOST_EVENTS, COUNTER_AGG_FULL, COUNTER_LOST, EVENT_MEASURED, EVENT_PATH,
+    SwitchEvent, TxWait, TX_FAST, CONN_LOST_EVENTS, COUNTER_AGG_FULL, COUNTER_LOST, EVENT_MEASURED, EVENT_PATH,
     EVENT_SWITCH, FAST_DEPTH, HEAD_WINDOW, MAX_HELD, MODE_SLOW, REQ_BODY, REQ_HEAD, RESP_CHUNKED, RESP_IDLE, RESP_LENGTH,
     RESP_UNTIL_CLOSE, SLOW_HEAD_BEYOND_WINDOW, SLOW_HEAD_SPLIT, SLOW_PIPELINE, SLOW_REQUEST,
     SLOW_RESPONSE, SLOW_UNEXPECTED_WRITE, SLOW_UNREADABLE, SLOW_UPGRADE, TAIL_WINDOW,
@@ -25,6 +25,7 @@ use crate::{
     emit::wakeup_flags,
     maps::{count, AGG, EVENTS, ROUTES},
     slots::{rp_size_slot, rp_time_slot},
+    tx,
 };
 
 /// What the hook asks of a global function, and what the fast path found.
@@ -47,6 +48,8 @@ pub struct Work {
     /// The socket (`struct sock *`), and whether it is a read.
     pub sk: u64,
     pub recv: u64,
+    /// 1 where a response may wait for its last bytes to go out (`tx`): not at a reset.
+    pub tx_ok: u64,
     /// Where in the scratch buffer a flat buffer's head goes (after bytes held from an
     /// earlier read; 0 otherwise).
     pub offset: u64,
@@ -65,6 +68,9 @@ pub struct Work {
     pub gathered: u64,
     /// Always zero: the template of a new `AGG` value.
     pub zero: AggValue,
+    /// A wait for the last bytes of a response or write (`tx`), built here rather than on
+    /// the stack, which the call chain to it fills already.
+    pub tx: TxWait,
 }
 
 /// What the hook does next.
@@ -334,6 +340,28 @@ pub extern "C" fn rp_measure(w: *mut Work, c: *mut ConnState, status: u64, first
     p.resp_state = RESP_IDLE;
     p.resp_bytes = 0;
     p.resp_left = 0;
+    if w.tx_ok != 0 && w.family != AF_UNIX as u64 && let Some(end_seq) = tx::unsent(w.sk as *const u8) {
+        // Bytes of the response are still in the send queue: it ends when they go out.
+        w.tx = TxWait {
+            end_seq,
+            kind: TX_FAST,
+            taken: 0,
+            measured: MeasuredEvent {
+                header: EventHeader::default(),
+                conn_id: w.cookie,
+                request: req,
+                first_byte_ns: first_ns,
+                end_ns,
+                response_bytes: bytes,
+                service,
+                status: status as u16,
+                family: w.family as u16,
+            },
+        };
+        if tx::rp_tx_wait(w.cookie, w.sk, &w.tx) != 0 {
+            return 0;
+        }
+    }
     let route = if req.route != 0 { req.route } else { route_of(service, req.path_key) };
     if route != 0 {
         let key = AggKey {

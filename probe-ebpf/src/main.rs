@@ -7,6 +7,8 @@
 //! (`target::current_target`); only a compare of a tracepoint argument may come first
 //! (end-of-file reads in `recv`, the new TCP state in `close`). `arrival` runs outside the
 //! targets' context (softirq): it bails out for sockets on ports no target serves on.
+//! `tx` is a sock_ops program (on the root cgroup v2): it sees the segments of target
+//! server connections go out, for responses whose last bytes a write left unsent.
 #![no_std]
 #![no_main]
 #![feature(core_intrinsics)]
@@ -26,6 +28,7 @@ mod recv;
 mod send;
 mod slots;
 mod target;
+mod tx;
 
 #[cfg(not(test))]
 #[panic_handler]

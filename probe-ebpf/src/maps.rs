@@ -6,7 +6,7 @@ use aya_ebpf::{
 };
 use probe_common::{
     buckets::{TimeBounds, TIME_SLOTS},
-    AggKey, AggValue, Arrival, ConnState, KernelOffsets, ProbeConfig, RouteKey, COUNTER_SLOTS,
+    AggKey, AggValue, Arrival, ConnState, TxWait, KernelOffsets, ProbeConfig, RouteKey, COUNTER_SLOTS,
 };
 
 use crate::fast::Work;
@@ -62,6 +62,10 @@ pub static ARRIVALS: LruHashMap<u64, Arrival> = LruHashMap::with_max_entries(1, 
 #[map]
 pub static SERVER_PORTS: Array<u8> = Array::with_max_entries(65536, 0);
 
+/// Socket cookie -> bytes a write left unsent (`tx`).
+#[map]
+pub static TX_WAIT: HashMap<u64, TxWait> = HashMap::with_max_entries(1, 0);
+
 #[map]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_SLOTS, 0);
 
@@ -92,6 +96,10 @@ pub static OFFSETS: KernelOffsets = KernelOffsets {
     sk_state: 0,
     tcp_copied_seq: 0,
     tcp_rcv_nxt: 0,
+    tcp_snd_nxt: 0,
+    tcp_write_seq: 0,
+    tcp_cb_flags: 0,
+    _pad: 0,
 };
 
 #[unsafe(no_mangle)]

@@ -2,8 +2,8 @@
 //! definition of them.
 use probe_common::{
     CloseEvent, DataEvent, EVENT_CLOSE, EVENT_EXEC, EVENT_EXIT, EVENT_FORK, EVENT_MEASURED, EVENT_PATH, EVENT_RECV,
-    EVENT_SEND, EVENT_SWITCH, EventHeader, ExecEvent, ExitEvent, FLAG_AFTER_LOSS, FLAG_RESET, FLAG_UNCLASSIFIED,
-    ForkEvent, MeasuredEvent, PathEvent, SwitchEvent,
+    EVENT_SEND, EVENT_SENT, EVENT_SWITCH, EventHeader, ExecEvent, ExitEvent, FLAG_AFTER_LOSS, FLAG_RESET, FLAG_SUPERSEDED, FLAG_TX_PENDING,
+    FLAG_UNCLASSIFIED, ForkEvent, MeasuredEvent, PathEvent, SentEvent, SwitchEvent,
 };
 use thiserror::Error;
 
@@ -40,6 +40,9 @@ pub struct Data {
     pub tail: Vec<u8>,
     pub after_loss: bool,
     pub unclassified: bool,
+    /// Of a write that left bytes unsent: the sequence number after its last byte, which
+    /// a `Sent` event will announce as transmitted.
+    pub tx_end_seq: Option<u32>,
 }
 
 #[derive(Clone, Debug)]
@@ -58,6 +61,10 @@ pub enum Event {
     Path { key: u64, service: u32, path: Vec<u8> },
     /// A request the kernel measured and did not aggregate.
     Measured(MeasuredEvent),
+    /// A connection's bytes up to `end_seq` went out at `ts_ns` (or stopped being waited
+    /// for then).
+    /// `superseded`: they had not gone out; a later write left bytes unsent in turn.
+    Sent { conn_id: u64, end_seq: u32, ts_ns: u64, superseded: bool },
 }
 
 fn read<T: Copy>(bytes: &[u8]) -> Result<T, DecodeError> {
@@ -88,6 +95,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
                 tail,
                 after_loss: header.flags & FLAG_AFTER_LOSS != 0,
                 unclassified: header.flags & FLAG_UNCLASSIFIED != 0,
+                tx_end_seq: (header.flags & FLAG_TX_PENDING != 0).then_some(ev.tx_end_seq),
             }))
         }
         EVENT_CLOSE => {
@@ -114,6 +122,15 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
             Ok(Event::Path { key: ev.key, service: ev.service, path: ev.path[..len].to_vec() })
         }
         EVENT_MEASURED => Ok(Event::Measured(read(bytes)?)),
+        EVENT_SENT => {
+            let ev: SentEvent = read(bytes)?;
+            Ok(Event::Sent {
+                conn_id: ev.conn_id,
+                end_seq: ev.end_seq,
+                ts_ns: header.ts_ns,
+                superseded: header.flags & FLAG_SUPERSEDED != 0,
+            })
+        }
         other => Err(DecodeError::Kind(other)),
     }
 }
@@ -138,6 +155,8 @@ mod tests {
             tail_len: TAIL_WINDOW as u16,
             _pad: 0,
             arrival_ns: 0,
+            tx_end_seq: 0,
+            _pad2: 0,
             head: [b'a'; HEAD_WINDOW],
             tail: [b'z'; TAIL_WINDOW],
         };
@@ -155,7 +174,7 @@ mod tests {
         let ev = DataEvent {
             header: EventHeader { kind: EVENT_RECV, flags: 0, ts_ns: 1 },
             conn_id: 1, tgid: 1, len: 3, family: 2,
-            head_len: 60000, tail_len: 60000, _pad: 0, arrival_ns: 0,
+            head_len: 60000, tail_len: 60000, _pad: 0, arrival_ns: 0, tx_end_seq: 0, _pad2: 0,
             head: [0; HEAD_WINDOW], tail: [0; TAIL_WINDOW],
         };
         let Event::Data(d) = decode(&raw(&ev)).unwrap() else { panic!() };

@@ -138,6 +138,8 @@ fn ring_record(r: &Record, ts_ns: u64) -> Vec<u8> {
                 tail_len: tail.len() as u16,
                 _pad: 0,
                 arrival_ns: 0,
+                tx_end_seq: 0,
+                _pad2: 0,
                 head,
                 tail: tail_buf,
             })

@@ -141,6 +141,10 @@ impl Pipeline {
                 self.measured(&m);
                 None
             }
+            Event::Sent { conn_id, end_seq, ts_ns, superseded } => {
+                self.pairer.on_sent(conn_id, end_seq, ts_ns, superseded, &mut self.outputs);
+                None
+            }
             Event::Fork { parent_tgid, child_tgid, child_start_ns } => {
                 // /proc counts start times in clock ticks of the same boot-time clock.
                 let start = child_start_ns / (1_000_000_000 / self.ticks_per_second);
@@ -185,6 +189,7 @@ impl Pipeline {
     pub fn housekeeping(&mut self, now_ns: u64, idle_ns: u64, kernel_conns: &[ConnState]) {
         self.pairer.evict_idle(now_ns, idle_ns, &mut self.outputs);
         self.flush();
+        self.metrics.health.tx_waiting.set(self.pairer.waiting_for_transmission() as i64);
         let mut active = self.pairer.active_requests();
         let mut open = self.pairer.connections_by_service();
         let r = lock(&self.registry);

@@ -173,6 +173,22 @@ impl ProcRoot {
             .collect())
     }
 
+    /// The TCP ports `pid` listens on (IPv4 and IPv6): sockets of its fds that listen.
+    pub fn listening_ports(&self, pid: u32) -> procfs::ProcResult<Vec<u16>> {
+        let inodes = self.socket_inodes(pid)?;
+        let p = self.process(pid)?;
+        let mut entries = p.tcp()?;
+        entries.extend(p.tcp6().unwrap_or_default());
+        let mut ports: Vec<u16> = entries
+            .into_iter()
+            .filter(|e| e.state == TcpState::Listen && inodes.contains(&e.inode))
+            .map(|e| e.local_address.port())
+            .collect();
+        ports.sort_unstable();
+        ports.dedup();
+        Ok(ports)
+    }
+
     /// Inodes of the sockets `pid` holds open.
     pub fn socket_inodes(&self, pid: u32) -> procfs::ProcResult<HashSet<u64>> {
         let mut inodes = HashSet::new();
@@ -190,6 +206,13 @@ impl ProcRoot {
     pub fn exe_name(&self, pid: u32) -> Option<String> {
         let exe = self.process(pid).and_then(|p| p.exe()).ok()?;
         Some(exe.file_name()?.to_string_lossy().trim_end_matches(" (deleted)").to_string())
+    }
+
+    /// Where the root of the cgroup v2 hierarchy is mounted, as this process sees it (a
+    /// cgroup2 mount of the hierarchy's root, not of a sub-directory).
+    pub fn cgroup2_root(&self) -> Option<PathBuf> {
+        let mounts = self.myself().and_then(|p| p.mountinfo()).ok()?;
+        mounts.into_iter().find(|m| m.fs_type == "cgroup2" && m.root == "/").map(|m| m.mount_point)
     }
 
     /// Mount points of cgroup v2 filesystems, as this process sees them.

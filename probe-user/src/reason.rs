@@ -163,6 +163,32 @@ impl KernelSkip {
     }
 }
 
+/// Why a response whose last bytes were still unsent when the server's last write returned
+/// ends at a write rather than when those bytes went out: the `reason` label of
+/// `redprobe_responses_end_at_write_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum TxFallback {
+    /// The kernel's map of waits (`TX_WAIT`, sized by --max-connections) was full.
+    WaitMapFull,
+    /// A later write of the same connection left bytes unsent before these went out
+    /// (pipelined responses): the older wait ended at that write.
+    Superseded,
+    /// The agent was not told of the transmission within the idle timeout (events lost).
+    NotSeen,
+}
+
+impl TxFallback {
+    pub const ALL: [TxFallback; 3] = [TxFallback::WaitMapFull, TxFallback::Superseded, TxFallback::NotSeen];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            TxFallback::WaitMapFull => "wait_map_full",
+            TxFallback::Superseded => "superseded",
+            TxFallback::NotSeen => "transmission_not_seen",
+        }
+    }
+}
+
 /// Why a server connection is paired by the agent rather than in the kernel: the `reason`
 /// label of `redprobe_requests_paired_total{pairer="agent"}`. The kernel decides it (the
 /// `SLOW_*` codes of probe_common::fast) when it hands a connection over; every request the
@@ -306,5 +332,10 @@ mod tests {
         let mut labels: Vec<String> = SlowReason::ALL.iter().map(|r| r.label().to_string()).collect();
         labels.sort();
         assert_eq!(documented, labels, "docs/metrics.md \"Agent pairing reasons\" vs reason::SlowReason");
+        let mut documented = section("## Ends at a write");
+        documented.sort();
+        let mut labels: Vec<String> = TxFallback::ALL.iter().map(|r| r.label().to_string()).collect();
+        labels.sort();
+        assert_eq!(documented, labels, "docs/metrics.md \"Ends at a write\" vs reason::TxFallback");
     }
 }

@@ -28,6 +28,8 @@ pub fn data(kind: u32, conn: u64, tgid: u32, ts_ns: u64, family: u16, flags: u32
         tail_len: 0,
         _pad: 0,
         arrival_ns: 0,
+        tx_end_seq: 0,
+        _pad2: 0,
         head: [0; HEAD_WINDOW],
         tail: [0; TAIL_WINDOW],
     };

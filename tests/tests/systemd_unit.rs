@@ -85,6 +85,7 @@ fn cap_mask(caps: &[String]) -> Result<u64> {
     let number = |c: &str| -> Result<u32> {
         Ok(match c {
             "CAP_DAC_READ_SEARCH" => 2,
+            "CAP_NET_ADMIN" => 12,
             "CAP_SYS_PTRACE" => 19,
             "CAP_PERFMON" => 38,
             "CAP_BPF" => 39,
@@ -110,7 +111,7 @@ fn the_units_settings_are_least_privilege() -> Result<()> {
         assert_eq!(s.get(key).map(String::as_str), Some(want), "{key}= in {}", unit_path().display());
     }
     assert!(!s.contains_key("ReadWritePaths"), "the agent writes no file: the file system stays read-only");
-    assert_eq!(unit_capabilities()?, ["CAP_BPF", "CAP_DAC_READ_SEARCH", "CAP_PERFMON", "CAP_SYS_PTRACE"]);
+    assert_eq!(unit_capabilities()?, ["CAP_BPF", "CAP_DAC_READ_SEARCH", "CAP_NET_ADMIN", "CAP_PERFMON", "CAP_SYS_PTRACE"]);
     // systemd's own check of the syntax, with ExecStart= aimed at the built agent.
     let dir = std::env::temp_dir().join(format!("redprobe-unit-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
@@ -170,6 +171,20 @@ fn without_each_of_the_units_capabilities_the_agent_names_it() -> Result<()> {
                 let (status, stderr) = run_agent_expecting_exit(as_the_unit(&fewer), &a)?;
                 assert_eq!(status.code(), Some(1), "without {dropped}: {stderr}");
                 assert!(stderr.contains(dropped.as_str()), "without {dropped}, the message should name it: {stderr}");
+            }
+            // No sock_ops program: the agent runs and counts, its responses end at the
+            // server's last write, and it says which capability that takes.
+            "CAP_NET_ADMIN" => {
+                let agent = Agent::start_with(as_the_unit(&fewer), &args)?;
+                let mut conn = Conn::open(server.port)?;
+                conn.get_ok("/hello", 3)?;
+                let m = agent.wait_metrics("3 requests", |m| m.requests("GET", 200, "/hello") >= 3)?;
+                assert_eq!(m.requests("GET", 200, "/hello"), 3, "without {dropped}: {:?}", m.request_counts());
+                let log = agent.stderr();
+                assert!(
+                    log.contains("last byte leaves") && log.contains(dropped.as_str()),
+                    "without {dropped}, a warning should name it:\n{log}"
+                );
             }
             // --port cannot see the server's sockets: the agent runs, measures nothing,
             // and says which capability is missing.

@@ -32,6 +32,10 @@ const APT_TEST_PACKAGES: &[&str] = &[
     "prometheus",
     "wrk",
     "systemd",
+    // Servers that write headers and body apart (tests/tests/nagle.rs): WEBrick, and the
+    // JDK's HttpServer (javac is checked below: the machine may have a JDK of its own).
+    "ruby",
+    "ruby-webrick",
 ];
 
 fn missing_apt<'a>(packages: &[&'a str]) -> Vec<&'a str> {
@@ -161,6 +165,9 @@ pub fn test_dependencies() -> Result<()> {
     let mut missing = missing_apt(APT_TEST_PACKAGES);
     if !succeeds(Command::new("node").arg("--version")) {
         missing.push("nodejs");
+    }
+    if !succeeds(Command::new("java").arg("-version")) {
+        missing.push("default-jdk-headless");
     }
     apt_install(&missing)?;
     let root = xtask::workspace_root();

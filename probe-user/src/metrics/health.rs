@@ -9,7 +9,7 @@ use prometheus_client::{
 
 use crate::{
     pairing::PairedBy,
-    reason::{Inference, KernelSkip, Protocol, Reason, SlowReason},
+    reason::{Inference, KernelSkip, Protocol, Reason, SlowReason, TxFallback},
 };
 
 /// The `role` values of `redprobe_connections_classified_total`.
@@ -90,6 +90,9 @@ pub struct Health {
     pub kernel_measured_events: Counter,
     pub aggregates_full: Counter,
     pub route_keys: Counter,
+    pub tx_waits: Counter,
+    pub tx_fallback: Family<ReasonLabels, Counter>,
+    pub tx_waiting: Gauge,
 }
 
 fn reason(r: &str) -> ReasonLabels {
@@ -122,6 +125,9 @@ impl Health {
             kernel_measured_events: Counter::default(),
             aggregates_full: Counter::default(),
             route_keys: Counter::default(),
+            tx_waits: Counter::default(),
+            tx_fallback: Family::default(),
+            tx_waiting: Gauge::default(),
         };
         let r = registry.sub_registry_with_prefix("redprobe");
         let counters = [
@@ -146,13 +152,18 @@ impl Health {
             ),
             (
                 "kernel_measured_events",
-                "Requests the kernel paired and timed but sent one by one instead of aggregating (their route was not known yet, or its aggregate map was full)",
+                "Requests the kernel paired and timed but sent one by one instead of aggregating (their route was not known yet, its aggregate map was full, or their last bytes went out after the server's last write returned)",
                 &h.kernel_measured_events,
             ),
             (
                 "kernel_aggregate_map_full",
                 "Requests the kernel could not aggregate because its aggregate map (AGG) was full; each was sent as an event instead and is counted in the metrics all the same",
                 &h.aggregates_full,
+            ),
+            (
+                "responses_waited_for_transmission",
+                "Responses whose last bytes were still in the socket's send queue when the server's last write returned (a slow reader, Nagle, cork): they end when those bytes go out",
+                &h.tx_waits,
             ),
             (
                 "route_keys",
@@ -174,6 +185,11 @@ impl Health {
                 "requests_unread",
                 "Requests measured by their response alone (status, duration), their head beyond the capture window: labelled http_route=\"_unknown\", http_request_method=\"_OTHER\"",
                 &h.unread,
+            ),
+            (
+                "responses_end_at_write",
+                "Responses whose last bytes were unsent when the server's last write returned, but which end at a write instead of at their transmission, by reason (wait_map_full, superseded, transmission_not_seen)",
+                &h.tx_fallback,
             ),
             (
                 "kernel_skipped_io",
@@ -199,6 +215,11 @@ impl Health {
             "Writes of the agent to a kernel map that failed, by map (the agent goes on; the process concerned may not be measured)",
             h.map_write_errors.clone(),
         );
+        r.register(
+            "responses_waiting_for_transmission",
+            "Responses the agent measured that wait for their last bytes to go out",
+            h.tx_waiting.clone(),
+        );
         r.register("connections_tracked", "Connections the agent is pairing requests on", h.connections_tracked.clone());
         r.register("map_entries", "Entries in each kernel map (CONNS: connections, TARGETS: processes)", h.map_entries.clone());
         r.register("map_capacity", "Capacity of each kernel map", h.map_capacity.clone());
@@ -223,6 +244,9 @@ impl Health {
         let _ = h.unread.get_or_create(&reason(Reason::OutsideCaptureWindow.label()));
         for r in KernelSkip::ALL {
             let _ = h.kernel_skipped.get_or_create(&reason(r.label()));
+        }
+        for r in TxFallback::ALL {
+            let _ = h.tx_fallback.get_or_create(&reason(r.label()));
         }
         let _ = h.paired.get_or_create(&PairedLabels::of(PairedBy::Kernel));
         for r in SlowReason::ALL {
@@ -251,6 +275,10 @@ impl Health {
 
     pub fn inferred(&self, r: Inference) {
         self.inferred.get_or_create(&reason(r.label())).inc();
+    }
+
+    pub fn tx_fallback(&self, r: TxFallback, n: u64) {
+        self.tx_fallback.get_or_create(&reason(r.label())).inc_by(n);
     }
 
     pub fn kernel_skipped(&self, r: KernelSkip, n: u64) {

@@ -185,6 +185,7 @@ impl Metrics {
             Output::Unparsed(reason) => self.health.unparsed(*reason),
             Output::Inferred(reason) => self.health.inferred(*reason),
             Output::OtherProtocol(protocol) => self.health.other_protocol(*protocol),
+            Output::EndAtWrite(why) => self.health.tx_fallback(*why, 1),
         }
     }
 

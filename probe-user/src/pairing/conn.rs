@@ -145,6 +145,9 @@ pub(super) struct Conn {
     pub answered_early: Option<Exchange>,
     /// Why the kernel left this connection to the agent.
     pub slow: SlowReason,
+    /// The last write, if it left bytes unsent: its time and the sequence number after
+    /// its last byte (`parked`).
+    pub tx_last: Option<(u64, u32)>,
 }
 
 impl Conn {
@@ -159,6 +162,7 @@ impl Conn {
             unseen: None,
             answered_early: None,
             slow: SlowReason::Unannounced,
+            tx_last: None,
         }
     }
 

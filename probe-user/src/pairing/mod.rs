@@ -11,6 +11,7 @@
 //! its response's last byte (both kernel timestamps).
 mod conn;
 mod head;
+mod parked;
 mod piece;
 mod recv;
 mod send;
@@ -25,7 +26,7 @@ use piece::Piece;
 use crate::{
     decode::{Data, Direction},
     http::Version,
-    reason::{Inference, Protocol, Reason, SlowReason},
+    reason::{Inference, Protocol, Reason, SlowReason, TxFallback},
 };
 
 /// A request's first line.
@@ -111,6 +112,9 @@ pub enum Output {
     Inferred(Inference),
     /// A connection whose first bytes were not an HTTP/1.x request: another protocol.
     OtherProtocol(Protocol),
+    /// A response whose last bytes were unsent when its last write returned ends at a
+    /// write instead of at their transmission (`TxFallback`).
+    EndAtWrite(TxFallback),
 }
 
 /// Requests a connection may have waiting for their responses; deeper pipelines are
@@ -121,11 +125,23 @@ pub const MAX_PENDING: usize = 256;
 pub struct Pairer {
     conns: HashMap<u64, Conn>,
     max_conns: usize,
+    parked: parked::Parked,
 }
 
 impl Pairer {
     pub fn new(max_conns: usize) -> Self {
-        Pairer { conns: HashMap::new(), max_conns }
+        Pairer { conns: HashMap::new(), max_conns, parked: Default::default() }
+    }
+
+    /// Measured requests waiting for their last bytes to go out.
+    pub fn waiting_for_transmission(&self) -> usize {
+        self.parked.len()
+    }
+
+    /// The bytes of `conn_id` up to `end_seq` went out at `ts_ns`; or, `superseded`, a
+    /// later write left bytes unsent before they did.
+    pub fn on_sent(&mut self, conn_id: u64, end_seq: u32, ts_ns: u64, superseded: bool, out: &mut Vec<Output>) {
+        self.parked.sent(conn_id, end_seq, ts_ns, superseded, out);
     }
 
     pub fn connections(&self) -> usize {
@@ -176,9 +192,16 @@ impl Pairer {
             conn.resync(Reason::EventsLost, out);
         }
         let piece = Piece { len: d.len, head: &d.head, tail: &d.tail };
+        let from = out.len();
         match d.direction {
             Direction::Recv => recv::on_recv(conn, &piece, d.ts_ns, d.arrival_ns, out),
-            Direction::Send => send::on_send(conn, &piece, d.ts_ns, out),
+            Direction::Send => {
+                send::on_send(conn, &piece, d.ts_ns, out);
+                conn.tx_last = d.tx_end_seq.map(|seq| (d.ts_ns, seq));
+                if let Some(seq) = d.tx_end_seq {
+                    self.parked.hold(d.conn_id, seq, d.ts_ns, from, out);
+                }
+            }
         }
     }
 
@@ -210,7 +233,13 @@ impl Pairer {
     /// The connection was closed at `ts_ns`; `reset`: by a reset rather than a FIN.
     pub fn on_close(&mut self, conn_id: u64, reset: bool, ts_ns: u64, out: &mut Vec<Output>) {
         if let Some(conn) = self.conns.remove(&conn_id) {
+            // A response that ends with the close ends at its last write, or when the bytes
+            // that write left unsent go out.
+            let (from, tx_last) = (out.len(), conn.tx_last);
             conn.close(if reset { Closed::Reset(ts_ns) } else { Closed::Normally }, out);
+            if let Some((write_ns, seq)) = tx_last {
+                self.parked.hold(conn_id, seq, write_ns, from, out);
+            }
         }
     }
 
@@ -222,6 +251,7 @@ impl Pairer {
         for id in stale {
             self.on_close(id, false, now_ns, out);
         }
+        self.parked.expire(now_ns.saturating_sub(idle_ns), out);
     }
 
     /// Makes room: the connection idle the longest is forgotten. Only what was waiting on

@@ -25,6 +25,7 @@ fn ev(conn: u64, ts: u64, dir: Direction, bytes: &[u8]) -> Data {
         tail,
         after_loss: false,
         unclassified: false,
+        tx_end_seq: None,
     }
 }
 
@@ -63,6 +64,7 @@ fn run_closed(events: &[Data], reset: bool, close_ns: u64) -> (Vec<Exchange>, Ve
             Output::Unparsed(r) => other.push(r.label()),
             Output::Inferred(r) => other.push(r.label()),
             Output::OtherProtocol(p) => other.push(p.label()),
+            Output::EndAtWrite(r) => other.push(r.label()),
         }
     }
     (exchanges, other)
@@ -542,4 +544,102 @@ fn a_held_first_byte_starts_the_next_head() {
     }
     let x: Vec<Exchange> = out.into_iter().filter_map(|o| if let Output::Exchange(x) = o { Some(x) } else { None }).collect();
     assert_eq!(summary(&x), [("GET", "/a".into(), 200, 7, 20), ("GET", "/b".into(), 200, 9, 30)]);
+}
+
+/// A write that left bytes unsent (`tx_end_seq`, as the kernel flags it).
+fn tx_unsent(ts: u64, bytes: &[u8], end_seq: u32) -> Data {
+    let mut d = tx(ts, bytes);
+    d.tx_end_seq = Some(end_seq);
+    d
+}
+
+fn exchanges(out: Vec<Output>) -> (Vec<Exchange>, Vec<&'static str>) {
+    let mut x = vec![];
+    let mut other = vec![];
+    for o in out {
+        match o {
+            Output::Exchange(e) => x.push(e),
+            Output::EndAtWrite(r) => other.push(r.label()),
+            o => panic!("unexpected {o:?}"),
+        }
+    }
+    (x, other)
+}
+
+/// A response whose last write left bytes unsent ends when the kernel says they went out
+/// (a `Sent` covering its end), not at the write; a `Sent` for an earlier sequence number
+/// (an earlier write) ends nothing; sequence numbers wrap.
+#[test]
+fn a_response_ends_when_its_last_bytes_go_out() {
+    let mut p = Pairer::new(16);
+    let mut out = vec![];
+    let end = 10u32.wrapping_sub(20); // wraps between the writes and the Sent
+    p.on_data(&rx(10, b"GET /slow HTTP/1.1\r\n\r\n"), || "svc".into(), &mut out);
+    p.on_data(&tx_unsent(20, b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhello", end.wrapping_sub(5)), || "svc".into(), &mut out);
+    p.on_data(&tx_unsent(30, b"world", end), || "svc".into(), &mut out);
+    assert!(out.is_empty(), "{out:?}");
+    assert_eq!(p.waiting_for_transmission(), 1);
+    p.on_sent(1, end.wrapping_sub(5), 40, false, &mut out);
+    assert!(out.is_empty(), "the bytes of the first write only: {out:?}");
+    p.on_sent(1, end.wrapping_add(100), 90, false, &mut out);
+    let (x, other) = exchanges(out);
+    assert_eq!(summary(&x), vec![("GET", "/slow".into(), 200, 10, 90)]);
+    assert!(other.is_empty());
+    assert_eq!(p.waiting_for_transmission(), 0);
+}
+
+/// A close-delimited response ends at the close at its last write, or when what that
+/// write left unsent goes out; a wait the next write supersedes is counted; a reset ends
+/// its request at the reset.
+#[test]
+fn waits_at_the_close_superseded_and_reset() {
+    let mut p = Pairer::new(16);
+    let mut out = vec![];
+    p.on_data(&rx(10, b"GET /a HTTP/1.0\r\n\r\n"), || "svc".into(), &mut out);
+    p.on_data(&tx_unsent(20, b"HTTP/1.0 200 OK\r\n\r\nbody until close", 500), || "svc".into(), &mut out);
+    p.on_close(1, false, 25, &mut out);
+    assert!(out.is_empty(), "{out:?}");
+    p.on_sent(1, 500, 70, false, &mut out);
+    let (x, _) = exchanges(std::mem::take(&mut out));
+    assert_eq!(summary(&x), vec![("GET", "/a".into(), 200, 10, 70)]);
+
+    let c = 2;
+    p.on_data(&ev(c, 100, Direction::Recv, b"GET /b HTTP/1.1\r\n\r\nGET /c HTTP/1.1\r\n\r\n"), || "svc".into(), &mut out);
+    let mut w = ev(c, 110, Direction::Send, OK_5);
+    w.tx_end_seq = Some(1000);
+    p.on_data(&w, || "svc".into(), &mut out);
+    let mut w = ev(c, 120, Direction::Send, OK_5);
+    w.tx_end_seq = Some(1040);
+    p.on_data(&w, || "svc".into(), &mut out);
+    p.on_sent(c, 1000, 120, true, &mut out);
+    p.on_sent(c, 1040, 150, false, &mut out);
+    let (x, other) = exchanges(std::mem::take(&mut out));
+    assert_eq!(x.iter().map(|e| (e.start_ns, e.end_ns)).collect::<Vec<_>>(), vec![(100, 120), (100, 150)]);
+    assert_eq!(other, vec!["superseded"]);
+
+    let c = 3;
+    p.on_data(&ev(c, 200, Direction::Recv, b"GET /d HTTP/1.1\r\n\r\n"), || "svc".into(), &mut out);
+    let mut w = ev(c, 210, Direction::Send, b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\npart");
+    w.tx_end_seq = Some(7);
+    p.on_data(&w, || "svc".into(), &mut out);
+    p.on_close(c, true, 260, &mut out);
+    let (x, _) = exchanges(std::mem::take(&mut out));
+    assert_eq!((x[0].reset, x[0].end_ns), (true, 260));
+    assert_eq!(p.waiting_for_transmission(), 0);
+}
+
+/// A wait whose news never came (events lost) ends at its write after the idle timeout,
+/// counted as transmission_not_seen.
+#[test]
+fn a_wait_without_news_ends_at_its_write_after_the_idle_timeout() {
+    let mut p = Pairer::new(16);
+    let mut out = vec![];
+    p.on_data(&rx(10, b"GET /a HTTP/1.1\r\n\r\n"), || "svc".into(), &mut out);
+    p.on_data(&tx_unsent(20, OK_5, 9), || "svc".into(), &mut out);
+    p.evict_idle(500, 1_000, &mut out);
+    assert!(out.is_empty());
+    p.evict_idle(2_000, 1_000, &mut out);
+    let (x, other) = exchanges(out);
+    assert_eq!(summary(&x), vec![("GET", "/a".into(), 200, 10, 20)]);
+    assert_eq!(other, vec!["transmission_not_seen"]);
 }

@@ -239,6 +239,10 @@ impl Btf {
             sk_state: self.offset_of("sock", "__sk_common.skc_state", 1)?,
             tcp_copied_seq: self.offset_of("tcp_sock", "copied_seq", 4)?,
             tcp_rcv_nxt: self.offset_of("tcp_sock", "rcv_nxt", 4)?,
+            tcp_snd_nxt: self.offset_of("tcp_sock", "snd_nxt", 4)?,
+            tcp_write_seq: self.offset_of("tcp_sock", "write_seq", 4)?,
+            tcp_cb_flags: self.offset_of("tcp_sock", "bpf_sock_ops_cb_flags", 1)?,
+            _pad: 0,
             valid: 1,
         })
     }

@@ -2,11 +2,11 @@
 use aya::maps::{MapData, PerCpuArray};
 use probe_common::{
     COUNTER_AGG_FULL, COUNTER_CLIENT_CONNS, COUNTER_CONN_INSERT_FAILED, COUNTER_FD_MISMATCH, COUNTER_FOREIGN_CONTEXT, COUNTER_LOST,
-    COUNTER_SERVER_CONNS, COUNTER_SLOTS,
+    COUNTER_SERVER_CONNS, COUNTER_SLOTS, COUNTER_TX_SUPERSEDED, COUNTER_TX_WAITS, COUNTER_TX_WAIT_FULL,
 };
 use probe_user::{
     metrics::health::{Health, ROLE_CLIENT, ROLE_SERVER},
-    reason::KernelSkip,
+    reason::{KernelSkip, TxFallback},
 };
 
 pub struct KernelCounters {
@@ -30,6 +30,9 @@ impl KernelCounters {
             COUNTER_SERVER_CONNS,
             COUNTER_CLIENT_CONNS,
             COUNTER_AGG_FULL,
+            COUNTER_TX_WAITS,
+            COUNTER_TX_WAIT_FULL,
+            COUNTER_TX_SUPERSEDED,
         ] {
             let Ok(values) = self.map.get(&slot, 0) else { continue };
             let total: u64 = values.iter().sum();
@@ -50,7 +53,13 @@ impl KernelCounters {
                 COUNTER_AGG_FULL => {
                     h.aggregates_full.inc_by(delta);
                 }
-                _ => h.classified(ROLE_CLIENT, delta),
+                COUNTER_TX_WAITS => {
+                    h.tx_waits.inc_by(delta);
+                }
+                COUNTER_TX_WAIT_FULL => h.tx_fallback(TxFallback::WaitMapFull, delta),
+                COUNTER_TX_SUPERSEDED => h.tx_fallback(TxFallback::Superseded, delta),
+                COUNTER_CLIENT_CONNS => h.classified(ROLE_CLIENT, delta),
+                _ => {}
             }
         }
         lost

@@ -3,12 +3,13 @@
 use anyhow::{Context, Result, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{HashMap, Map, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
-    programs::BtfTracePoint,
+    maps::{Array, HashMap, Map, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
+    programs::{BtfTracePoint, CgroupAttachMode, SockOps},
 };
 use probe_common::{
     AggKey, AggValue, ConnState, GLOBAL_CONFIG, GLOBAL_OFFSETS, GLOBAL_TIME_BOUNDS, KernelOffsets, MAP_AGG,
-    MAP_ARRIVALS, MAP_CONNS, MAP_COUNTERS, MAP_EVENTS, MAP_ROUTES, MAP_SERVICES, MAP_TARGETS, ProbeConfig, RouteKey,
+    MAP_ARRIVALS, MAP_CONNS, MAP_COUNTERS, MAP_EVENTS, MAP_ROUTES, MAP_SERVER_PORTS, MAP_SERVICES, MAP_TARGETS, MAP_TX_WAIT,
+    ProbeConfig, RouteKey,
     buckets::TimeBounds,
 };
 
@@ -61,6 +62,15 @@ pub const HOOKS: &[Hook] = &[
     },
 ];
 
+/// The sock_ops program: attached to the root of the cgroup v2 hierarchy, so that it sees
+/// every TCP connection of the host (it acts on those accepted on the ports targets serve
+/// on).
+pub const SOCK_OPS: Hook = Hook {
+    program: "tx_sock_ops",
+    tracepoint: "sock_ops on the root cgroup v2",
+    purpose: "when the last bytes of a response leave the host (a slow reader's full window, Nagle, cork)",
+};
+
 /// Sizes and settings chosen on the command line.
 pub struct LoadOptions {
     pub ring_buffer_bytes: u32,
@@ -68,6 +78,8 @@ pub struct LoadOptions {
     pub wakeup_bytes: u32,
     /// The duration slots (`probe_user::metrics::scheme`).
     pub time_bounds: TimeBounds,
+    /// The root of the cgroup v2 hierarchy, where the sock_ops program attaches.
+    pub cgroup2_root: Option<std::path::PathBuf>,
 }
 
 /// Target processes the kernel knows the service of (`SERVICES`); beyond, a process's
@@ -98,6 +110,11 @@ pub struct Probe {
     pub conns: HashMap<MapData, u64, ConnState>,
     pub fast: FastMaps,
     pub target_words: u32,
+    /// `SERVER_PORTS`: the agent marks the ports its targets listen on already.
+    pub server_ports: Array<MapData, u8>,
+    /// Why responses end when their last write returns, if the sock_ops program could not
+    /// be attached (no cgroup v2 hierarchy in sight, say).
+    pub tx_off: Option<String>,
 }
 
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/redprobe"));
@@ -130,6 +147,7 @@ pub fn load(opts: &LoadOptions) -> Result<Probe> {
         .map_max_entries(MAP_TARGETS, target_words)
         .map_max_entries(MAP_CONNS, opts.max_connections)
         .map_max_entries(MAP_ARRIVALS, opts.max_connections)
+        .map_max_entries(MAP_TX_WAIT, opts.max_connections)
         .map_max_entries(MAP_SERVICES, MAX_SERVICE_PROCESSES)
         .map_max_entries(MAP_ROUTES, MAX_ROUTE_KEYS)
         .map_max_entries(MAP_AGG, MAX_AGGREGATES)
@@ -140,6 +158,7 @@ pub fn load(opts: &LoadOptions) -> Result<Probe> {
     // is mapped (16 MB of the agent's RSS: the data pages are mapped twice), so the two
     // never add up in the agent's peak RSS.
     attach(&mut ebpf)?;
+    let tx_off = attach_sock_ops(&mut ebpf, opts.cgroup2_root.as_deref()).err().map(|e| format!("{e:#}"));
     let take = |ebpf: &mut Ebpf, name: &str| {
         ebpf.take_map(name).with_context(|| format!("map {name} missing from the eBPF object"))
     };
@@ -155,7 +174,32 @@ pub fn load(opts: &LoadOptions) -> Result<Probe> {
         routes: HashMap::try_from(take(&mut ebpf, MAP_ROUTES)?)?,
         agg: PerCpuHashMap::try_from(take(&mut ebpf, MAP_AGG)?)?,
     };
-    Ok(Probe { ebpf, events, targets, counters, conns, fast, target_words })
+    let server_ports = Array::try_from(take(&mut ebpf, MAP_SERVER_PORTS)?)?;
+    Ok(Probe { ebpf, events, targets, counters, conns, fast, target_words, server_ports, tx_off })
+}
+
+/// Loads the sock_ops program and attaches it to the root of the cgroup v2 hierarchy,
+/// alongside any other program there: aya attaches it with a BPF link, which the kernel
+/// always adds to the others (a link takes no attach flags; `Single` asks for none).
+fn attach_sock_ops(ebpf: &mut Ebpf, root: Option<&std::path::Path>) -> Result<()> {
+    if let Some(cap) = privileges::missing_for_sock_ops() {
+        bail!("loading a sock_ops program needs {cap} (grant it, or run as root)");
+    }
+    let Some(root) = root else {
+        bail!("no cgroup v2 hierarchy is mounted with its root visible here (mount -t cgroup2 none /sys/fs/cgroup)");
+    };
+    let program: &mut SockOps = ebpf
+        .program_mut(SOCK_OPS.program)
+        .with_context(|| format!("program {} missing from the eBPF object", SOCK_OPS.program))?
+        .try_into()?;
+    program.load().map_err(|e| privileges::explain_program_error(SOCK_OPS.tracepoint, e))?;
+    let dir = std::fs::File::open(root).with_context(|| format!("opening {}", root.display()))?;
+    program
+        .attach(dir, CgroupAttachMode::Single)
+        .map_err(|e| privileges::explain_program_error(SOCK_OPS.tracepoint, e))
+        .with_context(|| format!("attaching to {}", root.display()))?;
+    tracing::debug!(cgroup = %root.display(), purpose = SOCK_OPS.purpose, "attached sock_ops");
+    Ok(())
 }
 
 /// Loads and attaches every program of [`HOOKS`].

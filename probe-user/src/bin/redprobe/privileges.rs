@@ -31,6 +31,14 @@ pub fn missing_capabilities(caps: u64) -> Vec<&'static str> {
     missing
 }
 
+/// What loading a sock_ops program (a networking program type) lacks: CAP_NET_ADMIN,
+/// unless the process has CAP_SYS_ADMIN.
+pub fn missing_for_sock_ops() -> Option<&'static str> {
+    let caps = effective_caps();
+    let has = |c: u32| caps & (1u64 << c) != 0;
+    (!has(CAP_NET_ADMIN) && !has(CAP_SYS_ADMIN)).then_some("CAP_NET_ADMIN")
+}
+
 /// What `--port` lacks to read /proc/PID/fd and /proc/PID/ns/net of processes of other
 /// users or with capabilities the agent lacks (ptrace read access, and the fd directory's
 /// permission bits).

@@ -124,13 +124,18 @@ pub async fn run(cli: Cli) -> Result<()> {
     let roots = cli.pids.iter().map(|p| inspect(&proc, *p)).collect::<Result<Vec<_>>>()?;
     let selectors = Arc::new(Selectors::new(&proc, &cli.ports, &cli.exes, &cli.cgroups)?);
     let listener = exposition::bind(cli.listen).await?;
-    let Probe { ebpf: _ebpf, events, targets: target_map, counters, conns, fast, target_words } =
+    let Probe { ebpf: _ebpf, events, targets: target_map, counters, conns, fast, target_words, server_ports, tx_off } =
         loader::load(&LoadOptions {
             ring_buffer_bytes: cli.ring_buffer_bytes,
             max_connections: cli.max_connections,
             wakeup_bytes: cli.wakeup_bytes,
             time_bounds: durations.kernel_table(),
+            cgroup2_root: proc.cgroup2_root(),
         })?;
+    match &tx_off {
+        None => info!("responses end when their last byte leaves the host (sock_ops on the root cgroup v2)"),
+        Some(why) => warn!("responses end when the server's last write returns, not when their last byte leaves: {why}"),
+    }
 
     let mut prometheus = Prometheus::default();
     let metrics = Metrics::with_durations(&mut prometheus, cli.naming, routes, durations);
@@ -152,6 +157,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         proc: proc.clone(),
         health: health.clone(),
         services,
+        server_ports: std::sync::Mutex::new(server_ports),
     };
     let mut fast_path = FastPath::new(fast.routes, metrics.clone());
     let aggregates = Aggregates::new(fast.agg, metrics.clone(), registry.clone());

@@ -17,7 +17,7 @@ use std::{
 };
 
 use anyhow::{Result, bail};
-use aya::maps::{HashMap as BpfHashMap, MapData};
+use aya::maps::{Array, HashMap as BpfHashMap, MapData};
 use probe_user::{
     metrics::health::Health,
     proc_root::{ProcInfo, ProcRoot},
@@ -117,6 +117,11 @@ pub struct Targets {
     pub health: Health,
     /// `SERVICES`, when the fast path is on.
     pub services: Option<std::sync::Mutex<BpfHashMap<MapData, u32, u32>>>,
+    /// `SERVER_PORTS`: one byte per TCP port, set to 1 and never cleared. The kernel sets
+    /// the ports a target starts to listen on, or serves a first request on; the agent sets
+    /// those its targets listen on already when it attaches them, so that their next
+    /// connections are timed to their arrival and to their last byte sent.
+    pub server_ports: std::sync::Mutex<Array<MapData, u8>>,
 }
 
 impl Targets {
@@ -130,6 +135,17 @@ impl Targets {
             let _ = services.remove(&pid);
         } else if services.insert(pid, id, 0).is_err() {
             self.health.map_write_failed("SERVICES");
+        }
+    }
+
+    /// Marks the TCP ports `pid` listens on in `SERVER_PORTS`.
+    fn mark_ports(&self, pid: u32) {
+        let Ok(ports) = self.proc.listening_ports(pid) else { return };
+        let mut map = self.server_ports.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        for port in ports {
+            if map.get(&(port as u32), 0).ok() != Some(1) && map.set(port as u32, 1, 0).is_err() {
+                self.health.map_write_failed("SERVER_PORTS");
+            }
         }
     }
 
@@ -165,6 +181,7 @@ impl Targets {
             None => return false,
         };
         self.sync_service(root.pid);
+        self.mark_ports(root.pid);
         info!(pid = root.pid, comm = %root.comm, service = %service, "measuring process");
         self.health.target_attaches.inc();
         // Children forked from now on are marked by the kernel. Those forked before are
@@ -176,6 +193,7 @@ impl Targets {
                 }
                 if lock(&self.registry).attach_descendant(&child, service.clone()).is_some() {
                     self.sync_service(child.pid);
+                    self.mark_ports(child.pid);
                     info!(pid = child.pid, comm = %child.comm, service = %service, "measuring process");
                     self.health.target_attaches.inc();
                 }
