@@ -6,7 +6,8 @@ pub const MAP_EVENTS: &str = "EVENTS";
 pub const MAP_TARGETS: &str = "TARGETS";
 /// LRU hash: socket cookie -> [`ConnState`].
 pub const MAP_CONNS: &str = "CONNS";
-/// LRU hash: socket cookie -> [`Arrival`]. Written only by the `sk_data_ready` hook.
+/// Hash: socket cookie -> [`Arrival`]. Written only by the `sk_data_ready` hook; an entry is
+/// removed when its socket reaches TCP_CLOSE (the TCP state hook).
 pub const MAP_ARRIVALS: &str = "ARRIVALS";
 /// Array of 65536 bytes, one per TCP port: 1 for a port a target listens or served an
 /// HTTP request on. Only ever set to 1, by the kernel (a target's listen, a target's
@@ -59,6 +60,9 @@ pub const COUNTER_TX_SUPERSEDED: u32 = 8;
 /// Waits stored: responses (fast path) or writes (agent's connections) whose last bytes
 /// were still unsent when the write returned.
 pub const COUNTER_TX_WAITS: u32 = 9;
+/// Batches of bytes arriving on a target's port that could not be stamped (`ARRIVALS`
+/// full): their requests start at their read.
+pub const COUNTER_ARRIVALS_FULL: u32 = 10;
 pub const COUNTER_SLOTS: u32 = 16;
 
 /// `ConnState::role`: the target receives HTTP requests on it.
@@ -110,8 +114,8 @@ impl ConnState {
 /// while the socket's receive queue was empty opens a batch (`start_seq`, at `ts_ns`), and
 /// each delivery while bytes of it remain unread extends it (`end_seq`). A read whose first
 /// byte is `start_seq` returned data that waited since `ts_ns`. One writer: the
-/// `sk_data_ready` hook (a new batch replaces the whole value; an extension writes
-/// `end_seq` alone, which readers do not use).
+/// `sk_data_ready` hook (a new batch rewrites the value in place, `start_seq` last; an
+/// extension writes `end_seq` alone, which readers do not use).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Arrival {

@@ -15,15 +15,16 @@
 //! TCP only: a UNIX socket has no port and no sequence numbers, and its requests start
 //! when they are read.
 use aya_ebpf::{
-    helpers::{bpf_ktime_get_ns, generated::bpf_get_socket_cookie},
+    bindings::BPF_NOEXIST,
+    helpers::{bpf_ktime_get_ns, generated::{bpf_get_socket_cookie, bpf_skc_to_tcp_sock}},
     macros::btf_tracepoint,
     programs::BtfTracePointContext,
 };
-use probe_common::Arrival;
+use probe_common::{Arrival, COUNTER_ARRIVALS_FULL};
 
 use crate::{
     kernel::read,
-    maps::{global, ARRIVALS, SERVER_PORTS},
+    maps::{count, global, ARRIVALS, SERVER_PORTS},
 };
 
 const AF_INET: u16 = 2;
@@ -33,31 +34,62 @@ const SOCK_STREAM: u16 = 1;
 #[btf_tracepoint(function = "sk_data_ready")]
 pub fn sk_data_ready(ctx: BtfTracePointContext) -> u32 {
     let sk: *const u8 = ctx.arg(0);
-    let Some(port) = read::<u16>(sk, global!(OFFSETS.sk_num)) else { return 0 };
+    // Every socket of the host comes here: the port is read with a plain load (the
+    // argument is a BTF-typed `struct sock *`), not a helper call.
+    let port = unsafe { field::<u16>(sk, global!(OFFSETS.sk_num)) };
     match SERVER_PORTS.get(port as u32) {
         Some(1) => {}
         _ => return 0,
     }
-    let Some(family) = read::<u16>(sk, global!(OFFSETS.sk_family)) else { return 0 };
-    if family != AF_INET && family != AF_INET6 || read::<u16>(sk, global!(OFFSETS.sk_type)) != Some(SOCK_STREAM) {
+    let (family, kind) = unsafe { (field::<u16>(sk, global!(OFFSETS.sk_family)), field::<u16>(sk, global!(OFFSETS.sk_type))) };
+    if family != AF_INET && family != AF_INET6 || kind != SOCK_STREAM {
         return 0;
     }
-    let (Some(copied), Some(next)) =
-        (read::<u32>(sk, global!(OFFSETS.tcp_copied_seq)), read::<u32>(sk, global!(OFFSETS.tcp_rcv_nxt)))
-    else {
+    // The same socket as a `struct tcp_sock` the verifier knows: its fields are plain loads.
+    let tp = unsafe { bpf_skc_to_tcp_sock(sk as *mut _) } as *const u8;
+    if tp.is_null() {
         return 0;
-    };
+    }
+    let (copied, next) = unsafe { (field::<u32>(tp, global!(OFFSETS.tcp_copied_seq)), field::<u32>(tp, global!(OFFSETS.tcp_rcv_nxt))) };
     let cookie = unsafe { bpf_get_socket_cookie(sk as *mut _) };
-    if let Some(a) = ARRIVALS.get_ptr_mut(&cookie) {
-        // Bytes of the batch are still unread: this delivery extends it.
-        if unread_before(unsafe { (*a).end_seq }, copied) {
-            unsafe { (*a).end_seq = next };
-            return 0;
+    let now = unsafe { bpf_ktime_get_ns() };
+    match ARRIVALS.get_ptr_mut(&cookie) {
+        Some(a) => unsafe {
+            // Bytes of the batch are still unread: this delivery extends it. Otherwise a
+            // new batch starts, written in place (an update that replaces the entry costs
+            // several times more); the readers match it by `start_seq`, written last.
+            if unread_before((*a).end_seq, copied) {
+                (*a).end_seq = next;
+            } else {
+                (*a).ts_ns = now;
+                (*a).end_seq = next;
+                core::ptr::write_volatile(&mut (*a).start_seq, copied);
+            }
+        },
+        None => {
+            let a = Arrival { ts_ns: now, start_seq: copied, end_seq: next };
+            if ARRIVALS.insert(&cookie, &a, BPF_NOEXIST as u64).is_err() {
+                count(COUNTER_ARRIVALS_FULL);
+            }
         }
     }
-    let a = Arrival { ts_ns: unsafe { bpf_ktime_get_ns() }, start_seq: copied, end_seq: next };
-    let _ = ARRIVALS.insert(&cookie, &a, 0);
     0
+}
+
+/// The socket closed: its stamp goes (`ARRIVALS` is not an LRU map: nothing else drops
+/// entries).
+#[inline(always)]
+pub fn forget(cookie: u64) {
+    let _ = ARRIVALS.remove(&cookie);
+}
+
+/// A field of a kernel struct the verifier knows the type of (a `struct sock` the hook was
+/// given as a BTF-typed argument, a `struct tcp_sock` from `bpf_skc_to_tcp_sock`), at an
+/// offset from `OFFSETS` (read-only data: the verifier knows its value and checks the
+/// access against the kernel's BTF), with a plain load.
+#[inline(always)]
+unsafe fn field<T: Copy>(sk: *const u8, offset: u32) -> T {
+    unsafe { core::ptr::read_volatile(sk.wrapping_add(offset as usize) as *const T) }
 }
 
 /// Is `end` (the batch's end) after `copied` (the next byte a read returns), modulo 2^32?

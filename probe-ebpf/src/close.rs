@@ -61,8 +61,10 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> u32 {
     // every socket of a process that is not a target) stop here.
     let Some(cookie) = conn::existing_cookie(sk) else { return 0 };
     if new_state == TCP_CLOSE {
-        // Nothing will be sent any more: bytes still waited for end now (`tx`).
+        // Nothing will be sent or received any more: bytes still waited for end now
+        // (`tx`), and the arrival stamp goes.
         tx::rp_tx_take(cookie, unsafe { bpf_ktime_get_ns() }, 0);
+        crate::arrival::forget(cookie);
     }
     let old_state = ctx.arg::<u64>(1) as u32;
     let open = old_state == TCP_ESTABLISHED || old_state == TCP_CLOSE_WAIT;

@@ -56,7 +56,7 @@ pub static AGG: PerCpuHashMap<AggKey, AggValue> =
 
 /// Socket cookie -> when its unread bytes began to arrive (`probe_common::Arrival`).
 #[map]
-pub static ARRIVALS: LruHashMap<u64, Arrival> = LruHashMap::with_max_entries(1, 0);
+pub static ARRIVALS: HashMap<u64, Arrival> = HashMap::with_max_entries(1, 0);
 
 /// One byte per TCP port: 1 where a target served an HTTP request (`arrival::mark_port`).
 #[map]

@@ -91,6 +91,7 @@ pub struct Health {
     pub aggregates_full: Counter,
     pub route_keys: Counter,
     pub tx_waits: Counter,
+    pub arrivals_full: Counter,
     pub tx_fallback: Family<ReasonLabels, Counter>,
     pub tx_waiting: Gauge,
 }
@@ -126,6 +127,7 @@ impl Health {
             aggregates_full: Counter::default(),
             route_keys: Counter::default(),
             tx_waits: Counter::default(),
+            arrivals_full: Counter::default(),
             tx_fallback: Family::default(),
             tx_waiting: Gauge::default(),
         };
@@ -164,6 +166,11 @@ impl Health {
                 "responses_waited_for_transmission",
                 "Responses whose last bytes were still in the socket's send queue when the server's last write returned (a slow reader, Nagle, cork): they end when those bytes go out",
                 &h.tx_waits,
+            ),
+            (
+                "arrival_map_full",
+                "Batches of bytes arriving on a target's port whose arrival could not be stamped because the kernel's ARRIVALS map (sized by --max-connections) was full: their requests start at their read",
+                &h.arrivals_full,
             ),
             (
                 "route_keys",

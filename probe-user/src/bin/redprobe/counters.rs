@@ -2,7 +2,7 @@
 use aya::maps::{MapData, PerCpuArray};
 use probe_common::{
     COUNTER_AGG_FULL, COUNTER_CLIENT_CONNS, COUNTER_CONN_INSERT_FAILED, COUNTER_FD_MISMATCH, COUNTER_FOREIGN_CONTEXT, COUNTER_LOST,
-    COUNTER_SERVER_CONNS, COUNTER_SLOTS, COUNTER_TX_SUPERSEDED, COUNTER_TX_WAITS, COUNTER_TX_WAIT_FULL,
+    COUNTER_SERVER_CONNS, COUNTER_SLOTS, COUNTER_ARRIVALS_FULL, COUNTER_TX_SUPERSEDED, COUNTER_TX_WAITS, COUNTER_TX_WAIT_FULL,
 };
 use probe_user::{
     metrics::health::{Health, ROLE_CLIENT, ROLE_SERVER},
@@ -33,6 +33,7 @@ impl KernelCounters {
             COUNTER_TX_WAITS,
             COUNTER_TX_WAIT_FULL,
             COUNTER_TX_SUPERSEDED,
+            COUNTER_ARRIVALS_FULL,
         ] {
             let Ok(values) = self.map.get(&slot, 0) else { continue };
             let total: u64 = values.iter().sum();
@@ -58,6 +59,9 @@ impl KernelCounters {
                 }
                 COUNTER_TX_WAIT_FULL => h.tx_fallback(TxFallback::WaitMapFull, delta),
                 COUNTER_TX_SUPERSEDED => h.tx_fallback(TxFallback::Superseded, delta),
+                COUNTER_ARRIVALS_FULL => {
+                    h.arrivals_full.inc_by(delta);
+                }
                 COUNTER_CLIENT_CONNS => h.classified(ROLE_CLIENT, delta),
                 _ => {}
             }
