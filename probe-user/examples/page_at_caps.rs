@@ -1,10 +1,12 @@
 //! The `/metrics` page at the label caps, for `cargo xtask bench` (measure P): `SERVICES`
-//! services, each at the default route cap with one label set per route, every histogram
-//! populated. Prints one line per format: `format label_sets bytes lines render_ms`
+//! services, each at the default route cap with one label set per route, as many as the
+//! node-wide cap (`--max-label-sets`) admits, the rest folded into each service's `_other`.
+//! Two page shapes: the default histograms, and all of them (`--extra-histograms all`).
+//! Prints one line per shape and format: `shape format label_sets bytes lines render_ms`
 //! (render: the median of 3 encodes of the whole registry).
 use std::time::Instant;
 
-use probe_user::metrics::{Request, otel::OtelHttp, scheme::Scheme};
+use probe_user::metrics::{Extra, HttpOptions, Request, otel::OtelHttp, scheme::Scheme};
 use prometheus_client::{
     encoding::{prometheus_protobuf, text},
     registry::Registry,
@@ -22,11 +24,11 @@ fn median_ms(mut f: impl FnMut()) -> f64 {
     t[1]
 }
 
-fn main() {
-    let mut args = std::env::args().skip(1).map(|a| a.parse::<usize>().expect("SERVICES ROUTES"));
-    let (services, routes) = (args.next().unwrap_or(50), args.next().unwrap_or(100));
+/// Fills a registry with SERVICES x ROUTES label sets' worth of requests (more than the
+/// node-wide cap admits: the rest fold into each service's `_other`), then prints its page.
+fn page(services: usize, routes: usize, options: HttpOptions, shape: &str) {
     let mut registry = Registry::default();
-    let http = OtelHttp::register(&mut registry, Scheme::default_time());
+    let http = OtelHttp::register(&mut registry, Scheme::default_time(), options);
     let names: Vec<String> = (0..services).map(|s| format!("service-{s:02}")).collect();
     let paths: Vec<String> = (0..routes).map(|r| format!("/api/v1/resource-{r:03}/{{id}}")).collect();
     for service in &names {
@@ -41,7 +43,7 @@ fn main() {
                     version: "1.1",
                     transport: "tcp",
                     duration_ns: 50_000 * (1 + n + i as u64 % 7) * (1 + n % 5),
-                    queue_ns: 0,
+                    queue_ns: 10_000 * (n % 3),
                     first_byte_ns: 40_000 * (1 + n),
                     request_body: 0,
                     response_body: 100 << (n % 12),
@@ -49,14 +51,21 @@ fn main() {
             }
         }
     }
-    let sets = services * routes;
+    let sets = (services * routes).min(options.max_label_sets) + services;
     let mut page = String::new();
     let ms = median_ms(|| {
         page.clear();
         text::encode(&mut page, &registry).expect("text encoding");
     });
-    println!("openmetrics-text {sets} {} {} {ms:.1}", page.len(), page.lines().count());
+    println!("{shape} openmetrics-text {sets} {} {} {ms:.1}", page.len(), page.lines().count());
     let mut bytes = vec![];
     let ms = median_ms(|| bytes = prometheus_protobuf::encode_to_vec(&registry).expect("protobuf encoding"));
-    println!("prometheus-protobuf {sets} {} 0 {ms:.1}", bytes.len());
+    println!("{shape} prometheus-protobuf {sets} {} 0 {ms:.1}", bytes.len());
+}
+
+fn main() {
+    let mut args = std::env::args().skip(1).map(|a| a.parse::<usize>().expect("SERVICES ROUTES"));
+    let (services, routes) = (args.next().unwrap_or(50), args.next().unwrap_or(100));
+    page(services, routes, HttpOptions::default(), "default");
+    page(services, routes, HttpOptions { extra: Extra::ALL, ..HttpOptions::default() }, "all-histograms");
 }

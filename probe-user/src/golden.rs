@@ -15,7 +15,7 @@ use prometheus_client::registry::Registry as Prometheus;
 use crate::{
     exposition::to_prometheus_text,
     labels::{Router, Routes, Template},
-    metrics::{Metrics, Naming, kernel::KernelTotals},
+    metrics::{Extra, HttpOptions, Metrics, Naming, kernel::KernelTotals, scheme::Scheme},
     pipeline::{Notice, Pipeline},
     proc_root::ProcInfo,
     registry::{Registry, lock},
@@ -127,11 +127,13 @@ fn render(naming: Naming) -> String {
 }
 
 /// The registry after the fixed sequence (the agent's records, then the kernel's
-/// aggregates).
+/// aggregates), with every histogram served (`--extra-histograms all`), so that the
+/// fixture pins each family's rendering.
 fn registry_after_the_sequence(naming: Naming) -> Prometheus {
     let mut prometheus = Prometheus::default();
     let router = Router::new(vec![Template::parse("/static/{path...}").unwrap()]);
-    let metrics = Metrics::new(&mut prometheus, naming, Routes::new(router, 100));
+    let options = HttpOptions { extra: Extra::ALL, ..HttpOptions::default() };
+    let metrics = Metrics::with_options(&mut prometheus, naming, Routes::new(router, 100), Scheme::default_time(), options);
     let registry = Registry::new(None).shared();
     lock(&registry).attach_root(&ProcInfo { pid: TGID, ppid: 1, start_time: 1, comm: "shop".into() });
     let mut pipeline = Pipeline::new(metrics.clone(), registry.clone(), 100);

@@ -251,7 +251,10 @@ fn more_keep_alive_connections_than_the_table_holds_lose_nothing() -> Result<()>
 #[test]
 fn framing_a_strict_parser_would_refuse_is_followed() -> Result<()> {
     let server = Server::start_python()?;
-    let agent = Agent::attach(server.pid())?;
+    // With the body-size histograms (not served by default), to check the early body.
+    let mut args = testkit::procs::pid_args(&[server.pid()]);
+    args.extend(["--extra-histograms".to_string(), "request-size".to_string()]);
+    let agent = Agent::start(&args)?;
     let mut c = Conn::open(server.port)?;
     let mut truth = Counts::new();
     for path in ["/cl-list", "/hello", "/folded", "/hello"] {

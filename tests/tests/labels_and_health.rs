@@ -16,7 +16,10 @@ fn args(server: &Server, extra: &[&str]) -> Vec<String> {
 #[test]
 fn health_counters_routes_and_saturation_move() -> Result<()> {
     let mut server = Server::start_python()?;
-    let agent = Agent::start(&args(&server, &["--service", "shop", "--route", "/users/{uid}", "--max-routes", "3"]))?;
+    let agent = Agent::start(&args(
+        &server,
+        &["--service", "shop", "--route", "/users/{uid}", "--max-routes", "3", "--extra-histograms", "response-size"],
+    ))?;
 
     let mut conn = Conn::open(server.port)?;
     for path in ["/users/7", "/users/8", "/hello", "/missing", "/error", "/chunked"] {

@@ -57,7 +57,10 @@ fn run(bind: Bind) -> Result<()> {
     let big = vec![b'b'; 3 << 20];
     let files = static_site(&big);
     let server = nginx(bind, &NginxSite { workers: 2, files: &files, ..Default::default() })?;
-    let agent = Agent::attach(server.pid())?;
+    // With the response-size histogram (not served by default), for the sendfile bytes.
+    let mut args = testkit::procs::pid_args(&[server.pid()]);
+    args.extend(["--extra-histograms".to_string(), "response-size".to_string()]);
+    let agent = Agent::start(&args)?;
     let mut w = Workload::new(&server.endpoint);
     nginx_mix(&mut w)?;
     let m = assert_exact(&agent, &w, &format!("nginx return+sendfile ({bind:?})"))?;

@@ -99,6 +99,33 @@ pub fn label_safe(s: String) -> String {
     out
 }
 
+/// The node-wide cap on request label sets (`--max-label-sets`): each costs a series per
+/// histogram bucket on every scrape, so the page of a node with many services stays small.
+/// A request whose label set would be a new one past the cap is reported under its
+/// service's [`OTHER_ROUTE`] (its method, status and the rest kept): those sets are few
+/// (services x methods x statuses) and are always admitted.
+pub struct LabelSetCap {
+    max: usize,
+    used: std::sync::atomic::AtomicUsize,
+}
+
+impl LabelSetCap {
+    pub fn new(max: usize) -> Self {
+        LabelSetCap { max, used: Default::default() }
+    }
+
+    /// May one more label set be made? Counts it if so.
+    pub fn admit(&self) -> bool {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.used.fetch_update(Relaxed, Relaxed, |n| (n < self.max).then_some(n + 1)).is_ok()
+    }
+
+    /// The route to report a request under when its own label set was not admitted.
+    pub fn folded_route(&self) -> &'static str {
+        OTHER_ROUTE
+    }
+}
+
 /// The `http_route` of a request: the router's route, capped at `max` distinct routes per
 /// service (later ones become [`OTHER_ROUTE`]).
 pub struct Routes {

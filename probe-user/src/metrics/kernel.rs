@@ -76,7 +76,7 @@ mod tests {
     use super::*;
     use crate::{
         labels::{Router, Routes},
-        metrics::Naming,
+        metrics::{Extra, HttpOptions, Naming, scheme::Scheme},
     };
 
     fn value(n: u32, ns: u64) -> AggValue {
@@ -94,7 +94,9 @@ mod tests {
     #[test]
     fn deltas_count_each_request_once() {
         let mut prom = Registry::default();
-        let metrics = Metrics::new(&mut prom, Naming::Otel, Routes::new(Router::default(), 10));
+        let options = HttpOptions { extra: Extra::ALL, ..HttpOptions::default() };
+        let metrics =
+            Metrics::with_options(&mut prom, Naming::Otel, Routes::new(Router::default(), 10), Scheme::default_time(), options);
         let svc: Arc<str> = "nginx".into();
         let (route, _) = metrics.routes().route_key(1, &svc, 7, b"/hello");
         let key = AggKey { service: 1, route, status: 200, method: 1, version: 1, family: 2, _pad: 0 };

@@ -36,6 +36,40 @@ pub enum Naming {
     DjangoPrometheus,
 }
 
+/// The histograms served besides the duration and the queue time (`--extra-histograms`):
+/// each is another series per bucket and label set on text scrapes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Extra {
+    /// `redprobe_http_server_time_to_first_byte_seconds`.
+    pub ttfb: bool,
+    /// `http_server_request_body_size_bytes`.
+    pub request_size: bool,
+    /// `http_server_response_body_size_bytes`.
+    pub response_size: bool,
+}
+
+impl Extra {
+    pub const ALL: Extra = Extra { ttfb: true, request_size: true, response_size: true };
+}
+
+/// The shape of the OpenTelemetry page: which histograms, and how many label sets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HttpOptions {
+    pub extra: Extra,
+    /// Request label sets across the node (`--max-label-sets`; `labels::LabelSetCap`).
+    pub max_label_sets: usize,
+}
+
+/// `--max-label-sets`'s default: with the default histograms, about 8 MB of text
+/// page at the cap (`cargo xtask bench`, measure P).
+pub const DEFAULT_MAX_LABEL_SETS: usize = 1500;
+
+impl Default for HttpOptions {
+    fn default() -> Self {
+        HttpOptions { extra: Extra::default(), max_label_sets: DEFAULT_MAX_LABEL_SETS }
+    }
+}
+
 /// One finished request, with every label already bounded.
 #[derive(Clone, Debug)]
 pub struct Request<'a> {
@@ -73,15 +107,22 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    /// With the default duration buckets.
+    /// With the default duration buckets and page shape.
     pub fn new(registry: &mut Registry, naming: Naming, routes: Routes) -> Self {
-        Metrics::with_durations(registry, naming, routes, scheme::Scheme::default_time())
+        Metrics::with_options(registry, naming, routes, scheme::Scheme::default_time(), HttpOptions::default())
     }
 
-    /// `durations`: the duration scheme (`--buckets`; the kernel's table is made of it).
-    pub fn with_durations(registry: &mut Registry, naming: Naming, routes: Routes, durations: Arc<scheme::Scheme>) -> Self {
+    /// `durations`: the duration scheme (`--buckets`; the kernel's table is made of it);
+    /// `options`: the OpenTelemetry page's shape.
+    pub fn with_options(
+        registry: &mut Registry,
+        naming: Naming,
+        routes: Routes,
+        durations: Arc<scheme::Scheme>,
+        options: HttpOptions,
+    ) -> Self {
         let http = match naming {
-            Naming::Otel => Http::Otel(otel::OtelHttp::register(registry, durations)),
+            Naming::Otel => Http::Otel(otel::OtelHttp::register(registry, durations, options)),
             Naming::DjangoPrometheus => Http::Django(django::DjangoHttp::register(registry)),
         };
         Metrics { http: Arc::new(http), health: health::Health::register(registry), routes: Arc::new(routes) }
@@ -138,8 +179,10 @@ impl Metrics {
             request_body: 0,
             response_body: 0,
         };
-        if let Http::Otel(m) = self.http.as_ref() {
-            m.add_kernel(&req, delta);
+        if let Http::Otel(m) = self.http.as_ref()
+            && m.add_kernel(&req, delta)
+        {
+            self.health.routes_folded.inc_by(n);
         }
     }
 
@@ -174,7 +217,11 @@ impl Metrics {
             response_body: x.response_body_bytes,
         };
         match self.http.as_ref() {
-            Http::Otel(m) => m.observe(&req),
+            Http::Otel(m) => {
+                if m.observe(&req) {
+                    self.health.routes_folded.inc();
+                }
+            }
             Http::Django(m) => m.observe(&req),
         }
     }

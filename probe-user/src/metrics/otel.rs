@@ -13,7 +13,7 @@ use prometheus_client::{
 use probe_common::AggValue;
 
 use super::{
-    Request, SnapshotGauge,
+    HttpOptions, Request, SnapshotGauge,
     histogram::{Buckets, OnScheme},
     scheme::Scheme,
 };
@@ -56,9 +56,10 @@ struct Series {
     status: Option<u16>,
     reset: bool,
     duration: Buckets,
-    first_byte: Buckets,
-    request_size: Buckets,
-    response_size: Buckets,
+    /// The optional histograms (`--extra-histograms`), where served.
+    first_byte: Option<Buckets>,
+    request_size: Option<Buckets>,
+    response_size: Option<Buckets>,
     /// The service's (shared by all its series).
     queue: Buckets,
 }
@@ -86,6 +87,8 @@ fn series_key(r: &Request<'_>) -> u64 {
 pub struct OtelHttp {
     /// Label-set hash -> the series with that hash (almost always one).
     series: Mutex<HashMap<u64, Vec<Series>>>,
+    options: HttpOptions,
+    cap: labels::LabelSetCap,
     duration: HistogramFamily,
     first_byte: HistogramFamily,
     request_size: HistogramFamily,
@@ -96,10 +99,12 @@ pub struct OtelHttp {
 
 impl OtelHttp {
     /// `durations`: the duration scheme (`--buckets`), the kernel's too.
-    pub fn register(registry: &mut Registry, durations: Arc<Scheme>) -> Self {
+    pub fn register(registry: &mut Registry, durations: Arc<Scheme>, options: HttpOptions) -> Self {
         let sizes = Scheme::size();
         let m = OtelHttp {
             series: Default::default(),
+            options,
+            cap: labels::LabelSetCap::new(options.max_label_sets),
             duration: Family::new_with_constructor(OnScheme(durations.clone())),
             first_byte: Family::new_with_constructor(OnScheme(durations.clone())),
             queue: Family::new_with_constructor(OnScheme(durations)),
@@ -107,34 +112,41 @@ impl OtelHttp {
             response_size: Family::new_with_constructor(OnScheme(sizes)),
             active: SnapshotGauge::default(),
         };
+        let extra = options.extra;
         let histograms = [
             (
+                true,
                 "http_server_request_duration",
-                "Duration of HTTP server requests: from the arrival of the request's first byte at the socket (else its read) to the write of the response's last byte",
+                "Duration of HTTP server requests: from the arrival of the request's first byte at the socket (else its read) to the transmission of the response's last byte (else the write of it)",
                 Unit::Seconds,
                 &m.duration,
             ),
             (
+                extra.ttfb,
                 "redprobe_http_server_time_to_first_byte",
                 "From the arrival of the request's first byte at the socket (else its read) to the write of the response's first byte (redprobe's own metric)",
                 Unit::Seconds,
                 &m.first_byte,
             ),
             (
+                extra.request_size,
                 "http_server_request_body_size",
                 "Size of HTTP request bodies as transferred (chunk framing included), without headers",
                 Unit::Bytes,
                 &m.request_size,
             ),
             (
+                extra.response_size,
                 "http_server_response_body_size",
                 "Size of HTTP response bodies as transferred (chunk framing included), without headers",
                 Unit::Bytes,
                 &m.response_size,
             ),
         ];
-        for (name, help, unit, family) in histograms {
-            registry.register_with_unit(name, help, unit, family.clone());
+        for (on, name, help, unit, family) in histograms {
+            if on {
+                registry.register_with_unit(name, help, unit, family.clone());
+            }
         }
         registry.register_with_unit(
             "redprobe_http_server_queue_time",
@@ -156,52 +168,80 @@ impl OtelHttp {
             error_type: labels::error_type(r.status, r.reset),
             service_name: r.service.to_string(),
         };
+        let extra = self.options.extra;
+        let optional = |on: bool, family: &HistogramFamily| on.then(|| family.get_or_create(&labels).clone());
         Series {
             status: r.status,
             reset: r.reset,
             duration: self.duration.get_or_create(&labels).clone(),
-            first_byte: self.first_byte.get_or_create(&labels).clone(),
-            request_size: self.request_size.get_or_create(&labels).clone(),
-            response_size: self.response_size.get_or_create(&labels).clone(),
+            first_byte: optional(extra.ttfb, &self.first_byte),
+            request_size: optional(extra.request_size, &self.request_size),
+            response_size: optional(extra.response_size, &self.response_size),
             queue: self.queue.get_or_create(&QueueLabels { service_name: r.service.to_string() }).clone(),
             labels,
         }
     }
 
-    /// The series of a request's labels (created on first sight), given to `f`.
-    fn with_series(&self, r: &Request<'_>, f: impl FnOnce(&Series)) {
-        let Ok(mut series) = self.series.lock() else { return };
+    /// The series of a request's labels (created on first sight, within the node-wide cap
+    /// on label sets), given to `f`. Returns true if the cap folded the request into its
+    /// service's `_other` route.
+    fn with_series(&self, r: &Request<'_>, f: impl FnOnce(&Series)) -> bool {
+        let Ok(mut series) = self.series.lock() else { return false };
         let same_hash = series.entry(series_key(r)).or_default();
-        let i = match same_hash.iter().position(|s| s.matches(r)) {
-            Some(i) => i,
+        if let Some(s) = same_hash.iter().find(|s| s.matches(r)) {
+            f(s);
+            return false;
+        }
+        if r.route == self.cap.folded_route() || self.cap.admit() {
+            same_hash.push(self.new_series(r));
+            f(same_hash.last().expect("just pushed"));
+            return false;
+        }
+        let folded = Request { route: self.cap.folded_route(), ..r.clone() };
+        let same_hash = series.entry(series_key(&folded)).or_default();
+        match same_hash.iter().find(|s| s.matches(&folded)) {
+            Some(s) => f(s),
             None => {
-                same_hash.push(self.new_series(r));
-                same_hash.len() - 1
+                same_hash.push(self.new_series(&folded));
+                f(same_hash.last().expect("just pushed"));
             }
-        };
-        f(&same_hash[i]);
+        }
+        true
     }
 
-    pub fn observe(&self, r: &Request<'_>) {
+    /// Returns true if the node-wide cap on label sets folded the request (`with_series`).
+    pub fn observe(&self, r: &Request<'_>) -> bool {
         self.with_series(r, |s| {
             s.duration.observe(r.duration_ns);
-            s.first_byte.observe(r.first_byte_ns);
-            s.request_size.observe(r.request_body);
-            s.response_size.observe(r.response_body);
             s.queue.observe(r.queue_ns);
-        });
+            if let Some(h) = &s.first_byte {
+                h.observe(r.first_byte_ns);
+            }
+            if let Some(h) = &s.request_size {
+                h.observe(r.request_body);
+            }
+            if let Some(h) = &s.response_size {
+                h.observe(r.response_body);
+            }
+        })
     }
 
     /// Adds what the kernel aggregated for `r`'s labels since the last time (`r`'s values
-    /// are not used).
-    pub fn add_kernel(&self, r: &Request<'_>, delta: &AggValue) {
+    /// are not used). Returns true if the node-wide cap on label sets folded them.
+    pub fn add_kernel(&self, r: &Request<'_>, delta: &AggValue) -> bool {
         self.with_series(r, |s| {
             s.duration.add(&delta.duration.counts, delta.duration.sum);
-            s.first_byte.add(&delta.first_byte.counts, delta.first_byte.sum);
-            s.request_size.add(&delta.request_body.counts, delta.request_body.sum);
-            s.response_size.add(&delta.response_body.counts, delta.response_body.sum);
             s.queue.add(&delta.queue.counts, delta.queue.sum);
-        });
+            if let Some(h) = &s.first_byte {
+                h.add(&delta.first_byte.counts, delta.first_byte.sum);
+            }
+            if let Some(h) = &s.request_size {
+                h.add(&delta.request_body.counts, delta.request_body.sum);
+            }
+            if let Some(h) = &s.response_size {
+                h.add(&delta.response_body.counts, delta.response_body.sum);
+            }
+        })
     }
 
     pub fn set_active(&self, active: &HashMap<(Arc<str>, String), i64>) {

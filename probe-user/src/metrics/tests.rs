@@ -55,10 +55,16 @@ fn routes_are_capped_per_service() {
     assert_eq!(value(&text, "http_server_request_duration_seconds_count", &["http_route=\"_other\""]), 2.0);
 }
 
+/// Every histogram (`--extra-histograms all`).
+fn with_all_histograms(reg: &mut Registry, routes: Routes) -> Metrics {
+    let options = HttpOptions { extra: Extra::ALL, ..HttpOptions::default() };
+    Metrics::with_options(reg, Naming::Otel, routes, scheme::Scheme::default_time(), options)
+}
+
 #[test]
 fn durations_sizes_and_error_type() {
     let mut reg = Registry::default();
-    let m = Metrics::new(&mut reg, Naming::Otel, Routes::new(Router::default(), 10));
+    let m = with_all_histograms(&mut reg, Routes::new(Router::default(), 10));
     m.observe(&Output::Exchange(exchange("/s", 200, 60)));
     m.observe(&Output::Exchange(exchange("/e", 503, 1)));
     let text = encode(&reg);
@@ -136,4 +142,46 @@ fn snapshot_gauges_drop_series_that_vanished_to_zero() {
     assert_eq!((g.family.get_or_create(&a).get(), g.family.get_or_create(&b).get()), (0, 5), "a vanished: back to 0");
     g.set([]);
     assert_eq!(g.family.get_or_create(&b).get(), 0);
+}
+
+/// The default page serves the duration and queue-time histograms only; TTFB and body
+/// sizes are opt-in.
+#[test]
+fn extra_histograms_are_opt_in() {
+    let mut reg = Registry::default();
+    let m = Metrics::new(&mut reg, Naming::Otel, Routes::new(Router::default(), 10));
+    m.observe(&Output::Exchange(exchange("/s", 200, 60)));
+    let text = encode(&reg);
+    assert_eq!(value(&text, "http_server_request_duration_seconds_count", &["/s"]), 1.0);
+    assert_eq!(value(&text, "redprobe_http_server_queue_time_seconds_count", &[]), 1.0);
+    for absent in ["time_to_first_byte", "body_size"] {
+        assert!(!text.contains(absent), "{absent} is served by default:\n{text}");
+    }
+    let mut reg = Registry::default();
+    let m = with_all_histograms(&mut reg, Routes::new(Router::default(), 10));
+    m.observe(&Output::Exchange(exchange("/s", 200, 60)));
+    let text = encode(&reg);
+    for present in ["redprobe_http_server_time_to_first_byte_seconds_count", "http_server_request_body_size_bytes_count", "http_server_response_body_size_bytes_count"] {
+        assert_eq!(value(&text, present, &["/s"]), 1.0, "{present}");
+    }
+}
+
+/// Past the node-wide cap on label sets, a new label set is reported under its service's
+/// `_other` route (method, status kept), counted as folded; known sets go on.
+#[test]
+fn the_node_wide_cap_on_label_sets_folds_new_ones_into_other() {
+    let mut reg = Registry::default();
+    let options = HttpOptions { max_label_sets: 2, ..HttpOptions::default() };
+    let m = Metrics::with_options(&mut reg, Naming::Otel, Routes::new(Router::default(), 100), scheme::Scheme::default_time(), options);
+    for route in ["/a", "/b", "/c", "/a", "/d"] {
+        m.observe(&Output::Exchange(exchange(route, 200, 1)));
+    }
+    m.observe(&Output::Exchange(exchange("/e", 503, 1)));
+    let text = encode(&reg);
+    let count = |labels: &[&str]| value(&text, "http_server_request_duration_seconds_count", labels);
+    assert_eq!((count(&["\"/a\""]), count(&["\"/b\""])), (2.0, 1.0));
+    assert_eq!(count(&["http_route=\"_other\"", "http_response_status_code=\"200\""]), 2.0);
+    assert_eq!(count(&["http_route=\"_other\"", "http_response_status_code=\"503\""]), 1.0);
+    assert!(!text.contains("\"/c\"") && !text.contains("\"/e\""), "{text}");
+    assert_eq!(value(&text, "redprobe_routes_folded_total", &[]), 3.0);
 }

@@ -138,7 +138,7 @@ pub async fn run(cli: Cli) -> Result<()> {
     }
 
     let mut prometheus = Prometheus::default();
-    let metrics = Metrics::with_durations(&mut prometheus, cli.naming, routes, durations);
+    let metrics = Metrics::with_options(&mut prometheus, cli.naming, routes, durations, cli.http_options());
     let registry = Registry::new(cli.service.as_deref()).shared();
     prometheus.register_collector(Box::new(ScrapeCollectors::new(
         Saturation::new(registry.clone(), proc.clone()),
