@@ -76,6 +76,10 @@ pub const ROLE_OTHER: u32 = 3;
 
 /// `ConnState::flags`: an event of this connection was lost.
 pub const CONN_LOST_EVENTS: u32 = 1;
+/// `ConnState::flags`: the sock_ops program turned on the socket's per-segment callback
+/// (read once, at classification: the callback is turned on at PASSIVE_ESTABLISHED, before
+/// any read), so a response's last bytes can be waited for (`tx`).
+pub const CONN_TX_WATCHED: u32 = 2;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -10,7 +10,7 @@ use probe_common::{
     syscalls::BufferShape, ConnState, DataEvent, EventHeader, COUNTER_CLIENT_CONNS, COUNTER_FD_MISMATCH,
     COUNTER_FOREIGN_CONTEXT, COUNTER_LOST, COUNTER_SERVER_CONNS, EVENT_RECV, EVENT_SEND,
     FLAG_AFTER_LOSS, FLAG_UNCLASSIFIED, HEAD_WINDOW, MAX_IOVECS, MAX_IOVECS_WALKED, ROLE_CLIENT, ROLE_OTHER,
-    ROLE_SERVER, ROLE_UNKNOWN, TAIL_WINDOW, FLAG_TX_PENDING, TX_SLOW, TxWait,
+    ROLE_SERVER, ROLE_UNKNOWN, TAIL_WINDOW, CONN_TX_WATCHED, FLAG_TX_PENDING, TX_SLOW, TxWait,
 };
 
 use crate::{
@@ -176,6 +176,12 @@ pub extern "C" fn rp_on_io(w: *mut Work, state: *mut ConnState) -> u32 {
                             crate::arrival::mark_port(sk);
                         }
                         let server = conn::set_role(cookie, ROLE_SERVER);
+                        if let Some(s) = server
+                            && family != AF_UNIX
+                            && tx::watched(sk)
+                        {
+                            unsafe { (*s).flags |= CONN_TX_WATCHED };
+                        }
                         // A server connection is fast from its first request, if its
                         // process's service is known, and if the agent holds none of its
                         // bytes yet (a request line that came in pieces).
@@ -427,6 +433,7 @@ pub extern "C" fn rp_emit(a: *const EmitArgs) -> u64 {
     let mut flags = flags;
     if a.recv == 0
         && a.family != AF_UNIX as u64
+        && tx::watched(a.sk as *const u8)
         && let Some(end_seq) = tx::unsent(a.sk as *const u8)
     {
         // Built in the per-CPU work area (this runs in the target's syscall, as its caller

@@ -11,7 +11,7 @@
 use aya_ebpf::{bindings::BPF_NOEXIST, helpers::generated::bpf_probe_read_kernel};
 use probe_common::{
     AggKey, AggValue, ConnState, EventHeader, FastRequest, MeasuredEvent, Pairing, PathEvent, RouteKey,
-    SwitchEvent, TxWait, TX_FAST, CONN_LOST_EVENTS, COUNTER_AGG_FULL, COUNTER_LOST, EVENT_MEASURED, EVENT_PATH,
+    SwitchEvent, TxWait, TX_FAST, CONN_LOST_EVENTS, CONN_TX_WATCHED, COUNTER_AGG_FULL, COUNTER_LOST, EVENT_MEASURED, EVENT_PATH,
     EVENT_SWITCH, FAST_DEPTH, HEAD_WINDOW, MAX_HELD, MODE_SLOW, REQ_BODY, REQ_HEAD, RESP_CHUNKED, RESP_IDLE, RESP_LENGTH,
     RESP_UNTIL_CLOSE, SLOW_HEAD_BEYOND_WINDOW, SLOW_HEAD_SPLIT, SLOW_PIPELINE, SLOW_REQUEST,
     SLOW_RESPONSE, SLOW_UNEXPECTED_WRITE, SLOW_UNREADABLE, SLOW_UPGRADE, TAIL_WINDOW,
@@ -340,7 +340,7 @@ pub extern "C" fn rp_measure(w: *mut Work, c: *mut ConnState, status: u64, first
     p.resp_state = RESP_IDLE;
     p.resp_bytes = 0;
     p.resp_left = 0;
-    if w.tx_ok != 0 && w.family != AF_UNIX as u64 && let Some(end_seq) = tx::unsent(w.sk as *const u8) {
+    if w.tx_ok != 0 && c.flags & CONN_TX_WATCHED != 0 && let Some(end_seq) = tx::unsent(w.sk as *const u8) {
         // Bytes of the response are still in the send queue: it ends when they go out.
         w.tx = TxWait {
             end_seq,

@@ -46,8 +46,6 @@ use crate::{
     maps::{count, global, EVENTS, SERVER_PORTS, TX_WAIT},
 };
 
-const TCP_CLOSE: u8 = 7;
-
 #[sock_ops]
 pub fn tx_sock_ops(ctx: SockOpsContext) -> u32 {
     match ctx.op() {
@@ -91,18 +89,18 @@ fn before(a: u32, b: u32) -> bool {
     (a.wrapping_sub(b) as i32) < 0
 }
 
-/// At a write's return on TCP socket `sk`: the sequence number after its last byte, if
-/// bytes of the send queue are still unsent and the connection has the per-segment
-/// callback (so that their transmission will be seen); None otherwise.
+/// Does TCP socket `sk` have the per-segment callback (so that the transmission of its
+/// bytes will be seen)? The fast path asks once per connection (`CONN_TX_WATCHED`).
+#[inline(always)]
+pub fn watched(sk: *const u8) -> bool {
+    matches!(read::<u8>(sk, global!(OFFSETS.tcp_cb_flags)), Some(f) if f as u32 & BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG != 0)
+}
+
+/// At a write's return on a watched TCP socket `sk`: the sequence number after its last
+/// byte, if bytes of the send queue are still unsent; None otherwise. (A write does not
+/// return bytes on a closed socket; at a reset, the close hook does not ask.)
 #[inline(always)]
 pub fn unsent(sk: *const u8) -> Option<u32> {
-    let flags = read::<u8>(sk, global!(OFFSETS.tcp_cb_flags))?;
-    if flags as u32 & BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG == 0 {
-        return None;
-    }
-    if read::<u8>(sk, global!(OFFSETS.sk_state))? == TCP_CLOSE {
-        return None;
-    }
     let end = read::<u32>(sk, global!(OFFSETS.tcp_write_seq))?;
     let next = read::<u32>(sk, global!(OFFSETS.tcp_snd_nxt))?;
     before(next, end).then_some(end)
