@@ -54,7 +54,11 @@ fn probe_means(agent: &Agent, route: &str, n: usize) -> Result<(f64, f64)> {
     Ok((duration / n as f64, queued / n as f64))
 }
 
-fn check(server: &str, client_mean: f64, probe_mean: f64, queue_mean: f64) {
+/// The probe's mean duration against the clients' (`load`'s requests and total time), and
+/// its queue time.
+fn check(server: &str, agent: &Agent, route: &str, (n, client): (usize, Duration)) -> Result<()> {
+    let (probe_mean, queue_mean) = probe_means(agent, route, n)?;
+    let client_mean = client.as_secs_f64() / n as f64;
     println!(
         "{server}: {CLIENTS} clients x {REQUESTS}: client mean {:.2} ms, probe mean {:.2} ms ({:.3}), queue time mean {:.2} ms",
         client_mean * 1e3,
@@ -70,6 +74,7 @@ fn check(server: &str, client_mean: f64, probe_mean: f64, queue_mean: f64) {
     let work = WORK_MS as f64 / 1e3;
     assert!(queue_mean > work, "{server}: queue time mean {queue_mean:.4} s; the clients waited {client_mean:.4} s for {work} s of work");
     assert!(queue_mean < probe_mean, "{server}: queue time mean {queue_mean:.4} s is above the duration's {probe_mean:.4} s");
+    Ok(())
 }
 
 /// One connection at a time (Python's HTTPServer): the other clients' connections wait,
@@ -79,23 +84,18 @@ fn accept_queue_wait_is_part_of_the_duration() -> Result<()> {
     let mut cmd = Server::python_command("python3", 0);
     cmd.arg("--one-at-a-time");
     let server = Server::start(cmd)?;
+    // The server listened before the agent came: the agent marks its port at attach, so
+    // the first connections' waits count too.
     let agent = Agent::attach(server.pid())?;
     let path = format!("/sleep?ms={WORK_MS}");
-    // The server listened before the agent came: its port is known to the kernel from
-    // its first request on (arrival.rs), so one goes first.
-    let first = Conn::open(server.port)?.request("GET", &path, "HTTP/1.0", &[], b"")?;
-    assert_eq!(first.status, 200);
-    let (n, client) = load(|_| {
+    let clients = load(|_| {
         let start = Instant::now();
         let mut c = Conn::open(server.port)?;
         let r = c.request("GET", &path, "HTTP/1.0", &[], b"")?;
         assert_eq!(r.status, 200);
         Ok(start.elapsed())
     })?;
-    let (probe, queue) = probe_means(&agent, "/sleep", n + 1)?;
-    let client_mean = (client + first.elapsed).as_secs_f64() / (n + 1) as f64;
-    check("python HTTPServer", client_mean, probe, queue);
-    Ok(())
+    check("python HTTPServer", &agent, "/sleep", clients)
 }
 
 /// One event loop (Node) held WORK_MS by each request: the requests of the other
@@ -106,9 +106,7 @@ fn receive_queue_wait_is_part_of_the_duration() -> Result<()> {
     let Endpoint::Tcp(addr) = server.endpoint.clone() else { unreachable!("a TCP endpoint") };
     let agent = Agent::attach(server.pid())?;
     let path = format!("/busy?ms={WORK_MS}");
-    let first = Conn::open(addr.port())?.get(&path)?;
-    assert_eq!(first.status, 200);
-    let (n, client) = load(|conn| {
+    let clients = load(|conn| {
         let start = Instant::now();
         if conn.is_none() {
             *conn = Some(Conn::open(addr.port())?);
@@ -117,8 +115,5 @@ fn receive_queue_wait_is_part_of_the_duration() -> Result<()> {
         assert_eq!(r.status, 200);
         Ok(start.elapsed())
     })?;
-    let (probe, queue) = probe_means(&agent, "/busy", n + 1)?;
-    let client_mean = (client + first.elapsed).as_secs_f64() / (n + 1) as f64;
-    check("node http", client_mean, probe, queue);
-    Ok(())
+    check("node http", &agent, "/busy", clients)
 }

@@ -546,11 +546,16 @@ fn a_held_first_byte_starts_the_next_head() {
     assert_eq!(summary(&x), [("GET", "/a".into(), 200, 7, 20), ("GET", "/b".into(), 200, 9, 30)]);
 }
 
-/// A write that left bytes unsent (`tx_end_seq`, as the kernel flags it).
-fn tx_unsent(ts: u64, bytes: &[u8], end_seq: u32) -> Data {
-    let mut d = tx(ts, bytes);
+/// A write on connection `conn` that left bytes unsent (`tx_end_seq`, as the kernel flags
+/// it).
+fn tx_unsent_on(conn: u64, ts: u64, bytes: &[u8], end_seq: u32) -> Data {
+    let mut d = ev(conn, ts, Direction::Send, bytes);
     d.tx_end_seq = Some(end_seq);
     d
+}
+
+fn tx_unsent(ts: u64, bytes: &[u8], end_seq: u32) -> Data {
+    tx_unsent_on(1, ts, bytes, end_seq)
 }
 
 fn exchanges(out: Vec<Output>) -> (Vec<Exchange>, Vec<&'static str>) {
@@ -605,12 +610,8 @@ fn waits_at_the_close_superseded_and_reset() {
 
     let c = 2;
     p.on_data(&ev(c, 100, Direction::Recv, b"GET /b HTTP/1.1\r\n\r\nGET /c HTTP/1.1\r\n\r\n"), || "svc".into(), &mut out);
-    let mut w = ev(c, 110, Direction::Send, OK_5);
-    w.tx_end_seq = Some(1000);
-    p.on_data(&w, || "svc".into(), &mut out);
-    let mut w = ev(c, 120, Direction::Send, OK_5);
-    w.tx_end_seq = Some(1040);
-    p.on_data(&w, || "svc".into(), &mut out);
+    p.on_data(&tx_unsent_on(c, 110, OK_5, 1000), || "svc".into(), &mut out);
+    p.on_data(&tx_unsent_on(c, 120, OK_5, 1040), || "svc".into(), &mut out);
     p.on_sent(c, 1000, 120, true, &mut out);
     p.on_sent(c, 1040, 150, false, &mut out);
     let (x, other) = exchanges(std::mem::take(&mut out));
@@ -619,9 +620,7 @@ fn waits_at_the_close_superseded_and_reset() {
 
     let c = 3;
     p.on_data(&ev(c, 200, Direction::Recv, b"GET /d HTTP/1.1\r\n\r\n"), || "svc".into(), &mut out);
-    let mut w = ev(c, 210, Direction::Send, b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\npart");
-    w.tx_end_seq = Some(7);
-    p.on_data(&w, || "svc".into(), &mut out);
+    p.on_data(&tx_unsent_on(c, 210, b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\npart", 7), || "svc".into(), &mut out);
     p.on_close(c, true, 260, &mut out);
     let (x, _) = exchanges(std::mem::take(&mut out));
     assert_eq!((x[0].reset, x[0].end_ns), (true, 260));
