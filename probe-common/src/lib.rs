@@ -33,6 +33,7 @@ mod pod {
     unsafe impl aya::Pod for crate::RouteKey {}
     unsafe impl aya::Pod for crate::Arrival {}
     unsafe impl aya::Pod for crate::TxWait {}
+    unsafe impl aya::Pod for crate::TxKey {}
     unsafe impl aya::Pod for crate::buckets::TimeBounds {}
 }
 
@@ -84,8 +85,9 @@ mod layout_tests {
         assert_eq!(size_of::<Arrival>(), 16);
         assert_eq!((offset_of!(Arrival, start_seq), offset_of!(Arrival, end_seq)), (8, 12));
         assert_eq!(size_of::<buckets::TimeBounds>(), 8 * buckets::TIME_SLOTS);
-        assert_eq!(size_of::<TxWait>(), 16 + size_of::<MeasuredEvent>());
-        assert_eq!((offset_of!(TxWait, taken), offset_of!(TxWait, measured)), (8, 16));
+        assert_eq!(size_of::<TxWait>(), 8 + size_of::<MeasuredEvent>());
+        assert_eq!(offset_of!(TxWait, measured), 8);
+        assert_eq!(size_of::<TxKey>(), 16);
     }
 
     #[test]

@@ -13,10 +13,14 @@ pub const MAP_ARRIVALS: &str = "ARRIVALS";
 /// HTTP request on. Only ever set to 1, by the kernel (a target's listen, a target's
 /// connection classified as a server one), never cleared; read by `sk_data_ready`.
 pub const MAP_SERVER_PORTS: &str = "SERVER_PORTS";
-/// Hash: socket cookie -> [`TxWait`], a response (or write) whose last bytes were still in
-/// the send queue when the server's last write returned. Not an LRU: nothing in it is
-/// dropped unseen (`tx::take` ends each one, exactly once).
+/// Hash: [`TxKey`] -> [`TxWait`], a response (or write) whose last bytes were still in the
+/// send queue when the server's last write returned. Not an LRU: nothing in it is dropped
+/// unseen (`tx::take` ends each one, exactly once).
 pub const MAP_TX_WAIT: &str = "TX_WAIT";
+/// Hash: socket cookie -> the connection's latest wait (`TX_PENDING` | end sequence
+/// number, 0 when it ended), which the sock_ops program looks for. Written by the hook
+/// that stores a wait; cleared (compare-and-swap) by whoever ends it; removed at TCP_CLOSE.
+pub const MAP_TX_LATEST: &str = "TX_LATEST";
 /// Per-CPU array of u64 counters, indexed by the `COUNTER_*` constants.
 pub const MAP_COUNTERS: &str = "COUNTERS";
 /// Hash: tgid -> service id. The agent writes it for each target it attaches or that
@@ -57,8 +61,8 @@ pub const COUNTER_TX_WAIT_FULL: u32 = 7;
 /// Waits ended before their bytes went out: a later write of the same connection left
 /// bytes unsent in turn (pipelined responses behind a slow reader).
 pub const COUNTER_TX_SUPERSEDED: u32 = 8;
-/// Waits stored: responses (fast path) or writes (agent's connections) whose last bytes
-/// were still unsent when the write returned.
+/// Waits stored for responses of the fast path whose last bytes were still unsent when
+/// their last write returned (the agent counts those of the connections it pairs).
 pub const COUNTER_TX_WAITS: u32 = 9;
 /// Batches of bytes arriving on a target's port that could not be stamped (`ARRIVALS`
 /// full): their requests start at their read.
@@ -134,12 +138,26 @@ pub const TX_FAST: u32 = 1;
 /// `TxWait::kind`: a write of a connection the agent pairs, announced by a `SentEvent`.
 pub const TX_SLOW: u32 = 2;
 
+/// `MAP_TX_WAIT`'s key: a connection, and the sequence number after the last byte a wait
+/// is for. Unique: a connection's sequence numbers only grow, so a key deleted is never
+/// inserted again.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TxKey {
+    pub cookie: u64,
+    pub end_seq: u32,
+    pub _pad: u32,
+}
+
+/// `MAP_TX_LATEST`'s value of a connection with a wait: [`TX_PENDING`] | its end sequence
+/// number; 0 once that wait ended.
+pub const TX_PENDING: u64 = 1 << 32;
+
 /// Bytes a server's write left in the socket's send queue, waited for (`MAP_TX_WAIT`).
-/// Written whole once, with `BPF_NOEXIST`, by the hook of the write that left them
-/// (`tx::wait`); after that only `taken` changes, once, by a compare-and-swap from 0 to 1:
-/// whoever wins it ends the wait (`tx::take`) and then deletes the entry. The contenders:
-/// the transmission of its last byte (`sock_ops`), a later write that leaves bytes unsent
-/// in turn, and the close.
+/// Inserted whole, once, with `BPF_NOEXIST`, by the hook of the write that left them
+/// (`tx::wait`), and never changed: whoever deletes it ends it (`tx::take`), so it ends
+/// exactly once. The contenders: the transmission of its last byte (`sock_ops`), a later
+/// write that leaves bytes unsent in turn, and the close.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct TxWait {
@@ -147,9 +165,8 @@ pub struct TxWait {
     pub end_seq: u32,
     /// `TX_FAST` or `TX_SLOW`.
     pub kind: u32,
-    /// 0 while waiting; 1 once taken (64 bits: the eBPF target's compare-and-swap).
-    pub taken: u64,
-    /// `TX_FAST`: the measurement, whose `end_ns` (and header time) the take sets.
+    /// `TX_FAST`: the measurement, whose `end_ns` (and header time) the take sets. Of
+    /// either kind, `measured.end_ns` holds the return of the write when it is stored.
     pub measured: crate::fast::MeasuredEvent,
 }
 

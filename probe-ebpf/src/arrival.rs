@@ -36,12 +36,14 @@ pub fn sk_data_ready(ctx: BtfTracePointContext) -> u32 {
     let sk: *const u8 = ctx.arg(0);
     // Every socket of the host comes here: the port is read with a plain load (the
     // argument is a BTF-typed `struct sock *`), not a helper call.
-    let port = unsafe { field::<u16>(sk, global!(OFFSETS.sk_num)) };
+    let at = global!(OFFSETS.sk_num);
+    let port = unsafe { field::<u16>(sk, at) };
     match SERVER_PORTS.get(port as u32) {
         Some(1) => {}
         _ => return 0,
     }
-    let (family, kind) = unsafe { (field::<u16>(sk, global!(OFFSETS.sk_family)), field::<u16>(sk, global!(OFFSETS.sk_type))) };
+    let (family_at, type_at) = (global!(OFFSETS.sk_family), global!(OFFSETS.sk_type));
+    let (family, kind) = unsafe { (field::<u16>(sk, family_at), field::<u16>(sk, type_at)) };
     if family != AF_INET && family != AF_INET6 || kind != SOCK_STREAM {
         return 0;
     }
@@ -50,7 +52,8 @@ pub fn sk_data_ready(ctx: BtfTracePointContext) -> u32 {
     if tp.is_null() {
         return 0;
     }
-    let (copied, next) = unsafe { (field::<u32>(tp, global!(OFFSETS.tcp_copied_seq)), field::<u32>(tp, global!(OFFSETS.tcp_rcv_nxt))) };
+    let (copied_at, next_at) = (global!(OFFSETS.tcp_copied_seq), global!(OFFSETS.tcp_rcv_nxt));
+    let (copied, next) = unsafe { (field::<u32>(tp, copied_at), field::<u32>(tp, next_at)) };
     let cookie = unsafe { bpf_get_socket_cookie(sk as *mut _) };
     let now = unsafe { bpf_ktime_get_ns() };
     match ARRIVALS.get_ptr_mut(&cookie) {

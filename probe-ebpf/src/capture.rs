@@ -441,7 +441,8 @@ pub extern "C" fn rp_emit(a: *const EmitArgs) -> u64 {
         if let Some(w) = WORK.get_ptr_mut(0)
             && unsafe {
                 (*w).tx = TxWait { end_seq, kind: TX_SLOW, ..Default::default() };
-                tx::rp_tx_wait(cookie, a.sk, &(*w).tx) != 0
+                (*w).tx.measured.end_ns = ts;
+                tx::wait(cookie, a.sk as *const u8, &(*w).tx)
             }
         {
             flags |= FLAG_TX_PENDING;

@@ -63,7 +63,7 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> u32 {
     if new_state == TCP_CLOSE {
         // Nothing will be sent or received any more: bytes still waited for end now
         // (`tx`), and the arrival stamp goes.
-        tx::rp_tx_take(cookie, unsafe { bpf_ktime_get_ns() }, 0);
+        tx::closed(cookie, sk, unsafe { bpf_ktime_get_ns() });
         crate::arrival::forget(cookie);
     }
     let old_state = ctx.arg::<u64>(1) as u32;

@@ -345,7 +345,6 @@ pub extern "C" fn rp_measure(w: *mut Work, c: *mut ConnState, status: u64, first
         w.tx = TxWait {
             end_seq,
             kind: TX_FAST,
-            taken: 0,
             measured: MeasuredEvent {
                 header: EventHeader::default(),
                 conn_id: w.cookie,
@@ -358,7 +357,7 @@ pub extern "C" fn rp_measure(w: *mut Work, c: *mut ConnState, status: u64, first
                 family: w.family as u16,
             },
         };
-        if tx::rp_tx_wait(w.cookie, w.sk, &w.tx) != 0 {
+        if tx::wait(w.cookie, w.sk as *const u8, &w.tx) {
             return 0;
         }
     }

@@ -6,7 +6,7 @@ use aya_ebpf::{
 };
 use probe_common::{
     buckets::{TimeBounds, TIME_SLOTS},
-    AggKey, AggValue, Arrival, ConnState, TxWait, KernelOffsets, ProbeConfig, RouteKey, COUNTER_SLOTS,
+    AggKey, AggValue, Arrival, ConnState, TxKey, TxWait, KernelOffsets, ProbeConfig, RouteKey, COUNTER_SLOTS,
 };
 
 use crate::fast::Work;
@@ -62,9 +62,13 @@ pub static ARRIVALS: HashMap<u64, Arrival> = HashMap::with_max_entries(1, 0);
 #[map]
 pub static SERVER_PORTS: Array<u8> = Array::with_max_entries(65536, 0);
 
-/// Socket cookie -> bytes a write left unsent (`tx`).
+/// (socket cookie, end sequence number) -> bytes a write left unsent (`tx`).
 #[map]
-pub static TX_WAIT: HashMap<u64, TxWait> = HashMap::with_max_entries(1, 0);
+pub static TX_WAIT: HashMap<TxKey, TxWait> = HashMap::with_max_entries(1, 0);
+
+/// Socket cookie -> its pending wait's end (`tx`).
+#[map]
+pub static TX_LATEST: HashMap<u64, u64> = HashMap::with_max_entries(1, 0);
 
 #[map]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_SLOTS, 0);

@@ -18,9 +18,11 @@
 //! - A connection without that callback (accepted before the agent knew its port) never
 //!   waits: its responses end when the write returns, as they did before.
 //!
-//! Whoever wins the wait's `taken` flag ends it, exactly once: the segment, a later write
-//! that leaves bytes unsent in turn (the older wait ends then, counted as superseded), or
-//! the close (TCP_CLOSE: nothing will be sent any more).
+//! A wait is an entry keyed by the connection and its end sequence number, never changed,
+//! never inserted again once deleted; whoever deletes it ends it, exactly once: the
+//! segment, a later write that leaves bytes unsent in turn (the older wait ends then,
+//! counted as superseded), or the close (TCP_CLOSE: nothing will be sent any more).
+//! `TX_LATEST` names each connection's pending wait for the sock_ops program.
 //!
 //! Processes that are not targets pay one port lookup per accepted TCP connection, and
 //! nothing per packet.
@@ -36,14 +38,14 @@ use aya_ebpf::{
     programs::SockOpsContext,
 };
 use probe_common::{
-    EventHeader, MeasuredEvent, SentEvent, TxWait, COUNTER_LOST, COUNTER_TX_SUPERSEDED, COUNTER_TX_WAITS, COUNTER_TX_WAIT_FULL,
+    EventHeader, MeasuredEvent, SentEvent, TxKey, TxWait, TX_PENDING, COUNTER_LOST, COUNTER_TX_SUPERSEDED, COUNTER_TX_WAITS, COUNTER_TX_WAIT_FULL,
     EVENT_MEASURED, EVENT_SENT, FLAG_SUPERSEDED, TX_FAST,
 };
 
 use crate::{
     emit::wakeup_flags,
     kernel::read,
-    maps::{count, global, EVENTS, SERVER_PORTS, TX_WAIT},
+    maps::{count, global, EVENTS, SERVER_PORTS, TX_LATEST, TX_WAIT},
 };
 
 #[sock_ops]
@@ -74,13 +76,22 @@ fn on_segment(ctx: &SockOpsContext) {
         return;
     }
     let cookie = unsafe { bpf_get_socket_cookie(ctx.ops as *mut _) };
-    let Some(w) = (unsafe { TX_WAIT.get(&cookie) }) else { return };
+    let Some(end) = latest(cookie) else { return };
     // A retransmission starts before snd_nxt: it cannot reach a wait's end unless the
     // unsent rest is shorter than it (then it ends the wait at most one segment early).
-    if before(next.wrapping_add(len), w.end_seq) {
+    if before(next.wrapping_add(len), end) {
         return;
     }
-    rp_tx_take(cookie, unsafe { bpf_ktime_get_ns() }, 0);
+    // A segment that starts at or past the end: the waited bytes went out before, in a
+    // segment built while the wait was being stored (`rp_tx_take` ends it at its write).
+    rp_tx_take(cookie, end as u64, unsafe { bpf_ktime_get_ns() }, 0, next as u64);
+}
+
+/// The end sequence number of the connection's pending wait, if it has one.
+#[inline(always)]
+fn latest(cookie: u64) -> Option<u32> {
+    let l = unsafe { *TX_LATEST.get(&cookie)? };
+    (l & TX_PENDING != 0).then_some(l as u32)
 }
 
 /// Is sequence number `a` before `b`, modulo 2^32?
@@ -106,52 +117,93 @@ pub fn unsent(sk: *const u8) -> Option<u32> {
     before(next, end).then_some(end)
 }
 
-/// Makes `w` the connection's wait: an older one still there ends now (superseded). False
-/// if it could not be stored (the caller then ends it now itself, counted): `TX_WAIT` is
-/// full, or an older wait taken meanwhile is not deleted yet. If the bytes went out while
-/// it was being stored, it is ended at once.
-#[unsafe(no_mangle)]
-#[inline(never)]
-pub extern "C" fn rp_tx_wait(cookie: u64, sk: u64, w: *const TxWait) -> u32 {
-    let Some(w) = (unsafe { w.as_ref() }) else { return 0 };
-    let now = unsafe { bpf_ktime_get_ns() };
-    rp_tx_take(cookie, now, 1);
-    if TX_WAIT.insert(&cookie, w, BPF_NOEXIST as u64).is_err() {
-        count(COUNTER_TX_WAIT_FULL);
-        return 0;
-    }
-    count(COUNTER_TX_WAITS);
-    // The segment that carried the last byte may have left between the caller's look at
-    // the send queue and the insert, with nothing to end then.
-    let sent = read::<u32>(sk as *const u8, global!(OFFSETS.tcp_snd_nxt));
-    if let Some(next) = sent
-        && !before(next, w.end_seq)
-    {
-        rp_tx_take(cookie, unsafe { bpf_ktime_get_ns() }, 0);
-    }
-    1
+/// `next_seq` when it could not be read.
+pub const UNKNOWN: u64 = u64::MAX;
+
+/// The socket's `snd_nxt` (the next byte to transmit), or [`UNKNOWN`].
+#[inline(always)]
+pub fn next_seq(sk: *const u8) -> u64 {
+    read::<u32>(sk, global!(OFFSETS.tcp_snd_nxt)).map(u64::from).unwrap_or(UNKNOWN)
 }
 
-/// Ends the connection's wait at `ts`, if it has one and nobody else ends it: a fast-path
-/// measurement is sent as a `MeasuredEvent` ending at `ts`, an agent's write as a
-/// `SentEvent`. `superseded`: 1 when a later write ends it before its bytes went out
-/// (counted for a response; flagged to the agent for a write). Returns 1 if this call
-/// ended it.
+/// Makes `w` the connection's wait: an older one still pending ends now (superseded).
+/// False if it could not be stored (`TX_WAIT` full: the caller ends it at the write,
+/// counted). If its bytes went out while it was being stored, it is ended at once. Inlined
+/// into the caller, so that the global functions it calls are each one call deep from
+/// there (the call chains of the hooks are near the verifier's 512 bytes of stack).
+#[inline(always)]
+pub fn wait(cookie: u64, sk: *const u8, w: *const TxWait) -> bool {
+    if let Some(older) = latest(cookie) {
+        rp_tx_take(cookie, older as u64, unsafe { bpf_ktime_get_ns() }, 1, next_seq(sk));
+    }
+    let end = rp_tx_store(cookie, w);
+    if end == UNKNOWN {
+        return false;
+    }
+    // The segment that carried the last byte may have left between the caller's look at
+    // the send queue and the wait being visible, with nothing to end then.
+    let next = next_seq(sk);
+    if next != UNKNOWN && !before(next as u32, end as u32) {
+        rp_tx_take(cookie, end, unsafe { bpf_ktime_get_ns() }, 0, next);
+    }
+    true
+}
+
+/// Stores `w` as the connection's pending wait. Returns its end sequence number, or
+/// [`UNKNOWN`] if `TX_WAIT` is full (counted).
 #[unsafe(no_mangle)]
 #[inline(never)]
-pub extern "C" fn rp_tx_take(cookie: u64, ts: u64, superseded: u64) -> u32 {
-    let Some(w) = TX_WAIT.get_ptr_mut(&cookie) else { return 0 };
-    let (_, won) = unsafe { atomic_cxchg::<u64, { AtomicOrdering::SeqCst }, { AtomicOrdering::SeqCst }>(&mut (*w).taken, 0, 1) };
-    if !won {
-        return 0;
+pub extern "C" fn rp_tx_store(cookie: u64, w: *const TxWait) -> u64 {
+    let Some(w) = (unsafe { w.as_ref() }) else { return UNKNOWN };
+    let end = w.end_seq;
+    if TX_WAIT.insert(&TxKey { cookie, end_seq: end, _pad: 0 }, w, BPF_NOEXIST as u64).is_err() {
+        count(COUNTER_TX_WAIT_FULL);
+        return UNKNOWN;
     }
-    // Only the winner deletes, after reading: the entry cannot be replaced meanwhile (a
-    // new wait is inserted only where none is).
-    let (kind, end_seq) = unsafe { ((*w).kind, (*w).end_seq) };
-    if kind == TX_FAST {
-        if superseded != 0 {
-            count(COUNTER_TX_SUPERSEDED);
+    // Only this hook (the connection's writes, in order) sets its latest wait.
+    let pending = TX_PENDING | end as u64;
+    match TX_LATEST.get_ptr_mut(&cookie) {
+        Some(l) => unsafe { core::ptr::write_volatile(l, pending) },
+        None => {
+            let _ = TX_LATEST.insert(&cookie, &pending, 0);
         }
+    }
+    if w.kind == TX_FAST {
+        count(COUNTER_TX_WAITS); // the agent counts the responses among its writes
+    }
+    end as u64
+}
+
+/// The connection closed (TCP_CLOSE): nothing will be sent any more. A pending wait ends
+/// now, or at its write if its bytes had gone out (`rp_tx_take`).
+#[inline(always)]
+pub fn closed(cookie: u64, sk: *const u8, now: u64) {
+    if let Some(end) = latest(cookie) {
+        rp_tx_take(cookie, end as u64, now, 0, next_seq(sk));
+    }
+    let _ = TX_LATEST.remove(&cookie);
+}
+
+/// Ends the wait of connection `cookie` for the bytes up to `end`, if nobody else ends it
+/// (whoever deletes the entry does): a fast-path measurement is sent as a `MeasuredEvent`,
+/// an agent's write as a `SentEvent`. It ends at `ts`, unless `next` (the socket's
+/// `snd_nxt`, or [`UNKNOWN`]) shows its bytes had gone out already: then they left in a
+/// segment built while the wait was being stored, right after the write returned, and it
+/// ends at the write. `superseded`: 1 when a later write ends it (counted for a response,
+/// flagged to the agent for a write, if its bytes had not gone out). Returns 1 if this
+/// call ended it.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn rp_tx_take(cookie: u64, end: u64, ts: u64, superseded: u64, next: u64) -> u32 {
+    let end = end as u32;
+    let key = TxKey { cookie, end_seq: end, _pad: 0 };
+    let Some(w) = TX_WAIT.get_ptr(&key) else { return 0 };
+    // The entry never changes and its key is never inserted again once deleted: what is
+    // read here is the wait's, if this call's delete is the one that succeeds.
+    let (kind, written) = unsafe { ((*w).kind, (*w).measured.end_ns) };
+    let gone = next != UNKNOWN && !before(next as u32, end);
+    let (ts, superseded) = if gone { (written, 0) } else { (ts, superseded) };
+    let ended = if kind == TX_FAST {
         match EVENTS.reserve::<MeasuredEvent>(0) {
             Some(mut entry) => {
                 let ev = entry.as_mut_ptr();
@@ -164,17 +216,52 @@ pub extern "C" fn rp_tx_take(cookie: u64, ts: u64, superseded: u64) -> u32 {
                     (*ev).header = EventHeader { kind: EVENT_MEASURED, flags: 0, ts_ns: ts };
                     (*ev).end_ns = ts;
                 }
-                entry.submit(wakeup_flags());
+                if TX_WAIT.remove(&key).is_ok() {
+                    entry.submit(wakeup_flags());
+                    true
+                } else {
+                    entry.discard(0);
+                    false
+                }
             }
-            None => count(COUNTER_LOST),
+            None => {
+                let ended = TX_WAIT.remove(&key).is_ok();
+                if ended {
+                    count(COUNTER_LOST);
+                }
+                ended
+            }
         }
     } else {
-        let flags = if superseded != 0 { FLAG_SUPERSEDED } else { 0 };
-        let ev = SentEvent { header: EventHeader { kind: EVENT_SENT, flags, ts_ns: ts }, conn_id: cookie, end_seq, _pad: 0 };
-        if EVENTS.output::<SentEvent>(&ev, wakeup_flags()).is_err() {
-            count(COUNTER_LOST);
+        // Written in place in the ring buffer: the call chain to here fills the stack.
+        let ended = TX_WAIT.remove(&key).is_ok();
+        if ended {
+            match EVENTS.reserve::<SentEvent>(0) {
+                Some(mut entry) => {
+                    let ev = entry.as_mut_ptr();
+                    let flags = if superseded != 0 { FLAG_SUPERSEDED } else { 0 };
+                    unsafe {
+                        (*ev).header = EventHeader { kind: EVENT_SENT, flags, ts_ns: ts };
+                        (*ev).conn_id = cookie;
+                        (*ev).end_seq = end;
+                        (*ev)._pad = 0;
+                    }
+                    entry.submit(wakeup_flags());
+                }
+                None => count(COUNTER_LOST),
+            }
         }
+        ended
+    };
+    if !ended {
+        return 0;
     }
-    let _ = TX_WAIT.remove(&cookie);
+    if kind == TX_FAST && superseded != 0 {
+        count(COUNTER_TX_SUPERSEDED);
+    }
+    // No wait pending any more, unless a newer one was stored meanwhile.
+    if let Some(l) = TX_LATEST.get_ptr_mut(&cookie) {
+        unsafe { atomic_cxchg::<u64, { AtomicOrdering::SeqCst }, { AtomicOrdering::SeqCst }>(l, TX_PENDING | end as u64, 0) };
+    }
     1
 }

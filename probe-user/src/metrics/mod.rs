@@ -233,6 +233,9 @@ impl Metrics {
             Output::Inferred(reason) => self.health.inferred(*reason),
             Output::OtherProtocol(protocol) => self.health.other_protocol(*protocol),
             Output::EndAtWrite(why) => self.health.tx_fallback(*why, 1),
+            Output::WaitsForTransmission => {
+                self.health.tx_waits.inc();
+            }
         }
     }
 

@@ -112,6 +112,9 @@ pub enum Output {
     Inferred(Inference),
     /// A connection whose first bytes were not an HTTP/1.x request: another protocol.
     OtherProtocol(Protocol),
+    /// A response whose last bytes were unsent when its last write returned: it is
+    /// measured when they go out (`parked`).
+    WaitsForTransmission,
     /// A response whose last bytes were unsent when its last write returned ends at a
     /// write instead of at their transmission (`TxFallback`).
     EndAtWrite(TxFallback),

@@ -28,14 +28,18 @@ pub(super) struct Parked {
 
 impl Parked {
     /// Moves the exchanges that `out[from..]` holds and that ended at the write of `ts_ns`
-    /// (whose bytes up to `end_seq` were unsent then) here. Exchanges cut by a reset end
-    /// at the reset: they are left.
+    /// (whose bytes up to `end_seq` were unsent then) here, each leaving an
+    /// `Output::WaitsForTransmission` in its place. Exchanges cut by a reset end at the
+    /// reset: they are left.
     pub fn hold(&mut self, conn_id: u64, end_seq: u32, ts_ns: u64, from: usize, out: &mut Vec<Output>) {
         let mut i = from;
         while i < out.len() {
             if matches!(&out[i], Output::Exchange(x) if x.end_ns == ts_ns && !x.reset) {
-                let Output::Exchange(exchange) = out.remove(i) else { unreachable!("matched above") };
+                let Output::Exchange(exchange) = std::mem::replace(&mut out[i], Output::WaitsForTransmission) else {
+                    unreachable!("matched above")
+                };
                 self.by_conn.entry(conn_id).or_default().push(Waiting { end_seq, exchange });
+                i += 1;
             } else {
                 i += 1;
             }

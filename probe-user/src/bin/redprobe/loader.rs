@@ -8,7 +8,7 @@ use aya::{
 };
 use probe_common::{
     AggKey, AggValue, ConnState, GLOBAL_CONFIG, GLOBAL_OFFSETS, GLOBAL_TIME_BOUNDS, KernelOffsets, MAP_AGG,
-    MAP_ARRIVALS, MAP_CONNS, MAP_COUNTERS, MAP_EVENTS, MAP_ROUTES, MAP_SERVER_PORTS, MAP_SERVICES, MAP_TARGETS, MAP_TX_WAIT,
+    MAP_ARRIVALS, MAP_CONNS, MAP_COUNTERS, MAP_EVENTS, MAP_ROUTES, MAP_SERVER_PORTS, MAP_SERVICES, MAP_TARGETS, MAP_TX_LATEST, MAP_TX_WAIT,
     ProbeConfig, RouteKey,
     buckets::TimeBounds,
 };
@@ -148,6 +148,7 @@ pub fn load(opts: &LoadOptions) -> Result<Probe> {
         .map_max_entries(MAP_CONNS, opts.max_connections)
         .map_max_entries(MAP_ARRIVALS, opts.max_connections)
         .map_max_entries(MAP_TX_WAIT, opts.max_connections)
+        .map_max_entries(MAP_TX_LATEST, opts.max_connections)
         .map_max_entries(MAP_SERVICES, MAX_SERVICE_PROCESSES)
         .map_max_entries(MAP_ROUTES, MAX_ROUTE_KEYS)
         .map_max_entries(MAP_AGG, MAX_AGGREGATES)
