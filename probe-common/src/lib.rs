@@ -14,6 +14,7 @@ pub mod http1;
 pub mod maps;
 pub mod offsets;
 pub mod route;
+pub mod seq;
 pub mod syscalls;
 
 pub use event::*;

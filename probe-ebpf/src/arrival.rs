@@ -5,10 +5,10 @@
 //! on a connection still in its listener's accept queue), for every socket of the host, in
 //! softirq or in the process that releases the socket's lock. It bails out first for the
 //! sockets whose local port no target serves on: one byte of `SERVER_PORTS`, set when a
-//! target starts listening (the TCP state hook) and when a target's connection turns out
-//! to be an HTTP server one (the receive hook: servers that listened before the agent
-//! came; their connections that got data before that first request have no stamp); the
-//! rest stamp the start of each batch of unread bytes in `ARRIVALS`
+//! target starts listening (the TCP state hook), when a target's connection turns out to
+//! be an HTTP server one (the receive hook), and by the agent for the ports its targets
+//! listen on already when it attaches them; the rest stamp the start of each batch of
+//! unread bytes in `ARRIVALS`
 //! (`probe_common::Arrival`). The fast path takes a request's start from there
 //! ([`arrived`]) when the read's first byte opened the batch.
 //!
@@ -20,10 +20,10 @@ use aya_ebpf::{
     macros::btf_tracepoint,
     programs::BtfTracePointContext,
 };
-use probe_common::{Arrival, COUNTER_ARRIVALS_FULL};
+use probe_common::{seq::before, Arrival, COUNTER_ARRIVALS_FULL};
 
 use crate::{
-    kernel::read,
+    kernel::{field, read},
     maps::{count, global, ARRIVALS, SERVER_PORTS},
 };
 
@@ -61,7 +61,7 @@ pub fn sk_data_ready(ctx: BtfTracePointContext) -> u32 {
             // Bytes of the batch are still unread: this delivery extends it. Otherwise a
             // new batch starts, written in place (an update that replaces the entry costs
             // several times more); the readers match it by `start_seq`, written last.
-            if unread_before((*a).end_seq, copied) {
+            if before(copied, (*a).end_seq) {
                 (*a).end_seq = next;
             } else {
                 (*a).ts_ns = now;
@@ -84,21 +84,6 @@ pub fn sk_data_ready(ctx: BtfTracePointContext) -> u32 {
 #[inline(always)]
 pub fn forget(cookie: u64) {
     let _ = ARRIVALS.remove(&cookie);
-}
-
-/// A field of a kernel struct the verifier knows the type of (a `struct sock` the hook was
-/// given as a BTF-typed argument, a `struct tcp_sock` from `bpf_skc_to_tcp_sock`), at an
-/// offset from `OFFSETS` (read-only data: the verifier knows its value and checks the
-/// access against the kernel's BTF), with a plain load.
-#[inline(always)]
-unsafe fn field<T: Copy>(sk: *const u8, offset: u32) -> T {
-    unsafe { core::ptr::read_volatile(sk.wrapping_add(offset as usize) as *const T) }
-}
-
-/// Is `end` (the batch's end) after `copied` (the next byte a read returns), modulo 2^32?
-#[inline(always)]
-fn unread_before(end: u32, copied: u32) -> bool {
-    (end.wrapping_sub(copied) as i32) > 0
 }
 
 /// Remembers that a target serves HTTP on the TCP socket's local port.

@@ -38,6 +38,7 @@ use aya_ebpf::{
     programs::SockOpsContext,
 };
 use probe_common::{
+    seq::before,
     EventHeader, MeasuredEvent, SentEvent, TxKey, TxWait, TX_PENDING, COUNTER_LOST, COUNTER_TX_SUPERSEDED, COUNTER_TX_WAITS, COUNTER_TX_WAIT_FULL,
     EVENT_MEASURED, EVENT_SENT, FLAG_SUPERSEDED, TX_FAST,
 };
@@ -92,12 +93,6 @@ fn on_segment(ctx: &SockOpsContext) {
 fn latest(cookie: u64) -> Option<u32> {
     let l = unsafe { *TX_LATEST.get(&cookie)? };
     (l & TX_PENDING != 0).then_some(l as u32)
-}
-
-/// Is sequence number `a` before `b`, modulo 2^32?
-#[inline(always)]
-fn before(a: u32, b: u32) -> bool {
-    (a.wrapping_sub(b) as i32) < 0
 }
 
 /// Does TCP socket `sk` have the per-segment callback (so that the transmission of its

@@ -6,6 +6,8 @@
 use std::collections::HashMap;
 
 use super::{Exchange, Output};
+use probe_common::seq::before;
+
 use crate::reason::TxFallback;
 
 /// An exchange waiting for the transmission of the bytes up to `end_seq`.
@@ -13,11 +15,6 @@ use crate::reason::TxFallback;
 struct Waiting {
     end_seq: u32,
     exchange: Exchange,
-}
-
-/// Is sequence number `a` at or before `b`, modulo 2^32?
-fn at_or_before(a: u32, b: u32) -> bool {
-    (b.wrapping_sub(a) as i32) >= 0
 }
 
 /// The waiting exchanges, by connection.
@@ -53,7 +50,7 @@ impl Parked {
         let Some(waiting) = self.by_conn.get_mut(&conn_id) else { return };
         let mut i = 0;
         while i < waiting.len() {
-            if at_or_before(waiting[i].end_seq, end_seq) {
+            if !before(end_seq, waiting[i].end_seq) {
                 let mut x = waiting.remove(i).exchange;
                 x.end_ns = x.end_ns.max(ts_ns);
                 if superseded {
@@ -87,18 +84,5 @@ impl Parked {
 
     pub fn len(&self) -> usize {
         self.by_conn.values().map(Vec::len).sum()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sequence_numbers_wrap() {
-        assert!(at_or_before(5, 5));
-        assert!(at_or_before(u32::MAX - 2, 3));
-        assert!(!at_or_before(3, u32::MAX - 2));
-        assert!(!at_or_before(10, 9));
     }
 }
