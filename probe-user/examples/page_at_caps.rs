@@ -6,7 +6,10 @@
 //! (render: the median of 3 encodes of the whole registry).
 use std::time::Instant;
 
-use probe_user::metrics::{Extra, HttpOptions, Request, otel::OtelHttp, scheme::Scheme};
+use probe_user::{
+    labels::{Placement, PlacementLabels, Service},
+    metrics::{Extra, HttpOptions, Request, otel::OtelHttp, scheme::Scheme},
+};
 use prometheus_client::{
     encoding::{prometheus_protobuf, text},
     registry::Registry,
@@ -29,8 +32,21 @@ fn median_ms(mut f: impl FnMut()) -> f64 {
 fn page(services: usize, routes: usize, options: HttpOptions, shape: &str) {
     let mut registry = Registry::default();
     let http = OtelHttp::register(&mut registry, Scheme::default_time(), options);
-    let names: Vec<String> = (0..services).map(|s| format!("service-{s:02}")).collect();
-    let paths: Vec<String> = (0..routes).map(|r| format!("/api/v1/resource-{r:03}/{{id}}")).collect();
+    // Each service is a pod, with the labels a Kubernetes node gives its series.
+    let names: Vec<Service> = (0..services)
+        .map(|s| {
+            let placement = Placement {
+                container_id: Some(format!("{s:064x}")),
+                k8s_pod_uid: Some(format!("0f3a8c1e-5b7d-4e2a-9c6f-{s:012x}")),
+                k8s_pod_name: Some(format!("service-{s:02}-7d9f8b6c5d-x2x7k")),
+                k8s_namespace_name: Some("production".into()),
+            };
+            Service::of(None, &placement, "gunicorn", PlacementLabels::ALL)
+        })
+        .collect();
+    let paths: Vec<String> = (0..routes)
+        .map(|r| format!("/api/v1/resource-{r:03}/{{id}}"))
+        .collect();
     for service in &names {
         for (i, route) in paths.iter().enumerate() {
             for n in 0..20u64 {
@@ -57,15 +73,34 @@ fn page(services: usize, routes: usize, options: HttpOptions, shape: &str) {
         page.clear();
         text::encode(&mut page, &registry).expect("text encoding");
     });
-    println!("{shape} openmetrics-text {sets} {} {} {ms:.1}", page.len(), page.lines().count());
+    println!(
+        "{shape} openmetrics-text {sets} {} {} {ms:.1}",
+        page.len(),
+        page.lines().count()
+    );
     let mut bytes = vec![];
-    let ms = median_ms(|| bytes = prometheus_protobuf::encode_to_vec(&registry).expect("protobuf encoding"));
-    println!("{shape} prometheus-protobuf {sets} {} 0 {ms:.1}", bytes.len());
+    let ms = median_ms(|| {
+        bytes = prometheus_protobuf::encode_to_vec(&registry).expect("protobuf encoding")
+    });
+    println!(
+        "{shape} prometheus-protobuf {sets} {} 0 {ms:.1}",
+        bytes.len()
+    );
 }
 
 fn main() {
-    let mut args = std::env::args().skip(1).map(|a| a.parse::<usize>().expect("SERVICES ROUTES"));
+    let mut args = std::env::args()
+        .skip(1)
+        .map(|a| a.parse::<usize>().expect("SERVICES ROUTES"));
     let (services, routes) = (args.next().unwrap_or(50), args.next().unwrap_or(100));
     page(services, routes, HttpOptions::default(), "default");
-    page(services, routes, HttpOptions { extra: Extra::ALL, ..HttpOptions::default() }, "all-histograms");
+    page(
+        services,
+        routes,
+        HttpOptions {
+            extra: Extra::ALL,
+            ..HttpOptions::default()
+        },
+        "all-histograms",
+    );
 }

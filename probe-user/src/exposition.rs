@@ -11,7 +11,8 @@ use tokio::{net::TcpListener, sync::Semaphore};
 
 pub const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 pub const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
-pub const PROMETHEUS_PROTOBUF: &str = "application/vnd.google.protobuf; proto=io.prometheus.client.MetricFamily; encoding=delimited";
+pub const PROMETHEUS_PROTOBUF: &str =
+    "application/vnd.google.protobuf; proto=io.prometheus.client.MetricFamily; encoding=delimited";
 
 /// What a scrape gets.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -79,7 +80,12 @@ const CONNECTION_TIMEOUT: Duration = Duration::from_secs(60);
 /// Runs before each encode (the agent reads the kernel's aggregates then).
 pub type BeforeScrape = Arc<dyn Fn() + Send + Sync>;
 
-pub async fn serve(listener: TcpListener, registry: Arc<Registry>, accept_errors: Counter, before: Option<BeforeScrape>) {
+pub async fn serve(
+    listener: TcpListener,
+    registry: Arc<Registry>,
+    accept_errors: Counter,
+    before: Option<BeforeScrape>,
+) {
     let slots = Arc::new(Semaphore::new(MAX_SCRAPE_CONNECTIONS));
     let mut backoff = Duration::from_millis(10);
     loop {
@@ -114,16 +120,22 @@ pub async fn serve(listener: TcpListener, registry: Arc<Registry>, accept_errors
 }
 
 /// The registry in `format`. Collectors read /proc, so this runs off the event loop.
-async fn encode(registry: Arc<Registry>, before: Option<BeforeScrape>, format: Format) -> Result<Vec<u8>, String> {
+async fn encode(
+    registry: Arc<Registry>,
+    before: Option<BeforeScrape>,
+    format: Format,
+) -> Result<Vec<u8>, String> {
     tokio::task::spawn_blocking(move || {
         if let Some(before) = before {
             before();
         }
         if format == Format::Protobuf {
-            return prometheus_client::encoding::prometheus_protobuf::encode_to_vec(&registry).map_err(|e| format!("{e:?}"));
+            return prometheus_client::encoding::prometheus_protobuf::encode_to_vec(&registry)
+                .map_err(|e| format!("{e:?}"));
         }
         let mut text = String::new();
-        prometheus_client::encoding::text::encode(&mut text, &registry).map_err(|e| e.to_string())?;
+        prometheus_client::encoding::text::encode(&mut text, &registry)
+            .map_err(|e| e.to_string())?;
         Ok(match format {
             Format::PrometheusText => to_prometheus_text(&text),
             _ => text,
@@ -134,7 +146,11 @@ async fn encode(registry: Arc<Registry>, before: Option<BeforeScrape>, format: F
     .map_err(|e| e.to_string())?
 }
 
-fn response(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+fn response(
+    status: StatusCode,
+    content_type: &str,
+    body: impl Into<Bytes>,
+) -> Response<Full<Bytes>> {
     let mut resp = Response::new(Full::new(body.into()));
     *resp.status_mut() = status;
     if let Ok(v) = header::HeaderValue::from_str(content_type) {
@@ -143,13 +159,25 @@ fn response(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> R
     resp
 }
 
-async fn handle(req: Request<Incoming>, registry: Arc<Registry>, before: Option<BeforeScrape>) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn handle(
+    req: Request<Incoming>,
+    registry: Arc<Registry>,
+    before: Option<BeforeScrape>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
-        return Ok(response(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "use GET\n"));
+        return Ok(response(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain",
+            "use GET\n",
+        ));
     }
     match req.uri().path() {
         "/metrics" => {
-            let accept = req.headers().get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("");
+            let accept = req
+                .headers()
+                .get(header::ACCEPT)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
             let format = Format::of_accept(accept);
             let content_type = match format {
                 Format::OpenMetrics => OPENMETRICS,
@@ -158,7 +186,11 @@ async fn handle(req: Request<Incoming>, registry: Arc<Registry>, before: Option<
             };
             match encode(registry, before, format).await {
                 Ok(body) => Ok(response(StatusCode::OK, content_type, body)),
-                Err(e) => Ok(response(StatusCode::INTERNAL_SERVER_ERROR, "text/plain", format!("encoding failed: {e}\n"))),
+                Err(e) => Ok(response(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "text/plain",
+                    format!("encoding failed: {e}\n"),
+                )),
             }
         }
         "/" => Ok(response(
@@ -166,7 +198,11 @@ async fn handle(req: Request<Incoming>, registry: Arc<Registry>, before: Option<
             "text/html; charset=utf-8",
             "<html><head><title>redprobe</title></head><body><h1>redprobe</h1><p><a href=\"/metrics\">Metrics</a></p></body></html>\n",
         )),
-        _ => Ok(response(StatusCode::NOT_FOUND, "text/plain", "not found; metrics are at /metrics\n")),
+        _ => Ok(response(
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "not found; metrics are at /metrics\n",
+        )),
     }
 }
 
@@ -191,7 +227,10 @@ pub fn to_prometheus_text(openmetrics: &str) -> String {
         if line == "# EOF" || line.starts_with("# UNIT ") {
             continue;
         }
-        let meta = line.strip_prefix("# TYPE ").map(|r| ("# TYPE ", r)).or_else(|| line.strip_prefix("# HELP ").map(|r| ("# HELP ", r)));
+        let meta = line
+            .strip_prefix("# TYPE ")
+            .map(|r| ("# TYPE ", r))
+            .or_else(|| line.strip_prefix("# HELP ").map(|r| ("# HELP ", r)));
         if let Some((prefix, rest)) = meta {
             let mut it = rest.splitn(2, ' ');
             let (name, tail) = (it.next().unwrap_or(""), it.next().unwrap_or(""));
@@ -223,10 +262,19 @@ mod tests {
             ("*/*", Format::PrometheusText),
             ("text/plain", Format::PrometheusText),
             // Text first, protobuf second: the scraper's order wins.
-            ("text/plain;q=0.9,application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited;q=0.5", Format::PrometheusText),
+            (
+                "text/plain;q=0.9,application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited;q=0.5",
+                Format::PrometheusText,
+            ),
             // Protobuf of another message, or not delimited, is not ours.
-            ("application/vnd.google.protobuf;proto=other.Message;encoding=delimited", Format::PrometheusText),
-            ("application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=text", Format::PrometheusText),
+            (
+                "application/vnd.google.protobuf;proto=other.Message;encoding=delimited",
+                Format::PrometheusText,
+            ),
+            (
+                "application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=text",
+                Format::PrometheusText,
+            ),
             ("application/openmetrics-text;q=0", Format::PrometheusText),
         ];
         for (accept, want) in cases {

@@ -6,6 +6,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
+use crate::labels::{Placement, container};
 use procfs::{
     FromReadSI, KernelStats, ProcError,
     net::TcpState,
@@ -43,7 +44,9 @@ pub struct ProcRoot {
 
 impl Default for ProcRoot {
     fn default() -> Self {
-        ProcRoot { root: PathBuf::from("/proc") }
+        ProcRoot {
+            root: PathBuf::from("/proc"),
+        }
     }
 }
 
@@ -77,7 +80,12 @@ impl ProcRoot {
     /// PID, parent, start time and command name.
     pub fn info(&self, pid: u32) -> Option<ProcInfo> {
         let s = self.process(pid).and_then(|p| p.stat()).ok()?;
-        Some(ProcInfo { pid, ppid: s.ppid as u32, start_time: s.starttime, comm: s.comm })
+        Some(ProcInfo {
+            pid,
+            ppid: s.ppid as u32,
+            start_time: s.starttime,
+            comm: s.comm,
+        })
     }
 
     /// Is the process that started at `start_time` still running at `pid` (not exiting,
@@ -102,7 +110,10 @@ impl ProcRoot {
 
     /// Every process running now.
     pub fn all(&self) -> Vec<ProcInfo> {
-        self.pids().into_iter().filter_map(|p| self.info(p)).collect()
+        self.pids()
+            .into_iter()
+            .filter_map(|p| self.info(p))
+            .collect()
     }
 
     /// All descendants of `root` running now, parents before their children.
@@ -162,13 +173,21 @@ impl ProcRoot {
 
     /// (inode, port) of the TCP sockets (IPv4 and IPv6) that listen on one of `ports` in the
     /// network namespace of `pid`.
-    pub fn listening_sockets(&self, pid: u32, ports: &[u16]) -> procfs::ProcResult<Vec<(u64, u16)>> {
+    pub fn listening_sockets(
+        &self,
+        pid: u32,
+        ports: &[u16],
+    ) -> procfs::ProcResult<Vec<(u64, u16)>> {
         let p = self.process(pid)?;
         let mut entries = p.tcp()?;
         entries.extend(p.tcp6().unwrap_or_default());
         Ok(entries
             .into_iter()
-            .filter(|e| e.state == TcpState::Listen && e.inode != 0 && ports.contains(&e.local_address.port()))
+            .filter(|e| {
+                e.state == TcpState::Listen
+                    && e.inode != 0
+                    && ports.contains(&e.local_address.port())
+            })
             .map(|e| (e.inode, e.local_address.port()))
             .collect())
     }
@@ -205,20 +224,137 @@ impl ProcRoot {
     /// The file name of the process's executable, if it can be read.
     pub fn exe_name(&self, pid: u32) -> Option<String> {
         let exe = self.process(pid).and_then(|p| p.exe()).ok()?;
-        Some(exe.file_name()?.to_string_lossy().trim_end_matches(" (deleted)").to_string())
+        Some(
+            exe.file_name()?
+                .to_string_lossy()
+                .trim_end_matches(" (deleted)")
+                .to_string(),
+        )
     }
 
-    /// Where the root of the cgroup v2 hierarchy is mounted, as this process sees it (a
-    /// cgroup2 mount of the hierarchy's root, not of a sub-directory).
+    /// A small file in `pid`'s own filesystem (`path` relative to its root), read through
+    /// /proc/PID/root with every symbolic link resolved inside that root: a container's
+    /// `/var/run -> /run` is the container's /run, never the agent's (openat2
+    /// RESOLVE_IN_ROOT). At most 4 KiB are read.
+    pub fn read_in_root(&self, pid: u32, path: &str) -> io::Result<String> {
+        use std::{
+            ffi::CString,
+            io::Read,
+            os::fd::{AsRawFd, FromRawFd, OwnedFd},
+        };
+        let root = std::fs::File::open(self.root.join(pid.to_string()).join("root"))?;
+        let path = CString::new(path).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        // SAFETY: open_how is plain integers; all zero is a valid value.
+        let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+        how.flags = (libc::O_RDONLY | libc::O_CLOEXEC) as u64;
+        how.resolve = libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS;
+        // SAFETY: a valid dirfd, a NUL-terminated path and an open_how of the size passed.
+        let fd = unsafe {
+            libc::syscall(
+                libc::SYS_openat2,
+                root.as_raw_fd(),
+                path.as_ptr(),
+                &how as *const libc::open_how,
+                size_of::<libc::open_how>(),
+            )
+        };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: the kernel just gave us this descriptor.
+        let file = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd as i32) });
+        let mut text = String::new();
+        file.take(4096).read_to_string(&mut text)?;
+        Ok(text)
+    }
+
+    /// What `pid`'s cgroup paths say of its container and pod.
+    pub fn placement_cgroup(&self, pid: u32) -> container::CgroupPlacement {
+        let cgroups = std::fs::read_to_string(self.root.join(pid.to_string()).join("cgroup"))
+            .unwrap_or_default();
+        container::from_cgroup_file(&cgroups)
+    }
+
+    /// Where `pid` runs: its container and Kubernetes pod (`labels::container` says how each
+    /// is read). A process outside any container has none.
+    pub fn placement(&self, pid: u32) -> Placement {
+        let c = self.placement_cgroup(pid);
+        let read = |path: &str| {
+            self.read_in_root(pid, path)
+                .ok()
+                .and_then(|t| container::dns_label(&t))
+        };
+        let namespace = read("var/run/secrets/kubernetes.io/serviceaccount/namespace")
+            .or_else(|| read("run/secrets/kubernetes.io/serviceaccount/namespace"));
+        // A pod's hostname is its name, unless it shares the node's (hostNetwork pods do):
+        // then it is the node's.
+        let uts = |p: &str| std::fs::read_link(self.root.join(p).join("ns/uts")).ok();
+        let own_uts = uts(&pid.to_string()).is_some_and(|ns| Some(ns) != uts("1"));
+        let in_pod = c.pod_uid.is_some() || namespace.is_some();
+        let pod_name = (in_pod && own_uts).then(|| read("etc/hostname")).flatten();
+        Placement {
+            container_id: c.container_id,
+            k8s_pod_uid: c.pod_uid,
+            k8s_pod_name: pod_name,
+            k8s_namespace_name: namespace,
+        }
+    }
+
+    /// Whose mounts show the cgroup hierarchies: this process's, or, when it runs in a
+    /// cgroup namespace of its own (a container), PID 1's, reached through /proc/1/root.
+    /// With the host's PID namespace (`hostPID`), PID 1 is the host's init: its cgroup
+    /// mounts show the whole tree, where a container's own mount shows only its own cgroup
+    /// (and other processes' paths start with `/..`).
+    fn cgroup_view(&self) -> (procfs::ProcResult<Process>, PathBuf) {
+        let ns = |p: &str| std::fs::read_link(self.root.join(p).join("ns/cgroup")).ok();
+        let (mine, init) = (ns("self"), ns("1"));
+        if mine.is_some() && init.is_some() && mine != init {
+            let through = self.root.join("1/root");
+            if std::fs::read_dir(&through).is_ok() {
+                return (self.process(1), through);
+            }
+        }
+        (self.myself(), PathBuf::from("/"))
+    }
+
+    /// Mounts of cgroup hierarchies as the host sees them (`cgroup_view`), cgroup v2 first,
+    /// as (path to reach the mount from here, path in the hierarchy it shows).
+    fn cgroup_mounts(&self, v1: bool) -> Vec<(PathBuf, String)> {
+        let (p, prefix) = self.cgroup_view();
+        let Ok(mounts) = p.and_then(|p| p.mountinfo()) else {
+            return vec![];
+        };
+        let reach = |m: &PathBuf| prefix.join(m.strip_prefix("/").unwrap_or(m));
+        let mut found: Vec<(bool, PathBuf, String)> = mounts
+            .into_iter()
+            .filter(|m| m.fs_type == "cgroup2" || (v1 && m.fs_type == "cgroup"))
+            .map(|m| (m.fs_type != "cgroup2", reach(&m.mount_point), m.root))
+            .collect();
+        found.sort_by_key(|(is_v1, ..)| *is_v1);
+        found
+            .into_iter()
+            .map(|(_, path, root)| (path, root))
+            .collect()
+    }
+
+    /// Where the root of the cgroup v2 hierarchy can be reached (a cgroup2 mount of the
+    /// hierarchy's root, not of a sub-directory), the host's where this process runs in a
+    /// cgroup namespace of its own.
     pub fn cgroup2_root(&self) -> Option<PathBuf> {
-        let mounts = self.myself().and_then(|p| p.mountinfo()).ok()?;
-        mounts.into_iter().find(|m| m.fs_type == "cgroup2" && m.root == "/").map(|m| m.mount_point)
+        self.cgroup_mounts(false)
+            .into_iter()
+            .find(|(_, root)| root == "/")
+            .map(|(path, _)| path)
     }
 
-    /// Mount points of cgroup v2 filesystems, as this process sees them.
-    pub fn cgroup2_mounts(&self) -> Vec<PathBuf> {
-        let Ok(mounts) = self.myself().and_then(|p| p.mountinfo()) else { return vec![] };
-        mounts.into_iter().filter(|m| m.fs_type == "cgroup2").map(|m| m.mount_point).collect()
+    /// Where the roots of cgroup hierarchies can be reached: cgroup v2 first, then the v1
+    /// ones (hosts that still have them), as `cgroup2_root` finds them.
+    pub fn cgroup_roots(&self) -> Vec<PathBuf> {
+        self.cgroup_mounts(true)
+            .into_iter()
+            .filter(|(_, root)| root == "/")
+            .map(|(path, _)| path)
+            .collect()
     }
 }
 
@@ -250,12 +386,26 @@ mod tests {
     fn stat_fields_from_fixtures() {
         let (_dir, root) = fixture();
         let info = root.info(42).unwrap();
-        assert_eq!(info, ProcInfo { pid: 42, ppid: 1, start_time: 98765, comm: "my (odd) name".into() });
+        assert_eq!(
+            info,
+            ProcInfo {
+                pid: 42,
+                ppid: 1,
+                start_time: 98765,
+                comm: "my (odd) name".into()
+            }
+        );
         assert!(root.is_running(42, 98765));
-        assert!(!root.is_running(42, 98766), "another process at the same PID");
+        assert!(
+            !root.is_running(42, 98766),
+            "another process at the same PID"
+        );
         let hz = ticks_per_second() as f64;
         let s = root.stats(42).unwrap();
-        assert_eq!((s.utime_s, s.stime_s, s.children_s, s.threads), (200.0 / hz, 100.0 / hz, 75.0 / hz, 3.0));
+        assert_eq!(
+            (s.utime_s, s.stime_s, s.children_s, s.threads),
+            (200.0 / hz, 100.0 / hz, 75.0 / hz, 3.0)
+        );
         assert_eq!(s.rss_bytes, (250 * procfs::page_size()) as f64);
         assert_eq!(root.boot_time_s().unwrap(), 1_700_000_000);
         assert_eq!(root.pids(), vec![42]);
@@ -265,9 +415,69 @@ mod tests {
     #[test]
     fn a_zombie_is_not_running() {
         let (dir, root) = fixture();
-        let stat = std::fs::read_to_string(dir.path().join("42/stat")).unwrap().replace(") S ", ") Z ");
+        let stat = std::fs::read_to_string(dir.path().join("42/stat"))
+            .unwrap()
+            .replace(") S ", ") Z ");
         std::fs::write(dir.path().join("42/stat"), stat).unwrap();
         assert!(!root.is_running(42, 98765));
+    }
+
+    /// A pod as the kubelet lays it out, seen through /proc: the cgroup path, the hostname,
+    /// and the service-account namespace behind an absolute `/var/run -> /run` link, which
+    /// must resolve inside the pod's root, not the agent's.
+    #[test]
+    fn a_pods_placement_from_fixtures() {
+        let (dir, root) = fixture();
+        let id = "ab".repeat(32);
+        let uid = "0f3a8c1e-5b7d-4e2a-9c6f-1d2e3f4a5b6c";
+        let pid = dir.path().join("42");
+        std::fs::write(
+            pid.join("cgroup"),
+            format!("0::/../../kubepods/besteffort/pod{uid}/{id}\n"),
+        )
+        .unwrap();
+        let fs = pid.join("root");
+        std::fs::create_dir_all(fs.join("run/secrets/kubernetes.io/serviceaccount")).unwrap();
+        std::fs::create_dir_all(fs.join("etc")).unwrap();
+        std::fs::create_dir_all(fs.join("var")).unwrap();
+        std::os::unix::fs::symlink("/run", fs.join("var/run")).unwrap();
+        std::fs::write(
+            fs.join("run/secrets/kubernetes.io/serviceaccount/namespace"),
+            "prod",
+        )
+        .unwrap();
+        std::fs::write(fs.join("etc/hostname"), "shop-7d9f8b6c5d-x2x7k\n").unwrap();
+        std::fs::create_dir_all(pid.join("ns")).unwrap();
+        std::os::unix::fs::symlink("uts:[4026532001]", pid.join("ns/uts")).unwrap();
+        std::fs::create_dir_all(dir.path().join("1/ns")).unwrap();
+        std::os::unix::fs::symlink("uts:[4026531838]", dir.path().join("1/ns/uts")).unwrap();
+        let p = root.placement(42);
+        assert_eq!(
+            p,
+            Placement {
+                container_id: Some(id.clone()),
+                k8s_pod_uid: Some(uid.into()),
+                k8s_pod_name: Some("shop-7d9f8b6c5d-x2x7k".into()),
+                k8s_namespace_name: Some("prod".into()),
+            }
+        );
+        // An absolute link that leaves the root stays inside it.
+        std::os::unix::fs::symlink("/etc/../../../../etc/hostname", fs.join("escape")).unwrap();
+        assert_eq!(
+            root.read_in_root(42, "escape").unwrap(),
+            "shop-7d9f8b6c5d-x2x7k\n"
+        );
+        // A hostNetwork pod shares the node's hostname: it is not the pod's name.
+        std::fs::remove_file(dir.path().join("1/ns/uts")).unwrap();
+        std::os::unix::fs::symlink("uts:[4026532001]", dir.path().join("1/ns/uts")).unwrap();
+        assert_eq!(root.placement(42).k8s_pod_name, None);
+        // Outside any container: nothing.
+        assert_eq!(
+            ProcRoot::default()
+                .placement(std::process::id())
+                .k8s_pod_name,
+            None
+        );
     }
 
     #[test]

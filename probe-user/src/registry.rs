@@ -4,11 +4,12 @@
 //!
 //! It changes with what happens to processes, in the order the kernel reports it (one ring
 //! buffer carries forks, execs and exits in order), so a service follows the process:
-//! - a process given or selected takes `--service`, or its own command name;
+//! - a process given or selected takes `--service`, or its pod's workload, or its own
+//!   command name, with the labels of the container and pod it runs in (`labels::service`);
 //! - a child takes its parent's service at its fork, so the name survives its ancestors
 //!   (a double-forking daemon keeps the name of the process it was started as);
 //! - a process that executes a new program takes the new program's name, unless
-//!   `--service` names it (`sh -c 'exec gunicorn ...'` becomes `gunicorn`); children forked
+//!   `--service` or its pod names it (`sh -c 'exec gunicorn ...'` becomes `gunicorn`); children forked
 //!   afterwards inherit that name.
 //!
 //! The kernel's bitmap of targets is not kept here: the kernel sets and clears a process's
@@ -20,7 +21,7 @@ use std::{
 };
 
 use crate::{
-    labels::{self, UNKNOWN_SERVICE},
+    labels::{Placement, PlacementLabels, Service, UNKNOWN_SERVICE},
     proc_root::ProcInfo,
 };
 
@@ -32,7 +33,10 @@ pub struct Target {
     /// the process: a PID alone may be reused).
     pub start_time: u64,
     pub comm: String,
-    pub service: Arc<str>,
+    /// Its container and pod, read once when it was attached (a fork or an exec does not
+    /// leave a container).
+    pub placement: Arc<Placement>,
+    pub service: Service,
     /// The service's small id, which the kernel knows the process by (`SERVICES`); 0 when
     /// there are too many services (the process is then paired by the agent).
     pub service_id: u32,
@@ -57,20 +61,31 @@ pub const MAX_SERVICES: u32 = 1024;
 #[derive(Debug, Default)]
 pub struct Registry {
     targets: HashMap<u32, Target>,
-    /// `--service`: every target's service, whatever its name.
-    pinned: Option<Arc<str>>,
+    /// `--service`: every target's service name, whatever its command.
+    pinned: Option<String>,
+    /// `--container-labels`.
+    chosen: PlacementLabels,
     /// Service ids: `services[id - 1]` is the service of id `id`.
-    services: Vec<Arc<str>>,
-    ids: HashMap<Arc<str>, u32>,
+    services: Vec<Service>,
+    ids: HashMap<Service, u32>,
 }
 
 impl Registry {
     pub fn new(pinned_service: Option<&str>) -> Self {
-        Registry { pinned: pinned_service.map(labels::service), ..Default::default() }
+        Registry::with_labels(pinned_service, PlacementLabels::default())
+    }
+
+    /// `chosen`: the container and pod labels services carry (`--container-labels`).
+    pub fn with_labels(pinned_service: Option<&str>, chosen: PlacementLabels) -> Self {
+        Registry {
+            pinned: pinned_service.map(str::to_string),
+            chosen,
+            ..Default::default()
+        }
     }
 
     /// The id of a service (given out on first sight; 0 past [`MAX_SERVICES`]).
-    fn id_of(&mut self, service: &Arc<str>) -> u32 {
+    fn id_of(&mut self, service: &Service) -> u32 {
         if let Some(id) = self.ids.get(service) {
             return *id;
         }
@@ -84,7 +99,7 @@ impl Registry {
     }
 
     /// The service of an id the kernel reported.
-    pub fn service_named(&self, id: u32) -> Option<Arc<str>> {
+    pub fn service_named(&self, id: u32) -> Option<Service> {
         self.services.get((id as usize).checked_sub(1)?).cloned()
     }
 
@@ -97,8 +112,8 @@ impl Registry {
         Arc::new(Mutex::new(self))
     }
 
-    fn named(&self, comm: &str) -> Arc<str> {
-        self.pinned.clone().unwrap_or_else(|| labels::service(comm))
+    fn named(&self, comm: &str, placement: &Placement) -> Service {
+        Service::of(self.pinned.as_deref(), placement, comm, self.chosen)
     }
 
     pub fn len(&self) -> usize {
@@ -123,10 +138,10 @@ impl Registry {
     }
 
     /// The service of a process's I/O.
-    pub fn service_of(&self, pid: u32) -> Arc<str> {
+    pub fn service_of(&self, pid: u32) -> Service {
         match self.targets.get(&pid) {
             Some(t) => t.service.clone(),
-            None => self.pinned.clone().unwrap_or_else(|| UNKNOWN_SERVICE.into()),
+            None => Service::named(self.pinned.as_deref().unwrap_or(UNKNOWN_SERVICE)),
         }
     }
 
@@ -140,32 +155,61 @@ impl Registry {
         self.targets.get(&pid)
     }
 
-    /// A process given or selected: its service is `--service` or its own name. `None` if
-    /// it is a target already.
-    pub fn attach_root(&mut self, p: &ProcInfo) -> Option<&Target> {
-        let service = self.named(&p.comm);
-        self.insert(Target { pid: p.pid, start_time: p.start_time, comm: p.comm.clone(), service, service_id: 0, root: true })
+    /// A process given or selected, running in `placement`: its service is `--service`,
+    /// its pod's workload or its own name. `None` if it is a target already.
+    pub fn attach_root(&mut self, p: &ProcInfo, placement: Placement) -> Option<&Target> {
+        let service = self.named(&p.comm, &placement);
+        let placement = Arc::new(placement);
+        let (pid, start_time, comm) = (p.pid, p.start_time, p.comm.clone());
+        self.insert(Target {
+            pid,
+            start_time,
+            comm,
+            placement,
+            service,
+            service_id: 0,
+            root: true,
+        })
     }
 
-    /// A descendant of a root, found in /proc when the root was attached: the root's service.
-    pub fn attach_descendant(&mut self, p: &ProcInfo, service: Arc<str>) -> Option<&Target> {
-        self.insert(Target { pid: p.pid, start_time: p.start_time, comm: p.comm.clone(), service, service_id: 0, root: false })
+    /// A descendant of a root, found in /proc when the root was attached: the root's
+    /// placement and service.
+    pub fn attach_descendant(&mut self, p: &ProcInfo, root: &Target) -> Option<&Target> {
+        let (placement, service) = (root.placement.clone(), root.service.clone());
+        let (pid, start_time, comm) = (p.pid, p.start_time, p.comm.clone());
+        self.insert(Target {
+            pid,
+            start_time,
+            comm,
+            placement,
+            service,
+            service_id: 0,
+            root: false,
+        })
     }
 
     /// A target forked `child` (the kernel made it a target): it takes its parent's name
     /// and service. `None` if the child is known already (a selector found it first).
     pub fn forked(&mut self, parent: u32, child: u32, start_time: u64) -> Option<&Target> {
-        let (comm, service) = match self.targets.get(&parent) {
-            Some(p) => (p.comm.clone(), p.service.clone()),
-            None => (String::new(), self.service_of(parent)),
+        let (comm, placement, service) = match self.targets.get(&parent) {
+            Some(p) => (p.comm.clone(), p.placement.clone(), p.service.clone()),
+            None => (String::new(), Arc::default(), self.service_of(parent)),
         };
-        self.insert(Target { pid: child, start_time, comm, service, service_id: 0, root: false })
+        self.insert(Target {
+            pid: child,
+            start_time,
+            comm,
+            placement,
+            service,
+            service_id: 0,
+            root: false,
+        })
     }
 
     /// A target executed a new program called `comm`: it takes that name as its service,
     /// unless `--service` pins it. Returns the target as it is now.
     pub fn execed(&mut self, pid: u32, comm: &str) -> Option<&Target> {
-        let service = self.named(comm);
+        let service = self.named(comm, &self.targets.get(&pid)?.placement.clone());
         let id = self.id_of(&service);
         let t = self.targets.get_mut(&pid)?;
         t.comm = comm.to_string();
@@ -180,9 +224,19 @@ impl Registry {
     }
 
     /// Forgets targets that `still_running` says are gone (an exit whose event was lost).
-    pub fn retain_running(&mut self, mut still_running: impl FnMut(&Target) -> bool) -> Vec<Target> {
-        let gone: Vec<u32> = self.targets.values().filter(|t| !still_running(t)).map(|t| t.pid).collect();
-        gone.into_iter().filter_map(|pid| self.targets.remove(&pid)).collect()
+    pub fn retain_running(
+        &mut self,
+        mut still_running: impl FnMut(&Target) -> bool,
+    ) -> Vec<Target> {
+        let gone: Vec<u32> = self
+            .targets
+            .values()
+            .filter(|t| !still_running(t))
+            .map(|t| t.pid)
+            .collect();
+        gone.into_iter()
+            .filter_map(|pid| self.targets.remove(&pid))
+            .collect()
     }
 }
 
@@ -191,18 +245,24 @@ mod tests {
     use super::*;
 
     fn proc(pid: u32, comm: &str) -> ProcInfo {
-        ProcInfo { pid, ppid: 1, start_time: 1000 + pid as u64, comm: comm.into() }
+        ProcInfo {
+            pid,
+            ppid: 1,
+            start_time: 1000 + pid as u64,
+            comm: comm.into(),
+        }
     }
 
     #[test]
     fn children_inherit_and_keep_the_name_after_their_ancestors_exit() {
         let mut r = Registry::new(None);
-        r.attach_root(&proc(10, "daemon")).unwrap();
+        r.attach_root(&proc(10, "daemon"), Placement::default())
+            .unwrap();
         r.forked(10, 11, 2000).unwrap();
         r.exited(10);
         r.forked(11, 12, 2001).unwrap();
         r.exited(11);
-        assert_eq!(&*r.service_of(12), "daemon");
+        assert_eq!(r.service_of(12).name(), "daemon");
         assert_eq!(r.len(), 1);
         assert!(r.contains(12, 2001));
     }
@@ -210,48 +270,65 @@ mod tests {
     #[test]
     fn exec_renames_the_process_and_its_later_children() {
         let mut r = Registry::new(None);
-        r.attach_root(&proc(20, "sh")).unwrap();
+        r.attach_root(&proc(20, "sh"), Placement::default())
+            .unwrap();
         r.forked(20, 21, 3000).unwrap(); // before the exec: stays "sh"
         r.execed(20, "gunicorn").unwrap();
         r.forked(20, 22, 3001).unwrap();
-        assert_eq!(&*r.service_of(20), "gunicorn");
-        assert_eq!(&*r.service_of(21), "sh");
-        assert_eq!(&*r.service_of(22), "gunicorn");
+        assert_eq!(r.service_of(20).name(), "gunicorn");
+        assert_eq!(r.service_of(21).name(), "sh");
+        assert_eq!(r.service_of(22).name(), "gunicorn");
         // Ids follow the names: one per service.
         let (sh, gunicorn) = (r.get(21).unwrap().service_id, r.get(22).unwrap().service_id);
         assert_eq!((sh, gunicorn, r.get(20).unwrap().service_id), (1, 2, 2));
-        assert_eq!(r.service_named(2).as_deref(), Some("gunicorn"));
+        assert_eq!(
+            r.service_named(2).as_ref().map(|s| s.name()),
+            Some("gunicorn")
+        );
         assert_eq!(r.service_named(3), None);
     }
 
     #[test]
     fn a_pinned_service_survives_exec_and_unknown_processes_get_one_name() {
         let mut r = Registry::new(Some("shop"));
-        r.attach_root(&proc(30, "sh")).unwrap();
+        r.attach_root(&proc(30, "sh"), Placement::default())
+            .unwrap();
         r.execed(30, "gunicorn").unwrap();
-        assert_eq!(&*r.service_of(30), "shop");
-        assert_eq!(&*r.service_of(99), "shop");
+        assert_eq!(r.service_of(30).name(), "shop");
+        assert_eq!(r.service_of(99).name(), "shop");
         let r = Registry::new(None);
-        assert_eq!(&*r.service_of(99), UNKNOWN_SERVICE);
+        assert_eq!(r.service_of(99).name(), UNKNOWN_SERVICE);
     }
 
     #[test]
     fn a_process_is_attached_once_and_a_reused_pid_is_another_process() {
         let mut r = Registry::new(None);
-        assert!(r.attach_root(&proc(40, "srv")).is_some());
-        assert!(r.attach_root(&proc(40, "srv")).is_none());
-        assert!(r.forked(1, 40, 1040).is_none(), "a selector found the child first");
-        let reused = ProcInfo { start_time: 9999, ..proc(40, "other") };
+        assert!(
+            r.attach_root(&proc(40, "srv"), Placement::default())
+                .is_some()
+        );
+        assert!(
+            r.attach_root(&proc(40, "srv"), Placement::default())
+                .is_none()
+        );
+        assert!(
+            r.forked(1, 40, 1040).is_none(),
+            "a selector found the child first"
+        );
+        let reused = ProcInfo {
+            start_time: 9999,
+            ..proc(40, "other")
+        };
         assert!(!r.contains(40, 9999));
-        assert!(r.attach_root(&reused).is_some());
+        assert!(r.attach_root(&reused, Placement::default()).is_some());
         assert_eq!(r.get(40).unwrap().comm, "other");
     }
 
     #[test]
     fn lost_exits_are_reconciled() {
         let mut r = Registry::new(None);
-        r.attach_root(&proc(50, "a")).unwrap();
-        r.attach_root(&proc(51, "b")).unwrap();
+        r.attach_root(&proc(50, "a"), Placement::default()).unwrap();
+        r.attach_root(&proc(51, "b"), Placement::default()).unwrap();
         let gone = r.retain_running(|t| t.pid == 51);
         assert_eq!(gone.iter().map(|t| t.pid).collect::<Vec<_>>(), [50]);
         assert_eq!(r.len(), 1);

@@ -1,8 +1,5 @@
 //! Helpers shared by the xtask subcommands.
-use std::{
-    path::PathBuf,
-    process::Command,
-};
+use std::{path::PathBuf, process::Command};
 
 use anyhow::{Context, Result, bail};
 
@@ -25,7 +22,9 @@ pub fn python_venv() -> PathBuf {
 pub fn run(cmd: &mut Command) -> Result<()> {
     cmd.current_dir(workspace_root());
     eprintln!("xtask: $ {}", describe(cmd));
-    let status = cmd.status().with_context(|| format!("cannot start {}", describe(cmd)))?;
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot start {}", describe(cmd)))?;
     if !status.success() {
         bail!("`{}` failed with {status}", describe(cmd));
     }

@@ -17,22 +17,36 @@ pub fn test(filter: Option<&str>) -> Result<()> {
     }
     run(&mut unit)?;
     if !is_root() {
-        bail!("the integration tests load eBPF programs: run `cargo xtask test` as root (sudo -E cargo xtask test)");
+        bail!(
+            "the integration tests load eBPF programs: run `cargo xtask test` as root (sudo -E cargo xtask test)"
+        );
     }
     crate::setup::test_dependencies()?;
     let mut integration = cargo();
-    integration.args(["test", "--release", "--no-fail-fast", "--package", "redprobe-tests", "--tests", "--"]);
+    integration.args([
+        "test",
+        "--release",
+        "--no-fail-fast",
+        "--package",
+        "redprobe-tests",
+        "--tests",
+        "--",
+    ]);
     if let Some(f) = filter {
         integration.arg(f);
     }
-    integration.arg("--test-threads=1").env(REDPROBE_BIN, agent_path())
+    integration
+        .arg("--test-threads=1")
+        .env(REDPROBE_BIN, agent_path())
         .env(REDPROBE_PYTHON, python_venv().join("bin/python"));
     // The tests that assert exact counts also record who paired the requests.
     let share = xtask::workspace_root().join("target/fast-path-share.txt");
     let _ = std::fs::remove_file(&share);
     let result = run(&mut integration);
     if let Ok(text) = std::fs::read_to_string(&share) {
-        println!("\nWho paired the requests of each exact-count test (the kernel's fast path, or the agent and why):");
+        println!(
+            "\nWho paired the requests of each exact-count test (the kernel's fast path, or the agent and why):"
+        );
         print!("{text}");
     }
     result

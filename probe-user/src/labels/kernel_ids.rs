@@ -6,7 +6,8 @@
 //! the agent routes that path as it routes any other (templates, heuristic, `--max-routes`)
 //! and gives the route an id, which it writes into the kernel's `ROUTES` map under the key.
 //! Every later request with that key is labelled in the kernel, by id.
-use std::{collections::HashMap, sync::Arc};
+use super::Service;
+use std::collections::HashMap;
 
 use probe_common::http1::{METHODS, VERSION_10};
 
@@ -34,15 +35,15 @@ const KEYS_PER_GENERATION: usize = 65_536;
 #[derive(Default)]
 pub struct RouteIds {
     /// `routes[id - 1]`.
-    routes: Vec<(Arc<str>, RouteLabel)>,
-    ids: HashMap<(Arc<str>, String, bool), u32>,
+    routes: Vec<(Service, RouteLabel)>,
+    ids: HashMap<(Service, String, bool), u32>,
     keys: HashMap<(u32, u64), u32>,
     older_keys: HashMap<(u32, u64), u32>,
 }
 
 impl RouteIds {
     /// The id of a route of `service`, given out on first sight.
-    pub fn id(&mut self, service: &Arc<str>, route: RouteLabel) -> u32 {
+    pub fn id(&mut self, service: &Service, route: RouteLabel) -> u32 {
         let k = (service.clone(), route.route.clone(), route.folded);
         if let Some(id) = self.ids.get(&k) {
             return *id;
@@ -55,7 +56,9 @@ impl RouteIds {
 
     /// The route of an id.
     pub fn route(&self, id: u32) -> Option<&RouteLabel> {
-        self.routes.get((id as usize).checked_sub(1)?).map(|(_, r)| r)
+        self.routes
+            .get((id as usize).checked_sub(1)?)
+            .map(|(_, r)| r)
     }
 
     /// Remembers that `key` of service id `service` is route `id`.
@@ -68,7 +71,10 @@ impl RouteIds {
 
     /// The route id of a path key, if the agent routed it.
     pub fn of_key(&self, service: u32, key: u64) -> Option<u32> {
-        self.keys.get(&(service, key)).or_else(|| self.older_keys.get(&(service, key))).copied()
+        self.keys
+            .get(&(service, key))
+            .or_else(|| self.older_keys.get(&(service, key)))
+            .copied()
     }
 
     pub fn len(&self) -> usize {
@@ -98,8 +104,11 @@ mod tests {
     #[test]
     fn one_id_per_service_and_route() {
         let mut ids = RouteIds::default();
-        let (a, b): (Arc<str>, Arc<str>) = ("a".into(), "b".into());
-        let r = |s: &str| RouteLabel { route: s.into(), folded: false };
+        let (a, b): (Service, Service) = ("a".into(), "b".into());
+        let r = |s: &str| RouteLabel {
+            route: s.into(),
+            folded: false,
+        };
         let x = ids.id(&a, r("/x"));
         assert_eq!(ids.id(&a, r("/x")), x);
         assert_ne!(ids.id(&b, r("/x")), x);

@@ -2,15 +2,18 @@
 //! the heuristic and the per-service cap), services, `error_type`, transports, versions,
 //! and django-prometheus's spellings of them. The metric families in `metrics/` only place
 //! these values.
+pub mod container;
 pub mod kernel_ids;
 pub mod route;
+pub mod service;
 
 use std::{
     collections::{HashMap, HashSet},
-    sync::{Arc, Mutex},
+    sync::Mutex,
 };
 
 pub use route::{Router, Template, parse_routes_file};
+pub use service::{Placement, PlacementLabels, Service};
 
 use crate::http::Version;
 
@@ -32,16 +35,26 @@ pub const UNKNOWN_SERVICE: &str = "unknown";
 
 /// The nine standard methods, kept as they are; anything else is `_OTHER` (methods are
 /// case-sensitive tokens: `get` is not `GET`).
-const METHODS: [&str; 9] = ["GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"];
+const METHODS: [&str; 9] = [
+    "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
+];
 
 /// The `http_request_method` label.
 pub fn method(method: &str) -> &'static str {
-    METHODS.iter().find(|m| **m == method).copied().unwrap_or(OTHER_METHOD)
+    METHODS
+        .iter()
+        .find(|m| **m == method)
+        .copied()
+        .unwrap_or(OTHER_METHOD)
 }
 
 /// `network_transport` from the socket family.
 pub fn transport(family: u16) -> &'static str {
-    if family == libc::AF_UNIX as u16 { "unix" } else { "tcp" }
+    if family == libc::AF_UNIX as u16 {
+        "unix"
+    } else {
+        "tcp"
+    }
 }
 
 /// `network_protocol_version`.
@@ -67,14 +80,13 @@ pub fn error_type(status: Option<u16>, reset: bool) -> String {
     }
 }
 
-/// `service_name` from a name (`--service`, or a command name).
-pub fn service(name: &str) -> Arc<str> {
-    label_safe(name.to_string()).into()
-}
-
 /// django-prometheus's `method` label: its spelling of a method it does not know.
 pub fn django_method(method_label: &'static str) -> &'static str {
-    if method_label == OTHER_METHOD { "<invalid method>" } else { method_label }
+    if method_label == OTHER_METHOD {
+        "<invalid method>"
+    } else {
+        method_label
+    }
 }
 
 /// django-prometheus's `transport` label: it only ever says `http`.
@@ -111,13 +123,18 @@ pub struct LabelSetCap {
 
 impl LabelSetCap {
     pub fn new(max: usize) -> Self {
-        LabelSetCap { max, used: Default::default() }
+        LabelSetCap {
+            max,
+            used: Default::default(),
+        }
     }
 
     /// May one more label set be made? Counts it if so.
     pub fn admit(&self) -> bool {
         use std::sync::atomic::Ordering::Relaxed;
-        self.used.fetch_update(Relaxed, Relaxed, |n| (n < self.max).then_some(n + 1)).is_ok()
+        self.used
+            .fetch_update(Relaxed, Relaxed, |n| (n < self.max).then_some(n + 1))
+            .is_ok()
     }
 
     /// The route to report a request under when its own label set was not admitted.
@@ -131,7 +148,7 @@ impl LabelSetCap {
 pub struct Routes {
     router: Router,
     max: usize,
-    seen: Mutex<HashMap<Arc<str>, HashSet<String>>>,
+    seen: Mutex<HashMap<Service, HashSet<String>>>,
     /// The ids of the routes the kernel labels requests with.
     kernel: Mutex<kernel_ids::RouteIds>,
 }
@@ -145,7 +162,12 @@ pub struct RouteLabel {
 
 impl Routes {
     pub fn new(router: Router, max: usize) -> Self {
-        Routes { router, max, seen: Mutex::default(), kernel: Mutex::default() }
+        Routes {
+            router,
+            max,
+            seen: Mutex::default(),
+            kernel: Mutex::default(),
+        }
     }
 
     /// Can the kernel label requests by path key? Its keys fold identifier segments, so a
@@ -157,13 +179,25 @@ impl Routes {
     /// The route id of a path the kernel sent under `key` (service id `service_id`), routed
     /// now if it is new: the id, and whether the key is new (the kernel's `ROUTES` map then
     /// needs it).
-    pub fn route_key(&self, service_id: u32, service: &Arc<str>, key: u64, path: &[u8]) -> (u32, bool) {
-        let known = self.kernel.lock().ok().and_then(|ids| ids.of_key(service_id, key));
+    pub fn route_key(
+        &self,
+        service_id: u32,
+        service: &Service,
+        key: u64,
+        path: &[u8],
+    ) -> (u32, bool) {
+        let known = self
+            .kernel
+            .lock()
+            .ok()
+            .and_then(|ids| ids.of_key(service_id, key));
         if let Some(id) = known {
             return (id, false);
         }
         let label = self.label(service, path);
-        let Ok(mut ids) = self.kernel.lock() else { return (0, false) };
+        let Ok(mut ids) = self.kernel.lock() else {
+            return (0, false);
+        };
         let id = ids.id(service, label);
         ids.set_key(service_id, key, id);
         (id, true)
@@ -179,10 +213,15 @@ impl Routes {
         self.kernel.lock().ok()?.of_key(service_id, key)
     }
 
-    pub fn label(&self, service: &Arc<str>, target: &[u8]) -> RouteLabel {
+    pub fn label(&self, service: &Service, target: &[u8]) -> RouteLabel {
         let route = self.router.route(target);
-        let folded = RouteLabel { route: OTHER_ROUTE.to_string(), folded: true };
-        let Ok(mut seen) = self.seen.lock() else { return folded };
+        let folded = RouteLabel {
+            route: OTHER_ROUTE.to_string(),
+            folded: true,
+        };
+        let Ok(mut seen) = self.seen.lock() else {
+            return folded;
+        };
         let routes = seen.entry(service.clone()).or_default();
         if !routes.contains(&route) {
             if routes.len() >= self.max {
@@ -190,7 +229,10 @@ impl Routes {
             }
             routes.insert(route.clone());
         }
-        RouteLabel { route, folded: false }
+        RouteLabel {
+            route,
+            folded: false,
+        }
     }
 }
 
@@ -201,7 +243,7 @@ mod tests {
     #[test]
     fn values_are_safe_to_expose() {
         assert_eq!(label_safe("my \"svc\"\n".into()), "my %22svc%22%0A");
-        assert_eq!(&*service("a\\b"), "a%5Cb");
+        assert_eq!(Service::named("a\\b").name(), "a%5Cb");
     }
 
     #[test]
@@ -229,7 +271,7 @@ mod tests {
     #[test]
     fn routes_are_capped_per_service() {
         let routes = Routes::new(Router::default(), 2);
-        let (a, b): (Arc<str>, Arc<str>) = ("a".into(), "b".into());
+        let (a, b): (Service, Service) = ("a".into(), "b".into());
         let labels: Vec<(String, bool)> = ["/x", "/y", "/z", "/x"]
             .iter()
             .map(|p| routes.label(&a, p.as_bytes()))
@@ -237,7 +279,12 @@ mod tests {
             .collect();
         assert_eq!(
             labels,
-            [("/x".into(), false), ("/y".into(), false), (OTHER_ROUTE.into(), true), ("/x".into(), false)]
+            [
+                ("/x".into(), false),
+                ("/y".into(), false),
+                (OTHER_ROUTE.into(), true),
+                ("/x".into(), false)
+            ]
         );
         assert!(!routes.label(&b, b"/z").folded, "the cap is per service");
     }

@@ -40,7 +40,8 @@ pub struct MapLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ServiceLabels {
-    pub service_name: String,
+    #[prometheus(flatten)]
+    pub service: crate::labels::Service,
 }
 
 /// `redprobe_requests_paired_total`: who paired the request, and for the agent, why the
@@ -54,8 +55,14 @@ pub struct PairedLabels {
 impl PairedLabels {
     fn of(by: PairedBy) -> Self {
         match by {
-            PairedBy::Kernel => PairedLabels { pairer: "kernel".into(), reason: String::new() },
-            PairedBy::Agent(r) => PairedLabels { pairer: "agent".into(), reason: r.label().into() },
+            PairedBy::Kernel => PairedLabels {
+                pairer: "kernel".into(),
+                reason: String::new(),
+            },
+            PairedBy::Agent(r) => PairedLabels {
+                pairer: "agent".into(),
+                reason: r.label().into(),
+            },
         }
     }
 }
@@ -97,7 +104,9 @@ pub struct Health {
 }
 
 fn reason(r: &str) -> ReasonLabels {
-    ReasonLabels { reason: r.to_string() }
+    ReasonLabels {
+        reason: r.to_string(),
+    }
 }
 
 impl Health {
@@ -133,20 +142,36 @@ impl Health {
         };
         let r = registry.sub_registry_with_prefix("redprobe");
         let counters = [
-            ("events_received", "Events read from the kernel ring buffer", &h.events_received),
+            (
+                "events_received",
+                "Events read from the kernel ring buffer",
+                &h.events_received,
+            ),
             (
                 "events_lost",
                 "Events the kernel could not queue because the ring buffer was full (their connections are resynchronised)",
                 &h.events_lost,
             ),
-            ("events_undecodable", "Ring buffer records of unknown kind or size", &h.events_undecodable),
+            (
+                "events_undecodable",
+                "Ring buffer records of unknown kind or size",
+                &h.events_undecodable,
+            ),
             (
                 "scrape_accept_errors",
                 "Connections to /metrics that could not be accepted (for example out of file descriptors); the agent backs off and goes on",
                 &h.scrape_accept_errors,
             ),
-            ("target_attaches", "Processes that became targets (given or selected processes and their children)", &h.target_attaches),
-            ("target_exits", "Measured processes that exited", &h.target_exits),
+            (
+                "target_attaches",
+                "Processes that became targets (given or selected processes and their children)",
+                &h.target_attaches,
+            ),
+            (
+                "target_exits",
+                "Measured processes that exited",
+                &h.target_exits,
+            ),
             (
                 "routes_folded",
                 "Requests reported as http_route=\"_other\" because --max-routes distinct routes were already seen for their service",
@@ -182,7 +207,11 @@ impl Health {
             r.register(name, help, counter.clone());
         }
         let by_reason = [
-            ("requests_unparsed", "Bytes on server connections that could not be measured as requests, by reason", &h.unparsed),
+            (
+                "requests_unparsed",
+                "Bytes on server connections that could not be measured as requests, by reason",
+                &h.unparsed,
+            ),
             (
                 "responses_inferred",
                 "Responses whose end was inferred because their framing headers were not captured, by reason",
@@ -227,10 +256,26 @@ impl Health {
             "Responses the agent measured that wait for their last bytes to go out",
             h.tx_waiting.clone(),
         );
-        r.register("connections_tracked", "Connections the agent is pairing requests on", h.connections_tracked.clone());
-        r.register("map_entries", "Entries in each kernel map (CONNS: connections, TARGETS: processes)", h.map_entries.clone());
-        r.register("map_capacity", "Capacity of each kernel map", h.map_capacity.clone());
-        r.register("targets", "Processes currently measured (given or selected processes and their children)", h.targets.clone());
+        r.register(
+            "connections_tracked",
+            "Connections the agent is pairing requests on",
+            h.connections_tracked.clone(),
+        );
+        r.register(
+            "map_entries",
+            "Entries in each kernel map (CONNS: connections, TARGETS: processes)",
+            h.map_entries.clone(),
+        );
+        r.register(
+            "map_capacity",
+            "Capacity of each kernel map",
+            h.map_capacity.clone(),
+        );
+        r.register(
+            "targets",
+            "Processes currently measured (given or selected processes and their children)",
+            h.targets.clone(),
+        );
         r.register(
             "target_open_connections",
             "Server connections of the target with HTTP traffic, currently tracked",
@@ -241,14 +286,22 @@ impl Health {
             "Requests measured, by who paired them: pairer=\"kernel\" (the fast path), or pairer=\"agent\" with the reason the kernel left the connection to the agent",
             h.paired.clone(),
         );
-        r.register("build", "redprobe build information", Info::new(BuildLabels { version: env!("CARGO_PKG_VERSION").to_string() }));
+        r.register(
+            "build",
+            "redprobe build information",
+            Info::new(BuildLabels {
+                version: env!("CARGO_PKG_VERSION").to_string(),
+            }),
+        );
         for r in Reason::ALL {
             let _ = h.unparsed.get_or_create(&reason(r.label()));
         }
         for r in Inference::ALL {
             let _ = h.inferred.get_or_create(&reason(r.label()));
         }
-        let _ = h.unread.get_or_create(&reason(Reason::OutsideCaptureWindow.label()));
+        let _ = h
+            .unread
+            .get_or_create(&reason(Reason::OutsideCaptureWindow.label()));
         for r in KernelSkip::ALL {
             let _ = h.kernel_skipped.get_or_create(&reason(r.label()));
         }
@@ -257,13 +310,19 @@ impl Health {
         }
         let _ = h.paired.get_or_create(&PairedLabels::of(PairedBy::Kernel));
         for r in SlowReason::ALL {
-            let _ = h.paired.get_or_create(&PairedLabels::of(PairedBy::Agent(r)));
+            let _ = h
+                .paired
+                .get_or_create(&PairedLabels::of(PairedBy::Agent(r)));
         }
         for role in ROLES {
-            let _ = h.connections_classified.get_or_create(&RoleLabels { role: role.to_string() });
+            let _ = h.connections_classified.get_or_create(&RoleLabels {
+                role: role.to_string(),
+            });
         }
         for p in Protocol::ALL {
-            let _ = h.other_protocol.get_or_create(&ProtocolLabels { protocol: p.label().to_string() });
+            let _ = h.other_protocol.get_or_create(&ProtocolLabels {
+                protocol: p.label().to_string(),
+            });
         }
         h
     }
@@ -289,26 +348,42 @@ impl Health {
     }
 
     pub fn kernel_skipped(&self, r: KernelSkip, n: u64) {
-        self.kernel_skipped.get_or_create(&reason(r.label())).inc_by(n);
+        self.kernel_skipped
+            .get_or_create(&reason(r.label()))
+            .inc_by(n);
     }
 
     /// `role`: one of [`ROLES`].
     pub fn classified(&self, role: &'static str, n: u64) {
-        self.connections_classified.get_or_create(&RoleLabels { role: role.to_string() }).inc_by(n);
+        self.connections_classified
+            .get_or_create(&RoleLabels {
+                role: role.to_string(),
+            })
+            .inc_by(n);
     }
 
     /// A connection that carried another protocol (it is also a connection of role "other").
     pub fn other_protocol(&self, p: Protocol) {
-        self.other_protocol.get_or_create(&ProtocolLabels { protocol: p.label().to_string() }).inc();
+        self.other_protocol
+            .get_or_create(&ProtocolLabels {
+                protocol: p.label().to_string(),
+            })
+            .inc();
         self.classified(ROLE_OTHER, 1);
     }
 
     pub fn map_write_failed(&self, map: &str) {
-        self.map_write_errors.get_or_create(&MapLabels { map: map.to_string() }).inc();
+        self.map_write_errors
+            .get_or_create(&MapLabels {
+                map: map.to_string(),
+            })
+            .inc();
     }
 
     pub fn set_map(&self, map: &str, entries: i64, capacity: i64) {
-        let labels = MapLabels { map: map.to_string() };
+        let labels = MapLabels {
+            map: map.to_string(),
+        };
         self.map_entries.get_or_create(&labels).set(entries);
         self.map_capacity.get_or_create(&labels).set(capacity);
     }

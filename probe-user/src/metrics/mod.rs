@@ -16,6 +16,7 @@ pub mod scheme;
 pub mod scrape;
 mod snapshot;
 
+use crate::labels::Service;
 use std::{collections::HashMap, sync::Arc};
 
 use prometheus_client::registry::Registry;
@@ -49,7 +50,11 @@ pub struct Extra {
 }
 
 impl Extra {
-    pub const ALL: Extra = Extra { ttfb: true, request_size: true, response_size: true };
+    pub const ALL: Extra = Extra {
+        ttfb: true,
+        request_size: true,
+        response_size: true,
+    };
 }
 
 /// The shape of the OpenTelemetry page: which histograms, and how many label sets.
@@ -66,14 +71,17 @@ pub const DEFAULT_MAX_LABEL_SETS: usize = 1500;
 
 impl Default for HttpOptions {
     fn default() -> Self {
-        HttpOptions { extra: Extra::default(), max_label_sets: DEFAULT_MAX_LABEL_SETS }
+        HttpOptions {
+            extra: Extra::default(),
+            max_label_sets: DEFAULT_MAX_LABEL_SETS,
+        }
     }
 }
 
 /// One finished request, with every label already bounded.
 #[derive(Clone, Debug)]
 pub struct Request<'a> {
-    pub service: &'a str,
+    pub service: &'a Service,
     pub method: &'static str,
     pub route: &'a str,
     /// None: reset before a status line was sent.
@@ -109,7 +117,13 @@ pub struct Metrics {
 impl Metrics {
     /// With the default duration buckets and page shape.
     pub fn new(registry: &mut Registry, naming: Naming, routes: Routes) -> Self {
-        Metrics::with_options(registry, naming, routes, scheme::Scheme::default_time(), HttpOptions::default())
+        Metrics::with_options(
+            registry,
+            naming,
+            routes,
+            scheme::Scheme::default_time(),
+            HttpOptions::default(),
+        )
     }
 
     /// `durations`: the duration scheme (`--buckets`; the kernel's table is made of it);
@@ -125,7 +139,11 @@ impl Metrics {
             Naming::Otel => Http::Otel(otel::OtelHttp::register(registry, durations, options)),
             Naming::DjangoPrometheus => Http::Django(django::DjangoHttp::register(registry)),
         };
-        Metrics { http: Arc::new(http), health: health::Health::register(registry), routes: Arc::new(routes) }
+        Metrics {
+            http: Arc::new(http),
+            health: health::Health::register(registry),
+            routes: Arc::new(routes),
+        }
     }
 
     pub fn routes(&self) -> &Routes {
@@ -140,10 +158,17 @@ impl Metrics {
 
     /// The route label of a kernel route id (0: the key's, if the agent routed it).
     fn kernel_route(&self, route: u32, service_id: u32, path_key: u64) -> RouteLabel {
-        let id = if route != 0 { Some(route) } else { self.routes.id_of_key(service_id, path_key) };
+        let id = if route != 0 {
+            Some(route)
+        } else {
+            self.routes.id_of_key(service_id, path_key)
+        };
         let label = id.and_then(|id| self.routes.of_id(id));
         // None: the path's event was lost (counted in redprobe_events_lost_total).
-        label.unwrap_or(RouteLabel { route: labels::UNREAD_ROUTE.to_string(), folded: false })
+        label.unwrap_or(RouteLabel {
+            route: labels::UNREAD_ROUTE.to_string(),
+            folded: false,
+        })
     }
 
     fn kernel_labels(&self, k: &KernelHead) -> (&'static str, String, &'static str) {
@@ -151,11 +176,15 @@ impl Metrics {
         if route.folded {
             self.health.routes_folded.inc();
         }
-        (kernel_ids::method(k.method), route.route, kernel_ids::version(k.version))
+        (
+            kernel_ids::method(k.method),
+            route.route,
+            kernel_ids::version(k.version),
+        )
     }
 
     /// What the kernel aggregated under `key` since the last time (`delta`), for `service`.
-    pub fn add_kernel(&self, key: &AggKey, delta: &AggValue, service: &str) {
+    pub fn add_kernel(&self, key: &AggKey, delta: &AggValue, service: &Service) {
         let n = delta.duration.count();
         if n == 0 {
             return;
@@ -195,7 +224,11 @@ impl Metrics {
                 if route.folded {
                     self.health.routes_folded.inc();
                 }
-                (labels::method(&line.method), route.route, labels::version(line.version))
+                (
+                    labels::method(&line.method),
+                    route.route,
+                    labels::version(line.version),
+                )
             }
             Head::Unread(reason) => {
                 self.health.unread(*reason);
@@ -240,7 +273,7 @@ impl Metrics {
     }
 
     /// Sets the in-flight requests gauge (OTel naming only; django-prometheus has none).
-    pub fn set_active_requests(&self, active: &HashMap<(Arc<str>, String), i64>) {
+    pub fn set_active_requests(&self, active: &HashMap<(Service, String), i64>) {
         if let Http::Otel(m) = self.http.as_ref() {
             m.set_active(active);
         }

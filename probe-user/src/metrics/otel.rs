@@ -1,16 +1,17 @@
 //! OpenTelemetry HTTP server semantic conventions, as Prometheus renders them.
+use crate::labels::Service;
 use std::{
     collections::HashMap,
     hash::{DefaultHasher, Hash, Hasher},
     sync::{Arc, Mutex},
 };
 
+use probe_common::AggValue;
 use prometheus_client::{
     encoding::EncodeLabelSet,
     metrics::family::Family,
     registry::{Registry, Unit},
 };
-use probe_common::AggValue;
 
 use super::{
     HttpOptions, Request, SnapshotGauge,
@@ -30,19 +31,22 @@ pub struct RequestLabels {
     /// OTel's `error.type`: `connection_reset` for a request the client gave up on, the
     /// status code for 5xx responses, empty (absent) otherwise.
     pub error_type: String,
-    pub service_name: String,
+    #[prometheus(flatten)]
+    pub service: Service,
 }
 
 /// The queue time is the server's, not a route's: one series per service.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct QueueLabels {
-    pub service_name: String,
+    #[prometheus(flatten)]
+    pub service: Service,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ActiveLabels {
     pub http_request_method: String,
-    pub service_name: String,
+    #[prometheus(flatten)]
+    pub service: Service,
 }
 
 type HistogramFamily = Family<RequestLabels, Buckets, OnScheme>;
@@ -70,7 +74,7 @@ impl Series {
         self.status == r.status
             && self.reset == r.reset
             && l.http_route == r.route
-            && l.service_name == r.service
+            && l.service == *r.service
             && l.http_request_method == r.method
             && l.network_protocol_version == r.version
             && l.network_transport == r.transport
@@ -80,7 +84,16 @@ impl Series {
 /// Hash of the fields that make a request's label set (`error_type` follows the status).
 fn series_key(r: &Request<'_>) -> u64 {
     let mut h = DefaultHasher::new();
-    (r.status, r.reset, r.route, r.service, r.method, r.version, r.transport).hash(&mut h);
+    (
+        r.status,
+        r.reset,
+        r.route,
+        r.service,
+        r.method,
+        r.version,
+        r.transport,
+    )
+        .hash(&mut h);
     h.finish()
 }
 
@@ -154,7 +167,11 @@ impl OtelHttp {
             Unit::Seconds,
             m.queue.clone(),
         );
-        registry.register("http_server_active_requests", "HTTP requests read and not yet answered", m.active.family.clone());
+        registry.register(
+            "http_server_active_requests",
+            "HTTP requests read and not yet answered",
+            m.active.family.clone(),
+        );
         m
     }
 
@@ -166,10 +183,11 @@ impl OtelHttp {
             network_protocol_version: r.version.to_string(),
             network_transport: r.transport.to_string(),
             error_type: labels::error_type(r.status, r.reset),
-            service_name: r.service.to_string(),
+            service: r.service.clone(),
         };
         let extra = self.options.extra;
-        let optional = |on: bool, family: &HistogramFamily| on.then(|| family.get_or_create(&labels).clone());
+        let optional =
+            |on: bool, family: &HistogramFamily| on.then(|| family.get_or_create(&labels).clone());
         Series {
             status: r.status,
             reset: r.reset,
@@ -177,7 +195,12 @@ impl OtelHttp {
             first_byte: optional(extra.ttfb, &self.first_byte),
             request_size: optional(extra.request_size, &self.request_size),
             response_size: optional(extra.response_size, &self.response_size),
-            queue: self.queue.get_or_create(&QueueLabels { service_name: r.service.to_string() }).clone(),
+            queue: self
+                .queue
+                .get_or_create(&QueueLabels {
+                    service: r.service.clone(),
+                })
+                .clone(),
             labels,
         }
     }
@@ -186,7 +209,9 @@ impl OtelHttp {
     /// on label sets), given to `f`. Returns true if the cap folded the request into its
     /// service's `_other` route.
     fn with_series(&self, r: &Request<'_>, f: impl FnOnce(&Series)) -> bool {
-        let Ok(mut series) = self.series.lock() else { return false };
+        let Ok(mut series) = self.series.lock() else {
+            return false;
+        };
         let same_hash = series.entry(series_key(r)).or_default();
         if let Some(s) = same_hash.iter().find(|s| s.matches(r)) {
             f(s);
@@ -197,7 +222,10 @@ impl OtelHttp {
             f(same_hash.last().expect("just pushed"));
             return false;
         }
-        let folded = Request { route: self.cap.folded_route(), ..r.clone() };
+        let folded = Request {
+            route: self.cap.folded_route(),
+            ..r.clone()
+        };
         let same_hash = series.entry(series_key(&folded)).or_default();
         match same_hash.iter().find(|s| s.matches(&folded)) {
             Some(s) => f(s),
@@ -244,11 +272,11 @@ impl OtelHttp {
         })
     }
 
-    pub fn set_active(&self, active: &HashMap<(Arc<str>, String), i64>) {
+    pub fn set_active(&self, active: &HashMap<(Service, String), i64>) {
         self.active.set(active.iter().map(|((service, method), n)| {
             let labels = ActiveLabels {
                 http_request_method: labels::method(method).to_string(),
-                service_name: service.to_string(),
+                service: service.clone(),
             };
             (labels, *n)
         }));

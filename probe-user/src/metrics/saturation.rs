@@ -1,9 +1,7 @@
 //! Saturation (the S of RED+S), read from /proc at scrape time: CPU seconds and resident
 //! memory of each service's processes, summed over all its workers (the registry's targets).
-use std::{
-    collections::HashMap,
-    sync::{Arc, Mutex},
-};
+use crate::labels::Service;
+use std::{collections::HashMap, sync::Mutex};
 
 use prometheus_client::{
     encoding::{DescriptorEncoder, EncodeMetric},
@@ -18,7 +16,7 @@ use crate::{
 
 /// CPU and memory of one service.
 pub struct ServiceTotals {
-    pub service: Arc<str>,
+    pub service: Service,
     pub cpu_s: f64,
     pub rss_bytes: f64,
 }
@@ -28,25 +26,35 @@ pub struct Saturation {
     proc: ProcRoot,
     /// Highest CPU total reported per service, so the counter never goes down when a
     /// worker exits and is replaced.
-    cpu_floor: Mutex<HashMap<Arc<str>, f64>>,
+    cpu_floor: Mutex<HashMap<Service, f64>>,
 }
 
 impl Saturation {
     pub fn new(registry: SharedRegistry, proc: ProcRoot) -> Self {
-        Saturation { registry, proc, cpu_floor: Mutex::default() }
+        Saturation {
+            registry,
+            proc,
+            cpu_floor: Mutex::default(),
+        }
     }
 
     /// Totals per service. A target that exited meanwhile is skipped; one whose /proc
     /// entry cannot be read (permissions, no /proc) makes the collection fail.
     pub fn collect(&self) -> Result<Vec<ServiceTotals>, String> {
-        let targets: Vec<_> = lock(&self.registry).targets().map(|t| (t.pid, t.service.clone(), t.root)).collect();
-        let mut by: HashMap<Arc<str>, (f64, f64)> = HashMap::new();
+        let targets: Vec<_> = lock(&self.registry)
+            .targets()
+            .map(|t| (t.pid, t.service.clone(), t.root))
+            .collect();
+        let mut by: HashMap<Service, (f64, f64)> = HashMap::new();
         let mut error = None;
         for (pid, service, root) in targets {
             let s = match self.proc.stats(pid) {
                 Ok(s) => s,
                 Err(e) if is_permission(&e) => {
-                    error = Some(format!("reading {}/{pid}/stat: {e}", self.proc.path().display()));
+                    error = Some(format!(
+                        "reading {}/{pid}/stat: {e}",
+                        self.proc.path().display()
+                    ));
                     continue;
                 }
                 Err(_) => continue, // exited since the registry was read
@@ -58,25 +66,40 @@ impl Saturation {
         if let Some(e) = error {
             return Err(e);
         }
-        let Ok(mut floor) = self.cpu_floor.lock() else { return Err("the CPU floor is poisoned".into()) };
+        let Ok(mut floor) = self.cpu_floor.lock() else {
+            return Err("the CPU floor is poisoned".into());
+        };
         let mut out = vec![];
         for (service, (cpu, rss)) in by {
             let f = floor.entry(service.clone()).or_insert(0.0);
             *f = f.max(cpu);
-            out.push(ServiceTotals { service, cpu_s: *f, rss_bytes: rss });
+            out.push(ServiceTotals {
+                service,
+                cpu_s: *f,
+                rss_bytes: rss,
+            });
         }
         for (service, f) in floor.iter() {
             if !out.iter().any(|t| &t.service == service) {
                 // every process of the service exited
-                out.push(ServiceTotals { service: service.clone(), cpu_s: *f, rss_bytes: 0.0 });
+                out.push(ServiceTotals {
+                    service: service.clone(),
+                    cpu_s: *f,
+                    rss_bytes: 0.0,
+                });
             }
         }
         out.sort_by(|a, b| a.service.cmp(&b.service));
         Ok(out)
     }
 
-    pub fn encode(totals: &[ServiceTotals], encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let labels = |t: &ServiceTotals| ServiceLabels { service_name: t.service.to_string() };
+    pub fn encode(
+        totals: &[ServiceTotals],
+        encoder: &mut DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        let labels = |t: &ServiceTotals| ServiceLabels {
+            service: t.service.clone(),
+        };
         let mut cpu = encoder.encode_descriptor(
             "redprobe_target_cpu_seconds",
             "CPU seconds (user + system) of the target's processes, summed over all workers, including exited ones",

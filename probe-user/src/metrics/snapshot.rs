@@ -17,7 +17,10 @@ where
     L: Clone + std::hash::Hash + Eq,
 {
     fn default() -> Self {
-        SnapshotGauge { family: Family::default(), seen: Default::default() }
+        SnapshotGauge {
+            family: Family::default(),
+            seen: Default::default(),
+        }
     }
 }
 
@@ -26,7 +29,9 @@ where
     L: Clone + std::hash::Hash + Eq,
 {
     pub fn set(&self, values: impl IntoIterator<Item = (L, i64)>) {
-        let Ok(mut seen) = self.seen.lock() else { return };
+        let Ok(mut seen) = self.seen.lock() else {
+            return;
+        };
         for labels in seen.iter() {
             self.family.get_or_create(labels).set(0);
         }

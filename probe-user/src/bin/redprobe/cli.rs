@@ -17,11 +17,19 @@ pub fn after_help() -> String {
   tracefs needed) and measures only the processes you name and their children:
 {hooks}
 CHOOSING TARGETS
-  --pid names processes running now. --port, --exe and --cgroup name them by something
-  that survives a restart: they are re-evaluated every --rescan-interval-ms, and every
-  process that matches (and its children) is measured, including one restarted under a
-  new PID. They combine with each other and with --pid; a process matching several is
-  measured once.
+  --pid names processes running now. --port, --exe, --cgroup and --container name them by
+  something that survives a restart: they are re-evaluated every --rescan-interval-ms, and
+  every process that matches (and its children) is measured, including one restarted
+  under a new PID. They combine with each other and with --pid; a process matching several
+  is measured once.
+
+CONTAINERS AND PODS
+  Series of a process in a container carry container_id, and in a Kubernetes pod
+  k8s_pod_uid, k8s_pod_name and k8s_namespace_name (--container-labels), read from /proc:
+  two servers on port 8000 in two pods are two sets of series. In a pod, service_name
+  defaults to the pod's workload (shop for shop-7d9f8b6c5d-x2x7k). Run in a container of
+  its own, redprobe needs the host's PID namespace (hostPID) and reaches the host's cgroup
+  tree through /proc/1/root.
 
 REQUIREMENTS
   Linux 6.3+ with BTF (/sys/kernel/btf/vmlinux); root, or CAP_BPF + CAP_PERFMON.
@@ -35,6 +43,8 @@ EXAMPLES
   sudo redprobe --port 8000 --service shop             # whatever listens on port 8000
   sudo redprobe --exe gunicorn                         # every gunicorn, now and later
   sudo redprobe --cgroup /system.slice/shop.service    # a systemd unit (cgroup v2)
+  sudo redprobe --cgroup /kubepods/burstable/pod<uid>  # a Kubernetes pod
+  sudo redprobe --container 4f2a9c8e1b3d               # a container, by id (docker ps)
   curl -s localhost:9464/metrics | grep http_server_request_duration_seconds_count
 
 Logs go to stderr; set RUST_LOG=debug for more."
@@ -51,7 +61,7 @@ Logs go to stderr; set RUST_LOG=debug for more."
                   cgroup); it serves Prometheus metrics (http_server_request_duration_seconds by \
                   method, route, status) without touching the server's code."
 )]
-#[command(group(ArgGroup::new("target").required(true).multiple(true).args(["pids", "ports", "exes", "cgroups"])))]
+#[command(group(ArgGroup::new("target").required(true).multiple(true).args(["pids", "ports", "exes", "cgroups", "containers"])))]
 pub struct Cli {
     /// PID of a server process to measure. Repeatable. Its child processes (workers,
     /// including those forked later) are measured too.
@@ -76,6 +86,14 @@ pub struct Cli {
     #[arg(long = "cgroup", value_name = "PATH")]
     pub cgroups: Vec<std::path::PathBuf>,
 
+    /// Measure every process in this container: its id, or the first 12 or more characters
+    /// of it, as `docker ps`, `podman ps` or `crictl ps` show it. Read from each process's
+    /// cgroup (docker, containerd, cri-o and podman). Repeatable. Re-evaluated as processes
+    /// come and go; a container restarted keeps its id (docker, podman), a Kubernetes
+    /// container restarted gets a new one (select its pod with --cgroup instead).
+    #[arg(long = "container", value_name = "ID")]
+    pub containers: Vec<String>,
+
     /// How often --port, --exe and --cgroup are re-evaluated, in milliseconds. A server
     /// that (re)starts is measured from the next evaluation on.
     #[arg(long, value_name = "MS", default_value_t = 1000)]
@@ -86,9 +104,25 @@ pub struct Cli {
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9464")]
     pub listen: SocketAddr,
 
-    /// service_name label of the measured processes [default: the target's command name].
+    /// service_name label of the measured processes [default: the workload of the
+    /// target's Kubernetes pod (its pod name without the generated suffixes: shop for
+    /// shop-7d9f8b6c5d-x2x7k), else its command name].
     #[arg(long, value_name = "NAME")]
     pub service: Option<String>,
+
+    /// Labels that tell which container and pod served a request, comma-separated, or
+    /// none: container_id (from the process's cgroup), k8s_pod_uid (from its cgroup),
+    /// k8s_pod_name (the pod's hostname), k8s_namespace_name (the pod's service-account
+    /// namespace file). Read from /proc, with no API server; a label a process has no value
+    /// for is left out. Two servers in two containers are two sets of series.
+    #[arg(
+        long,
+        value_name = "LABEL,...",
+        value_delimiter = ',',
+        value_enum,
+        default_value = "container_id,k8s_pod_uid,k8s_pod_name,k8s_namespace_name"
+    )]
+    pub container_labels: Vec<ContainerLabel>,
 
     /// A route template, e.g. '/api/items/{id}' or '/static/{path...}'. Repeatable; the
     /// first match wins. Paths no template matches get a heuristic: identifier-like
@@ -163,8 +197,19 @@ pub struct Cli {
     /// Exit (status 0) once every target process has exited. Only with --pid: the
     /// selectors (--port, --exe, --cgroup) wait for their next process instead, so they do
     /// not combine with it.
-    #[arg(long, conflicts_with_all = ["ports", "exes", "cgroups"])]
+    #[arg(long, conflicts_with_all = ["ports", "exes", "cgroups", "containers"])]
     pub exit_with_target: bool,
+}
+
+/// A label `--container-labels` can add.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[value(rename_all = "snake_case")]
+pub enum ContainerLabel {
+    ContainerId,
+    K8sPodUid,
+    K8sPodName,
+    K8sNamespaceName,
+    None,
 }
 
 /// A histogram `--extra-histograms` can add.
@@ -177,6 +222,21 @@ pub enum ExtraHistogram {
 }
 
 impl Cli {
+    /// The container and pod labels chosen with `--container-labels`.
+    pub fn placement_labels(&self) -> probe_user::labels::PlacementLabels {
+        let mut chosen = probe_user::labels::PlacementLabels::NONE;
+        for l in &self.container_labels {
+            match l {
+                ContainerLabel::ContainerId => chosen.container_id = true,
+                ContainerLabel::K8sPodUid => chosen.k8s_pod_uid = true,
+                ContainerLabel::K8sPodName => chosen.k8s_pod_name = true,
+                ContainerLabel::K8sNamespaceName => chosen.k8s_namespace_name = true,
+                ContainerLabel::None => {}
+            }
+        }
+        chosen
+    }
+
     /// The OpenTelemetry page's shape from `--extra-histograms` and `--max-label-sets`.
     pub fn http_options(&self) -> probe_user::metrics::HttpOptions {
         let mut extra = probe_user::metrics::Extra::default();
@@ -188,7 +248,10 @@ impl Cli {
                 ExtraHistogram::All => extra = probe_user::metrics::Extra::ALL,
             }
         }
-        probe_user::metrics::HttpOptions { extra, max_label_sets: self.max_label_sets }
+        probe_user::metrics::HttpOptions {
+            extra,
+            max_label_sets: self.max_label_sets,
+        }
     }
 }
 
@@ -199,13 +262,67 @@ mod tests {
     #[test]
     fn extra_histograms_and_the_label_set_cap() {
         let cli = Cli::try_parse_from(["redprobe", "--pid", "1"]).unwrap();
-        assert_eq!(cli.http_options(), probe_user::metrics::HttpOptions::default());
-        let cli = Cli::try_parse_from(["redprobe", "--pid", "1", "--extra-histograms", "ttfb,response-size", "--max-label-sets", "7"]).unwrap();
+        assert_eq!(
+            cli.http_options(),
+            probe_user::metrics::HttpOptions::default()
+        );
+        let cli = Cli::try_parse_from([
+            "redprobe",
+            "--pid",
+            "1",
+            "--extra-histograms",
+            "ttfb,response-size",
+            "--max-label-sets",
+            "7",
+        ])
+        .unwrap();
         let o = cli.http_options();
-        assert_eq!((o.extra.ttfb, o.extra.request_size, o.extra.response_size, o.max_label_sets), (true, false, true, 7));
-        let cli = Cli::try_parse_from(["redprobe", "--pid", "1", "--extra-histograms", "all"]).unwrap();
+        assert_eq!(
+            (
+                o.extra.ttfb,
+                o.extra.request_size,
+                o.extra.response_size,
+                o.max_label_sets
+            ),
+            (true, false, true, 7)
+        );
+        let cli =
+            Cli::try_parse_from(["redprobe", "--pid", "1", "--extra-histograms", "all"]).unwrap();
         assert_eq!(cli.http_options().extra, probe_user::metrics::Extra::ALL);
-        assert!(Cli::try_parse_from(["redprobe", "--pid", "1", "--extra-histograms", "latency"]).is_err());
+        assert!(
+            Cli::try_parse_from(["redprobe", "--pid", "1", "--extra-histograms", "latency"])
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn container_labels() {
+        use probe_user::labels::PlacementLabels;
+        let cli = Cli::try_parse_from(["redprobe", "--pid", "1"]).unwrap();
+        assert_eq!(cli.placement_labels(), PlacementLabels::ALL);
+        let cli =
+            Cli::try_parse_from(["redprobe", "--pid", "1", "--container-labels", "none"]).unwrap();
+        assert_eq!(cli.placement_labels(), PlacementLabels::NONE);
+        let cli = Cli::try_parse_from([
+            "redprobe",
+            "--pid",
+            "1",
+            "--container-labels",
+            "k8s_pod_name,k8s_namespace_name",
+        ])
+        .unwrap();
+        assert_eq!(
+            cli.placement_labels(),
+            PlacementLabels {
+                k8s_pod_name: true,
+                k8s_namespace_name: true,
+                ..PlacementLabels::NONE
+            }
+        );
+        assert!(
+            Cli::try_parse_from(["redprobe", "--pid", "1", "--container-labels", "pod"]).is_err()
+        );
+        assert!(Cli::try_parse_from(["redprobe", "--container", "abc123def456"]).is_ok());
     }
 
     #[test]

@@ -7,7 +7,10 @@ use std::sync::{Arc, Mutex, PoisonError};
 use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuHashMap};
 use probe_common::{AggKey, AggValue, RouteKey};
 use probe_user::{
-    metrics::{Metrics, kernel::{KernelTotals, add}},
+    metrics::{
+        Metrics,
+        kernel::{KernelTotals, add},
+    },
     registry::{SharedRegistry, lock},
 };
 
@@ -24,7 +27,11 @@ impl FastPath {
 
     /// The kernel labels requests with `key` by `route` from now on.
     pub fn set_route(&mut self, service_id: u32, key: u64, route: u32) {
-        let k = RouteKey { service: service_id, _pad: 0, path_key: key };
+        let k = RouteKey {
+            service: service_id,
+            _pad: 0,
+            path_key: key,
+        };
         if self.routes.insert(k, route, 0).is_err() {
             self.metrics.health.map_write_failed("ROUTES");
         }
@@ -41,8 +48,17 @@ pub struct Aggregates {
 }
 
 impl Aggregates {
-    pub fn new(map: PerCpuHashMap<MapData, AggKey, AggValue>, metrics: Metrics, registry: SharedRegistry) -> Arc<Mutex<Self>> {
-        Arc::new(Mutex::new(Aggregates { map, totals: KernelTotals::default(), metrics, registry }))
+    pub fn new(
+        map: PerCpuHashMap<MapData, AggKey, AggValue>,
+        metrics: Metrics,
+        registry: SharedRegistry,
+    ) -> Arc<Mutex<Self>> {
+        Arc::new(Mutex::new(Aggregates {
+            map,
+            totals: KernelTotals::default(),
+            metrics,
+            registry,
+        }))
     }
 
     pub fn sync(&mut self) {
@@ -59,14 +75,24 @@ impl Aggregates {
             })
             .collect();
         let registry = lock(&self.registry);
-        self.totals.apply(&self.metrics, read, |id| registry.service_named(id));
+        self.totals
+            .apply(&self.metrics, read, |id| registry.service_named(id));
         drop(registry);
-        self.metrics.health.set_map("AGG", self.totals.keys() as i64, crate::loader::MAX_AGGREGATES as i64);
+        self.metrics.health.set_map(
+            "AGG",
+            self.totals.keys() as i64,
+            crate::loader::MAX_AGGREGATES as i64,
+        );
     }
 }
 
 /// A read of the aggregates: the hook the exposition runs before each encode, which the
 /// loop also runs every `READ_AGGREGATES_EVERY`.
 pub fn reader(aggregates: Arc<Mutex<Aggregates>>) -> Arc<dyn Fn() + Send + Sync> {
-    Arc::new(move || aggregates.lock().unwrap_or_else(PoisonError::into_inner).sync())
+    Arc::new(move || {
+        aggregates
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .sync()
+    })
 }

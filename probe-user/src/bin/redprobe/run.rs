@@ -11,13 +11,12 @@ use aya::maps::{HashMap as BpfHashMap, MapData};
 use probe_common::ConnState;
 use probe_user::{
     exposition,
-    labels::{Router, Routes, parse_routes_file, Template},
+    labels::{Router, Routes, Template, parse_routes_file},
     metrics::{
-        Metrics,
-        Naming,
-        scheme::{DEFAULT_DURATION_BUCKETS, Scheme},
+        Metrics, Naming,
         process::AgentProcess,
         saturation::Saturation,
+        scheme::{DEFAULT_DURATION_BUCKETS, Scheme},
         scrape::ScrapeCollectors,
     },
     pipeline::{Notice, Pipeline},
@@ -35,8 +34,8 @@ use tracing::{info, warn};
 
 use crate::{
     cli::Cli,
-    counters::KernelCounters,
     conn_map,
+    counters::KernelCounters,
     fast_path::{Aggregates, FastPath, reader},
     loader::{self, LoadOptions, Probe},
     privileges,
@@ -60,17 +59,25 @@ const RECONCILE_EVERY: Duration = Duration::from_secs(10);
 const READ_AGGREGATES_EVERY: Duration = Duration::from_secs(10);
 
 fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 fn routes(cli: &Cli) -> Result<Routes> {
-    let mut templates = cli.routes.iter().map(|t| Template::parse(t)).collect::<Result<Vec<_>>>()?;
+    let mut templates = cli
+        .routes
+        .iter()
+        .map(|t| Template::parse(t))
+        .collect::<Result<Vec<_>>>()?;
     if let Some(path) = &cli.routes_file {
-        let content =
-            std::fs::read_to_string(path).with_context(|| format!("reading --routes-file {}", path.display()))?;
-        templates.extend(parse_routes_file(&content).with_context(|| format!("in {}", path.display()))?);
+        let content = std::fs::read_to_string(path)
+            .with_context(|| format!("reading --routes-file {}", path.display()))?;
+        templates
+            .extend(parse_routes_file(&content).with_context(|| format!("in {}", path.display()))?);
     }
     Ok(Routes::new(Router::new(templates), cli.max_routes))
 }
@@ -78,10 +85,14 @@ fn routes(cli: &Cli) -> Result<Routes> {
 /// Raises the soft limit of open files to the hard one: every scrape connection and every
 /// pidfd is a file, and systemd's default soft limit is 1024.
 fn raise_fd_limit() {
-    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
     // SAFETY: a plain get/set of this process's own limit.
     unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
             limit.rlim_cur = limit.rlim_max;
             let _ = libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
         }
@@ -91,12 +102,24 @@ fn raise_fd_limit() {
 /// Logs what happened to a target.
 fn log_notice(notice: &Notice) {
     match notice {
-        Notice::Forked { parent, child, service } => {
+        Notice::Forked {
+            parent,
+            child,
+            service,
+        } => {
             tracing::debug!(parent, pid = child, service = %service, "measuring forked process")
         }
-        Notice::Execed { pid, comm, service } => info!(pid, comm = %comm, service = %service, "target runs a new program"),
-        Notice::Exited(t) => info!(pid = t.pid, comm = %t.comm, "target exited; what it served stays in the metrics"),
-        Notice::Route { service_id, key, route } => tracing::debug!(service_id, key, route, "route of a path key"),
+        Notice::Execed { pid, comm, service } => {
+            info!(pid, comm = %comm, service = %service, "target runs a new program")
+        }
+        Notice::Exited(t) => {
+            info!(pid = t.pid, comm = %t.comm, "target exited; what it served stays in the metrics")
+        }
+        Notice::Route {
+            service_id,
+            key,
+            route,
+        } => tracing::debug!(service_id, key, route, "route of a path key"),
     }
 }
 
@@ -119,27 +142,58 @@ pub async fn run(cli: Cli) -> Result<()> {
     let routes = routes(&cli)?;
     let durations = Scheme::time(&cli.buckets)?;
     if cli.naming == Naming::DjangoPrometheus && cli.buckets != DEFAULT_DURATION_BUCKETS {
-        anyhow::bail!("--buckets sets the OpenTelemetry duration buckets; --naming django-prometheus keeps django-prometheus's own");
+        anyhow::bail!(
+            "--buckets sets the OpenTelemetry duration buckets; --naming django-prometheus keeps django-prometheus's own"
+        );
     }
-    let roots = cli.pids.iter().map(|p| inspect(&proc, *p)).collect::<Result<Vec<_>>>()?;
-    let selectors = Arc::new(Selectors::new(&proc, &cli.ports, &cli.exes, &cli.cgroups)?);
+    let roots = cli
+        .pids
+        .iter()
+        .map(|p| inspect(&proc, *p))
+        .collect::<Result<Vec<_>>>()?;
+    let selectors = Arc::new(Selectors::new(
+        &proc,
+        &cli.ports,
+        &cli.exes,
+        &cli.cgroups,
+        &cli.containers,
+    )?);
     let listener = exposition::bind(cli.listen).await?;
-    let Probe { ebpf: _ebpf, events, targets: target_map, counters, conns, fast, target_words, server_ports, tx_off } =
-        loader::load(&LoadOptions {
-            ring_buffer_bytes: cli.ring_buffer_bytes,
-            max_connections: cli.max_connections,
-            wakeup_bytes: cli.wakeup_bytes,
-            time_bounds: durations.kernel_table(),
-            cgroup2_root: proc.cgroup2_root(),
-        })?;
+    let Probe {
+        ebpf: _ebpf,
+        events,
+        targets: target_map,
+        counters,
+        conns,
+        fast,
+        target_words,
+        server_ports,
+        tx_off,
+    } = loader::load(&LoadOptions {
+        ring_buffer_bytes: cli.ring_buffer_bytes,
+        max_connections: cli.max_connections,
+        wakeup_bytes: cli.wakeup_bytes,
+        time_bounds: durations.kernel_table(),
+        cgroup2_root: proc.cgroup2_root(),
+    })?;
     match &tx_off {
-        None => info!("responses end when their last byte leaves the host (sock_ops on the root cgroup v2)"),
-        Some(why) => warn!("responses end when the server's last write returns, not when their last byte leaves: {why}"),
+        None => info!(
+            "responses end when their last byte leaves the host (sock_ops on the root cgroup v2)"
+        ),
+        Some(why) => warn!(
+            "responses end when the server's last write returns, not when their last byte leaves: {why}"
+        ),
     }
 
     let mut prometheus = Prometheus::default();
-    let metrics = Metrics::with_options(&mut prometheus, cli.naming, routes, durations, cli.http_options());
-    let registry = Registry::new(cli.service.as_deref()).shared();
+    let metrics = Metrics::with_options(
+        &mut prometheus,
+        cli.naming,
+        routes,
+        durations,
+        cli.http_options(),
+    );
+    let registry = Registry::with_labels(cli.service.as_deref(), cli.placement_labels()).shared();
     prometheus.register_collector(Box::new(ScrapeCollectors::new(
         Saturation::new(registry.clone(), proc.clone()),
         AgentProcess::new(proc.clone()),
@@ -148,7 +202,9 @@ pub async fn run(cli: Cli) -> Result<()> {
     let off = fast_path_off(&cli, &metrics);
     match off {
         None => info!("fast path on: the kernel pairs and aggregates plain HTTP/1.x requests"),
-        Some(why) => info!("fast path off ({why}): every request is paired by the agent, from events"),
+        Some(why) => {
+            info!("fast path off ({why}): every request is paired by the agent, from events")
+        }
     }
     let services = off.is_none().then(|| std::sync::Mutex::new(fast.services));
     let targets = Targets {
@@ -169,7 +225,10 @@ pub async fn run(cli: Cli) -> Result<()> {
         let scan = selectors.scan(std::process::id());
         apply_scan(&targets, &selectors, scan, &mut warned_denied);
         if lock(&registry).is_empty() {
-            info!("no process matches {selectors} yet; checking every {} ms", cli.rescan_interval_ms);
+            info!(
+                "no process matches {selectors} yet; checking every {} ms",
+                cli.rescan_interval_ms
+            );
         }
     }
 
@@ -184,13 +243,22 @@ pub async fn run(cli: Cli) -> Result<()> {
         warn!(%addr, "/metrics is served beyond loopback: keep the port behind a firewall or a reverse proxy");
     }
     let read_aggregates = reader(aggregates);
-    tokio::spawn(exposition::serve(listener, Arc::new(prometheus), health.scrape_accept_errors.clone(), Some(read_aggregates.clone())));
+    tokio::spawn(exposition::serve(
+        listener,
+        Arc::new(prometheus),
+        health.scrape_accept_errors.clone(),
+        Some(read_aggregates.clone()),
+    ));
     info!("probe attached; metrics at http://{addr}/metrics");
 
     // SAFETY: the ring buffer's map fd is owned by `events`, which the AsyncFd owns.
     let mut ring = unsafe { AsyncFd::register_with_interest(events, Interest::READABLE) }
         .map_err(|e| anyhow::anyhow!("polling the ring buffer: {e}"))?;
-    let mut pipeline = Pipeline::new(metrics.clone(), registry.clone(), cli.max_connections as usize);
+    let mut pipeline = Pipeline::new(
+        metrics.clone(),
+        registry.clone(),
+        cli.max_connections as usize,
+    );
     pipeline.set_fast_path(off.is_none());
 
     let mut kernel = KernelCounters::new(counters);
@@ -283,7 +351,13 @@ pub async fn run(cli: Cli) -> Result<()> {
             break;
         }
     }
-    drain(&mut pipeline, ring.get_mut(), false, &targets, &mut fast_path);
+    drain(
+        &mut pipeline,
+        ring.get_mut(),
+        false,
+        &targets,
+        &mut fast_path,
+    );
     kernel.poll(&health);
     Ok(())
 }
@@ -303,12 +377,18 @@ fn drain(
             log_notice(&notice);
             // The kernel's maps follow what the pipeline decided.
             match &notice {
-                Notice::Forked { child: pid, .. } | Notice::Execed { pid, .. } => targets.sync_service(*pid),
+                Notice::Forked { child: pid, .. } | Notice::Execed { pid, .. } => {
+                    targets.sync_service(*pid)
+                }
                 Notice::Exited(t) => {
                     targets.sync_service(t.pid);
                     exited = true;
                 }
-                Notice::Route { service_id, key, route } => fast_path.set_route(*service_id, *key, *route),
+                Notice::Route {
+                    service_id,
+                    key,
+                    route,
+                } => fast_path.set_route(*service_id, *key, *route),
             }
         }
     }

@@ -11,8 +11,10 @@
 //!   read are counted.
 //! - `--exe`: `/proc/PID/stat`'s command name (what `ps` and `pgrep` show), or the file
 //!   name of `/proc/PID/exe`.
-//! - `--cgroup`: the `cgroup.procs` files of the directory and its sub-directories. This
-//!   works from inside a container too, as long as the host's cgroup filesystem is mounted.
+//! - `--cgroup`: the `cgroup.procs` files of the directory and its sub-directories. From
+//!   inside a container of its own, the agent reaches the host's cgroup tree through
+//!   /proc/1/root (with the host's PID namespace).
+//! - `--container`: the container id in `/proc/PID/cgroup` (`labels::container`).
 use std::{
     collections::BTreeMap,
     fmt, fs,
@@ -32,8 +34,10 @@ pub struct Selectors {
     proc: ProcRoot,
     pub ports: Vec<u16>,
     pub exes: Vec<String>,
-    /// Absolute paths of cgroup v2 directories.
+    /// Paths of cgroup directories, as the agent reaches them.
     pub cgroups: Vec<PathBuf>,
+    /// Container ids or their prefixes, lowercase.
+    pub containers: Vec<String>,
 }
 
 /// A process a selector matched, and which selector.
@@ -56,26 +60,63 @@ impl fmt::Display for Selectors {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut parts: Vec<String> = self.ports.iter().map(|p| format!("--port {p}")).collect();
         parts.extend(self.exes.iter().map(|e| format!("--exe {e}")));
-        parts.extend(self.cgroups.iter().map(|c| format!("--cgroup {}", c.display())));
+        parts.extend(
+            self.cgroups
+                .iter()
+                .map(|c| format!("--cgroup {}", c.display())),
+        );
+        parts.extend(self.containers.iter().map(|c| format!("--container {c}")));
         f.write_str(&parts.join(", "))
     }
 }
 
 impl Selectors {
-    pub fn new(proc: &ProcRoot, ports: &[u16], exes: &[String], cgroups: &[PathBuf]) -> Result<Self> {
+    pub fn new(
+        proc: &ProcRoot,
+        ports: &[u16],
+        exes: &[String],
+        cgroups: &[PathBuf],
+        containers: &[String],
+    ) -> Result<Self> {
+        if let Some(c) = containers
+            .iter()
+            .find(|c| c.len() < 12 || c.len() > 64 || !c.bytes().all(|b| b.is_ascii_hexdigit()))
+        {
+            bail!(
+                "--container takes a container id, or its first 12 or more characters, as `docker ps`, \
+                 `podman ps` or `crictl ps` show it (got {c:?})"
+            );
+        }
         if let Some(e) = exes.iter().find(|e| e.is_empty() || e.contains('/')) {
             bail!("--exe takes a file name without a directory (got {e:?}); e.g. --exe gunicorn");
         }
         if ports.contains(&0) {
             bail!("--port 0 is not a port a server listens on");
         }
-        let mounts = if cgroups.is_empty() { vec![] } else { proc.cgroup2_mounts() };
-        let cgroups = cgroups.iter().map(|c| resolve_cgroup(c, &mounts)).collect::<Result<_>>()?;
-        Ok(Selectors { proc: proc.clone(), ports: ports.to_vec(), exes: exes.to_vec(), cgroups })
+        let roots = if cgroups.is_empty() {
+            vec![]
+        } else {
+            proc.cgroup_roots()
+        };
+        let cgroups = cgroups
+            .iter()
+            .map(|c| resolve_cgroup(c, &roots))
+            .collect::<Result<_>>()?;
+        let containers = containers.iter().map(|c| c.to_ascii_lowercase()).collect();
+        Ok(Selectors {
+            proc: proc.clone(),
+            ports: ports.to_vec(),
+            exes: exes.to_vec(),
+            cgroups,
+            containers,
+        })
     }
 
     pub fn is_empty(&self) -> bool {
-        self.ports.is_empty() && self.exes.is_empty() && self.cgroups.is_empty()
+        self.ports.is_empty()
+            && self.exes.is_empty()
+            && self.cgroups.is_empty()
+            && self.containers.is_empty()
     }
 
     /// The processes running now that a selector matches, except `me` (the agent).
@@ -86,17 +127,38 @@ impl Selectors {
         }
         // Kernel threads (kthreadd, PID 2, and its children) serve no HTTP: never selected,
         // even under `--cgroup /`.
-        let procs: Vec<ProcInfo> =
-            self.proc.all().into_iter().filter(|p| p.pid != me && p.pid != KTHREADD && p.ppid != KTHREADD).collect();
+        let procs: Vec<ProcInfo> = self
+            .proc
+            .all()
+            .into_iter()
+            .filter(|p| p.pid != me && p.pid != KTHREADD && p.ppid != KTHREADD)
+            .collect();
         let mut found: BTreeMap<u32, String> = BTreeMap::new();
         for exe in &self.exes {
-            for p in procs.iter().filter(|p| exe_matches(exe, &p.comm, || self.proc.exe_name(p.pid))) {
+            for p in procs
+                .iter()
+                .filter(|p| exe_matches(exe, &p.comm, || self.proc.exe_name(p.pid)))
+            {
                 found.entry(p.pid).or_insert_with(|| format!("--exe {exe}"));
             }
         }
         for dir in &self.cgroups {
             for pid in cgroup_pids(dir) {
-                found.entry(pid).or_insert_with(|| format!("--cgroup {}", dir.display()));
+                found
+                    .entry(pid)
+                    .or_insert_with(|| format!("--cgroup {}", dir.display()));
+            }
+        }
+        if !self.containers.is_empty() {
+            for p in &procs {
+                let Some(id) = self.proc.placement_cgroup(p.pid).container_id else {
+                    continue;
+                };
+                if let Some(c) = self.containers.iter().find(|c| id.starts_with(c.as_str())) {
+                    found
+                        .entry(p.pid)
+                        .or_insert_with(|| format!("--container {c}"));
+                }
             }
         }
         if !self.ports.is_empty() {
@@ -106,9 +168,14 @@ impl Selectors {
         }
         scan.matches = procs
             .into_iter()
-            .filter_map(|info| found.remove(&info.pid).map(|selector| Match { info, selector }))
+            .filter_map(|info| {
+                found
+                    .remove(&info.pid)
+                    .map(|selector| Match { info, selector })
+            })
             .collect();
-        scan.matches.sort_by_key(|m| (m.info.start_time, m.info.pid));
+        scan.matches
+            .sort_by_key(|m| (m.info.start_time, m.info.pid));
         scan
     }
 
@@ -159,30 +226,42 @@ pub fn exe_matches(name: &str, comm: &str, exe: impl FnOnce() -> Option<String>)
     exe().is_some_and(|e| e == name)
 }
 
-/// A `--cgroup` argument: a directory of a cgroup v2 filesystem, given as its absolute
-/// path (`/sys/fs/cgroup/system.slice/app.service`) or relative to the cgroup v2 mount
-/// (`/system.slice/app.service`, as /proc/PID/cgroup and systemd show it).
-fn resolve_cgroup(arg: &Path, mounts: &[PathBuf]) -> Result<PathBuf> {
-    let Some(root) = mounts.first() else {
-        bail!("--cgroup needs a cgroup v2 filesystem, and none is mounted (see /proc/self/mountinfo)");
-    };
-    if mounts.iter().any(|m| arg.starts_with(m)) {
-        if arg.join("cgroup.procs").exists() {
-            return Ok(arg.to_path_buf());
-        }
-        bail!("--cgroup {}: not a cgroup directory (no cgroup.procs in it)", arg.display());
+/// A `--cgroup` argument: a cgroup directory, given as a path that exists here
+/// (`/sys/fs/cgroup/system.slice/app.service`), or relative to the root of a cgroup
+/// hierarchy (`/system.slice/app.service`, `/kubepods/besteffort/pod<uid>`, as
+/// /proc/PID/cgroup and systemd show it): cgroup v2 first, then the v1 hierarchies of hosts
+/// that still have them. `roots` are the hierarchies' roots as `ProcRoot::cgroup_roots`
+/// reaches them (the host's, from inside a container).
+fn resolve_cgroup(arg: &Path, roots: &[PathBuf]) -> Result<PathBuf> {
+    if roots.is_empty() {
+        bail!("--cgroup needs a cgroup filesystem, and none is mounted (see /proc/self/mountinfo)");
+    }
+    if arg.is_absolute() && arg.join("cgroup.procs").exists() {
+        return Ok(arg.to_path_buf());
+    }
+    if roots.iter().any(|r| arg.starts_with(r)) {
+        bail!(
+            "--cgroup {}: not a cgroup directory (no cgroup.procs in it)",
+            arg.display()
+        );
     }
     let relative = arg.strip_prefix("/").unwrap_or(arg);
-    let full = root.join(relative);
-    if full.join("cgroup.procs").exists() {
+    if let Some(full) = roots
+        .iter()
+        .map(|r| r.join(relative))
+        .find(|d| d.join("cgroup.procs").exists())
+    {
         return Ok(full);
     }
     bail!(
-        "--cgroup {}: no such cgroup (looked for {} under the cgroup v2 mount {}); \
+        "--cgroup {}: no such cgroup under the cgroup hierarchies at {}; \
          `systemctl status UNIT` or `cat /proc/PID/cgroup` shows a process's cgroup",
         arg.display(),
-        full.display(),
-        root.display()
+        roots
+            .iter()
+            .map(|r| r.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
     )
 }
 
@@ -211,38 +290,70 @@ mod tests {
     #[test]
     fn exe_names() {
         assert!(exe_matches("gunicorn", "gunicorn", || None));
-        assert!(!exe_matches("gunicorn", "python3", || Some("python3.11".into())));
-        assert!(exe_matches("python3.11", "python3", || Some("python3.11".into())));
+        assert!(!exe_matches("gunicorn", "python3", || Some(
+            "python3.11".into()
+        )));
+        assert!(exe_matches("python3.11", "python3", || Some(
+            "python3.11".into()
+        )));
         // The kernel keeps 15 bytes of the command name.
-        assert!(exe_matches("a-very-long-server-name", "a-very-long-ser", || None));
-        assert!(!exe_matches("a-very-long-ser", "a-very-long-server", || None));
+        assert!(exe_matches(
+            "a-very-long-server-name",
+            "a-very-long-ser",
+            || None
+        ));
+        assert!(!exe_matches(
+            "a-very-long-ser",
+            "a-very-long-server",
+            || None
+        ));
         assert!(!exe_matches("gunicorn", "gunicorn: maste", || None));
     }
 
     #[test]
     fn cgroups_need_a_cgroup2_mount() {
-        let err = resolve_cgroup(Path::new("/system.slice/x.service"), &[]).unwrap_err().to_string();
-        assert!(err.contains("cgroup v2"), "{err}");
+        let err = resolve_cgroup(Path::new("/system.slice/x.service"), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("cgroup filesystem"), "{err}");
     }
 
     #[test]
     fn bad_arguments() {
         let proc = ProcRoot::default();
-        assert!(Selectors::new(&proc, &[0], &[], &[]).is_err());
-        assert!(Selectors::new(&proc, &[], &["/usr/bin/gunicorn".into()], &[]).is_err());
-        let s = Selectors::new(&proc, &[8000], &["gunicorn".into()], &[]).unwrap();
-        assert_eq!(s.to_string(), "--port 8000, --exe gunicorn");
+        assert!(Selectors::new(&proc, &[0], &[], &[], &[]).is_err());
+        assert!(Selectors::new(&proc, &[], &["/usr/bin/gunicorn".into()], &[], &[]).is_err());
+        assert!(
+            Selectors::new(&proc, &[], &[], &[], &["abc".into()]).is_err(),
+            "too short to be unique"
+        );
+        assert!(
+            Selectors::new(&proc, &[], &[], &[], &["my-container".into()]).is_err(),
+            "not an id"
+        );
+        let s = Selectors::new(
+            &proc,
+            &[8000],
+            &["gunicorn".into()],
+            &[],
+            &["FD984D2EF97E".into()],
+        )
+        .unwrap();
+        assert_eq!(
+            s.to_string(),
+            "--port 8000, --exe gunicorn, --container fd984d2ef97e"
+        );
     }
 
     #[test]
     fn this_process_is_found_by_its_command_name_but_never_the_agent_itself() {
         let proc = ProcRoot::default();
         let me = proc.info(std::process::id()).unwrap();
-        let s = Selectors::new(&proc, &[], std::slice::from_ref(&me.comm), &[]).unwrap();
+        let s = Selectors::new(&proc, &[], std::slice::from_ref(&me.comm), &[], &[]).unwrap();
         assert!(s.scan(0).matches.iter().any(|m| m.info.pid == me.pid));
         assert!(!s.scan(me.pid).matches.iter().any(|m| m.info.pid == me.pid));
         // Kernel threads are never selected.
-        let kernel = Selectors::new(&proc, &[], &["kthreadd".into()], &[]).unwrap();
+        let kernel = Selectors::new(&proc, &[], &["kthreadd".into()], &[], &[]).unwrap();
         assert!(kernel.scan(0).matches.is_empty(), "{:?}", kernel.scan(0));
     }
 
@@ -250,9 +361,16 @@ mod tests {
     fn a_listening_socket_is_found_by_port() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
-        let s = Selectors::new(&ProcRoot::default(), &[port], &[], &[]).unwrap();
+        let s = Selectors::new(&ProcRoot::default(), &[port], &[], &[], &[]).unwrap();
         let scan = s.scan(0);
-        let m = scan.matches.iter().find(|m| m.info.pid == std::process::id());
-        assert_eq!(m.map(|m| m.selector.clone()), Some(format!("--port {port}")), "{scan:?}");
+        let m = scan
+            .matches
+            .iter()
+            .find(|m| m.info.pid == std::process::id());
+        assert_eq!(
+            m.map(|m| m.selector.clone()),
+            Some(format!("--port {port}")),
+            "{scan:?}"
+        );
     }
 }
