@@ -300,61 +300,55 @@ impl ProcRoot {
         }
     }
 
-    /// Whose mounts show the cgroup hierarchies: this process's, or, when it runs in a
-    /// cgroup namespace of its own (a container), PID 1's, reached through /proc/1/root.
-    /// With the host's PID namespace (`hostPID`), PID 1 is the host's init: its cgroup
-    /// mounts show the whole tree, where a container's own mount shows only its own cgroup
-    /// (and other processes' paths start with `/..`).
-    fn cgroup_view(&self) -> (procfs::ProcResult<Process>, PathBuf) {
-        let ns = |p: &str| std::fs::read_link(self.root.join(p).join("ns/cgroup")).ok();
-        let (mine, init) = (ns("self"), ns("1"));
-        if mine.is_some() && init.is_some() && mine != init {
-            let through = self.root.join("1/root");
-            if std::fs::read_dir(&through).is_ok() {
-                return (self.process(1), through);
-            }
+    /// Whose mounts show the cgroup hierarchies, and how their roots look from here.
+    /// This process's own mounts, unless it runs in a container (a mount or cgroup namespace
+    /// of its own): a container's cgroup mounts show only its own cgroup. Then the host's,
+    /// as kthreadd (PID 2, a kernel thread, always in the host's mount and cgroup
+    /// namespaces) sees them, reached through /proc/2/root, which needs the host's PID
+    /// namespace (`hostPID`). A hierarchy's root is where kthreadd's cgroup is (kernel
+    /// threads stay in the root cgroup): `/`, or `/../..` as seen from a cgroup namespace.
+    fn cgroup_view(&self) -> (procfs::ProcResult<Process>, PathBuf, Vec<String>) {
+        const KTHREADD: &str = "2";
+        let ns = |p: &str, kind: &str| std::fs::read_link(self.root.join(p).join("ns").join(kind)).ok();
+        let contained = ["cgroup", "mnt"].iter().any(|kind| {
+            let (mine, host) = (ns("self", kind), ns(KTHREADD, kind));
+            mine.is_some() && host.is_some() && mine != host
+        });
+        let through = self.root.join(KTHREADD).join("root");
+        if contained && std::fs::read_dir(&through).is_ok() {
+            let roots = std::fs::read_to_string(self.root.join(KTHREADD).join("cgroup"))
+                .map(|t| t.lines().filter_map(|l| l.splitn(3, ':').nth(2).map(str::to_string)).collect())
+                .unwrap_or_default();
+            return (self.process(2), through, roots);
         }
-        (self.myself(), PathBuf::from("/"))
+        (self.myself(), PathBuf::from("/"), vec!["/".to_string()])
     }
 
-    /// Mounts of cgroup hierarchies as the host sees them (`cgroup_view`), cgroup v2 first,
-    /// as (path to reach the mount from here, path in the hierarchy it shows).
-    fn cgroup_mounts(&self, v1: bool) -> Vec<(PathBuf, String)> {
-        let (p, prefix) = self.cgroup_view();
-        let Ok(mounts) = p.and_then(|p| p.mountinfo()) else {
-            return vec![];
-        };
-        let reach = |m: &PathBuf| prefix.join(m.strip_prefix("/").unwrap_or(m));
-        let mut found: Vec<(bool, PathBuf, String)> = mounts
+    /// Mounts of whole cgroup hierarchies as `cgroup_view` finds them, cgroup v2 first: the
+    /// paths that reach them from here.
+    fn cgroup_mounts(&self, v1: bool) -> Vec<PathBuf> {
+        let (p, prefix, roots) = self.cgroup_view();
+        let Ok(mounts) = p.and_then(|p| p.mountinfo()) else { return vec![] };
+        let mut found: Vec<(bool, PathBuf)> = mounts
             .into_iter()
-            .filter(|m| m.fs_type == "cgroup2" || (v1 && m.fs_type == "cgroup"))
-            .map(|m| (m.fs_type != "cgroup2", reach(&m.mount_point), m.root))
+            .filter(|m| (m.fs_type == "cgroup2" || (v1 && m.fs_type == "cgroup")) && roots.contains(&m.root))
+            .map(|m| (m.fs_type != "cgroup2", prefix.join(m.mount_point.strip_prefix("/").unwrap_or(&m.mount_point))))
             .collect();
-        found.sort_by_key(|(is_v1, ..)| *is_v1);
-        found
-            .into_iter()
-            .map(|(_, path, root)| (path, root))
-            .collect()
+        found.sort_by_key(|(is_v1, _)| *is_v1);
+        found.into_iter().map(|(_, path)| path).collect()
     }
 
     /// Where the root of the cgroup v2 hierarchy can be reached (a cgroup2 mount of the
     /// hierarchy's root, not of a sub-directory), the host's where this process runs in a
     /// cgroup namespace of its own.
     pub fn cgroup2_root(&self) -> Option<PathBuf> {
-        self.cgroup_mounts(false)
-            .into_iter()
-            .find(|(_, root)| root == "/")
-            .map(|(path, _)| path)
+        self.cgroup_mounts(false).into_iter().next()
     }
 
     /// Where the roots of cgroup hierarchies can be reached: cgroup v2 first, then the v1
     /// ones (hosts that still have them), as `cgroup2_root` finds them.
     pub fn cgroup_roots(&self) -> Vec<PathBuf> {
         self.cgroup_mounts(true)
-            .into_iter()
-            .filter(|(_, root)| root == "/")
-            .map(|(path, _)| path)
-            .collect()
     }
 }
 

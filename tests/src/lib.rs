@@ -38,6 +38,9 @@ pub fn wait_for<T>(
 /// release build).
 pub const REDPROBE_BIN: &str = "REDPROBE_BIN";
 
+/// The agent's image, as `cargo xtask image` builds it and the DaemonSet names it.
+pub const IMAGE: &str = concat!("localhost/redprobe:", env!("CARGO_PKG_VERSION"));
+
 /// Names the Python interpreter with the test servers' packages (default: `python3`).
 pub const REDPROBE_PYTHON: &str = "REDPROBE_PYTHON";
 

@@ -5,7 +5,7 @@ use anyhow::{Context, Result, bail};
 
 pub mod toolchain;
 
-pub use testkit::{REDPROBE_BIN, REDPROBE_PYTHON, describe, procs::workspace_root};
+pub use testkit::{IMAGE, REDPROBE_BIN, REDPROBE_PYTHON, describe, procs::workspace_root};
 
 /// The release agent built by `cargo xtask build`.
 pub fn agent_path() -> PathBuf {

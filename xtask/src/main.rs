@@ -1,7 +1,8 @@
-//! `cargo xtask <command>`: setup, build, run, demo, test, bench, soak. One module per command.
+//! `cargo xtask <command>`: setup, build, image, run, demo, test, bench, soak. One module per command.
 mod bench;
 mod build;
 mod demo;
+mod image;
 mod run;
 mod setup;
 mod soak;
@@ -41,6 +42,14 @@ enum Cmd {
         #[arg(long)]
         keep: bool,
     },
+    /// Build the agent's OCI image (a static binary on an empty base) with buildah, and
+    /// print its size: localhost/redprobe:VERSION, the DaemonSet's image.
+    Image {
+        /// Also write it as an OCI archive to target/image/ (for `skopeo copy` or
+        /// `ctr images import`).
+        #[arg(long)]
+        archive: bool,
+    },
     /// Run every test: unit tests, then the integration tests against the real probe (root).
     Test {
         /// Only integration tests whose name contains this.
@@ -61,6 +70,7 @@ fn main() {
         Cmd::Build => build::build(),
         Cmd::Run { args } => run::run(&args),
         Cmd::Demo { seconds, keep } => demo::demo(seconds, keep),
+        Cmd::Image { archive } => image::image(archive),
         Cmd::Test { filter } => test::test(filter.as_deref()),
         Cmd::Bench(opts) => bench::bench(&opts),
         Cmd::Soak { minutes } => soak::soak(minutes),

@@ -41,7 +41,37 @@ const APT_TEST_PACKAGES: &[&str] = &[
     // JDK's HttpServer (javac is checked below: the machine may have a JDK of its own).
     "ruby",
     "ruby-webrick",
+    // Real containers (tests/tests/containers.rs): podman runs them, buildah builds the
+    // agent's image (`cargo xtask image`) and the test servers' image.
+    "podman",
+    "buildah",
 ];
+
+/// What `cargo xtask image` needs: buildah, strip (binutils), and Rust's musl target.
+pub fn image_dependencies() -> Result<()> {
+    apt_install(&missing_apt(&["buildah", "binutils"]))?;
+    let installed = Command::new("rustup").args(["target", "list", "--installed"]).output()?;
+    if !String::from_utf8_lossy(&installed.stdout).lines().any(|l| l == "x86_64-unknown-linux-musl") {
+        run(Command::new("rustup").args(["target", "add", "x86_64-unknown-linux-musl"]))?;
+    }
+    Ok(())
+}
+
+/// Lets the container runtime (crun) run on a host with both cgroup v1 hierarchies and a
+/// cgroup v2 one (the "hybrid" layout): crun refuses while a controller is left in the v2
+/// hierarchy, so any such controller gets a v1 hierarchy of its own, as on systemd's hybrid
+/// hosts. A host on cgroup v2 alone, or hybrid without a stray controller, is left as it is.
+fn container_host() -> Result<()> {
+    let unified = std::path::Path::new("/sys/fs/cgroup/unified");
+    let Ok(stray) = std::fs::read_to_string(unified.join("cgroup.controllers")) else { return Ok(()) };
+    for controller in stray.split_whitespace() {
+        let dir = std::path::Path::new("/sys/fs/cgroup").join(controller);
+        eprintln!("xtask: hybrid cgroups: mounting the {controller} controller's v1 hierarchy at {} (crun needs it out of the v2 one)", dir.display());
+        std::fs::create_dir_all(&dir)?;
+        run(Command::new("mount").args(["-t", "cgroup", "-o", controller, "cgroup"]).arg(&dir))?;
+    }
+    Ok(())
+}
 
 fn missing_apt<'a>(packages: &[&'a str]) -> Vec<&'a str> {
     packages
@@ -226,6 +256,7 @@ pub fn test_dependencies() -> Result<()> {
         missing.push("default-jdk-headless");
     }
     apt_install(&missing)?;
+    container_host()?;
     let root = xtask::workspace_root();
     let requirements = root.join("tests/servers/requirements.txt");
     let venv = xtask::python_venv();
