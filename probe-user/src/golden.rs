@@ -245,9 +245,15 @@ fn registry_after_the_sequence(naming: Naming) -> Prometheus {
             pid: TGID,
             ppid: 1,
             start_time: 1,
-            comm: "shop".into(),
+            comm: "gunicorn".into(),
         },
-        Default::default(),
+        // A Kubernetes pod: every label a node's series can carry.
+        crate::labels::Placement {
+            container_id: Some("4f2a9c8e1b3d".repeat(5) + "4f2a"),
+            k8s_pod_uid: Some("0f3a8c1e-5b7d-4e2a-9c6f-1d2e3f4a5b6c".into()),
+            k8s_pod_name: Some("shop-7d9f8b6c5d-x2x7k".into()),
+            k8s_namespace_name: Some("production".into()),
+        },
     );
     let mut pipeline = Pipeline::new(metrics.clone(), registry.clone(), 100);
     for record in sequence() {

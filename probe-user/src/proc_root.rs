@@ -309,7 +309,8 @@ impl ProcRoot {
     /// threads stay in the root cgroup): `/`, or `/../..` as seen from a cgroup namespace.
     fn cgroup_view(&self) -> (procfs::ProcResult<Process>, PathBuf, Vec<String>) {
         const KTHREADD: &str = "2";
-        let ns = |p: &str, kind: &str| std::fs::read_link(self.root.join(p).join("ns").join(kind)).ok();
+        let ns =
+            |p: &str, kind: &str| std::fs::read_link(self.root.join(p).join("ns").join(kind)).ok();
         let contained = ["cgroup", "mnt"].iter().any(|kind| {
             let (mine, host) = (ns("self", kind), ns(KTHREADD, kind));
             mine.is_some() && host.is_some() && mine != host
@@ -317,7 +318,11 @@ impl ProcRoot {
         let through = self.root.join(KTHREADD).join("root");
         if contained && std::fs::read_dir(&through).is_ok() {
             let roots = std::fs::read_to_string(self.root.join(KTHREADD).join("cgroup"))
-                .map(|t| t.lines().filter_map(|l| l.splitn(3, ':').nth(2).map(str::to_string)).collect())
+                .map(|t| {
+                    t.lines()
+                        .filter_map(|l| l.splitn(3, ':').nth(2).map(str::to_string))
+                        .collect()
+                })
                 .unwrap_or_default();
             return (self.process(2), through, roots);
         }
@@ -328,11 +333,20 @@ impl ProcRoot {
     /// paths that reach them from here.
     fn cgroup_mounts(&self, v1: bool) -> Vec<PathBuf> {
         let (p, prefix, roots) = self.cgroup_view();
-        let Ok(mounts) = p.and_then(|p| p.mountinfo()) else { return vec![] };
+        let Ok(mounts) = p.and_then(|p| p.mountinfo()) else {
+            return vec![];
+        };
         let mut found: Vec<(bool, PathBuf)> = mounts
             .into_iter()
-            .filter(|m| (m.fs_type == "cgroup2" || (v1 && m.fs_type == "cgroup")) && roots.contains(&m.root))
-            .map(|m| (m.fs_type != "cgroup2", prefix.join(m.mount_point.strip_prefix("/").unwrap_or(&m.mount_point))))
+            .filter(|m| {
+                (m.fs_type == "cgroup2" || (v1 && m.fs_type == "cgroup")) && roots.contains(&m.root)
+            })
+            .map(|m| {
+                (
+                    m.fs_type != "cgroup2",
+                    prefix.join(m.mount_point.strip_prefix("/").unwrap_or(&m.mount_point)),
+                )
+            })
             .collect();
         found.sort_by_key(|(is_v1, _)| *is_v1);
         found.into_iter().map(|(_, path)| path).collect()

@@ -54,8 +54,9 @@ pub fn lock(registry: &SharedRegistry) -> MutexGuard<'_, Registry> {
     registry.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// Distinct service ids given out at most: a bound on the label sets a churn of process
-/// names can make (a process past it stays on the agent's path, `no_service`).
+/// Service ids held at once at most: a bound on the kernel's aggregates and the label sets
+/// a churn of process names or containers can make (a process of a service past it stays
+/// on the agent's path, `no_service`). Ids of forgotten services are not given out again.
 pub const MAX_SERVICES: u32 = 1024;
 
 #[derive(Debug, Default)]
@@ -65,9 +66,13 @@ pub struct Registry {
     pinned: Option<String>,
     /// `--container-labels`.
     chosen: PlacementLabels,
-    /// Service ids: `services[id - 1]` is the service of id `id`.
-    services: Vec<Service>,
+    /// Id -> service, for the ids given out and not forgotten.
+    services: HashMap<u32, Service>,
+    /// Every service known and not forgotten, with its id (0: past [`MAX_SERVICES`]).
     ids: HashMap<Service, u32>,
+    last_id: u32,
+    /// Services left without a target, since when (as `forget` saw them).
+    idle: HashMap<Service, std::time::Instant>,
 }
 
 impl Registry {
@@ -89,23 +94,56 @@ impl Registry {
         if let Some(id) = self.ids.get(service) {
             return *id;
         }
-        if self.services.len() as u32 >= MAX_SERVICES {
-            return 0;
-        }
-        self.services.push(service.clone());
-        let id = self.services.len() as u32;
+        let id = if self.services.len() as u32 >= MAX_SERVICES || self.last_id == u32::MAX {
+            0
+        } else {
+            self.last_id += 1;
+            self.services.insert(self.last_id, service.clone());
+            self.last_id
+        };
         self.ids.insert(service.clone(), id);
         id
     }
 
     /// The service of an id the kernel reported.
     pub fn service_named(&self, id: u32) -> Option<Service> {
-        self.services.get((id as usize).checked_sub(1)?).cloned()
+        self.services.get(&id).cloned()
     }
 
-    /// Every service id given out.
-    pub fn service_ids(&self) -> std::ops::RangeInclusive<u32> {
-        1..=self.services.len() as u32
+    /// Is this service known (not forgotten)?
+    pub fn knows(&self, service: &Service) -> bool {
+        self.ids.contains_key(service)
+    }
+
+    /// Services that have had no target for `after` (their containers or processes went
+    /// away), as of `now`: they are forgotten, and returned with their ids (0: none) so
+    /// that their series and the kernel's aggregates can go too. A service that has
+    /// targets again before then is kept. Called now and then (`now` moves forward).
+    pub fn forget_idle(
+        &mut self,
+        now: std::time::Instant,
+        after: std::time::Duration,
+    ) -> Vec<(u32, Service)> {
+        let live: std::collections::HashSet<&Service> =
+            self.targets.values().map(|t| &t.service).collect();
+        self.idle.retain(|s, _| !live.contains(s));
+        for s in self.ids.keys().filter(|s| !live.contains(s)) {
+            self.idle.entry(s.clone()).or_insert(now);
+        }
+        let gone: Vec<Service> = self
+            .idle
+            .iter()
+            .filter(|(_, since)| now.duration_since(**since) >= after)
+            .map(|(s, _)| s.clone())
+            .collect();
+        let mut out = vec![];
+        for s in gone {
+            self.idle.remove(&s);
+            let id = self.ids.remove(&s).unwrap_or(0);
+            self.services.remove(&id);
+            out.push((id, s));
+        }
+        out
     }
 
     pub fn shared(self) -> SharedRegistry {
@@ -286,6 +324,46 @@ mod tests {
             Some("gunicorn")
         );
         assert_eq!(r.service_named(3), None);
+    }
+
+    #[test]
+    fn services_without_targets_are_forgotten_after_a_while_and_their_ids_not_reused() {
+        use std::time::{Duration, Instant};
+        let mut r = Registry::new(None);
+        let t0 = Instant::now();
+        let after = Duration::from_secs(300);
+        r.attach_root(&proc(60, "a"), Placement::default()).unwrap();
+        r.attach_root(&proc(61, "b"), Placement::default()).unwrap();
+        assert!(r.forget_idle(t0, after).is_empty());
+        r.exited(60);
+        assert!(
+            r.forget_idle(t0 + Duration::from_secs(1), after).is_empty(),
+            "idle from now on"
+        );
+        assert!(
+            r.forget_idle(t0 + Duration::from_secs(300), after)
+                .is_empty(),
+            "not idle long enough"
+        );
+        let gone = r.forget_idle(t0 + Duration::from_secs(301), after);
+        assert_eq!(gone, vec![(1, Service::named("a"))]);
+        assert!(!r.knows(&Service::named("a")) && r.knows(&Service::named("b")));
+        assert_eq!(r.service_named(1), None);
+        // Back after being forgotten: a new id.
+        r.attach_root(&proc(62, "a"), Placement::default()).unwrap();
+        assert_eq!(r.get(62).unwrap().service_id, 3);
+        // A service that gets a target again while idle is kept.
+        r.exited(61);
+        assert!(
+            r.forget_idle(t0 + Duration::from_secs(400), after)
+                .is_empty()
+        );
+        r.attach_root(&proc(63, "b"), Placement::default()).unwrap();
+        assert!(
+            r.forget_idle(t0 + Duration::from_secs(1000), after)
+                .is_empty()
+        );
+        assert!(r.knows(&Service::named("b")));
     }
 
     #[test]

@@ -50,8 +50,13 @@ const APT_TEST_PACKAGES: &[&str] = &[
 /// What `cargo xtask image` needs: buildah, strip (binutils), and Rust's musl target.
 pub fn image_dependencies() -> Result<()> {
     apt_install(&missing_apt(&["buildah", "binutils"]))?;
-    let installed = Command::new("rustup").args(["target", "list", "--installed"]).output()?;
-    if !String::from_utf8_lossy(&installed.stdout).lines().any(|l| l == "x86_64-unknown-linux-musl") {
+    let installed = Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .output()?;
+    if !String::from_utf8_lossy(&installed.stdout)
+        .lines()
+        .any(|l| l == "x86_64-unknown-linux-musl")
+    {
         run(Command::new("rustup").args(["target", "add", "x86_64-unknown-linux-musl"]))?;
     }
     Ok(())
@@ -63,12 +68,19 @@ pub fn image_dependencies() -> Result<()> {
 /// hosts. A host on cgroup v2 alone, or hybrid without a stray controller, is left as it is.
 fn container_host() -> Result<()> {
     let unified = std::path::Path::new("/sys/fs/cgroup/unified");
-    let Ok(stray) = std::fs::read_to_string(unified.join("cgroup.controllers")) else { return Ok(()) };
+    let Ok(stray) = std::fs::read_to_string(unified.join("cgroup.controllers")) else {
+        return Ok(());
+    };
     for controller in stray.split_whitespace() {
         let dir = std::path::Path::new("/sys/fs/cgroup").join(controller);
-        eprintln!("xtask: hybrid cgroups: mounting the {controller} controller's v1 hierarchy at {} (crun needs it out of the v2 one)", dir.display());
+        eprintln!(
+            "xtask: hybrid cgroups: mounting the {controller} controller's v1 hierarchy at {} (crun needs it out of the v2 one)",
+            dir.display()
+        );
         std::fs::create_dir_all(&dir)?;
-        run(Command::new("mount").args(["-t", "cgroup", "-o", controller, "cgroup"]).arg(&dir))?;
+        run(Command::new("mount")
+            .args(["-t", "cgroup", "-o", controller, "cgroup"])
+            .arg(&dir))?;
     }
     Ok(())
 }

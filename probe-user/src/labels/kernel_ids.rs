@@ -54,6 +54,20 @@ impl RouteIds {
         id
     }
 
+    /// Forgets the routes of a forgotten service: its ids are not given out again (the
+    /// kernel may still hold them in its `ROUTES` map, which drops them as it needs room),
+    /// but their labels go.
+    pub fn forget(&mut self, service: &Service) {
+        self.ids.retain(|(s, ..), _| s != service);
+        for (s, label) in self.routes.iter_mut().filter(|(s, _)| s == service) {
+            *s = Service::default();
+            *label = RouteLabel {
+                route: String::new(),
+                folded: false,
+            };
+        }
+    }
+
     /// The route of an id.
     pub fn route(&self, id: u32) -> Option<&RouteLabel> {
         self.routes

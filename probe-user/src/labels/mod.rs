@@ -137,6 +137,14 @@ impl LabelSetCap {
             .is_ok()
     }
 
+    /// Label sets that went away (a forgotten service's) leave room for others.
+    pub fn release(&self, n: usize) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let _ = self
+            .used
+            .fetch_update(Relaxed, Relaxed, |used| Some(used.saturating_sub(n)));
+    }
+
     /// The route to report a request under when its own label set was not admitted.
     pub fn folded_route(&self) -> &'static str {
         OTHER_ROUTE
@@ -167,6 +175,16 @@ impl Routes {
             max,
             seen: Mutex::default(),
             kernel: Mutex::default(),
+        }
+    }
+
+    /// Forgets what was seen of a forgotten service: its routes count anew if it returns.
+    pub fn forget(&self, service: &Service) {
+        if let Ok(mut seen) = self.seen.lock() {
+            seen.remove(service);
+        }
+        if let Ok(mut kernel) = self.kernel.lock() {
+            kernel.forget(service);
         }
     }
 

@@ -91,6 +91,7 @@ pub struct Health {
     pub targets: Gauge,
     pub target_attaches: Counter,
     pub target_exits: Counter,
+    pub services_forgotten: Counter,
     pub routes_folded: Counter,
     pub open_connections: super::SnapshotGauge<ServiceLabels>,
     pub paired: Family<PairedLabels, Counter>,
@@ -129,6 +130,7 @@ impl Health {
             targets: Gauge::default(),
             target_attaches: Counter::default(),
             target_exits: Counter::default(),
+            services_forgotten: Counter::default(),
             routes_folded: Counter::default(),
             open_connections: Default::default(),
             paired: Family::default(),
@@ -171,6 +173,11 @@ impl Health {
                 "target_exits",
                 "Measured processes that exited",
                 &h.target_exits,
+            ),
+            (
+                "services_forgotten",
+                "Services (a name with its container and pod) whose series were removed after --forget-after without a process: containers and pods that went away",
+                &h.services_forgotten,
             ),
             (
                 "routes_folded",

@@ -75,6 +75,12 @@ impl KernelTotals {
         }
     }
 
+    /// Forgets the keys of a forgotten service id (the agent deletes them from the kernel's
+    /// map too).
+    pub fn forget(&mut self, service_id: u32) {
+        self.last.retain(|k, _| k.service != service_id);
+    }
+
     pub fn keys(&self) -> usize {
         self.last.len()
     }

@@ -272,6 +272,18 @@ impl Metrics {
         }
     }
 
+    /// Removes a forgotten service's series and routes (`Registry::forget_idle`). Returns
+    /// how many label sets went.
+    pub fn forget(&self, service: &Service) -> usize {
+        self.routes.forget(service);
+        self.health.services_forgotten.inc();
+        match self.http.as_ref() {
+            Http::Otel(m) => m.forget(service),
+            // django-prometheus's families have no service label: nothing is the service's.
+            Http::Django(_) => 0,
+        }
+    }
+
     /// Sets the in-flight requests gauge (OTel naming only; django-prometheus has none).
     pub fn set_active_requests(&self, active: &HashMap<(Service, String), i64>) {
         if let Http::Otel(m) = self.http.as_ref() {

@@ -272,6 +272,44 @@ impl OtelHttp {
         })
     }
 
+    /// Removes every series of a forgotten service (its containers went away): they leave
+    /// the page, and their label sets leave room under the node-wide cap. Returns how many
+    /// label sets went.
+    pub fn forget(&self, service: &Service) -> usize {
+        let Ok(mut series) = self.series.lock() else {
+            return 0;
+        };
+        let mut gone = vec![];
+        for same_hash in series.values_mut() {
+            let (out, keep): (Vec<Series>, Vec<Series>) = std::mem::take(same_hash)
+                .into_iter()
+                .partition(|s| s.labels.service == *service);
+            *same_hash = keep;
+            gone.extend(out);
+        }
+        series.retain(|_, v| !v.is_empty());
+        drop(series);
+        for s in &gone {
+            for family in [
+                &self.duration,
+                &self.first_byte,
+                &self.request_size,
+                &self.response_size,
+            ] {
+                family.remove(&s.labels);
+            }
+        }
+        self.queue.remove(&QueueLabels {
+            service: service.clone(),
+        });
+        self.cap.release(
+            gone.iter()
+                .filter(|s| s.labels.http_route != self.cap.folded_route())
+                .count(),
+        );
+        gone.len()
+    }
+
     pub fn set_active(&self, active: &HashMap<(Service, String), i64>) {
         self.active.set(active.iter().map(|((service, method), n)| {
             let labels = ActiveLabels {

@@ -79,6 +79,10 @@ impl Saturation {
                 rss_bytes: rss,
             });
         }
+        // A forgotten service's CPU goes with its other series.
+        let registry = lock(&self.registry);
+        floor.retain(|service, _| registry.knows(service));
+        drop(registry);
         for (service, f) in floor.iter() {
             if !out.iter().any(|t| &t.service == service) {
                 // every process of the service exited

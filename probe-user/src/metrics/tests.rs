@@ -354,3 +354,68 @@ fn the_node_wide_cap_on_label_sets_folds_new_ones_into_other() {
     );
     assert_eq!(value(&text, "redprobe_routes_folded_total", &[]), 3.0);
 }
+
+/// A forgotten service's series leave the page, and its label sets leave room under the
+/// node-wide cap; the other services' series stay as they were.
+#[test]
+fn a_forgotten_service_leaves_the_page_and_room_under_the_cap() {
+    let mut reg = Registry::default();
+    let options = HttpOptions {
+        max_label_sets: 2,
+        ..HttpOptions::default()
+    };
+    let m = Metrics::with_options(
+        &mut reg,
+        Naming::Otel,
+        Routes::new(Router::default(), 10),
+        scheme::Scheme::default_time(),
+        options,
+    );
+    let of = |service: &str, path: &str| {
+        let mut x = exchange(path, 200, 1);
+        x.service = service.into();
+        Output::Exchange(x)
+    };
+    m.observe(&of("gone", "/a"));
+    m.observe(&of("gone", "/b"));
+    m.observe(&of("kept", "/c")); // past the cap: folded
+    let text = encode(&reg);
+    assert_eq!(
+        value(
+            &text,
+            "http_server_request_duration_seconds_count",
+            &["service_name=\"kept\"", "http_route=\"_other\""]
+        ),
+        1.0
+    );
+    assert_eq!(m.forget(&"gone".into()), 2);
+    let text = encode(&reg);
+    assert!(!text.contains("service_name=\"gone\""), "{text}");
+    assert_eq!(value(&text, "redprobe_services_forgotten_total", &[]), 1.0);
+    m.observe(&of("kept", "/d")); // admitted now
+    let text = encode(&reg);
+    assert_eq!(
+        value(
+            &text,
+            "http_server_request_duration_seconds_count",
+            &["service_name=\"kept\"", "http_route=\"/d\""]
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(
+            &text,
+            "http_server_request_duration_seconds_count",
+            &["service_name=\"kept\""]
+        ),
+        2.0
+    );
+    assert_eq!(
+        value(
+            &text,
+            "http_server_queue_time_seconds_count",
+            &["service_name=\"gone\""]
+        ),
+        0.0
+    );
+}

@@ -168,6 +168,14 @@ pub struct Cli {
     #[arg(long, value_name = "N", default_value_t = probe_user::metrics::DEFAULT_MAX_LABEL_SETS)]
     pub max_label_sets: usize,
 
+    /// Seconds a service (a name with its container and pod) may have no process before
+    /// its series are removed from /metrics (counted in redprobe_services_forgotten_total):
+    /// containers and pods that went away leave the page, so the series stay bounded under
+    /// churn. A container that restarts within it keeps its series. Prometheus keeps what it
+    /// scraped; 0 removes them at the next check (every second).
+    #[arg(long, value_name = "SECONDS", default_value_t = 300)]
+    pub forget_after: u64,
+
     /// Pair and time every request in the agent, from events, instead of in the kernel.
     /// The numbers are the same; the kernel's fast path (the default) costs the server
     /// far less CPU per request. Also off with --naming django-prometheus (its buckets are

@@ -84,6 +84,23 @@ impl Aggregates {
             crate::loader::MAX_AGGREGATES as i64,
         );
     }
+
+    /// A forgotten service id: what the kernel added for it is read one last time, then
+    /// its keys leave the kernel's map (no process of it is left to add to them, and the id
+    /// is not given out again).
+    pub fn forget(&mut self, service_id: u32) {
+        self.sync();
+        let keys: Vec<AggKey> = self
+            .map
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| k.service == service_id)
+            .collect();
+        for k in keys {
+            let _ = self.map.remove(&k);
+        }
+        self.totals.forget(service_id);
+    }
 }
 
 /// A read of the aggregates: the hook the exposition runs before each encode, which the

@@ -242,7 +242,8 @@ pub async fn run(cli: Cli) -> Result<()> {
     if !addr.ip().is_loopback() {
         warn!(%addr, "/metrics is served beyond loopback: keep the port behind a firewall or a reverse proxy");
     }
-    let read_aggregates = reader(aggregates);
+    let read_aggregates = reader(aggregates.clone());
+    let forget_after = Duration::from_secs(cli.forget_after);
     tokio::spawn(exposition::serve(
         listener,
         Arc::new(prometheus),
@@ -300,6 +301,14 @@ pub async fn run(cli: Cli) -> Result<()> {
                 }
                 pipeline.housekeeping(monotonic_ns(), IDLE_CONNECTION.as_nanos() as u64, &conns_read.fast);
                 health.set_map("TARGETS", targets.bits.marked() as i64, targets.bits.capacity() as i64);
+                let forgotten = lock(&registry).forget_idle(Instant::now(), forget_after);
+                for (id, service) in forgotten {
+                    if id != 0 {
+                        aggregates.lock().unwrap_or_else(std::sync::PoisonError::into_inner).forget(id);
+                    }
+                    let sets = metrics.forget(&service);
+                    info!(service = %service, label_sets = sets, "no process of this service for --forget-after: its series are removed");
+                }
                 if last_aggregates_read.elapsed() >= READ_AGGREGATES_EVERY {
                     last_aggregates_read = Instant::now();
                     let read = read_aggregates.clone();
