@@ -1,6 +1,8 @@
 //! Test kit: real processes, a real HTTP client and a /metrics scraper. Used by the
 //! integration tests (which load the real probe) and by `cargo xtask demo`.
 pub mod client;
+pub mod containers;
+pub mod deploy;
 pub mod procs;
 pub mod prom;
 pub mod scrape;

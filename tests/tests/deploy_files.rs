@@ -3,18 +3,15 @@
 //! Grafana dashboard, a YAML parser for the Kubernetes manifests, and the agent itself for
 //! the DaemonSet's arguments. (Every expression of the rules and of the dashboard is run
 //! against a real Prometheus in prometheus_loop.rs.)
-use std::{collections::BTreeSet, path::PathBuf, process::Command};
+use std::{collections::BTreeSet, process::Command};
 
 use anyhow::{Context, Result, ensure};
 use serde_json::Value;
 use testkit::{
     client::Conn,
-    procs::{Agent, Server, workspace_root},
+    deploy::{deploy, manifests},
+    procs::{Agent, Server},
 };
-
-fn deploy(path: &str) -> PathBuf {
-    workspace_root().join("deploy").join(path)
-}
 
 /// Runs promtool; fails with its output.
 fn promtool(args: &[&str]) -> Result<String> {
@@ -123,26 +120,6 @@ fn the_dashboard_parses_and_uses_the_recording_rules() -> Result<()> {
         "the dashboard should be built on the recording rules; it uses {used:?}"
     );
     Ok(())
-}
-
-/// The Kubernetes manifests as JSON documents (PyYAML reads them).
-fn manifests(file: &str) -> Result<Vec<Value>> {
-    let python = if std::path::Path::new("/usr/bin/python3").exists() {
-        "/usr/bin/python3"
-    } else {
-        "python3"
-    };
-    let out = Command::new(python)
-        .args(["-c", "import json, sys, yaml; print(json.dumps(list(yaml.safe_load_all(open(sys.argv[1])))))"])
-        .arg(deploy(file))
-        .output()
-        .context("python3 with PyYAML (Debian package python3-yaml)")?;
-    ensure!(
-        out.status.success(),
-        "reading {file}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(serde_json::from_slice::<Vec<Value>>(&out.stdout)?)
 }
 
 #[test]

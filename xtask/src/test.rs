@@ -22,6 +22,8 @@ pub fn test(filter: Option<&str>) -> Result<()> {
         );
     }
     crate::setup::test_dependencies()?;
+    // tests/tests/containers.rs runs the agent from its image, as the DaemonSet does.
+    crate::image::image(false)?;
     let mut integration = cargo();
     integration.args([
         "test",
