@@ -9,6 +9,11 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus_client::{metrics::counter::Counter, registry::Registry};
 use tokio::{net::TcpListener, sync::Semaphore};
 
+use crate::{
+    metrics::health::{Health, RefusedLabels},
+    web_config::{Loaded, WebConfig},
+};
+
 pub const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 pub const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 pub const PROMETHEUS_PROTOBUF: &str =
@@ -80,12 +85,15 @@ const CONNECTION_TIMEOUT: Duration = Duration::from_secs(60);
 /// Runs before each encode (the agent reads the kernel's aggregates then).
 pub type BeforeScrape = Arc<dyn Fn() + Send + Sync>;
 
+/// `web`: TLS and basic auth (`--web.config.file`), looked at again for each connection.
 pub async fn serve(
     listener: TcpListener,
     registry: Arc<Registry>,
-    accept_errors: Counter,
+    health: Health,
     before: Option<BeforeScrape>,
+    web: Option<Arc<WebConfig>>,
 ) {
+    let accept_errors: Counter = health.scrape_accept_errors.clone();
     let slots = Arc::new(Semaphore::new(MAX_SCRAPE_CONNECTIONS));
     let mut backoff = Duration::from_millis(10);
     loop {
@@ -106,14 +114,66 @@ pub async fn serve(
             drop(stream); // too many at once: the scraper retries
             continue;
         };
-        let (registry, before) = (registry.clone(), before.clone());
+        let (registry, before, health) = (registry.clone(), before.clone(), health.clone());
+        let config = web.as_ref().map(|w| {
+            let (loaded, reload_failed) = w.current();
+            if reload_failed {
+                health.web_config_reload_failures.inc();
+            }
+            loaded
+        });
         tokio::spawn(async move {
-            let service = service_fn(move |req| handle(req, registry.clone(), before.clone()));
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEAD_TIMEOUT)
-                .serve_connection(TokioIo::new(stream), service);
-            let _ = tokio::time::timeout(CONNECTION_TIMEOUT, conn).await;
+            let refused = |reason: &str| {
+                health
+                    .scrape_refused
+                    .get_or_create(&RefusedLabels {
+                        reason: reason.into(),
+                    })
+                    .inc()
+            };
+            let tls = config.as_ref().and_then(|c| c.tls.clone());
+            let builder = {
+                let mut b = hyper::server::conn::http1::Builder::new();
+                b.timer(TokioTimer::new()).header_read_timeout(HEAD_TIMEOUT);
+                b
+            };
+            let service = {
+                let (config, health) = (config.clone(), health.clone());
+                service_fn(move |req| {
+                    handle(
+                        req,
+                        registry.clone(),
+                        before.clone(),
+                        config.clone(),
+                        health.clone(),
+                    )
+                })
+            };
+            match tls {
+                None => {
+                    let _ = tokio::time::timeout(
+                        CONNECTION_TIMEOUT,
+                        builder.serve_connection(TokioIo::new(stream), service),
+                    )
+                    .await;
+                }
+                Some(tls) => {
+                    let handshake = tokio_rustls::TlsAcceptor::from(tls).accept(stream);
+                    match tokio::time::timeout(HEAD_TIMEOUT, handshake).await {
+                        Ok(Ok(stream)) => {
+                            let conn = builder.serve_connection(TokioIo::new(stream), service);
+                            let _ = tokio::time::timeout(CONNECTION_TIMEOUT, conn).await;
+                        }
+                        Ok(Err(e)) => {
+                            refused("tls_handshake");
+                            tracing::debug!("/metrics TLS handshake: {e}");
+                        }
+                        Err(_) => {
+                            refused("tls_handshake");
+                        }
+                    }
+                }
+            }
             drop(slot);
         });
     }
@@ -160,6 +220,72 @@ fn response(
 }
 
 async fn handle(
+    req: Request<Incoming>,
+    registry: Arc<Registry>,
+    before: Option<BeforeScrape>,
+    config: Option<Arc<Loaded>>,
+    health: Health,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let Some(config) = config else {
+        return Ok(route(req, registry, before).await);
+    };
+    if config.requires_auth() {
+        let authorization = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        // bcrypt is slow on purpose: off the event loop.
+        let check = config.clone();
+        let ok = tokio::task::spawn_blocking(move || check.authorized(authorization.as_deref()))
+            .await
+            .unwrap_or(false);
+        if !ok {
+            health
+                .scrape_refused
+                .get_or_create(&RefusedLabels {
+                    reason: "unauthorized".into(),
+                })
+                .inc();
+            let mut resp = response(
+                StatusCode::UNAUTHORIZED,
+                "text/plain",
+                "unauthorized: this /metrics needs basic auth\n",
+            );
+            resp.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Basic realm=\"redprobe\""),
+            );
+            return Ok(with_headers(resp, &config));
+        }
+    }
+    Ok(with_headers(route(req, registry, before).await, &config))
+}
+
+/// The configuration's `http_server_config.headers`.
+fn with_headers(mut resp: Response<Full<Bytes>>, config: &Loaded) -> Response<Full<Bytes>> {
+    for (name, value) in &config.headers {
+        if let (Ok(n), Ok(v)) = (
+            header::HeaderName::from_bytes(name.as_bytes()),
+            header::HeaderValue::from_str(value),
+        ) {
+            resp.headers_mut().insert(n, v);
+        }
+    }
+    resp
+}
+
+async fn route(
+    req: Request<Incoming>,
+    registry: Arc<Registry>,
+    before: Option<BeforeScrape>,
+) -> Response<Full<Bytes>> {
+    handle_plain(req, registry, before)
+        .await
+        .unwrap_or_else(|e| match e {})
+}
+
+async fn handle_plain(
     req: Request<Incoming>,
     registry: Arc<Registry>,
     before: Option<BeforeScrape>,

@@ -221,7 +221,16 @@ impl Agent {
     }
 
     /// Like `start`, with a prepared command (e.g. a wrapper such as `unshare`).
-    pub fn start_with(mut cmd: Command, args: &[String]) -> Result<Self> {
+    pub fn start_with(cmd: Command, args: &[String]) -> Result<Self> {
+        Self::start_until(cmd, args, |addr| scrape::fetch(addr).is_ok())
+    }
+
+    /// Like `start_with`, ready when `ready(addr)` says so (e.g. over TLS).
+    pub fn start_until(
+        mut cmd: Command,
+        args: &[String],
+        ready: impl Fn(&str) -> bool,
+    ) -> Result<Self> {
         let addr = format!("127.0.0.1:{}", free_port());
         let stderr_path = std::env::temp_dir().join(format!(
             "redprobe-agent-{}-{}.log",
@@ -250,7 +259,7 @@ impl Agent {
             if let Ok(Some(status)) = agent.child.try_wait() {
                 return Some(Err(status));
             }
-            scrape::fetch(&agent.addr).ok().map(|_| Ok(()))
+            ready(&agent.addr).then_some(Ok(()))
         })?;
         if let Err(status) = ready {
             bail!(

@@ -45,11 +45,17 @@ const APT_TEST_PACKAGES: &[&str] = &[
     // agent's image (`cargo xtask image`) and the test servers' image.
     "podman",
     "buildah",
+    // --web.config.file (tests/tests/web_config.rs): certificates, a bcrypt hash and a
+    // TLS scraper, made with the tools an operator uses.
+    "openssl",
+    "apache2-utils",
+    "curl",
 ];
 
-/// What `cargo xtask image` needs: buildah, strip (binutils), and Rust's musl target.
+/// What `cargo xtask image` needs: buildah, strip (binutils), musl's gcc wrapper (for the C
+/// of ring, rustls' cryptography) and Rust's musl target.
 pub fn image_dependencies() -> Result<()> {
-    apt_install(&missing_apt(&["buildah", "binutils"]))?;
+    apt_install(&missing_apt(&["buildah", "binutils", "musl-tools"]))?;
     let installed = Command::new("rustup")
         .args(["target", "list", "--installed"])
         .output()?;

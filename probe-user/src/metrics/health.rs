@@ -38,6 +38,14 @@ pub struct MapLabels {
     pub map: String,
 }
 
+/// Why a connection to /metrics was refused (`--web.config.file`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusedLabels {
+    /// `tls_handshake` (no or a bad client certificate, not TLS, a timeout) or
+    /// `unauthorized` (no or wrong basic auth credentials).
+    pub reason: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ServiceLabels {
     #[prometheus(flatten)]
@@ -85,6 +93,8 @@ pub struct Health {
     pub other_protocol: Family<ProtocolLabels, Counter>,
     pub map_write_errors: Family<MapLabels, Counter>,
     pub scrape_accept_errors: Counter,
+    pub scrape_refused: Family<RefusedLabels, Counter>,
+    pub web_config_reload_failures: Counter,
     pub connections_tracked: Gauge,
     pub map_entries: Family<MapLabels, Gauge>,
     pub map_capacity: Family<MapLabels, Gauge>,
@@ -124,6 +134,8 @@ impl Health {
             other_protocol: Family::default(),
             map_write_errors: Family::default(),
             scrape_accept_errors: Counter::default(),
+            scrape_refused: Family::default(),
+            web_config_reload_failures: Counter::default(),
             connections_tracked: Gauge::default(),
             map_entries: Family::default(),
             map_capacity: Family::default(),
@@ -267,6 +279,16 @@ impl Health {
             "connections_tracked",
             "Connections the agent is pairing requests on",
             h.connections_tracked.clone(),
+        );
+        r.register(
+            "scrape_refused",
+            "Connections to /metrics refused by --web.config.file, by reason (tls_handshake: no or a bad client certificate, or not TLS; unauthorized: no or wrong basic auth)",
+            h.scrape_refused.clone(),
+        );
+        r.register(
+            "web_config_reload_failures",
+            "Changes to --web.config.file (or the files it names) that did not load: the previous configuration stays in force",
+            h.web_config_reload_failures.clone(),
         );
         r.register(
             "map_entries",

@@ -104,6 +104,16 @@ pub struct Cli {
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9464")]
     pub listen: SocketAddr,
 
+    /// TLS and basic auth for /metrics, in the web configuration file format of
+    /// Prometheus' exporters (node_exporter's --web.config.file): tls_server_config
+    /// (cert_file, key_file, client_auth_type, client_ca_file, min_version, max_version),
+    /// basic_auth_users (bcrypt hashes) and http_server_config.headers. Paths in it are
+    /// relative to it. The files are read again when they change (a renewed certificate is
+    /// served from the next connection on); a change that does not load is logged and the
+    /// previous configuration kept.
+    #[arg(long = "web.config.file", value_name = "FILE")]
+    pub web_config_file: Option<std::path::PathBuf>,
+
     /// service_name label of the measured processes [default: the workload of the
     /// target's Kubernetes pod (its pod name without the generated suffixes: shop for
     /// shop-7d9f8b6c5d-x2x7k), else its command name].

@@ -158,6 +158,13 @@ pub async fn run(cli: Cli) -> Result<()> {
         &cli.cgroups,
         &cli.containers,
     )?);
+    let web = match &cli.web_config_file {
+        Some(path) => Some(Arc::new(
+            probe_user::web_config::WebConfig::open(path)
+                .with_context(|| format!("--web.config.file {}", path.display()))?,
+        )),
+        None => None,
+    };
     let listener = exposition::bind(cli.listen).await?;
     let Probe {
         ebpf: _ebpf,
@@ -239,18 +246,32 @@ pub async fn run(cli: Cli) -> Result<()> {
         Err(e) => warn!("could not drop capabilities after attaching: {e:#}"),
     }
     let addr = listener.local_addr().unwrap_or(cli.listen);
-    if !addr.ip().is_loopback() {
-        warn!(%addr, "/metrics is served beyond loopback: keep the port behind a firewall or a reverse proxy");
+    let (tls, auth) = web
+        .as_ref()
+        .map(|w| w.current().0)
+        .map(|c| (c.tls.is_some(), c.requires_auth()))
+        .unwrap_or_default();
+    if !addr.ip().is_loopback() && !(tls && auth) {
+        warn!(
+            %addr,
+            "/metrics is served beyond loopback without TLS and basic auth: keep the port behind a firewall, or set them up with --web.config.file"
+        );
     }
+    let scheme = if tls { "https" } else { "http" };
     let read_aggregates = reader(aggregates.clone());
     let forget_after = Duration::from_secs(cli.forget_after);
     tokio::spawn(exposition::serve(
         listener,
         Arc::new(prometheus),
-        health.scrape_accept_errors.clone(),
+        health.clone(),
         Some(read_aggregates.clone()),
+        web,
     ));
-    info!("probe attached; metrics at http://{addr}/metrics");
+    info!(
+        tls,
+        basic_auth = auth,
+        "probe attached; metrics at {scheme}://{addr}/metrics"
+    );
 
     // SAFETY: the ring buffer's map fd is owned by `events`, which the AsyncFd owns.
     let mut ring = unsafe { AsyncFd::register_with_interest(events, Interest::READABLE) }
