@@ -245,3 +245,80 @@ fn the_daemonset_is_least_privilege_and_its_arguments_work() -> Result<()> {
     assert_eq!(m.request_counts().values().sum::<u64>(), 3);
     Ok(())
 }
+
+/// deploy/web/web-config.yml, beside a certificate, works as documented: the agent serves
+/// /metrics over TLS to the password its comment names, and refuses a scrape without it.
+#[test]
+fn the_example_web_config_serves_tls_with_its_documented_password() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    std::fs::copy(
+        deploy("web/web-config.yml"),
+        dir.path().join("web-config.yml"),
+    )?;
+    let out = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "1",
+        ])
+        .args([
+            "-subj",
+            "/CN=redprobe",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ])
+        .arg("-keyout")
+        .arg(dir.path().join("tls.key"))
+        .arg("-out")
+        .arg(dir.path().join("tls.crt"))
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "openssl: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let server = Server::start_python()?;
+    let config = dir.path().join("web-config.yml").display().to_string();
+    let ca = dir.path().join("tls.crt").display().to_string();
+    let curl = move |addr: &str, user: &str| -> String {
+        Command::new("curl")
+            .args([
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "--max-time",
+                "10",
+                "--cacert",
+                &ca,
+                "-u",
+                user,
+            ])
+            .arg(format!("https://{addr}/metrics"))
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default()
+    };
+    let ready = curl.clone();
+    let args = [
+        "--pid".to_string(),
+        server.pid().to_string(),
+        "--web.config.file".into(),
+        config,
+    ];
+    let agent = testkit::procs::Agent::start_until(
+        Command::new(testkit::procs::agent_bin()),
+        &args,
+        move |addr| ready(addr, "prometheus:change-me") == "200",
+    )?;
+    assert_eq!(curl(&agent.addr, "prometheus:change-me"), "200");
+    assert_eq!(curl(&agent.addr, "prometheus:wrong"), "401");
+    Ok(())
+}
