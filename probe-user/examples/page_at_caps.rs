@@ -41,7 +41,7 @@ fn page(services: usize, routes: usize, options: HttpOptions, shape: &str) {
                 k8s_pod_name: Some(format!("service-{s:02}-7d9f8b6c5d-x2x7k")),
                 k8s_namespace_name: Some("production".into()),
             };
-            Service::of(None, &placement, "gunicorn", PlacementLabels::ALL)
+            Service::of(None, &placement, "gunicorn", PlacementLabels::default())
         })
         .collect();
     let paths: Vec<String> = (0..routes)

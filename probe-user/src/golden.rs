@@ -239,7 +239,8 @@ fn registry_after_the_sequence(naming: Naming) -> Prometheus {
         Scheme::default_time(),
         options,
     );
-    let registry = Registry::new(None).shared();
+    // Every placement label (--container-labels all), as a node's series can carry them.
+    let registry = Registry::with_labels(None, crate::labels::PlacementLabels::ALL).shared();
     lock(&registry).attach_root(
         &ProcInfo {
             pid: TGID,

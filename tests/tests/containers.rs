@@ -99,12 +99,25 @@ fn get(port: u16, path: &str, n: usize, status: u16) -> Result<()> {
     Ok(())
 }
 
-/// Request counts by (container_id, method, status, route).
+/// Who served a series: its container id, or its pod (`pod:namespace/name`), which is
+/// what the default labels say of a pod.
+fn who(s: &testkit::scrape::Sample) -> String {
+    match s.label("container_id") {
+        "" if !s.label("k8s_pod_name").is_empty() => format!(
+            "pod:{}/{}",
+            s.label("k8s_namespace_name"),
+            s.label("k8s_pod_name")
+        ),
+        id => id.to_string(),
+    }
+}
+
+/// Request counts by (who served them, method, status, route).
 fn by_container(m: &Metrics) -> BTreeMap<(String, String, String, String), u64> {
     let mut out = BTreeMap::new();
     for s in m.series("http_server_request_duration_seconds_count") {
         let key = (
-            s.label("container_id").to_string(),
+            who(s),
             s.label("http_request_method").to_string(),
             s.label("http_response_status_code").to_string(),
             s.label("http_route").to_string(),
@@ -147,11 +160,12 @@ fn two_containers_on_one_port_are_two_sets_of_series_each_exact() -> Result<()> 
     get(plain_port, "/error", 2, 500)?;
     get(pod_port, "/users/42", 5, 200)?;
     get(pod_port, "/hello", 3, 200)?;
+    let the_pod = format!("pod:{NAMESPACE}/{POD_NAME}");
     let want = counts(&[
         (&plain.id, "GET", "200", "/hello", 7),
         (&plain.id, "GET", "500", "/error", 2),
-        (&pod.id, "GET", "200", "/users/{id}", 5),
-        (&pod.id, "GET", "200", "/hello", 3),
+        (&the_pod, "GET", "200", "/users/{id}", 5),
+        (&the_pod, "GET", "200", "/hello", 3),
     ]);
     let m = agent.wait_metrics("17 requests", |m| {
         by_container(m).values().sum::<u64>() >= 17
@@ -162,17 +176,21 @@ fn two_containers_on_one_port_are_two_sets_of_series_each_exact() -> Result<()> 
         by_container(&m)
     );
 
-    // The pod's series carry its labels, and its workload as service_name; the plain
-    // container's carry its id alone.
+    // By default the pod's series carry its namespace and name, and its workload as
+    // service_name; the plain container's carry its id alone.
     for s in m.series("http_server_request_duration_seconds_count") {
-        if s.label("container_id") == pod.id {
+        if who(s) == the_pod {
             let want = [
                 ("service_name", "shop"),
-                ("k8s_pod_uid", POD_UID),
                 ("k8s_pod_name", POD_NAME),
                 ("k8s_namespace_name", NAMESPACE),
             ];
             ensure!(s.has(&want), "the pod's series: {:?}", s.labels);
+            ensure!(
+                s.label("container_id").is_empty() && s.label("k8s_pod_uid").is_empty(),
+                "{:?}",
+                s.labels
+            );
         } else {
             ensure!(
                 s.label("k8s_pod_name").is_empty() && s.label("k8s_pod_uid").is_empty(),
@@ -198,10 +216,12 @@ fn two_containers_on_one_port_are_two_sets_of_series_each_exact() -> Result<()> 
     );
     agent.stop()?;
 
-    // --cgroup selects the pod, by its cgroup (as the kubelet names it).
+    // --cgroup selects the pod, by its cgroup (as the kubelet names it); with every label.
     let agent = Agent::start(&strings(&[
         "--cgroup",
         &format!("/kubepods/besteffort/pod{POD_UID}"),
+        "--container-labels",
+        "all",
     ]))?;
     agent.wait_metrics("the pod's gunicorn", |m| targets(m) == 3.0)?;
     get(plain_port, "/hello", 2, 200)?;
@@ -213,6 +233,16 @@ fn two_containers_on_one_port_are_two_sets_of_series_each_exact() -> Result<()> 
         "--cgroup: {:#?}",
         by_container(&m)
     );
+    for s in m.series("http_server_request_duration_seconds_count") {
+        let want = [
+            ("service_name", "shop"),
+            ("container_id", pod.id.as_str()),
+            ("k8s_pod_uid", POD_UID),
+            ("k8s_pod_name", POD_NAME),
+            ("k8s_namespace_name", NAMESPACE),
+        ];
+        ensure!(s.has(&want), "--container-labels all: {:?}", s.labels);
+    }
     Ok(())
 }
 

@@ -120,17 +120,20 @@ pub struct Cli {
     #[arg(long, value_name = "NAME")]
     pub service: Option<String>,
 
-    /// Labels that tell which container and pod served a request, comma-separated, or
-    /// none: container_id (from the process's cgroup), k8s_pod_uid (from its cgroup),
+    /// Labels that tell which container and pod served a request, comma-separated:
+    /// container_id (from the process's cgroup), k8s_pod_uid (from its cgroup),
     /// k8s_pod_name (the pod's hostname), k8s_namespace_name (the pod's service-account
-    /// namespace file). Read from /proc, with no API server; a label a process has no value
-    /// for is left out. Two servers in two containers are two sets of series.
+    /// namespace file), all, none, or auto: k8s_namespace_name and k8s_pod_name in a pod
+    /// (they survive its containers' restarts), container_id in a container outside any
+    /// pod (docker, podman). Read from /proc, with no API server; a label a process has no
+    /// value for is left out. Two servers in two containers or pods are two sets of series.
+    /// Each label costs 30 to 80 bytes on every line of the page.
     #[arg(
         long,
         value_name = "LABEL,...",
         value_delimiter = ',',
         value_enum,
-        default_value = "container_id,k8s_pod_uid,k8s_pod_name,k8s_namespace_name"
+        default_value = "auto"
     )]
     pub container_labels: Vec<ContainerLabel>,
 
@@ -166,15 +169,15 @@ pub struct Cli {
     /// comma-separated: ttfb (redprobe_http_server_time_to_first_byte_seconds),
     /// request-size and response-size (http_server_{request,response}_body_size_bytes),
     /// or all. Each is another series per bucket and label set on text scrapes: the
-    /// /metrics page of a node at its caps grows from about 8 MB to about 29 MB with all.
+    /// /metrics page of a node at its caps grows from about 9.7 MB to about 34 MB with all.
     #[arg(long, value_name = "NAME,...", value_delimiter = ',', value_enum)]
     pub extra_histograms: Vec<ExtraHistogram>,
 
     /// Request label sets (a method, status, route, version, transport and service each)
     /// kept across the whole node; a request whose label set would be one more is reported
     /// under its service's http_route="_other" (method, status and the rest kept) and
-    /// counted in redprobe_routes_folded_total. Bounds the /metrics page: about 5 KB of
-    /// text per label set with the default histograms.
+    /// counted in redprobe_routes_folded_total. Bounds the /metrics page: about 7 KB of
+    /// text per label set with the default histograms and a pod's labels.
     #[arg(long, value_name = "N", default_value_t = probe_user::metrics::DEFAULT_MAX_LABEL_SETS)]
     pub max_label_sets: usize,
 
@@ -227,6 +230,8 @@ pub enum ContainerLabel {
     K8sPodUid,
     K8sPodName,
     K8sNamespaceName,
+    Auto,
+    All,
     None,
 }
 
@@ -249,6 +254,13 @@ impl Cli {
                 ContainerLabel::K8sPodUid => chosen.k8s_pod_uid = true,
                 ContainerLabel::K8sPodName => chosen.k8s_pod_name = true,
                 ContainerLabel::K8sNamespaceName => chosen.k8s_namespace_name = true,
+                ContainerLabel::Auto => {
+                    let auto = probe_user::labels::PlacementLabels::AUTO;
+                    chosen.k8s_pod_name = true;
+                    chosen.k8s_namespace_name = true;
+                    chosen.container_id_outside_pods = auto.container_id_outside_pods;
+                }
+                ContainerLabel::All => chosen = probe_user::labels::PlacementLabels::ALL,
                 ContainerLabel::None => {}
             }
         }
@@ -317,7 +329,25 @@ mod tests {
     fn container_labels() {
         use probe_user::labels::PlacementLabels;
         let cli = Cli::try_parse_from(["redprobe", "--pid", "1"]).unwrap();
+        assert_eq!(cli.placement_labels(), PlacementLabels::AUTO);
+        let cli =
+            Cli::try_parse_from(["redprobe", "--pid", "1", "--container-labels", "all"]).unwrap();
         assert_eq!(cli.placement_labels(), PlacementLabels::ALL);
+        let cli = Cli::try_parse_from([
+            "redprobe",
+            "--pid",
+            "1",
+            "--container-labels",
+            "auto,k8s_pod_uid",
+        ])
+        .unwrap();
+        assert_eq!(
+            cli.placement_labels(),
+            PlacementLabels {
+                k8s_pod_uid: true,
+                ..PlacementLabels::AUTO
+            }
+        );
         let cli =
             Cli::try_parse_from(["redprobe", "--pid", "1", "--container-labels", "none"]).unwrap();
         assert_eq!(cli.placement_labels(), PlacementLabels::NONE);
