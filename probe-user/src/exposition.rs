@@ -164,6 +164,9 @@ pub async fn serve(
                             let conn = builder.serve_connection(TokioIo::new(stream), service);
                             let _ = tokio::time::timeout(CONNECTION_TIMEOUT, conn).await;
                         }
+                        // A connection closed before it said anything is a TCP check (a
+                        // probe, a load balancer), not a refused scraper.
+                        Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {}
                         Ok(Err(e)) => {
                             refused("tls_handshake");
                             tracing::debug!("/metrics TLS handshake: {e}");

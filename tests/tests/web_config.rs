@@ -227,6 +227,9 @@ fn tls_and_basic_auth_refuse_a_wrong_password_and_plain_http() -> Result<()> {
         String::from_utf8_lossy(&plain.stdout).trim() != "200",
         "plain HTTP was served"
     );
+    // A bare TCP check (a Kubernetes tcpSocket probe) is not a refused scraper.
+    drop(std::net::TcpStream::connect(&agent.addr)?);
+    assert_eq!(scrape(&agent.addr, &good)?, 200);
     assert_eq!(refused(&agent.addr, "tls_handshake", &good)?, 1.0);
     // The configured header is on the answers.
     let head = run(Command::new("curl")

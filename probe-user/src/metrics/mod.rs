@@ -278,6 +278,9 @@ impl Metrics {
     pub fn forget(&self, service: &Service) -> usize {
         self.routes.forget(service);
         self.health.services_forgotten.inc();
+        self.health
+            .open_connections
+            .remove_where(|l| l.service == *service);
         match self.http.as_ref() {
             Http::Otel(m) => m.forget(service),
             // django-prometheus's families have no service label: nothing is the service's.

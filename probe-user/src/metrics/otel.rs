@@ -302,6 +302,7 @@ impl OtelHttp {
         self.queue.remove(&QueueLabels {
             service: service.clone(),
         });
+        self.active.remove_where(|l| l.service == *service);
         self.cap.release(
             gone.iter()
                 .filter(|s| s.labels.http_route != self.cap.folded_route())

@@ -42,4 +42,19 @@ where
             }
         }
     }
+
+    /// Removes the label sets `gone` picks (a forgotten service's): they leave the page
+    /// instead of staying at 0.
+    pub fn remove_where(&self, gone: impl Fn(&L) -> bool) {
+        let Ok(mut seen) = self.seen.lock() else {
+            return;
+        };
+        seen.retain(|labels| {
+            if gone(labels) {
+                self.family.remove(labels);
+                return false;
+            }
+            true
+        });
+    }
 }

@@ -418,4 +418,19 @@ fn a_forgotten_service_leaves_the_page_and_room_under_the_cap() {
         ),
         0.0
     );
+    // The gauges too: gone, not at 0.
+    let mut active = std::collections::HashMap::new();
+    active.insert((Service::from("gone2"), "GET".to_string()), 1);
+    m.set_active_requests(&active);
+    m.health.open_connections.set([(
+        health::ServiceLabels {
+            service: "gone2".into(),
+        },
+        3,
+    )]);
+    m.set_active_requests(&std::collections::HashMap::new());
+    m.health.open_connections.set([]);
+    m.forget(&"gone2".into());
+    let text = encode(&reg);
+    assert!(!text.contains("gone2"), "{text}");
 }

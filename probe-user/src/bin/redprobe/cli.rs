@@ -29,7 +29,7 @@ CONTAINERS AND PODS
   two servers on port 8000 in two pods are two sets of series. In a pod, service_name
   defaults to the pod's workload (shop for shop-7d9f8b6c5d-x2x7k). Run in a container of
   its own, redprobe needs the host's PID namespace (hostPID) and reaches the host's cgroup
-  tree through /proc/1/root.
+  tree through /proc/2/root (kthreadd's view).
 
 REQUIREMENTS
   Linux 6.3+ with BTF (/sys/kernel/btf/vmlinux); root, or CAP_BPF + CAP_PERFMON.

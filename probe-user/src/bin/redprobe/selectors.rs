@@ -13,7 +13,7 @@
 //!   name of `/proc/PID/exe`.
 //! - `--cgroup`: the `cgroup.procs` files of the directory and its sub-directories. From
 //!   inside a container of its own, the agent reaches the host's cgroup tree through
-//!   /proc/1/root (with the host's PID namespace).
+//!   /proc/2/root, kthreadd's view (with the host's PID namespace).
 //! - `--container`: the container id in `/proc/PID/cgroup` (`labels::container`).
 use std::{
     collections::BTreeMap,
