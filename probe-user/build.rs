@@ -12,36 +12,24 @@ use aya_build::{Package, Toolchain};
 mod toolchain;
 
 fn main() -> anyhow::Result<()> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("probe-user is in the workspace");
-    println!(
-        "cargo:rerun-if-changed={}",
-        root.join(toolchain::TOOLCHAIN_FILE).display()
-    );
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("probe-user is in the workspace");
+    println!("cargo:rerun-if-changed={}", root.join(toolchain::TOOLCHAIN_FILE).display());
     // aya-build watches probe-ebpf; the programs are also made of probe-common (the shared
     // types and the classifier), whose change must rebuild them too.
-    println!(
-        "cargo:rerun-if-changed={}",
-        root.join("probe-common").display()
-    );
+    println!("cargo:rerun-if-changed={}", root.join("probe-common").display());
     println!("cargo:rerun-if-env-changed=AYA_BUILD_SKIP");
     println!("cargo:rerun-if-env-changed=PATH");
-    let skip =
-        std::env::var("AYA_BUILD_SKIP").is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"));
+    let skip = std::env::var("AYA_BUILD_SKIP").is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"));
     if skip {
         let out = std::env::var("OUT_DIR")?;
         std::fs::write(Path::new(&out).join("redprobe"), [])?;
-        println!(
-            "cargo:warning=AYA_BUILD_SKIP is set: the agent embeds no eBPF object and cannot attach"
-        );
+        println!("cargo:warning=AYA_BUILD_SKIP is set: the agent embeds no eBPF object and cannot attach");
         return Ok(());
     }
     // A toolchain problem is reported as cargo's own error, one line, instead of a link failure.
     let checked = toolchain::pinned_toolchain(root).and_then(|pinned| {
         let rustc = toolchain::rustc_llvm(&pinned)?;
-        toolchain::check(&pinned, &rustc, &toolchain::find_linker())
-            .map(|warning| (pinned, warning))
+        toolchain::check(&pinned, &rustc, &toolchain::find_linker()).map(|warning| (pinned, warning))
     });
     let pinned = match checked {
         Ok((pinned, warning)) => {
@@ -55,10 +43,6 @@ fn main() -> anyhow::Result<()> {
             std::process::exit(1);
         }
     };
-    let ebpf = Package {
-        name: "probe-ebpf",
-        root_dir: "../probe-ebpf",
-        ..Default::default()
-    };
+    let ebpf = Package { name: "probe-ebpf", root_dir: "../probe-ebpf", ..Default::default() };
     aya_build::build_ebpf([ebpf], Toolchain::Custom(&pinned))
 }

@@ -80,10 +80,7 @@ pub struct Hist<const N: usize> {
 
 impl<const N: usize> Default for Hist<N> {
     fn default() -> Self {
-        Hist {
-            sum: 0,
-            counts: [0; N],
-        }
+        Hist { sum: 0, counts: [0; N] }
     }
 }
 
@@ -113,48 +110,8 @@ mod tests {
 
     #[test]
     fn the_binary_search_is_the_linear_one() {
-        let table: [u64; 16] = [
-            0,
-            1,
-            5,
-            9,
-            10,
-            100,
-            101,
-            1000,
-            5000,
-            5001,
-            1 << 40,
-            u64::MAX - 1,
-            u64::MAX,
-            u64::MAX,
-            u64::MAX,
-            u64::MAX,
-        ];
-        for v in [
-            0,
-            1,
-            2,
-            5,
-            6,
-            9,
-            10,
-            11,
-            99,
-            100,
-            101,
-            102,
-            999,
-            1000,
-            1001,
-            5000,
-            5001,
-            5002,
-            1 << 40,
-            (1 << 40) + 1,
-            u64::MAX - 1,
-            u64::MAX,
-        ] {
+        let table: [u64; 16] = [0, 1, 5, 9, 10, 100, 101, 1000, 5000, 5001, 1 << 40, u64::MAX - 1, u64::MAX, u64::MAX, u64::MAX, u64::MAX];
+        for v in [0, 1, 2, 5, 6, 9, 10, 11, 99, 100, 101, 102, 999, 1000, 1001, 5000, 5001, 5002, 1 << 40, (1 << 40) + 1, u64::MAX - 1, u64::MAX] {
             assert_eq!(slot::<16>(v, |i| table[i]), linear(v, &table), "{v}");
         }
     }

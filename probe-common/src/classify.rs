@@ -40,34 +40,12 @@ const PRI: u32 = u32::from_le_bytes(*b"PRI ");
 /// tchar of RFC 9110 §5.6.2.
 #[inline(always)]
 fn is_tchar(b: u8) -> bool {
-    b.is_ascii_alphanumeric()
-        || matches!(
-            b,
-            b'!' | b'#'
-                | b'$'
-                | b'%'
-                | b'&'
-                | b'\''
-                | b'*'
-                | b'+'
-                | b'-'
-                | b'.'
-                | b'^'
-                | b'_'
-                | b'`'
-                | b'|'
-                | b'~'
-        )
+    b.is_ascii_alphanumeric() || matches!(b, b'!' | b'#' | b'$' | b'%' | b'&' | b'\'' | b'*' | b'+' | b'-' | b'.' | b'^' | b'_' | b'`' | b'|' | b'~')
 }
 
 impl Classifier {
     pub fn from_state(first4: u32, meta: u32) -> Self {
-        Classifier {
-            first4,
-            seen: meta & 0xff,
-            method_len: (meta >> 8) & 0xff,
-            in_target: meta & 0x1_0000 != 0,
-        }
+        Classifier { first4, seen: meta & 0xff, method_len: (meta >> 8) & 0xff, in_target: meta & 0x1_0000 != 0 }
     }
 
     pub fn meta(&self) -> u32 {
@@ -84,11 +62,7 @@ impl Classifier {
         if !self.in_target {
             if is_tchar(b) {
                 self.method_len += 1;
-                return if self.method_len >= MAX_METHOD {
-                    Verdict::Request
-                } else {
-                    Verdict::Undecided
-                };
+                return if self.method_len >= MAX_METHOD { Verdict::Request } else { Verdict::Undecided };
             }
             if b == b' ' && self.method_len > 0 {
                 self.in_target = true;
@@ -99,12 +73,7 @@ impl Classifier {
         match b {
             b'*' if self.first4 == PRI => Verdict::NotRequest,
             b'/' | b'*' => Verdict::Request,
-            _ if self.method_len == 7
-                && self.first4 == CONNECT
-                && (b.is_ascii_alphanumeric() || b == b'[') =>
-            {
-                Verdict::Request
-            }
+            _ if self.method_len == 7 && self.first4 == CONNECT && (b.is_ascii_alphanumeric() || b == b'[') => Verdict::Request,
             _ => Verdict::NotRequest,
         }
     }

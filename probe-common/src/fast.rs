@@ -96,8 +96,7 @@ impl Pairing {
 
     /// The requests read and not yet answered, oldest first (the ring from `first`).
     pub fn waiting(&self) -> impl Iterator<Item = &FastRequest> + '_ {
-        (0..self.len.min(FAST_DEPTH as u8))
-            .map(|i| &self.pending[(self.first.wrapping_add(i) as usize) & (FAST_DEPTH - 1)])
+        (0..self.len.min(FAST_DEPTH as u8)).map(|i| &self.pending[(self.first.wrapping_add(i) as usize) & (FAST_DEPTH - 1)])
     }
 }
 
@@ -240,9 +239,6 @@ mod tests {
         assert_eq!(size_of::<MeasuredEvent>(), 24 + 40 + 24 + 8);
         assert_eq!(size_of::<AggKey>(), 16);
         assert_eq!(size_of::<RouteKey>(), 16);
-        assert_eq!(
-            size_of::<AggValue>(),
-            8 * 5 + 4 * (3 * TIME_SLOTS + 2 * SIZE_SLOTS)
-        );
+        assert_eq!(size_of::<AggValue>(), 8 * 5 + 4 * (3 * TIME_SLOTS + 2 * SIZE_SLOTS));
     }
 }

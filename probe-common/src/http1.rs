@@ -54,10 +54,7 @@ pub struct Scratch {
 
 impl Scratch {
     pub const fn new() -> Self {
-        Scratch {
-            buf: [0; HEAD_BUF],
-            cells: [0; CELLS],
-        }
+        Scratch { buf: [0; HEAD_BUF], cells: [0; CELLS] }
     }
 
     /// Cell `i`, loaded from memory (a value the verifier does not track).
@@ -85,9 +82,7 @@ impl Default for Scratch {
 }
 
 /// The nine standard methods, in the order of their ids (1..=9); 0 is any other token.
-pub const METHODS: [&[u8]; 9] = [
-    b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"CONNECT", b"OPTIONS", b"TRACE", b"PATCH",
-];
+pub const METHODS: [&[u8]; 9] = [b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"CONNECT", b"OPTIONS", b"TRACE", b"PATCH"];
 pub const METHOD_OTHER: u8 = 0;
 pub const METHOD_HEAD: u8 = 2;
 
@@ -155,24 +150,7 @@ fn word(s: &Scratch, i: usize) -> u64 {
 
 #[inline(always)]
 fn is_tchar(b: u8) -> bool {
-    b.is_ascii_alphanumeric()
-        || matches!(
-            b,
-            b'!' | b'#'
-                | b'$'
-                | b'%'
-                | b'&'
-                | b'\''
-                | b'*'
-                | b'+'
-                | b'-'
-                | b'.'
-                | b'^'
-                | b'_'
-                | b'`'
-                | b'|'
-                | b'~'
-        )
+    b.is_ascii_alphanumeric() || matches!(b, b'!' | b'#' | b'$' | b'%' | b'&' | b'\'' | b'*' | b'+' | b'-' | b'.' | b'^' | b'_' | b'`' | b'|' | b'~')
 }
 
 /// A control byte no header may hold (httparse refuses them: the agent counts such a
@@ -219,10 +197,7 @@ pub fn scan(s: &mut Scratch) -> bool {
                     // The line that ends here, if it is a candidate.
                     if s.take(C_OPEN) != 0 {
                         let c = s.take(C_COUNT) as usize;
-                        s.put(
-                            C_ENDS + ((c + MAX_CANDIDATES - 1) & (MAX_CANDIDATES - 1)),
-                            (i - 1) as u64,
-                        );
+                        s.put(C_ENDS + ((c + MAX_CANDIDATES - 1) & (MAX_CANDIDATES - 1)), (i - 1) as u64);
                         s.put(C_OPEN, 0);
                     }
                     let next = i + 1;
@@ -318,12 +293,7 @@ pub fn framing(s: &mut Scratch) -> Parse<Framing> {
                 let b = at(s, j);
                 let digits = s.take(C_DIGITS);
                 if b.is_ascii_digit() && s.take(C_AFTER) == 0 && digits < 19 {
-                    s.put(
-                        C_VALUE,
-                        s.take(C_VALUE)
-                            .wrapping_mul(10)
-                            .wrapping_add((b - b'0') as u64),
-                    );
+                    s.put(C_VALUE, s.take(C_VALUE).wrapping_mul(10).wrapping_add((b - b'0') as u64));
                     s.put(C_DIGITS, digits + 1);
                 } else if b == b' ' || b == b'\t' {
                     s.put(C_AFTER, (digits > 0) as u64);
@@ -455,42 +425,25 @@ pub fn head(s: &mut Scratch) -> Parse<(Framing, usize)> {
         return Parse::Slow;
     }
     match framing(s) {
-        Parse::Complete(framing) => {
-            Parse::Complete((framing, s.take(C_LEN) as usize & (HEAD_WINDOW * 2 - 1)))
-        }
+        Parse::Complete(framing) => Parse::Complete((framing, s.take(C_LEN) as usize & (HEAD_WINDOW * 2 - 1))),
         Parse::Slow => Parse::Slow,
     }
 }
 
 /// A request head at the start of the first `n` bytes of the scratch buffer.
 pub fn parse_request(s: &mut Scratch, n: usize) -> Parse<RequestHead> {
-    let Some((method, target_start, target_end, version)) = request_line(s, n) else {
-        return Parse::Slow;
-    };
+    let Some((method, target_start, target_end, version)) = request_line(s, n) else { return Parse::Slow };
     match head(s) {
-        Parse::Complete((framing, len)) => Parse::Complete(RequestHead {
-            method,
-            version,
-            target_start,
-            target_end,
-            len,
-            framing,
-        }),
+        Parse::Complete((framing, len)) => Parse::Complete(RequestHead { method, version, target_start, target_end, len, framing }),
         Parse::Slow => Parse::Slow,
     }
 }
 
 /// A response head at the start of the first `n` bytes of the scratch buffer.
 pub fn parse_response(s: &mut Scratch, n: usize) -> Parse<ResponseHead> {
-    let Some(status) = status_line(s, n) else {
-        return Parse::Slow;
-    };
+    let Some(status) = status_line(s, n) else { return Parse::Slow };
     match head(s) {
-        Parse::Complete((framing, len)) => Parse::Complete(ResponseHead {
-            status,
-            len,
-            framing,
-        }),
+        Parse::Complete((framing, len)) => Parse::Complete(ResponseHead { status, len, framing }),
         Parse::Slow => Parse::Slow,
     }
 }
@@ -499,11 +452,7 @@ pub fn parse_response(s: &mut Scratch, n: usize) -> Parse<ResponseHead> {
 #[inline(always)]
 pub fn ends_chunked(tail: &[u8; 16], n: usize) -> bool {
     let last = |k: usize| if k <= n { tail[(n - k) & 15] } else { 0 };
-    let terminator = last(5) == b'0'
-        && last(4) == b'\r'
-        && last(3) == b'\n'
-        && last(2) == b'\r'
-        && last(1) == b'\n';
+    let terminator = last(5) == b'0' && last(4) == b'\r' && last(3) == b'\n' && last(2) == b'\r' && last(1) == b'\n';
     terminator && (n == 5 || (last(7) == b'\r' && last(6) == b'\n'))
 }
 
@@ -534,88 +483,30 @@ mod tests {
     /// request); a tab or obs-text in a value is fine.
     #[test]
     fn control_bytes_send_a_head_to_the_agent() {
-        assert_eq!(
-            req(b"GET /hello HTTP/1.1\r\nHost: x\x00y\r\n\r\n"),
-            Parse::Slow
-        );
-        assert_eq!(
-            req(b"GET /hello HTTP/1.1\r\nHost: x\x7fy\r\n\r\n"),
-            Parse::Slow
-        );
-        assert_eq!(
-            req(b"GET /hello HTTP/1.1\r\nHost: x\x1by\r\n\r\n"),
-            Parse::Slow
-        );
-        assert_eq!(
-            resp(b"HTTP/1.1 200 OK\r\nX: \x01\r\nContent-Length: 0\r\n\r\n"),
-            Parse::Slow
-        );
-        assert!(matches!(
-            req(b"GET /hello HTTP/1.1\r\nHost:\tx\xc3\xa9\r\n\r\n"),
-            Parse::Complete(_)
-        ));
-        assert_eq!(
-            req(b"GET /hello HTTP/1.1\r\nHost: x\ny\r\n\r\n"),
-            Parse::Slow,
-            "a bare LF"
-        );
+        assert_eq!(req(b"GET /hello HTTP/1.1\r\nHost: x\x00y\r\n\r\n"), Parse::Slow);
+        assert_eq!(req(b"GET /hello HTTP/1.1\r\nHost: x\x7fy\r\n\r\n"), Parse::Slow);
+        assert_eq!(req(b"GET /hello HTTP/1.1\r\nHost: x\x1by\r\n\r\n"), Parse::Slow);
+        assert_eq!(resp(b"HTTP/1.1 200 OK\r\nX: \x01\r\nContent-Length: 0\r\n\r\n"), Parse::Slow);
+        assert!(matches!(req(b"GET /hello HTTP/1.1\r\nHost:\tx\xc3\xa9\r\n\r\n"), Parse::Complete(_)));
+        assert_eq!(req(b"GET /hello HTTP/1.1\r\nHost: x\ny\r\n\r\n"), Parse::Slow, "a bare LF");
     }
 
     #[test]
     fn plain_requests() {
         let r = b"GET /hello?x=1 HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n\r\n";
         let Parse::Complete(h) = req(r) else { panic!() };
-        assert_eq!(
-            (
-                h.method,
-                h.version,
-                &r[h.target_start..h.target_end],
-                h.len,
-                h.framing
-            ),
-            (1, VERSION_11, &b"/hello?x=1"[..], r.len(), Framing::None)
-        );
+        assert_eq!((h.method, h.version, &r[h.target_start..h.target_end], h.len, h.framing), (1, VERSION_11, &b"/hello?x=1"[..], r.len(), Framing::None));
         let r = b"POST /api HTTP/1.0\r\nContent-Length: 12\r\nX: y\r\n\r\nhello world!";
         let Parse::Complete(h) = req(r) else { panic!() };
-        assert_eq!(
-            (h.method, h.version, h.framing, h.len),
-            (3, VERSION_10, Framing::Length(12), r.len() - 12)
-        );
+        assert_eq!((h.method, h.version, h.framing, h.len), (3, VERSION_10, Framing::Length(12), r.len() - 12));
         let r = b"PUT /x HTTP/1.1\r\ntransfer-encoding: chunked\r\nCookie: a=1\r\nConnection: close\r\n\r\n";
-        assert!(matches!(
-            req(r),
-            Parse::Complete(RequestHead {
-                method: 4,
-                framing: Framing::Chunked,
-                ..
-            })
-        ));
+        assert!(matches!(req(r), Parse::Complete(RequestHead { method: 4, framing: Framing::Chunked, .. })));
         let r = b"PROPFIND /x HTTP/1.1\r\n\r\n";
-        assert!(matches!(
-            req(r),
-            Parse::Complete(RequestHead {
-                method: METHOD_OTHER,
-                len: 24,
-                ..
-            })
-        ));
+        assert!(matches!(req(r), Parse::Complete(RequestHead { method: METHOD_OTHER, len: 24, .. })));
         let r = b"get /x HTTP/1.1\r\n\r\n";
-        assert!(matches!(
-            req(r),
-            Parse::Complete(RequestHead {
-                method: METHOD_OTHER,
-                ..
-            })
-        ));
+        assert!(matches!(req(r), Parse::Complete(RequestHead { method: METHOD_OTHER, .. })));
         let r = b"HEAD / HTTP/1.1\r\n\r\nGET / HTTP/1.1\r\n\r\n";
-        assert!(matches!(
-            req(r),
-            Parse::Complete(RequestHead {
-                method: METHOD_HEAD,
-                len: 19,
-                ..
-            })
-        ));
+        assert!(matches!(req(r), Parse::Complete(RequestHead { method: METHOD_HEAD, len: 19, .. })));
         for (m, id) in [(&b"DELETE"[..], 5), (b"PATCH", 9), (b"OPTIONS", 7)] {
             let r = [m, b" /x HTTP/1.1\r\n\r\n"].concat();
             assert!(matches!(req(&r), Parse::Complete(RequestHead { method, .. }) if method == id));
@@ -624,12 +515,7 @@ mod tests {
 
     #[test]
     fn what_is_not_plain_is_slow() {
-        let long = [
-            &b"GET /x HTTP/1.1\r\nCookie: "[..],
-            &[b'a'; 600],
-            b"\r\n\r\n",
-        ]
-        .concat();
+        let long = [&b"GET /x HTTP/1.1\r\nCookie: "[..], &[b'a'; 600], b"\r\n\r\n"].concat();
         for r in [
             &b"GET /hello HTTP/1.1\r\nHost: x\r\n"[..], // cut: the head goes on
             b"GET /hello HTTP/1.1\r\nHost: x",
@@ -652,47 +538,14 @@ mod tests {
     #[test]
     fn responses() {
         let r = b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nContent-Type: text/plain\r\nContent-Length: 12\r\nConnection: keep-alive\r\n\r\nhello world\n";
-        assert_eq!(
-            resp(r),
-            Parse::Complete(ResponseHead {
-                status: 200,
-                len: r.len() - 12,
-                framing: Framing::Length(12)
-            })
-        );
+        assert_eq!(resp(r), Parse::Complete(ResponseHead { status: 200, len: r.len() - 12, framing: Framing::Length(12) }));
         let r = b"HTTP/1.1 500 Internal Server Error\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n";
-        assert_eq!(
-            resp(r),
-            Parse::Complete(ResponseHead {
-                status: 500,
-                len: r.len() - 10,
-                framing: Framing::Chunked
-            })
-        );
+        assert_eq!(resp(r), Parse::Complete(ResponseHead { status: 500, len: r.len() - 10, framing: Framing::Chunked }));
         let r = b"HTTP/1.0 200 OK\r\n\r\n";
-        assert_eq!(
-            resp(r),
-            Parse::Complete(ResponseHead {
-                status: 200,
-                len: r.len(),
-                framing: Framing::None
-            })
-        );
+        assert_eq!(resp(r), Parse::Complete(ResponseHead { status: 200, len: r.len(), framing: Framing::None }));
         let r = b"HTTP/1.1 100 Continue\r\n\r\n";
-        assert!(matches!(
-            resp(r),
-            Parse::Complete(ResponseHead {
-                status: 100,
-                len: 25,
-                ..
-            })
-        ));
-        for r in [
-            &b"HTTP/1.1 200 OK\r\nContent-"[..],
-            b"HTTP/1.1 099 X\r\n\r\n",
-            b"HTTP/2 200\r\n\r\n",
-            b"hello",
-        ] {
+        assert!(matches!(resp(r), Parse::Complete(ResponseHead { status: 100, len: 25, .. })));
+        for r in [&b"HTTP/1.1 200 OK\r\nContent-"[..], b"HTTP/1.1 099 X\r\n\r\n", b"HTTP/2 200\r\n\r\n", b"hello"] {
             assert_eq!(resp(r), Parse::Slow, "{:?}", r);
         }
     }

@@ -84,10 +84,7 @@ mod layout_tests {
         assert_eq!(size_of::<KernelOffsets>(), 4 * 29);
         assert_eq!(size_of::<ProbeConfig>(), 8);
         assert_eq!(size_of::<Arrival>(), 16);
-        assert_eq!(
-            (offset_of!(Arrival, start_seq), offset_of!(Arrival, end_seq)),
-            (8, 12)
-        );
+        assert_eq!((offset_of!(Arrival, start_seq), offset_of!(Arrival, end_seq)), (8, 12));
         assert_eq!(size_of::<buckets::TimeBounds>(), 8 * buckets::TIME_SLOTS);
         assert_eq!(size_of::<TxWait>(), 8 + size_of::<MeasuredEvent>());
         assert_eq!(offset_of!(TxWait, measured), 8);
@@ -96,18 +93,7 @@ mod layout_tests {
 
     #[test]
     fn kinds_are_distinct() {
-        let kinds = [
-            EVENT_RECV,
-            EVENT_SEND,
-            EVENT_CLOSE,
-            EVENT_FORK,
-            EVENT_EXEC,
-            EVENT_EXIT,
-            EVENT_SWITCH,
-            EVENT_PATH,
-            EVENT_MEASURED,
-            EVENT_SENT,
-        ];
+        let kinds = [EVENT_RECV, EVENT_SEND, EVENT_CLOSE, EVENT_FORK, EVENT_EXEC, EVENT_EXIT, EVENT_SWITCH, EVENT_PATH, EVENT_MEASURED, EVENT_SENT];
         for (i, a) in kinds.iter().enumerate() {
             for b in &kinds[i + 1..] {
                 assert_ne!(a, b);

@@ -52,8 +52,7 @@ static CLASSES: [u16; 256] = {
         if b.is_ascii_hexdigit() {
             c |= HEX;
         }
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'=' | b'.' | b'~' | b'+' | b'%')
-        {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'=' | b'.' | b'~' | b'+' | b'%') {
             c |= TOKEN;
         }
         if b == b'@' {
@@ -136,7 +135,7 @@ impl SegmentStats {
                 || (self.at > 0 && self.dot > 0)                                // someone@example.com
                 || (len >= 16 && digits > 0 && token)                           // ab12cd34ef56gh78
                 || (len >= 20 && self.upper > 0 && self.lower > 0 && token)     // base64 / random
-                || (digits * 2 >= len && digits >= 3 && token)) // ord-20240131-77
+                || (digits * 2 >= len && digits >= 3 && token))                 // ord-20240131-77
     }
 }
 
@@ -178,11 +177,7 @@ pub fn path_key(s: &mut Scratch, start: usize, end: usize) -> u64 {
         let at_end = i as u64 >= s.take(C_END) || b == b'?' || b == b'#';
         if at_end || b == b'/' {
             // The segment ends: folded, or as it was.
-            let h = if s.stats().is_identifier() {
-                folded(s.take(C_H))
-            } else {
-                s.take(C_SEG_H)
-            };
+            let h = if s.stats().is_identifier() { folded(s.take(C_H)) } else { s.take(C_SEG_H) };
             if at_end {
                 return h | 1; // never 0
             }
@@ -264,11 +259,7 @@ mod tests {
             ("userProfileSettings", false),
             ("", false),
         ] {
-            assert_eq!(
-                SegmentStats::of(seg.as_bytes()).is_identifier(),
-                want,
-                "{seg}"
-            );
+            assert_eq!(SegmentStats::of(seg.as_bytes()).is_identifier(), want, "{seg}");
         }
     }
 
@@ -277,10 +268,7 @@ mod tests {
         let k = path_key_of;
         assert_eq!(k(b"/users/1"), k(b"/users/22"));
         assert_eq!(k(b"/users/1?tab=x"), k(b"/users/2#f"));
-        assert_eq!(
-            k(b"/orders/123e4567-e89b-12d3-a456-426614174000/items"),
-            k(b"/orders/00000000-0000-0000-0000-000000000000/items")
-        );
+        assert_eq!(k(b"/orders/123e4567-e89b-12d3-a456-426614174000/items"), k(b"/orders/00000000-0000-0000-0000-000000000000/items"));
         assert_ne!(k(b"/users/1"), k(b"/users/me"));
         assert_ne!(k(b"/hello"), k(b"/hello/"));
         assert_ne!(k(b"/a/b"), k(b"/ab"));

@@ -16,18 +16,15 @@
 //! when they are read.
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
-    helpers::{
-        bpf_ktime_get_ns,
-        generated::{bpf_get_socket_cookie, bpf_skc_to_tcp_sock},
-    },
+    helpers::{bpf_ktime_get_ns, generated::{bpf_get_socket_cookie, bpf_skc_to_tcp_sock}},
     macros::btf_tracepoint,
     programs::BtfTracePointContext,
 };
-use probe_common::{Arrival, COUNTER_ARRIVALS_FULL, seq::before};
+use probe_common::{seq::before, Arrival, COUNTER_ARRIVALS_FULL};
 
 use crate::{
     kernel::{field, read},
-    maps::{ARRIVALS, SERVER_PORTS, count, global},
+    maps::{count, global, ARRIVALS, SERVER_PORTS},
 };
 
 const AF_INET: u16 = 2;
@@ -55,10 +52,7 @@ pub fn sk_data_ready(ctx: BtfTracePointContext) -> u32 {
     if tp.is_null() {
         return 0;
     }
-    let (copied_at, next_at) = (
-        global!(OFFSETS.tcp_copied_seq),
-        global!(OFFSETS.tcp_rcv_nxt),
-    );
+    let (copied_at, next_at) = (global!(OFFSETS.tcp_copied_seq), global!(OFFSETS.tcp_rcv_nxt));
     let (copied, next) = unsafe { (field::<u32>(tp, copied_at), field::<u32>(tp, next_at)) };
     let cookie = unsafe { bpf_get_socket_cookie(sk as *mut _) };
     let now = unsafe { bpf_ktime_get_ns() };
@@ -76,11 +70,7 @@ pub fn sk_data_ready(ctx: BtfTracePointContext) -> u32 {
             }
         },
         None => {
-            let a = Arrival {
-                ts_ns: now,
-                start_seq: copied,
-                end_seq: next,
-            };
+            let a = Arrival { ts_ns: now, start_seq: copied, end_seq: next };
             if ARRIVALS.insert(&cookie, &a, BPF_NOEXIST as u64).is_err() {
                 count(COUNTER_ARRIVALS_FULL);
             }
@@ -99,9 +89,7 @@ pub fn forget(cookie: u64) {
 /// Remembers that a target serves HTTP on the TCP socket's local port.
 #[inline(always)]
 pub fn mark_port(sk: *const u8) {
-    let Some(port) = read::<u16>(sk, global!(OFFSETS.sk_num)) else {
-        return;
-    };
+    let Some(port) = read::<u16>(sk, global!(OFFSETS.sk_num)) else { return };
     if port == 0 {
         return;
     }
@@ -119,16 +107,8 @@ pub fn mark_port(sk: *const u8) {
 /// (a batch that began mid-request, a socket whose port was marked after its data came).
 #[inline(always)]
 pub fn arrived(sk: *const u8, cookie: u64, moved: u64, read_ns: u64) -> u64 {
-    let Some(a) = (unsafe { ARRIVALS.get(&cookie) }) else {
-        return read_ns;
-    };
+    let Some(a) = (unsafe { ARRIVALS.get(&cookie) }) else { return read_ns };
     let (ts, start) = (a.ts_ns, a.start_seq);
-    let Some(copied) = read::<u32>(sk, global!(OFFSETS.tcp_copied_seq)) else {
-        return read_ns;
-    };
-    if copied.wrapping_sub(moved as u32) == start && ts <= read_ns {
-        ts
-    } else {
-        read_ns
-    }
+    let Some(copied) = read::<u32>(sk, global!(OFFSETS.tcp_copied_seq)) else { return read_ns };
+    if copied.wrapping_sub(moved as u32) == start && ts <= read_ns { ts } else { read_ns }
 }

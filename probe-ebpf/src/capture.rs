@@ -4,23 +4,22 @@ use aya_ebpf::helpers::{
     generated::{self as helpers, bpf_get_socket_cookie},
 };
 use probe_common::{
-    CONN_TX_WATCHED, COUNTER_CLIENT_CONNS, COUNTER_FD_MISMATCH, COUNTER_FOREIGN_CONTEXT,
-    COUNTER_LOST, COUNTER_SERVER_CONNS, ConnState, DataEvent, EVENT_RECV, EVENT_SEND, EventHeader,
-    FLAG_AFTER_LOSS, FLAG_TX_PENDING, FLAG_UNCLASSIFIED, HEAD_WINDOW, MAX_IOVECS,
-    MAX_IOVECS_WALKED, MODE_FAST, ROLE_CLIENT, ROLE_OTHER, ROLE_SERVER, ROLE_UNKNOWN,
-    SLOW_HEAD_SPLIT, SLOW_NO_SERVICE, TAIL_WINDOW, TX_SLOW, TxWait,
     classify::{Classifier, Verdict},
     http1::Scratch,
-    syscalls::BufferShape,
+    MODE_FAST, SLOW_HEAD_SPLIT, SLOW_NO_SERVICE,
+    syscalls::BufferShape, ConnState, DataEvent, EventHeader, COUNTER_CLIENT_CONNS, COUNTER_FD_MISMATCH,
+    COUNTER_FOREIGN_CONTEXT, COUNTER_LOST, COUNTER_SERVER_CONNS, EVENT_RECV, EVENT_SEND,
+    FLAG_AFTER_LOSS, FLAG_UNCLASSIFIED, HEAD_WINDOW, MAX_IOVECS, MAX_IOVECS_WALKED, ROLE_CLIENT, ROLE_OTHER,
+    ROLE_SERVER, ROLE_UNKNOWN, TAIL_WINDOW, CONN_TX_WATCHED, FLAG_TX_PENDING, TX_SLOW, TxWait,
 };
 
 use crate::{
     conn,
-    context::{Checked, Direction, Rejection, SyscallContext, own_syscall},
+    context::{own_syscall, Checked, Direction, Rejection, SyscallContext},
     emit::wakeup_flags,
-    fast::{self, Work},
     kernel::read,
-    maps::{EVENTS, SCRATCH, SERVICES, WORK, count, global},
+    fast::{self, Work},
+    maps::{count, global, EVENTS, SCRATCH, SERVICES, WORK},
     tx,
 };
 
@@ -52,9 +51,7 @@ pub fn on_socket_io(sk: *const u8, moved: u32, dir: Direction, tgid: u32) -> u32
     let family = match known {
         Some((_, s)) if unsafe { (*s).family } != 0 => unsafe { (*s).family as u16 },
         _ => {
-            let Some(family) = socket_family(sk) else {
-                return 0;
-            };
+            let Some(family) = socket_family(sk) else { return 0 };
             family
         }
     };
@@ -73,10 +70,7 @@ pub fn on_socket_io(sk: *const u8, moved: u32, dir: Direction, tgid: u32) -> u32
         return 0;
     }
     let checked = state.and_then(|s| unsafe {
-        ((*s).fd_tgid != 0).then(|| Checked {
-            tgid: (*s).fd_tgid,
-            fd: (*s).fd,
-        })
+        ((*s).fd_tgid != 0).then(|| Checked { tgid: (*s).fd_tgid, fd: (*s).fd })
     });
     let ctx = match own_syscall(sk, dir, tgid, checked) {
         Ok((ctx, fd)) => {
@@ -98,9 +92,7 @@ pub fn on_socket_io(sk: *const u8, moved: u32, dir: Direction, tgid: u32) -> u32
             return 0;
         }
     };
-    let Some(w) = WORK.get_ptr_mut(0) else {
-        return 0;
-    };
+    let Some(w) = WORK.get_ptr_mut(0) else { return 0 };
     let (kind, ptr, count) = match source(&ctx) {
         Source::Flat(ptr) => (1, ptr, 0),
         Source::Vectored { iov, count } => (2, iov, count),
@@ -148,28 +140,18 @@ fn socket_family(sk: *const u8) -> Option<u16> {
 #[unsafe(no_mangle)]
 #[inline(never)]
 pub extern "C" fn rp_on_io(w: *mut Work, state: *mut ConnState) -> u32 {
-    let Some(wr) = (unsafe { w.as_mut() }) else {
-        return 0;
-    };
+    let Some(wr) = (unsafe { w.as_mut() }) else { return 0 };
     let state = if state.is_null() { None } else { Some(state) };
     let (role, prefix, prefix_len) = match state {
         Some(state) => unsafe { ((*state).role, (*state).prefix, (*state).prefix_len) },
         None => (ROLE_UNKNOWN, 0, 0),
     };
-    let (cookie, moved, tgid, family) =
-        (wr.cookie, wr.moved as u32, wr.tgid as u32, wr.family as u16);
-    let dir = if wr.recv != 0 {
-        Direction::Recv
-    } else {
-        Direction::Send
-    };
+    let (cookie, moved, tgid, family) = (wr.cookie, wr.moved as u32, wr.tgid as u32, wr.family as u16);
+    let dir = if wr.recv != 0 { Direction::Recv } else { Direction::Send };
     let sk = wr.sk as *const u8;
     let src = match wr.kind {
         1 => Source::Flat(wr.ptr),
-        2 => Source::Vectored {
-            iov: wr.ptr,
-            count: wr.count,
-        },
+        2 => Source::Vectored { iov: wr.ptr, count: wr.count },
         _ => Source::None,
     };
     let mut flags = 0;
@@ -185,11 +167,7 @@ pub extern "C" fn rp_on_io(w: *mut Work, state: *mut ConnState) -> u32 {
                 }
                 // A connection that carried another protocol is looked at afresh at each
                 // read; an unknown one goes on from the bytes it had so far.
-                let c = if role == ROLE_OTHER {
-                    Classifier::default()
-                } else {
-                    Classifier::from_state(prefix, prefix_len)
-                };
+                let c = if role == ROLE_OTHER { Classifier::default() } else { Classifier::from_state(prefix, prefix_len) };
                 let (verdict, c) = classify(src, moved, c);
                 match verdict {
                     Verdict::Request => {
@@ -221,11 +199,7 @@ pub extern "C" fn rp_on_io(w: *mut Work, state: *mut ConnState) -> u32 {
                                 }
                                 // Slow from its start: the agent is told why, once.
                                 _ => {
-                                    let why = if undecided_before {
-                                        SLOW_HEAD_SPLIT
-                                    } else {
-                                        SLOW_NO_SERVICE
-                                    };
+                                    let why = if undecided_before { SLOW_HEAD_SPLIT } else { SLOW_NO_SERVICE };
                                     fast::rp_switch(w, server, why);
                                 }
                             }
@@ -266,16 +240,7 @@ pub extern "C" fn rp_on_io(w: *mut Work, state: *mut ConnState) -> u32 {
     {
         return 0;
     }
-    emit_data(&Capture {
-        cookie,
-        sk,
-        src,
-        moved,
-        dir,
-        flags,
-        tgid,
-        family,
-    });
+    emit_data(&Capture { cookie, sk, src, moved, dir, flags, tgid, family });
     0
 }
 
@@ -305,10 +270,7 @@ struct Capture {
 fn open_for_requests(sk: *const u8) -> bool {
     const TCP_ESTABLISHED: u8 = 1;
     const TCP_CLOSE_WAIT: u8 = 8;
-    matches!(
-        read::<u8>(sk, global!(OFFSETS.sk_state)),
-        Some(TCP_ESTABLISHED) | Some(TCP_CLOSE_WAIT)
-    )
+    matches!(read::<u8>(sk, global!(OFFSETS.sk_state)), Some(TCP_ESTABLISHED) | Some(TCP_CLOSE_WAIT))
 }
 
 /// Classifies the data's first bytes, from the classifier's state so far. Unreadable data
@@ -338,14 +300,8 @@ fn classify(src: Source, moved: u32, c: Classifier) -> (Verdict, Classifier) {
 #[inline(never)]
 pub extern "C" fn rp_classify(kind_moved: u64, ptr: u64, count: u64, state: u64) -> u64 {
     let moved = kind_moved as u32;
-    let src = if kind_moved >> 32 == 1 {
-        Source::Flat(ptr)
-    } else {
-        Source::Vectored { iov: ptr, count }
-    };
-    let Some((buf, n)) = first_bytes(src, moved) else {
-        return 2 << 56;
-    };
+    let src = if kind_moved >> 32 == 1 { Source::Flat(ptr) } else { Source::Vectored { iov: ptr, count } };
+    let Some((buf, n)) = first_bytes(src, moved) else { return 2 << 56 };
     let mut c = Classifier::from_state(state as u32, (state >> 32) as u32);
     let v: u64 = match c.feed_all(&buf[..n]) {
         Verdict::Request => 1,
@@ -383,10 +339,7 @@ fn first_bytes(src: Source, moved: u32) -> Option<([u8; 2 * FIRST], usize)> {
         }
         let v: [u64; 2] = read_user(iov + i * 16)?;
         let n = v[1].min(left).min(FIRST as u64 - have);
-        let dst = unsafe {
-            buf.as_mut_ptr()
-                .add(bounded(have, FIRST as u64 - 1) as usize)
-        };
+        let dst = unsafe { buf.as_mut_ptr().add(bounded(have, FIRST as u64 - 1) as usize) };
         if !read_user_upto(dst, v[0], n, FIRST as u64) {
             return None;
         }
@@ -403,16 +356,10 @@ fn source(ctx: &SyscallContext) -> Source {
     match ctx.shape {
         BufferShape::None => Source::None,
         BufferShape::Flat => Source::Flat(ctx.buf_arg),
-        BufferShape::Iovec => Source::Vectored {
-            iov: ctx.buf_arg,
-            count: ctx.len_arg,
-        },
+        BufferShape::Iovec => Source::Vectored { iov: ctx.buf_arg, count: ctx.len_arg },
         // struct user_msghdr { void *msg_name; int msg_namelen; struct iovec *msg_iov;
         //                      size_t msg_iovlen; ... } (UAPI)
-        BufferShape::Msghdr => match (
-            read_user::<u64>(ctx.buf_arg + 16),
-            read_user::<u64>(ctx.buf_arg + 24),
-        ) {
+        BufferShape::Msghdr => match (read_user::<u64>(ctx.buf_arg + 16), read_user::<u64>(ctx.buf_arg + 24)) {
             (Some(iov), Some(count)) => Source::Vectored { iov, count },
             _ => Source::None,
         },
@@ -460,9 +407,7 @@ pub struct EmitArgs {
 #[unsafe(no_mangle)]
 #[inline(never)]
 pub extern "C" fn rp_emit(a: *const EmitArgs) -> u64 {
-    let Some(a) = (unsafe { a.as_ref() }) else {
-        return 0;
-    };
+    let Some(a) = (unsafe { a.as_ref() }) else { return 0 };
     let cookie = a.cookie;
     let wakeup = wakeup_flags();
     let Some(mut entry) = EVENTS.reserve::<DataEvent>(0) else {
@@ -472,11 +417,7 @@ pub extern "C" fn rp_emit(a: *const EmitArgs) -> u64 {
     };
     let ev = entry.as_mut_ptr();
     let lost = conn::take_lost(cookie);
-    let flags = if lost {
-        a.flags as u32 | FLAG_AFTER_LOSS
-    } else {
-        a.flags as u32
-    };
+    let flags = if lost { a.flags as u32 | FLAG_AFTER_LOSS } else { a.flags as u32 };
     let moved = a.moved;
     let (head_len, tail_len) = unsafe {
         match a.kind {
@@ -499,11 +440,7 @@ pub extern "C" fn rp_emit(a: *const EmitArgs) -> u64 {
         // `rp_on_io` does), not on the stack.
         if let Some(w) = WORK.get_ptr_mut(0)
             && unsafe {
-                (*w).tx = TxWait {
-                    end_seq,
-                    kind: TX_SLOW,
-                    ..Default::default()
-                };
+                (*w).tx = TxWait { end_seq, kind: TX_SLOW, ..Default::default() };
                 (*w).tx.measured.end_ns = ts;
                 tx::wait(cookie, a.sk as *const u8, &(*w).tx)
             }
@@ -520,11 +457,7 @@ pub extern "C" fn rp_emit(a: *const EmitArgs) -> u64 {
         0
     };
     unsafe {
-        (*ev).header = EventHeader {
-            kind: if a.recv != 0 { EVENT_RECV } else { EVENT_SEND },
-            flags,
-            ts_ns: ts,
-        };
+        (*ev).header = EventHeader { kind: if a.recv != 0 { EVENT_RECV } else { EVENT_SEND }, flags, ts_ns: ts };
         (*ev).arrival_ns = arrival_ns;
         (*ev).tx_end_seq = tx_end_seq;
         (*ev)._pad2 = 0;
@@ -561,17 +494,11 @@ fn capture_flat(ev: &mut DataEvent, ptr: u64, len: u64) -> (u16, u16) {
 /// windows with constant-size copies.
 #[inline(always)]
 fn capture_vectored(ev: &mut DataEvent, iov: u64, count: u64, moved: u64) -> (u16, u16) {
-    let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
-        return (0, 0);
-    };
+    let Some(scratch) = SCRATCH.get_ptr_mut(0) else { return (0, 0) };
     let lens = rp_gather_iovecs(scratch, iov, count, moved);
     let scratch = unsafe { (*scratch).buf.as_ptr() };
     unsafe {
-        helpers::bpf_probe_read_kernel(
-            ev.head.as_mut_ptr() as *mut _,
-            HEAD_WINDOW as u32,
-            scratch as *const _,
-        );
+        helpers::bpf_probe_read_kernel(ev.head.as_mut_ptr() as *mut _, HEAD_WINDOW as u32, scratch as *const _);
         helpers::bpf_probe_read_kernel(
             ev.tail.as_mut_ptr() as *mut _,
             TAIL_WINDOW as u32,
@@ -589,9 +516,7 @@ fn capture_vectored(ev: &mut DataEvent, iov: u64, count: u64, moved: u64) -> (u1
 #[unsafe(no_mangle)]
 #[inline(never)]
 pub extern "C" fn rp_gather_iovecs(s: *mut Scratch, iov: u64, count: u64, moved: u64) -> u64 {
-    let Some(s) = (unsafe { s.as_mut() }) else {
-        return 0;
-    };
+    let Some(s) = (unsafe { s.as_mut() }) else { return 0 };
     // The walk's state lives in the scratch's cells (see probe_common::http1): the
     // verifier then sees one state per iovec, whatever their lengths.
     const FILLED: usize = 48;
@@ -602,19 +527,12 @@ pub extern "C" fn rp_gather_iovecs(s: *mut Scratch, iov: u64, count: u64, moved:
         s.cells[c] = 0;
     }
     let cell = |s: &Scratch, c: usize| unsafe { core::ptr::read_volatile(&s.cells[c]) };
-    let set = |s: &mut Scratch, c: usize, v: u64| unsafe {
-        core::ptr::write_volatile(&mut s.cells[c], v)
-    };
+    let set = |s: &mut Scratch, c: usize, v: u64| unsafe { core::ptr::write_volatile(&mut s.cells[c], v) };
     // The first MAX_IOVECS iovecs come in one copy (cells IOVS..IOVS + 2 * MAX_IOVECS, free
     // while no head is parsed): each copy from user memory costs as much as a head scan.
     const IOVS: usize = 32;
     let first = count.min(MAX_IOVECS as u64) * 16;
-    let first_ok = read_user_upto(
-        s.cells[IOVS..].as_mut_ptr() as *mut u8,
-        iov,
-        first,
-        (MAX_IOVECS * 16) as u64,
-    );
+    let first_ok = read_user_upto(s.cells[IOVS..].as_mut_ptr() as *mut u8, iov, first, (MAX_IOVECS * 16) as u64);
     let scratch = s.buf.as_mut_ptr();
     let mut i = 0u64;
     while i < MAX_IOVECS_WALKED as u64 {
@@ -629,9 +547,7 @@ pub extern "C" fn rp_gather_iovecs(s: *mut Scratch, iov: u64, count: u64, moved:
             let k = IOVS + ((i as usize * 2) & (2 * MAX_IOVECS - 1));
             [cell(s, k), cell(s, k + 1)]
         } else {
-            let Some(v) = read_user::<[u64; 2]>(iov + i * 16) else {
-                break;
-            };
+            let Some(v) = read_user::<[u64; 2]>(iov + i * 16) else { break };
             v
         };
         let in_data = v[1].min(moved - seen);
@@ -674,11 +590,7 @@ pub extern "C" fn rp_gather_iovecs(s: *mut Scratch, iov: u64, count: u64, moved:
 #[inline(always)]
 fn copy_head(dst: &mut [u8; HEAD_WINDOW], src: u64, len: u64) -> u16 {
     let n = len.min(HEAD_WINDOW as u64);
-    if read_user_upto(dst.as_mut_ptr(), src, n, HEAD_WINDOW as u64) {
-        n as u16
-    } else {
-        0
-    }
+    if read_user_upto(dst.as_mut_ptr(), src, n, HEAD_WINDOW as u64) { n as u16 } else { 0 }
 }
 
 /// Copies `n <= window` bytes from user memory; `window` is a constant power of two. A
@@ -686,10 +598,7 @@ fn copy_head(dst: &mut [u8; HEAD_WINDOW], src: u64, len: u64) -> u16 {
 /// below the window: either way a bound the verifier can check. True on success.
 #[inline(always)]
 pub(crate) fn read_user_upto(dst: *mut u8, src: u64, n: u64, window: u64) -> bool {
-    let (dst, src) = (
-        dst as *mut core::ffi::c_void,
-        src as *const core::ffi::c_void,
-    );
+    let (dst, src) = (dst as *mut core::ffi::c_void, src as *const core::ffi::c_void);
     let rc = if n >= window {
         unsafe { helpers::bpf_probe_read_user(dst, window as u32, src) }
     } else {

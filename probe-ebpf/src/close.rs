@@ -6,19 +6,20 @@
 //! same hook sees a target start to listen (`arrival::mark_port`).
 //! UNIX sockets have no such tracepoint; there, the peer reading end-of-file (a 0-byte
 //! sock_recv_length, see `recv.rs`) tells that the target closed.
-use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::btf_tracepoint, programs::BtfTracePointContext};
-use probe_common::{
-    COUNTER_LOST, CloseEvent, ConnState, EVENT_CLOSE, EventHeader, FLAG_RESET, MODE_FAST,
-    ROLE_SERVER,
+use aya_ebpf::{
+    helpers::bpf_ktime_get_ns,
+    macros::btf_tracepoint,
+    programs::BtfTracePointContext,
 };
+use probe_common::{CloseEvent, ConnState, EventHeader, COUNTER_LOST, EVENT_CLOSE, FLAG_RESET, MODE_FAST, ROLE_SERVER};
 
 use crate::{
     capture::AF_UNIX,
     conn,
     emit::wakeup_flags,
-    fast,
     kernel::{read, read_ptr},
-    maps::{CLOSE_WORK, EVENTS, count, global},
+    fast,
+    maps::{count, global, CLOSE_WORK, EVENTS},
     target::current_target,
     tx,
 };
@@ -58,9 +59,7 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> u32 {
     // A socket we tracked has its cookie already; reading it (instead of asking for it)
     // does not create cookies for every socket that closes. Sockets without one (almost
     // every socket of a process that is not a target) stop here.
-    let Some(cookie) = conn::existing_cookie(sk) else {
-        return 0;
-    };
+    let Some(cookie) = conn::existing_cookie(sk) else { return 0 };
     if new_state == TCP_CLOSE {
         // Nothing will be sent or received any more: bytes still waited for end now
         // (`tx`), and the arrival stamp goes.
@@ -70,13 +69,7 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> u32 {
     let old_state = ctx.arg::<u64>(1) as u32;
     let open = old_state == TCP_ESTABLISHED || old_state == TCP_CLOSE_WAIT;
     // Straight from an open state to CLOSE: a reset (received, or sent by an abortive close).
-    let closing = if open {
-        Closing::First {
-            reset: new_state == TCP_CLOSE,
-        }
-    } else {
-        Closing::Later
-    };
+    let closing = if open { Closing::First { reset: new_state == TCP_CLOSE } } else { Closing::Later };
     let family = read::<u16>(sk, global!(OFFSETS.sk_family)).unwrap_or(0);
     forget(cookie, closing, family, sk);
     0
@@ -102,12 +95,8 @@ pub fn on_unix_eof(sk: *const u8) -> u32 {
         conn::remove(own);
         return 0;
     }
-    let Some(peer) = read_ptr(sk, global!(OFFSETS.unix_peer)) else {
-        return 0;
-    };
-    let Some(cookie) = conn::existing_cookie(peer) else {
-        return 0;
-    };
+    let Some(peer) = read_ptr(sk, global!(OFFSETS.unix_peer)) else { return 0 };
+    let Some(cookie) = conn::existing_cookie(peer) else { return 0 };
     // A peer may read end-of-file more than once: only a connection still in the map is
     // reported (the agent forgets one the map lost after its idle timeout).
     if conn::lookup(cookie).is_some() {
@@ -127,9 +116,8 @@ fn forget(cookie: u64, closing: Closing, family: u16, sk: *const u8) {
             // A fast connection: the kernel finishes what ends with the close; only what
             // still waits goes to the agent (a switch event, then the close).
             let reset = closing == Closing::First { reset: true };
-            let report = role == ROLE_SERVER
-                && (mode != MODE_FAST
-                    || fast_close(state, cookie, family, sk, !reset) != fast::DONE);
+            let report =
+                role == ROLE_SERVER && (mode != MODE_FAST || fast_close(state, cookie, family, sk, !reset) != fast::DONE);
             conn::remove(cookie);
             report
         }
@@ -142,9 +130,7 @@ fn forget(cookie: u64, closing: Closing, family: u16, sk: *const u8) {
 
 #[inline(always)]
 fn fast_close(state: *mut ConnState, cookie: u64, family: u16, sk: *const u8, tx_ok: bool) -> u32 {
-    let Some(w) = CLOSE_WORK.get_ptr_mut(0) else {
-        return fast::SLOW;
-    };
+    let Some(w) = CLOSE_WORK.get_ptr_mut(0) else { return fast::SLOW };
     unsafe {
         (*w).sk = sk as u64;
         (*w).tx_ok = tx_ok as u64;

@@ -1,11 +1,11 @@
 //! Per-connection role, keyed by socket cookie (unique for the socket's lifetime, so it
 //! survives fd reuse and socket-address reuse). Entries live in an LRU map; the close
 //! paths (the TCP state hook, a peer's end-of-file on a UNIX socket) remove them.
-use probe_common::{CONN_LOST_EVENTS, COUNTER_CONN_INSERT_FAILED, ConnState, ROLE_UNKNOWN};
+use probe_common::{ConnState, COUNTER_CONN_INSERT_FAILED, CONN_LOST_EVENTS, ROLE_UNKNOWN};
 
 use crate::{
     kernel::read,
-    maps::{CONNS, ZERO_CONN, count, global},
+    maps::{count, global, CONNS, ZERO_CONN},
 };
 
 /// The socket's cookie if one was generated already (every socket the programs tracked

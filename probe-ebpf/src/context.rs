@@ -6,8 +6,8 @@
 //! is a send (or receive) syscall, and the fd in its registers resolves to this socket.
 use aya_ebpf::helpers::generated::{bpf_get_current_task_btf, bpf_task_pt_regs};
 use probe_common::{
-    PF_IO_WORKER, PF_KTHREAD,
     syscalls::{self, BufferShape},
+    PF_IO_WORKER, PF_KTHREAD,
 };
 
 use crate::{
@@ -46,12 +46,7 @@ pub struct Checked {
 /// Checks the context, and that the syscall's fd reaches `sk` (unless `checked` says it
 /// did, for this process and fd). Returns the syscall's buffer and the fd.
 #[inline(always)]
-pub fn own_syscall(
-    sk: *const u8,
-    dir: Direction,
-    tgid: u32,
-    checked: Option<Checked>,
-) -> Result<(SyscallContext, u32), Rejection> {
+pub fn own_syscall(sk: *const u8, dir: Direction, tgid: u32, checked: Option<Checked>) -> Result<(SyscallContext, u32), Rejection> {
     let task = unsafe { bpf_get_current_task_btf() } as *const u8;
     let flags: u32 = read(task, global!(OFFSETS.task_flags)).ok_or(Rejection::ForeignContext)?;
     if flags & (PF_KTHREAD | PF_IO_WORKER) != 0 {
@@ -59,57 +54,33 @@ pub fn own_syscall(
     }
     let regs = unsafe { bpf_task_pt_regs(task as *mut _) } as *const u8;
     // dx, si, di, orig_ax: consecutive in x86-64's pt_regs (the loader checks it), so one read.
-    let [len_arg, buf_arg, arg1, nr]: [u64; 4] =
-        read(regs, global!(OFFSETS.regs_arg3)).ok_or(Rejection::ForeignContext)?;
+    let [len_arg, buf_arg, arg1, nr]: [u64; 4] = read(regs, global!(OFFSETS.regs_arg3)).ok_or(Rejection::ForeignContext)?;
     let shape = match dir {
         Direction::Recv => syscalls::recv_shape(nr),
         Direction::Send => syscalls::send_shape(nr),
     }
     .ok_or(Rejection::ForeignContext)?;
     // splice(fd_in, off_in, fd_out, ...): the socket we write to is fd_out, in arg3.
-    let fd = if nr == syscalls::SPLICE {
-        len_arg
-    } else {
-        arg1
-    };
+    let fd = if nr == syscalls::SPLICE { len_arg } else { arg1 };
     let known = matches!(checked, Some(c) if c.tgid == tgid && c.fd as u64 == fd);
     if !known && !fd_is_socket(task, fd, sk) {
         return Err(Rejection::FdMismatch);
     }
-    Ok((
-        SyscallContext {
-            shape,
-            buf_arg,
-            len_arg,
-        },
-        fd as u32,
-    ))
+    Ok((SyscallContext { shape, buf_arg, len_arg }, fd as u32))
 }
 
 /// task->files->fdt->fd[fd]->private_data (struct socket)->sk == sk
 #[inline(always)]
 fn fd_is_socket(task: *const u8, fd: u64, sk: *const u8) -> bool {
-    let Some(files) = read_ptr(task, global!(OFFSETS.task_files)) else {
-        return false;
-    };
-    let Some(fdt) = read_ptr(files, global!(OFFSETS.files_fdt)) else {
-        return false;
-    };
-    let Some(max_fds) = read::<u32>(fdt, global!(OFFSETS.fdt_max_fds)) else {
-        return false;
-    };
+    let Some(files) = read_ptr(task, global!(OFFSETS.task_files)) else { return false };
+    let Some(fdt) = read_ptr(files, global!(OFFSETS.files_fdt)) else { return false };
+    let Some(max_fds) = read::<u32>(fdt, global!(OFFSETS.fdt_max_fds)) else { return false };
     if fd >= max_fds as u64 {
         return false;
     }
-    let Some(fd_array) = read_ptr(fdt, global!(OFFSETS.fdt_fd)) else {
-        return false;
-    };
-    let Some(file) = read_ptr(fd_array, (fd * 8) as u32) else {
-        return false;
-    };
-    let Some(socket) = read_ptr(file, global!(OFFSETS.file_private_data)) else {
-        return false;
-    };
+    let Some(fd_array) = read_ptr(fdt, global!(OFFSETS.fdt_fd)) else { return false };
+    let Some(file) = read_ptr(fd_array, (fd * 8) as u32) else { return false };
+    let Some(socket) = read_ptr(file, global!(OFFSETS.file_private_data)) else { return false };
     match read_ptr(socket, global!(OFFSETS.socket_sk)) {
         Some(s) => s == sk,
         None => false,

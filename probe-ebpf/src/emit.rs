@@ -10,7 +10,7 @@
 use aya_ebpf::bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP};
 use probe_common::DataEvent;
 
-use crate::maps::{EVENTS, global};
+use crate::maps::{global, EVENTS};
 
 /// The largest record: a data event and the ring buffer's 8-byte record header.
 const LARGEST_RECORD: u64 = core::mem::size_of::<DataEvent>() as u64 + 8;

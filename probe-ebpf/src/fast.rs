@@ -10,21 +10,20 @@
 //! probe_common's (`http1`, `route`, `fast`), table-tested on the host.
 use aya_ebpf::{bindings::BPF_NOEXIST, helpers::generated::bpf_probe_read_kernel};
 use probe_common::{
-    AggKey, AggValue, CONN_LOST_EVENTS, CONN_TX_WATCHED, COUNTER_AGG_FULL, COUNTER_LOST, ConnState,
-    EVENT_MEASURED, EVENT_PATH, EVENT_SWITCH, EventHeader, FAST_DEPTH, FastRequest, HEAD_WINDOW,
-    MAX_HELD, MODE_SLOW, MeasuredEvent, Pairing, PathEvent, REQ_BODY, REQ_HEAD, RESP_CHUNKED,
-    RESP_IDLE, RESP_LENGTH, RESP_UNTIL_CLOSE, RouteKey, SLOW_HEAD_BEYOND_WINDOW, SLOW_HEAD_SPLIT,
-    SLOW_PIPELINE, SLOW_REQUEST, SLOW_RESPONSE, SLOW_UNEXPECTED_WRITE, SLOW_UNREADABLE,
-    SLOW_UPGRADE, SwitchEvent, TAIL_WINDOW, TX_FAST, TxWait,
-    http1::{self, Framing, METHOD_HEAD, Parse, Scratch},
-    route::{MAX_PATH, path_key},
+    AggKey, AggValue, ConnState, EventHeader, FastRequest, MeasuredEvent, Pairing, PathEvent, RouteKey,
+    SwitchEvent, TxWait, TX_FAST, CONN_LOST_EVENTS, CONN_TX_WATCHED, COUNTER_AGG_FULL, COUNTER_LOST, EVENT_MEASURED, EVENT_PATH,
+    EVENT_SWITCH, FAST_DEPTH, HEAD_WINDOW, MAX_HELD, MODE_SLOW, REQ_BODY, REQ_HEAD, RESP_CHUNKED, RESP_IDLE, RESP_LENGTH,
+    RESP_UNTIL_CLOSE, SLOW_HEAD_BEYOND_WINDOW, SLOW_HEAD_SPLIT, SLOW_PIPELINE, SLOW_REQUEST,
+    SLOW_RESPONSE, SLOW_UNEXPECTED_WRITE, SLOW_UNREADABLE, SLOW_UPGRADE, TAIL_WINDOW,
+    http1::{self, Framing, Parse, Scratch, METHOD_HEAD},
+    route::{path_key, MAX_PATH},
 };
 
 use crate::{
     arrival::arrived,
-    capture::{AF_UNIX, read_user_upto, rp_gather_iovecs},
+    capture::{read_user_upto, rp_gather_iovecs, AF_UNIX},
     emit::wakeup_flags,
-    maps::{AGG, EVENTS, ROUTES, count},
+    maps::{count, AGG, EVENTS, ROUTES},
     slots::{rp_size_slot, rp_time_slot},
     tx,
 };
@@ -79,6 +78,7 @@ pub const DONE: u32 = 0;
 /// The connection went slow: emit this I/O as an event.
 pub const SLOW: u32 = 1;
 
+
 #[inline(always)]
 fn slot(first: u8, i: u8) -> usize {
     (first.wrapping_add(i) as usize) & (FAST_DEPTH - 1)
@@ -90,21 +90,14 @@ fn slot(first: u8, i: u8) -> usize {
 #[unsafe(no_mangle)]
 #[inline(never)]
 pub extern "C" fn rp_capture(w: *mut Work) -> u64 {
-    let Some(w) = (unsafe { w.as_mut() }) else {
-        return 0;
-    };
+    let Some(w) = (unsafe { w.as_mut() }) else { return 0 };
     let moved = w.moved;
     w.gathered = 0;
     match w.kind {
         1 => {
             let n = moved.min(HEAD_WINDOW as u64);
             // The buffer is twice the window: a window's copy after up to MAX_HELD bytes fits.
-            let dst = unsafe {
-                w.scratch
-                    .buf
-                    .as_mut_ptr()
-                    .add((w.offset as usize) & (MAX_HELD - 1))
-            };
+            let dst = unsafe { w.scratch.buf.as_mut_ptr().add((w.offset as usize) & (MAX_HELD - 1)) };
             if !read_user_upto(dst, w.ptr, n, HEAD_WINDOW as u64) {
                 return 0;
             }
@@ -123,20 +116,13 @@ pub extern "C" fn rp_capture(w: *mut Work) -> u64 {
 #[unsafe(no_mangle)]
 #[inline(never)]
 pub extern "C" fn rp_tail(w: *mut Work) -> u64 {
-    let Some(w) = (unsafe { w.as_mut() }) else {
-        return 0;
-    };
+    let Some(w) = (unsafe { w.as_mut() }) else { return 0 };
     let moved = w.moved;
     w.tail_len = 0;
     match w.kind {
         1 => {
             let t = moved.min(TAIL_WINDOW as u64);
-            if read_user_upto(
-                w.tail.as_mut_ptr(),
-                w.ptr + moved - t,
-                t,
-                TAIL_WINDOW as u64,
-            ) {
+            if read_user_upto(w.tail.as_mut_ptr(), w.ptr + moved - t, t, TAIL_WINDOW as u64) {
                 w.tail_len = t;
             }
         }
@@ -174,13 +160,8 @@ pub extern "C" fn rp_tail(w: *mut Work) -> u64 {
 #[inline(never)]
 pub extern "C" fn rp_request(w: *mut Work, n: u64) -> u32 {
     let line = rp_request_line(w, n);
-    let Some(wr) = (unsafe { w.as_mut() }) else {
-        return SLOW_REQUEST;
-    };
-    let whole = wr
-        .scratch
-        .byte((n as usize).wrapping_sub(1) & (HEAD_WINDOW - 1))
-        == b'\n';
+    let Some(wr) = (unsafe { w.as_mut() }) else { return SLOW_REQUEST };
+    let whole = wr.scratch.byte((n as usize).wrapping_sub(1) & (HEAD_WINDOW - 1)) == b'\n';
     let slow = if wr.moved > HEAD_WINDOW as u64 {
         SLOW_HEAD_BEYOND_WINDOW
     } else if !whole {
@@ -199,16 +180,12 @@ pub extern "C" fn rp_request(w: *mut Work, n: u64) -> u32 {
     if head == 0 {
         return slow;
     }
-    let Some(wr) = (unsafe { w.as_mut() }) else {
-        return SLOW_REQUEST;
-    };
+    let Some(wr) = (unsafe { w.as_mut() }) else { return SLOW_REQUEST };
     if wr.framing == 2 {
         return SLOW_REQUEST; // a chunked request body: the agent's
     }
     let key = rp_path_key(w);
-    let Some(wr) = (unsafe { w.as_mut() }) else {
-        return SLOW_REQUEST;
-    };
+    let Some(wr) = (unsafe { w.as_mut() }) else { return SLOW_REQUEST };
     if key == 0 {
         return SLOW_REQUEST; // not origin form, or a very long path: the agent routes it
     }
@@ -220,13 +197,9 @@ pub extern "C" fn rp_request(w: *mut Work, n: u64) -> u32 {
 #[unsafe(no_mangle)]
 #[inline(never)]
 pub extern "C" fn rp_request_line(w: *mut Work, n: u64) -> u64 {
-    let Some(w) = (unsafe { w.as_mut() }) else {
-        return 0;
-    };
+    let Some(w) = (unsafe { w.as_mut() }) else { return 0 };
     match http1::request_line(&mut w.scratch, n as usize) {
-        Some((method, start, end, version)) => {
-            method as u64 | (version as u64) << 8 | (start as u64) << 16 | (end as u64) << 32
-        }
+        Some((method, start, end, version)) => method as u64 | (version as u64) << 8 | (start as u64) << 16 | (end as u64) << 32,
         None => 0,
     }
 }
@@ -235,9 +208,7 @@ pub extern "C" fn rp_request_line(w: *mut Work, n: u64) -> u64 {
 #[unsafe(no_mangle)]
 #[inline(never)]
 pub extern "C" fn rp_head(w: *mut Work) -> u64 {
-    let Some(w) = (unsafe { w.as_mut() }) else {
-        return 0;
-    };
+    let Some(w) = (unsafe { w.as_mut() }) else { return 0 };
     match http1::head(&mut w.scratch) {
         Parse::Complete((framing, len)) => {
             (w.framing, w.length) = match framing {
@@ -256,13 +227,8 @@ pub extern "C" fn rp_head(w: *mut Work) -> u64 {
 #[unsafe(no_mangle)]
 #[inline(never)]
 pub extern "C" fn rp_path_key(w: *mut Work) -> u64 {
-    let Some(w) = (unsafe { w.as_mut() }) else {
-        return 0;
-    };
-    let (start, end) = (
-        (w.target_start as usize) & (HEAD_WINDOW - 1),
-        (w.target_end as usize) & (HEAD_WINDOW - 1),
-    );
+    let Some(w) = (unsafe { w.as_mut() }) else { return 0 };
+    let (start, end) = ((w.target_start as usize) & (HEAD_WINDOW - 1), (w.target_end as usize) & (HEAD_WINDOW - 1));
     path_key(&mut w.scratch, start, end)
 }
 
@@ -274,9 +240,7 @@ pub extern "C" fn rp_response(w: *mut Work, n: u64) -> u32 {
     if status == 0 || rp_head(w) == 0 {
         return SLOW_RESPONSE;
     }
-    let Some(w) = (unsafe { w.as_mut() }) else {
-        return SLOW_RESPONSE;
-    };
+    let Some(w) = (unsafe { w.as_mut() }) else { return SLOW_RESPONSE };
     w.status = status;
     0
 }
@@ -285,9 +249,7 @@ pub extern "C" fn rp_response(w: *mut Work, n: u64) -> u32 {
 #[unsafe(no_mangle)]
 #[inline(never)]
 pub extern "C" fn rp_status_line(w: *mut Work, n: u64) -> u64 {
-    let Some(w) = (unsafe { w.as_mut() }) else {
-        return 0;
-    };
+    let Some(w) = (unsafe { w.as_mut() }) else { return 0 };
     http1::status_line(&mut w.scratch, n as usize).unwrap_or(0) as u64
 }
 
@@ -296,11 +258,7 @@ pub extern "C" fn rp_status_line(w: *mut Work, n: u64) -> u64 {
 /// cannot be sent, the mark goes, so that the next request asks again.
 #[inline(always)]
 fn announce(w: &Work, service: u32) {
-    let k = RouteKey {
-        service,
-        _pad: 0,
-        path_key: w.key,
-    };
+    let k = RouteKey { service, _pad: 0, path_key: w.key };
     if ROUTES.insert(&k, &0, BPF_NOEXIST as u64).is_err() {
         return; // asked for already (or routed meanwhile)
     }
@@ -311,24 +269,13 @@ fn announce(w: &Work, service: u32) {
     };
     let ev = entry.as_mut_ptr();
     let start = (w.target_start as usize) & (HEAD_WINDOW - 1);
-    let len = w
-        .target_end
-        .saturating_sub(w.target_start)
-        .min(MAX_PATH as u64);
+    let len = w.target_end.saturating_sub(w.target_start).min(MAX_PATH as u64);
     unsafe {
-        (*ev).header = EventHeader {
-            kind: EVENT_PATH,
-            flags: 0,
-            ts_ns: w.ts,
-        };
+        (*ev).header = EventHeader { kind: EVENT_PATH, flags: 0, ts_ns: w.ts };
         (*ev).key = w.key;
         (*ev).service = service;
         (*ev).len = len as u32;
-        bpf_probe_read_kernel(
-            (*ev).path.as_mut_ptr() as *mut _,
-            MAX_PATH as u32,
-            w.scratch.buf.as_ptr().add(start) as *const _,
-        );
+        bpf_probe_read_kernel((*ev).path.as_mut_ptr() as *mut _, MAX_PATH as u32, w.scratch.buf.as_ptr().add(start) as *const _);
     }
     entry.submit(wakeup_flags());
 }
@@ -336,11 +283,7 @@ fn announce(w: &Work, service: u32) {
 /// The route id of a path key: 0 when the agent has not routed it (yet).
 #[inline(always)]
 fn route_of(service: u32, key: u64) -> u32 {
-    let k = RouteKey {
-        service,
-        _pad: 0,
-        path_key: key,
-    };
+    let k = RouteKey { service, _pad: 0, path_key: key };
     match unsafe { ROUTES.get(&k) } {
         Some(r) => *r,
         None => 0,
@@ -352,9 +295,7 @@ fn route_of(service: u32, key: u64) -> u32 {
 #[unsafe(no_mangle)]
 #[inline(never)]
 pub extern "C" fn rp_switch(w: *const Work, c: *mut ConnState, reason: u32) -> u32 {
-    let (Some(w), Some(c)) = (unsafe { w.as_ref() }, unsafe { c.as_mut() }) else {
-        return SLOW;
-    };
+    let (Some(w), Some(c)) = (unsafe { w.as_ref() }, unsafe { c.as_mut() }) else { return SLOW };
     c.mode = MODE_SLOW;
     let Some(mut entry) = EVENTS.reserve::<SwitchEvent>(0) else {
         count(COUNTER_LOST);
@@ -363,11 +304,7 @@ pub extern "C" fn rp_switch(w: *const Work, c: *mut ConnState, reason: u32) -> u
     };
     let ev = entry.as_mut_ptr();
     unsafe {
-        (*ev).header = EventHeader {
-            kind: EVENT_SWITCH,
-            flags: 0,
-            ts_ns: w.ts,
-        };
+        (*ev).header = EventHeader { kind: EVENT_SWITCH, flags: 0, ts_ns: w.ts };
         (*ev).conn_id = w.cookie;
         (*ev).tgid = w.tgid as u32;
         (*ev).reason = reason;
@@ -389,16 +326,8 @@ pub extern "C" fn rp_switch(w: *const Work, c: *mut ConnState, reason: u32) -> u
 /// known yet or `AGG` is full.
 #[unsafe(no_mangle)]
 #[inline(never)]
-pub extern "C" fn rp_measure(
-    w: *mut Work,
-    c: *mut ConnState,
-    status: u64,
-    first_ns: u64,
-    end_ns: u64,
-) -> u32 {
-    let (Some(w), Some(c)) = (unsafe { w.as_mut() }, unsafe { c.as_mut() }) else {
-        return 0;
-    };
+pub extern "C" fn rp_measure(w: *mut Work, c: *mut ConnState, status: u64, first_ns: u64, end_ns: u64) -> u32 {
+    let (Some(w), Some(c)) = (unsafe { w.as_mut() }, unsafe { c.as_mut() }) else { return 0 };
     let service = c.service;
     let p = &mut c.pairing;
     if p.len == 0 {
@@ -411,10 +340,7 @@ pub extern "C" fn rp_measure(
     p.resp_state = RESP_IDLE;
     p.resp_bytes = 0;
     p.resp_left = 0;
-    if w.tx_ok != 0
-        && c.flags & CONN_TX_WATCHED != 0
-        && let Some(end_seq) = tx::unsent(w.sk as *const u8)
-    {
+    if w.tx_ok != 0 && c.flags & CONN_TX_WATCHED != 0 && let Some(end_seq) = tx::unsent(w.sk as *const u8) {
         // Bytes of the response are still in the send queue: it ends when they go out.
         w.tx = TxWait {
             end_seq,
@@ -435,11 +361,7 @@ pub extern "C" fn rp_measure(
             return 0;
         }
     }
-    let route = if req.route != 0 {
-        req.route
-    } else {
-        route_of(service, req.path_key)
-    };
+    let route = if req.route != 0 { req.route } else { route_of(service, req.path_key) };
     if route != 0 {
         let key = AggKey {
             service,
@@ -456,18 +378,12 @@ pub extern "C" fn rp_measure(
         }
         if let Some(v) = value {
             let v = unsafe { &mut *v };
-            let (duration, first_byte) = (
-                end_ns.saturating_sub(req.start_ns),
-                first_ns.saturating_sub(req.start_ns),
-            );
+            let (duration, first_byte) = (end_ns.saturating_sub(req.start_ns), first_ns.saturating_sub(req.start_ns));
             v.duration.add(rp_time_slot(duration) as usize, duration);
-            v.first_byte
-                .add(rp_time_slot(first_byte) as usize, first_byte);
-            v.request_body
-                .add(rp_size_slot(req.body_bytes) as usize, req.body_bytes);
+            v.first_byte.add(rp_time_slot(first_byte) as usize, first_byte);
+            v.request_body.add(rp_size_slot(req.body_bytes) as usize, req.body_bytes);
             v.response_body.add(rp_size_slot(bytes) as usize, bytes);
-            v.queue
-                .add(rp_time_slot(req.queued_ns) as usize, req.queued_ns);
+            v.queue.add(rp_time_slot(req.queued_ns) as usize, req.queued_ns);
             return 0;
         }
         count(COUNTER_AGG_FULL);
@@ -478,11 +394,7 @@ pub extern "C" fn rp_measure(
     };
     let ev = entry.as_mut_ptr();
     unsafe {
-        (*ev).header = EventHeader {
-            kind: EVENT_MEASURED,
-            flags: 0,
-            ts_ns: end_ns,
-        };
+        (*ev).header = EventHeader { kind: EVENT_MEASURED, flags: 0, ts_ns: end_ns };
         (*ev).conn_id = w.cookie;
         (*ev).request = req;
         (*ev).first_byte_ns = first_ns;
@@ -510,9 +422,7 @@ fn arrival_of(w: &Work) -> u64 {
 #[unsafe(no_mangle)]
 #[inline(never)]
 pub extern "C" fn rp_fast_recv(w: *mut Work, c: *mut ConnState) -> u32 {
-    let (Some(wr), Some(cr)) = (unsafe { w.as_mut() }, unsafe { c.as_mut() }) else {
-        return SLOW;
-    };
+    let (Some(wr), Some(cr)) = (unsafe { w.as_mut() }, unsafe { c.as_mut() }) else { return SLOW };
     let moved = wr.moved;
     if cr.pairing.req_state == REQ_BODY {
         let left = cr.pairing.req_left;
@@ -565,12 +475,8 @@ pub extern "C" fn rp_fast_recv(w: *mut Work, c: *mut ConnState) -> u32 {
         (arrival, wr.ts - arrival)
     };
     let captured = rp_capture(w);
-    let Some(wr) = (unsafe { w.as_mut() }) else {
-        return SLOW;
-    };
-    let Some(cr) = (unsafe { c.as_mut() }) else {
-        return SLOW;
-    };
+    let Some(wr) = (unsafe { w.as_mut() }) else { return SLOW };
+    let Some(cr) = (unsafe { c.as_mut() }) else { return SLOW };
     let mut i = 0;
     while i < MAX_HELD {
         if (i as u64) < held {
@@ -585,9 +491,7 @@ pub extern "C" fn rp_fast_recv(w: *mut Work, c: *mut ConnState) -> u32 {
     if why != 0 {
         return rp_switch(w, c, why);
     }
-    let (Some(wr), Some(cr)) = (unsafe { w.as_mut() }, unsafe { c.as_mut() }) else {
-        return SLOW;
-    };
+    let (Some(wr), Some(cr)) = (unsafe { w.as_mut() }, unsafe { c.as_mut() }) else { return SLOW };
     let body = total.saturating_sub(wr.head_len);
     if cr.pairing.len as usize >= FAST_DEPTH || body > wr.length {
         return rp_switch(w, c, SLOW_PIPELINE);
@@ -622,9 +526,7 @@ pub extern "C" fn rp_fast_recv(w: *mut Work, c: *mut ConnState) -> u32 {
 #[unsafe(no_mangle)]
 #[inline(never)]
 pub extern "C" fn rp_fast_send(w: *mut Work, c: *mut ConnState) -> u32 {
-    let (Some(wr), Some(cr)) = (unsafe { w.as_mut() }, unsafe { c.as_mut() }) else {
-        return SLOW;
-    };
+    let (Some(wr), Some(cr)) = (unsafe { w.as_mut() }, unsafe { c.as_mut() }) else { return SLOW };
     let (moved, ts) = (wr.moved, wr.ts);
     let p = &mut cr.pairing;
     match p.resp_state {
@@ -648,9 +550,7 @@ pub extern "C" fn rp_fast_send(w: *mut Work, c: *mut ConnState) -> u32 {
                 rp_capture(w);
             }
             rp_tail(w);
-            let (Some(wr), Some(cr)) = (unsafe { w.as_mut() }, unsafe { c.as_mut() }) else {
-                return SLOW;
-            };
+            let (Some(wr), Some(cr)) = (unsafe { w.as_mut() }, unsafe { c.as_mut() }) else { return SLOW };
             if http1::ends_chunked(&wr.tail, wr.tail_len as usize) {
                 let (status, first) = (cr.pairing.status as u64, cr.pairing.resp_first_ns);
                 rp_measure(w, c, status, first, ts);
@@ -674,18 +574,12 @@ pub extern "C" fn rp_fast_send(w: *mut Work, c: *mut ConnState) -> u32 {
     if rp_response(w, n) != 0 {
         return rp_switch(w, c, SLOW_RESPONSE);
     }
-    let (Some(wr), Some(cr)) = (unsafe { w.as_mut() }, unsafe { c.as_mut() }) else {
-        return SLOW;
-    };
+    let (Some(wr), Some(cr)) = (unsafe { w.as_mut() }, unsafe { c.as_mut() }) else { return SLOW };
     let status = wr.status;
     let head_len = wr.head_len;
     if (100..200).contains(&status) && status != 101 {
         // An interim response: the final one follows, in a later write.
-        return if moved == head_len {
-            DONE
-        } else {
-            rp_switch(w, c, SLOW_RESPONSE)
-        };
+        return if moved == head_len { DONE } else { rp_switch(w, c, SLOW_RESPONSE) };
     }
     if status == 101 {
         return rp_switch(w, c, SLOW_UPGRADE);
@@ -698,16 +592,8 @@ pub extern "C" fn rp_fast_send(w: *mut Work, c: *mut ConnState) -> u32 {
     }
     let is_head = p.pending[slot(p.first, 0)].method == METHOD_HEAD;
     let body = moved.saturating_sub(head_len);
-    let framing = if is_head || status == 204 || status == 304 {
-        1
-    } else {
-        wr.framing
-    };
-    let length = if framing == 1 && (is_head || status == 204 || status == 304) {
-        0
-    } else {
-        wr.length
-    };
+    let framing = if is_head || status == 204 || status == 304 { 1 } else { wr.framing };
+    let length = if framing == 1 && (is_head || status == 204 || status == 304) { 0 } else { wr.length };
     match framing {
         1 => {
             if body > length {
@@ -731,9 +617,7 @@ pub extern "C" fn rp_fast_send(w: *mut Work, c: *mut ConnState) -> u32 {
             p.status = status as u16;
             p.resp_state = RESP_CHUNKED;
             if body > 0 && rp_tail(w) > 0 {
-                let Some(wr) = (unsafe { w.as_ref() }) else {
-                    return SLOW;
-                };
+                let Some(wr) = (unsafe { w.as_ref() }) else { return SLOW };
                 if http1::ends_chunked(&wr.tail, wr.tail_len as usize) {
                     rp_measure(w, c, status, ts, ts);
                 }
@@ -753,9 +637,7 @@ pub extern "C" fn rp_fast_send(w: *mut Work, c: *mut ConnState) -> u32 {
 /// Nothing waits on a fast connection, and no response is being written.
 #[inline(always)]
 pub fn idle(c: *const ConnState) -> bool {
-    unsafe {
-        (*c).pairing.len == 0 && (*c).pairing.resp_state == RESP_IDLE && (*c).pairing.held_len == 0
-    }
+    unsafe { (*c).pairing.len == 0 && (*c).pairing.resp_state == RESP_IDLE && (*c).pairing.held_len == 0 }
 }
 
 /// A fast connection closes: a response that ends with it is measured; what still waits
@@ -764,17 +646,13 @@ pub fn idle(c: *const ConnState) -> bool {
 #[unsafe(no_mangle)]
 #[inline(never)]
 pub extern "C" fn rp_fast_close(w: *mut Work, c: *mut ConnState) -> u32 {
-    let (Some(_), Some(cr)) = (unsafe { w.as_mut() }, unsafe { c.as_mut() }) else {
-        return SLOW;
-    };
+    let (Some(_), Some(cr)) = (unsafe { w.as_mut() }, unsafe { c.as_mut() }) else { return SLOW };
     let p = &mut cr.pairing;
     if p.resp_state == RESP_UNTIL_CLOSE && p.len > 0 {
         let (status, first, last) = (p.status as u64, p.resp_first_ns, p.resp_last_ns);
         rp_measure(w, c, status, first, last);
     }
-    let Some(cr) = (unsafe { c.as_mut() }) else {
-        return SLOW;
-    };
+    let Some(cr) = (unsafe { c.as_mut() }) else { return SLOW };
     if idle(cr) {
         return DONE;
     }

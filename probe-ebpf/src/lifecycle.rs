@@ -17,25 +17,21 @@ use aya_ebpf::{
     programs::BtfTracePointContext,
 };
 use probe_common::{
-    COUNTER_LOST, EVENT_EXEC, EVENT_EXIT, EVENT_FORK, EventHeader, ExecEvent, ExitEvent, ForkEvent,
+    EventHeader, ExecEvent, ExitEvent, ForkEvent, COUNTER_LOST, EVENT_EXEC, EVENT_EXIT, EVENT_FORK,
 };
 
 use crate::{
     emit::wakeup_flags,
     kernel::{read, read_ptr},
-    maps::{EVENTS, SERVICES, count, global},
+    maps::{count, global, EVENTS, SERVICES},
     target::{add_target, current_target, remove_target},
 };
 
 #[btf_tracepoint(function = "sched_process_fork")]
 pub fn sched_process_fork(ctx: BtfTracePointContext) -> u32 {
-    let Some(tgid) = current_target() else {
-        return 0;
-    };
+    let Some(tgid) = current_target() else { return 0 };
     let child: *const u8 = ctx.arg(1);
-    let Some(child_tgid) = read::<i32>(child, global!(OFFSETS.task_tgid)) else {
-        return 0;
-    };
+    let Some(child_tgid) = read::<i32>(child, global!(OFFSETS.task_tgid)) else { return 0 };
     let child_tgid = child_tgid as u32;
     if child_tgid == tgid {
         return 0; // a new thread of the same process
@@ -61,17 +57,10 @@ pub fn sched_process_fork(ctx: BtfTracePointContext) -> u32 {
 
 #[btf_tracepoint(function = "sched_process_exec")]
 pub fn sched_process_exec(_ctx: BtfTracePointContext) -> u32 {
-    let Some(tgid) = current_target() else {
-        return 0;
-    };
+    let Some(tgid) = current_target() else { return 0 };
     // Its service follows the new program's name, which the agent decides.
     let _ = SERVICES.remove(&tgid);
-    let ev = ExecEvent {
-        header: header(EVENT_EXEC),
-        tgid,
-        _pad: 0,
-        comm: bpf_get_current_comm().unwrap_or_default(),
-    };
+    let ev = ExecEvent { header: header(EVENT_EXEC), tgid, _pad: 0, comm: bpf_get_current_comm().unwrap_or_default() };
     if EVENTS.output::<ExecEvent>(&ev, wakeup_flags()).is_err() {
         count(COUNTER_LOST);
     }
@@ -80,23 +69,15 @@ pub fn sched_process_exec(_ctx: BtfTracePointContext) -> u32 {
 
 #[btf_tracepoint(function = "sched_process_exit")]
 pub fn sched_process_exit(ctx: BtfTracePointContext) -> u32 {
-    let Some(tgid) = current_target() else {
-        return 0;
-    };
+    let Some(tgid) = current_target() else { return 0 };
     let task: *const u8 = ctx.arg(0);
-    let Some(signal) = read_ptr(task, global!(OFFSETS.task_signal)) else {
-        return 0;
-    };
+    let Some(signal) = read_ptr(task, global!(OFFSETS.task_signal)) else { return 0 };
     if read::<i32>(signal, global!(OFFSETS.signal_live)) != Some(0) {
         return 0; // another thread of the process still runs
     }
     remove_target(tgid);
     let _ = SERVICES.remove(&tgid);
-    let ev = ExitEvent {
-        header: header(EVENT_EXIT),
-        tgid,
-        _pad: 0,
-    };
+    let ev = ExitEvent { header: header(EVENT_EXIT), tgid, _pad: 0 };
     if EVENTS.output::<ExitEvent>(&ev, wakeup_flags()).is_err() {
         count(COUNTER_LOST);
     }
@@ -105,9 +86,5 @@ pub fn sched_process_exit(ctx: BtfTracePointContext) -> u32 {
 
 #[inline(always)]
 fn header(kind: u32) -> EventHeader {
-    EventHeader {
-        kind,
-        flags: 0,
-        ts_ns: unsafe { bpf_ktime_get_ns() },
-    }
+    EventHeader { kind, flags: 0, ts_ns: unsafe { bpf_ktime_get_ns() } }
 }

@@ -5,9 +5,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use probe_common::{
-    AggKey, AggValue, Arrival, COUNTER_SLOTS, ConnState, KernelOffsets, ProbeConfig, RouteKey,
-    TxKey, TxWait,
-    buckets::{TIME_SLOTS, TimeBounds},
+    buckets::{TimeBounds, TIME_SLOTS},
+    AggKey, AggValue, Arrival, ConnState, TxKey, TxWait, KernelOffsets, ProbeConfig, RouteKey, COUNTER_SLOTS,
 };
 
 use crate::fast::Work;
@@ -108,16 +107,11 @@ pub static OFFSETS: KernelOffsets = KernelOffsets {
 };
 
 #[unsafe(no_mangle)]
-pub static CONFIG: ProbeConfig = ProbeConfig {
-    wakeup_bytes: 0,
-    target_words: 0,
-};
+pub static CONFIG: ProbeConfig = ProbeConfig { wakeup_bytes: 0, target_words: 0 };
 
 /// The duration slots' upper bounds (`probe_common::buckets`), patched in by the agent.
 #[unsafe(no_mangle)]
-pub static TIME_BOUNDS: TimeBounds = TimeBounds {
-    ns: [u64::MAX; TIME_SLOTS],
-};
+pub static TIME_BOUNDS: TimeBounds = TimeBounds { ns: [u64::MAX; TIME_SLOTS] };
 
 /// Reads one field of a global the agent patched in at load time. The volatile read keeps
 /// the compiler from folding the placeholder value.

@@ -6,9 +6,7 @@
 //! target closed it (`close::on_unix_eof`). Every other read pays one comparison.
 use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
 
-use crate::{
-    capture::on_socket_io, close::on_unix_eof, context::Direction, target::current_target,
-};
+use crate::{capture::on_socket_io, close::on_unix_eof, context::Direction, target::current_target};
 
 const MSG_PEEK: i32 = 2;
 
@@ -19,9 +17,7 @@ pub fn sock_recv_length(ctx: BtfTracePointContext) -> u32 {
     if ret == 0 && flags & MSG_PEEK == 0 {
         return on_unix_eof(ctx.arg(0));
     }
-    let Some(tgid) = current_target() else {
-        return 0;
-    };
+    let Some(tgid) = current_target() else { return 0 };
     let sk: *const u8 = ctx.arg(0);
     // Peeked bytes are read again later: count them once, at the real read.
     if ret <= 0 || flags & MSG_PEEK != 0 {

@@ -6,9 +6,7 @@ use crate::{capture::on_socket_io, context::Direction, target::current_target};
 
 #[btf_tracepoint(function = "sock_send_length")]
 pub fn sock_send_length(ctx: BtfTracePointContext) -> u32 {
-    let Some(tgid) = current_target() else {
-        return 0;
-    };
+    let Some(tgid) = current_target() else { return 0 };
     let sk: *const u8 = ctx.arg(0);
     let ret: i64 = ctx.arg::<u64>(1) as i32 as i64;
     if ret <= 0 {

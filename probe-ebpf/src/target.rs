@@ -37,8 +37,6 @@ pub fn add_target(tgid: u32) {
 #[inline(always)]
 pub fn remove_target(tgid: u32) {
     if let Some(word) = TARGETS.get_ptr_mut(tgid >> 6) {
-        unsafe {
-            atomic_and::<u64, u64, { AtomicOrdering::Relaxed }>(word, !(1u64 << (tgid & 63)))
-        };
+        unsafe { atomic_and::<u64, u64, { AtomicOrdering::Relaxed }>(word, !(1u64 << (tgid & 63))) };
     }
 }

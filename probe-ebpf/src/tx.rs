@@ -26,30 +26,27 @@
 //!
 //! Processes that are not targets pay one port lookup per accepted TCP connection, and
 //! nothing per packet.
-use core::intrinsics::{AtomicOrdering, atomic_cxchg};
+use core::intrinsics::{atomic_cxchg, AtomicOrdering};
 
 use aya_ebpf::{
     bindings::{
         BPF_NOEXIST, BPF_SOCK_OPS_HDR_OPT_LEN_CB, BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB,
         BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG,
     },
-    helpers::{
-        bpf_ktime_get_ns,
-        generated::{bpf_get_socket_cookie, bpf_probe_read_kernel},
-    },
+    helpers::{bpf_ktime_get_ns, generated::{bpf_get_socket_cookie, bpf_probe_read_kernel}},
     macros::sock_ops,
     programs::SockOpsContext,
 };
 use probe_common::{
-    COUNTER_LOST, COUNTER_TX_SUPERSEDED, COUNTER_TX_WAIT_FULL, COUNTER_TX_WAITS, EVENT_MEASURED,
-    EVENT_SENT, EventHeader, FLAG_SUPERSEDED, MeasuredEvent, SentEvent, TX_FAST, TX_PENDING, TxKey,
-    TxWait, seq::before,
+    seq::before,
+    EventHeader, MeasuredEvent, SentEvent, TxKey, TxWait, TX_PENDING, COUNTER_LOST, COUNTER_TX_SUPERSEDED, COUNTER_TX_WAITS, COUNTER_TX_WAIT_FULL,
+    EVENT_MEASURED, EVENT_SENT, FLAG_SUPERSEDED, TX_FAST,
 };
 
 use crate::{
     emit::wakeup_flags,
     kernel::read,
-    maps::{EVENTS, SERVER_PORTS, TX_LATEST, TX_WAIT, count, global},
+    maps::{count, global, EVENTS, SERVER_PORTS, TX_LATEST, TX_WAIT},
 };
 
 #[sock_ops]
@@ -88,13 +85,7 @@ fn on_segment(ctx: &SockOpsContext) {
     }
     // A segment that starts at or past the end: the waited bytes went out before, in a
     // segment built while the wait was being stored (`rp_tx_take` ends it at its write).
-    rp_tx_take(
-        cookie,
-        end as u64,
-        unsafe { bpf_ktime_get_ns() },
-        0,
-        next as u64,
-    );
+    rp_tx_take(cookie, end as u64, unsafe { bpf_ktime_get_ns() }, 0, next as u64);
 }
 
 /// The end sequence number of the connection's pending wait, if it has one.
@@ -127,9 +118,7 @@ pub const UNKNOWN: u64 = u64::MAX;
 /// The socket's `snd_nxt` (the next byte to transmit), or [`UNKNOWN`].
 #[inline(always)]
 pub fn next_seq(sk: *const u8) -> u64 {
-    read::<u32>(sk, global!(OFFSETS.tcp_snd_nxt))
-        .map(u64::from)
-        .unwrap_or(UNKNOWN)
+    read::<u32>(sk, global!(OFFSETS.tcp_snd_nxt)).map(u64::from).unwrap_or(UNKNOWN)
 }
 
 /// Makes `w` the connection's wait: an older one still pending ends now (superseded).
@@ -140,13 +129,7 @@ pub fn next_seq(sk: *const u8) -> u64 {
 #[inline(always)]
 pub fn wait(cookie: u64, sk: *const u8, w: *const TxWait) -> bool {
     if let Some(older) = latest(cookie) {
-        rp_tx_take(
-            cookie,
-            older as u64,
-            unsafe { bpf_ktime_get_ns() },
-            1,
-            next_seq(sk),
-        );
+        rp_tx_take(cookie, older as u64, unsafe { bpf_ktime_get_ns() }, 1, next_seq(sk));
     }
     let end = rp_tx_store(cookie, w);
     if end == UNKNOWN {
@@ -166,22 +149,9 @@ pub fn wait(cookie: u64, sk: *const u8, w: *const TxWait) -> bool {
 #[unsafe(no_mangle)]
 #[inline(never)]
 pub extern "C" fn rp_tx_store(cookie: u64, w: *const TxWait) -> u64 {
-    let Some(w) = (unsafe { w.as_ref() }) else {
-        return UNKNOWN;
-    };
+    let Some(w) = (unsafe { w.as_ref() }) else { return UNKNOWN };
     let end = w.end_seq;
-    if TX_WAIT
-        .insert(
-            &TxKey {
-                cookie,
-                end_seq: end,
-                _pad: 0,
-            },
-            w,
-            BPF_NOEXIST as u64,
-        )
-        .is_err()
-    {
+    if TX_WAIT.insert(&TxKey { cookie, end_seq: end, _pad: 0 }, w, BPF_NOEXIST as u64).is_err() {
         count(COUNTER_TX_WAIT_FULL);
         return UNKNOWN;
     }
@@ -221,14 +191,8 @@ pub fn closed(cookie: u64, sk: *const u8, now: u64) {
 #[inline(never)]
 pub extern "C" fn rp_tx_take(cookie: u64, end: u64, ts: u64, superseded: u64, next: u64) -> u32 {
     let end = end as u32;
-    let key = TxKey {
-        cookie,
-        end_seq: end,
-        _pad: 0,
-    };
-    let Some(w) = TX_WAIT.get_ptr(&key) else {
-        return 0;
-    };
+    let key = TxKey { cookie, end_seq: end, _pad: 0 };
+    let Some(w) = TX_WAIT.get_ptr(&key) else { return 0 };
     // The entry never changes and its key is never inserted again once deleted: what is
     // read here is the wait's, if this call's delete is the one that succeeds.
     let (kind, written) = unsafe { ((*w).kind, (*w).measured.end_ns) };
@@ -244,11 +208,7 @@ pub extern "C" fn rp_tx_take(cookie: u64, end: u64, ts: u64, superseded: u64, ne
                         size_of::<MeasuredEvent>() as u32,
                         &(*w).measured as *const MeasuredEvent as *const _,
                     );
-                    (*ev).header = EventHeader {
-                        kind: EVENT_MEASURED,
-                        flags: 0,
-                        ts_ns: ts,
-                    };
+                    (*ev).header = EventHeader { kind: EVENT_MEASURED, flags: 0, ts_ns: ts };
                     (*ev).end_ns = ts;
                 }
                 if TX_WAIT.remove(&key).is_ok() {
@@ -276,11 +236,7 @@ pub extern "C" fn rp_tx_take(cookie: u64, end: u64, ts: u64, superseded: u64, ne
                     let ev = entry.as_mut_ptr();
                     let flags = if superseded != 0 { FLAG_SUPERSEDED } else { 0 };
                     unsafe {
-                        (*ev).header = EventHeader {
-                            kind: EVENT_SENT,
-                            flags,
-                            ts_ns: ts,
-                        };
+                        (*ev).header = EventHeader { kind: EVENT_SENT, flags, ts_ns: ts };
                         (*ev).conn_id = cookie;
                         (*ev).end_seq = end;
                         (*ev)._pad = 0;
@@ -300,13 +256,7 @@ pub extern "C" fn rp_tx_take(cookie: u64, end: u64, ts: u64, superseded: u64, ne
     }
     // No wait pending any more, unless a newer one was stored meanwhile.
     if let Some(l) = TX_LATEST.get_ptr_mut(&cookie) {
-        unsafe {
-            atomic_cxchg::<u64, { AtomicOrdering::SeqCst }, { AtomicOrdering::SeqCst }>(
-                l,
-                TX_PENDING | end as u64,
-                0,
-            )
-        };
+        unsafe { atomic_cxchg::<u64, { AtomicOrdering::SeqCst }, { AtomicOrdering::SeqCst }>(l, TX_PENDING | end as u64, 0) };
     }
     1
 }

@@ -44,9 +44,7 @@ fn page(services: usize, routes: usize, options: HttpOptions, shape: &str) {
             Service::of(None, &placement, "gunicorn", PlacementLabels::default())
         })
         .collect();
-    let paths: Vec<String> = (0..routes)
-        .map(|r| format!("/api/v1/resource-{r:03}/{{id}}"))
-        .collect();
+    let paths: Vec<String> = (0..routes).map(|r| format!("/api/v1/resource-{r:03}/{{id}}")).collect();
     for service in &names {
         for (i, route) in paths.iter().enumerate() {
             for n in 0..20u64 {
@@ -73,34 +71,15 @@ fn page(services: usize, routes: usize, options: HttpOptions, shape: &str) {
         page.clear();
         text::encode(&mut page, &registry).expect("text encoding");
     });
-    println!(
-        "{shape} openmetrics-text {sets} {} {} {ms:.1}",
-        page.len(),
-        page.lines().count()
-    );
+    println!("{shape} openmetrics-text {sets} {} {} {ms:.1}", page.len(), page.lines().count());
     let mut bytes = vec![];
-    let ms = median_ms(|| {
-        bytes = prometheus_protobuf::encode_to_vec(&registry).expect("protobuf encoding")
-    });
-    println!(
-        "{shape} prometheus-protobuf {sets} {} 0 {ms:.1}",
-        bytes.len()
-    );
+    let ms = median_ms(|| bytes = prometheus_protobuf::encode_to_vec(&registry).expect("protobuf encoding"));
+    println!("{shape} prometheus-protobuf {sets} {} 0 {ms:.1}", bytes.len());
 }
 
 fn main() {
-    let mut args = std::env::args()
-        .skip(1)
-        .map(|a| a.parse::<usize>().expect("SERVICES ROUTES"));
+    let mut args = std::env::args().skip(1).map(|a| a.parse::<usize>().expect("SERVICES ROUTES"));
     let (services, routes) = (args.next().unwrap_or(50), args.next().unwrap_or(100));
     page(services, routes, HttpOptions::default(), "default");
-    page(
-        services,
-        routes,
-        HttpOptions {
-            extra: Extra::ALL,
-            ..HttpOptions::default()
-        },
-        "all-histograms",
-    );
+    page(services, routes, HttpOptions { extra: Extra::ALL, ..HttpOptions::default() }, "all-histograms");
 }

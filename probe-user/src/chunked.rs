@@ -4,19 +4,13 @@
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum State {
     /// Reading a chunk-size line; holds the hex digits seen so far.
-    Size {
-        value: u64,
-        digits: u32,
-        in_extension: bool,
-    },
+    Size { value: u64, digits: u32, in_extension: bool },
     /// Inside chunk data, this many bytes left.
     Data(u64),
     /// The CRLF after chunk data, this many bytes left.
     DataEnd(u8),
     /// Trailer section; `line_empty` is true at the start of a line.
-    Trailer {
-        line_empty: bool,
-    },
+    Trailer { line_empty: bool },
     Done,
 }
 
@@ -31,13 +25,7 @@ pub struct Blind;
 
 impl Default for ChunkParser {
     fn default() -> Self {
-        ChunkParser {
-            state: State::Size {
-                value: 0,
-                digits: 0,
-                in_extension: false,
-            },
-        }
+        ChunkParser { state: State::Size { value: 0, digits: 0, in_extension: false } }
     }
 }
 
@@ -53,11 +41,7 @@ impl ChunkParser {
         while i < bytes.len() {
             let b = bytes[i];
             match &mut self.state {
-                State::Size {
-                    value,
-                    digits,
-                    in_extension,
-                } => {
+                State::Size { value, digits, in_extension } => {
                     if b == b'\n' {
                         if *digits == 0 {
                             return Err(Blind); // malformed: treat like lost sync
@@ -68,9 +52,7 @@ impl ChunkParser {
                             State::Data(*value)
                         };
                     } else if !*in_extension && b.is_ascii_hexdigit() {
-                        *value = value
-                            .saturating_mul(16)
-                            .saturating_add((b as char).to_digit(16).unwrap_or(0) as u64);
+                        *value = value.saturating_mul(16).saturating_add((b as char).to_digit(16).unwrap_or(0) as u64);
                         *digits += 1;
                     } else if b == b';' {
                         *in_extension = true;
@@ -89,11 +71,7 @@ impl ChunkParser {
                     *left -= 1;
                     i += 1;
                     if *left == 0 || b == b'\n' {
-                        self.state = State::Size {
-                            value: 0,
-                            digits: 0,
-                            in_extension: false,
-                        };
+                        self.state = State::Size { value: 0, digits: 0, in_extension: false };
                     }
                 }
                 State::Trailer { line_empty } => {

@@ -1,10 +1,9 @@
 //! Ring-buffer records -> typed events. The layouts are `probe_common`'s, the only
 //! definition of them.
 use probe_common::{
-    CloseEvent, DataEvent, EVENT_CLOSE, EVENT_EXEC, EVENT_EXIT, EVENT_FORK, EVENT_MEASURED,
-    EVENT_PATH, EVENT_RECV, EVENT_SEND, EVENT_SENT, EVENT_SWITCH, EventHeader, ExecEvent,
-    ExitEvent, FLAG_AFTER_LOSS, FLAG_RESET, FLAG_SUPERSEDED, FLAG_TX_PENDING, FLAG_UNCLASSIFIED,
-    ForkEvent, MeasuredEvent, PathEvent, SentEvent, SwitchEvent,
+    CloseEvent, DataEvent, EVENT_CLOSE, EVENT_EXEC, EVENT_EXIT, EVENT_FORK, EVENT_MEASURED, EVENT_PATH, EVENT_RECV,
+    EVENT_SEND, EVENT_SENT, EVENT_SWITCH, EventHeader, ExecEvent, ExitEvent, FLAG_AFTER_LOSS, FLAG_RESET, FLAG_SUPERSEDED, FLAG_TX_PENDING,
+    FLAG_UNCLASSIFIED, ForkEvent, MeasuredEvent, PathEvent, SentEvent, SwitchEvent,
 };
 use thiserror::Error;
 
@@ -50,44 +49,22 @@ pub struct Data {
 pub enum Event {
     Data(Data),
     /// `reset`: by a reset rather than a FIN; `ts_ns`: when.
-    Close {
-        conn_id: u64,
-        reset: bool,
-        ts_ns: u64,
-    },
+    Close { conn_id: u64, reset: bool, ts_ns: u64 },
     /// `child_start_ns`: the child's start, ns since boot.
-    Fork {
-        parent_tgid: u32,
-        child_tgid: u32,
-        child_start_ns: u64,
-    },
+    Fork { parent_tgid: u32, child_tgid: u32, child_start_ns: u64 },
     /// The process runs a new program, now called `comm`.
-    Exec {
-        tgid: u32,
-        comm: String,
-    },
-    Exit {
-        tgid: u32,
-    },
+    Exec { tgid: u32, comm: String },
+    Exit { tgid: u32 },
     /// The kernel handed a connection to the agent, with its pairing state.
     Switch(SwitchEvent),
     /// A path whose route the kernel does not know yet.
-    Path {
-        key: u64,
-        service: u32,
-        path: Vec<u8>,
-    },
+    Path { key: u64, service: u32, path: Vec<u8> },
     /// A request the kernel measured and did not aggregate.
     Measured(MeasuredEvent),
     /// A connection's bytes up to `end_seq` went out at `ts_ns` (or stopped being waited
     /// for then).
     /// `superseded`: they had not gone out; a later write left bytes unsent in turn.
-    Sent {
-        conn_id: u64,
-        end_seq: u32,
-        ts_ns: u64,
-        superseded: bool,
-    },
+    Sent { conn_id: u64, end_seq: u32, ts_ns: u64, superseded: bool },
 }
 
 fn read<T: Copy>(bytes: &[u8]) -> Result<T, DecodeError> {
@@ -103,29 +80,15 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
     match header.kind {
         EVENT_RECV | EVENT_SEND => {
             let ev: DataEvent = read(bytes)?;
-            let head_len = (ev.head_len as usize)
-                .min(ev.head.len())
-                .min(ev.len as usize);
+            let head_len = (ev.head_len as usize).min(ev.head.len()).min(ev.len as usize);
             let tail_len = (ev.tail_len as usize).min(ev.tail.len());
-            let tail = if (ev.len as usize) > head_len {
-                ev.tail[..tail_len].to_vec()
-            } else {
-                vec![]
-            };
+            let tail = if (ev.len as usize) > head_len { ev.tail[..tail_len].to_vec() } else { vec![] };
             Ok(Event::Data(Data {
                 conn_id: ev.conn_id,
                 tgid: ev.tgid,
                 ts_ns: header.ts_ns,
-                arrival_ns: if ev.arrival_ns == 0 {
-                    header.ts_ns
-                } else {
-                    ev.arrival_ns
-                },
-                direction: if header.kind == EVENT_RECV {
-                    Direction::Recv
-                } else {
-                    Direction::Send
-                },
+                arrival_ns: if ev.arrival_ns == 0 { header.ts_ns } else { ev.arrival_ns },
+                direction: if header.kind == EVENT_RECV { Direction::Recv } else { Direction::Send },
                 family: ev.family,
                 len: ev.len as u64,
                 head: ev.head[..head_len].to_vec(),
@@ -137,31 +100,16 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
         }
         EVENT_CLOSE => {
             let ev: CloseEvent = read(bytes)?;
-            Ok(Event::Close {
-                conn_id: ev.conn_id,
-                reset: header.flags & FLAG_RESET != 0,
-                ts_ns: header.ts_ns,
-            })
+            Ok(Event::Close { conn_id: ev.conn_id, reset: header.flags & FLAG_RESET != 0, ts_ns: header.ts_ns })
         }
         EVENT_FORK => {
             let ev: ForkEvent = read(bytes)?;
-            Ok(Event::Fork {
-                parent_tgid: ev.parent_tgid,
-                child_tgid: ev.child_tgid,
-                child_start_ns: ev.child_start_ns,
-            })
+            Ok(Event::Fork { parent_tgid: ev.parent_tgid, child_tgid: ev.child_tgid, child_start_ns: ev.child_start_ns })
         }
         EVENT_EXEC => {
             let ev: ExecEvent = read(bytes)?;
-            let len = ev
-                .comm
-                .iter()
-                .position(|&b| b == 0)
-                .unwrap_or(ev.comm.len());
-            Ok(Event::Exec {
-                tgid: ev.tgid,
-                comm: String::from_utf8_lossy(&ev.comm[..len]).into_owned(),
-            })
+            let len = ev.comm.iter().position(|&b| b == 0).unwrap_or(ev.comm.len());
+            Ok(Event::Exec { tgid: ev.tgid, comm: String::from_utf8_lossy(&ev.comm[..len]).into_owned() })
         }
         EVENT_EXIT => {
             let ev: ExitEvent = read(bytes)?;
@@ -171,11 +119,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
         EVENT_PATH => {
             let ev: PathEvent = read(bytes)?;
             let len = (ev.len as usize).min(ev.path.len());
-            Ok(Event::Path {
-                key: ev.key,
-                service: ev.service,
-                path: ev.path[..len].to_vec(),
-            })
+            Ok(Event::Path { key: ev.key, service: ev.service, path: ev.path[..len].to_vec() })
         }
         EVENT_MEASURED => Ok(Event::Measured(read(bytes)?)),
         EVENT_SENT => {
@@ -198,14 +142,11 @@ mod tests {
 
     use crate::wire::raw;
 
+
     #[test]
     fn data_event_round_trip() {
         let mut ev = DataEvent {
-            header: EventHeader {
-                kind: EVENT_SEND,
-                flags: FLAG_AFTER_LOSS,
-                ts_ns: 77,
-            },
+            header: EventHeader { kind: EVENT_SEND, flags: FLAG_AFTER_LOSS, ts_ns: 77 },
             conn_id: 9,
             tgid: 1,
             len: 2000,
@@ -220,13 +161,8 @@ mod tests {
             tail: [b'z'; TAIL_WINDOW],
         };
         ev.head[0] = b'H';
-        let Event::Data(d) = decode(&raw(&ev)).unwrap() else {
-            panic!()
-        };
-        assert_eq!(
-            (d.conn_id, d.ts_ns, d.len, d.direction),
-            (9, 77, 2000, Direction::Send)
-        );
+        let Event::Data(d) = decode(&raw(&ev)).unwrap() else { panic!() };
+        assert_eq!((d.conn_id, d.ts_ns, d.len, d.direction), (9, 77, 2000, Direction::Send));
         assert_eq!(d.head.len(), HEAD_WINDOW);
         assert_eq!(d.head[0], b'H');
         assert_eq!(d.tail, vec![b'z'; TAIL_WINDOW]);
@@ -236,92 +172,28 @@ mod tests {
     #[test]
     fn lengths_are_clamped_and_bad_records_rejected() {
         let ev = DataEvent {
-            header: EventHeader {
-                kind: EVENT_RECV,
-                flags: 0,
-                ts_ns: 1,
-            },
-            conn_id: 1,
-            tgid: 1,
-            len: 3,
-            family: 2,
-            head_len: 60000,
-            tail_len: 60000,
-            _pad: 0,
-            arrival_ns: 0,
-            tx_end_seq: 0,
-            _pad2: 0,
-            head: [0; HEAD_WINDOW],
-            tail: [0; TAIL_WINDOW],
+            header: EventHeader { kind: EVENT_RECV, flags: 0, ts_ns: 1 },
+            conn_id: 1, tgid: 1, len: 3, family: 2,
+            head_len: 60000, tail_len: 60000, _pad: 0, arrival_ns: 0, tx_end_seq: 0, _pad2: 0,
+            head: [0; HEAD_WINDOW], tail: [0; TAIL_WINDOW],
         };
-        let Event::Data(d) = decode(&raw(&ev)).unwrap() else {
-            panic!()
-        };
+        let Event::Data(d) = decode(&raw(&ev)).unwrap() else { panic!() };
         assert_eq!(d.head.len(), 3);
         assert!(d.tail.is_empty());
         assert!(matches!(decode(&[1, 0, 0]), Err(DecodeError::Short(3))));
-        assert!(matches!(
-            decode(&raw(&EventHeader {
-                kind: 99,
-                flags: 0,
-                ts_ns: 0
-            })),
-            Err(DecodeError::Kind(99))
-        ));
-        assert!(matches!(
-            decode(&raw(&EventHeader {
-                kind: EVENT_RECV,
-                flags: 0,
-                ts_ns: 0
-            })),
-            Err(DecodeError::Short(16))
-        ));
+        assert!(matches!(decode(&raw(&EventHeader { kind: 99, flags: 0, ts_ns: 0 })), Err(DecodeError::Kind(99))));
+        assert!(matches!(decode(&raw(&EventHeader { kind: EVENT_RECV, flags: 0, ts_ns: 0 })), Err(DecodeError::Short(16))));
     }
 
     #[test]
     fn process_events() {
         let mut comm = [0u8; 16];
         comm[..8].copy_from_slice(b"gunicorn");
-        let exec = ExecEvent {
-            header: EventHeader {
-                kind: EVENT_EXEC,
-                flags: 0,
-                ts_ns: 1,
-            },
-            tgid: 7,
-            _pad: 0,
-            comm,
-        };
-        assert!(
-            matches!(decode(&raw(&exec)), Ok(Event::Exec { tgid: 7, comm }) if comm == "gunicorn")
-        );
-        let fork = ForkEvent {
-            header: EventHeader {
-                kind: EVENT_FORK,
-                flags: 0,
-                ts_ns: 1,
-            },
-            parent_tgid: 7,
-            child_tgid: 8,
-            child_start_ns: 5,
-        };
-        assert!(matches!(
-            decode(&raw(&fork)),
-            Ok(Event::Fork {
-                parent_tgid: 7,
-                child_tgid: 8,
-                child_start_ns: 5
-            })
-        ));
-        let exit = ExitEvent {
-            header: EventHeader {
-                kind: EVENT_EXIT,
-                flags: 0,
-                ts_ns: 1,
-            },
-            tgid: 8,
-            _pad: 0,
-        };
+        let exec = ExecEvent { header: EventHeader { kind: EVENT_EXEC, flags: 0, ts_ns: 1 }, tgid: 7, _pad: 0, comm };
+        assert!(matches!(decode(&raw(&exec)), Ok(Event::Exec { tgid: 7, comm }) if comm == "gunicorn"));
+        let fork = ForkEvent { header: EventHeader { kind: EVENT_FORK, flags: 0, ts_ns: 1 }, parent_tgid: 7, child_tgid: 8, child_start_ns: 5 };
+        assert!(matches!(decode(&raw(&fork)), Ok(Event::Fork { parent_tgid: 7, child_tgid: 8, child_start_ns: 5 })));
+        let exit = ExitEvent { header: EventHeader { kind: EVENT_EXIT, flags: 0, ts_ns: 1 }, tgid: 8, _pad: 0 };
         assert!(matches!(decode(&raw(&exit)), Ok(Event::Exit { tgid: 8 })));
     }
 }

@@ -123,14 +123,8 @@ pub async fn serve(
             loaded
         });
         tokio::spawn(async move {
-            let refused = |reason: &str| {
-                health
-                    .scrape_refused
-                    .get_or_create(&RefusedLabels {
-                        reason: reason.into(),
-                    })
-                    .inc()
-            };
+            let refused =
+                |reason: &str| health.scrape_refused.get_or_create(&RefusedLabels { reason: reason.into() }).inc();
             let tls = config.as_ref().and_then(|c| c.tls.clone());
             let builder = {
                 let mut b = hyper::server::conn::http1::Builder::new();
@@ -139,15 +133,7 @@ pub async fn serve(
             };
             let service = {
                 let (config, health) = (config.clone(), health.clone());
-                service_fn(move |req| {
-                    handle(
-                        req,
-                        registry.clone(),
-                        before.clone(),
-                        config.clone(),
-                        health.clone(),
-                    )
-                })
+                service_fn(move |req| handle(req, registry.clone(), before.clone(), config.clone(), health.clone()))
             };
             match tls {
                 None => {
@@ -183,11 +169,7 @@ pub async fn serve(
 }
 
 /// The registry in `format`. Collectors read /proc, so this runs off the event loop.
-async fn encode(
-    registry: Arc<Registry>,
-    before: Option<BeforeScrape>,
-    format: Format,
-) -> Result<Vec<u8>, String> {
+async fn encode(registry: Arc<Registry>, before: Option<BeforeScrape>, format: Format) -> Result<Vec<u8>, String> {
     tokio::task::spawn_blocking(move || {
         if let Some(before) = before {
             before();
@@ -197,8 +179,7 @@ async fn encode(
                 .map_err(|e| format!("{e:?}"));
         }
         let mut text = String::new();
-        prometheus_client::encoding::text::encode(&mut text, &registry)
-            .map_err(|e| e.to_string())?;
+        prometheus_client::encoding::text::encode(&mut text, &registry).map_err(|e| e.to_string())?;
         Ok(match format {
             Format::PrometheusText => to_prometheus_text(&text),
             _ => text,
@@ -209,11 +190,7 @@ async fn encode(
     .map_err(|e| e.to_string())?
 }
 
-fn response(
-    status: StatusCode,
-    content_type: &str,
-    body: impl Into<Bytes>,
-) -> Response<Full<Bytes>> {
+fn response(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
     let mut resp = Response::new(Full::new(body.into()));
     *resp.status_mut() = status;
     if let Ok(v) = header::HeaderValue::from_str(content_type) {
@@ -233,32 +210,16 @@ async fn handle(
         return Ok(route(req, registry, before).await);
     };
     if config.requires_auth() {
-        let authorization = req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
+        let authorization = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).map(str::to_string);
         // bcrypt is slow on purpose: off the event loop.
         let check = config.clone();
-        let ok = tokio::task::spawn_blocking(move || check.authorized(authorization.as_deref()))
-            .await
-            .unwrap_or(false);
+        let ok = tokio::task::spawn_blocking(move || check.authorized(authorization.as_deref())).await.unwrap_or(false);
         if !ok {
-            health
-                .scrape_refused
-                .get_or_create(&RefusedLabels {
-                    reason: "unauthorized".into(),
-                })
-                .inc();
-            let mut resp = response(
-                StatusCode::UNAUTHORIZED,
-                "text/plain",
-                "unauthorized: this /metrics needs basic auth\n",
-            );
-            resp.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                header::HeaderValue::from_static("Basic realm=\"redprobe\""),
-            );
+            health.scrape_refused.get_or_create(&RefusedLabels { reason: "unauthorized".into() }).inc();
+            let mut resp =
+                response(StatusCode::UNAUTHORIZED, "text/plain", "unauthorized: this /metrics needs basic auth\n");
+            resp.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Basic realm=\"redprobe\""));
             return Ok(with_headers(resp, &config));
         }
     }
@@ -268,24 +229,16 @@ async fn handle(
 /// The configuration's `http_server_config.headers`.
 fn with_headers(mut resp: Response<Full<Bytes>>, config: &Loaded) -> Response<Full<Bytes>> {
     for (name, value) in &config.headers {
-        if let (Ok(n), Ok(v)) = (
-            header::HeaderName::from_bytes(name.as_bytes()),
-            header::HeaderValue::from_str(value),
-        ) {
+        if let (Ok(n), Ok(v)) = (header::HeaderName::from_bytes(name.as_bytes()), header::HeaderValue::from_str(value))
+        {
             resp.headers_mut().insert(n, v);
         }
     }
     resp
 }
 
-async fn route(
-    req: Request<Incoming>,
-    registry: Arc<Registry>,
-    before: Option<BeforeScrape>,
-) -> Response<Full<Bytes>> {
-    handle_plain(req, registry, before)
-        .await
-        .unwrap_or_else(|e| match e {})
+async fn route(req: Request<Incoming>, registry: Arc<Registry>, before: Option<BeforeScrape>) -> Response<Full<Bytes>> {
+    handle_plain(req, registry, before).await.unwrap_or_else(|e| match e {})
 }
 
 async fn handle_plain(
@@ -294,19 +247,11 @@ async fn handle_plain(
     before: Option<BeforeScrape>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
-        return Ok(response(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "text/plain",
-            "use GET\n",
-        ));
+        return Ok(response(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "use GET\n"));
     }
     match req.uri().path() {
         "/metrics" => {
-            let accept = req
-                .headers()
-                .get(header::ACCEPT)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("");
+            let accept = req.headers().get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("");
             let format = Format::of_accept(accept);
             let content_type = match format {
                 Format::OpenMetrics => OPENMETRICS,
@@ -315,11 +260,9 @@ async fn handle_plain(
             };
             match encode(registry, before, format).await {
                 Ok(body) => Ok(response(StatusCode::OK, content_type, body)),
-                Err(e) => Ok(response(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "text/plain",
-                    format!("encoding failed: {e}\n"),
-                )),
+                Err(e) => {
+                    Ok(response(StatusCode::INTERNAL_SERVER_ERROR, "text/plain", format!("encoding failed: {e}\n")))
+                }
             }
         }
         "/" => Ok(response(
@@ -327,11 +270,7 @@ async fn handle_plain(
             "text/html; charset=utf-8",
             "<html><head><title>redprobe</title></head><body><h1>redprobe</h1><p><a href=\"/metrics\">Metrics</a></p></body></html>\n",
         )),
-        _ => Ok(response(
-            StatusCode::NOT_FOUND,
-            "text/plain",
-            "not found; metrics are at /metrics\n",
-        )),
+        _ => Ok(response(StatusCode::NOT_FOUND, "text/plain", "not found; metrics are at /metrics\n")),
     }
 }
 
@@ -396,10 +335,7 @@ mod tests {
                 Format::PrometheusText,
             ),
             // Protobuf of another message, or not delimited, is not ours.
-            (
-                "application/vnd.google.protobuf;proto=other.Message;encoding=delimited",
-                Format::PrometheusText,
-            ),
+            ("application/vnd.google.protobuf;proto=other.Message;encoding=delimited", Format::PrometheusText),
             (
                 "application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=text",
                 Format::PrometheusText,

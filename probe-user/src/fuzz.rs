@@ -9,12 +9,9 @@
 //! of cases; `PROPTEST_CASES=100000 cargo test -p probe-user fuzz` runs it longer.
 use std::collections::BTreeSet;
 
-use probe_common::{
-    DataEvent, EVENT_RECV, EVENT_SEND, EventHeader, FLAG_AFTER_LOSS, FLAG_UNCLASSIFIED,
-    HEAD_WINDOW, TAIL_WINDOW,
-};
-use prometheus_client::registry::Registry as Prometheus;
+use probe_common::{DataEvent, EVENT_RECV, EVENT_SEND, EventHeader, FLAG_AFTER_LOSS, FLAG_UNCLASSIFIED, HEAD_WINDOW, TAIL_WINDOW};
 use proptest::{prelude::*, test_runner::FileFailurePersistence};
+use prometheus_client::registry::Registry as Prometheus;
 
 use crate::{
     labels::{Router, Routes, Template},
@@ -27,85 +24,27 @@ use crate::{
 };
 
 const MAX_ROUTES: usize = 6;
-const METHODS: [&str; 10] = [
-    "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH", "_OTHER",
-];
+const METHODS: [&str; 10] = ["GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH", "_OTHER"];
 /// The target whose I/O the records are.
 const TGID: u32 = 1;
 
 const FRAGMENTS: &[&[u8]] = &[
-    b"GET ",
-    b"POST ",
-    b"HEAD ",
-    b"PURGE ",
-    b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
-    b"/",
-    b"/users/",
-    b"42",
-    b"/a?b=1",
-    b"/static/x.css",
-    b"deadbeef0123",
-    b"\"",
-    b"\\",
-    b"}",
-    b"{",
-    b"\xff\xfe",
-    b"\xc3\xa9",
-    b"\0",
-    b"\x16\x03\x01",
-    b" HTTP/1.1\r\n",
-    b" HTTP/1.0\r\n",
-    b"Host: x\r\n",
-    b"Content-Length: 5\r\n",
-    b"Content-Length: 0\r\n",
-    b"Content-Length: 99999999999999999999\r\n",
-    b"Transfer-Encoding: chunked\r\n",
-    b"Connection: close\r\n",
-    b"\r\n",
-    b"\r\n\r\n",
-    b"hello",
-    b"5\r\nhello\r\n",
-    b"0\r\n\r\n",
-    b"ffffffffffffffff\r\n",
-    b"HTTP/1.1 ",
-    b"HTTP/1.0 ",
-    b"200 OK\r\n",
-    b"404 Not Found\r\n",
-    b"500 Oops\r\n",
-    b"101 Switching\r\n",
-    b"100 Continue\r\n\r\n",
-    b"000 Zero\r\n",
-    b"999 Max\r\n",
-    b"204 No\r\n",
-    b"Expect: 100-continue\r\n",
+    b"GET ", b"POST ", b"HEAD ", b"PURGE ", b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", b"/", b"/users/", b"42", b"/a?b=1",
+    b"/static/x.css", b"deadbeef0123", b"\"", b"\\", b"}", b"{", b"\xff\xfe", b"\xc3\xa9", b"\0", b"\x16\x03\x01",
+    b" HTTP/1.1\r\n", b" HTTP/1.0\r\n", b"Host: x\r\n", b"Content-Length: 5\r\n", b"Content-Length: 0\r\n",
+    b"Content-Length: 99999999999999999999\r\n", b"Transfer-Encoding: chunked\r\n", b"Connection: close\r\n",
+    b"\r\n", b"\r\n\r\n", b"hello", b"5\r\nhello\r\n", b"0\r\n\r\n", b"ffffffffffffffff\r\n", b"HTTP/1.1 ",
+    b"HTTP/1.0 ", b"200 OK\r\n", b"404 Not Found\r\n", b"500 Oops\r\n", b"101 Switching\r\n", b"100 Continue\r\n\r\n",
+    b"000 Zero\r\n", b"999 Max\r\n", b"204 No\r\n", b"Expect: 100-continue\r\n",
 ];
 
 #[derive(Clone, Debug)]
 enum Record {
-    Data {
-        conn: u64,
-        send: bool,
-        flags: u32,
-        bytes: Vec<u8>,
-        extra_len: u32,
-        head_len: u16,
-        tail: Vec<u8>,
-    },
-    Close {
-        conn: u64,
-        reset: bool,
-    },
-    Fork {
-        parent: u32,
-        child: u32,
-    },
-    Exec {
-        tgid: u32,
-        comm: &'static str,
-    },
-    Exit {
-        tgid: u32,
-    },
+    Data { conn: u64, send: bool, flags: u32, bytes: Vec<u8>, extra_len: u32, head_len: u16, tail: Vec<u8> },
+    Close { conn: u64, reset: bool },
+    Fork { parent: u32, child: u32 },
+    Exec { tgid: u32, comm: &'static str },
+    Exit { tgid: u32 },
     Raw(Vec<u8>),
 }
 
@@ -117,36 +56,14 @@ fn soup(max: usize) -> impl Strategy<Value = Vec<u8>> {
 /// random bytes, a version, some headers, then a body.
 fn request() -> impl Strategy<Value = Vec<u8>> {
     (
-        prop::sample::select(vec![
-            "GET", "POST", "HEAD", "PUT", "DELETE", "PURGE", "M-SEARCH", "get",
-        ]),
-        prop::collection::vec(
-            prop_oneof![
-                soup(3),
-                prop::collection::vec(any::<u8>(), 0..6),
-                Just(b"/".to_vec())
-            ],
-            0..6,
-        ),
-        prop::sample::select(vec![
-            " HTTP/1.1\r\n",
-            " HTTP/1.0\r\n",
-            " HTTP/9.9\r\n",
-            "\r\n",
-        ]),
+        prop::sample::select(vec!["GET", "POST", "HEAD", "PUT", "DELETE", "PURGE", "M-SEARCH", "get"]),
+        prop::collection::vec(prop_oneof![soup(3), prop::collection::vec(any::<u8>(), 0..6), Just(b"/".to_vec())], 0..6),
+        prop::sample::select(vec![" HTTP/1.1\r\n", " HTTP/1.0\r\n", " HTTP/9.9\r\n", "\r\n"]),
         soup(4),
         prop::sample::select(vec!["\r\n", "", "\r\nhello"]),
     )
         .prop_map(|(method, path, version, headers, end)| {
-            [
-                method.as_bytes(),
-                b" /",
-                &path.concat(),
-                version.as_bytes(),
-                &headers,
-                end.as_bytes(),
-            ]
-            .concat()
+            [method.as_bytes(), b" /", &path.concat(), version.as_bytes(), &headers, end.as_bytes()].concat()
         })
 }
 
@@ -158,13 +75,7 @@ fn response() -> impl Strategy<Value = Vec<u8>> {
         prop::sample::select(vec!["\r\n", "", "\r\nhello", "\r\n0\r\n\r\n"]),
     )
         .prop_map(|(version, status, headers, end)| {
-            [
-                version.as_bytes(),
-                format!("{status:03} X\r\n").as_bytes(),
-                &headers,
-                end.as_bytes(),
-            ]
-            .concat()
+            [version.as_bytes(), format!("{status:03} X\r\n").as_bytes(), &headers, end.as_bytes()].concat()
         })
 }
 
@@ -209,40 +120,20 @@ fn record() -> impl Strategy<Value = Record> {
 /// The bytes the ring buffer would hold for `r`.
 fn ring_record(r: &Record, ts_ns: u64) -> Vec<u8> {
     match r {
-        Record::Data {
-            conn,
-            send,
-            flags,
-            bytes,
-            extra_len,
-            head_len,
-            tail,
-        } => {
+        Record::Data { conn, send, flags, bytes, extra_len, head_len, tail } => {
             let mut head = [0u8; HEAD_WINDOW];
             let n = bytes.len().min(HEAD_WINDOW);
             head[..n].copy_from_slice(&bytes[..n]);
             let mut tail_buf = [0u8; TAIL_WINDOW];
             tail_buf[TAIL_WINDOW - tail.len()..].copy_from_slice(tail);
             let len = bytes.len() as u32 + extra_len;
-            let head_len = if *head_len == u16::MAX {
-                n as u16
-            } else {
-                *head_len
-            };
+            let head_len = if *head_len == u16::MAX { n as u16 } else { *head_len };
             raw(&DataEvent {
-                header: EventHeader {
-                    kind: if *send { EVENT_SEND } else { EVENT_RECV },
-                    flags: *flags,
-                    ts_ns,
-                },
+                header: EventHeader { kind: if *send { EVENT_SEND } else { EVENT_RECV }, flags: *flags, ts_ns },
                 conn_id: *conn,
                 tgid: TGID,
                 len,
-                family: if *conn == 3 {
-                    wire::AF_UNIX
-                } else {
-                    wire::AF_INET
-                },
+                family: if *conn == 3 { wire::AF_UNIX } else { wire::AF_INET },
                 head_len,
                 tail_len: tail.len() as u16,
                 _pad: 0,
@@ -267,8 +158,7 @@ fn check_labels(text: &str) -> Result<(), String> {
     let inferred: Vec<&str> = Inference::ALL.iter().map(|r| r.label()).collect();
     let protocols: Vec<&str> = Protocol::ALL.iter().map(|p| p.label()).collect();
     let mut routes = BTreeSet::new();
-    let samples =
-        testkit::scrape::parse(text).map_err(|e| format!("unparseable exposition: {e:#}"))?;
+    let samples = testkit::scrape::parse(text).map_err(|e| format!("unparseable exposition: {e:#}"))?;
     for sample in samples {
         let (name, labels) = (&sample.name, &sample.labels);
         // Label values never need escaping: `"` and `\` are percent-encoded.
@@ -286,14 +176,12 @@ fn check_labels(text: &str) -> Result<(), String> {
             let error_type = get("error_type");
             let reset = error_type == "connection_reset";
             // A 3-digit code, or none when the client gave up before a status line.
-            let code_ok =
-                status.len() == 3 && (100..=999).contains(&status.parse::<u16>().unwrap_or(0));
+            let code_ok = status.len() == 3 && (100..=999).contains(&status.parse::<u16>().unwrap_or(0));
             if !(code_ok || (status.is_empty() && reset)) {
                 return Err(format!("status {status:?} is not a 3-digit code"));
             }
-            let route_ok =
-                (route.starts_with('/') && route.len() <= 132 && route.matches('/').count() <= 9)
-                    || ["*", "_invalid", "_other", "_unknown"].contains(&route);
+            let route_ok = (route.starts_with('/') && route.len() <= 132 && route.matches('/').count() <= 9)
+                || ["*", "_invalid", "_other", "_unknown"].contains(&route);
             if !route_ok {
                 return Err(format!("route {route:?} outside the bounds"));
             }
@@ -304,10 +192,7 @@ fn check_labels(text: &str) -> Result<(), String> {
             if !version_ok || !["tcp", "unix"].contains(&get("network_transport")) {
                 return Err(format!("bad version or transport in {labels:?}"));
             }
-            if !(error_type.is_empty()
-                || reset
-                || (error_type == status && status.starts_with('5')))
-            {
+            if !(error_type.is_empty() || reset || (error_type == status && status.starts_with('5'))) {
                 return Err(format!("error_type {error_type:?} for status {status}"));
             }
             // The root's name, a name an exec gave, or the one for processes never announced.
@@ -321,9 +206,7 @@ fn check_labels(text: &str) -> Result<(), String> {
         if name == "redprobe_responses_inferred_total" && !inferred.contains(&get("reason")) {
             return Err(format!("unknown inferred reason {:?}", get("reason")));
         }
-        if name == "redprobe_connections_other_protocol_total"
-            && !protocols.contains(&get("protocol"))
-        {
+        if name == "redprobe_connections_other_protocol_total" && !protocols.contains(&get("protocol")) {
             return Err(format!("unknown protocol {:?}", get("protocol")));
         }
     }
@@ -338,21 +221,9 @@ fn check_labels(text: &str) -> Result<(), String> {
 fn run_pipeline(records: &[Record], max_conns: usize) -> String {
     let mut prometheus = Prometheus::default();
     let router = Router::new(vec![Template::parse("/users/{id}").expect("template")]);
-    let metrics = Metrics::new(
-        &mut prometheus,
-        Naming::Otel,
-        Routes::new(router, MAX_ROUTES),
-    );
+    let metrics = Metrics::new(&mut prometheus, Naming::Otel, Routes::new(router, MAX_ROUTES));
     let registry = Registry::new(None).shared();
-    lock(&registry).attach_root(
-        &ProcInfo {
-            pid: TGID,
-            ppid: 0,
-            start_time: 1,
-            comm: "svc".into(),
-        },
-        Default::default(),
-    );
+    lock(&registry).attach_root(&ProcInfo { pid: TGID, ppid: 0, start_time: 1, comm: "svc".into() }, Default::default());
     let mut pipeline = Pipeline::new(metrics, registry, max_conns);
     for (i, r) in records.iter().enumerate() {
         let ts = 1_000 + i as u64 * 1_000;
@@ -398,34 +269,12 @@ fn corpus_of_bad_inputs() {
     };
     let ok = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
     let corpus: Vec<Vec<Record>> = vec![
-        vec![
-            data(0, false, b"GET /a\"} 1\r\n HTTP/1.1\r\n\r\n"),
-            data(0, true, ok),
-        ],
-        vec![
-            data(0, false, b"GET /q\"uote\\back HTTP/1.1\r\n\r\n"),
-            data(0, true, ok),
-        ],
-        vec![
-            data(
-                0,
-                false,
-                &[b"POST".repeat(256), b" / HTTP/1.1\r\n\r\n".to_vec()].concat(),
-            ),
-            data(0, true, ok),
-        ],
-        vec![
-            data(0, false, b"GET /caf\xe9\xff HTTP/1.1\r\n\r\n"),
-            data(0, true, ok),
-        ],
-        vec![
-            data(0, false, b"GET / HTTP/1.1\r\n\r\n"),
-            data(0, true, b"HTTP/1.1 000 Zero\r\nContent-Length: 0\r\n\r\n"),
-        ],
-        vec![
-            data(0, false, &b"GET / HTTP/1.1\r\n\r\n".repeat(100)),
-            data(0, true, &ok.repeat(100)),
-        ],
+        vec![data(0, false, b"GET /a\"} 1\r\n HTTP/1.1\r\n\r\n"), data(0, true, ok)],
+        vec![data(0, false, b"GET /q\"uote\\back HTTP/1.1\r\n\r\n"), data(0, true, ok)],
+        vec![data(0, false, &[b"POST".repeat(256), b" / HTTP/1.1\r\n\r\n".to_vec()].concat()), data(0, true, ok)],
+        vec![data(0, false, b"GET /caf\xe9\xff HTTP/1.1\r\n\r\n"), data(0, true, ok)],
+        vec![data(0, false, b"GET / HTTP/1.1\r\n\r\n"), data(0, true, b"HTTP/1.1 000 Zero\r\nContent-Length: 0\r\n\r\n")],
+        vec![data(0, false, &b"GET / HTTP/1.1\r\n\r\n".repeat(100)), data(0, true, &ok.repeat(100))],
     ];
     for records in corpus {
         let text = run_pipeline(&records, 4);

@@ -7,8 +7,8 @@
 use std::path::PathBuf;
 
 use probe_common::{
-    AggKey, AggValue, EVENT_RECV, EVENT_SEND, FLAG_AFTER_LOSS, FLAG_UNCLASSIFIED, FastRequest,
-    MeasuredEvent, Pairing, RESP_LENGTH, SLOW_PIPELINE, SwitchEvent,
+    AggKey, AggValue, EVENT_RECV, EVENT_SEND, FLAG_AFTER_LOSS, FLAG_UNCLASSIFIED, FastRequest, MeasuredEvent, Pairing,
+    RESP_LENGTH, SLOW_PIPELINE, SwitchEvent,
 };
 use prometheus_client::registry::Registry as Prometheus;
 
@@ -43,87 +43,38 @@ fn close(conn: u64, ts_ms: u64) -> Vec<u8> {
 
 /// The recorded sequence: a little of everything the pipeline handles.
 fn sequence() -> Vec<Vec<u8>> {
-    let big = [
-        b"HTTP/1.1 200 OK\r\nContent-Length: 20000\r\n\r\n".to_vec(),
-        vec![b'x'; 20000],
-    ]
-    .concat();
+    let big = [b"HTTP/1.1 200 OK\r\nContent-Length: 20000\r\n\r\n".to_vec(), vec![b'x'; 20000]].concat();
     let mut chunked_body = format!("{:x}\r\n", 3000).into_bytes();
     chunked_body.extend(vec![b'c'; 3000]);
     chunked_body.extend(b"\r\n0\r\n\r\n");
     vec![
         // keep-alive connection 1
-        recv(
-            1,
-            0,
-            b"GET /api/items/42?x=1 HTTP/1.1\r\nHost: shop\r\n\r\n",
-        ),
+        recv(1, 0, b"GET /api/items/42?x=1 HTTP/1.1\r\nHost: shop\r\n\r\n"),
         send(1, 3, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"),
-        recv(
-            1,
-            10,
-            b"POST /api/orders HTTP/1.1\r\nContent-Length: 300\r\n\r\n",
-        ),
+        recv(1, 10, b"POST /api/orders HTTP/1.1\r\nContent-Length: 300\r\n\r\n"),
         recv(1, 11, &[b'p'; 300]),
         send(1, 70, b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n"),
         recv(1, 80, b"GET /static/css/site.css HTTP/1.1\r\n\r\n"),
         send(1, 81, &big[..8192]),
         send(1, 82, &big[8192..]),
         recv(1, 90, b"GET /missing HTTP/1.1\r\n\r\n"),
-        send(
-            1,
-            91,
-            b"HTTP/1.1 404 Not Found\r\nContent-Length: 9\r\n\r\nnot found",
-        ),
+        send(1, 91, b"HTTP/1.1 404 Not Found\r\nContent-Length: 9\r\n\r\nnot found"),
         recv(1, 100, b"GET /boom HTTP/1.1\r\n\r\n"),
-        send(
-            1,
-            350,
-            b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n",
-        ),
+        send(1, 350, b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n"),
         recv(1, 400, b"GET /stream HTTP/1.1\r\n\r\n"),
-        send(
-            1,
-            401,
-            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
-        ),
+        send(1, 401, b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"),
         send(1, 1300, &chunked_body),
         recv(1, 1400, b"BREW /pot HTTP/1.1\r\n\r\n"),
-        send(
-            1,
-            1401,
-            b"HTTP/1.1 418 I'm a teapot\r\nContent-Length: 0\r\n\r\n",
-        ),
+        send(1, 1401, b"HTTP/1.1 418 I'm a teapot\r\nContent-Length: 0\r\n\r\n"),
         // HTTP/1.0, close-delimited, over a UNIX socket
-        data(
-            EVENT_RECV,
-            2,
-            2000,
-            AF_UNIX,
-            0,
-            b"GET /api/items/7 HTTP/1.0\r\n\r\n",
-        ),
+        data(EVENT_RECV, 2, 2000, AF_UNIX, 0, b"GET /api/items/7 HTTP/1.0\r\n\r\n"),
         data(EVENT_SEND, 2, 2002, AF_UNIX, 0, b"HTTP/1.0 200 OK\r\n\r\n"),
         data(EVENT_SEND, 2, 2040, AF_UNIX, 0, b"body until close"),
         close(2, 2041),
         // TLS on the plain port, then a connection that lost events
-        data(
-            EVENT_RECV,
-            3,
-            3000,
-            AF_INET,
-            FLAG_UNCLASSIFIED,
-            b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",
-        ),
+        data(EVENT_RECV, 3, 3000, AF_INET, FLAG_UNCLASSIFIED, b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03"),
         recv(4, 4000, b"GET /api/items/1 HTTP/1.1\r\n\r\n"),
-        data(
-            EVENT_RECV,
-            4,
-            4010,
-            AF_INET,
-            FLAG_AFTER_LOSS,
-            b"GET /api/items/2 HTTP/1.1\r\n\r\n",
-        ),
+        data(EVENT_RECV, 4, 4010, AF_INET, FLAG_AFTER_LOSS, b"GET /api/items/2 HTTP/1.1\r\n\r\n"),
         send(4, 4012, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"),
     ]
 }
@@ -144,18 +95,9 @@ fn kernel_sequence() -> Vec<Vec<u8>> {
         version: 1,
         _pad: [0; 2],
     };
-    let mut pairing = Pairing {
-        len: 1,
-        resp_state: RESP_LENGTH,
-        status: 200,
-        resp_left: 3,
-        resp_bytes: 2,
-        ..Default::default()
-    };
-    pairing.pending[0] = FastRequest {
-        start_ns: 6_000_000_000,
-        ..request
-    };
+    let mut pairing =
+        Pairing { len: 1, resp_state: RESP_LENGTH, status: 200, resp_left: 3, resp_bytes: 2, ..Default::default() };
+    pairing.pending[0] = FastRequest { start_ns: 6_000_000_000, ..request };
     (pairing.resp_first_ns, pairing.resp_last_ns) = (6_001_000_000, 6_001_000_000);
     vec![
         wire::path(ITEMS_KEY, 1, b"/api/items/9", 5_000_000_000),
@@ -186,39 +128,20 @@ fn kernel_sequence() -> Vec<Vec<u8>> {
 /// What the kernel aggregated: 7 requests on the route of `ITEMS_KEY`, 5 of 2 ms and 2 of
 /// 10 ms, first bytes after 1 ms, no request body, 1000-byte responses.
 fn kernel_aggregates(route: u32) -> Vec<(AggKey, AggValue)> {
-    let key = AggKey {
-        service: 1,
-        route,
-        status: 200,
-        method: 1,
-        version: 1,
-        family: AF_INET,
-        _pad: 0,
-    };
+    let key = AggKey { service: 1, route, status: 200, method: 1, version: 1, family: AF_INET, _pad: 0 };
     let time = crate::metrics::scheme::Scheme::default_time();
     let mut v = AggValue::default();
-    (
-        v.duration.counts[time.slot(2_000_000)],
-        v.duration.counts[time.slot(10_000_000)],
-        v.duration.sum,
-    ) = (5, 2, 30_000_000);
+    (v.duration.counts[time.slot(2_000_000)], v.duration.counts[time.slot(10_000_000)], v.duration.sum) =
+        (5, 2, 30_000_000);
     (v.first_byte.counts[time.slot(1_000_000)], v.first_byte.sum) = (7, 7_000_000);
-    let (none, kb) = (
-        probe_common::buckets::size_slot(0),
-        probe_common::buckets::size_slot(1000),
-    );
-    (
-        v.request_body.counts[none],
-        v.response_body.counts[kb],
-        v.response_body.sum,
-    ) = (7, 7, 7 * 1000);
+    let (none, kb) = (probe_common::buckets::size_slot(0), probe_common::buckets::size_slot(1000));
+    (v.request_body.counts[none], v.response_body.counts[kb], v.response_body.sum) = (7, 7, 7 * 1000);
     vec![(key, v)]
 }
 
 fn render(naming: Naming) -> String {
     let mut text = String::new();
-    prometheus_client::encoding::text::encode(&mut text, &registry_after_the_sequence(naming))
-        .unwrap();
+    prometheus_client::encoding::text::encode(&mut text, &registry_after_the_sequence(naming)).unwrap();
     to_prometheus_text(&text)
 }
 
@@ -228,26 +151,13 @@ fn render(naming: Naming) -> String {
 fn registry_after_the_sequence(naming: Naming) -> Prometheus {
     let mut prometheus = Prometheus::default();
     let router = Router::new(vec![Template::parse("/static/{path...}").unwrap()]);
-    let options = HttpOptions {
-        extra: Extra::ALL,
-        ..HttpOptions::default()
-    };
-    let metrics = Metrics::with_options(
-        &mut prometheus,
-        naming,
-        Routes::new(router, 100),
-        Scheme::default_time(),
-        options,
-    );
+    let options = HttpOptions { extra: Extra::ALL, ..HttpOptions::default() };
+    let metrics =
+        Metrics::with_options(&mut prometheus, naming, Routes::new(router, 100), Scheme::default_time(), options);
     // Every placement label (--container-labels all), as a node's series can carry them.
     let registry = Registry::with_labels(None, crate::labels::PlacementLabels::ALL).shared();
     lock(&registry).attach_root(
-        &ProcInfo {
-            pid: TGID,
-            ppid: 1,
-            start_time: 1,
-            comm: "gunicorn".into(),
-        },
+        &ProcInfo { pid: TGID, ppid: 1, start_time: 1, comm: "gunicorn".into() },
         // A Kubernetes pod: every label a node's series can carry.
         crate::labels::Placement {
             container_id: Some("4f2a9c8e1b3d".repeat(5) + "4f2a"),
@@ -258,10 +168,7 @@ fn registry_after_the_sequence(naming: Naming) -> Prometheus {
     );
     let mut pipeline = Pipeline::new(metrics.clone(), registry.clone(), 100);
     for record in sequence() {
-        assert!(
-            pipeline.record(&record).is_none(),
-            "fixture records are data"
-        );
+        assert!(pipeline.record(&record).is_none(), "fixture records are data");
     }
     if metrics.kernel_can_aggregate() {
         let mut route = 0;
@@ -283,11 +190,7 @@ fn normalize(text: &str) -> String {
     let series_key = |line: &str| -> String {
         let labels = line.split_once('{').map(|(_, l)| l).unwrap_or("");
         let labels = labels.rsplit_once('}').map(|(l, _)| l).unwrap_or("");
-        labels
-            .split(',')
-            .filter(|l| !l.starts_with("le="))
-            .collect::<Vec<_>>()
-            .join(",")
+        labels.split(',').filter(|l| !l.starts_with("le=")).collect::<Vec<_>>().join(",")
     };
     let mut out = String::new();
     let mut samples: Vec<&str> = vec![];
@@ -312,20 +215,14 @@ fn normalize(text: &str) -> String {
 }
 
 fn check(naming: Naming, file: &str) {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(file);
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(file);
     let got = normalize(&render(naming));
     if std::env::var_os("REDPROBE_UPDATE_GOLDEN").is_some() {
         std::fs::write(&path, &got).unwrap();
         return;
     }
-    let want = std::fs::read_to_string(&path).unwrap_or_else(|e| {
-        panic!(
-            "{}: {e}; create it with REDPROBE_UPDATE_GOLDEN=1",
-            path.display()
-        )
-    });
+    let want = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e}; create it with REDPROBE_UPDATE_GOLDEN=1", path.display()));
     if got != want {
         let diff: Vec<String> = want
             .lines()
@@ -354,10 +251,8 @@ fn golden_metrics_otel() {
 /// requests as its classic ones (two foldings of the same slots), and carry the schema.
 #[test]
 fn protobuf_native_and_classic_buckets_agree() {
-    let families = prometheus_client::encoding::prometheus_protobuf::encode(
-        &registry_after_the_sequence(Naming::Otel),
-    )
-    .unwrap();
+    let families =
+        prometheus_client::encoding::prometheus_protobuf::encode(&registry_after_the_sequence(Naming::Otel)).unwrap();
     let mut histograms = 0;
     for f in &families {
         for m in &f.metric {
@@ -369,25 +264,11 @@ fn protobuf_native_and_classic_buckets_agree() {
                 native += count as u64;
             }
             let classic = h.bucket.last().map(|b| b.cumulative_count);
-            assert_eq!(
-                (native, classic),
-                (h.sample_count, Some(h.sample_count)),
-                "{}",
-                f.name
-            );
-            assert_eq!(
-                h.bucket.last().map(|b| b.upper_bound),
-                Some(f64::INFINITY),
-                "{}",
-                f.name
-            );
+            assert_eq!((native, classic), (h.sample_count, Some(h.sample_count)), "{}", f.name);
+            assert_eq!(h.bucket.last().map(|b| b.upper_bound), Some(f64::INFINITY), "{}", f.name);
             let schema = if f.name.ends_with("_seconds") { 3 } else { 0 };
             assert_eq!(h.schema, schema, "{}", f.name);
-            assert!(
-                !h.positive_span.is_empty(),
-                "{}: an empty span list would read as classic",
-                f.name
-            );
+            assert!(!h.positive_span.is_empty(), "{}: an empty span list would read as classic", f.name);
         }
     }
     assert!(histograms >= 20, "{histograms} histograms");

@@ -12,11 +12,7 @@ pub enum Version {
 
 impl Version {
     fn from_minor(minor: Option<u8>) -> Self {
-        if minor == Some(0) {
-            Version::Http10
-        } else {
-            Version::Http11
-        }
+        if minor == Some(0) { Version::Http10 } else { Version::Http11 }
     }
 }
 
@@ -87,21 +83,13 @@ fn content_length(value: &str) -> Option<u64> {
 }
 
 fn framing(headers: &[httparse::Header<'_>]) -> Framing {
-    let mut f = Framing {
-        content_length: None,
-        chunked: false,
-        connection_close: false,
-        keep_alive: false,
-    };
+    let mut f = Framing { content_length: None, chunked: false, connection_close: false, keep_alive: false };
     for h in headers {
         let value = std::str::from_utf8(h.value).unwrap_or("").trim();
         if h.name.eq_ignore_ascii_case("content-length") {
             f.content_length = content_length(value);
         } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
-            f.chunked = value
-                .to_ascii_lowercase()
-                .split(',')
-                .any(|t| t.trim() == "chunked");
+            f.chunked = value.to_ascii_lowercase().split(',').any(|t| t.trim() == "chunked");
         } else if h.name.eq_ignore_ascii_case("connection") {
             let v = value.to_ascii_lowercase();
             f.connection_close |= v.split(',').any(|t| t.trim() == "close");
@@ -141,19 +129,13 @@ pub fn parse_request(buf: &[u8]) -> HeadParse<RequestHead> {
 /// that servers do answer) fails. Parse it with those bytes masked, then put the real
 /// bytes back (the route label is made from them lossily).
 fn parse_non_utf8_target(buf: &[u8]) -> HeadParse<RequestHead> {
-    let line_end = buf
-        .windows(2)
-        .position(|w| w == b"\r\n")
-        .unwrap_or(buf.len());
+    let line_end = buf.windows(2).position(|w| w == b"\r\n").unwrap_or(buf.len());
     let line = &buf[..line_end];
     if std::str::from_utf8(line).is_ok() {
         return HeadParse::Invalid;
     }
     let mut masked = buf.to_vec();
-    masked[..line_end]
-        .iter_mut()
-        .filter(|b| **b >= 0x80)
-        .for_each(|b| *b = b'x');
+    masked[..line_end].iter_mut().filter(|b| **b >= 0x80).for_each(|b| *b = b'x');
     match parse_request(&masked) {
         HeadParse::Complete(mut head, n) => {
             let start = head.method.len() + 1;
@@ -182,9 +164,7 @@ pub fn parse_response(buf: &[u8]) -> HeadParse<ResponseHead> {
     let mut resp = httparse::Response::new(&mut headers);
     // Obsolete line folding (a header continued on a line starting with a space) is valid
     // in responses a client accepts (RFC 9112 §5.2).
-    let parsed = httparse::ParserConfig::default()
-        .allow_obsolete_multiline_headers_in_responses(true)
-        .parse_response(&mut resp, buf);
+    let parsed = httparse::ParserConfig::default().allow_obsolete_multiline_headers_in_responses(true).parse_response(&mut resp, buf);
     match parsed {
         // Three digits, but not a status code: not HTTP (the label stays 100..=999).
         Ok(httparse::Status::Complete(_)) if resp.code.unwrap_or(0) < 100 => HeadParse::Invalid,
@@ -192,11 +172,7 @@ pub fn parse_response(buf: &[u8]) -> HeadParse<ResponseHead> {
             let f = framing(resp.headers);
             let body = f.body(BodyFraming::UntilClose);
             HeadParse::Complete(
-                ResponseHead {
-                    status: resp.code.unwrap_or(0),
-                    version: Version::from_minor(resp.version),
-                    body,
-                },
+                ResponseHead { status: resp.code.unwrap_or(0), version: Version::from_minor(resp.version), body },
                 n,
             )
         }
@@ -226,164 +202,52 @@ mod tests {
     #[test]
     fn request_heads() {
         let cases: &[(&[u8], Option<Parsed>)] = &[
-            (
-                b"GET /a?b=1 HTTP/1.1\r\nHost: x\r\n\r\n",
-                Some(("GET", "/a?b=1", Version::Http11, BodyFraming::None, false)),
-            ),
-            (
-                b"POST /p HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello",
-                Some(("POST", "/p", Version::Http11, BodyFraming::Length(5), false)),
-            ),
-            (
-                b"POST /p HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
-                Some(("POST", "/p", Version::Http11, BodyFraming::Chunked, false)),
-            ),
-            (
-                b"GET / HTTP/1.0\r\n\r\n",
-                Some(("GET", "/", Version::Http10, BodyFraming::None, true)),
-            ),
-            (
-                b"GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n",
-                Some(("GET", "/", Version::Http10, BodyFraming::None, false)),
-            ),
-            (
-                b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n",
-                Some(("GET", "/", Version::Http11, BodyFraming::None, true)),
-            ),
+            (b"GET /a?b=1 HTTP/1.1\r\nHost: x\r\n\r\n", Some(("GET", "/a?b=1", Version::Http11, BodyFraming::None, false))),
+            (b"POST /p HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello", Some(("POST", "/p", Version::Http11, BodyFraming::Length(5), false))),
+            (b"POST /p HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", Some(("POST", "/p", Version::Http11, BodyFraming::Chunked, false))),
+            (b"GET / HTTP/1.0\r\n\r\n", Some(("GET", "/", Version::Http10, BodyFraming::None, true))),
+            (b"GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n", Some(("GET", "/", Version::Http10, BodyFraming::None, false))),
+            (b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n", Some(("GET", "/", Version::Http11, BodyFraming::None, true))),
         ];
         for (raw, want) in cases {
             match (parse_request(raw), want) {
                 (HeadParse::Complete(h, n), Some((m, t, v, b, c))) => {
-                    assert_eq!(
-                        (
-                            h.method.as_str(),
-                            h.target.as_slice(),
-                            h.version,
-                            h.body,
-                            h.close
-                        ),
-                        (*m, t.as_bytes(), *v, *b, *c)
-                    );
+                    assert_eq!((h.method.as_str(), h.target.as_slice(), h.version, h.body, h.close), (*m, t.as_bytes(), *v, *b, *c));
                     assert!(n <= raw.len());
                 }
                 (got, _) => panic!("{:?}: {got:?}", String::from_utf8_lossy(raw)),
             }
         }
-        assert_eq!(
-            parse_request(b"GET /a HTTP/1.1\r\nHost:"),
-            HeadParse::Partial
-        );
+        assert_eq!(parse_request(b"GET /a HTTP/1.1\r\nHost:"), HeadParse::Partial);
         assert_eq!(parse_request(b"\x16\x03\x01\x02\x00"), HeadParse::Invalid);
         // A target that is not UTF-8 is still a request; NUL is not allowed in one.
         match parse_request(b"GET /caf\xe9/\xff?q HTTP/1.1\r\nHost: x\r\n\r\n") {
             HeadParse::Complete(h, 35) => assert_eq!(h.target, b"/caf\xe9/\xff?q"),
             other => panic!("{other:?}"),
         }
-        assert_eq!(
-            parse_request(b"GET /a\x00b HTTP/1.1\r\n\r\n"),
-            HeadParse::Invalid
-        );
-        assert_eq!(
-            parse_request(b"GET /\xff\x00 HTTP/1.1\r\n\r\n"),
-            HeadParse::Invalid
-        );
+        assert_eq!(parse_request(b"GET /a\x00b HTTP/1.1\r\n\r\n"), HeadParse::Invalid);
+        assert_eq!(parse_request(b"GET /\xff\x00 HTTP/1.1\r\n\r\n"), HeadParse::Invalid);
     }
 
     #[test]
     fn response_heads() {
         let ok = parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 12\r\n\r\n");
-        assert!(matches!(
-            ok,
-            HeadParse::Complete(
-                ResponseHead {
-                    status: 200,
-                    body: BodyFraming::Length(12),
-                    ..
-                },
-                39
-            )
-        ));
+        assert!(matches!(ok, HeadParse::Complete(ResponseHead { status: 200, body: BodyFraming::Length(12), .. }, 39)));
         let chunked = parse_response(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n");
-        assert!(matches!(
-            chunked,
-            HeadParse::Complete(
-                ResponseHead {
-                    body: BodyFraming::Chunked,
-                    ..
-                },
-                _
-            )
-        ));
+        assert!(matches!(chunked, HeadParse::Complete(ResponseHead { body: BodyFraming::Chunked, .. }, _)));
         let close = parse_response(b"HTTP/1.0 500 Oops\r\nServer: x\r\n\r\n");
-        assert!(matches!(
-            close,
-            HeadParse::Complete(
-                ResponseHead {
-                    status: 500,
-                    version: Version::Http10,
-                    body: BodyFraming::UntilClose
-                },
-                _
-            )
-        ));
+        assert!(matches!(close, HeadParse::Complete(ResponseHead { status: 500, version: Version::Http10, body: BodyFraming::UntilClose }, _)));
         assert_eq!(parse_response(b"HTTP/1.1 20"), HeadParse::Partial);
         // A Content-Length list of one value; a folded header.
         let list = parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 5, 5\r\n\r\n");
-        assert!(
-            matches!(
-                list,
-                HeadParse::Complete(
-                    ResponseHead {
-                        body: BodyFraming::Length(5),
-                        ..
-                    },
-                    _
-                )
-            ),
-            "{list:?}"
-        );
+        assert!(matches!(list, HeadParse::Complete(ResponseHead { body: BodyFraming::Length(5), .. }, _)), "{list:?}");
         let mixed = parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 5, 6\r\n\r\n");
-        assert!(
-            matches!(
-                mixed,
-                HeadParse::Complete(
-                    ResponseHead {
-                        body: BodyFraming::UntilClose,
-                        ..
-                    },
-                    _
-                )
-            ),
-            "{mixed:?}"
-        );
-        let folded =
-            parse_response(b"HTTP/1.1 200 OK\r\nX-Long: a\r\n  b\r\nContent-Length: 2\r\n\r\nok");
-        assert!(
-            matches!(
-                folded,
-                HeadParse::Complete(
-                    ResponseHead {
-                        status: 200,
-                        body: BodyFraming::Length(2),
-                        ..
-                    },
-                    _
-                )
-            ),
-            "{folded:?}"
-        );
-        assert_eq!(
-            parse_response(b"HTTP/1.1 099 Low\r\n\r\n"),
-            HeadParse::Invalid
-        );
-        assert_eq!(
-            parse_status_line(b"HTTP/1.1 404 Not Found\r\nX-Long: aaaa"),
-            Some((404, Version::Http11))
-        );
-        assert_eq!(
-            parse_request_line(b"DELETE /x/1 HTTP/1.1\r\nCookie: aaa"),
-            Some(("DELETE".into(), b"/x/1".to_vec(), Version::Http11))
-        );
+        assert!(matches!(mixed, HeadParse::Complete(ResponseHead { body: BodyFraming::UntilClose, .. }, _)), "{mixed:?}");
+        let folded = parse_response(b"HTTP/1.1 200 OK\r\nX-Long: a\r\n  b\r\nContent-Length: 2\r\n\r\nok");
+        assert!(matches!(folded, HeadParse::Complete(ResponseHead { status: 200, body: BodyFraming::Length(2), .. }, _)), "{folded:?}");
+        assert_eq!(parse_response(b"HTTP/1.1 099 Low\r\n\r\n"), HeadParse::Invalid);
+        assert_eq!(parse_status_line(b"HTTP/1.1 404 Not Found\r\nX-Long: aaaa"), Some((404, Version::Http11)));
+        assert_eq!(parse_request_line(b"DELETE /x/1 HTTP/1.1\r\nCookie: aaa"), Some(("DELETE".into(), b"/x/1".to_vec(), Version::Http11)));
         assert_eq!(parse_request_line(b"GET /no-end"), None);
     }
 }

@@ -19,25 +19,13 @@ use crate::{
 #[derive(Debug, PartialEq, Eq)]
 pub enum Notice {
     /// A target forked `child`, which is measured from its fork on.
-    Forked {
-        parent: u32,
-        child: u32,
-        service: Service,
-    },
+    Forked { parent: u32, child: u32, service: Service },
     /// A target runs a new program; its service follows the new name.
-    Execed {
-        pid: u32,
-        comm: String,
-        service: Service,
-    },
+    Execed { pid: u32, comm: String, service: Service },
     /// A target exited; what it served stays in the metrics.
     Exited(Target),
     /// The agent routed a path key the kernel sent: the kernel's `ROUTES` map gets it.
-    Route {
-        service_id: u32,
-        key: u64,
-        route: u32,
-    },
+    Route { service_id: u32, key: u64, route: u32 },
 }
 
 pub struct Pipeline {
@@ -85,20 +73,13 @@ impl Pipeline {
 
     fn routed(&mut self, key: u64, service_id: u32, path: &[u8]) -> Option<Notice> {
         let service = lock(&self.registry).service_named(service_id)?;
-        let (route, new) = self
-            .metrics
-            .routes()
-            .route_key(service_id, &service, key, path);
+        let (route, new) = self.metrics.routes().route_key(service_id, &service, key, path);
         if new {
             self.metrics.health.route_keys.inc();
         }
         // Known or not, the kernel asks because its map lacks the key (it never had it, or
         // it dropped it when full): it gets it again.
-        (route != 0).then_some(Notice::Route {
-            service_id,
-            key,
-            route,
-        })
+        (route != 0).then_some(Notice::Route { service_id, key, route })
     }
 
     fn measured(&mut self, m: &MeasuredEvent) {
@@ -144,17 +125,11 @@ impl Pipeline {
         let notice = match event {
             Event::Data(d) => {
                 let registry = &self.registry;
-                self.pairer
-                    .on_data(&d, || lock(registry).service_of(d.tgid), &mut self.outputs);
+                self.pairer.on_data(&d, || lock(registry).service_of(d.tgid), &mut self.outputs);
                 None
             }
-            Event::Close {
-                conn_id,
-                reset,
-                ts_ns,
-            } => {
-                self.pairer
-                    .on_close(conn_id, reset, ts_ns, &mut self.outputs);
+            Event::Close { conn_id, reset, ts_ns } => {
+                self.pairer.on_close(conn_id, reset, ts_ns, &mut self.outputs);
                 None
             }
             Event::Switch(sw) => {
@@ -166,46 +141,26 @@ impl Pipeline {
                 self.measured(&m);
                 None
             }
-            Event::Sent {
-                conn_id,
-                end_seq,
-                ts_ns,
-                superseded,
-            } => {
-                self.pairer
-                    .on_sent(conn_id, end_seq, ts_ns, superseded, &mut self.outputs);
+            Event::Sent { conn_id, end_seq, ts_ns, superseded } => {
+                self.pairer.on_sent(conn_id, end_seq, ts_ns, superseded, &mut self.outputs);
                 None
             }
-            Event::Fork {
-                parent_tgid,
-                child_tgid,
-                child_start_ns,
-            } => {
+            Event::Fork { parent_tgid, child_tgid, child_start_ns } => {
                 // /proc counts start times in clock ticks of the same boot-time clock.
                 let start = child_start_ns / (1_000_000_000 / self.ticks_per_second);
                 let mut r = lock(&self.registry);
-                let service = r
-                    .forked(parent_tgid, child_tgid, start)
-                    .map(|t| t.service.clone());
+                let service = r.forked(parent_tgid, child_tgid, start).map(|t| t.service.clone());
                 let n = r.len();
                 drop(r);
                 let service = service?;
                 self.metrics.health.target_attaches.inc();
                 self.metrics.health.targets.set(n as i64);
-                Some(Notice::Forked {
-                    parent: parent_tgid,
-                    child: child_tgid,
-                    service,
-                })
+                Some(Notice::Forked { parent: parent_tgid, child: child_tgid, service })
             }
             Event::Exec { tgid, comm } => {
                 let mut r = lock(&self.registry);
                 let t = r.execed(tgid, &comm)?;
-                Some(Notice::Execed {
-                    pid: tgid,
-                    comm,
-                    service: t.service.clone(),
-                })
+                Some(Notice::Execed { pid: tgid, comm, service: t.service.clone() })
             }
             Event::Exit { tgid } => {
                 let mut r = lock(&self.registry);
@@ -234,10 +189,7 @@ impl Pipeline {
     pub fn housekeeping(&mut self, now_ns: u64, idle_ns: u64, kernel_conns: &[ConnState]) {
         self.pairer.evict_idle(now_ns, idle_ns, &mut self.outputs);
         self.flush();
-        self.metrics
-            .health
-            .tx_waiting
-            .set(self.pairer.waiting_for_transmission() as i64);
+        self.metrics.health.tx_waiting.set(self.pairer.waiting_for_transmission() as i64);
         let mut active = self.pairer.active_requests();
         let mut open = self.pairer.connections_by_service();
         let r = lock(&self.registry);
@@ -246,28 +198,19 @@ impl Pipeline {
                 continue;
             };
             for method in c.pairing.in_flight() {
-                *active
-                    .entry((service.clone(), kernel_ids::method(method).to_string()))
-                    .or_insert(0) += 1;
+                *active.entry((service.clone(), kernel_ids::method(method).to_string())).or_insert(0) += 1;
             }
             *open.entry(service.clone()).or_insert(0) += 1;
         }
         // Every service's GET series is there, at 0 when idle, so that an alert on it sees 0.
         for t in r.targets() {
-            active
-                .entry((t.service.clone(), "GET".to_string()))
-                .or_insert(0);
+            active.entry((t.service.clone(), "GET".to_string())).or_insert(0);
         }
         drop(r);
         self.metrics.set_active_requests(&active);
         let health = &self.metrics.health;
-        health
-            .connections_tracked
-            .set(self.pairer.connections() as i64);
-        health.open_connections.set(
-            open.into_iter()
-                .map(|(service, n)| (ServiceLabels { service }, n)),
-        );
+        health.connections_tracked.set(self.pairer.connections() as i64);
+        health.open_connections.set(open.into_iter().map(|(service, n)| (ServiceLabels { service }, n)));
     }
 }
 
@@ -289,12 +232,7 @@ mod tests {
         let mut prom = Prom::default();
         let metrics = Metrics::new(&mut prom, Naming::Otel, Routes::new(Router::default(), 10));
         let registry = Registry::new(None).shared();
-        let root = ProcInfo {
-            pid: 10,
-            ppid: 1,
-            start_time: 1,
-            comm: "gunicorn".into(),
-        };
+        let root = ProcInfo { pid: 10, ppid: 1, start_time: 1, comm: "gunicorn".into() };
         lock(&registry).attach_root(&root, Default::default());
         (Pipeline::new(metrics, registry.clone(), 100), registry)
     }
@@ -306,46 +244,24 @@ mod tests {
         let records = [
             wire::fork(10, 11, 5),
             wire::data(EVENT_RECV, 1, 11, 6, AF_INET, 0, b"GET / HTTP/1.1\r\n\r\n"),
-            wire::data(
-                EVENT_SEND,
-                1,
-                11,
-                7,
-                AF_INET,
-                0,
-                b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
-            ),
+            wire::data(EVENT_SEND, 1, 11, 7, AF_INET, 0, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"),
             wire::exit(11, 8),
         ];
         let notices: Vec<Notice> = records.iter().filter_map(|r| p.record(r)).collect();
-        assert!(
-            matches!(&notices[0], Notice::Forked { child: 11, service, .. } if service.name() == "gunicorn")
-        );
+        assert!(matches!(&notices[0], Notice::Forked { child: 11, service, .. } if service.name() == "gunicorn"));
         assert!(matches!(&notices[1], Notice::Exited(t) if t.pid == 11));
         p.housekeeping(0, u64::MAX, &[]);
         let h = &p.metrics().health;
-        assert_eq!(
-            (
-                h.target_attaches.get(),
-                h.target_exits.get(),
-                h.targets.get()
-            ),
-            (1, 1, 1)
-        );
+        assert_eq!((h.target_attaches.get(), h.target_exits.get(), h.targets.get()), (1, 1, 1));
     }
 
     #[test]
     fn exec_renames_and_unknown_processes_are_ignored() {
         let (mut p, registry) = pipeline();
-        assert!(
-            p.record(&wire::exec(99, "other", 1)).is_none(),
-            "not a target"
-        );
+        assert!(p.record(&wire::exec(99, "other", 1)).is_none(), "not a target");
         assert!(p.record(&wire::exit(99, 1)).is_none());
         let n = p.record(&wire::exec(10, "python3", 2)).unwrap();
-        assert!(
-            matches!(n, Notice::Execed { pid: 10, service, .. } if service.name() == "python3")
-        );
+        assert!(matches!(n, Notice::Execed { pid: 10, service, .. } if service.name() == "python3"));
         assert_eq!(lock(&registry).service_of(10).name(), "python3");
     }
 
@@ -357,23 +273,11 @@ mod tests {
         let mut prom = Prom::default();
         let metrics = Metrics::new(&mut prom, Naming::Otel, Routes::new(Router::default(), 10));
         let registry = Registry::new(None).shared();
-        lock(&registry).attach_root(
-            &ProcInfo {
-                pid: 10,
-                ppid: 1,
-                start_time: 1,
-                comm: "gunicorn".into(),
-            },
-            Default::default(),
-        );
+        lock(&registry)
+            .attach_root(&ProcInfo { pid: 10, ppid: 1, start_time: 1, comm: "gunicorn".into() }, Default::default());
         let mut p = Pipeline::new(metrics, registry, 100);
         let fast = |service: u32, methods: &[u8]| {
-            let mut c = ConnState {
-                role: ROLE_SERVER,
-                mode: MODE_FAST,
-                service,
-                ..Default::default()
-            };
+            let mut c = ConnState { role: ROLE_SERVER, mode: MODE_FAST, service, ..Default::default() };
             for (i, m) in methods.iter().enumerate() {
                 c.pairing.pending[i].method = *m;
             }
@@ -384,14 +288,8 @@ mod tests {
             fast(1, &[1, 1, 3]),
             fast(1, &[]),
             fast(7, &[1]),
-            ConnState {
-                mode: probe_common::MODE_SLOW,
-                ..fast(1, &[1])
-            },
-            ConnState {
-                role: probe_common::ROLE_CLIENT,
-                ..fast(1, &[1])
-            },
+            ConnState { mode: probe_common::MODE_SLOW, ..fast(1, &[1]) },
+            ConnState { role: probe_common::ROLE_CLIENT, ..fast(1, &[1]) },
         ];
         p.housekeeping(0, u64::MAX, &conns);
         let mut text = String::new();
@@ -402,34 +300,14 @@ mod tests {
                 .and_then(|l| l.rsplit(' ').next())
                 .map(str::to_owned)
         };
-        assert_eq!(
-            value(&text, "http_server_active_requests{", "GET").as_deref(),
-            Some("2"),
-            "{text}"
-        );
-        assert_eq!(
-            value(&text, "http_server_active_requests{", "POST").as_deref(),
-            Some("1"),
-            "{text}"
-        );
-        assert_eq!(
-            value(&text, "redprobe_target_open_connections{", "gunicorn").as_deref(),
-            Some("2"),
-            "{text}"
-        );
+        assert_eq!(value(&text, "http_server_active_requests{", "GET").as_deref(), Some("2"), "{text}");
+        assert_eq!(value(&text, "http_server_active_requests{", "POST").as_deref(), Some("1"), "{text}");
+        assert_eq!(value(&text, "redprobe_target_open_connections{", "gunicorn").as_deref(), Some("2"), "{text}");
         // Gone from the map: back to 0.
         p.housekeeping(0, u64::MAX, &[]);
         text.clear();
         prometheus_client::encoding::text::encode(&mut text, &prom).unwrap();
-        assert_eq!(
-            value(&text, "http_server_active_requests{", "GET").as_deref(),
-            Some("0"),
-            "{text}"
-        );
-        assert_eq!(
-            value(&text, "redprobe_target_open_connections{", "gunicorn").as_deref(),
-            Some("0"),
-            "{text}"
-        );
+        assert_eq!(value(&text, "http_server_active_requests{", "GET").as_deref(), Some("0"), "{text}");
+        assert_eq!(value(&text, "redprobe_target_open_connections{", "gunicorn").as_deref(), Some("0"), "{text}");
     }
 }

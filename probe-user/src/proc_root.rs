@@ -44,9 +44,7 @@ pub struct ProcRoot {
 
 impl Default for ProcRoot {
     fn default() -> Self {
-        ProcRoot {
-            root: PathBuf::from("/proc"),
-        }
+        ProcRoot { root: PathBuf::from("/proc") }
     }
 }
 
@@ -80,12 +78,7 @@ impl ProcRoot {
     /// PID, parent, start time and command name.
     pub fn info(&self, pid: u32) -> Option<ProcInfo> {
         let s = self.process(pid).and_then(|p| p.stat()).ok()?;
-        Some(ProcInfo {
-            pid,
-            ppid: s.ppid as u32,
-            start_time: s.starttime,
-            comm: s.comm,
-        })
+        Some(ProcInfo { pid, ppid: s.ppid as u32, start_time: s.starttime, comm: s.comm })
     }
 
     /// Is the process that started at `start_time` still running at `pid` (not exiting,
@@ -93,9 +86,9 @@ impl ProcRoot {
     pub fn is_running(&self, pid: u32, start_time: u64) -> bool {
         /// `task_struct.flags` bit of a task in do_exit (it still shows as running).
         const PF_EXITING: u32 = 0x4;
-        self.process(pid).and_then(|p| p.stat()).is_ok_and(|s| {
-            s.starttime == start_time && !matches!(s.state, 'Z' | 'X') && s.flags & PF_EXITING == 0
-        })
+        self.process(pid)
+            .and_then(|p| p.stat())
+            .is_ok_and(|s| s.starttime == start_time && !matches!(s.state, 'Z' | 'X') && s.flags & PF_EXITING == 0)
     }
 
     /// The PIDs in /proc now.
@@ -110,10 +103,7 @@ impl ProcRoot {
 
     /// Every process running now.
     pub fn all(&self) -> Vec<ProcInfo> {
-        self.pids()
-            .into_iter()
-            .filter_map(|p| self.info(p))
-            .collect()
+        self.pids().into_iter().filter_map(|p| self.info(p)).collect()
     }
 
     /// All descendants of `root` running now, parents before their children.
@@ -173,21 +163,13 @@ impl ProcRoot {
 
     /// (inode, port) of the TCP sockets (IPv4 and IPv6) that listen on one of `ports` in the
     /// network namespace of `pid`.
-    pub fn listening_sockets(
-        &self,
-        pid: u32,
-        ports: &[u16],
-    ) -> procfs::ProcResult<Vec<(u64, u16)>> {
+    pub fn listening_sockets(&self, pid: u32, ports: &[u16]) -> procfs::ProcResult<Vec<(u64, u16)>> {
         let p = self.process(pid)?;
         let mut entries = p.tcp()?;
         entries.extend(p.tcp6().unwrap_or_default());
         Ok(entries
             .into_iter()
-            .filter(|e| {
-                e.state == TcpState::Listen
-                    && e.inode != 0
-                    && ports.contains(&e.local_address.port())
-            })
+            .filter(|e| e.state == TcpState::Listen && e.inode != 0 && ports.contains(&e.local_address.port()))
             .map(|e| (e.inode, e.local_address.port()))
             .collect())
     }
@@ -224,12 +206,7 @@ impl ProcRoot {
     /// The file name of the process's executable, if it can be read.
     pub fn exe_name(&self, pid: u32) -> Option<String> {
         let exe = self.process(pid).and_then(|p| p.exe()).ok()?;
-        Some(
-            exe.file_name()?
-                .to_string_lossy()
-                .trim_end_matches(" (deleted)")
-                .to_string(),
-        )
+        Some(exe.file_name()?.to_string_lossy().trim_end_matches(" (deleted)").to_string())
     }
 
     /// A small file in `pid`'s own filesystem (`path` relative to its root), read through
@@ -270,8 +247,7 @@ impl ProcRoot {
 
     /// What `pid`'s cgroup paths say of its container and pod.
     pub fn placement_cgroup(&self, pid: u32) -> container::CgroupPlacement {
-        let cgroups = std::fs::read_to_string(self.root.join(pid.to_string()).join("cgroup"))
-            .unwrap_or_default();
+        let cgroups = std::fs::read_to_string(self.root.join(pid.to_string()).join("cgroup")).unwrap_or_default();
         container::from_cgroup_file(&cgroups)
     }
 
@@ -279,11 +255,7 @@ impl ProcRoot {
     /// is read). A process outside any container has none.
     pub fn placement(&self, pid: u32) -> Placement {
         let c = self.placement_cgroup(pid);
-        let read = |path: &str| {
-            self.read_in_root(pid, path)
-                .ok()
-                .and_then(|t| container::dns_label(&t))
-        };
+        let read = |path: &str| self.read_in_root(pid, path).ok().and_then(|t| container::dns_label(&t));
         let namespace = read("var/run/secrets/kubernetes.io/serviceaccount/namespace")
             .or_else(|| read("run/secrets/kubernetes.io/serviceaccount/namespace"));
         // A pod's hostname is its name, unless it shares the node's (hostNetwork pods do):
@@ -309,8 +281,7 @@ impl ProcRoot {
     /// threads stay in the root cgroup): `/`, or `/../..` as seen from a cgroup namespace.
     fn cgroup_view(&self) -> (procfs::ProcResult<Process>, PathBuf, Vec<String>) {
         const KTHREADD: &str = "2";
-        let ns =
-            |p: &str, kind: &str| std::fs::read_link(self.root.join(p).join("ns").join(kind)).ok();
+        let ns = |p: &str, kind: &str| std::fs::read_link(self.root.join(p).join("ns").join(kind)).ok();
         let contained = ["cgroup", "mnt"].iter().any(|kind| {
             let (mine, host) = (ns("self", kind), ns(KTHREADD, kind));
             mine.is_some() && host.is_some() && mine != host
@@ -318,11 +289,7 @@ impl ProcRoot {
         let through = self.root.join(KTHREADD).join("root");
         if contained && std::fs::read_dir(&through).is_ok() {
             let roots = std::fs::read_to_string(self.root.join(KTHREADD).join("cgroup"))
-                .map(|t| {
-                    t.lines()
-                        .filter_map(|l| l.splitn(3, ':').nth(2).map(str::to_string))
-                        .collect()
-                })
+                .map(|t| t.lines().filter_map(|l| l.splitn(3, ':').nth(2).map(str::to_string)).collect())
                 .unwrap_or_default();
             return (self.process(2), through, roots);
         }
@@ -338,15 +305,8 @@ impl ProcRoot {
         };
         let mut found: Vec<(bool, PathBuf)> = mounts
             .into_iter()
-            .filter(|m| {
-                (m.fs_type == "cgroup2" || (v1 && m.fs_type == "cgroup")) && roots.contains(&m.root)
-            })
-            .map(|m| {
-                (
-                    m.fs_type != "cgroup2",
-                    prefix.join(m.mount_point.strip_prefix("/").unwrap_or(&m.mount_point)),
-                )
-            })
+            .filter(|m| (m.fs_type == "cgroup2" || (v1 && m.fs_type == "cgroup")) && roots.contains(&m.root))
+            .map(|m| (m.fs_type != "cgroup2", prefix.join(m.mount_point.strip_prefix("/").unwrap_or(&m.mount_point))))
             .collect();
         found.sort_by_key(|(is_v1, _)| *is_v1);
         found.into_iter().map(|(_, path)| path).collect()
@@ -394,26 +354,12 @@ mod tests {
     fn stat_fields_from_fixtures() {
         let (_dir, root) = fixture();
         let info = root.info(42).unwrap();
-        assert_eq!(
-            info,
-            ProcInfo {
-                pid: 42,
-                ppid: 1,
-                start_time: 98765,
-                comm: "my (odd) name".into()
-            }
-        );
+        assert_eq!(info, ProcInfo { pid: 42, ppid: 1, start_time: 98765, comm: "my (odd) name".into() });
         assert!(root.is_running(42, 98765));
-        assert!(
-            !root.is_running(42, 98766),
-            "another process at the same PID"
-        );
+        assert!(!root.is_running(42, 98766), "another process at the same PID");
         let hz = ticks_per_second() as f64;
         let s = root.stats(42).unwrap();
-        assert_eq!(
-            (s.utime_s, s.stime_s, s.children_s, s.threads),
-            (200.0 / hz, 100.0 / hz, 75.0 / hz, 3.0)
-        );
+        assert_eq!((s.utime_s, s.stime_s, s.children_s, s.threads), (200.0 / hz, 100.0 / hz, 75.0 / hz, 3.0));
         assert_eq!(s.rss_bytes, (250 * procfs::page_size()) as f64);
         assert_eq!(root.boot_time_s().unwrap(), 1_700_000_000);
         assert_eq!(root.pids(), vec![42]);
@@ -423,9 +369,7 @@ mod tests {
     #[test]
     fn a_zombie_is_not_running() {
         let (dir, root) = fixture();
-        let stat = std::fs::read_to_string(dir.path().join("42/stat"))
-            .unwrap()
-            .replace(") S ", ") Z ");
+        let stat = std::fs::read_to_string(dir.path().join("42/stat")).unwrap().replace(") S ", ") Z ");
         std::fs::write(dir.path().join("42/stat"), stat).unwrap();
         assert!(!root.is_running(42, 98765));
     }
@@ -439,21 +383,13 @@ mod tests {
         let id = "ab".repeat(32);
         let uid = "0f3a8c1e-5b7d-4e2a-9c6f-1d2e3f4a5b6c";
         let pid = dir.path().join("42");
-        std::fs::write(
-            pid.join("cgroup"),
-            format!("0::/../../kubepods/besteffort/pod{uid}/{id}\n"),
-        )
-        .unwrap();
+        std::fs::write(pid.join("cgroup"), format!("0::/../../kubepods/besteffort/pod{uid}/{id}\n")).unwrap();
         let fs = pid.join("root");
         std::fs::create_dir_all(fs.join("run/secrets/kubernetes.io/serviceaccount")).unwrap();
         std::fs::create_dir_all(fs.join("etc")).unwrap();
         std::fs::create_dir_all(fs.join("var")).unwrap();
         std::os::unix::fs::symlink("/run", fs.join("var/run")).unwrap();
-        std::fs::write(
-            fs.join("run/secrets/kubernetes.io/serviceaccount/namespace"),
-            "prod",
-        )
-        .unwrap();
+        std::fs::write(fs.join("run/secrets/kubernetes.io/serviceaccount/namespace"), "prod").unwrap();
         std::fs::write(fs.join("etc/hostname"), "shop-7d9f8b6c5d-x2x7k\n").unwrap();
         std::fs::create_dir_all(pid.join("ns")).unwrap();
         std::os::unix::fs::symlink("uts:[4026532001]", pid.join("ns/uts")).unwrap();
@@ -471,21 +407,13 @@ mod tests {
         );
         // An absolute link that leaves the root stays inside it.
         std::os::unix::fs::symlink("/etc/../../../../etc/hostname", fs.join("escape")).unwrap();
-        assert_eq!(
-            root.read_in_root(42, "escape").unwrap(),
-            "shop-7d9f8b6c5d-x2x7k\n"
-        );
+        assert_eq!(root.read_in_root(42, "escape").unwrap(), "shop-7d9f8b6c5d-x2x7k\n");
         // A hostNetwork pod shares the node's hostname: it is not the pod's name.
         std::fs::remove_file(dir.path().join("1/ns/uts")).unwrap();
         std::os::unix::fs::symlink("uts:[4026532001]", dir.path().join("1/ns/uts")).unwrap();
         assert_eq!(root.placement(42).k8s_pod_name, None);
         // Outside any container: nothing.
-        assert_eq!(
-            ProcRoot::default()
-                .placement(std::process::id())
-                .k8s_pod_name,
-            None
-        );
+        assert_eq!(ProcRoot::default().placement(std::process::id()).k8s_pod_name, None);
     }
 
     #[test]

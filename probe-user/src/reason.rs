@@ -17,13 +17,7 @@ pub enum Protocol {
 }
 
 impl Protocol {
-    pub const ALL: [Protocol; 5] = [
-        Protocol::Tls,
-        Protocol::Http2,
-        Protocol::Binary,
-        Protocol::Text,
-        Protocol::Empty,
-    ];
+    pub const ALL: [Protocol; 5] = [Protocol::Tls, Protocol::Http2, Protocol::Binary, Protocol::Text, Protocol::Empty];
 
     pub fn label(self) -> &'static str {
         match self {
@@ -41,11 +35,7 @@ impl Protocol {
             [0x16, 0x03, ..] => Protocol::Tls,
             [] => Protocol::Empty,
             _ if bytes.starts_with(b"PRI * HTTP/2") => Protocol::Http2,
-            _ if bytes
-                .iter()
-                .take(64)
-                .any(|&b| b == 0 || (b < 0x20 && !b"\r\n\t".contains(&b)) || b >= 0x80) =>
-            {
+            _ if bytes.iter().take(64).any(|&b| b == 0 || (b < 0x20 && !b"\r\n\t".contains(&b)) || b >= 0x80) => {
                 Protocol::Binary
             }
             _ => Protocol::Text,
@@ -139,10 +129,7 @@ pub enum Inference {
 }
 
 impl Inference {
-    pub const ALL: [Inference; 2] = [
-        Inference::ResponseHeadBeyondCapture,
-        Inference::ChunkEndBeyondCapture,
-    ];
+    pub const ALL: [Inference; 2] = [Inference::ResponseHeadBeyondCapture, Inference::ChunkEndBeyondCapture];
 
     pub fn label(self) -> &'static str {
         match self {
@@ -165,11 +152,7 @@ pub enum KernelSkip {
 }
 
 impl KernelSkip {
-    pub const ALL: [KernelSkip; 3] = [
-        KernelSkip::ForeignContext,
-        KernelSkip::FdMismatch,
-        KernelSkip::ConnMapFull,
-    ];
+    pub const ALL: [KernelSkip; 3] = [KernelSkip::ForeignContext, KernelSkip::FdMismatch, KernelSkip::ConnMapFull];
 
     pub fn label(self) -> &'static str {
         match self {
@@ -195,11 +178,7 @@ pub enum TxFallback {
 }
 
 impl TxFallback {
-    pub const ALL: [TxFallback; 3] = [
-        TxFallback::WaitMapFull,
-        TxFallback::Superseded,
-        TxFallback::NotSeen,
-    ];
+    pub const ALL: [TxFallback; 3] = [TxFallback::WaitMapFull, TxFallback::Superseded, TxFallback::NotSeen];
 
     pub fn label(self) -> &'static str {
         match self {
@@ -310,10 +289,7 @@ mod tests {
         assert_eq!(Protocol::of(b"\x16\x03\x01\x00\xa5\x01"), Protocol::Tls);
         assert_eq!(Protocol::of(b"\x00\x01\x02garbage"), Protocol::Binary);
         assert_eq!(Protocol::of(b"hello there\r\n"), Protocol::Text);
-        assert_eq!(
-            Protocol::of(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"),
-            Protocol::Http2
-        );
+        assert_eq!(Protocol::of(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"), Protocol::Http2);
         assert_eq!(Protocol::of(b""), Protocol::Empty);
     }
 
@@ -330,67 +306,36 @@ mod tests {
     /// The reference's tables list exactly these labels (docs/metrics.md).
     #[test]
     fn the_metrics_reference_lists_every_reason() {
-        let doc =
-            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/metrics.md"))
-                .unwrap();
+        let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/metrics.md")).unwrap();
         let section = |heading: &str| -> Vec<String> {
-            let start = doc
-                .find(heading)
-                .unwrap_or_else(|| panic!("no {heading:?} in docs/metrics.md"));
+            let start = doc.find(heading).unwrap_or_else(|| panic!("no {heading:?} in docs/metrics.md"));
             let rest = &doc[start + heading.len()..];
             let end = rest.find("\n#").unwrap_or(rest.len());
             rest[..end]
                 .lines()
                 .filter(|l| l.starts_with("| `"))
-                .flat_map(|l| {
-                    l.split('|')
-                        .nth(1)
-                        .unwrap_or("")
-                        .split(',')
-                        .map(|c| c.trim().trim_matches('`').to_string())
-                })
+                .flat_map(|l| l.split('|').nth(1).unwrap_or("").split(',').map(|c| c.trim().trim_matches('`').to_string()))
                 .collect()
         };
         let mut documented = section("## Unparsed reasons");
         documented.sort();
         let mut labels: Vec<String> = Reason::ALL.iter().map(|r| r.label().to_string()).collect();
         labels.sort();
-        assert_eq!(
-            documented, labels,
-            "docs/metrics.md \"Unparsed reasons\" vs reason::Reason"
-        );
+        assert_eq!(documented, labels, "docs/metrics.md \"Unparsed reasons\" vs reason::Reason");
         let mut documented = section("## Other protocols");
         documented.sort();
-        let mut labels: Vec<String> = Protocol::ALL
-            .iter()
-            .map(|p| p.label().to_string())
-            .collect();
+        let mut labels: Vec<String> = Protocol::ALL.iter().map(|p| p.label().to_string()).collect();
         labels.sort();
-        assert_eq!(
-            documented, labels,
-            "docs/metrics.md \"Other protocols\" vs reason::Protocol"
-        );
+        assert_eq!(documented, labels, "docs/metrics.md \"Other protocols\" vs reason::Protocol");
         let mut documented = section("## Agent pairing reasons");
         documented.sort();
-        let mut labels: Vec<String> = SlowReason::ALL
-            .iter()
-            .map(|r| r.label().to_string())
-            .collect();
+        let mut labels: Vec<String> = SlowReason::ALL.iter().map(|r| r.label().to_string()).collect();
         labels.sort();
-        assert_eq!(
-            documented, labels,
-            "docs/metrics.md \"Agent pairing reasons\" vs reason::SlowReason"
-        );
+        assert_eq!(documented, labels, "docs/metrics.md \"Agent pairing reasons\" vs reason::SlowReason");
         let mut documented = section("## Ends at a write");
         documented.sort();
-        let mut labels: Vec<String> = TxFallback::ALL
-            .iter()
-            .map(|r| r.label().to_string())
-            .collect();
+        let mut labels: Vec<String> = TxFallback::ALL.iter().map(|r| r.label().to_string()).collect();
         labels.sort();
-        assert_eq!(
-            documented, labels,
-            "docs/metrics.md \"Ends at a write\" vs reason::TxFallback"
-        );
+        assert_eq!(documented, labels, "docs/metrics.md \"Ends at a write\" vs reason::TxFallback");
     }
 }

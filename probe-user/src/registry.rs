@@ -82,11 +82,7 @@ impl Registry {
 
     /// `chosen`: the container and pod labels services carry (`--container-labels`).
     pub fn with_labels(pinned_service: Option<&str>, chosen: PlacementLabels) -> Self {
-        Registry {
-            pinned: pinned_service.map(str::to_string),
-            chosen,
-            ..Default::default()
-        }
+        Registry { pinned: pinned_service.map(str::to_string), chosen, ..Default::default() }
     }
 
     /// The id of a service (given out on first sight; 0 past [`MAX_SERVICES`]).
@@ -119,13 +115,8 @@ impl Registry {
     /// away), as of `now`: they are forgotten, and returned with their ids (0: none) so
     /// that their series and the kernel's aggregates can go too. A service that has
     /// targets again before then is kept. Called now and then (`now` moves forward).
-    pub fn forget_idle(
-        &mut self,
-        now: std::time::Instant,
-        after: std::time::Duration,
-    ) -> Vec<(u32, Service)> {
-        let live: std::collections::HashSet<&Service> =
-            self.targets.values().map(|t| &t.service).collect();
+    pub fn forget_idle(&mut self, now: std::time::Instant, after: std::time::Duration) -> Vec<(u32, Service)> {
+        let live: std::collections::HashSet<&Service> = self.targets.values().map(|t| &t.service).collect();
         self.idle.retain(|s, _| !live.contains(s));
         for s in self.ids.keys().filter(|s| !live.contains(s)) {
             self.idle.entry(s.clone()).or_insert(now);
@@ -199,15 +190,7 @@ impl Registry {
         let service = self.named(&p.comm, &placement);
         let placement = Arc::new(placement);
         let (pid, start_time, comm) = (p.pid, p.start_time, p.comm.clone());
-        self.insert(Target {
-            pid,
-            start_time,
-            comm,
-            placement,
-            service,
-            service_id: 0,
-            root: true,
-        })
+        self.insert(Target { pid, start_time, comm, placement, service, service_id: 0, root: true })
     }
 
     /// A descendant of a root, found in /proc when the root was attached: the root's
@@ -215,15 +198,7 @@ impl Registry {
     pub fn attach_descendant(&mut self, p: &ProcInfo, root: &Target) -> Option<&Target> {
         let (placement, service) = (root.placement.clone(), root.service.clone());
         let (pid, start_time, comm) = (p.pid, p.start_time, p.comm.clone());
-        self.insert(Target {
-            pid,
-            start_time,
-            comm,
-            placement,
-            service,
-            service_id: 0,
-            root: false,
-        })
+        self.insert(Target { pid, start_time, comm, placement, service, service_id: 0, root: false })
     }
 
     /// A target forked `child` (the kernel made it a target): it takes its parent's name
@@ -233,15 +208,7 @@ impl Registry {
             Some(p) => (p.comm.clone(), p.placement.clone(), p.service.clone()),
             None => (String::new(), Arc::default(), self.service_of(parent)),
         };
-        self.insert(Target {
-            pid: child,
-            start_time,
-            comm,
-            placement,
-            service,
-            service_id: 0,
-            root: false,
-        })
+        self.insert(Target { pid: child, start_time, comm, placement, service, service_id: 0, root: false })
     }
 
     /// A target executed a new program called `comm`: it takes that name as its service,
@@ -262,19 +229,9 @@ impl Registry {
     }
 
     /// Forgets targets that `still_running` says are gone (an exit whose event was lost).
-    pub fn retain_running(
-        &mut self,
-        mut still_running: impl FnMut(&Target) -> bool,
-    ) -> Vec<Target> {
-        let gone: Vec<u32> = self
-            .targets
-            .values()
-            .filter(|t| !still_running(t))
-            .map(|t| t.pid)
-            .collect();
-        gone.into_iter()
-            .filter_map(|pid| self.targets.remove(&pid))
-            .collect()
+    pub fn retain_running(&mut self, mut still_running: impl FnMut(&Target) -> bool) -> Vec<Target> {
+        let gone: Vec<u32> = self.targets.values().filter(|t| !still_running(t)).map(|t| t.pid).collect();
+        gone.into_iter().filter_map(|pid| self.targets.remove(&pid)).collect()
     }
 }
 
@@ -283,19 +240,13 @@ mod tests {
     use super::*;
 
     fn proc(pid: u32, comm: &str) -> ProcInfo {
-        ProcInfo {
-            pid,
-            ppid: 1,
-            start_time: 1000 + pid as u64,
-            comm: comm.into(),
-        }
+        ProcInfo { pid, ppid: 1, start_time: 1000 + pid as u64, comm: comm.into() }
     }
 
     #[test]
     fn children_inherit_and_keep_the_name_after_their_ancestors_exit() {
         let mut r = Registry::new(None);
-        r.attach_root(&proc(10, "daemon"), Placement::default())
-            .unwrap();
+        r.attach_root(&proc(10, "daemon"), Placement::default()).unwrap();
         r.forked(10, 11, 2000).unwrap();
         r.exited(10);
         r.forked(11, 12, 2001).unwrap();
@@ -308,8 +259,7 @@ mod tests {
     #[test]
     fn exec_renames_the_process_and_its_later_children() {
         let mut r = Registry::new(None);
-        r.attach_root(&proc(20, "sh"), Placement::default())
-            .unwrap();
+        r.attach_root(&proc(20, "sh"), Placement::default()).unwrap();
         r.forked(20, 21, 3000).unwrap(); // before the exec: stays "sh"
         r.execed(20, "gunicorn").unwrap();
         r.forked(20, 22, 3001).unwrap();
@@ -319,10 +269,7 @@ mod tests {
         // Ids follow the names: one per service.
         let (sh, gunicorn) = (r.get(21).unwrap().service_id, r.get(22).unwrap().service_id);
         assert_eq!((sh, gunicorn, r.get(20).unwrap().service_id), (1, 2, 2));
-        assert_eq!(
-            r.service_named(2).as_ref().map(|s| s.name()),
-            Some("gunicorn")
-        );
+        assert_eq!(r.service_named(2).as_ref().map(|s| s.name()), Some("gunicorn"));
         assert_eq!(r.service_named(3), None);
     }
 
@@ -336,15 +283,8 @@ mod tests {
         r.attach_root(&proc(61, "b"), Placement::default()).unwrap();
         assert!(r.forget_idle(t0, after).is_empty());
         r.exited(60);
-        assert!(
-            r.forget_idle(t0 + Duration::from_secs(1), after).is_empty(),
-            "idle from now on"
-        );
-        assert!(
-            r.forget_idle(t0 + Duration::from_secs(300), after)
-                .is_empty(),
-            "not idle long enough"
-        );
+        assert!(r.forget_idle(t0 + Duration::from_secs(1), after).is_empty(), "idle from now on");
+        assert!(r.forget_idle(t0 + Duration::from_secs(300), after).is_empty(), "not idle long enough");
         let gone = r.forget_idle(t0 + Duration::from_secs(301), after);
         assert_eq!(gone, vec![(1, Service::named("a"))]);
         assert!(!r.knows(&Service::named("a")) && r.knows(&Service::named("b")));
@@ -354,23 +294,16 @@ mod tests {
         assert_eq!(r.get(62).unwrap().service_id, 3);
         // A service that gets a target again while idle is kept.
         r.exited(61);
-        assert!(
-            r.forget_idle(t0 + Duration::from_secs(400), after)
-                .is_empty()
-        );
+        assert!(r.forget_idle(t0 + Duration::from_secs(400), after).is_empty());
         r.attach_root(&proc(63, "b"), Placement::default()).unwrap();
-        assert!(
-            r.forget_idle(t0 + Duration::from_secs(1000), after)
-                .is_empty()
-        );
+        assert!(r.forget_idle(t0 + Duration::from_secs(1000), after).is_empty());
         assert!(r.knows(&Service::named("b")));
     }
 
     #[test]
     fn a_pinned_service_survives_exec_and_unknown_processes_get_one_name() {
         let mut r = Registry::new(Some("shop"));
-        r.attach_root(&proc(30, "sh"), Placement::default())
-            .unwrap();
+        r.attach_root(&proc(30, "sh"), Placement::default()).unwrap();
         r.execed(30, "gunicorn").unwrap();
         assert_eq!(r.service_of(30).name(), "shop");
         assert_eq!(r.service_of(99).name(), "shop");
@@ -381,22 +314,10 @@ mod tests {
     #[test]
     fn a_process_is_attached_once_and_a_reused_pid_is_another_process() {
         let mut r = Registry::new(None);
-        assert!(
-            r.attach_root(&proc(40, "srv"), Placement::default())
-                .is_some()
-        );
-        assert!(
-            r.attach_root(&proc(40, "srv"), Placement::default())
-                .is_none()
-        );
-        assert!(
-            r.forked(1, 40, 1040).is_none(),
-            "a selector found the child first"
-        );
-        let reused = ProcInfo {
-            start_time: 9999,
-            ..proc(40, "other")
-        };
+        assert!(r.attach_root(&proc(40, "srv"), Placement::default()).is_some());
+        assert!(r.attach_root(&proc(40, "srv"), Placement::default()).is_none());
+        assert!(r.forked(1, 40, 1040).is_none(), "a selector found the child first");
+        let reused = ProcInfo { start_time: 9999, ..proc(40, "other") };
         assert!(!r.contains(40, 9999));
         assert!(r.attach_root(&reused, Placement::default()).is_some());
         assert_eq!(r.get(40).unwrap().comm, "other");

@@ -94,9 +94,7 @@ fn stamp(path: &Path) -> Option<Stamp> {
 /// known one (made once, at the usual cost).
 fn dummy_hash() -> &'static str {
     static HASH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    HASH.get_or_init(|| {
-        bcrypt::hash("redprobe: no such user", bcrypt::DEFAULT_COST).unwrap_or_default()
-    })
+    HASH.get_or_init(|| bcrypt::hash("redprobe: no such user", bcrypt::DEFAULT_COST).unwrap_or_default())
 }
 
 impl Loaded {
@@ -111,33 +109,19 @@ impl Loaded {
         let hash = self.users.get(&user);
         let key = {
             let mut d = ring::digest::Context::new(&ring::digest::SHA256);
-            for part in [
-                user.as_bytes(),
-                b"\0",
-                password.as_bytes(),
-                b"\0",
-                hash.map_or(&b""[..], |h| h.as_bytes()),
-            ] {
+            for part in [user.as_bytes(), b"\0", password.as_bytes(), b"\0", hash.map_or(&b""[..], |h| h.as_bytes())] {
                 d.update(part);
             }
             d.finish().as_ref().to_vec()
         };
-        let verified = |v: &Mutex<HashSet<Vec<u8>>>| {
-            v.lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .contains(&key)
-        };
+        let verified = |v: &Mutex<HashSet<Vec<u8>>>| v.lock().unwrap_or_else(PoisonError::into_inner).contains(&key);
         if hash.is_some() && verified(&self.verified) {
             return true;
         }
-        let ok = bcrypt::verify(&password, hash.map_or(dummy_hash(), String::as_str))
-            .unwrap_or(false)
-            && hash.is_some();
+        let ok =
+            bcrypt::verify(&password, hash.map_or(dummy_hash(), String::as_str)).unwrap_or(false) && hash.is_some();
         if ok {
-            self.verified
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .insert(key);
+            self.verified.lock().unwrap_or_else(PoisonError::into_inner).insert(key);
         }
         ok
     }
@@ -158,9 +142,7 @@ fn basic_credentials(header: &str) -> Option<(String, String)> {
     if !scheme.eq_ignore_ascii_case("basic") {
         return None;
     }
-    let decoded = base64::engine::general_purpose::STANDARD
-        .decode(encoded.trim())
-        .ok()?;
+    let decoded = base64::engine::general_purpose::STANDARD.decode(encoded.trim()).ok()?;
     let text = String::from_utf8(decoded).ok()?;
     let (user, password) = text.split_once(':')?;
     Some((user.to_string(), password.to_string()))
@@ -169,13 +151,11 @@ fn basic_credentials(header: &str) -> Option<(String, String)> {
 /// Reads and checks a web configuration file, and the files it names.
 pub fn load(path: &Path) -> Result<Loaded> {
     let config_stamp = stamp(path);
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let file: FileFormat = if text.trim().is_empty() {
         FileFormat::default()
     } else {
-        serde_yaml_ng::from_str(&text)
-            .with_context(|| format!("{}: not a web configuration file", path.display()))?
+        serde_yaml_ng::from_str(&text).with_context(|| format!("{}: not a web configuration file", path.display()))?
     };
     let dir = path.parent().unwrap_or(Path::new("."));
     let mut stamps = vec![(path.to_path_buf(), config_stamp)];
@@ -183,11 +163,7 @@ pub fn load(path: &Path) -> Result<Loaded> {
         Some(t) => Some(Arc::new(tls_config(t, dir, &mut stamps)?)),
         None => None,
     };
-    let users: HashMap<String, String> = file
-        .basic_auth_users
-        .unwrap_or_default()
-        .into_iter()
-        .collect();
+    let users: HashMap<String, String> = file.basic_auth_users.unwrap_or_default().into_iter().collect();
     for (user, hash) in &users {
         if user.contains(':') {
             bail!("basic_auth_users: user {user:?} has a ':' (basic auth cannot send it)");
@@ -198,22 +174,11 @@ pub fn load(path: &Path) -> Result<Loaded> {
             );
         }
     }
-    let headers = file
-        .http_server_config
-        .and_then(|h| h.headers)
-        .unwrap_or_default();
+    let headers = file.http_server_config.and_then(|h| h.headers).unwrap_or_default();
     for name in headers.keys() {
         let lower = name.to_ascii_lowercase();
-        if [
-            "authorization",
-            "www-authenticate",
-            "content-type",
-            "content-length",
-            "content-encoding",
-            "server",
-            "date",
-        ]
-        .contains(&lower.as_str())
+        if ["authorization", "www-authenticate", "content-type", "content-length", "content-encoding", "server", "date"]
+            .contains(&lower.as_str())
         {
             bail!("http_server_config.headers: {name} is redprobe's to set");
         }
@@ -221,46 +186,25 @@ pub fn load(path: &Path) -> Result<Loaded> {
             bail!("http_server_config.headers: {name:?} is not a header name");
         }
     }
-    Ok(Loaded {
-        tls,
-        users,
-        headers: headers.into_iter().collect(),
-        verified: Mutex::default(),
-        stamps,
-    })
+    Ok(Loaded { tls, users, headers: headers.into_iter().collect(), verified: Mutex::default(), stamps })
 }
 
-fn tls_config(
-    t: TlsFormat,
-    dir: &Path,
-    stamps: &mut Vec<(PathBuf, Option<Stamp>)>,
-) -> Result<ServerConfig> {
+fn tls_config(t: TlsFormat, dir: &Path, stamps: &mut Vec<(PathBuf, Option<Stamp>)>) -> Result<ServerConfig> {
     let refused = |field: &str, what: &str| -> Result<()> {
         bail!("tls_server_config.{field}: not supported by redprobe ({what})")
     };
     if t.cipher_suites.is_some() {
-        refused(
-            "cipher_suites",
-            "rustls' own suites, all strong, are used; remove the field",
-        )?;
+        refused("cipher_suites", "rustls' own suites, all strong, are used; remove the field")?;
     }
     if t.curve_preferences.is_some() {
-        refused(
-            "curve_preferences",
-            "rustls' own key exchange groups are used; remove the field",
-        )?;
+        refused("curve_preferences", "rustls' own key exchange groups are used; remove the field")?;
     }
     if t.client_allowed_sans.is_some() {
-        refused(
-            "client_allowed_sans",
-            "any client certificate the client_ca_file's CAs signed is let in",
-        )?;
+        refused("client_allowed_sans", "any client certificate the client_ca_file's CAs signed is let in")?;
     }
     let _ = t.prefer_server_cipher_suites; // rustls always prefers the server's order
     let mut file = |name: &str, value: Option<String>| -> Result<PathBuf> {
-        let Some(value) = value.filter(|v| !v.is_empty()) else {
-            bail!("tls_server_config.{name} is required")
-        };
+        let Some(value) = value.filter(|v| !v.is_empty()) else { bail!("tls_server_config.{name} is required") };
         let path = dir.join(value);
         stamps.push((path.clone(), stamp(&path)));
         Ok(path)
@@ -273,8 +217,7 @@ fn tls_config(
     if certs.is_empty() {
         bail!("{}: no certificate in it", cert_file.display());
     }
-    let key = PrivateKeyDer::from_pem_file(&key_file)
-        .map_err(|e| anyhow::anyhow!("{}: {e}", key_file.display()))?;
+    let key = PrivateKeyDer::from_pem_file(&key_file).map_err(|e| anyhow::anyhow!("{}: {e}", key_file.display()))?;
 
     let version = |v: &Option<String>, default: u8| -> Result<u8> {
         match v.as_deref() {
@@ -285,40 +228,25 @@ fn tls_config(
         }
     };
     let (min, max) = (version(&t.min_version, 12)?, version(&t.max_version, 13)?);
-    let versions: Vec<&'static rustls::SupportedProtocolVersion> = [(12, &TLS12), (13, &TLS13)]
-        .into_iter()
-        .filter(|(v, _)| (min..=max).contains(v))
-        .map(|(_, p)| p)
-        .collect();
+    let versions: Vec<&'static rustls::SupportedProtocolVersion> =
+        [(12, &TLS12), (13, &TLS13)].into_iter().filter(|(v, _)| (min..=max).contains(v)).map(|(_, p)| p).collect();
     if versions.is_empty() {
         bail!("tls_server_config: min_version is above max_version");
     }
 
-    let verifier: Option<Arc<dyn ClientCertVerifier>> = match t
-        .client_auth_type
-        .as_deref()
-        .unwrap_or("NoClientCert")
-    {
+    let verifier: Option<Arc<dyn ClientCertVerifier>> = match t.client_auth_type.as_deref().unwrap_or("NoClientCert") {
         "" | "NoClientCert" => None,
         kind @ ("RequireAndVerifyClientCert" | "VerifyClientCertIfGiven") => {
             let ca_file = file("client_ca_file", t.client_ca_file)?;
             let mut roots = RootCertStore::empty();
-            for cert in CertificateDer::pem_file_iter(&ca_file)
-                .map_err(|e| anyhow::anyhow!("{}: {e}", ca_file.display()))?
+            for cert in
+                CertificateDer::pem_file_iter(&ca_file).map_err(|e| anyhow::anyhow!("{}: {e}", ca_file.display()))?
             {
                 roots.add(cert.map_err(|e| anyhow::anyhow!("{}: {e}", ca_file.display()))?)?;
             }
             let builder = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider());
-            let builder = if kind == "VerifyClientCertIfGiven" {
-                builder.allow_unauthenticated()
-            } else {
-                builder
-            };
-            Some(
-                builder
-                    .build()
-                    .with_context(|| format!("{}: client CAs", ca_file.display()))?,
-            )
+            let builder = if kind == "VerifyClientCertIfGiven" { builder.allow_unauthenticated() } else { builder };
+            Some(builder.build().with_context(|| format!("{}: client CAs", ca_file.display()))?)
         }
         kind @ ("RequestClientCert" | "RequireAnyClientCert") => {
             bail!(
@@ -329,18 +257,13 @@ fn tls_config(
             "tls_server_config.client_auth_type {other:?}: one of NoClientCert, VerifyClientCertIfGiven, RequireAndVerifyClientCert"
         ),
     };
-    let builder =
-        ServerConfig::builder_with_provider(provider()).with_protocol_versions(&versions)?;
+    let builder = ServerConfig::builder_with_provider(provider()).with_protocol_versions(&versions)?;
     let builder = match verifier {
         Some(v) => builder.with_client_cert_verifier(v),
         None => builder.with_no_client_auth(),
     };
     let mut config = builder.with_single_cert(certs, key).with_context(|| {
-        format!(
-            "{} and {}: the key does not match the certificate",
-            cert_file.display(),
-            key_file.display()
-        )
+        format!("{} and {}: the key does not match the certificate", cert_file.display(), key_file.display())
     })?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(config)
@@ -360,10 +283,7 @@ impl WebConfig {
     /// Loads the file; an error here stops the agent before it attaches anything.
     pub fn open(path: &Path) -> Result<Self> {
         let loaded = load(path)?;
-        Ok(WebConfig {
-            path: path.to_path_buf(),
-            current: Mutex::new(Arc::new(loaded)),
-        })
+        Ok(WebConfig { path: path.to_path_buf(), current: Mutex::new(Arc::new(loaded)) })
     }
 
     pub fn path(&self) -> &Path {
@@ -387,11 +307,7 @@ impl WebConfig {
             Err(e) => {
                 tracing::error!(file = %self.path.display(), "web configuration not reloaded, the previous one stays in force: {e:#}");
                 // Take the failed files' stamps so that the error is logged once per change.
-                let stamps = current
-                    .stamps
-                    .iter()
-                    .map(|(p, _)| (p.clone(), stamp(p)))
-                    .collect();
+                let stamps = current.stamps.iter().map(|(p, _)| (p.clone(), stamp(p))).collect();
                 let kept = Loaded {
                     tls: current.tls.clone(),
                     users: current.users.clone(),
@@ -427,23 +343,13 @@ mod tests {
     fn basic_auth_with_bcrypt_hashes() {
         let dir = tempfile::tempdir().unwrap();
         let hash = bcrypt::hash("s3cret", 4).unwrap();
-        let loaded = load(&write(
-            dir.path(),
-            "web.yml",
-            &format!("basic_auth_users:\n  prometheus: '{hash}'\n"),
-        ))
-        .unwrap();
+        let loaded =
+            load(&write(dir.path(), "web.yml", &format!("basic_auth_users:\n  prometheus: '{hash}'\n"))).unwrap();
         let header = |user: &str, password: &str| {
-            format!(
-                "Basic {}",
-                base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
-            )
+            format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}")))
         };
         assert!(loaded.authorized(Some(&header("prometheus", "s3cret"))));
-        assert!(
-            loaded.authorized(Some(&header("prometheus", "s3cret"))),
-            "and from the cache"
-        );
+        assert!(loaded.authorized(Some(&header("prometheus", "s3cret"))), "and from the cache");
         assert!(!loaded.authorized(Some(&header("prometheus", "wrong"))));
         assert!(!loaded.authorized(Some(&header("nobody", "s3cret"))));
         assert!(!loaded.authorized(Some("Bearer s3cret")));
@@ -459,33 +365,16 @@ mod tests {
                 "tls_server_config:\n  cert_file: a\n  key_file: b\n  cipher_suites: [TLS_AES_128_GCM_SHA256]\n",
                 "cipher_suites",
             ),
-            (
-                "tls_server_config:\n  cert_file: a\n  key_file: b\n  client_allowed_sans: [x]\n",
-                "client_allowed_sans",
-            ),
-            (
-                "tls_server_config:\n  key_file: b\n",
-                "cert_file is required",
-            ),
-            (
-                "tls_server_config:\n  cert_file: missing.crt\n  key_file: missing.key\n",
-                "missing.crt",
-            ),
-            (
-                "basic_auth_users:\n  alice: plain-text\n",
-                "not a bcrypt hash",
-            ),
+            ("tls_server_config:\n  cert_file: a\n  key_file: b\n  client_allowed_sans: [x]\n", "client_allowed_sans"),
+            ("tls_server_config:\n  key_file: b\n", "cert_file is required"),
+            ("tls_server_config:\n  cert_file: missing.crt\n  key_file: missing.key\n", "missing.crt"),
+            ("basic_auth_users:\n  alice: plain-text\n", "not a bcrypt hash"),
             ("tls_config:\n  cert_file: a\n", "unknown field"),
-            (
-                "http_server_config:\n  headers:\n    Content-Type: x\n",
-                "redprobe's to set",
-            ),
+            ("http_server_config:\n  headers:\n    Content-Type: x\n", "redprobe's to set"),
         ] {
             let err = format!(
                 "{:#}",
-                load(&write(dir.path(), "web.yml", text))
-                    .err()
-                    .unwrap_or_else(|| panic!("{text} loaded"))
+                load(&write(dir.path(), "web.yml", text)).err().unwrap_or_else(|| panic!("{text} loaded"))
             );
             assert!(err.contains(error), "{text}: {err}");
         }

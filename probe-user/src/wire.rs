@@ -1,9 +1,9 @@
 //! Ring-buffer records as the kernel writes them, built for tests (decode, the golden
 //! fixtures, the fuzzer): the same bytes the agent reads.
 use probe_common::{
-    CloseEvent, DataEvent, EVENT_CLOSE, EVENT_EXEC, EVENT_EXIT, EVENT_FORK, EVENT_MEASURED,
-    EVENT_PATH, EVENT_SWITCH, EventHeader, ExecEvent, ExitEvent, FLAG_RESET, ForkEvent,
-    HEAD_WINDOW, MeasuredEvent, PathEvent, SwitchEvent, TAIL_WINDOW, route::MAX_PATH,
+    CloseEvent, DataEvent, EventHeader, ExecEvent, ExitEvent, ForkEvent, MeasuredEvent, PathEvent, SwitchEvent,
+    EVENT_CLOSE, EVENT_EXEC, EVENT_EXIT, EVENT_FORK, EVENT_MEASURED, EVENT_PATH, EVENT_SWITCH, FLAG_RESET, HEAD_WINDOW,
+    TAIL_WINDOW, route::MAX_PATH,
 };
 
 pub const AF_INET: u16 = 2;
@@ -17,15 +17,7 @@ pub fn raw<T>(v: &T) -> Vec<u8> {
 /// A data record for I/O of `len` bytes by `tgid`, of which `bytes` are what the probe
 /// would capture (the head window from the start and, when `len` is larger than the
 /// window, the last `TAIL_WINDOW` bytes of `bytes` as the tail).
-pub fn data(
-    kind: u32,
-    conn: u64,
-    tgid: u32,
-    ts_ns: u64,
-    family: u16,
-    flags: u32,
-    bytes: &[u8],
-) -> Vec<u8> {
+pub fn data(kind: u32, conn: u64, tgid: u32, ts_ns: u64, family: u16, flags: u32, bytes: &[u8]) -> Vec<u8> {
     let mut ev = DataEvent {
         header: EventHeader { kind, flags, ts_ns },
         conn_id: conn,
@@ -50,35 +42,17 @@ pub fn data(
 }
 
 pub fn close(conn: u64, ts_ns: u64) -> Vec<u8> {
-    raw(&CloseEvent {
-        header: EventHeader {
-            kind: EVENT_CLOSE,
-            flags: 0,
-            ts_ns,
-        },
-        conn_id: conn,
-    })
+    raw(&CloseEvent { header: EventHeader { kind: EVENT_CLOSE, flags: 0, ts_ns }, conn_id: conn })
 }
 
 /// A close by a reset (the client gave up).
 pub fn reset(conn: u64, ts_ns: u64) -> Vec<u8> {
-    raw(&CloseEvent {
-        header: EventHeader {
-            kind: EVENT_CLOSE,
-            flags: FLAG_RESET,
-            ts_ns,
-        },
-        conn_id: conn,
-    })
+    raw(&CloseEvent { header: EventHeader { kind: EVENT_CLOSE, flags: FLAG_RESET, ts_ns }, conn_id: conn })
 }
 
 pub fn fork(parent: u32, child: u32, ts_ns: u64) -> Vec<u8> {
     raw(&ForkEvent {
-        header: EventHeader {
-            kind: EVENT_FORK,
-            flags: 0,
-            ts_ns,
-        },
+        header: EventHeader { kind: EVENT_FORK, flags: 0, ts_ns },
         parent_tgid: parent,
         child_tgid: child,
         child_start_ns: ts_ns,
@@ -89,38 +63,17 @@ pub fn exec(tgid: u32, comm: &str, ts_ns: u64) -> Vec<u8> {
     let mut name = [0u8; 16];
     let n = comm.len().min(15);
     name[..n].copy_from_slice(&comm.as_bytes()[..n]);
-    raw(&ExecEvent {
-        header: EventHeader {
-            kind: EVENT_EXEC,
-            flags: 0,
-            ts_ns,
-        },
-        tgid,
-        _pad: 0,
-        comm: name,
-    })
+    raw(&ExecEvent { header: EventHeader { kind: EVENT_EXEC, flags: 0, ts_ns }, tgid, _pad: 0, comm: name })
 }
 
 pub fn exit(tgid: u32, ts_ns: u64) -> Vec<u8> {
-    raw(&ExitEvent {
-        header: EventHeader {
-            kind: EVENT_EXIT,
-            flags: 0,
-            ts_ns,
-        },
-        tgid,
-        _pad: 0,
-    })
+    raw(&ExitEvent { header: EventHeader { kind: EVENT_EXIT, flags: 0, ts_ns }, tgid, _pad: 0 })
 }
 
 /// The kernel sent `path` under `key` for service id `service`.
 pub fn path(key: u64, service: u32, path: &[u8], ts_ns: u64) -> Vec<u8> {
     let mut ev = PathEvent {
-        header: EventHeader {
-            kind: EVENT_PATH,
-            flags: 0,
-            ts_ns,
-        },
+        header: EventHeader { kind: EVENT_PATH, flags: 0, ts_ns },
         key,
         service,
         len: path.len().min(MAX_PATH) as u32,
@@ -132,11 +85,7 @@ pub fn path(key: u64, service: u32, path: &[u8], ts_ns: u64) -> Vec<u8> {
 
 /// A request the kernel measured and sent as an event.
 pub fn measured(mut ev: MeasuredEvent) -> Vec<u8> {
-    ev.header = EventHeader {
-        kind: EVENT_MEASURED,
-        flags: 0,
-        ts_ns: ev.end_ns,
-    };
+    ev.header = EventHeader { kind: EVENT_MEASURED, flags: 0, ts_ns: ev.end_ns };
     raw(&ev)
 }
 

@@ -136,9 +136,7 @@ impl Conn {
     }
 
     pub fn connect(to: &Endpoint) -> Result<Self> {
-        Ok(Conn {
-            reader: BufReader::new(Stream::connect(to)?),
-        })
+        Ok(Conn { reader: BufReader::new(Stream::connect(to)?) })
     }
 
     pub fn stream(&mut self) -> &mut Stream {
@@ -146,14 +144,7 @@ impl Conn {
     }
 
     /// Sends one request and reads its whole response.
-    pub fn request(
-        &mut self,
-        method: &str,
-        path: &str,
-        version: &str,
-        headers: &[(&str, &str)],
-        body: &[u8],
-    ) -> Result<Response> {
+    pub fn request(&mut self, method: &str, path: &str, version: &str, headers: &[(&str, &str)], body: &[u8]) -> Result<Response> {
         let mut raw = format!("{method} {path} {version}\r\nHost: localhost\r\n");
         for (k, v) in headers {
             raw.push_str(&format!("{k}: {v}\r\n"));
@@ -199,8 +190,7 @@ impl Conn {
                 .nth(1)
                 .and_then(|s| s.parse().ok())
                 .with_context(|| format!("bad status line {status_line:?}"))?;
-            let (mut length, mut chunked, mut close) =
-                (None, false, status_line.starts_with("HTTP/1.0"));
+            let (mut length, mut chunked, mut close) = (None, false, status_line.starts_with("HTTP/1.0"));
             loop {
                 let line = self.read_line()?;
                 if line.is_empty() {
@@ -210,12 +200,7 @@ impl Conn {
                 let (k, v) = (k.trim().to_ascii_lowercase(), v.trim().to_ascii_lowercase());
                 match k.as_str() {
                     // A list of one length ("5, 5") is a length too.
-                    "content-length" => {
-                        length = v
-                            .split(',')
-                            .next()
-                            .and_then(|v| v.trim().parse::<usize>().ok())
-                    }
+                    "content-length" => length = v.split(',').next().and_then(|v| v.trim().parse::<usize>().ok()),
                     "transfer-encoding" => chunked = v.contains("chunked"),
                     "connection" => close = v.contains("close"),
                     _ => {}
@@ -228,10 +213,7 @@ impl Conn {
             if head_request || status == 204 || status == 304 {
             } else if chunked {
                 loop {
-                    let size = usize::from_str_radix(
-                        self.read_line()?.split(';').next().unwrap_or("").trim(),
-                        16,
-                    )?;
+                    let size = usize::from_str_radix(self.read_line()?.split(';').next().unwrap_or("").trim(), 16)?;
                     if size == 0 {
                         while !self.read_line()?.is_empty() {}
                         break;
@@ -247,12 +229,7 @@ impl Conn {
                 self.reader.read_to_end(&mut body)?;
                 close = true;
             }
-            return Ok(Response {
-                status,
-                body,
-                elapsed: Duration::ZERO,
-                closed: close,
-            });
+            return Ok(Response { status, body, elapsed: Duration::ZERO, closed: close });
         }
     }
 }
@@ -265,10 +242,6 @@ pub fn one_shot(port: u16, method: &str, path: &str, version: &str) -> Result<Re
 /// `one_shot` to any endpoint.
 pub fn one_shot_to(to: &Endpoint, method: &str, path: &str, version: &str) -> Result<Response> {
     let mut conn = Conn::connect(to)?;
-    let headers: &[(&str, &str)] = if version == "HTTP/1.1" {
-        &[("Connection", "close")]
-    } else {
-        &[]
-    };
+    let headers: &[(&str, &str)] = if version == "HTTP/1.1" { &[("Connection", "close")] } else { &[] };
     conn.request(method, path, version, headers, b"")
 }

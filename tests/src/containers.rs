@@ -25,14 +25,10 @@ pub const CONTAINER_PORT: u16 = 8000;
 
 fn run(cmd: &mut Command) -> Result<Output> {
     let what = crate::describe(cmd);
-    let out = cmd.output().with_context(|| {
-        format!("running {what} (is podman installed? `cargo xtask setup` installs it)")
-    })?;
-    ensure!(
-        out.status.success(),
-        "{what}: {}",
-        String::from_utf8_lossy(&out.stderr).trim()
-    );
+    let out = cmd
+        .output()
+        .with_context(|| format!("running {what} (is podman installed? `cargo xtask setup` installs it)"))?;
+    ensure!(out.status.success(), "{what}: {}", String::from_utf8_lossy(&out.stderr).trim());
     Ok(out)
 }
 
@@ -45,32 +41,21 @@ fn stdout(out: Output) -> String {
 /// which not every host gives root.
 pub fn ulimits() -> Vec<String> {
     let hard = |resource| {
-        let mut l = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
+        let mut l = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
         // SAFETY: a plain getrlimit into a local.
         unsafe { libc::getrlimit(resource, &mut l) };
         l.rlim_max
     };
     let files = hard(libc::RLIMIT_NOFILE).min(1 << 20);
     let procs = hard(libc::RLIMIT_NPROC).min(32768);
-    vec![
-        "--ulimit".into(),
-        format!("nofile={files}:{files}"),
-        "--ulimit".into(),
-        format!("nproc={procs}:{procs}"),
-    ]
+    vec!["--ulimit".into(), format!("nofile={files}:{files}"), "--ulimit".into(), format!("nproc={procs}:{procs}")]
 }
 
 /// Builds the servers' image once per test process (buildah), if podman does not have it.
 pub fn host_image() -> Result<&'static str> {
     static BUILT: OnceLock<std::result::Result<(), String>> = OnceLock::new();
     let built = BUILT.get_or_init(|| {
-        let have = Command::new("podman")
-            .args(["image", "exists", HOST_IMAGE])
-            .status()
-            .is_ok_and(|s| s.success());
+        let have = Command::new("podman").args(["image", "exists", HOST_IMAGE]).status().is_ok_and(|s| s.success());
         if have {
             return Ok(());
         }
@@ -90,20 +75,12 @@ fn build_host_image() -> Result<()> {
         for dir in ["usr", "etc", "tmp", "proc", "sys", "dev", "run", "var"] {
             std::fs::create_dir_all(root.join(dir))?;
         }
-        for (link, to) in [
-            ("bin", "usr/bin"),
-            ("sbin", "usr/sbin"),
-            ("lib", "usr/lib"),
-            ("lib64", "usr/lib64"),
-        ] {
+        for (link, to) in [("bin", "usr/bin"), ("sbin", "usr/sbin"), ("lib", "usr/lib"), ("lib64", "usr/lib64")] {
             std::os::unix::fs::symlink(to, root.join(link))?;
         }
         // As in most images: an absolute link, which must resolve inside the container.
         std::os::unix::fs::symlink("/run", root.join("var/run"))?;
-        std::fs::set_permissions(
-            root.join("tmp"),
-            std::os::unix::fs::PermissionsExt::from_mode(0o1777),
-        )?;
+        std::fs::set_permissions(root.join("tmp"), std::os::unix::fs::PermissionsExt::from_mode(0o1777))?;
         run(Command::new("buildah").args(["umount", &c]))?;
         run(Command::new("buildah").args(["commit", "--quiet", &c, HOST_IMAGE]))?;
         Ok(())
@@ -122,21 +99,14 @@ impl Container {
     /// `podman run -d` with `options` (before the image) and `args` (after it). The name is
     /// made unique.
     pub fn run(name: &str, options: &[String], image: &str, args: &[String]) -> Result<Self> {
-        let name = format!(
-            "{name}-{}-{}",
-            std::process::id(),
-            crate::procs::free_port()
-        );
+        let name = format!("{name}-{}-{}", std::process::id(), crate::procs::free_port());
         let out = run(Command::new("podman")
             .args(["run", "-d", "--name", &name])
             .args(ulimits())
             .args(options)
             .arg(image)
             .args(args))?;
-        Ok(Container {
-            id: stdout(out),
-            name,
-        })
+        Ok(Container { id: stdout(out), name })
     }
 
     /// A server from the workspace in the servers' image, listening on [`CONTAINER_PORT`]
@@ -161,10 +131,7 @@ impl Container {
             && let Some(prefix) = real.parent().and_then(Path::parent)
             && !prefix.starts_with("/usr")
         {
-            opts.extend([
-                "-v".into(),
-                format!("{}:{}:ro", prefix.display(), prefix.display()),
-            ]);
+            opts.extend(["-v".into(), format!("{}:{}:ro", prefix.display(), prefix.display())]);
         }
         opts.extend_from_slice(options);
         let c = Container::run(name, &opts, host_image()?, command)?;
@@ -175,12 +142,7 @@ impl Container {
     pub fn pid(&self) -> Result<u32> {
         let out = run(Command::new("podman").args(["inspect", "-f", "{{.State.Pid}}", &self.id]))?;
         let pid: u32 = stdout(out).parse().context("podman inspect: no PID")?;
-        ensure!(
-            pid != 0,
-            "container {} is not running:\n{}",
-            self.name,
-            self.logs()
-        );
+        ensure!(pid != 0, "container {} is not running:\n{}", self.name, self.logs());
         Ok(pid)
     }
 
@@ -188,13 +150,7 @@ impl Container {
         Command::new("podman")
             .args(["logs", &self.id])
             .output()
-            .map(|o| {
-                format!(
-                    "{}{}",
-                    String::from_utf8_lossy(&o.stdout),
-                    String::from_utf8_lossy(&o.stderr)
-                )
-            })
+            .map(|o| format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr)))
             .unwrap_or_default()
     }
 
@@ -214,22 +170,14 @@ impl Container {
 
 impl Drop for Container {
     fn drop(&mut self) {
-        let _ = Command::new("podman")
-            .args(["rm", "-f", "-t", "0", &self.id])
-            .output();
+        let _ = Command::new("podman").args(["rm", "-f", "-t", "0", &self.id]).output();
     }
 }
 
 /// Waits until the server in a container accepts connections on its published host
 /// port. Only connects: a request would be counted.
 pub fn wait_listening(port: u16) -> Result<()> {
-    wait_for(
-        &format!("a server on published port {port}"),
-        Duration::from_secs(60),
-        || {
-            std::net::TcpStream::connect(("127.0.0.1", port))
-                .ok()
-                .map(|_| ())
-        },
-    )
+    wait_for(&format!("a server on published port {port}"), Duration::from_secs(60), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).ok().map(|_| ())
+    })
 }

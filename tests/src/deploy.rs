@@ -13,21 +13,13 @@ pub fn deploy(path: &str) -> PathBuf {
 
 /// A file of Kubernetes manifests as JSON documents (PyYAML reads them).
 pub fn manifests(file: &str) -> Result<Vec<Value>> {
-    let python = if std::path::Path::new("/usr/bin/python3").exists() {
-        "/usr/bin/python3"
-    } else {
-        "python3"
-    };
+    let python = if std::path::Path::new("/usr/bin/python3").exists() { "/usr/bin/python3" } else { "python3" };
     let out = Command::new(python)
         .args(["-c", "import json, sys, yaml; print(json.dumps(list(yaml.safe_load_all(open(sys.argv[1])))))"])
         .arg(deploy(file))
         .output()
         .context("python3 with PyYAML (Debian package python3-yaml)")?;
-    ensure!(
-        out.status.success(),
-        "reading {file}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ensure!(out.status.success(), "reading {file}: {}", String::from_utf8_lossy(&out.stderr));
     Ok(serde_json::from_slice::<Vec<Value>>(&out.stdout)?)
 }
 
@@ -40,17 +32,10 @@ pub struct DaemonSetAgent {
 
 pub fn daemonset_agent() -> Result<DaemonSetAgent> {
     let docs = manifests("kubernetes/daemonset.yaml")?;
-    let ds = docs
-        .iter()
-        .find(|d| d["kind"] == "DaemonSet")
-        .context("no DaemonSet")?;
+    let ds = docs.iter().find(|d| d["kind"] == "DaemonSet").context("no DaemonSet")?;
     let c = &ds["spec"]["template"]["spec"]["containers"][0];
     let strings = |v: &Value| -> Vec<String> {
-        v.as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|a| a.as_str().map(str::to_string))
-            .collect()
+        v.as_array().into_iter().flatten().filter_map(|a| a.as_str().map(str::to_string)).collect()
     };
     Ok(DaemonSetAgent {
         image: c["image"].as_str().context("image")?.to_string(),

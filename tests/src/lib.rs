@@ -16,11 +16,7 @@ use std::time::{Duration, Instant};
 pub use anyhow;
 
 /// Polls `check` until it returns `Some`, or fails after `timeout` with `what`.
-pub fn wait_for<T>(
-    what: &str,
-    timeout: Duration,
-    mut check: impl FnMut() -> Option<T>,
-) -> anyhow::Result<T> {
+pub fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> anyhow::Result<T> {
     let deadline = Instant::now() + timeout;
     let mut pause = Duration::from_millis(5);
     loop {

@@ -14,10 +14,7 @@ use crate::{scrape, wait_for};
 
 /// The workspace root (this crate lives in `<root>/tests`).
 pub fn workspace_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map(PathBuf::from)
-        .unwrap_or_default()
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().map(PathBuf::from).unwrap_or_default()
 }
 
 /// The agent binary: `$REDPROBE_BIN`, else the workspace's release build.
@@ -51,10 +48,7 @@ pub fn status_field(pid: u32, key: &str) -> Result<String> {
 /// A `/proc/PID/status` size (VmRSS:, VmHWM:, ...) in KiB.
 pub fn status_kib(pid: u32, key: &str) -> Result<u64> {
     let v = status_field(pid, key)?;
-    v.trim_end_matches("kB")
-        .trim()
-        .parse()
-        .with_context(|| format!("{key} {v:?}"))
+    v.trim_end_matches("kB").trim().parse().with_context(|| format!("{key} {v:?}"))
 }
 
 /// `/proc/PID/stat`, read once. Its fields are numbered as proc(5) numbers them, from 1
@@ -79,45 +73,32 @@ impl Stat {
     /// Field `n` (1: pid, 2: comm without its parentheses, 3: state, ...). The command
     /// name may hold spaces and parentheses: it ends at the last ')'.
     pub fn field(&self, n: usize) -> Result<&str> {
-        let (head, rest) = self
-            .text
-            .rsplit_once(')')
-            .context("malformed /proc/PID/stat")?;
+        let (head, rest) = self.text.rsplit_once(')').context("malformed /proc/PID/stat")?;
         let (pid, comm) = head.split_once(" (").context("malformed /proc/PID/stat")?;
         match n {
             0 => bail!("/proc/PID/stat fields are numbered from 1"),
             1 => Ok(pid),
             2 => Ok(comm),
-            _ => rest
-                .split_whitespace()
-                .nth(n - 3)
-                .with_context(|| format!("no field {n} in /proc/PID/stat")),
+            _ => rest.split_whitespace().nth(n - 3).with_context(|| format!("no field {n} in /proc/PID/stat")),
         }
     }
 
     /// Field `n` as a number.
     pub fn number(&self, n: usize) -> Result<u64> {
         let v = self.field(n)?;
-        v.parse()
-            .with_context(|| format!("/proc/PID/stat field {n} {v:?}"))
+        v.parse().with_context(|| format!("/proc/PID/stat field {n} {v:?}"))
     }
 }
 
 /// The child processes of `pid` (of its main thread: servers fork from it).
 pub fn children(pid: u32) -> Vec<u32> {
-    let list =
-        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
-    list.split_whitespace()
-        .filter_map(|p| p.parse().ok())
-        .collect()
+    let list = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+    list.split_whitespace().filter_map(|p| p.parse().ok()).collect()
 }
 
 /// A port nobody listens on right now (the OS picks it).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or(0)
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(0)
 }
 
 pub(crate) fn terminate(child: &mut Child) {
@@ -130,9 +111,7 @@ pub(crate) fn terminate_within(child: &mut Child, grace: Duration) {
         return; // reaped already: its PID may belong to another process now
     }
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let _ = crate::wait_for("the child to exit", grace, || {
-        child.try_wait().ok().flatten()
-    });
+    let _ = crate::wait_for("the child to exit", grace, || child.try_wait().ok().flatten());
     let _ = child.kill();
     let _ = child.wait();
 }
@@ -153,8 +132,7 @@ impl Server {
     /// command name).
     pub fn python_command(program: impl AsRef<std::ffi::OsStr>, port: u16) -> Command {
         let mut cmd = Command::new(program);
-        cmd.arg(workspace_root().join("tests/servers/app.py"))
-            .args(["--port", &port.to_string()]);
+        cmd.arg(workspace_root().join("tests/servers/app.py")).args(["--port", &port.to_string()]);
         cmd
     }
 
@@ -169,10 +147,7 @@ impl Server {
             .with_context(|| format!("starting {what} (is python3 installed?)"))?;
         let mut line = String::new();
         BufReader::new(child.stdout.take().context("no stdout")?).read_line(&mut line)?;
-        let port = line
-            .trim()
-            .strip_prefix("LISTENING ")
-            .and_then(|p| p.parse().ok());
+        let port = line.trim().strip_prefix("LISTENING ").and_then(|p| p.parse().ok());
         match port {
             Some(port) => Ok(Server { child, port }),
             None => {
@@ -196,9 +171,7 @@ impl Drop for Server {
 
 /// The agent's arguments to measure `pids`: `--pid P` for each.
 pub fn pid_args(pids: &[u32]) -> Vec<String> {
-    pids.iter()
-        .flat_map(|p| ["--pid".to_string(), p.to_string()])
-        .collect()
+    pids.iter().flat_map(|p| ["--pid".to_string(), p.to_string()]).collect()
 }
 
 /// A running agent, serving /metrics on `addr`.
@@ -226,17 +199,10 @@ impl Agent {
     }
 
     /// Like `start_with`, ready when `ready(addr)` says so (e.g. over TLS).
-    pub fn start_until(
-        mut cmd: Command,
-        args: &[String],
-        ready: impl Fn(&str) -> bool,
-    ) -> Result<Self> {
+    pub fn start_until(mut cmd: Command, args: &[String], ready: impl Fn(&str) -> bool) -> Result<Self> {
         let addr = format!("127.0.0.1:{}", free_port());
-        let stderr_path = std::env::temp_dir().join(format!(
-            "redprobe-agent-{}-{}.log",
-            std::process::id(),
-            free_port()
-        ));
+        let stderr_path =
+            std::env::temp_dir().join(format!("redprobe-agent-{}-{}.log", std::process::id(), free_port()));
         let log = std::fs::File::create(&stderr_path)?;
         let child = cmd
             .args(args)
@@ -244,17 +210,8 @@ impl Agent {
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
-            .with_context(|| {
-                format!(
-                    "starting {} (build it with `cargo xtask build`)",
-                    agent_bin().display()
-                )
-            })?;
-        let mut agent = Agent {
-            child,
-            addr,
-            stderr_path,
-        };
+            .with_context(|| format!("starting {} (build it with `cargo xtask build`)", agent_bin().display()))?;
+        let mut agent = Agent { child, addr, stderr_path };
         let ready = wait_for("the agent's /metrics", Duration::from_secs(60), || {
             if let Ok(Some(status)) = agent.child.try_wait() {
                 return Some(Err(status));
@@ -262,10 +219,7 @@ impl Agent {
             ready(&agent.addr).then_some(Ok(()))
         })?;
         if let Err(status) = ready {
-            bail!(
-                "agent exited with {status} before it was ready:\n{}",
-                agent.stderr()
-            );
+            bail!("agent exited with {status} before it was ready:\n{}", agent.stderr());
         }
         Ok(agent)
     }
@@ -275,11 +229,7 @@ impl Agent {
     }
 
     /// Waits until the metrics satisfy `check` (the agent drains the kernel every 20 ms).
-    pub fn wait_metrics(
-        &self,
-        what: &str,
-        check: impl Fn(&scrape::Metrics) -> bool,
-    ) -> Result<scrape::Metrics> {
+    pub fn wait_metrics(&self, what: &str, check: impl Fn(&scrape::Metrics) -> bool) -> Result<scrape::Metrics> {
         let mut last = None;
         let result = wait_for(what, Duration::from_secs(20), || {
             let m = self.metrics().ok()?;
@@ -290,13 +240,8 @@ impl Agent {
             None
         });
         result.map_err(|e| {
-            let counts = last
-                .map(|m| format!("{:#?}", m.request_counts()))
-                .unwrap_or_default();
-            anyhow::anyhow!(
-                "{e}; last request counts: {counts}\nagent log:\n{}",
-                self.stderr()
-            )
+            let counts = last.map(|m| format!("{:#?}", m.request_counts())).unwrap_or_default();
+            anyhow::anyhow!("{e}; last request counts: {counts}\nagent log:\n{}", self.stderr())
         })
     }
 
@@ -323,30 +268,20 @@ impl Drop for Agent {
 /// Runs the agent, expecting it to exit by itself within 30 s (error cases), and returns
 /// (status, stderr). An agent still running after that is killed and reported.
 pub fn run_agent_expecting_exit(mut cmd: Command, args: &[&str]) -> Result<(ExitStatus, String)> {
-    let mut child = cmd
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()?;
+    let mut child = cmd.args(args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn()?;
     let mut stderr = child.stderr.take().context("no stderr")?;
     let reader = std::thread::spawn(move || {
         let mut s = String::new();
         let _ = stderr.read_to_string(&mut s);
         s
     });
-    let status = wait_for("the agent to exit", Duration::from_secs(30), || {
-        child.try_wait().ok().flatten()
-    });
+    let status = wait_for("the agent to exit", Duration::from_secs(30), || child.try_wait().ok().flatten());
     let status = match status {
         Ok(s) => s,
         Err(e) => {
             let _ = child.kill();
             let _ = child.wait();
-            bail!(
-                "{e}: the agent kept running:\n{}",
-                reader.join().unwrap_or_default()
-            );
+            bail!("{e}: the agent kept running:\n{}", reader.join().unwrap_or_default());
         }
     };
     Ok((status, reader.join().unwrap_or_default()))
@@ -384,29 +319,15 @@ mod tests {
 
     #[test]
     fn stat_fields_are_numbered_as_proc_5() {
-        let stat = Stat {
-            text: "4242 (a) b (c) S 1 4242 4242 0 -1 4194560 10 0 0 0 7 3 0 0 20 0 1 0 99 1 2\n"
-                .into(),
-        };
+        let stat = Stat { text: "4242 (a) b (c) S 1 4242 4242 0 -1 4194560 10 0 0 0 7 3 0 0 20 0 1 0 99 1 2\n".into() };
         assert_eq!(stat.field(1).unwrap(), "4242");
         assert_eq!(stat.field(2).unwrap(), "a) b (c");
         assert_eq!(stat.field(3).unwrap(), "S");
         assert_eq!(stat.field(4).unwrap(), "1");
-        assert_eq!(
-            (
-                stat.number(STAT_UTIME).unwrap(),
-                stat.number(STAT_STIME).unwrap()
-            ),
-            (7, 3)
-        );
+        assert_eq!((stat.number(STAT_UTIME).unwrap(), stat.number(STAT_STIME).unwrap()), (7, 3));
         assert!(stat.field(0).is_err() && stat.field(99).is_err());
         let me = Stat::read(std::process::id()).unwrap();
         assert_eq!(me.number(1).unwrap(), std::process::id() as u64);
-        assert_eq!(
-            me.field(2).unwrap(),
-            std::fs::read_to_string("/proc/self/comm")
-                .unwrap()
-                .trim_end()
-        );
+        assert_eq!(me.field(2).unwrap(), std::fs::read_to_string("/proc/self/comm").unwrap().trim_end());
     }
 }

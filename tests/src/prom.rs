@@ -29,20 +29,14 @@ fn sample(metric: &Value, value: f64) -> Sample {
         .map(|(k, v)| (k.clone(), v.as_str().unwrap_or("").to_string()))
         .collect();
     let name = labels.remove("__name__").unwrap_or_default();
-    Sample {
-        name,
-        labels,
-        value,
-    }
+    Sample { name, labels, value }
 }
 
 /// Percent-encodes a query-string value.
 pub fn url_encode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
             _ => format!("%{b:02X}"),
         })
         .collect()
@@ -57,28 +51,19 @@ impl Prometheus {
     /// The same, with `features` enabled (`--enable-feature`: native-histograms...).
     pub fn start_with(config: &str, features: &[&str]) -> Result<Self> {
         let port = free_port();
-        let dir =
-            std::env::temp_dir().join(format!("redprobe-prometheus-{}-{port}", std::process::id()));
+        let dir = std::env::temp_dir().join(format!("redprobe-prometheus-{}-{port}", std::process::id()));
         std::fs::create_dir_all(dir.join("data"))?;
         std::fs::write(dir.join("prometheus.yml"), config)?;
         let log = std::fs::File::create(dir.join("prometheus.log"))?;
         let child = Command::new("prometheus")
-            .arg(format!(
-                "--config.file={}",
-                dir.join("prometheus.yml").display()
-            ))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.join("data").display()
-            ))
+            .arg(format!("--config.file={}", dir.join("prometheus.yml").display()))
+            .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
             .arg(format!("--web.listen-address=127.0.0.1:{port}"))
             .args(features.iter().map(|f| format!("--enable-feature={f}")))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
-            .context(
-                "starting prometheus (Debian package prometheus; `cargo xtask test` installs it)",
-            )?;
+            .context("starting prometheus (Debian package prometheus; `cargo xtask test` installs it)")?;
         let mut p = Prometheus { child, port, dir };
         let ready = wait_for("Prometheus to be ready", Duration::from_secs(60), || {
             if let Ok(Some(status)) = p.child.try_wait() {
@@ -120,14 +105,8 @@ impl Prometheus {
     /// as one sample without labels.
     pub fn query(&self, expr: &str, time: Option<f64>) -> Result<Vec<Sample>> {
         let at = time.map(|t| format!("&time={t:.3}")).unwrap_or_default();
-        let data = self
-            .api(&format!("/api/v1/query?query={}{at}", url_encode(expr)))
-            .with_context(|| format!("query {expr}"))?;
-        let number = |v: &Value| {
-            v[1].as_str()
-                .and_then(|s| s.parse::<f64>().ok())
-                .unwrap_or(f64::NAN)
-        };
+        let data = self.api(&format!("/api/v1/query?query={}{at}", url_encode(expr))).with_context(|| format!("query {expr}"))?;
+        let number = |v: &Value| v[1].as_str().and_then(|s| s.parse::<f64>().ok()).unwrap_or(f64::NAN);
         Ok(match data["resultType"].as_str() {
             Some("vector") => data["result"]
                 .as_array()
@@ -171,9 +150,6 @@ mod tests {
         assert_eq!(s.label("__name__"), "");
         assert_eq!(s.labels.len(), 1);
         let scalar = sample(&Value::Null, 2.5);
-        assert_eq!(
-            (scalar.name.as_str(), scalar.labels.len(), scalar.value),
-            ("", 0, 2.5)
-        );
+        assert_eq!((scalar.name.as_str(), scalar.labels.len(), scalar.value), ("", 0, 2.5));
     }
 }

@@ -1,10 +1,5 @@
 //! Fetches and parses the agent's /metrics (Prometheus text format).
-use std::{
-    collections::BTreeMap,
-    io::{Read, Write},
-    net::TcpStream,
-    time::Duration,
-};
+use std::{collections::BTreeMap, io::{Read, Write}, net::TcpStream, time::Duration};
 
 use anyhow::{Context, Result, bail};
 
@@ -26,8 +21,7 @@ impl Sample {
 
     /// True if the sample has every label of `want`, with that value.
     pub fn has(&self, want: &[(&str, &str)]) -> bool {
-        want.iter()
-            .all(|(k, v)| self.labels.get(*k).map(String::as_str) == Some(*v))
+        want.iter().all(|(k, v)| self.labels.get(*k).map(String::as_str) == Some(*v))
     }
 }
 
@@ -41,13 +35,8 @@ pub struct Metrics {
 pub fn fetch_raw(addr: &str, accept: Option<&str>) -> Result<(String, String)> {
     let mut s = TcpStream::connect(addr).with_context(|| format!("connecting to {addr}"))?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    let accept = accept
-        .map(|a| format!("Accept: {a}\r\n"))
-        .unwrap_or_default();
-    write!(
-        s,
-        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\n{accept}Connection: close\r\n\r\n"
-    )?;
+    let accept = accept.map(|a| format!("Accept: {a}\r\n")).unwrap_or_default();
+    write!(s, "GET /metrics HTTP/1.1\r\nHost: {addr}\r\n{accept}Connection: close\r\n\r\n")?;
     let mut raw = String::new();
     s.read_to_string(&mut raw)?;
     let (head, body) = raw.split_once("\r\n\r\n").context("no response head")?;
@@ -56,21 +45,14 @@ pub fn fetch_raw(addr: &str, accept: Option<&str>) -> Result<(String, String)> {
     }
     let content_type = head
         .lines()
-        .find_map(|l| {
-            l.to_ascii_lowercase()
-                .strip_prefix("content-type:")
-                .map(|v| v.trim().to_string())
-        })
+        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-type:").map(|v| v.trim().to_string()))
         .unwrap_or_default();
     Ok((content_type, body.to_string()))
 }
 
 pub fn fetch(addr: &str) -> Result<Metrics> {
     let (_, text) = fetch_raw(addr, None)?;
-    Ok(Metrics {
-        samples: parse(&text)?,
-        text,
-    })
+    Ok(Metrics { samples: parse(&text)?, text })
 }
 
 fn parse_labels(s: &str) -> Result<BTreeMap<String, String>> {
@@ -104,27 +86,13 @@ fn parse_labels(s: &str) -> Result<BTreeMap<String, String>> {
 
 pub fn parse(text: &str) -> Result<Vec<Sample>> {
     let mut out = vec![];
-    for line in text
-        .lines()
-        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
-    {
-        let (series, value) = line
-            .rsplit_once(' ')
-            .with_context(|| format!("bad sample line {line:?}"))?;
+    for line in text.lines().filter(|l| !l.starts_with('#') && !l.trim().is_empty()) {
+        let (series, value) = line.rsplit_once(' ').with_context(|| format!("bad sample line {line:?}"))?;
         let (name, labels) = match series.split_once('{') {
-            Some((n, l)) => (
-                n,
-                parse_labels(l.strip_suffix('}').context("unclosed labels")?)?,
-            ),
+            Some((n, l)) => (n, parse_labels(l.strip_suffix('}').context("unclosed labels")?)?),
             None => (series, BTreeMap::new()),
         };
-        out.push(Sample {
-            name: name.to_string(),
-            labels,
-            value: value
-                .parse()
-                .with_context(|| format!("bad value in {line:?}"))?,
-        });
+        out.push(Sample { name: name.to_string(), labels, value: value.parse().with_context(|| format!("bad value in {line:?}"))? });
     }
     Ok(out)
 }
@@ -137,10 +105,7 @@ impl Metrics {
 
     /// Sum of the samples named `name` for which `keep` holds.
     pub fn sum_where(&self, name: &str, keep: impl Fn(&Sample) -> bool) -> f64 {
-        self.series(name)
-            .filter(|s| keep(s))
-            .map(|s| s.value)
-            .fold(0.0, |a, b| a + b)
+        self.series(name).filter(|s| keep(s)).map(|s| s.value).fold(0.0, |a, b| a + b)
     }
 
     /// Sum of samples named `name` whose labels include all of `want`.
@@ -153,11 +118,7 @@ impl Metrics {
         let status = status.to_string();
         self.sum(
             "http_server_request_duration_seconds_count",
-            &[
-                ("http_request_method", method),
-                ("http_response_status_code", &status),
-                ("http_route", route),
-            ],
+            &[("http_request_method", method), ("http_response_status_code", &status), ("http_route", route)],
         ) as u64
     }
 
@@ -178,25 +139,11 @@ impl Metrics {
     /// Cumulative bucket counts (le, count) of the duration histogram for `route`.
     pub fn buckets(&self, route: &str) -> Vec<(f64, f64)> {
         let mut by_le: BTreeMap<String, f64> = BTreeMap::new();
-        for s in self
-            .series("http_server_request_duration_seconds_bucket")
-            .filter(|s| s.has(&[("http_route", route)]))
-        {
+        for s in self.series("http_server_request_duration_seconds_bucket").filter(|s| s.has(&[("http_route", route)])) {
             *by_le.entry(s.label("le").to_string()).or_insert(0.0) += s.value;
         }
-        let mut v: Vec<(f64, f64)> = by_le
-            .into_iter()
-            .map(|(le, c)| {
-                (
-                    if le == "+Inf" {
-                        f64::INFINITY
-                    } else {
-                        le.parse().unwrap_or(f64::NAN)
-                    },
-                    c,
-                )
-            })
-            .collect();
+        let mut v: Vec<(f64, f64)> =
+            by_le.into_iter().map(|(le, c)| (if le == "+Inf" { f64::INFINITY } else { le.parse().unwrap_or(f64::NAN) }, c)).collect();
         v.sort_by(|a, b| a.0.total_cmp(&b.0));
         v
     }
@@ -217,11 +164,7 @@ impl Metrics {
                     return Some(prev.0);
                 }
                 let in_bucket = count - prev.1;
-                let frac = if in_bucket > 0.0 {
-                    (rank - prev.1) / in_bucket
-                } else {
-                    0.0
-                };
+                let frac = if in_bucket > 0.0 { (rank - prev.1) / in_bucket } else { 0.0 };
                 return Some(prev.0 + (le - prev.0) * frac);
             }
             prev = (le, count);
@@ -238,36 +181,20 @@ mod tests {
     fn parses_and_interpolates() {
         let text = "# HELP x y\nh_bucket{le=\"0.1\",http_route=\"/a\"} 0\nh_bucket{le=\"0.2\",http_route=\"/a\"} 10\n\
                     h_bucket{le=\"+Inf\",http_route=\"/a\"} 10\nc_total{a=\"q\\\"x\"} 3\n";
-        let m = Metrics {
-            samples: parse(text).unwrap(),
-            text: text.into(),
-        };
+        let m = Metrics { samples: parse(text).unwrap(), text: text.into() };
         assert_eq!(m.sum("c_total", &[("a", "q\"x")]), 3.0);
         let text = text.replace("h_bucket", "http_server_request_duration_seconds_bucket");
-        let m = Metrics {
-            samples: parse(&text).unwrap(),
-            text,
-        };
+        let m = Metrics { samples: parse(&text).unwrap(), text };
         let p50 = m.quantile("/a", 0.5).unwrap();
         assert!((p50 - 0.15).abs() < 1e-9, "{p50}");
     }
 
     #[test]
     fn labels_absent_and_empty() {
-        let m = Metrics {
-            samples: parse("c{a=\"\",b=\"x\"} 1\nc{b=\"y\"} 2\nd 4\n").unwrap(),
-            text: String::new(),
-        };
+        let m = Metrics { samples: parse("c{a=\"\",b=\"x\"} 1\nc{b=\"y\"} 2\nd 4\n").unwrap(), text: String::new() };
         assert_eq!(m.series("c").count(), 2);
-        assert_eq!(
-            m.sum("c", &[("a", "")]),
-            1.0,
-            "an empty label matches only where it is present"
-        );
-        assert_eq!(
-            m.series("c").map(|s| s.label("a")).collect::<Vec<_>>(),
-            ["", ""]
-        );
+        assert_eq!(m.sum("c", &[("a", "")]), 1.0, "an empty label matches only where it is present");
+        assert_eq!(m.series("c").map(|s| s.label("a")).collect::<Vec<_>>(), ["", ""]);
         assert_eq!(m.sum_where("c", |s| s.label("b") == "y"), 2.0);
         assert_eq!(m.sum("e", &[]), 0.0);
         assert!(m.samples[2].has(&[]) && !m.samples[2].has(&[("b", "x")]));

@@ -37,10 +37,7 @@ impl Bind {
 }
 
 fn free_port6() -> u16 {
-    std::net::TcpListener::bind("[::1]:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or(0)
+    std::net::TcpListener::bind("[::1]:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(0)
 }
 
 /// A running server and its scratch directory (configs, sockets, static files, logs).
@@ -63,12 +60,7 @@ impl RealServer {
     }
 
     /// Starts `cmd` (with its output in the scratch log) and waits until `endpoint` accepts.
-    fn spawn(
-        name: &'static str,
-        mut cmd: Command,
-        endpoint: Endpoint,
-        dir: tempfile::TempDir,
-    ) -> Result<Self> {
+    fn spawn(name: &'static str, mut cmd: Command, endpoint: Endpoint, dir: tempfile::TempDir) -> Result<Self> {
         let log = std::fs::File::create(dir.path().join("server.log"))?;
         let child = cmd
             .stdin(Stdio::null())
@@ -76,22 +68,13 @@ impl RealServer {
             .stderr(log)
             .spawn()
             .with_context(|| format!("starting {name} ({cmd:?})"))?;
-        let mut server = RealServer {
-            child,
-            endpoint,
-            dir,
-            name,
-        };
-        let ready = wait_for(
-            &format!("{name} to accept on {}", server.endpoint),
-            Duration::from_secs(60),
-            || {
-                if let Ok(Some(status)) = server.child.try_wait() {
-                    return Some(Err(status));
-                }
-                Stream::connect(&server.endpoint).ok().map(|_| Ok(()))
-            },
-        );
+        let mut server = RealServer { child, endpoint, dir, name };
+        let ready = wait_for(&format!("{name} to accept on {}", server.endpoint), Duration::from_secs(60), || {
+            if let Ok(Some(status)) = server.child.try_wait() {
+                return Some(Err(status));
+            }
+            Stream::connect(&server.endpoint).ok().map(|_| Ok(()))
+        });
         match ready {
             Ok(Ok(())) => Ok(server),
             Ok(Err(status)) => bail!("{name} exited with {status}:\n{}", server.log()),
@@ -109,15 +92,11 @@ impl Drop for RealServer {
 /// The Python interpreter with the test servers' packages: `$REDPROBE_PYTHON` (set by
 /// `cargo xtask test` to the venv it made), else `python3`.
 pub fn python() -> PathBuf {
-    std::env::var_os(crate::REDPROBE_PYTHON)
-        .map(PathBuf::from)
-        .unwrap_or_else(|| "python3".into())
+    std::env::var_os(crate::REDPROBE_PYTHON).map(PathBuf::from).unwrap_or_else(|| "python3".into())
 }
 
 fn scratch() -> Result<tempfile::TempDir> {
-    Ok(tempfile::Builder::new()
-        .prefix("redprobe-server-")
-        .tempdir()?)
+    Ok(tempfile::Builder::new().prefix("redprobe-server-").tempdir()?)
 }
 
 fn servers_dir() -> PathBuf {
@@ -126,28 +105,16 @@ fn servers_dir() -> PathBuf {
 
 /// gunicorn + Django (tests/servers/djangoapp), sync workers. `extra` adds gunicorn flags
 /// (e.g. `--max-requests`); `env` adds environment (e.g. django-prometheus for the bench).
-pub fn gunicorn(
-    bind: Bind,
-    workers: u32,
-    extra: &[&str],
-    env: &[(&str, &str)],
-) -> Result<RealServer> {
+pub fn gunicorn(bind: Bind, workers: u32, extra: &[&str], env: &[(&str, &str)]) -> Result<RealServer> {
     let dir = scratch()?;
     let endpoint = bind.endpoint(dir.path());
     let mut cmd = Command::new(python());
-    cmd.args([
-        "-m",
-        "gunicorn",
-        "--no-control-socket",
-        "--workers",
-        &workers.to_string(),
-        "--bind",
-    ])
-    .arg(endpoint.to_string())
-    .args(extra)
-    .arg("djangoapp.wsgi")
-    .current_dir(servers_dir())
-    .envs(env.iter().copied());
+    cmd.args(["-m", "gunicorn", "--no-control-socket", "--workers", &workers.to_string(), "--bind"])
+        .arg(endpoint.to_string())
+        .args(extra)
+        .arg("djangoapp.wsgi")
+        .current_dir(servers_dir())
+        .envs(env.iter().copied());
     RealServer::spawn("gunicorn", cmd, endpoint, dir)
 }
 
@@ -158,16 +125,10 @@ pub fn uvicorn(bind: Bind) -> Result<RealServer> {
     let mut cmd = Command::new(python());
     cmd.args(["-m", "uvicorn", "--no-access-log", "--log-level", "warning"]);
     match &endpoint {
-        Endpoint::Tcp(a) => cmd.args([
-            "--host",
-            &a.ip().to_string(),
-            "--port",
-            &a.port().to_string(),
-        ]),
+        Endpoint::Tcp(a) => cmd.args(["--host", &a.ip().to_string(), "--port", &a.port().to_string()]),
         Endpoint::Unix(p) => cmd.arg("--uds").arg(p),
     };
-    cmd.arg("djangoapp.asgi:application")
-        .current_dir(servers_dir());
+    cmd.arg("djangoapp.asgi:application").current_dir(servers_dir());
     RealServer::spawn("uvicorn", cmd, endpoint, dir)
 }
 
@@ -181,21 +142,11 @@ pub fn http_server(bind: Bind, files: &[(&str, &[u8])]) -> Result<RealServer> {
     for (name, content) in files {
         std::fs::write(root.join(name), content)?;
     }
-    let Endpoint::Tcp(addr) = &endpoint else {
-        bail!("python -m http.server listens on TCP only")
-    };
+    let Endpoint::Tcp(addr) = &endpoint else { bail!("python -m http.server listens on TCP only") };
     let mut cmd = Command::new(python());
-    cmd.args([
-        "-m",
-        "http.server",
-        "--protocol",
-        "HTTP/1.1",
-        "--bind",
-        &addr.ip().to_string(),
-        "--directory",
-    ])
-    .arg(&root)
-    .arg(addr.port().to_string());
+    cmd.args(["-m", "http.server", "--protocol", "HTTP/1.1", "--bind", &addr.ip().to_string(), "--directory"])
+        .arg(&root)
+        .arg(addr.port().to_string());
     RealServer::spawn("python http.server", cmd, endpoint, dir)
 }
 
@@ -293,11 +244,7 @@ pub fn nginx(bind: Bind, site: &NginxSite<'_>) -> Result<RealServer> {
     let (limits, backlog, timeouts) = match site.idle_clients {
         0 => ("events { worker_connections 1024; }".to_string(), "", ""),
         n => (
-            format!(
-                "worker_rlimit_nofile {}; events {{ worker_connections {}; }}",
-                2 * (n + 2000),
-                n + 2000
-            ),
+            format!("worker_rlimit_nofile {}; events {{ worker_connections {}; }}", 2 * (n + 2000), n + 2000),
             " backlog=4096",
             "client_header_timeout 600s; keepalive_timeout 600s;",
         ),
@@ -346,17 +293,10 @@ http {{
     let conf_path = prefix.join("nginx.conf");
     std::fs::write(&conf_path, conf)?;
     let mut cmd = Command::new("nginx");
-    cmd.arg("-p")
-        .arg(prefix)
-        .arg("-c")
-        .arg(&conf_path)
-        .arg("-e")
-        .arg(prefix.join("server.log"));
+    cmd.arg("-p").arg(prefix).arg("-c").arg(&conf_path).arg("-e").arg(prefix.join("server.log"));
     let server = RealServer::spawn("nginx", cmd, endpoint, dir)?;
     // The master may accept (through its listening socket) before it forked its workers.
     let workers = site.workers.max(1) as usize;
-    wait_for("nginx's workers", Duration::from_secs(30), || {
-        (children(server.pid()).len() >= workers).then_some(())
-    })?;
+    wait_for("nginx's workers", Duration::from_secs(30), || (children(server.pid()).len() >= workers).then_some(()))?;
     Ok(server)
 }

@@ -24,9 +24,7 @@ pub fn add(counts: &mut Counts, method: &str, status: u16, route: &str) {
 
 /// Counts `n` requests.
 pub fn add_n(counts: &mut Counts, method: &str, status: u16, route: &str, n: u64) {
-    *counts
-        .entry((method.to_string(), status, route.to_string()))
-        .or_insert(0) += n;
+    *counts.entry((method.to_string(), status, route.to_string())).or_insert(0) += n;
 }
 
 pub struct Workload {
@@ -40,12 +38,7 @@ pub struct Workload {
 
 impl Workload {
     pub fn new(to: &Endpoint) -> Self {
-        Workload {
-            to: to.clone(),
-            conn: None,
-            truth: Counts::new(),
-            elapsed: BTreeMap::new(),
-        }
+        Workload { to: to.clone(), conn: None, truth: Counts::new(), elapsed: BTreeMap::new() }
     }
 
     pub fn total(&self) -> u64 {
@@ -55,10 +48,7 @@ impl Workload {
     /// Records one request the server answered.
     pub fn record(&mut self, method: &str, route: &str, r: &Response) {
         add(&mut self.truth, method, r.status, route);
-        self.elapsed
-            .entry(route.to_string())
-            .or_default()
-            .push(r.elapsed);
+        self.elapsed.entry(route.to_string()).or_default().push(r.elapsed);
     }
 
     /// One request on the kept-alive connection (a new one if the server closed it).
@@ -79,12 +69,7 @@ impl Workload {
     }
 
     fn expect(&mut self, method: &str, route: &str, r: Response, status: u16) -> Result<Response> {
-        ensure!(
-            r.status == status,
-            "{method} {route} on {}: status {} (want {status})",
-            self.to,
-            r.status
-        );
+        ensure!(r.status == status, "{method} {route} on {}: status {} (want {status})", self.to, r.status);
         self.record(method, route, &r);
         Ok(r)
     }
@@ -94,11 +79,7 @@ impl Workload {
     pub fn basics(&mut self) -> Result<()> {
         for _ in 0..5 {
             let r = self.get("/hello")?;
-            ensure!(
-                r.body == b"hello world\n",
-                "/hello body {:?}",
-                String::from_utf8_lossy(&r.body)
-            );
+            ensure!(r.body == b"hello world\n", "/hello body {:?}", String::from_utf8_lossy(&r.body));
             self.expect("GET", "/hello", r, 200)?;
         }
         for id in [7, 42, 1234] {
@@ -137,14 +118,8 @@ impl Workload {
         let mut c = Conn::connect(&self.to)?;
         let mut batch = Vec::new();
         for i in 0..n {
-            let path = if i % 2 == 0 {
-                "/hello".to_string()
-            } else {
-                format!("/users/{i}")
-            };
-            batch.extend_from_slice(
-                format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").as_bytes(),
-            );
+            let path = if i % 2 == 0 { "/hello".to_string() } else { format!("/users/{i}") };
+            batch.extend_from_slice(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").as_bytes());
         }
         let start = Instant::now();
         c.stream().write_all(&batch)?;
@@ -161,10 +136,7 @@ impl Workload {
     /// is its own route.
     pub fn pipelined_paths(&mut self, paths: &[&str]) -> Result<()> {
         let mut c = Conn::connect(&self.to)?;
-        let batch: String = paths
-            .iter()
-            .map(|p| format!("GET {p} HTTP/1.1\r\nHost: localhost\r\n\r\n"))
-            .collect();
+        let batch: String = paths.iter().map(|p| format!("GET {p} HTTP/1.1\r\nHost: localhost\r\n\r\n")).collect();
         let start = Instant::now();
         c.stream().write_all(batch.as_bytes())?;
         for p in paths {
@@ -179,11 +151,7 @@ impl Workload {
     pub fn sleeps(&mut self, n: usize, ms: u64) -> Result<()> {
         for _ in 0..n {
             let r = self.get(&format!("/sleep?ms={ms}"))?;
-            ensure!(
-                r.elapsed >= Duration::from_millis(ms.saturating_sub(1)),
-                "slept less than {ms} ms: {:?}",
-                r.elapsed
-            );
+            ensure!(r.elapsed >= Duration::from_millis(ms.saturating_sub(1)), "slept less than {ms} ms: {:?}", r.elapsed);
             self.expect("GET", "/sleep", r, 200)?;
         }
         Ok(())
@@ -193,14 +161,8 @@ impl Workload {
     pub fn stream(&mut self, parts: usize, ms: u64) -> Result<()> {
         for _ in 0..2 {
             let r = self.get(&format!("/stream?parts={parts}&ms={ms}"))?;
-            let want: Vec<u8> = (0..parts)
-                .flat_map(|i| format!("part {i}\n").into_bytes())
-                .collect();
-            ensure!(
-                r.body == want,
-                "/stream body {:?}",
-                String::from_utf8_lossy(&r.body)
-            );
+            let want: Vec<u8> = (0..parts).flat_map(|i| format!("part {i}\n").into_bytes()).collect();
+            ensure!(r.body == want, "/stream body {:?}", String::from_utf8_lossy(&r.body));
             self.expect("GET", "/stream", r, 200)?;
         }
         Ok(())
@@ -209,18 +171,10 @@ impl Workload {
     /// A response of `kb` KiB, then an upload of `kb` KiB, both on one connection.
     pub fn big(&mut self, kb: usize) -> Result<()> {
         let r = self.get(&format!("/big?kb={kb}"))?;
-        ensure!(
-            r.body.len() == kb * 1024,
-            "/big body {} bytes",
-            r.body.len()
-        );
+        ensure!(r.body.len() == kb * 1024, "/big body {} bytes", r.body.len());
         self.expect("GET", "/big", r, 200)?;
         let r = self.send("POST", "/echo", &vec![b'u'; kb * 1024])?;
-        ensure!(
-            r.body == format!("{}\n", kb * 1024).into_bytes(),
-            "/echo answered {:?}",
-            String::from_utf8_lossy(&r.body)
-        );
+        ensure!(r.body == format!("{}\n", kb * 1024).into_bytes(), "/echo answered {:?}", String::from_utf8_lossy(&r.body));
         self.expect("POST", "/echo", r, 201)?;
         Ok(())
     }
@@ -229,12 +183,9 @@ impl Workload {
     pub fn chunked_upload(&mut self) -> Result<()> {
         let mut c = Conn::connect(&self.to)?;
         let start = Instant::now();
-        c.stream().write_all(
-            b"POST /echo HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n",
-        )?;
+        c.stream().write_all(b"POST /echo HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n")?;
         for part in [&b"hello "[..], b"chunked ", b"world"] {
-            c.stream()
-                .write_all(format!("{:x}\r\n", part.len()).as_bytes())?;
+            c.stream().write_all(format!("{:x}\r\n", part.len()).as_bytes())?;
             c.stream().write_all(part)?;
             c.stream().write_all(b"\r\n")?;
         }
@@ -243,11 +194,7 @@ impl Workload {
         r.elapsed = start.elapsed();
         // Django under WSGI does not read chunked request bodies (no CONTENT_LENGTH) and
         // answers "0"; the request is served either way.
-        ensure!(
-            r.body == b"19\n" || r.body == b"0\n",
-            "chunked upload answered {:?}",
-            String::from_utf8_lossy(&r.body)
-        );
+        ensure!(r.body == b"19\n" || r.body == b"0\n", "chunked upload answered {:?}", String::from_utf8_lossy(&r.body));
         self.expect("POST", "/echo", r, 201)?;
         Ok(())
     }
@@ -263,11 +210,7 @@ impl Workload {
         )?;
         let mut interim = [0u8; 25];
         c.stream().read_exact(&mut interim)?;
-        ensure!(
-            interim.starts_with(b"HTTP/1.1 100 Continue\r\n\r\n"),
-            "no 100 Continue: {:?}",
-            String::from_utf8_lossy(&interim)
-        );
+        ensure!(interim.starts_with(b"HTTP/1.1 100 Continue\r\n\r\n"), "no 100 Continue: {:?}", String::from_utf8_lossy(&interim));
         c.stream().write_all(&body)?;
         let mut r = c.read_response(false)?;
         r.elapsed = start.elapsed();
@@ -292,54 +235,24 @@ impl Workload {
 /// Waits until the agent has counted the workload, then asserts the agent's counts equal
 /// client truth exactly, every request carries the endpoint's `network_transport`, and
 /// nothing was lost or left unparsed. Prints "sent N, counted M" for the record.
-pub fn assert_exact(
-    agent: &crate::procs::Agent,
-    w: &Workload,
-    server: &str,
-) -> Result<crate::scrape::Metrics> {
+pub fn assert_exact(agent: &crate::procs::Agent, w: &Workload, server: &str) -> Result<crate::scrape::Metrics> {
     let total = w.total();
     let m = agent.wait_metrics(&format!("{server}: {total} requests counted"), |m| {
         m.request_counts().values().sum::<u64>() >= total
     })?;
     let counted: u64 = m.request_counts().values().sum();
     println!("{server}: requests sent {total}, counted {counted}");
-    assert_eq!(
-        m.request_counts(),
-        w.truth,
-        "{server}: probe counts != client truth"
-    );
+    assert_eq!(m.request_counts(), w.truth, "{server}: probe counts != client truth");
     let transport = w.to.transport();
-    let with_transport = m.sum(
-        "http_server_request_duration_seconds_count",
-        &[("network_transport", transport)],
-    );
-    assert_eq!(
-        with_transport, total as f64,
-        "{server}: requests with network_transport={transport}"
-    );
-    assert_eq!(
-        m.sum("redprobe_events_lost_total", &[]),
-        0.0,
-        "{server}: events lost"
-    );
-    let unparsed: Vec<&str> = m
-        .text
-        .lines()
-        .filter(|l| l.starts_with("redprobe_requests_unparsed_total"))
-        .collect();
-    assert_eq!(
-        m.sum("redprobe_requests_unparsed_total", &[]),
-        0.0,
-        "{server}: unparsed: {unparsed:?}"
-    );
+    let with_transport = m.sum("http_server_request_duration_seconds_count", &[("network_transport", transport)]);
+    assert_eq!(with_transport, total as f64, "{server}: requests with network_transport={transport}");
+    assert_eq!(m.sum("redprobe_events_lost_total", &[]), 0.0, "{server}: events lost");
+    let unparsed: Vec<&str> = m.text.lines().filter(|l| l.starts_with("redprobe_requests_unparsed_total")).collect();
+    assert_eq!(m.sum("redprobe_requests_unparsed_total", &[]), 0.0, "{server}: unparsed: {unparsed:?}");
     // Each request was paired once, by the kernel's fast path or by the agent.
     let kernel = m.sum("redprobe_requests_paired_total", &[("pairer", "kernel")]);
     let agent_paired = m.sum("redprobe_requests_paired_total", &[("pairer", "agent")]);
-    assert_eq!(
-        kernel + agent_paired,
-        total as f64,
-        "{server}: requests paired (kernel {kernel}, agent {agent_paired})"
-    );
+    assert_eq!(kernel + agent_paired, total as f64, "{server}: requests paired (kernel {kernel}, agent {agent_paired})");
     record_share(server, total, &m);
     Ok(m)
 }
@@ -364,18 +277,10 @@ pub fn record_share(server: &str, total: u64, m: &crate::scrape::Metrics) {
     let line = format!(
         "{server}: {total} requests, {kernel} by the kernel ({:.0} %); agent: {}\n",
         100.0 * kernel / total.max(1) as f64,
-        if rest.is_empty() {
-            "none".to_string()
-        } else {
-            rest.join(", ")
-        }
+        if rest.is_empty() { "none".to_string() } else { rest.join(", ") }
     );
     let path = crate::procs::workspace_root().join("target/fast-path-share.txt");
-    if let Ok(mut f) = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-    {
+    if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
         use std::io::Write;
         let _ = f.write_all(line.as_bytes());
     }
@@ -413,20 +318,12 @@ pub fn full_mix_is_counted_exactly(server: &RealServer, mix: Mix) -> Result<()> 
     let agent = crate::procs::Agent::attach(server.pid())?;
     let mut w = Workload::new(&server.endpoint);
     full_mix(&mut w, mix)?;
-    assert_exact(
-        &agent,
-        &w,
-        &format!("{} ({})", server.name, server.endpoint.transport_name()),
-    )?;
+    assert_exact(&agent, &w, &format!("{} ({})", server.name, server.endpoint.transport_name()))?;
     Ok(())
 }
 
 /// `full_mix_is_counted_exactly` on the server `start` starts on `bind`.
-pub fn full_mix_on(
-    start: impl FnOnce(Bind) -> Result<RealServer>,
-    bind: Bind,
-    mix: Mix,
-) -> Result<()> {
+pub fn full_mix_on(start: impl FnOnce(Bind) -> Result<RealServer>, bind: Bind, mix: Mix) -> Result<()> {
     full_mix_is_counted_exactly(&start(bind)?, mix)
 }
 

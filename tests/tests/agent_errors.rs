@@ -10,31 +10,16 @@ use testkit::{
 
 #[test]
 fn pid_that_does_not_exist() -> Result<()> {
-    let stderr = agent_fails_with(
-        Command::new(agent_bin()),
-        &["--pid", "4000000", "--listen", "127.0.0.1:0"],
-        1,
-    )?;
+    let stderr = agent_fails_with(Command::new(agent_bin()), &["--pid", "4000000", "--listen", "127.0.0.1:0"], 1)?;
     assert!(stderr.contains("no process with PID 4000000"), "{stderr}");
     Ok(())
 }
 
 #[test]
 fn cgroup_that_does_not_exist() -> Result<()> {
-    let stderr = agent_fails_with(
-        Command::new(agent_bin()),
-        &[
-            "--cgroup",
-            "/no-such-redprobe-cgroup",
-            "--listen",
-            "127.0.0.1:0",
-        ],
-        1,
-    )?;
-    assert!(
-        stderr.contains("--cgroup /no-such-redprobe-cgroup") && stderr.contains("no such cgroup"),
-        "{stderr}"
-    );
+    let stderr =
+        agent_fails_with(Command::new(agent_bin()), &["--cgroup", "/no-such-redprobe-cgroup", "--listen", "127.0.0.1:0"], 1)?;
+    assert!(stderr.contains("--cgroup /no-such-redprobe-cgroup") && stderr.contains("no such cgroup"), "{stderr}");
     Ok(())
 }
 
@@ -52,11 +37,7 @@ fn listen_address_in_use() -> Result<()> {
     let server = Server::start_python()?;
     let busy = TcpListener::bind("127.0.0.1:0")?;
     let addr = busy.local_addr()?.to_string();
-    let stderr = agent_fails_with(
-        Command::new(agent_bin()),
-        &["--pid", &server.pid().to_string(), "--listen", &addr],
-        1,
-    )?;
+    let stderr = agent_fails_with(Command::new(agent_bin()), &["--pid", &server.pid().to_string(), "--listen", &addr], 1)?;
     assert!(stderr.contains("already in use"), "{stderr}");
     Ok(())
 }
@@ -66,27 +47,9 @@ fn not_root_names_the_missing_capabilities() -> Result<()> {
     let server = Server::start_python()?;
     // setpriv (util-linux) drops to nobody with no capabilities.
     let mut cmd = Command::new("setpriv");
-    cmd.args([
-        "--reuid=65534",
-        "--regid=65534",
-        "--clear-groups",
-        "--inh-caps=-all",
-    ])
-    .arg(agent_bin());
-    let stderr = agent_fails_with(
-        cmd,
-        &[
-            "--pid",
-            &server.pid().to_string(),
-            "--listen",
-            "127.0.0.1:0",
-        ],
-        1,
-    )?;
-    assert!(
-        stderr.contains("CAP_BPF") && stderr.contains("CAP_PERFMON"),
-        "{stderr}"
-    );
+    cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all"]).arg(agent_bin());
+    let stderr = agent_fails_with(cmd, &["--pid", &server.pid().to_string(), "--listen", "127.0.0.1:0"], 1)?;
+    assert!(stderr.contains("CAP_BPF") && stderr.contains("CAP_PERFMON"), "{stderr}");
     Ok(())
 }
 
@@ -102,9 +65,7 @@ fn works_without_tracefs() -> Result<()> {
     let agent = Agent::start_with(cmd, &pid_args(&[server.pid()]))?;
     let mut conn = Conn::open(server.port)?;
     assert_eq!(conn.get("/hello")?.status, 200);
-    agent.wait_metrics("a request counted without tracefs", |m| {
-        m.requests("GET", 200, "/hello") == 1
-    })?;
+    agent.wait_metrics("a request counted without tracefs", |m| m.requests("GET", 200, "/hello") == 1)?;
     Ok(())
 }
 
@@ -117,38 +78,20 @@ fn target_exit_is_logged_and_counts_are_kept() -> Result<()> {
     agent.wait_metrics("3 requests", |m| m.requests("GET", 200, "/hello") == 3)?;
     server.child.kill()?;
     server.child.wait()?;
-    let m = agent.wait_metrics("the exit recorded", |m| {
-        m.sum("redprobe_target_exits_total", &[]) == 1.0
-    })?;
-    assert_eq!(
-        m.requests("GET", 200, "/hello"),
-        3,
-        "counts survive the target's exit"
-    );
+    let m = agent.wait_metrics("the exit recorded", |m| m.sum("redprobe_target_exits_total", &[]) == 1.0)?;
+    assert_eq!(m.requests("GET", 200, "/hello"), 3, "counts survive the target's exit");
     assert_eq!(m.sum("redprobe_targets", &[]), 0.0);
-    assert!(
-        agent.stderr().contains("target exited"),
-        "{}",
-        agent.stderr()
-    );
+    assert!(agent.stderr().contains("target exited"), "{}", agent.stderr());
     Ok(())
 }
 
 #[test]
 fn exit_with_target_stops_the_agent() -> Result<()> {
     let mut server = Server::start_python()?;
-    let mut agent = Agent::start(&[
-        "--pid".into(),
-        server.pid().to_string(),
-        "--exit-with-target".into(),
-    ])?;
+    let mut agent = Agent::start(&["--pid".into(), server.pid().to_string(), "--exit-with-target".into()])?;
     server.child.kill()?;
     server.child.wait()?;
-    let status = testkit::wait_for(
-        "the agent to exit",
-        std::time::Duration::from_secs(20),
-        || agent.child.try_wait().ok().flatten(),
-    )?;
+    let status = testkit::wait_for("the agent to exit", std::time::Duration::from_secs(20), || agent.child.try_wait().ok().flatten())?;
     assert!(status.success(), "{status}: {}", agent.stderr());
     Ok(())
 }
@@ -157,34 +100,14 @@ fn exit_with_target_stops_the_agent() -> Result<()> {
 fn bad_route_templates_and_missing_routes_file() -> Result<()> {
     let server = Server::start_python()?;
     let pid = server.pid().to_string();
-    let stderr = agent_fails_with(
-        Command::new(agent_bin()),
-        &[
-            "--pid",
-            &pid,
-            "--route",
-            "api/{id}",
-            "--listen",
-            "127.0.0.1:0",
-        ],
-        1,
-    )?;
+    let stderr =
+        agent_fails_with(Command::new(agent_bin()), &["--pid", &pid, "--route", "api/{id}", "--listen", "127.0.0.1:0"], 1)?;
     assert!(stderr.contains("must start with '/'"), "{stderr}");
     let stderr = agent_fails_with(
         Command::new(agent_bin()),
-        &[
-            "--pid",
-            &pid,
-            "--routes-file",
-            "/nonexistent/routes.txt",
-            "--listen",
-            "127.0.0.1:0",
-        ],
+        &["--pid", &pid, "--routes-file", "/nonexistent/routes.txt", "--listen", "127.0.0.1:0"],
         1,
     )?;
-    assert!(
-        stderr.contains("--routes-file /nonexistent/routes.txt"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("--routes-file /nonexistent/routes.txt"), "{stderr}");
     Ok(())
 }

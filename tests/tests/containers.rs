@@ -39,31 +39,16 @@ fn strings(s: &[&str]) -> Vec<String> {
 /// gunicorn + Django with `workers` workers, on [`CONTAINER_PORT`] in its container.
 fn gunicorn(workers: u32) -> Vec<String> {
     let mut cmd = vec![python()];
-    cmd.extend(strings(&[
-        "-m",
-        "gunicorn",
-        "--no-control-socket",
-        "--workers",
-    ]));
+    cmd.extend(strings(&["-m", "gunicorn", "--no-control-socket", "--workers"]));
     cmd.push(workers.to_string());
-    cmd.extend(strings(&[
-        "--bind",
-        &format!("0.0.0.0:{CONTAINER_PORT}"),
-        "djangoapp.wsgi",
-    ]));
+    cmd.extend(strings(&["--bind", &format!("0.0.0.0:{CONTAINER_PORT}"), "djangoapp.wsgi"]));
     cmd
 }
 
 /// The Python test server (app.py).
 fn app() -> Vec<String> {
     let mut cmd = vec![python()];
-    cmd.extend(strings(&[
-        "app.py",
-        "--port",
-        &CONTAINER_PORT.to_string(),
-        "--bind",
-        "0.0.0.0",
-    ]));
+    cmd.extend(strings(&["app.py", "--port", &CONTAINER_PORT.to_string(), "--bind", "0.0.0.0"]));
     cmd
 }
 
@@ -79,10 +64,7 @@ fn as_pod(dir: &std::path::Path) -> Result<Vec<String>> {
         "--hostname".into(),
         POD_NAME.into(),
         "-v".into(),
-        format!(
-            "{}:/var/run/secrets/kubernetes.io/serviceaccount/namespace:ro",
-            ns.display()
-        ),
+        format!("{}:/var/run/secrets/kubernetes.io/serviceaccount/namespace:ro", ns.display()),
     ])
 }
 
@@ -90,11 +72,7 @@ fn as_pod(dir: &std::path::Path) -> Result<Vec<String>> {
 fn get(port: u16, path: &str, n: usize, status: u16) -> Result<()> {
     for _ in 0..n {
         let r = Conn::open(port)?.get(path)?;
-        ensure!(
-            r.status == status,
-            "GET {path} on port {port} answered {} (wanted {status})",
-            r.status
-        );
+        ensure!(r.status == status, "GET {path} on port {port} answered {} (wanted {status})", r.status);
     }
     Ok(())
 }
@@ -103,11 +81,9 @@ fn get(port: u16, path: &str, n: usize, status: u16) -> Result<()> {
 /// what the default labels say of a pod.
 fn who(s: &testkit::scrape::Sample) -> String {
     match s.label("container_id") {
-        "" if !s.label("k8s_pod_name").is_empty() => format!(
-            "pod:{}/{}",
-            s.label("k8s_namespace_name"),
-            s.label("k8s_pod_name")
-        ),
+        "" if !s.label("k8s_pod_name").is_empty() => {
+            format!("pod:{}/{}", s.label("k8s_namespace_name"), s.label("k8s_pod_name"))
+        }
         id => id.to_string(),
     }
 }
@@ -127,18 +103,8 @@ fn by_container(m: &Metrics) -> BTreeMap<(String, String, String, String), u64> 
     out
 }
 
-fn counts(
-    entries: &[(&str, &str, &str, &str, u64)],
-) -> BTreeMap<(String, String, String, String), u64> {
-    entries
-        .iter()
-        .map(|(c, m, s, r, n)| {
-            (
-                (c.to_string(), m.to_string(), s.to_string(), r.to_string()),
-                *n,
-            )
-        })
-        .collect()
+fn counts(entries: &[(&str, &str, &str, &str, u64)]) -> BTreeMap<(String, String, String, String), u64> {
+    entries.iter().map(|(c, m, s, r, n)| ((c.to_string(), m.to_string(), s.to_string(), r.to_string()), *n)).collect()
 }
 
 fn targets(m: &Metrics) -> f64 {
@@ -167,30 +133,16 @@ fn two_containers_on_one_port_are_two_sets_of_series_each_exact() -> Result<()> 
         (&the_pod, "GET", "200", "/users/{id}", 5),
         (&the_pod, "GET", "200", "/hello", 3),
     ]);
-    let m = agent.wait_metrics("17 requests", |m| {
-        by_container(m).values().sum::<u64>() >= 17
-    })?;
-    ensure!(
-        by_container(&m) == want,
-        "counts by container: {:#?}\nwanted {want:#?}",
-        by_container(&m)
-    );
+    let m = agent.wait_metrics("17 requests", |m| by_container(m).values().sum::<u64>() >= 17)?;
+    ensure!(by_container(&m) == want, "counts by container: {:#?}\nwanted {want:#?}", by_container(&m));
 
     // By default the pod's series carry its namespace and name, and its workload as
     // service_name; the plain container's carry its id alone.
     for s in m.series("http_server_request_duration_seconds_count") {
         if who(s) == the_pod {
-            let want = [
-                ("service_name", "shop"),
-                ("k8s_pod_name", POD_NAME),
-                ("k8s_namespace_name", NAMESPACE),
-            ];
+            let want = [("service_name", "shop"), ("k8s_pod_name", POD_NAME), ("k8s_namespace_name", NAMESPACE)];
             ensure!(s.has(&want), "the pod's series: {:?}", s.labels);
-            ensure!(
-                s.label("container_id").is_empty() && s.label("k8s_pod_uid").is_empty(),
-                "{:?}",
-                s.labels
-            );
+            ensure!(s.label("container_id").is_empty() && s.label("k8s_pod_uid").is_empty(), "{:?}", s.labels);
         } else {
             ensure!(
                 s.label("k8s_pod_name").is_empty() && s.label("k8s_pod_uid").is_empty(),
@@ -209,11 +161,7 @@ fn two_containers_on_one_port_are_two_sets_of_series_each_exact() -> Result<()> 
     get(plain_port, "/hello", 4, 200)?;
     let m = agent.wait_metrics("4 requests", |m| by_container(m).values().sum::<u64>() >= 4)?;
     let want = counts(&[(&plain.id, "GET", "200", "/hello", 4)]);
-    ensure!(
-        by_container(&m) == want,
-        "--container: {:#?}",
-        by_container(&m)
-    );
+    ensure!(by_container(&m) == want, "--container: {:#?}", by_container(&m));
     agent.stop()?;
 
     // --cgroup selects the pod, by its cgroup (as the kubelet names it); with every label.
@@ -228,11 +176,7 @@ fn two_containers_on_one_port_are_two_sets_of_series_each_exact() -> Result<()> 
     get(pod_port, "/users/7", 6, 200)?;
     let m = agent.wait_metrics("6 requests", |m| by_container(m).values().sum::<u64>() >= 6)?;
     let want = counts(&[(&pod.id, "GET", "200", "/users/{id}", 6)]);
-    ensure!(
-        by_container(&m) == want,
-        "--cgroup: {:#?}",
-        by_container(&m)
-    );
+    ensure!(by_container(&m) == want, "--cgroup: {:#?}", by_container(&m));
     for s in m.series("http_server_request_duration_seconds_count") {
         let want = [
             ("service_name", "shop"),
@@ -249,18 +193,9 @@ fn two_containers_on_one_port_are_two_sets_of_series_each_exact() -> Result<()> 
 #[test]
 fn the_agent_runs_from_its_image_as_the_daemonset_runs_it() -> Result<()> {
     let ds = daemonset_agent()?;
-    ensure!(
-        ds.image == IMAGE,
-        "the DaemonSet's image is {}, `cargo xtask image` builds {IMAGE}",
-        ds.image
-    );
-    let exists = Command::new("podman")
-        .args(["image", "exists", IMAGE])
-        .status()?;
-    ensure!(
-        exists.success(),
-        "no image {IMAGE}: build it with `cargo xtask image` (`cargo xtask test` does)"
-    );
+    ensure!(ds.image == IMAGE, "the DaemonSet's image is {}, `cargo xtask image` builds {IMAGE}", ds.image);
+    let exists = Command::new("podman").args(["image", "exists", IMAGE]).status()?;
+    ensure!(exists.success(), "no image {IMAGE}: build it with `cargo xtask image` (`cargo xtask test` does)");
 
     let (server, server_port) = Container::server("server", &[], &gunicorn(1))?;
     wait_listening(server_port)?;
@@ -286,66 +221,38 @@ fn the_agent_runs_from_its_image_as_the_daemonset_runs_it() -> Result<()> {
     let agent = Container::run("agent", &options, IMAGE, &ds.args)?;
     let addr = format!("127.0.0.1:{metrics_port}");
     let scrape = |what: &str, ok: &dyn Fn(&Metrics) -> bool| -> Result<Metrics> {
-        wait_for(what, Duration::from_secs(60), || {
-            scrape::fetch(&addr).ok().filter(|m| ok(m))
-        })
-        .with_context(|| format!("agent log:\n{}", agent.logs()))
+        wait_for(what, Duration::from_secs(60), || scrape::fetch(&addr).ok().filter(|m| ok(m)))
+            .with_context(|| format!("agent log:\n{}", agent.logs()))
     };
-    scrape(
-        "the agent in its container, measuring the server's master and worker",
-        &|m| targets(m) == 2.0,
-    )?;
+    scrape("the agent in its container, measuring the server's master and worker", &|m| targets(m) == 2.0)?;
 
     // Its cgroup namespace is its own: other processes' cgroups read `/../..` from there.
     let agent_pid = agent.pid()?;
     let ns = |pid: u32| std::fs::read_link(format!("/proc/{pid}/ns/cgroup")).ok();
-    ensure!(
-        ns(agent_pid) != ns(std::process::id()),
-        "the agent shares the host's cgroup namespace"
-    );
+    ensure!(ns(agent_pid) != ns(std::process::id()), "the agent shares the host's cgroup namespace");
     let seen = Command::new("nsenter")
         .args(["-C", "-t", &agent_pid.to_string(), "cat"])
         .arg(format!("/proc/{}/cgroup", server.pid()?))
         .output()?;
     let seen = String::from_utf8_lossy(&seen.stdout);
-    ensure!(
-        seen.contains("/.."),
-        "the server's cgroup from the agent's namespace: {seen}"
-    );
+    ensure!(seen.contains("/.."), "the server's cgroup from the agent's namespace: {seen}");
 
     get(server_port, "/hello", 11, 200)?;
     get(server_port, "/missing", 2, 404)?;
-    let m = scrape("13 requests", &|m| {
-        by_container(m).values().sum::<u64>() >= 13
-    })?;
-    let want = counts(&[
-        (&server.id, "GET", "200", "/hello", 11),
-        (&server.id, "GET", "404", "/missing", 2),
-    ]);
-    ensure!(
-        by_container(&m) == want,
-        "counts by container: {:#?}",
-        by_container(&m)
-    );
+    let m = scrape("13 requests", &|m| by_container(m).values().sum::<u64>() >= 13)?;
+    let want = counts(&[(&server.id, "GET", "200", "/hello", 11), (&server.id, "GET", "404", "/missing", 2)]);
+    ensure!(by_container(&m) == want, "counts by container: {:#?}", by_container(&m));
     // From its container it found the host's cgroup v2 root: responses end when their last
     // byte leaves (sock_ops), not at the write.
     let log = agent.logs();
-    ensure!(
-        log.contains("responses end when their last byte leaves the host"),
-        "agent log:\n{log}"
-    );
+    ensure!(log.contains("responses end when their last byte leaves the host"), "agent log:\n{log}");
     Ok(())
 }
 
 #[test]
 fn a_restarted_container_keeps_its_series_and_churn_stays_bounded() -> Result<()> {
     const FORGET_AFTER_S: u64 = 6;
-    let agent = Agent::start(&strings(&[
-        "--port",
-        "8000",
-        "--forget-after",
-        &FORGET_AFTER_S.to_string(),
-    ]))?;
+    let agent = Agent::start(&strings(&["--port", "8000", "--forget-after", &FORGET_AFTER_S.to_string()]))?;
     let (kept, kept_port) = Container::server("kept", &[], &app())?;
     wait_listening(kept_port)?;
     agent.wait_metrics("the server", |m| targets(m) == 1.0)?;
@@ -360,19 +267,14 @@ fn a_restarted_container_keeps_its_series_and_churn_stays_bounded() -> Result<()
     get(kept_port, "/hello", 3, 200)?;
     let m = agent.wait_metrics("7 requests", |m| by_container(m).values().sum::<u64>() >= 7)?;
     let want = counts(&[(&kept.id, "GET", "200", "/hello", 7)]);
-    ensure!(
-        by_container(&m) == want,
-        "across the restart: {:#?}",
-        by_container(&m)
-    );
+    ensure!(by_container(&m) == want, "across the restart: {:#?}", by_container(&m));
 
     // 200 short-lived containers, 10 at a time: each serves 2 requests, counted exactly
     // under its own id, and goes away.
     let mut forgotten_before = 0.0;
     for batch in 0..20 {
-        let started: Vec<(Container, u16)> = (0..10)
-            .map(|i| Container::server(&format!("churn{batch}-{i}"), &[], &app()))
-            .collect::<Result<_>>()?;
+        let started: Vec<(Container, u16)> =
+            (0..10).map(|i| Container::server(&format!("churn{batch}-{i}"), &[], &app())).collect::<Result<_>>()?;
         for (_, port) in &started {
             wait_listening(*port)?;
         }
@@ -382,8 +284,7 @@ fn a_restarted_container_keeps_its_series_and_churn_stays_bounded() -> Result<()
         }
         let m = agent.wait_metrics("the batch's requests", |m| {
             started.iter().all(|(c, _)| {
-                by_container(m).get(&(c.id.clone(), "GET".into(), "200".into(), "/hello".into()))
-                    == Some(&2)
+                by_container(m).get(&(c.id.clone(), "GET".into(), "200".into(), "/hello".into())) == Some(&2)
             })
         })?;
         let series = by_container(&m).len();
@@ -397,23 +298,10 @@ fn a_restarted_container_keeps_its_series_and_churn_stays_bounded() -> Result<()
     let m = agent.wait_metrics("the short-lived containers forgotten", |m| {
         m.sum("redprobe_services_forgotten_total", &[]) >= 200.0 && by_container(m).len() == 1
     })?;
-    ensure!(
-        forgotten_before <= 190.0,
-        "services forgotten while their containers ran: {forgotten_before}"
-    );
-    ensure!(
-        by_container(&m) == want,
-        "the kept container's series changed: {:#?}",
-        by_container(&m)
-    );
-    ensure!(
-        m.sum("redprobe_routes_folded_total", &[]) == 0.0,
-        "nothing had to fold"
-    );
+    ensure!(forgotten_before <= 190.0, "services forgotten while their containers ran: {forgotten_before}");
+    ensure!(by_container(&m) == want, "the kept container's series changed: {:#?}", by_container(&m));
+    ensure!(m.sum("redprobe_routes_folded_total", &[]) == 0.0, "nothing had to fold");
     let agg = m.sum("redprobe_map_entries", &[("map", "AGG")]);
-    ensure!(
-        agg <= 2.0,
-        "the kernel's aggregates of the gone containers are still there: {agg}"
-    );
+    ensure!(agg <= 2.0, "the kernel's aggregates of the gone containers are still there: {agg}");
     Ok(())
 }

@@ -20,16 +20,8 @@ fn promtool(args: &[&str]) -> Result<String> {
         .current_dir(deploy("prometheus"))
         .output()
         .context("running promtool (Debian package prometheus; `cargo xtask test` installs it)")?;
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    ensure!(
-        out.status.success(),
-        "promtool {} failed:\n{text}",
-        args.join(" ")
-    );
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    ensure!(out.status.success(), "promtool {} failed:\n{text}", args.join(" "));
     Ok(text)
 }
 
@@ -52,11 +44,7 @@ fn promtool_unit_tests_of_the_rules_pass() -> Result<()> {
 /// Names given by `record:` in rules.yml.
 fn recorded_names() -> Result<BTreeSet<String>> {
     let rules = std::fs::read_to_string(deploy("prometheus/rules.yml"))?;
-    Ok(rules
-        .lines()
-        .filter_map(|l| l.trim().strip_prefix("- record:"))
-        .map(|n| n.trim().to_string())
-        .collect())
+    Ok(rules.lines().filter_map(|l| l.trim().strip_prefix("- record:")).map(|n| n.trim().to_string()).collect())
 }
 
 #[test]
@@ -70,32 +58,19 @@ fn the_dashboard_parses_and_uses_the_recording_rules() -> Result<()> {
     let mut used = BTreeSet::new();
     for p in panels {
         let title = p["title"].as_str().unwrap_or("");
-        assert!(
-            ids.insert(p["id"].as_i64().context("panel id")?),
-            "duplicate panel id in {title}"
-        );
+        assert!(ids.insert(p["id"].as_i64().context("panel id")?), "duplicate panel id in {title}");
         if p["type"] == "row" {
             continue;
         }
-        assert_eq!(
-            p["datasource"]["uid"], "${datasource}",
-            "panel {title}: the data source variable"
-        );
-        let targets = p["targets"]
-            .as_array()
-            .filter(|t| !t.is_empty())
-            .with_context(|| format!("panel {title} has no query"))?;
+        assert_eq!(p["datasource"]["uid"], "${datasource}", "panel {title}: the data source variable");
+        let targets =
+            p["targets"].as_array().filter(|t| !t.is_empty()).with_context(|| format!("panel {title} has no query"))?;
         for t in targets {
-            let expr = t["expr"]
-                .as_str()
-                .with_context(|| format!("panel {title}: target without expr"))?;
+            let expr = t["expr"].as_str().with_context(|| format!("panel {title}: target without expr"))?;
             // Any level:metric:operation name must be a recording rule of rules.yml.
             for word in expr.split(|c: char| !(c.is_alphanumeric() || c == '_' || c == ':')) {
                 if word.matches(':').count() == 2 {
-                    assert!(
-                        recorded.contains(word),
-                        "panel {title} uses {word}, which rules.yml does not record"
-                    );
+                    assert!(recorded.contains(word), "panel {title} uses {word}, which rules.yml does not record");
                     used.insert(word.to_string());
                 }
             }
@@ -115,20 +90,14 @@ fn the_dashboard_parses_and_uses_the_recording_rules() -> Result<()> {
     ] {
         assert!(titles.contains(&want), "no panel {want:?} in {titles:?}");
     }
-    assert!(
-        used.len() >= 10,
-        "the dashboard should be built on the recording rules; it uses {used:?}"
-    );
+    assert!(used.len() >= 10, "the dashboard should be built on the recording rules; it uses {used:?}");
     Ok(())
 }
 
 #[test]
 fn the_daemonset_is_least_privilege_and_its_arguments_work() -> Result<()> {
     let docs = manifests("kubernetes/daemonset.yaml")?;
-    let ds = docs
-        .iter()
-        .find(|d| d["kind"] == "DaemonSet")
-        .context("no DaemonSet")?;
+    let ds = docs.iter().find(|d| d["kind"] == "DaemonSet").context("no DaemonSet")?;
     let pod = &ds["spec"]["template"];
     let spec = &pod["spec"];
     assert_eq!(spec["hostPID"], true, "the kernel reports host PIDs");
@@ -150,77 +119,33 @@ fn the_daemonset_is_least_privilege_and_its_arguments_work() -> Result<()> {
         .iter()
         .filter_map(|v| v.as_str().map(str::to_string))
         .collect();
-    assert_eq!(
-        pod_caps, unit_caps,
-        "DaemonSet capabilities != systemd unit capabilities"
-    );
+    assert_eq!(pod_caps, unit_caps, "DaemonSet capabilities != systemd unit capabilities");
     assert_eq!(sc["allowPrivilegeEscalation"], false);
     assert_eq!(sc["readOnlyRootFilesystem"], true);
-    assert!(
-        sc.get("privileged").is_none_or(|p| p == false),
-        "not privileged"
-    );
+    assert!(sc.get("privileged").is_none_or(|p| p == false), "not privileged");
     // BTF mounted; probes and scrape annotations on the metrics port.
     let mounts = c["volumeMounts"].as_array().context("volumeMounts")?;
-    assert!(
-        mounts
-            .iter()
-            .any(|m| m["mountPath"] == "/sys/kernel/btf" && m["readOnly"] == true),
-        "{mounts:?}"
-    );
-    let port = c["ports"][0]["containerPort"]
-        .as_u64()
-        .context("containerPort")?;
+    assert!(mounts.iter().any(|m| m["mountPath"] == "/sys/kernel/btf" && m["readOnly"] == true), "{mounts:?}");
+    let port = c["ports"][0]["containerPort"].as_u64().context("containerPort")?;
     for probe in ["readinessProbe", "livenessProbe"] {
         assert_eq!(c[probe]["httpGet"]["path"], "/metrics", "{probe}");
-        assert_eq!(
-            c[probe]["httpGet"]["port"], c["ports"][0]["name"],
-            "{probe}"
-        );
+        assert_eq!(c[probe]["httpGet"]["port"], c["ports"][0]["name"], "{probe}");
     }
     let annotations = &pod["metadata"]["annotations"];
     assert_eq!(annotations["prometheus.io/scrape"], "true");
     assert_eq!(annotations["prometheus.io/port"], port.to_string());
-    for (kind, what) in [
-        ("requests", "cpu"),
-        ("requests", "memory"),
-        ("limits", "cpu"),
-        ("limits", "memory"),
-    ] {
-        assert!(
-            c["resources"][kind][what].is_string(),
-            "resources.{kind}.{what}"
-        );
+    for (kind, what) in [("requests", "cpu"), ("requests", "memory"), ("limits", "cpu"), ("limits", "memory")] {
+        assert!(c["resources"][kind][what].is_string(), "resources.{kind}.{what}");
     }
-    let args: Vec<String> = c["args"]
-        .as_array()
-        .context("args")?
-        .iter()
-        .filter_map(|a| a.as_str().map(str::to_string))
-        .collect();
-    let listen = args
-        .iter()
-        .position(|a| a == "--listen")
-        .context("--listen in args")?;
-    assert_eq!(
-        args[listen + 1],
-        format!("0.0.0.0:{port}"),
-        "the agent must listen on the pod's port"
-    );
+    let args: Vec<String> =
+        c["args"].as_array().context("args")?.iter().filter_map(|a| a.as_str().map(str::to_string)).collect();
+    let listen = args.iter().position(|a| a == "--listen").context("--listen in args")?;
+    assert_eq!(args[listen + 1], format!("0.0.0.0:{port}"), "the agent must listen on the pod's port");
     // PodMonitor: the same pods and port.
     let pm = manifests("kubernetes/podmonitor.yaml")?;
-    let pm = pm
-        .iter()
-        .find(|d| d["kind"] == "PodMonitor")
-        .context("no PodMonitor")?;
-    assert_eq!(
-        pm["spec"]["selector"]["matchLabels"],
-        ds["spec"]["selector"]["matchLabels"]
-    );
-    assert_eq!(
-        pm["spec"]["podMetricsEndpoints"][0]["port"],
-        c["ports"][0]["name"]
-    );
+    let pm = pm.iter().find(|d| d["kind"] == "PodMonitor").context("no PodMonitor")?;
+    assert_eq!(pm["spec"]["selector"]["matchLabels"], ds["spec"]["selector"]["matchLabels"]);
+    assert_eq!(pm["spec"]["podMetricsEndpoints"][0]["port"], c["ports"][0]["name"]);
 
     // The DaemonSet's arguments, aimed at a test server and a free address, select and count.
     let server = Server::start_python()?;
@@ -251,73 +176,32 @@ fn the_daemonset_is_least_privilege_and_its_arguments_work() -> Result<()> {
 #[test]
 fn the_example_web_config_serves_tls_with_its_documented_password() -> Result<()> {
     let dir = tempfile::tempdir()?;
-    std::fs::copy(
-        deploy("web/web-config.yml"),
-        dir.path().join("web-config.yml"),
-    )?;
+    std::fs::copy(deploy("web/web-config.yml"), dir.path().join("web-config.yml"))?;
     let out = Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-days",
-            "1",
-        ])
-        .args([
-            "-subj",
-            "/CN=redprobe",
-            "-addext",
-            "subjectAltName=IP:127.0.0.1",
-        ])
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1"])
+        .args(["-subj", "/CN=redprobe", "-addext", "subjectAltName=IP:127.0.0.1"])
         .arg("-keyout")
         .arg(dir.path().join("tls.key"))
         .arg("-out")
         .arg(dir.path().join("tls.crt"))
         .output()?;
-    ensure!(
-        out.status.success(),
-        "openssl: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ensure!(out.status.success(), "openssl: {}", String::from_utf8_lossy(&out.stderr));
     let server = Server::start_python()?;
     let config = dir.path().join("web-config.yml").display().to_string();
     let ca = dir.path().join("tls.crt").display().to_string();
     let curl = move |addr: &str, user: &str| -> String {
         Command::new("curl")
-            .args([
-                "-s",
-                "-o",
-                "/dev/null",
-                "-w",
-                "%{http_code}",
-                "--max-time",
-                "10",
-                "--cacert",
-                &ca,
-                "-u",
-                user,
-            ])
+            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "10", "--cacert", &ca, "-u", user])
             .arg(format!("https://{addr}/metrics"))
             .output()
             .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
             .unwrap_or_default()
     };
     let ready = curl.clone();
-    let args = [
-        "--pid".to_string(),
-        server.pid().to_string(),
-        "--web.config.file".into(),
-        config,
-    ];
-    let agent = testkit::procs::Agent::start_until(
-        Command::new(testkit::procs::agent_bin()),
-        &args,
-        move |addr| ready(addr, "prometheus:change-me") == "200",
-    )?;
+    let args = ["--pid".to_string(), server.pid().to_string(), "--web.config.file".into(), config];
+    let agent = testkit::procs::Agent::start_until(Command::new(testkit::procs::agent_bin()), &args, move |addr| {
+        ready(addr, "prometheus:change-me") == "200"
+    })?;
     assert_eq!(curl(&agent.addr, "prometheus:change-me"), "200");
     assert_eq!(curl(&agent.addr, "prometheus:wrong"), "401");
     Ok(())

@@ -27,16 +27,10 @@ struct BpfObjects {
 fn bpf_objects_of(pid: u32) -> Result<BpfObjects> {
     let mut o = BpfObjects::default();
     for entry in std::fs::read_dir(format!("/proc/{pid}/fdinfo"))? {
-        let Ok(info) = std::fs::read_to_string(entry?.path()) else {
-            continue;
-        };
+        let Ok(info) = std::fs::read_to_string(entry?.path()) else { continue };
         for line in info.lines() {
-            let Some((k, v)) = line.split_once(':') else {
-                continue;
-            };
-            let Ok(id) = v.trim().parse::<u32>() else {
-                continue;
-            };
+            let Some((k, v)) = line.split_once(':') else { continue };
+            let Ok(id) = v.trim().parse::<u32>() else { continue };
             match k {
                 "prog_id" => o.progs.insert(id),
                 "map_id" => o.maps.insert(id),
@@ -51,21 +45,9 @@ fn bpf_objects_of(pid: u32) -> Result<BpfObjects> {
 /// Which of `o`'s objects the kernel still has.
 fn still_loaded(o: &BpfObjects) -> BpfObjects {
     BpfObjects {
-        progs: aya::programs::loaded_programs()
-            .flatten()
-            .map(|p| p.id())
-            .filter(|id| o.progs.contains(id))
-            .collect(),
-        maps: aya::maps::loaded_maps()
-            .flatten()
-            .map(|m| m.id())
-            .filter(|id| o.maps.contains(id))
-            .collect(),
-        links: aya::programs::loaded_links()
-            .flatten()
-            .map(|l| l.id())
-            .filter(|id| o.links.contains(id))
-            .collect(),
+        progs: aya::programs::loaded_programs().flatten().map(|p| p.id()).filter(|id| o.progs.contains(id)).collect(),
+        maps: aya::maps::loaded_maps().flatten().map(|m| m.id()).filter(|id| o.maps.contains(id)).collect(),
+        links: aya::programs::loaded_links().flatten().map(|l| l.id()).filter(|id| o.links.contains(id)).collect(),
     }
 }
 
@@ -73,27 +55,17 @@ fn still_loaded(o: &BpfObjects) -> BpfObjects {
 fn agent_objects(agent: &Agent) -> Result<BpfObjects> {
     let o = bpf_objects_of(agent.child.id())?;
     let live = still_loaded(&o);
-    assert!(
-        o.progs.len() >= 4 && o.links.len() >= 4 && o.maps.len() >= 4,
-        "the agent holds {o:?}"
-    );
-    assert_eq!(
-        (live.progs.len(), live.maps.len(), live.links.len()),
-        (o.progs.len(), o.maps.len(), o.links.len())
-    );
+    assert!(o.progs.len() >= 4 && o.links.len() >= 4 && o.maps.len() >= 4, "the agent holds {o:?}");
+    assert_eq!((live.progs.len(), live.maps.len(), live.links.len()), (o.progs.len(), o.maps.len(), o.links.len()));
     Ok(o)
 }
 
 fn wait_all_gone(o: &BpfObjects) -> Result<()> {
     let mut left = BpfObjects::default();
-    wait_for(
-        "the agent's BPF objects to be freed",
-        Duration::from_secs(15),
-        || {
-            left = still_loaded(o);
-            (left.progs.is_empty() && left.maps.is_empty() && left.links.is_empty()).then_some(())
-        },
-    )
+    wait_for("the agent's BPF objects to be freed", Duration::from_secs(15), || {
+        left = still_loaded(o);
+        (left.progs.is_empty() && left.maps.is_empty() && left.links.is_empty()).then_some(())
+    })
     .with_context(|| format!("still loaded: {left:?}"))
 }
 
@@ -103,18 +75,9 @@ fn sigterm_is_a_clean_shutdown_that_detaches_everything() -> Result<()> {
     let agent = Agent::attach(server.pid())?;
     let objects = agent_objects(&agent)?;
     let status = agent.stop()?;
-    assert_eq!(
-        status.code(),
-        Some(0),
-        "SIGTERM ends the agent with status 0"
-    );
+    assert_eq!(status.code(), Some(0), "SIGTERM ends the agent with status 0");
     wait_all_gone(&objects)?;
-    eprintln!(
-        "SIGTERM: {} programs, {} links, {} maps, all freed",
-        objects.progs.len(),
-        objects.links.len(),
-        objects.maps.len()
-    );
+    eprintln!("SIGTERM: {} programs, {} links, {} maps, all freed", objects.progs.len(), objects.links.len(), objects.maps.len());
     Ok(())
 }
 
@@ -195,45 +158,23 @@ fn target_killed_mid_request() -> Result<()> {
     let mut conn = Conn::open(server.port)?;
     conn.get_ok("/hello", 5)?;
     let port = server.port;
-    let slow = std::thread::spawn(move || {
-        Conn::open(port)
-            .and_then(|mut c| c.get("/sleep?ms=5000"))
-            .map(|r| r.status)
-    });
+    let slow = std::thread::spawn(move || Conn::open(port).and_then(|mut c| c.get("/sleep?ms=5000")).map(|r| r.status));
     // The slow request has reached the server: its connection was classified (the /hello
     // connection was the first). The in-flight gauge alone is refreshed every second and
     // may still show a /hello caught between its read and its answer.
     agent.wait_metrics("the request in flight", |m| {
-        m.sum(
-            "redprobe_connections_classified_total",
-            &[("role", "server")],
-        ) == 2.0
-            && m.sum(
-                "http_server_active_requests",
-                &[("http_request_method", "GET")],
-            ) == 1.0
+        m.sum("redprobe_connections_classified_total", &[("role", "server")]) == 2.0
+            && m.sum("http_server_active_requests", &[("http_request_method", "GET")]) == 1.0
     })?;
     server.child.kill()?;
     server.child.wait()?;
-    assert!(
-        slow.join().expect("slow client").is_err(),
-        "the killed server cannot answer"
-    );
+    assert!(slow.join().expect("slow client").is_err(), "the killed server cannot answer");
     // The gauge is refreshed every second.
-    let m = agent.wait_metrics(
-        "the exit, the lost request counted, nothing in flight",
-        |m| {
-            m.sum("redprobe_target_exits_total", &[]) == 1.0
-                && m.sum(
-                    "redprobe_requests_unparsed_total",
-                    &[("reason", "no_response")],
-                ) == 1.0
-                && m.sum(
-                    "http_server_active_requests",
-                    &[("http_request_method", "GET")],
-                ) == 0.0
-        },
-    )?;
+    let m = agent.wait_metrics("the exit, the lost request counted, nothing in flight", |m| {
+        m.sum("redprobe_target_exits_total", &[]) == 1.0
+            && m.sum("redprobe_requests_unparsed_total", &[("reason", "no_response")]) == 1.0
+            && m.sum("http_server_active_requests", &[("http_request_method", "GET")]) == 0.0
+    })?;
     assert_eq!(m.request_counts().values().sum::<u64>(), 5);
     assert_eq!(m.requests("GET", 200, "/hello"), 5);
     assert_eq!(m.sum("redprobe_requests_unparsed_total", &[]), 1.0);
@@ -261,23 +202,15 @@ fn a_reused_target_pid_is_not_measured() -> Result<()> {
     let agent = Agent::start(&pid_args(&[old_pid, witness.pid()]))?;
     old.child.kill()?;
     old.child.wait()?;
-    agent.wait_metrics("the exit", |m| {
-        m.sum("redprobe_target_exits_total", &[]) == 1.0
-    })?;
+    agent.wait_metrics("the exit", |m| m.sum("redprobe_target_exits_total", &[]) == 1.0)?;
     let impostor = python_server_at_pid(old_pid)?;
     let mut conn = Conn::open(impostor.port)?;
     conn.get_ok("/hello", 5)?;
     // The witness's request comes after the impostor's: once it is counted, the
     // impostor's traffic would have been too, had it been measured.
     assert_eq!(Conn::open(witness.port)?.get("/users/1")?.status, 200);
-    let m = agent.wait_metrics("the witness's request", |m| {
-        m.requests("GET", 200, "/users/{id}") == 1
-    })?;
-    assert_eq!(
-        m.request_counts().values().sum::<u64>(),
-        1,
-        "the process now at PID {old_pid} was measured"
-    );
+    let m = agent.wait_metrics("the witness's request", |m| m.requests("GET", 200, "/users/{id}") == 1)?;
+    assert_eq!(m.request_counts().values().sum::<u64>(), 1, "the process now at PID {old_pid} was measured");
     assert_eq!(m.sum("redprobe_targets", &[]), 1.0);
     Ok(())
 }
@@ -287,40 +220,20 @@ fn missing_btf_is_a_clear_error() -> Result<()> {
     // A private mount namespace with an empty tmpfs over /sys/kernel/btf.
     let server = Server::start_python()?;
     let cmd = agent_in_private_mounts("mount -t tmpfs none /sys/kernel/btf");
-    let stderr = agent_fails_with(
-        cmd,
-        &[
-            "--pid",
-            &server.pid().to_string(),
-            "--listen",
-            "127.0.0.1:0",
-        ],
-        1,
-    )?;
-    assert!(
-        stderr.contains("cannot read /sys/kernel/btf/vmlinux") && stderr.contains("BTF"),
-        "{stderr}"
-    );
+    let stderr = agent_fails_with(cmd, &["--pid", &server.pid().to_string(), "--listen", "127.0.0.1:0"], 1)?;
+    assert!(stderr.contains("cannot read /sys/kernel/btf/vmlinux") && stderr.contains("BTF"), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
     Ok(())
 }
 
 fn caps(pid: u32, field: &str) -> Result<u64> {
-    Ok(u64::from_str_radix(
-        &testkit::procs::status_field(pid, field)?,
-        16,
-    )?)
+    Ok(u64::from_str_radix(&testkit::procs::status_field(pid, field)?, 16)?)
 }
 
 #[test]
 fn capabilities_are_dropped_after_attach_and_counting_goes_on() -> Result<()> {
-    const DROPPED: [(u32, &str); 5] = [
-        (39, "CAP_BPF"),
-        (38, "CAP_PERFMON"),
-        (21, "CAP_SYS_ADMIN"),
-        (12, "CAP_NET_ADMIN"),
-        (24, "CAP_SYS_RESOURCE"),
-    ];
+    const DROPPED: [(u32, &str); 5] =
+        [(39, "CAP_BPF"), (38, "CAP_PERFMON"), (21, "CAP_SYS_ADMIN"), (12, "CAP_NET_ADMIN"), (24, "CAP_SYS_RESOURCE")];
     let server = Server::start_python()?;
     let agent = Agent::attach(server.pid())?;
     let pid = agent.child.id();
@@ -331,20 +244,12 @@ fn capabilities_are_dropped_after_attach_and_counting_goes_on() -> Result<()> {
         }
         eprintln!("agent {field} {set:016x}");
     }
-    assert!(
-        agent
-            .stderr()
-            .contains("capabilities dropped after attaching"),
-        "{}",
-        agent.stderr()
-    );
+    assert!(agent.stderr().contains("capabilities dropped after attaching"), "{}", agent.stderr());
     // Maps, the ring buffer and /proc reads keep working without them.
     let mut conn = Conn::open(server.port)?;
     conn.get_ok("/hello", 10)?;
     let m = agent.wait_metrics("10 requests", |m| m.requests("GET", 200, "/hello") == 10)?;
     assert!(m.sum("redprobe_target_resident_memory_bytes", &[]) > 0.0);
-    agent.wait_metrics("CONNS counted", |m| {
-        m.sum("redprobe_map_entries", &[("map", "CONNS")]) >= 1.0
-    })?;
+    agent.wait_metrics("CONNS counted", |m| m.sum("redprobe_map_entries", &[("map", "CONNS")]) >= 1.0)?;
     Ok(())
 }

@@ -42,36 +42,25 @@ fn gunicorn_workers_recycled_added_and_replaced_after_attach_are_all_counted() -
     hellos(&mut w, 30)?;
     check(&w, "--max-requests recycling")?;
     let recycled = children(master);
-    assert!(
-        recycled.iter().all(|p| !before.contains(p)),
-        "workers were not recycled: {before:?} -> {recycled:?}"
-    );
+    assert!(recycled.iter().all(|p| !before.contains(p)), "workers were not recycled: {before:?} -> {recycled:?}");
 
     // TTIN: one more worker.
     unsafe { libc::kill(master as i32, libc::SIGTTIN) };
-    testkit::wait_for("a third worker", std::time::Duration::from_secs(30), || {
-        (children(master).len() == 3).then_some(())
-    })?;
+    testkit::wait_for("a third worker", std::time::Duration::from_secs(30), || (children(master).len() == 3).then_some(()))?;
     hellos(&mut w, 12)?;
     check(&w, "after TTIN")?;
 
     // HUP: every worker replaced by a new one.
     let old = children(master);
     unsafe { libc::kill(master as i32, libc::SIGHUP) };
-    testkit::wait_for(
-        "workers replaced after HUP",
-        std::time::Duration::from_secs(30),
-        || {
-            let now = children(master);
-            (!now.is_empty() && now.iter().all(|p| !old.contains(p))).then_some(())
-        },
-    )?;
+    testkit::wait_for("workers replaced after HUP", std::time::Duration::from_secs(30), || {
+        let now = children(master);
+        (!now.is_empty() && now.iter().all(|p| !old.contains(p))).then_some(())
+    })?;
     hellos(&mut w, 12)?;
     check(&w, "after HUP")?;
     // Workers that exited are forgotten: the targets are the master and today's workers.
     let live = 1.0 + children(master).len() as f64;
-    agent.wait_metrics(&format!("{live} targets"), |m| {
-        m.sum("redprobe_targets", &[]) == live
-    })?;
+    agent.wait_metrics(&format!("{live} targets"), |m| m.sum("redprobe_targets", &[]) == live)?;
     Ok(())
 }

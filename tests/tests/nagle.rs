@@ -17,8 +17,7 @@ const REQUESTS: usize = 30;
 
 fn server(program: &str, file: &str) -> Result<Server> {
     let mut cmd = Command::new(program);
-    cmd.arg(workspace_root().join("tests/servers").join(file))
-        .arg("0");
+    cmd.arg(workspace_root().join("tests/servers").join(file)).arg("0");
     Server::start(cmd)
 }
 
@@ -39,19 +38,9 @@ fn client_times(port: u16) -> Result<Vec<Duration>> {
 fn check(name: &str, server: &Server) -> Result<()> {
     let agent = Agent::attach(server.pid())?;
     let times = client_times(server.port)?;
-    let m = agent.wait_metrics("every request", |m| {
-        m.requests("GET", 200, "/hello") >= REQUESTS as u64
-    })?;
-    assert_eq!(
-        m.requests("GET", 200, "/hello"),
-        REQUESTS as u64,
-        "{:#?}",
-        m.request_counts()
-    );
-    let probe_mean = m.sum(
-        "http_server_request_duration_seconds_sum",
-        &[("http_route", "/hello")],
-    ) / REQUESTS as f64;
+    let m = agent.wait_metrics("every request", |m| m.requests("GET", 200, "/hello") >= REQUESTS as u64)?;
+    assert_eq!(m.requests("GET", 200, "/hello"), REQUESTS as u64, "{:#?}", m.request_counts());
+    let probe_mean = m.sum("http_server_request_duration_seconds_sum", &[("http_route", "/hello")]) / REQUESTS as f64;
     let client_mean = times.iter().sum::<Duration>().as_secs_f64() / REQUESTS as f64;
     let client_p50 = times[REQUESTS / 2].as_secs_f64();
     let waited = m.sum("redprobe_responses_waited_for_transmission_total", &[]);
@@ -63,18 +52,12 @@ fn check(name: &str, server: &Server) -> Result<()> {
         probe_mean / client_mean
     );
     // Without the delayed ACK there is nothing to see: the test says so rather than pass.
-    assert!(
-        client_p50 > 0.010,
-        "{name}: the client's p50 is {client_p50:.4} s: Nagle and the delayed ACK did not show here"
-    );
+    assert!(client_p50 > 0.010, "{name}: the client's p50 is {client_p50:.4} s: Nagle and the delayed ACK did not show here");
     assert!(
         (probe_mean / client_mean - 1.0).abs() < 0.10,
         "{name}: probe mean {probe_mean:.4} s is not within 10 % of the client's {client_mean:.4} s"
     );
-    assert!(
-        waited >= (REQUESTS / 2) as f64,
-        "{name}: only {waited} responses waited for their last bytes"
-    );
+    assert!(waited >= (REQUESTS / 2) as f64, "{name}: only {waited} responses waited for their last bytes");
     Ok(())
 }
 

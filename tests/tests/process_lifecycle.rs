@@ -37,17 +37,13 @@ impl Drop for Killed {
 
 /// The command name of the Python interpreter the test servers run under.
 fn python_comm() -> String {
-    let name = python()
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let name = python().file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     name.chars().take(15).collect()
 }
 
 fn process_models(mode: &str) -> Command {
     let mut cmd = Command::new(python());
-    cmd.arg(workspace_root().join("tests/servers/process_models.py"))
-        .arg(mode);
+    cmd.arg(workspace_root().join("tests/servers/process_models.py")).arg(mode);
     cmd
 }
 
@@ -72,11 +68,7 @@ fn a_forking_server_with_a_child_per_connection_loses_no_child() -> Result<()> {
             std::thread::spawn(move || -> Result<Counts> {
                 let mut truth = Counts::new();
                 for i in 0..PER_CLIENT {
-                    let path = if (c + i) % 10 == 0 {
-                        "/error"
-                    } else {
-                        "/hello"
-                    };
+                    let path = if (c + i) % 10 == 0 { "/error" } else { "/hello" };
                     let r = one_shot(port, "GET", path, "HTTP/1.1")?;
                     add(&mut truth, "GET", r.status, path);
                 }
@@ -93,8 +85,7 @@ fn a_forking_server_with_a_child_per_connection_loses_no_child() -> Result<()> {
     let total: u64 = truth.values().sum();
     let processes = 1.0 + (CLIENTS * PER_CLIENT) as f64; // the server and a child per connection
     let m = agent.wait_metrics("every request and every child counted", |m| {
-        m.request_counts().values().sum::<u64>() >= total
-            && m.sum("redprobe_target_attaches_total", &[]) >= processes
+        m.request_counts().values().sum::<u64>() >= total && m.sum("redprobe_target_attaches_total", &[]) >= processes
     })?;
     println!(
         "forking server: requests sent {total}, counted {}; processes {processes}, attaches {}",
@@ -102,18 +93,10 @@ fn a_forking_server_with_a_child_per_connection_loses_no_child() -> Result<()> {
         m.sum("redprobe_target_attaches_total", &[])
     );
     assert_eq!(m.request_counts(), truth, "probe counts != client truth");
-    assert_eq!(
-        m.sum("redprobe_target_attaches_total", &[]),
-        processes,
-        "every process attached once"
-    );
+    assert_eq!(m.sum("redprobe_target_attaches_total", &[]), processes, "every process attached once");
     assert_eq!(m.sum("redprobe_events_lost_total", &[]), 0.0);
     assert_eq!(m.sum("redprobe_requests_unparsed_total", &[]), 0.0);
-    assert_eq!(
-        services(&m),
-        vec![(python_comm(), total)],
-        "children carry the server's service"
-    );
+    assert_eq!(services(&m), vec![(python_comm(), total)], "children carry the server's service");
     // Every child exited: only the server is left.
     agent.wait_metrics("children gone", |m| m.sum("redprobe_targets", &[]) == 1.0)?;
     Ok(())
@@ -127,9 +110,7 @@ fn recycled_workers_keep_the_service_name() -> Result<()> {
     // its first request reach the agent together.
     let server = gunicorn(Bind::V4, 3, &["--max-requests", "1", "--preload"], &[])?;
     let agent = Agent::attach(server.pid())?;
-    let master_comm = std::fs::read_to_string(format!("/proc/{}/comm", server.pid()))?
-        .trim()
-        .to_string();
+    let master_comm = std::fs::read_to_string(format!("/proc/{}/comm", server.pid()))?.trim().to_string();
     // 6 clients at once, 50 requests each: workers are replaced while others serve.
     const CLIENTS: u64 = 6;
     const N: u64 = 300;
@@ -150,35 +131,21 @@ fn recycled_workers_keep_the_service_name() -> Result<()> {
     }
     let m = agent.wait_metrics("300 requests", |m| m.requests("GET", 200, "/hello") >= N)?;
     assert_eq!(m.requests("GET", 200, "/hello"), N);
-    assert_eq!(
-        services(&m),
-        vec![(master_comm.clone(), N)],
-        "one service for every recycled worker"
-    );
+    assert_eq!(services(&m), vec![(master_comm.clone(), N)], "one service for every recycled worker");
     let open: Vec<String> = m
         .series("redprobe_target_open_connections")
         .map(|s| s.label("service_name").to_string())
         .filter(|s| *s != master_comm)
         .collect();
-    assert!(
-        open.is_empty(),
-        "connection gauges under other services: {open:?}"
-    );
+    assert!(open.is_empty(), "connection gauges under other services: {open:?}");
     Ok(())
 }
 
 /// Starts `sh -c 'read go; exec gunicorn ...'`: the agent attaches to the shell, then the
 /// shell executes gunicorn (the Docker entrypoint pattern).
 fn gunicorn_behind_exec(port: u16) -> Result<Child> {
-    let gunicorn = python()
-        .parent()
-        .context("the venv's bin directory")?
-        .join("gunicorn");
-    ensure!(
-        gunicorn.exists(),
-        "{} missing (cargo xtask test installs the venv)",
-        gunicorn.display()
-    );
+    let gunicorn = python().parent().context("the venv's bin directory")?.join("gunicorn");
+    ensure!(gunicorn.exists(), "{} missing (cargo xtask test installs the venv)", gunicorn.display());
     let script = format!(
         "read go; exec {} --no-control-socket --workers 2 --bind 127.0.0.1:{port} djangoapp.wsgi",
         gunicorn.display()
@@ -200,20 +167,14 @@ fn a_shell_that_execs_the_server_takes_the_servers_name() -> Result<()> {
     let agent = Agent::attach(shell.id())?;
     shell.stdin.take().context("stdin")?.write_all(b"go\n")?;
     let to = Endpoint::v4(port);
-    wait_for("gunicorn to accept", Duration::from_secs(60), || {
-        Stream::connect(&to).ok()
-    })?;
+    wait_for("gunicorn to accept", Duration::from_secs(60), || Stream::connect(&to).ok())?;
     const N: u64 = 40;
     for _ in 0..N {
         let r = one_shot_to(&to, "GET", "/hello", "HTTP/1.1")?;
         ensure!(r.status == 200, "status {}", r.status);
     }
     let m = agent.wait_metrics("40 requests", |m| m.requests("GET", 200, "/hello") >= N)?;
-    assert_eq!(
-        services(&m),
-        vec![("gunicorn".to_string(), N)],
-        "the shell's name must not stick"
-    );
+    assert_eq!(services(&m), vec![("gunicorn".to_string(), N)], "the shell's name must not stick");
     Ok(())
 }
 
@@ -221,17 +182,11 @@ fn a_shell_that_execs_the_server_takes_the_servers_name() -> Result<()> {
 /// as, keeps that process's name although every ancestor is gone.
 #[test]
 fn a_double_forking_daemon_keeps_its_name() -> Result<()> {
-    let mut original = process_models("daemon")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()?;
+    let mut original = process_models("daemon").stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::null()).spawn()?;
     let comm = python_comm();
     let pid = original.id();
     wait_for("the daemon's interpreter", Duration::from_secs(10), || {
-        std::fs::read_to_string(format!("/proc/{pid}/comm"))
-            .ok()
-            .filter(|c| c.trim() == comm)
+        std::fs::read_to_string(format!("/proc/{pid}/comm")).ok().filter(|c| c.trim() == comm)
     })?;
     let agent = Agent::attach(original.id())?;
     original.stdin.take().context("stdin")?.write_all(b"go\n")?;
@@ -249,17 +204,8 @@ fn a_double_forking_daemon_keeps_its_name() -> Result<()> {
         let path = if i % 4 == 0 { "/error" } else { "/hello" };
         one_shot(port, "GET", path, "HTTP/1.1")?;
     }
-    let m = agent.wait_metrics("120 requests", |m| {
-        m.request_counts().values().sum::<u64>() >= N
-    })?;
-    assert_eq!(
-        m.requests("GET", 200, "/hello") + m.requests("GET", 500, "/error"),
-        N
-    );
-    assert_eq!(
-        services(&m),
-        vec![(comm, N)],
-        "the daemon keeps the name it was started under"
-    );
+    let m = agent.wait_metrics("120 requests", |m| m.request_counts().values().sum::<u64>() >= N)?;
+    assert_eq!(m.requests("GET", 200, "/hello") + m.requests("GET", 500, "/error"), N);
+    assert_eq!(services(&m), vec![(comm, N)], "the daemon keeps the name it was started under");
     Ok(())
 }

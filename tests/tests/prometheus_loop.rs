@@ -24,18 +24,12 @@ use testkit::{
 };
 
 /// Duration buckets of http_server_request_duration_seconds (docs/metrics.md).
-const BUCKETS: &[f64] = &[
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75,
-    1.0, 2.5, 5.0, 7.5, 10.0,
-];
+const BUCKETS: &[f64] =
+    &[0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0];
 /// How much longer the client may see a request than the server (loopback, a loaded VM).
 const CLIENT_SLACK: f64 = 0.005;
 /// Values for the dashboard's variables and Grafana's interval, when its queries are run.
-const DASHBOARD_VARIABLES: &[(&str, &str)] = &[
-    ("$service", ".*"),
-    ("$route", ".*"),
-    ("$__rate_interval", "1m"),
-];
+const DASHBOARD_VARIABLES: &[(&str, &str)] = &[("$service", ".*"), ("$route", ".*"), ("$__rate_interval", "1m")];
 
 /// One request as the client saw it.
 #[derive(Clone, Debug)]
@@ -46,10 +40,7 @@ struct Done {
 }
 
 fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
 /// The workload: (path, route, status, how many). /sleep's mix puts p50 in (50, 75] ms and
@@ -78,43 +69,24 @@ fn run_workload(port: u16, threads: usize) -> Result<(Vec<Done>, Duration)> {
     let start = Instant::now();
     let handles: Vec<_> = (0..threads)
         .map(|t| {
-            let mine: Vec<_> = order
-                .iter()
-                .skip(t)
-                .step_by(threads)
-                .map(|i| all[*i])
-                .collect();
+            let mine: Vec<_> = order.iter().skip(t).step_by(threads).map(|i| all[*i]).collect();
             let done = done.clone();
             std::thread::spawn(move || -> Result<()> {
                 let mut conn = Conn::open(port)?;
                 for (path, route, status) in mine {
                     let r = conn.get(path)?;
-                    ensure!(
-                        r.status == status,
-                        "GET {path}: {} (wanted {status})",
-                        r.status
-                    );
-                    done.lock()
-                        .map_err(|_| anyhow::anyhow!("poisoned"))?
-                        .push(Done {
-                            route,
-                            status,
-                            seconds: r.elapsed.as_secs_f64(),
-                        });
+                    ensure!(r.status == status, "GET {path}: {} (wanted {status})", r.status);
+                    done.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.push(Done { route, status, seconds: r.elapsed.as_secs_f64() });
                 }
                 Ok(())
             })
         })
         .collect();
     for h in handles {
-        h.join()
-            .map_err(|_| anyhow::anyhow!("client thread panicked"))??;
+        h.join().map_err(|_| anyhow::anyhow!("client thread panicked"))??;
     }
     let elapsed = start.elapsed();
-    let done = done
-        .lock()
-        .map_err(|_| anyhow::anyhow!("poisoned"))?
-        .clone();
+    let done = done.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.clone();
     Ok((done, elapsed))
 }
 
@@ -150,13 +122,7 @@ const NATIVE_COUNT: &str = "sum(histogram_count(http_server_request_duration_sec
 
 /// Waits for a scrape that started after `after_ms` and saw `total` requests (`count`);
 /// its time.
-fn scrape_after(
-    prom: &Prometheus,
-    count: &str,
-    after_ms: i64,
-    total: usize,
-    what: &str,
-) -> Result<i64> {
+fn scrape_after(prom: &Prometheus, count: &str, after_ms: i64, total: usize, what: &str) -> Result<i64> {
     let mut seen = (0, f64::NAN);
     wait_for(what, Duration::from_secs(30), || {
         let t = last_scrape_ms(prom).filter(|t| *t > after_ms)?;
@@ -186,12 +152,7 @@ fn alert_values(expr: &str) -> Vec<String> {
         }
         if depth == 0 && !quoted {
             let rest = &expr[i..];
-            if cut.is_none()
-                && (rest.starts_with('>')
-                    || rest.starts_with('<')
-                    || rest.starts_with("==")
-                    || rest.starts_with("!="))
-            {
+            if cut.is_none() && (rest.starts_with('>') || rest.starts_with('<') || rest.starts_with("==") || rest.starts_with("!=")) {
                 cut = Some(i);
             }
             for op in [" and ", " or ", " unless "] {
@@ -213,13 +174,8 @@ fn alert_values(expr: &str) -> Vec<String> {
 /// Every PromQL expression of the dashboard: panel targets and `label_values()` variables.
 fn dashboard_queries() -> Result<Vec<(String, String)>> {
     let path = workspace_root().join("deploy/grafana/redprobe-dashboard.json");
-    let dash: Value = serde_json::from_str(&std::fs::read_to_string(&path)?)
-        .with_context(|| format!("parsing {}", path.display()))?;
-    let substitute = |e: &str| {
-        DASHBOARD_VARIABLES
-            .iter()
-            .fold(e.to_string(), |e, (k, v)| e.replace(k, v))
-    };
+    let dash: Value = serde_json::from_str(&std::fs::read_to_string(&path)?).with_context(|| format!("parsing {}", path.display()))?;
+    let substitute = |e: &str| DASHBOARD_VARIABLES.iter().fold(e.to_string(), |e, (k, v)| e.replace(k, v));
     let mut out = vec![];
     fn panels<'a>(v: &'a Value, out: &mut Vec<&'a Value>) {
         for p in v.as_array().into_iter().flatten() {
@@ -231,35 +187,16 @@ fn dashboard_queries() -> Result<Vec<(String, String)>> {
     panels(&dash["panels"], &mut all);
     for p in all {
         for t in p["targets"].as_array().into_iter().flatten() {
-            let expr = t["expr"]
-                .as_str()
-                .with_context(|| format!("panel {}: a target without expr", p["title"]))?;
-            out.push((
-                format!("panel {:?}", p["title"].as_str().unwrap_or("")),
-                substitute(expr),
-            ));
+            let expr = t["expr"].as_str().with_context(|| format!("panel {}: a target without expr", p["title"]))?;
+            out.push((format!("panel {:?}", p["title"].as_str().unwrap_or("")), substitute(expr)));
         }
     }
     for v in dash["templating"]["list"].as_array().into_iter().flatten() {
-        let Some(q) = v["query"]["query"].as_str() else {
-            continue;
-        };
+        let Some(q) = v["query"]["query"].as_str() else { continue };
         // label_values(SELECTOR, LABEL) -> the series of SELECTOR that have LABEL.
-        let inner = q
-            .strip_prefix("label_values(")
-            .and_then(|r| r.strip_suffix(')'))
-            .context("variable query")?;
-        let (selector, label) = inner
-            .rsplit_once(',')
-            .context("label_values(selector, label)")?;
-        out.push((
-            format!("variable {}", v["name"]),
-            format!(
-                "count by ({}) ({})",
-                label.trim(),
-                substitute(selector.trim())
-            ),
-        ));
+        let inner = q.strip_prefix("label_values(").and_then(|r| r.strip_suffix(')')).context("variable query")?;
+        let (selector, label) = inner.rsplit_once(',').context("label_values(selector, label)")?;
+        out.push((format!("variable {}", v["name"]), format!("count by ({}) ({})", label.trim(), substitute(selector.trim()))));
     }
     Ok(out)
 }
@@ -279,18 +216,11 @@ fn prometheus_scraping(agent: &Agent, features: &[&str]) -> Result<Prometheus> {
 #[test]
 fn prometheus_scrapes_the_agent_and_answers_with_client_truth() -> Result<()> {
     let server = Server::start_python()?;
-    let agent = Agent::start(&[
-        "--pid".into(),
-        server.pid().to_string(),
-        "--service".into(),
-        "shop".into(),
-    ])?;
+    let agent = Agent::start(&["--pid".into(), server.pid().to_string(), "--service".into(), "shop".into()])?;
     let prom = prometheus_scraping(&agent, &[])?;
-    wait_for(
-        "the first scrape of the agent",
-        Duration::from_secs(30),
-        || (prom.scalar(r#"up{job="redprobe"}"#, None).ok()? == 1.0).then_some(()),
-    )
+    wait_for("the first scrape of the agent", Duration::from_secs(30), || {
+        (prom.scalar(r#"up{job="redprobe"}"#, None).ok()? == 1.0).then_some(())
+    })
     .with_context(|| prom.log())?;
 
     // Warm-up: one request of each kind, so that every series exists before the measured
@@ -303,38 +233,19 @@ fn prometheus_scrapes_the_agent_and_answers_with_client_truth() -> Result<()> {
         warm += 1;
     }
     let mut garbage = Conn::open(server.port)?;
-    garbage
-        .stream()
-        .write_all(b"\x00\x01\x02\x03garbage\xff\r\n\r\n")?;
+    garbage.stream().write_all(b"\x00\x01\x02\x03garbage\xff\r\n\r\n")?;
     garbage.stream().shutdown(std::net::Shutdown::Write)?;
     let _ = garbage.read_response(false);
     agent.wait_metrics("the warm-up counted", |m| {
         m.request_counts().values().sum::<u64>() == warm as u64
-            && m.sum(
-                "redprobe_connections_other_protocol_total",
-                &[("protocol", "binary")],
-            ) == 1.0
+            && m.sum("redprobe_connections_other_protocol_total", &[("protocol", "binary")]) == 1.0
     })?;
-    let t0 = scrape_after(
-        &prom,
-        CLASSIC_COUNT,
-        now_ms(),
-        warm,
-        "a scrape after the warm-up",
-    )?;
+    let t0 = scrape_after(&prom, CLASSIC_COUNT, now_ms(), warm, "a scrape after the warm-up")?;
 
     let (done, client_elapsed) = run_workload(server.port, 5)?;
     let total = warm + done.len();
-    agent.wait_metrics("the workload counted", |m| {
-        m.request_counts().values().sum::<u64>() == total as u64
-    })?;
-    let t1 = scrape_after(
-        &prom,
-        CLASSIC_COUNT,
-        now_ms(),
-        total,
-        "a scrape after the workload",
-    )?;
+    agent.wait_metrics("the workload counted", |m| m.request_counts().values().sum::<u64>() == total as u64)?;
+    let t1 = scrape_after(&prom, CLASSIC_COUNT, now_ms(), total, "a scrape after the workload")?;
     let at = Some(t1 as f64 / 1000.0);
     let window = format!("{}ms", t1 - t0);
     let window_s = (t1 - t0) as f64 / 1000.0;
@@ -356,10 +267,7 @@ fn prometheus_scrapes_the_agent_and_answers_with_client_truth() -> Result<()> {
     // Rate and error ratio.
     let n = done.len() as f64;
     let errors = done.iter().filter(|d| d.status >= 500).count() as f64;
-    let rate = prom.scalar(
-        &format!("sum(rate(http_server_request_duration_seconds_count[{window}]))"),
-        at,
-    )?;
+    let rate = prom.scalar(&format!("sum(rate(http_server_request_duration_seconds_count[{window}]))"), at)?;
     let ratio = prom.scalar(
         &format!(
             "sum(increase(http_server_request_duration_seconds_count{{error_type!=\"\"}}[{window}])) \
@@ -376,44 +284,15 @@ fn prometheus_scrapes_the_agent_and_answers_with_client_truth() -> Result<()> {
     )?;
 
     let mut report = vec![];
-    report.push(format!(
-        "Real Prometheus ({}), scrape every 1 s, window [{t0}, {t1}] ms = {window_s:.3} s",
-        "Debian prometheus"
-    ));
-    report.push(format!(
-        "{:<54} {:>14} {:>14}",
-        "query", "Prometheus", "client truth"
-    ));
+    report.push(format!("Real Prometheus ({}), scrape every 1 s, window [{t0}, {t1}] ms = {window_s:.3} s", "Debian prometheus"));
+    report.push(format!("{:<54} {:>14} {:>14}", "query", "Prometheus", "client truth"));
     for ((route, status), v) in &got {
-        report.push(format!(
-            "{:<54} {:>14} {:>14}",
-            format!("increase(count{{{route} {status}}})"),
-            v,
-            truth[&(route.clone(), *status)]
-        ));
+        report.push(format!("{:<54} {:>14} {:>14}", format!("increase(count{{{route} {status}}})"), v, truth[&(route.clone(), *status)]));
     }
-    report.push(format!(
-        "{:<54} {:>14.4} {:>14.4}",
-        "sum(rate(count[window])) * window  (requests)",
-        rate * window_s,
-        n
-    ));
-    report.push(format!(
-        "{:<54} {:>14.4} {:>14.4}",
-        "sum(rate(count[window]))  (req/s; client: n / window)",
-        rate,
-        n / window_s
-    ));
-    report.push(format!(
-        "{:<54} {:>14.6} {:>14.6}",
-        "error ratio (5xx), all routes",
-        ratio,
-        errors / n
-    ));
-    report.push(format!(
-        "{:<54} {:>14.6} {:>14.6}",
-        "error ratio (5xx), /error", route_ratio, 1.0
-    ));
+    report.push(format!("{:<54} {:>14.4} {:>14.4}", "sum(rate(count[window])) * window  (requests)", rate * window_s, n));
+    report.push(format!("{:<54} {:>14.4} {:>14.4}", "sum(rate(count[window]))  (req/s; client: n / window)", rate, n / window_s));
+    report.push(format!("{:<54} {:>14.6} {:>14.6}", "error ratio (5xx), all routes", ratio, errors / n));
+    report.push(format!("{:<54} {:>14.6} {:>14.6}", "error ratio (5xx), /error", route_ratio, 1.0));
     report.push(format!(
         "(the client sent its {n} requests in {:.3} s of that window: {:.1} req/s while it ran)",
         client_elapsed.as_secs_f64(),
@@ -421,39 +300,19 @@ fn prometheus_scrapes_the_agent_and_answers_with_client_truth() -> Result<()> {
     ));
     eprintln!("\n{}", report.join("\n"));
     report.clear();
-    assert_eq!(
-        got, truth,
-        "increase() per route and status over the workload's window != client truth"
-    );
-    assert!(
-        (rate * window_s - n).abs() < 1e-6,
-        "rate * window = {} != {n} requests",
-        rate * window_s
-    );
-    assert!(
-        (ratio - errors / n).abs() < 1e-12,
-        "error ratio {ratio} != client {}",
-        errors / n
-    );
+    assert_eq!(got, truth, "increase() per route and status over the workload's window != client truth");
+    assert!((rate * window_s - n).abs() < 1e-6, "rate * window = {} != {n} requests", rate * window_s);
+    assert!((ratio - errors / n).abs() < 1e-12, "error ratio {ratio} != client {}", errors / n);
     assert_eq!(route_ratio, 1.0);
 
     // Quantiles: histogram_quantile over the workload's window, against the client's.
     let mut failures = vec![];
     for (label, selector, truth) in [
-        (
-            "/sleep",
-            "{http_route=\"/sleep\"}",
-            done.iter()
-                .filter(|d| d.route == "/sleep")
-                .map(|d| d.seconds)
-                .collect::<Vec<_>>(),
-        ),
+        ("/sleep", "{http_route=\"/sleep\"}", done.iter().filter(|d| d.route == "/sleep").map(|d| d.seconds).collect::<Vec<_>>()),
         ("all routes", "", done.iter().map(|d| d.seconds).collect()),
     ] {
         for q in [0.5, 0.95, 0.99] {
-            let expr = format!(
-                "histogram_quantile({q}, sum by (le) (increase(http_server_request_duration_seconds_bucket{selector}[{window}])))"
-            );
+            let expr = format!("histogram_quantile({q}, sum by (le) (increase(http_server_request_duration_seconds_bucket{selector}[{window}])))");
             let p = prom.scalar(&expr, at)?;
             let c = client_quantile(truth.clone(), q);
             let (lo, hi) = bucket_of(p);
@@ -466,40 +325,24 @@ fn prometheus_scrapes_the_agent_and_answers_with_client_truth() -> Result<()> {
                 if ok { "ok" } else { "MISMATCH" }
             ));
             if !ok {
-                failures.push(format!(
-                    "{label} p{}: Prometheus {p} in ({lo}, {hi}], client {c}",
-                    q * 100.0
-                ));
+                failures.push(format!("{label} p{}: Prometheus {p} in ({lo}, {hi}], client {c}", q * 100.0));
             }
         }
     }
     eprintln!("\n{}\n", report.join("\n"));
-    assert!(
-        failures.is_empty(),
-        "quantiles outside the client's bucket: {failures:?}"
-    );
+    assert!(failures.is_empty(), "quantiles outside the client's bucket: {failures:?}");
 
     // Every rule evaluates without error, every recording rule has data, and so does each
     // value an alert compares.
-    let rules = wait_for(
-        "every rule evaluated after the workload",
-        Duration::from_secs(30),
-        || {
-            let groups = prom.api("/api/v1/rules").ok()?;
-            let rules: Vec<Value> = groups["groups"]
-                .as_array()?
-                .iter()
-                .flat_map(|g| g["rules"].as_array().cloned().unwrap_or_default())
-                .collect();
-            let evaluated = rules.iter().all(|r| {
-                r["lastEvaluation"]
-                    .as_str()
-                    .is_some_and(|t| !t.starts_with("0001"))
-                    && r["health"] == "ok"
-            });
-            (evaluated && rules.len() >= 22).then_some(rules)
-        },
-    )?;
+    let rules = wait_for("every rule evaluated after the workload", Duration::from_secs(30), || {
+        let groups = prom.api("/api/v1/rules").ok()?;
+        let rules: Vec<Value> = groups["groups"].as_array()?.iter().flat_map(|g| g["rules"].as_array().cloned().unwrap_or_default()).collect();
+        let evaluated = rules.iter().all(|r| {
+            r["lastEvaluation"].as_str().is_some_and(|t| !t.starts_with("0001"))
+                && r["health"] == "ok"
+        });
+        (evaluated && rules.len() >= 22).then_some(rules)
+    })?;
     let mut expressions: Vec<(String, String)> = vec![];
     for r in &rules {
         let name = r["name"].as_str().unwrap_or("").to_string();
@@ -516,75 +359,33 @@ fn prometheus_scrapes_the_agent_and_answers_with_client_truth() -> Result<()> {
     let mut empty = vec![];
     for (what, expr) in &expressions {
         let has_data = wait_for(&format!("data for {expr}"), Duration::from_secs(15), || {
-            prom.query(expr, None)
-                .ok()
-                .filter(|r| !r.is_empty())
-                .map(|_| ())
+            prom.query(expr, None).ok().filter(|r| !r.is_empty()).map(|_| ())
         });
         if has_data.is_err() {
             empty.push(format!("{what}: {expr}"));
         }
     }
-    eprintln!(
-        "{} expressions (rules, alert values, dashboard panels and variables) all returned data",
-        expressions.len() - empty.len()
-    );
-    assert!(
-        empty.is_empty(),
-        "expressions without data (\"No data\"):\n{}",
-        empty.join("\n")
-    );
+    eprintln!("{} expressions (rules, alert values, dashboard panels and variables) all returned data", expressions.len() - empty.len());
+    assert!(empty.is_empty(), "expressions without data (\"No data\"):\n{}", empty.join("\n"));
 
     // The recorded RED series, for the report (5-minute windows: extrapolated by rate(),
     // so close to the truth, not equal), and the error-ratio alert on its way: 40 of 410
     // requests fail, more than 5%.
     eprintln!("recording rules (5 m windows, rate() extrapolation: approximate):");
     for (expr, truth) in [
-        (
-            r#"service:http_server_error_ratio:rate5m{service_name="shop"}"#,
-            format!("{:.4} (workload)", errors / n),
-        ),
-        (
-            r#"service:http_server_request_duration_seconds:p50_5m{service_name="shop"}"#,
-            format!(
-                "{:.4} s",
-                client_quantile(done.iter().map(|d| d.seconds).collect(), 0.5)
-            ),
-        ),
-        (
-            r#"service:http_server_request_duration_seconds:p95_5m{service_name="shop"}"#,
-            format!(
-                "{:.4} s",
-                client_quantile(done.iter().map(|d| d.seconds).collect(), 0.95)
-            ),
-        ),
-        (
-            r#"service:http_server_request_duration_seconds:p99_5m{service_name="shop"}"#,
-            format!(
-                "{:.4} s",
-                client_quantile(done.iter().map(|d| d.seconds).collect(), 0.99)
-            ),
-        ),
+        (r#"service:http_server_error_ratio:rate5m{service_name="shop"}"#, format!("{:.4} (workload)", errors / n)),
+        (r#"service:http_server_request_duration_seconds:p50_5m{service_name="shop"}"#, format!("{:.4} s", client_quantile(done.iter().map(|d| d.seconds).collect(), 0.5))),
+        (r#"service:http_server_request_duration_seconds:p95_5m{service_name="shop"}"#, format!("{:.4} s", client_quantile(done.iter().map(|d| d.seconds).collect(), 0.95))),
+        (r#"service:http_server_request_duration_seconds:p99_5m{service_name="shop"}"#, format!("{:.4} s", client_quantile(done.iter().map(|d| d.seconds).collect(), 0.99))),
     ] {
-        eprintln!(
-            "{expr:<80} {:>10.4}   client {truth}",
-            prom.scalar(expr, None)?
-        );
+        eprintln!("{expr:<80} {:>10.4}   client {truth}", prom.scalar(expr, None)?);
     }
-    let state = wait_for(
-        "RedprobeHighErrorRatio pending",
-        Duration::from_secs(15),
-        || {
-            let groups = prom.api("/api/v1/rules?type=alert").ok()?;
-            let rule = groups["groups"]
-                .as_array()?
-                .iter()
-                .flat_map(|g| g["rules"].as_array().cloned().unwrap_or_default())
-                .find(|r| r["name"] == "RedprobeHighErrorRatio")?;
-            let s = rule["state"].as_str()?.to_string();
-            (s != "inactive").then_some(s)
-        },
-    );
+    let state = wait_for("RedprobeHighErrorRatio pending", Duration::from_secs(15), || {
+        let groups = prom.api("/api/v1/rules?type=alert").ok()?;
+        let rule = groups["groups"].as_array()?.iter().flat_map(|g| g["rules"].as_array().cloned().unwrap_or_default()).find(|r| r["name"] == "RedprobeHighErrorRatio")?;
+        let s = rule["state"].as_str()?.to_string();
+        (s != "inactive").then_some(s)
+    });
     match state {
         Ok(s) => eprintln!("RedprobeHighErrorRatio: {s}"),
         Err(e) => bail!("{e}: the alert should be pending with {errors} errors in {n} requests"),
@@ -620,95 +421,46 @@ fn meets_the_goal(estimate: f64, client: f64) -> bool {
 fn native_histograms_give_the_clients_quantiles() -> Result<()> {
     use testkit::servers::{Bind, NginxSite, nginx};
     let python = Server::start_python()?;
-    let web = nginx(
-        Bind::V4,
-        &NginxSite {
-            workers: 1,
-            files: &[],
-            ..Default::default()
-        },
-    )?;
-    let agent = Agent::start(&[
-        "--pid".into(),
-        python.pid().to_string(),
-        "--pid".into(),
-        web.pid().to_string(),
-    ])?;
+    let web = nginx(Bind::V4, &NginxSite { workers: 1, files: &[], ..Default::default() })?;
+    let agent = Agent::start(&["--pid".into(), python.pid().to_string(), "--pid".into(), web.pid().to_string()])?;
     let prom = prometheus_scraping(&agent, &["native-histograms"])?;
     let mut python_conn = Conn::open(python.port)?;
     let mut nginx_conn = Conn::connect(&web.endpoint)?;
     // Warm-up: one request per route, so that every series exists before the window.
     for (service, path, _, _) in NATIVE_WORKLOAD {
-        let conn = if *service == "nginx" {
-            &mut nginx_conn
-        } else {
-            &mut python_conn
-        };
+        let conn = if *service == "nginx" { &mut nginx_conn } else { &mut python_conn };
         ensure!(conn.get(path)?.status == 200, "warm-up GET {path}");
     }
     let warm = NATIVE_WORKLOAD.len();
-    agent.wait_metrics("the warm-up counted", |m| {
-        m.request_counts().values().sum::<u64>() == warm as u64
-    })?;
+    agent.wait_metrics("the warm-up counted", |m| m.request_counts().values().sum::<u64>() == warm as u64)?;
     // The scrape is protobuf, with native buckets: `histogram_count` of the plain name works.
-    let t0 = scrape_after(
-        &prom,
-        NATIVE_COUNT,
-        now_ms(),
-        warm,
-        "a native scrape after the warm-up",
-    )
-    .with_context(|| prom.log())?;
+    let t0 = scrape_after(&prom, NATIVE_COUNT, now_ms(), warm, "a native scrape after the warm-up").with_context(|| prom.log())?;
 
     let mut done: BTreeMap<(&str, &str), Vec<f64>> = BTreeMap::new();
     // Each request's workload line, interleaved deterministically.
-    let lines: Vec<usize> = NATIVE_WORKLOAD
-        .iter()
-        .enumerate()
-        .flat_map(|(i, w)| std::iter::repeat_n(i, w.3))
-        .collect();
+    let lines: Vec<usize> = NATIVE_WORKLOAD.iter().enumerate().flat_map(|(i, w)| std::iter::repeat_n(i, w.3)).collect();
     let n = lines.len();
     let mut order: Vec<usize> = (0..n).collect();
     order.sort_by_key(|k| (k * 7919) % n);
     for k in order {
         let (service, path, route, _) = NATIVE_WORKLOAD[lines[k]];
-        let conn = if service == "nginx" {
-            &mut nginx_conn
-        } else {
-            &mut python_conn
-        };
+        let conn = if service == "nginx" { &mut nginx_conn } else { &mut python_conn };
         let r = conn.get(path)?;
         ensure!(r.status == 200, "GET {path}: {}", r.status);
-        done.entry((service, route))
-            .or_default()
-            .push(r.elapsed.as_secs_f64());
+        done.entry((service, route)).or_default().push(r.elapsed.as_secs_f64());
     }
     let total = warm + n;
-    agent.wait_metrics("the workload counted", |m| {
-        m.request_counts().values().sum::<u64>() == total as u64
-    })?;
-    let t1 = scrape_after(
-        &prom,
-        NATIVE_COUNT,
-        now_ms(),
-        total,
-        "a native scrape after the workload",
-    )?;
+    agent.wait_metrics("the workload counted", |m| m.request_counts().values().sum::<u64>() == total as u64)?;
+    let t1 = scrape_after(&prom, NATIVE_COUNT, now_ms(), total, "a native scrape after the workload")?;
     let (at, window) = (Some(t1 as f64 / 1000.0), format!("{}ms", t1 - t0));
 
-    let mut report = vec![format!(
-        "{:<28} {:>6} {:>9} {:>12} {:>12} {:>8}  goal (5 % or 0.2 ms)",
-        "native histograms", "q", "count", "Prometheus", "client", "error"
-    )];
+    let mut report = vec![format!("{:<28} {:>6} {:>9} {:>12} {:>12} {:>8}  goal (5 % or 0.2 ms)", "native histograms", "q", "count", "Prometheus", "client", "error")];
     let mut failures = vec![];
     for ((service, route), seconds) in &done {
         let sel = format!("{{service_name=\"{service}\",http_route=\"{route}\"}}");
         let count = prom.scalar(&format!("sum(histogram_count(increase(http_server_request_duration_seconds{sel}[{window}])))"), at)?;
         if count != seconds.len() as f64 {
-            failures.push(format!(
-                "{service} {route}: {count} requests, client sent {}",
-                seconds.len()
-            ));
+            failures.push(format!("{service} {route}: {count} requests, client sent {}", seconds.len()));
         }
         for q in [0.5, 0.95, 0.99] {
             let p = prom.scalar(&format!("histogram_quantile({q}, sum(increase(http_server_request_duration_seconds{sel}[{window}])))"), at)?;
@@ -721,18 +473,11 @@ fn native_histograms_give_the_clients_quantiles() -> Result<()> {
                 p * 1e3,
                 c * 1e3,
                 (p - c) / c * 100.0,
-                if meets_the_goal(p, c) {
-                    "met"
-                } else {
-                    "missed"
-                }
+                if meets_the_goal(p, c) { "met" } else { "missed" }
             ));
             // p99 of a few hundred requests is one request's noise: reported, not asserted.
             if q < 0.99 && !can_be_the_servers(p, c) {
-                failures.push(format!(
-                    "{service} {route} p{}: Prometheus {p:.6} s, client {c:.6} s",
-                    q * 100.0
-                ));
+                failures.push(format!("{service} {route} p{}: Prometheus {p:.6} s, client {c:.6} s", q * 100.0));
             }
         }
     }
@@ -744,9 +489,7 @@ fn native_histograms_give_the_clients_quantiles() -> Result<()> {
         r#"service_route:http_server_request_duration_seconds:mean5m{service_name="python3",http_route="/sleep"}"#,
         r#"service:http_server_error_ratio:rate5m{service_name="nginx"}"#,
     ] {
-        let v = wait_for(&format!("data for {expr}"), Duration::from_secs(20), || {
-            prom.scalar(expr, None).ok().filter(|v| v.is_finite())
-        });
+        let v = wait_for(&format!("data for {expr}"), Duration::from_secs(20), || prom.scalar(expr, None).ok().filter(|v| v.is_finite()));
         match v {
             Ok(v) => report.push(format!("{expr} = {v:.6}")),
             Err(e) => failures.push(format!("{expr}: {e}")),
@@ -764,9 +507,6 @@ fn alert_values_are_split_at_top_level_comparisons() {
         vec!["service:x:rate5m", r#"service:y:rate5m{a!="b"}"#]
     );
     assert_eq!(alert_values("increase(z[5m]) > 0"), vec!["increase(z[5m])"]);
-    assert_eq!(
-        alert_values(r#"up{job=~"redprobe.*"} == 0"#),
-        vec![r#"up{job=~"redprobe.*"}"#]
-    );
+    assert_eq!(alert_values(r#"up{job=~"redprobe.*"} == 0"#), vec![r#"up{job=~"redprobe.*"}"#]);
     assert_eq!(alert_values("sum(a > 1)"), vec!["sum(a > 1)"]);
 }

@@ -7,6 +7,7 @@ use testkit::{
     workload::{Counts, add},
 };
 
+
 /// Sends the known mix; returns what the client saw.
 fn workload(port: u16) -> Result<Counts> {
     let mut truth = Counts::new();
@@ -35,10 +36,7 @@ fn workload(port: u16) -> Result<Counts> {
     }
     for size in [10usize, 5000] {
         let r = conn.request("POST", "/echo", "HTTP/1.1", &[], &vec![b'p'; size])?;
-        assert_eq!(
-            (r.status, r.body.clone()),
-            (201, format!("{size}\n").into_bytes())
-        );
+        assert_eq!((r.status, r.body.clone()), (201, format!("{size}\n").into_bytes()));
         add(&mut truth, "POST", 201, "/echo");
     }
     for _ in 0..2 {
@@ -91,37 +89,16 @@ fn exact_counts_and_latency_buckets_for_a_python_server() -> Result<()> {
     noise.join().expect("noise thread")?;
     let total: u64 = truth.values().sum();
 
-    let m = agent.wait_metrics("all requests counted", |m| {
-        m.request_counts().values().sum::<u64>() >= total
-    })?;
+    let m = agent.wait_metrics("all requests counted", |m| m.request_counts().values().sum::<u64>() >= total)?;
     assert_eq!(m.request_counts(), truth, "probe counts != client truth");
-    assert!(
-        !m.text.contains("not-a-target-route"),
-        "the non-target server leaked into the metrics"
-    );
+    assert!(!m.text.contains("not-a-target-route"), "the non-target server leaked into the metrics");
 
     // 60 ms sleeps: nothing at or below 0.05 s, both at or below 0.1 s.
     let buckets = m.buckets("/sleep");
-    let le = |b: f64| {
-        buckets
-            .iter()
-            .find(|(le, _)| (*le - b).abs() < 1e-9)
-            .map(|(_, c)| *c)
-            .unwrap_or(-1.0)
-    };
-    assert_eq!(
-        (le(0.05), le(0.1)),
-        (0.0, 2.0),
-        "sleep buckets: {buckets:?}"
-    );
+    let le = |b: f64| buckets.iter().find(|(le, _)| (*le - b).abs() < 1e-9).map(|(_, c)| *c).unwrap_or(-1.0);
+    assert_eq!((le(0.05), le(0.1)), (0.0, 2.0), "sleep buckets: {buckets:?}");
     // Labels: protocol version of the HTTP/1.0 requests.
-    assert_eq!(
-        m.sum(
-            "http_server_request_duration_seconds_count",
-            &[("network_protocol_version", "1.0")]
-        ),
-        2.0
-    );
+    assert_eq!(m.sum("http_server_request_duration_seconds_count", &[("network_protocol_version", "1.0")]), 2.0);
     assert_eq!(m.sum("redprobe_events_lost_total", &[]), 0.0);
     // Every request was paired once, by the kernel or by the agent.
     assert_eq!(m.sum("redprobe_requests_paired_total", &[]), total as f64);
@@ -137,9 +114,7 @@ fn connection_opened_before_attach_counts_from_its_next_request() -> Result<()> 
     let agent = Agent::attach(server.pid())?;
     early.get_ok("/hello", 3)?;
     assert_eq!(early.get("/missing")?.status, 404);
-    let m = agent.wait_metrics("4 requests", |m| {
-        m.request_counts().values().sum::<u64>() >= 4
-    })?;
+    let m = agent.wait_metrics("4 requests", |m| m.request_counts().values().sum::<u64>() >= 4)?;
     let mut want = Counts::new();
     for _ in 0..3 {
         add(&mut want, "GET", 200, "/hello");
@@ -155,10 +130,7 @@ fn garbage_and_tls_are_other_protocols_not_requests() -> Result<()> {
     let server = Server::start_python()?;
     let agent = Agent::attach(server.pid())?;
     // A TLS ClientHello on the plain port, then binary garbage, each on its own connection.
-    for bytes in [
-        &b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03"[..],
-        &b"\x00\x01\x02\x03garbage\xff\r\n\r\n"[..],
-    ] {
+    for bytes in [&b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03"[..], &b"\x00\x01\x02\x03garbage\xff\r\n\r\n"[..]] {
         let mut c = Conn::open(server.port)?;
         c.stream().write_all(bytes)?;
         c.stream().shutdown(std::net::Shutdown::Write)?; // the server sees EOF and gives up
@@ -167,32 +139,15 @@ fn garbage_and_tls_are_other_protocols_not_requests() -> Result<()> {
     let mut ok = Conn::open(server.port)?;
     assert_eq!(ok.get("/hello")?.status, 200);
     let m = agent.wait_metrics("tls and binary reported", |m| {
-        m.sum(
-            "redprobe_connections_other_protocol_total",
-            &[("protocol", "tls")],
-        ) >= 1.0
-            && m.sum(
-                "redprobe_connections_other_protocol_total",
-                &[("protocol", "binary")],
-            ) >= 1.0
-            && m.sum(
-                "redprobe_connections_classified_total",
-                &[("role", "other")],
-            ) >= 2.0
+        m.sum("redprobe_connections_other_protocol_total", &[("protocol", "tls")]) >= 1.0
+            && m.sum("redprobe_connections_other_protocol_total", &[("protocol", "binary")]) >= 1.0
+            && m.sum("redprobe_connections_classified_total", &[("role", "other")]) >= 2.0
             && m.requests("GET", 200, "/hello") == 1
     })?;
     let mut want = Counts::new();
     add(&mut want, "GET", 200, "/hello");
-    assert_eq!(
-        m.request_counts(),
-        want,
-        "garbage must not create request series"
-    );
-    assert_eq!(
-        m.sum("redprobe_requests_unparsed_total", &[]),
-        0.0,
-        "another protocol is not an unparsed request"
-    );
+    assert_eq!(m.request_counts(), want, "garbage must not create request series");
+    assert_eq!(m.sum("redprobe_requests_unparsed_total", &[]), 0.0, "another protocol is not an unparsed request");
     Ok(())
 }
 
@@ -234,9 +189,7 @@ fn msg_peek_reads_are_not_counted_twice() -> Result<()> {
             add(&mut want, "GET", 200, "/hello");
         }
     }
-    let m = agent.wait_metrics("6 requests", |m| {
-        m.request_counts().values().sum::<u64>() >= 6
-    })?;
+    let m = agent.wait_metrics("6 requests", |m| m.request_counts().values().sum::<u64>() >= 6)?;
     assert_eq!(m.request_counts(), want, "peeked requests counted twice?");
     assert_eq!(m.sum("redprobe_requests_unparsed_total", &[]), 0.0);
     Ok(())

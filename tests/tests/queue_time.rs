@@ -29,16 +29,11 @@ fn load(one: impl Fn(&mut Option<Conn>) -> Result<Duration> + Sync) -> Result<(u
             .map(|_| {
                 s.spawn(|| {
                     let mut conn = None;
-                    (0..REQUESTS)
-                        .map(|_| one(&mut conn))
-                        .collect::<Result<Vec<_>>>()
+                    (0..REQUESTS).map(|_| one(&mut conn)).collect::<Result<Vec<_>>>()
                 })
             })
             .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().expect("client thread"))
-            .collect()
+        handles.into_iter().map(|h| h.join().expect("client thread")).collect()
     });
     let mut times = vec![];
     for r in results {
@@ -50,19 +45,9 @@ fn load(one: impl Fn(&mut Option<Conn>) -> Result<Duration> + Sync) -> Result<(u
 /// The probe's mean duration and mean queue time for `route`, once it counted `n`
 /// requests there; asserts the count is exact and the queue time counted each request.
 fn probe_means(agent: &Agent, route: &str, n: usize) -> Result<(f64, f64)> {
-    let m = agent.wait_metrics("every request", |m| {
-        m.requests("GET", 200, route) >= n as u64
-    })?;
-    assert_eq!(
-        m.requests("GET", 200, route),
-        n as u64,
-        "{:#?}",
-        m.request_counts()
-    );
-    let duration = m.sum(
-        "http_server_request_duration_seconds_sum",
-        &[("http_route", route)],
-    );
+    let m = agent.wait_metrics("every request", |m| m.requests("GET", 200, route) >= n as u64)?;
+    assert_eq!(m.requests("GET", 200, route), n as u64, "{:#?}", m.request_counts());
+    let duration = m.sum("http_server_request_duration_seconds_sum", &[("http_route", route)]);
     let queued = m.sum("redprobe_http_server_queue_time_seconds_sum", &[]);
     let queue_count = m.sum("redprobe_http_server_queue_time_seconds_count", &[]);
     assert_eq!(queue_count, n as f64, "one queue time per request");
@@ -87,14 +72,8 @@ fn check(server: &str, agent: &Agent, route: &str, (n, client): (usize, Duration
     );
     // Each request waits for about CLIENTS - 1 others: most of its time is in a queue.
     let work = WORK_MS as f64 / 1e3;
-    assert!(
-        queue_mean > work,
-        "{server}: queue time mean {queue_mean:.4} s; the clients waited {client_mean:.4} s for {work} s of work"
-    );
-    assert!(
-        queue_mean < probe_mean,
-        "{server}: queue time mean {queue_mean:.4} s is above the duration's {probe_mean:.4} s"
-    );
+    assert!(queue_mean > work, "{server}: queue time mean {queue_mean:.4} s; the clients waited {client_mean:.4} s for {work} s of work");
+    assert!(queue_mean < probe_mean, "{server}: queue time mean {queue_mean:.4} s is above the duration's {probe_mean:.4} s");
     Ok(())
 }
 
@@ -124,9 +103,7 @@ fn accept_queue_wait_is_part_of_the_duration() -> Result<()> {
 #[test]
 fn receive_queue_wait_is_part_of_the_duration() -> Result<()> {
     let server = node(Bind::V4)?;
-    let Endpoint::Tcp(addr) = server.endpoint.clone() else {
-        unreachable!("a TCP endpoint")
-    };
+    let Endpoint::Tcp(addr) = server.endpoint.clone() else { unreachable!("a TCP endpoint") };
     let agent = Agent::attach(server.pid())?;
     let path = format!("/busy?ms={WORK_MS}");
     let clients = load(|conn| {

@@ -17,19 +17,12 @@ fn metrics_listen_on_loopback_by_default_and_warn_otherwise() -> Result<()> {
     // Every address: served, with a warning.
     let port = free_port();
     let child = Command::new(agent_bin())
-        .args([
-            "--pid",
-            &server.pid().to_string(),
-            "--listen",
-            &format!("0.0.0.0:{port}"),
-        ])
+        .args(["--pid", &server.pid().to_string(), "--listen", &format!("0.0.0.0:{port}")])
         .stderr(std::process::Stdio::piped())
         .spawn()?;
-    let ready = testkit::wait_for(
-        "the agent on 0.0.0.0",
-        std::time::Duration::from_secs(30),
-        || testkit::scrape::fetch(&format!("127.0.0.1:{port}")).ok(),
-    );
+    let ready = testkit::wait_for("the agent on 0.0.0.0", std::time::Duration::from_secs(30), || {
+        testkit::scrape::fetch(&format!("127.0.0.1:{port}")).ok()
+    });
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let out = child.wait_with_output()?;
     ready?;
@@ -48,30 +41,10 @@ fn payload_never_reaches_logs_or_labels() -> Result<()> {
     let mut conn = Conn::open(server.port)?;
     let auth = format!("Bearer {SECRET}");
     let cookie = format!("session={SECRET}");
-    let headers = [
-        ("Authorization", auth.as_str()),
-        ("Cookie", cookie.as_str()),
-    ];
-    assert_eq!(
-        conn.request(
-            "GET",
-            &format!("/hello?token={SECRET}"),
-            "HTTP/1.1",
-            &headers,
-            b""
-        )?
-        .status,
-        200
-    );
-    assert_eq!(
-        conn.request("POST", "/echo", "HTTP/1.1", &headers, SECRET.as_bytes())?
-            .status,
-        201
-    );
-    assert_eq!(
-        conn.get(&format!("/users/{SECRET}123456#frag"))?.status,
-        200
-    );
+    let headers = [("Authorization", auth.as_str()), ("Cookie", cookie.as_str())];
+    assert_eq!(conn.request("GET", &format!("/hello?token={SECRET}"), "HTTP/1.1", &headers, b"")?.status, 200);
+    assert_eq!(conn.request("POST", "/echo", "HTTP/1.1", &headers, SECRET.as_bytes())?.status, 201);
+    assert_eq!(conn.get(&format!("/users/{SECRET}123456#frag"))?.status, 200);
     // Bad input carrying the secret: garbage, a malformed request, a huge head.
     for bytes in [
         format!("{SECRET} not http\r\n\r\n").into_bytes(),
@@ -92,27 +65,11 @@ fn payload_never_reaches_logs_or_labels() -> Result<()> {
     })?;
     assert_eq!(m.requests("GET", 200, "/users/{id}"), 1);
     let log = agent.stderr();
-    assert!(
-        log.len() > 1000,
-        "trace logging was on: {} bytes",
-        log.len()
-    );
-    assert!(
-        !log.contains(SECRET),
-        "the secret is in the agent's log:\n{log}"
-    );
-    assert!(
-        !m.text.contains(SECRET),
-        "the secret is in /metrics:\n{}",
-        m.text
-    );
-    let openmetrics =
-        testkit::scrape::fetch_raw(&agent.addr, Some("application/openmetrics-text"))?.1;
+    assert!(log.len() > 1000, "trace logging was on: {} bytes", log.len());
+    assert!(!log.contains(SECRET), "the secret is in the agent's log:\n{log}");
+    assert!(!m.text.contains(SECRET), "the secret is in /metrics:\n{}", m.text);
+    let openmetrics = testkit::scrape::fetch_raw(&agent.addr, Some("application/openmetrics-text"))?.1;
     assert!(!openmetrics.contains(SECRET));
-    eprintln!(
-        "{} bytes of trace log and {} bytes of /metrics, no payload",
-        log.len(),
-        m.text.len()
-    );
+    eprintln!("{} bytes of trace log and {} bytes of /metrics, no payload", log.len(), m.text.len());
     Ok(())
 }

@@ -22,22 +22,14 @@ fn get(port: u16, path: &str, n: usize, status: u16) -> Result<()> {
     let mut conn = Conn::open(port)?;
     for _ in 0..n {
         let r = conn.get(path)?;
-        ensure!(
-            r.status == status,
-            "GET {path} answered {} (wanted {status})",
-            r.status
-        );
+        ensure!(r.status == status, "GET {path} answered {} (wanted {status})", r.status);
     }
     Ok(())
 }
 
 /// The scenario shared by every selector. `start(port)` starts the selected server on
 /// `port` (each start gets a new PID); `selector` are the agent's flags that name it.
-fn follows_a_restarted_server(
-    port: u16,
-    selector: &[&str],
-    start: impl Fn(u16) -> Result<Server>,
-) -> Result<()> {
+fn follows_a_restarted_server(port: u16, selector: &[&str], start: impl Fn(u16) -> Result<Server>) -> Result<()> {
     let mut server = start(port)?;
     let other = Server::start_python()?; // named by no selector
     let mut args: Vec<String> = selector.iter().map(|s| s.to_string()).collect();
@@ -58,18 +50,11 @@ fn follows_a_restarted_server(
         gauge(m, "redprobe_target_exits_total") == 1.0 && gauge(m, "redprobe_targets") == 0.0
     })?;
     let server = start(port)?;
-    ensure!(
-        server.pid() != first_pid,
-        "the restarted server has the same PID {first_pid}"
-    );
+    ensure!(server.pid() != first_pid, "the restarted server has the same PID {first_pid}");
     let m = agent.wait_metrics("the restarted server selected again", |m| {
         gauge(m, "redprobe_targets") == 1.0 && gauge(m, "redprobe_target_attaches_total") == 2.0
     })?;
-    ensure!(
-        m.requests("GET", 200, "/hello") == 3,
-        "counts changed across the restart: {:?}",
-        m.request_counts()
-    );
+    ensure!(m.requests("GET", 200, "/hello") == 3, "counts changed across the restart: {:?}", m.request_counts());
 
     get(server.port, "/hello", 4, 200)?;
     get(server.port, "/error", 1, 500)?;
@@ -77,34 +62,14 @@ fn follows_a_restarted_server(
     let m = agent.wait_metrics("7 + 1 requests", |m| {
         m.requests("GET", 200, "/hello") >= 7 && m.requests("GET", 500, "/error") >= 1
     })?;
-    let want: Counts = [
-        (("GET".to_string(), 200, "/hello".to_string()), 7),
-        (("GET".to_string(), 500, "/error".to_string()), 1),
-    ]
-    .into_iter()
-    .collect();
-    assert_eq!(
-        m.request_counts(),
-        want,
-        "counts must continue across the restart, and only the selected server counts"
-    );
-    assert_eq!(
-        m.sum(
-            "http_server_request_duration_seconds_count",
-            &[("service_name", "shop")]
-        ),
-        8.0
-    );
-    assert!(
-        !m.text.contains("not-selected"),
-        "the server no selector names leaked into the metrics"
-    );
+    let want: Counts = [(("GET".to_string(), 200, "/hello".to_string()), 7), (("GET".to_string(), 500, "/error".to_string()), 1)]
+        .into_iter()
+        .collect();
+    assert_eq!(m.request_counts(), want, "counts must continue across the restart, and only the selected server counts");
+    assert_eq!(m.sum("http_server_request_duration_seconds_count", &[("service_name", "shop")]), 8.0);
+    assert!(!m.text.contains("not-selected"), "the server no selector names leaked into the metrics");
     let log = agent.stderr();
-    assert_eq!(
-        log.matches("selected by").count(),
-        2,
-        "one 'selected by' line per start:\n{log}"
-    );
+    assert_eq!(log.matches("selected by").count(), 2, "one 'selected by' line per start:\n{log}");
     Ok(())
 }
 
@@ -126,9 +91,7 @@ fn exe_selector_follows_a_restarted_server() -> Result<()> {
     let link = dir.0.join(&name);
     std::os::unix::fs::symlink(&python, &link)?;
     let port = free_port();
-    follows_a_restarted_server(port, &["--exe", &name], |port| {
-        Server::start(Server::python_command(&link, port))
-    })
+    follows_a_restarted_server(port, &["--exe", &name], |port| Server::start(Server::python_command(&link, port)))
 }
 
 #[test]
@@ -149,10 +112,7 @@ fn cgroup_selector_follows_a_restarted_server() -> Result<()> {
     let start = |port: u16| {
         let python = Server::python_command("python3", port);
         let mut sh = Command::new("sh");
-        sh.arg("-c").arg(format!(
-            "echo $$ > {} && exec \"$0\" \"$@\"",
-            procs.display()
-        ));
+        sh.arg("-c").arg(format!("echo $$ > {} && exec \"$0\" \"$@\"", procs.display()));
         sh.arg(python.get_program()).args(python.get_args());
         Server::start(sh)
     };
@@ -162,17 +122,8 @@ fn cgroup_selector_follows_a_restarted_server() -> Result<()> {
 
 /// The python3 interpreter itself (python3 on PATH may be a wrapper script, e.g. pyenv's).
 fn real_python() -> Result<PathBuf> {
-    let out = Command::new("python3")
-        .args([
-            "-c",
-            "import os, sys; print(os.path.realpath(sys.executable))",
-        ])
-        .output()?;
-    ensure!(
-        out.status.success(),
-        "python3 failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = Command::new("python3").args(["-c", "import os, sys; print(os.path.realpath(sys.executable))"]).output()?;
+    ensure!(out.status.success(), "python3 failed: {}", String::from_utf8_lossy(&out.stderr));
     Ok(PathBuf::from(String::from_utf8(out.stdout)?.trim()))
 }
 
@@ -181,11 +132,7 @@ struct TempDir(PathBuf);
 
 impl TempDir {
     fn new(what: &str) -> Result<Self> {
-        let dir = std::env::temp_dir().join(format!(
-            "redprobe-{what}-{}-{}",
-            std::process::id(),
-            free_port()
-        ));
+        let dir = std::env::temp_dir().join(format!("redprobe-{what}-{}-{}", std::process::id(), free_port()));
         std::fs::create_dir_all(&dir)?;
         Ok(TempDir(dir))
     }
@@ -203,8 +150,7 @@ struct CgroupDir(PathBuf);
 
 impl CgroupDir {
     fn create(path: PathBuf) -> Result<Self> {
-        std::fs::create_dir(&path)
-            .with_context(|| format!("creating the cgroup {}", path.display()))?;
+        std::fs::create_dir(&path).with_context(|| format!("creating the cgroup {}", path.display()))?;
         Ok(CgroupDir(path))
     }
 }
@@ -212,10 +158,8 @@ impl CgroupDir {
 impl Drop for CgroupDir {
     fn drop(&mut self) {
         // A killed process leaves its cgroup a moment after it is reaped.
-        let _ = testkit::wait_for(
-            "the test cgroup to empty",
-            std::time::Duration::from_secs(5),
-            || std::fs::remove_dir(&self.0).ok(),
-        );
+        let _ = testkit::wait_for("the test cgroup to empty", std::time::Duration::from_secs(5), || {
+            std::fs::remove_dir(&self.0).ok()
+        });
     }
 }

@@ -28,20 +28,12 @@ fn slow_get(port: u16, path: &str) -> Result<Duration> {
     if let Stream::Tcp(t) = &s {
         let rcvbuf: libc::c_int = STEP as libc::c_int;
         let rc = unsafe {
-            libc::setsockopt(
-                t.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVBUF,
-                &rcvbuf as *const _ as *const _,
-                4,
-            )
+            libc::setsockopt(t.as_raw_fd(), libc::SOL_SOCKET, libc::SO_RCVBUF, &rcvbuf as *const _ as *const _, 4)
         };
         ensure!(rc == 0, "SO_RCVBUF");
     }
     let start = Instant::now();
-    s.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes(),
-    )?;
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes())?;
     let mut got = 0usize;
     let mut buf = vec![0u8; STEP];
     loop {
@@ -65,30 +57,15 @@ fn slow_get(port: u16, path: &str) -> Result<Duration> {
 
 fn check(agent: &Agent, route: &str, client: Duration, server: &str) -> Result<()> {
     let m = agent.wait_metrics("the slow response", |m| {
-        m.sum(
-            "http_server_request_duration_seconds_count",
-            &[("http_route", route)],
-        ) == 1.0
+        m.sum("http_server_request_duration_seconds_count", &[("http_route", route)]) == 1.0
     })?;
-    let probe = m.sum(
-        "http_server_request_duration_seconds_sum",
-        &[("http_route", route)],
-    );
+    let probe = m.sum("http_server_request_duration_seconds_sum", &[("http_route", route)]);
     let client = client.as_secs_f64();
     // The last byte leaves the server when the client has read all but its receive buffer
     // (64 KB, 16 ms at this rate); the client then reads that too.
-    println!(
-        "{server}: 10 MB to a slow reader: client {client:.3} s, probe {probe:.3} s ({:.3})",
-        probe / client
-    );
-    assert!(
-        probe >= 0.95 * client,
-        "{server}: probe duration {probe:.3} s < 95 % of the client's {client:.3} s"
-    );
-    assert!(
-        probe <= client,
-        "{server}: probe duration {probe:.3} s > client {client:.3} s"
-    );
+    println!("{server}: 10 MB to a slow reader: client {client:.3} s, probe {probe:.3} s ({:.3})", probe / client);
+    assert!(probe >= 0.95 * client, "{server}: probe duration {probe:.3} s < 95 % of the client's {client:.3} s");
+    assert!(probe <= client, "{server}: probe duration {probe:.3} s > client {client:.3} s");
     assert_eq!(
         m.sum("redprobe_responses_waited_for_transmission_total", &[]),
         1.0,
@@ -109,14 +86,7 @@ fn slow_reader_python_many_writes() -> Result<()> {
 fn slow_reader_nginx_sendfile() -> Result<()> {
     let big = vec![b'z'; SIZE];
     let files = [("big.bin", &big[..])];
-    let server = nginx(
-        Bind::V4,
-        &NginxSite {
-            workers: 1,
-            files: &files,
-            ..Default::default()
-        },
-    )?;
+    let server = nginx(Bind::V4, &NginxSite { workers: 1, files: &files, ..Default::default() })?;
     let agent = Agent::attach(server.pid())?;
     let port = server.endpoint.port().unwrap_or(0);
     let client = slow_get(port, "/static/big.bin")?;

@@ -21,20 +21,8 @@ fn every_read_and_write_syscall_is_counted_exactly() -> Result<()> {
         let mut c = Conn::open(server.port)?;
         for path in [format!("/conn/{i}"), "/hello".to_string()] {
             let r = c.get(&path)?;
-            assert_eq!(
-                r.body,
-                format!("ok {path}\n").into_bytes(),
-                "connection {i}"
-            );
-            w.record(
-                "GET",
-                if path == "/hello" {
-                    "/hello"
-                } else {
-                    "/conn/{id}"
-                },
-                &r,
-            );
+            assert_eq!(r.body, format!("ok {path}\n").into_bytes(), "connection {i}");
+            w.record("GET", if path == "/hello" { "/hello" } else { "/conn/{id}" }, &r);
         }
     }
     assert_exact(&agent, &w, "every read/write syscall")?;

@@ -29,18 +29,13 @@ fn unit_settings(text: &str) -> BTreeMap<String, String> {
 fn unit_capabilities() -> Result<Vec<String>> {
     let settings = unit_settings(&std::fs::read_to_string(unit_path())?);
     let set = |key: &str| -> Result<Vec<String>> {
-        let v = settings
-            .get(key)
-            .with_context(|| format!("{key}= missing from the unit"))?;
+        let v = settings.get(key).with_context(|| format!("{key}= missing from the unit"))?;
         let mut caps: Vec<String> = v.split_whitespace().map(str::to_string).collect();
         caps.sort();
         Ok(caps)
     };
     let (bounding, ambient) = (set("CapabilityBoundingSet")?, set("AmbientCapabilities")?);
-    ensure!(
-        bounding == ambient,
-        "CapabilityBoundingSet {bounding:?} != AmbientCapabilities {ambient:?}"
-    );
+    ensure!(bounding == ambient, "CapabilityBoundingSet {bounding:?} != AmbientCapabilities {ambient:?}");
     Ok(bounding)
 }
 
@@ -48,15 +43,8 @@ fn unit_capabilities() -> Result<Vec<String>> {
 /// --listen (the test picks a free address).
 fn environment_file_args() -> Result<Vec<String>> {
     let env = std::fs::read_to_string(workspace_root().join("deploy/systemd/redprobe.env"))?;
-    let line = env
-        .lines()
-        .find_map(|l| l.strip_prefix("REDPROBE_ARGS="))
-        .context("no REDPROBE_ARGS= in redprobe.env")?;
-    let words: Vec<String> = line
-        .trim_matches('"')
-        .split_whitespace()
-        .map(str::to_string)
-        .collect();
+    let line = env.lines().find_map(|l| l.strip_prefix("REDPROBE_ARGS=")).context("no REDPROBE_ARGS= in redprobe.env")?;
+    let words: Vec<String> = line.trim_matches('"').split_whitespace().map(str::to_string).collect();
     let mut out = vec![];
     let mut it = words.into_iter();
     while let Some(w) = it.next() {
@@ -73,33 +61,22 @@ fn environment_file_args() -> Result<Vec<String>> {
 /// `caps` as bounding, inheritable and ambient sets.
 fn as_the_unit(caps: &[String]) -> Command {
     let list: String = std::iter::once("-all".to_string())
-        .chain(
-            caps.iter()
-                .map(|c| format!("+{}", c.trim_start_matches("CAP_").to_lowercase())),
-        )
+        .chain(caps.iter().map(|c| format!("+{}", c.trim_start_matches("CAP_").to_lowercase())))
         .collect::<Vec<_>>()
         .join(",");
     let mut cmd = Command::new("setpriv");
-    cmd.args([
-        "--reuid=65534",
-        "--regid=65534",
-        "--clear-groups",
-        "--no-new-privs",
-    ])
-    .arg(format!("--inh-caps={list}"))
-    .arg(format!("--ambient-caps={list}"))
-    .arg(format!("--bounding-set={list}"))
-    .arg(agent_bin());
+    cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--no-new-privs"])
+        .arg(format!("--inh-caps={list}"))
+        .arg(format!("--ambient-caps={list}"))
+        .arg(format!("--bounding-set={list}"))
+        .arg(agent_bin());
     cmd
 }
 
 /// The environment file's arguments, aimed at the test server's port.
 fn args_for(port: u16) -> Result<Vec<String>> {
     let mut args = environment_file_args()?;
-    let at = args
-        .iter()
-        .position(|a| a == "--port")
-        .context("redprobe.env should select with --port")?;
+    let at = args.iter().position(|a| a == "--port").context("redprobe.env should select with --port")?;
     args[at + 1] = port.to_string();
     Ok(args)
 }
@@ -131,52 +108,22 @@ fn the_units_settings_are_least_privilege() -> Result<()> {
         ("EnvironmentFile", "/etc/default/redprobe"),
         ("ExecStart", "/usr/local/bin/redprobe $REDPROBE_ARGS"),
     ] {
-        assert_eq!(
-            s.get(key).map(String::as_str),
-            Some(want),
-            "{key}= in {}",
-            unit_path().display()
-        );
+        assert_eq!(s.get(key).map(String::as_str), Some(want), "{key}= in {}", unit_path().display());
     }
-    assert!(
-        !s.contains_key("ReadWritePaths"),
-        "the agent writes no file: the file system stays read-only"
-    );
-    assert_eq!(
-        unit_capabilities()?,
-        [
-            "CAP_BPF",
-            "CAP_DAC_READ_SEARCH",
-            "CAP_NET_ADMIN",
-            "CAP_PERFMON",
-            "CAP_SYS_PTRACE"
-        ]
-    );
+    assert!(!s.contains_key("ReadWritePaths"), "the agent writes no file: the file system stays read-only");
+    assert_eq!(unit_capabilities()?, ["CAP_BPF", "CAP_DAC_READ_SEARCH", "CAP_NET_ADMIN", "CAP_PERFMON", "CAP_SYS_PTRACE"]);
     // systemd's own check of the syntax, with ExecStart= aimed at the built agent.
     let dir = std::env::temp_dir().join(format!("redprobe-unit-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let unit = dir.join("redprobe.service");
     let exec = format!("ExecStart={} $REDPROBE_ARGS", agent_bin().display());
-    std::fs::write(
-        &unit,
-        text.replace("ExecStart=/usr/local/bin/redprobe $REDPROBE_ARGS", &exec),
-    )?;
-    let out = Command::new("systemd-analyze")
-        .arg("verify")
-        .arg(&unit)
-        .output()
-        .context("running systemd-analyze")?;
+    std::fs::write(&unit, text.replace("ExecStart=/usr/local/bin/redprobe $REDPROBE_ARGS", &exec))?;
+    let out = Command::new("systemd-analyze").arg("verify").arg(&unit).output().context("running systemd-analyze")?;
     let _ = std::fs::remove_dir_all(&dir);
     let stderr = String::from_utf8_lossy(&out.stderr);
     // Outside a systemd-booted machine it may mention the missing /etc/default/redprobe.
-    let problems: Vec<&str> = stderr
-        .lines()
-        .filter(|l| l.contains("redprobe.service") && !l.contains("/etc/default/redprobe"))
-        .collect();
-    assert!(
-        out.status.success() && problems.is_empty(),
-        "systemd-analyze verify: {stderr}"
-    );
+    let problems: Vec<&str> = stderr.lines().filter(|l| l.contains("redprobe.service") && !l.contains("/etc/default/redprobe")).collect();
+    assert!(out.status.success() && problems.is_empty(), "systemd-analyze verify: {stderr}");
     Ok(())
 }
 
@@ -188,64 +135,24 @@ fn the_units_capabilities_are_enough_to_attach_and_count() -> Result<()> {
     let pid = agent.child.id();
     // The agent runs as nobody with the unit's capabilities, and no more; once attached it
     // has dropped CAP_BPF and CAP_PERFMON and keeps only what reading /proc needs.
-    assert_eq!(
-        status_field(pid, "Uid:")?.split_whitespace().next(),
-        Some("65534")
-    );
-    let kept: Vec<String> = caps
-        .iter()
-        .filter(|c| *c == "CAP_DAC_READ_SEARCH" || *c == "CAP_SYS_PTRACE")
-        .cloned()
-        .collect();
-    assert_eq!(
-        u64::from_str_radix(&status_field(pid, "CapEff:")?, 16)?,
-        cap_mask(&kept)?,
-        "effective capabilities"
-    );
-    assert_eq!(
-        u64::from_str_radix(&status_field(pid, "CapPrm:")?, 16)?,
-        cap_mask(&kept)?,
-        "permitted capabilities"
-    );
+    assert_eq!(status_field(pid, "Uid:")?.split_whitespace().next(), Some("65534"));
+    let kept: Vec<String> =
+        caps.iter().filter(|c| *c == "CAP_DAC_READ_SEARCH" || *c == "CAP_SYS_PTRACE").cloned().collect();
+    assert_eq!(u64::from_str_radix(&status_field(pid, "CapEff:")?, 16)?, cap_mask(&kept)?, "effective capabilities");
+    assert_eq!(u64::from_str_radix(&status_field(pid, "CapPrm:")?, 16)?, cap_mask(&kept)?, "permitted capabilities");
     // Without CAP_SETPCAP the bounding set cannot shrink further: it stays the unit's.
     let bounding = u64::from_str_radix(&status_field(pid, "CapBnd:")?, 16)?;
-    assert_eq!(
-        bounding & !cap_mask(&caps)?,
-        0,
-        "bounding set {bounding:#x} beyond the unit's"
-    );
+    assert_eq!(bounding & !cap_mask(&caps)?, 0, "bounding set {bounding:#x} beyond the unit's");
     assert_eq!(status_field(pid, "NoNewPrivs:")?, "1");
 
     let mut conn = Conn::open(server.port)?;
     conn.get_ok("/hello", 5)?;
     assert_eq!(conn.get("/error")?.status, 500);
-    let m = agent.wait_metrics("6 requests", |m| {
-        m.request_counts().values().sum::<u64>() >= 6
-    })?;
-    assert_eq!(
-        m.requests("GET", 200, "/hello"),
-        5,
-        "{:?}",
-        m.request_counts()
-    );
-    assert_eq!(
-        m.requests("GET", 500, "/error"),
-        1,
-        "{:?}",
-        m.request_counts()
-    );
-    assert_eq!(
-        m.sum(
-            "http_server_request_duration_seconds_count",
-            &[("service_name", "shop")]
-        ),
-        6.0
-    );
-    assert!(
-        !agent.stderr().contains("WARN"),
-        "no warning expected:\n{}",
-        agent.stderr()
-    );
+    let m = agent.wait_metrics("6 requests", |m| m.request_counts().values().sum::<u64>() >= 6)?;
+    assert_eq!(m.requests("GET", 200, "/hello"), 5, "{:?}", m.request_counts());
+    assert_eq!(m.requests("GET", 500, "/error"), 1, "{:?}", m.request_counts());
+    assert_eq!(m.sum("http_server_request_duration_seconds_count", &[("service_name", "shop")]), 6.0);
+    assert!(!agent.stderr().contains("WARN"), "no warning expected:\n{}", agent.stderr());
     Ok(())
 }
 
@@ -263,10 +170,7 @@ fn without_each_of_the_units_capabilities_the_agent_names_it() -> Result<()> {
                 a.extend(["--listen", "127.0.0.1:0"]);
                 let (status, stderr) = run_agent_expecting_exit(as_the_unit(&fewer), &a)?;
                 assert_eq!(status.code(), Some(1), "without {dropped}: {stderr}");
-                assert!(
-                    stderr.contains(dropped.as_str()),
-                    "without {dropped}, the message should name it: {stderr}"
-                );
+                assert!(stderr.contains(dropped.as_str()), "without {dropped}, the message should name it: {stderr}");
             }
             // No sock_ops program: the agent runs and counts, its responses end at the
             // server's last write, and it says which capability that takes.
@@ -274,14 +178,8 @@ fn without_each_of_the_units_capabilities_the_agent_names_it() -> Result<()> {
                 let agent = Agent::start_with(as_the_unit(&fewer), &args)?;
                 let mut conn = Conn::open(server.port)?;
                 conn.get_ok("/hello", 3)?;
-                let m =
-                    agent.wait_metrics("3 requests", |m| m.requests("GET", 200, "/hello") >= 3)?;
-                assert_eq!(
-                    m.requests("GET", 200, "/hello"),
-                    3,
-                    "without {dropped}: {:?}",
-                    m.request_counts()
-                );
+                let m = agent.wait_metrics("3 requests", |m| m.requests("GET", 200, "/hello") >= 3)?;
+                assert_eq!(m.requests("GET", 200, "/hello"), 3, "without {dropped}: {:?}", m.request_counts());
                 let log = agent.stderr();
                 assert!(
                     log.contains("last byte leaves") && log.contains(dropped.as_str()),
@@ -293,11 +191,7 @@ fn without_each_of_the_units_capabilities_the_agent_names_it() -> Result<()> {
             "CAP_SYS_PTRACE" | "CAP_DAC_READ_SEARCH" => {
                 let agent = Agent::start_with(as_the_unit(&fewer), &args)?;
                 let m = agent.metrics()?;
-                assert_eq!(
-                    m.sum("redprobe_targets", &[]),
-                    0.0,
-                    "without {dropped} the server cannot be found by port"
-                );
+                assert_eq!(m.sum("redprobe_targets", &[]), 0.0, "without {dropped} the server cannot be found by port");
                 let log = agent.stderr();
                 assert!(
                     log.contains("--port: the sockets of") && log.contains(dropped.as_str()),

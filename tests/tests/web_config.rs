@@ -12,11 +12,7 @@ use testkit::procs::{Agent, Server, agent_bin, agent_fails_with};
 fn run(cmd: &mut Command) -> Result<String> {
     let what = testkit::describe(cmd);
     let out = cmd.output().with_context(|| format!("running {what}"))?;
-    ensure!(
-        out.status.success(),
-        "{what}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ensure!(out.status.success(), "{what}: {}", String::from_utf8_lossy(&out.stderr));
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
@@ -29,26 +25,13 @@ struct Ca {
 impl Ca {
     fn new(dir: &Path, name: &str) -> Result<Self> {
         run(Command::new("openssl")
-            .args([
-                "req",
-                "-x509",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:prime256v1",
-                "-nodes",
-                "-days",
-                "2",
-            ])
+            .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2"])
             .args(["-subj", &format!("/CN={name}")])
             .arg("-keyout")
             .arg(dir.join(format!("{name}.key")))
             .arg("-out")
             .arg(dir.join(format!("{name}.crt"))))?;
-        Ok(Ca {
-            dir: dir.to_path_buf(),
-            name: name.into(),
-        })
+        Ok(Ca { dir: dir.to_path_buf(), name: name.into() })
     }
 
     fn crt(&self) -> PathBuf {
@@ -64,28 +47,14 @@ impl Ca {
             self.dir.join(format!("{name}.ext")),
         );
         run(Command::new("openssl")
-            .args([
-                "req",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:prime256v1",
-                "-nodes",
-            ])
+            .args(["req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"])
             .args(["-subj", &format!("/CN={name}")])
             .arg("-keyout")
             .arg(&key)
             .arg("-out")
             .arg(&csr))?;
-        let usage = if server {
-            "serverAuth\nsubjectAltName=IP:127.0.0.1"
-        } else {
-            "clientAuth"
-        };
-        std::fs::write(
-            &ext,
-            format!("basicConstraints=CA:FALSE\nextendedKeyUsage={usage}\n"),
-        )?;
+        let usage = if server { "serverAuth\nsubjectAltName=IP:127.0.0.1" } else { "clientAuth" };
+        std::fs::write(&ext, format!("basicConstraints=CA:FALSE\nextendedKeyUsage={usage}\n"))?;
         run(Command::new("openssl")
             .args(["x509", "-req", "-days", "2", "-CAcreateserial"])
             .arg("-in")
@@ -105,44 +74,24 @@ impl Ca {
 /// The bcrypt hash of `password`, as htpasswd (apache2-utils) makes it.
 fn bcrypt(password: &str) -> Result<String> {
     let line = run(Command::new("htpasswd").args(["-nbBC", "10", "prometheus", password]))?;
-    Ok(line
-        .trim()
-        .split_once(':')
-        .context("htpasswd output")?
-        .1
-        .to_string())
+    Ok(line.trim().split_once(':').context("htpasswd output")?.1.to_string())
 }
 
 /// curl's HTTP status for a scrape of `addr` over https (0: no HTTP answer, e.g. the TLS
 /// handshake failed), with extra curl arguments.
 fn scrape(addr: &str, args: &[&str]) -> Result<u16> {
     let out = Command::new("curl")
-        .args([
-            "-s",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            "--max-time",
-            "10",
-        ])
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "10"])
         .args(args)
         .arg(format!("https://{addr}/metrics"))
         .output()
         .context("curl")?;
-    Ok(String::from_utf8_lossy(&out.stdout)
-        .trim()
-        .parse()
-        .unwrap_or(0))
+    Ok(String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(0))
 }
 
 fn start(server: &Server, config: &Path, ready: Vec<String>) -> Result<Agent> {
-    let args = vec![
-        "--pid".to_string(),
-        server.pid().to_string(),
-        "--web.config.file".into(),
-        config.display().to_string(),
-    ];
+    let args =
+        vec!["--pid".to_string(), server.pid().to_string(), "--web.config.file".into(), config.display().to_string()];
     Agent::start_until(Command::new(agent_bin()), &args, move |addr| {
         let args: Vec<&str> = ready.iter().map(String::as_str).collect();
         scrape(addr, &args).is_ok_and(|s| s == 200)
@@ -151,16 +100,11 @@ fn start(server: &Server, config: &Path, ready: Vec<String>) -> Result<Agent> {
 
 /// The agent's own count of refused connections, read with working credentials.
 fn refused(addr: &str, reason: &str, args: &[&str]) -> Result<f64> {
-    let out = run(Command::new("curl")
-        .args(["-s", "--max-time", "10"])
-        .args(args)
-        .arg(format!("https://{addr}/metrics")))?;
+    let out =
+        run(Command::new("curl").args(["-s", "--max-time", "10"]).args(args).arg(format!("https://{addr}/metrics")))?;
     Ok(out
         .lines()
-        .filter(|l| {
-            l.starts_with("redprobe_scrape_refused_total")
-                && l.contains(&format!("reason=\"{reason}\""))
-        })
+        .filter(|l| l.starts_with("redprobe_scrape_refused_total") && l.contains(&format!("reason=\"{reason}\"")))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum())
 }
@@ -181,52 +125,21 @@ fn tls_and_basic_auth_refuse_a_wrong_password_and_plain_http() -> Result<()> {
     )?;
     let server = Server::start_python()?;
     let cacert = ca.crt().display().to_string();
-    let good = vec![
-        "--cacert".to_string(),
-        cacert.clone(),
-        "-u".into(),
-        "prometheus:s3cret".into(),
-    ];
+    let good = vec!["--cacert".to_string(), cacert.clone(), "-u".into(), "prometheus:s3cret".into()];
     let agent = start(&server, &config, good.clone())?;
     let good: Vec<&str> = good.iter().map(String::as_str).collect();
 
     assert_eq!(scrape(&agent.addr, &good)?, 200);
-    assert_eq!(
-        scrape(
-            &agent.addr,
-            &["--cacert", &cacert, "-u", "prometheus:wrong"]
-        )?,
-        401,
-        "wrong password"
-    );
-    assert_eq!(
-        scrape(&agent.addr, &["--cacert", &cacert, "-u", "alice:s3cret"])?,
-        401,
-        "unknown user"
-    );
-    assert_eq!(
-        scrape(&agent.addr, &["--cacert", &cacert])?,
-        401,
-        "no credentials"
-    );
+    assert_eq!(scrape(&agent.addr, &["--cacert", &cacert, "-u", "prometheus:wrong"])?, 401, "wrong password");
+    assert_eq!(scrape(&agent.addr, &["--cacert", &cacert, "-u", "alice:s3cret"])?, 401, "unknown user");
+    assert_eq!(scrape(&agent.addr, &["--cacert", &cacert])?, 401, "no credentials");
     assert_eq!(refused(&agent.addr, "unauthorized", &good)?, 3.0);
     // Plain HTTP on the TLS port gets no HTTP answer.
     let plain = Command::new("curl")
-        .args([
-            "-s",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            "--max-time",
-            "10",
-        ])
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "10"])
         .arg(format!("http://{}/metrics", agent.addr))
         .output()?;
-    ensure!(
-        String::from_utf8_lossy(&plain.stdout).trim() != "200",
-        "plain HTTP was served"
-    );
+    ensure!(String::from_utf8_lossy(&plain.stdout).trim() != "200", "plain HTTP was served");
     // A bare TCP check (a Kubernetes tcpSocket probe) is not a refused scraper.
     drop(std::net::TcpStream::connect(&agent.addr)?);
     assert_eq!(scrape(&agent.addr, &good)?, 200);
@@ -236,11 +149,7 @@ fn tls_and_basic_auth_refuse_a_wrong_password_and_plain_http() -> Result<()> {
         .args(["-s", "-D", "-", "-o", "/dev/null"])
         .args(&good)
         .arg(format!("https://{}/metrics", agent.addr)))?;
-    ensure!(
-        head.to_ascii_lowercase()
-            .contains("x-content-type-options: nosniff"),
-        "{head}"
-    );
+    ensure!(head.to_ascii_lowercase().contains("x-content-type-options: nosniff"), "{head}");
     Ok(())
 }
 
@@ -262,34 +171,15 @@ fn a_client_certificate_is_required_when_configured() -> Result<()> {
     let server = Server::start_python()?;
     let cacert = ca.crt().display().to_string();
     let (crt, key) = (crt.display().to_string(), key.display().to_string());
-    let good = vec![
-        "--cacert".to_string(),
-        cacert.clone(),
-        "--cert".into(),
-        crt.clone(),
-        "--key".into(),
-        key.clone(),
-    ];
+    let good = vec!["--cacert".to_string(), cacert.clone(), "--cert".into(), crt.clone(), "--key".into(), key.clone()];
     let agent = start(&server, &config, good.clone())?;
     let good: Vec<&str> = good.iter().map(String::as_str).collect();
 
     assert_eq!(scrape(&agent.addr, &good)?, 200);
+    assert_eq!(scrape(&agent.addr, &["--cacert", &cacert])?, 0, "no client certificate");
+    let (other_crt, other_key) = (other_crt.display().to_string(), other_key.display().to_string());
     assert_eq!(
-        scrape(&agent.addr, &["--cacert", &cacert])?,
-        0,
-        "no client certificate"
-    );
-    let (other_crt, other_key) = (
-        other_crt.display().to_string(),
-        other_key.display().to_string(),
-    );
-    assert_eq!(
-        scrape(
-            &agent.addr,
-            &[
-                "--cacert", &cacert, "--cert", &other_crt, "--key", &other_key
-            ]
-        )?,
+        scrape(&agent.addr, &["--cacert", &cacert, "--cert", &other_crt, "--key", &other_key])?,
         0,
         "a certificate of another CA"
     );
@@ -303,10 +193,7 @@ fn a_renewed_certificate_is_served_without_a_restart_and_a_broken_change_is_not(
     let old = Ca::new(dir.path(), "old")?;
     old.sign("server", true)?;
     let config = dir.path().join("web.yml");
-    std::fs::write(
-        &config,
-        "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n",
-    )?;
+    std::fs::write(&config, "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n")?;
     let server = Server::start_python()?;
     let (old_ca, new_dir) = (old.crt().display().to_string(), tempfile::tempdir()?);
     let agent = start(&server, &config, vec!["--cacert".into(), old_ca.clone()])?;
@@ -316,45 +203,20 @@ fn a_renewed_certificate_is_served_without_a_restart_and_a_broken_change_is_not(
     let new = Ca::new(new_dir.path(), "new")?;
     let (crt, key) = new.sign("server", true)?;
     std::fs::copy(&key, dir.path().join("server.key.tmp"))?;
-    std::fs::rename(
-        dir.path().join("server.key.tmp"),
-        dir.path().join("server.key"),
-    )?;
+    std::fs::rename(dir.path().join("server.key.tmp"), dir.path().join("server.key"))?;
     std::fs::copy(&crt, dir.path().join("server.crt.tmp"))?;
-    std::fs::rename(
-        dir.path().join("server.crt.tmp"),
-        dir.path().join("server.crt"),
-    )?;
+    std::fs::rename(dir.path().join("server.crt.tmp"), dir.path().join("server.crt"))?;
     let new_ca = new.crt().display().to_string();
-    assert_eq!(
-        scrape(&agent.addr, &["--cacert", &new_ca])?,
-        200,
-        "the renewed certificate is served"
-    );
-    assert_eq!(
-        scrape(&agent.addr, &["--cacert", &old_ca])?,
-        0,
-        "the old one is not"
-    );
+    assert_eq!(scrape(&agent.addr, &["--cacert", &new_ca])?, 200, "the renewed certificate is served");
+    assert_eq!(scrape(&agent.addr, &["--cacert", &old_ca])?, 0, "the old one is not");
 
     // A change that does not load leaves the configuration in force, and says so.
-    std::fs::write(
-        &config,
-        "tls_server_config:\n  cert_file: missing.crt\n  key_file: server.key\n",
-    )?;
+    std::fs::write(&config, "tls_server_config:\n  cert_file: missing.crt\n  key_file: server.key\n")?;
     assert_eq!(scrape(&agent.addr, &["--cacert", &new_ca])?, 200);
-    let page = run(Command::new("curl")
-        .args(["-s", "--cacert", &new_ca])
-        .arg(format!("https://{}/metrics", agent.addr)))?;
-    ensure!(
-        page.contains("redprobe_web_config_reload_failures_total 1"),
-        "no reload failure counted"
-    );
-    ensure!(
-        agent.stderr().contains("web configuration not reloaded"),
-        "{}",
-        agent.stderr()
-    );
+    let page =
+        run(Command::new("curl").args(["-s", "--cacert", &new_ca]).arg(format!("https://{}/metrics", agent.addr)))?;
+    ensure!(page.contains("redprobe_web_config_reload_failures_total 1"), "no reload failure counted");
+    ensure!(agent.stderr().contains("web configuration not reloaded"), "{}", agent.stderr());
     Ok(())
 }
 
@@ -366,21 +228,10 @@ fn a_bad_web_config_stops_the_agent_before_it_attaches() -> Result<()> {
     let config = dir.path().join("web.yml");
     std::fs::write(&config, "basic_auth_users:\n  prometheus: plaintext\n")?;
     let path = config.display().to_string();
-    let err = agent_fails_with(
-        Command::new(agent_bin()),
-        &["--pid", &pid, "--web.config.file", &path],
-        1,
-    )?;
-    ensure!(
-        err.contains("not a bcrypt hash") && err.contains(&path),
-        "{err}"
-    );
+    let err = agent_fails_with(Command::new(agent_bin()), &["--pid", &pid, "--web.config.file", &path], 1)?;
+    ensure!(err.contains("not a bcrypt hash") && err.contains(&path), "{err}");
     let missing = dir.path().join("nope.yml").display().to_string();
-    let err = agent_fails_with(
-        Command::new(agent_bin()),
-        &["--pid", &pid, "--web.config.file", &missing],
-        1,
-    )?;
+    let err = agent_fails_with(Command::new(agent_bin()), &["--pid", &pid, "--web.config.file", &missing], 1)?;
     ensure!(err.contains("nope.yml"), "{err}");
     Ok(())
 }

@@ -39,22 +39,11 @@ fn drive(port: u16, seconds: f64, seed: u64, truth: Arc<Mutex<Truth>>) -> Result
     let mut state = seed;
     let end = Instant::now() + Duration::from_secs_f64(seconds);
     while Instant::now() < end {
-        state = state
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
+        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
         let (route, path, method) = pick(state >> 33);
-        let body = if method == "POST" {
-            vec![b'x'; 512]
-        } else {
-            vec![]
-        };
+        let body = if method == "POST" { vec![b'x'; 512] } else { vec![] };
         let r = conn.request(method, &path, "HTTP/1.1", &[], &body)?;
-        truth
-            .lock()
-            .map_err(|_| anyhow::anyhow!("poisoned"))?
-            .entry(route)
-            .or_default()
-            .push((r.status, r.elapsed));
+        truth.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.entry(route).or_default().push((r.status, r.elapsed));
     }
     Ok(())
 }
@@ -78,49 +67,30 @@ fn print_summary(m: &Metrics, truth: &Truth, seconds: f64) {
         "route", "requests", "rate/s", "errors%", "mean ms", "p50 ms", "p95 ms", "p99 ms"
     );
     for (route, seen) in truth {
-        let count = m.sum(
-            "http_server_request_duration_seconds_count",
-            &[("http_route", route)],
-        );
-        let sum = m.sum(
-            "http_server_request_duration_seconds_sum",
-            &[("http_route", route)],
-        );
+        let count = m.sum("http_server_request_duration_seconds_count", &[("http_route", route)]);
+        let sum = m.sum("http_server_request_duration_seconds_sum", &[("http_route", route)]);
         let errors = m.sum_where("http_server_request_duration_seconds_count", |s| {
             s.has(&[("http_route", route)]) && s.label("http_response_status_code").starts_with('5')
         });
         let mut durations: Vec<Duration> = seen.iter().map(|(_, d)| *d).collect();
         durations.sort();
-        let client_mean = durations.iter().map(Duration::as_secs_f64).sum::<f64>()
-            / durations.len().max(1) as f64;
+        let client_mean = durations.iter().map(Duration::as_secs_f64).sum::<f64>() / durations.len().max(1) as f64;
         let q = |x| m.quantile(route, x).map(ms).unwrap_or_else(|| "-".into());
         println!(
             "{:<13} {:>13} {:>7.1} {:>7.1} {:>15} {:>15} {:>7} {:>7}",
             route,
             format!("{count} [{}]", seen.len()),
             count / seconds,
-            if count > 0.0 {
-                100.0 * errors / count
-            } else {
-                0.0
-            },
+            if count > 0.0 { 100.0 * errors / count } else { 0.0 },
             format!("{} [{}]", ms(sum / count.max(1.0)), ms(client_mean)),
-            format!(
-                "{} [{}]",
-                q(0.5),
-                ms(percentile(&durations, 0.5).as_secs_f64())
-            ),
+            format!("{} [{}]", q(0.5), ms(percentile(&durations, 0.5).as_secs_f64())),
             q(0.95),
             q(0.99),
         );
     }
     println!();
-    println!(
-        "mean = _sum / _count (exact); quantiles = histogram_quantile() over the buckets, as Prometheus"
-    );
-    println!(
-        "computes them (interpolated inside a bucket). Client times include the client's own socket calls."
-    );
+    println!("mean = _sum / _count (exact); quantiles = histogram_quantile() over the buckets, as Prometheus");
+    println!("computes them (interpolated inside a bucket). Client times include the client's own socket calls.");
 }
 
 pub fn demo(seconds: f64, keep: bool) -> Result<()> {
@@ -131,17 +101,9 @@ pub fn demo(seconds: f64, keep: bool) -> Result<()> {
     // SAFETY: single-threaded at this point; the test kit reads REDPROBE_BIN.
     unsafe { std::env::set_var(REDPROBE_BIN, agent_path()) };
     let server = Server::start_python().context("starting the demo server")?;
-    println!(
-        "demo server: python3 tests/servers/app.py, PID {}, http://127.0.0.1:{}/",
-        server.pid(),
-        server.port
-    );
+    println!("demo server: python3 tests/servers/app.py, PID {}, http://127.0.0.1:{}/", server.pid(), server.port);
     let agent = Agent::attach(server.pid())?;
-    println!(
-        "redprobe attached to PID {}; metrics at http://{}/metrics",
-        server.pid(),
-        agent.addr
-    );
+    println!("redprobe attached to PID {}; metrics at http://{}/metrics", server.pid(), agent.addr);
     println!("driving {CLIENTS} keep-alive clients for {seconds} s ...");
 
     let truth = Arc::new(Mutex::new(Truth::new()));
@@ -154,29 +116,19 @@ pub fn demo(seconds: f64, keep: bool) -> Result<()> {
         })
         .collect();
     for w in workers {
-        w.join()
-            .map_err(|_| anyhow::anyhow!("client thread panicked"))??;
+        w.join().map_err(|_| anyhow::anyhow!("client thread panicked"))??;
     }
     let elapsed = started.elapsed().as_secs_f64();
-    let truth = truth
-        .lock()
-        .map_err(|_| anyhow::anyhow!("poisoned"))?
-        .clone();
+    let truth = truth.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.clone();
     let sent: usize = truth.values().map(Vec::len).sum();
     let m = agent.wait_metrics("every request counted", |m| {
         m.sum("http_server_request_duration_seconds_count", &[]) as usize >= sent
     })?;
     print_summary(&m, &truth, elapsed);
     let lost = m.sum("redprobe_events_lost_total", &[]);
-    println!(
-        "requests sent {sent}, counted {}, events lost {lost}",
-        m.sum("http_server_request_duration_seconds_count", &[])
-    );
+    println!("requests sent {sent}, counted {}, events lost {lost}", m.sum("http_server_request_duration_seconds_count", &[]));
     if keep {
-        println!(
-            "--keep: agent and server keep running; metrics at http://{}/metrics (Ctrl-C to stop)",
-            agent.addr
-        );
+        println!("--keep: agent and server keep running; metrics at http://{}/metrics (Ctrl-C to stop)", agent.addr);
         loop {
             std::thread::park();
         }

@@ -17,41 +17,20 @@ const METRICS_PORT: &str = "9464";
 pub fn image(archive: bool) -> Result<()> {
     crate::setup::setup(false)?;
     crate::setup::image_dependencies()?;
-    run(cargo().args([
-        "build",
-        "--release",
-        "--package",
-        "probe-user",
-        "--bin",
-        "redprobe",
-        "--target",
-        MUSL,
-    ]))?;
-    let built = workspace_root()
-        .join("target")
-        .join(MUSL)
-        .join("release/redprobe");
+    run(cargo().args(["build", "--release", "--package", "probe-user", "--bin", "redprobe", "--target", MUSL]))?;
+    let built = workspace_root().join("target").join(MUSL).join("release/redprobe");
     let dir = workspace_root().join("target/image");
     std::fs::create_dir_all(&dir)?;
     let binary = dir.join("redprobe");
     run(Command::new("strip").arg("-o").arg(&binary).arg(&built))?;
 
-    let out = Command::new("buildah")
-        .args(["from", "scratch"])
-        .output()
-        .context("running buildah")?;
+    let out = Command::new("buildah").args(["from", "scratch"]).output().context("running buildah")?;
     if !out.status.success() {
-        bail!(
-            "buildah from scratch: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
+        bail!("buildah from scratch: {}", String::from_utf8_lossy(&out.stderr).trim());
     }
     let container = String::from_utf8_lossy(&out.stdout).trim().to_string();
     let result = (|| {
-        run(Command::new("buildah")
-            .args(["copy", "--chmod", "0755", &container])
-            .arg(&binary)
-            .arg("/redprobe"))?;
+        run(Command::new("buildah").args(["copy", "--chmod", "0755", &container]).arg(&binary).arg("/redprobe"))?;
         let version = env!("CARGO_PKG_VERSION");
         run(Command::new("buildah").args([
             "config",
@@ -81,22 +60,15 @@ pub fn image(archive: bool) -> Result<()> {
     if archive {
         let tar = dir.join(format!("redprobe-{}.oci.tar", env!("CARGO_PKG_VERSION")));
         let _ = std::fs::remove_file(&tar);
-        run(Command::new("buildah")
-            .args(["push", IMAGE])
-            .arg(format!("oci-archive:{}", tar.display())))?;
+        run(Command::new("buildah").args(["push", IMAGE]).arg(format!("oci-archive:{}", tar.display())))?;
         eprintln!("xtask: wrote {}", tar.display());
     }
-    let size = Command::new("buildah")
-        .args(["images", "--format", "{{.Size}}", IMAGE])
-        .output()?;
+    let size = Command::new("buildah").args(["images", "--format", "{{.Size}}", IMAGE]).output()?;
     let binary_mb = std::fs::metadata(&binary)?.len() as f64 / 1e6;
     println!(
         "image {IMAGE}: {} (one file: /redprobe, {binary_mb:.1} MB, static, {MUSL})",
         String::from_utf8_lossy(&size.stdout).trim()
     );
-    println!(
-        "push it to your registry:  podman push {IMAGE} docker://REGISTRY/redprobe:{}",
-        env!("CARGO_PKG_VERSION")
-    );
+    println!("push it to your registry:  podman push {IMAGE} docker://REGISTRY/redprobe:{}", env!("CARGO_PKG_VERSION"));
     Ok(())
 }

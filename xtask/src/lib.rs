@@ -22,9 +22,7 @@ pub fn python_venv() -> PathBuf {
 pub fn run(cmd: &mut Command) -> Result<()> {
     cmd.current_dir(workspace_root());
     eprintln!("xtask: $ {}", describe(cmd));
-    let status = cmd
-        .status()
-        .with_context(|| format!("cannot start {}", describe(cmd)))?;
+    let status = cmd.status().with_context(|| format!("cannot start {}", describe(cmd)))?;
     if !status.success() {
         bail!("`{}` failed with {status}", describe(cmd));
     }

@@ -12,12 +12,7 @@ use xtask::{
 
 /// Debian packages bpf-linker needs to build and run against LLVM `major`.
 fn llvm_packages(major: u32) -> Vec<String> {
-    vec![
-        format!("llvm-{major}-dev"),
-        format!("libpolly-{major}-dev"),
-        "libzstd-dev".into(),
-        "zlib1g-dev".into(),
-    ]
+    vec![format!("llvm-{major}-dev"), format!("libpolly-{major}-dev"), "libzstd-dev".into(), "zlib1g-dev".into()]
 }
 /// Test and bench dependencies from Debian, each for a real server or tool the tests run:
 /// python3 (+venv) for the demo server and the Python servers, nginx, golang-go for the Go
@@ -56,13 +51,8 @@ const APT_TEST_PACKAGES: &[&str] = &[
 /// of ring, rustls' cryptography) and Rust's musl target.
 pub fn image_dependencies() -> Result<()> {
     apt_install(&missing_apt(&["buildah", "binutils", "musl-tools"]))?;
-    let installed = Command::new("rustup")
-        .args(["target", "list", "--installed"])
-        .output()?;
-    if !String::from_utf8_lossy(&installed.stdout)
-        .lines()
-        .any(|l| l == "x86_64-unknown-linux-musl")
-    {
+    let installed = Command::new("rustup").args(["target", "list", "--installed"]).output()?;
+    if !String::from_utf8_lossy(&installed.stdout).lines().any(|l| l == "x86_64-unknown-linux-musl") {
         run(Command::new("rustup").args(["target", "add", "x86_64-unknown-linux-musl"]))?;
     }
     Ok(())
@@ -84,9 +74,7 @@ fn container_host() -> Result<()> {
             dir.display()
         );
         std::fs::create_dir_all(&dir)?;
-        run(Command::new("mount")
-            .args(["-t", "cgroup", "-o", controller, "cgroup"])
-            .arg(&dir))?;
+        run(Command::new("mount").args(["-t", "cgroup", "-o", controller, "cgroup"]).arg(&dir))?;
     }
     Ok(())
 }
@@ -96,11 +84,8 @@ fn missing_apt<'a>(packages: &[&'a str]) -> Vec<&'a str> {
         .iter()
         .copied()
         .filter(|p| {
-            let out = Command::new("dpkg-query")
-                .args(["-W", "-f=${Status}", p])
-                .output();
-            !out.map(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
-                .unwrap_or(false)
+            let out = Command::new("dpkg-query").args(["-W", "-f=${Status}", p]).output();
+            !out.map(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed")).unwrap_or(false)
         })
         .collect()
 }
@@ -110,10 +95,7 @@ fn apt_install(packages: &[&str]) -> Result<()> {
         return Ok(());
     }
     if !is_root() {
-        bail!(
-            "missing Debian packages {packages:?}; install them as root: apt-get install -y {}",
-            packages.join(" ")
-        );
+        bail!("missing Debian packages {packages:?}; install them as root: apt-get install -y {}", packages.join(" "));
     }
     // The package lists are refreshed once per xtask run, however many installs follow.
     static UPDATED: std::sync::OnceLock<()> = std::sync::OnceLock::new();
@@ -121,10 +103,7 @@ fn apt_install(packages: &[&str]) -> Result<()> {
         run(Command::new("apt-get").args(["update", "-qq"]))?;
         let _ = UPDATED.set(());
     }
-    run(Command::new("apt-get")
-        .args(["install", "-y", "-qq"])
-        .args(packages)
-        .env("DEBIAN_FRONTEND", "noninteractive"))
+    run(Command::new("apt-get").args(["install", "-y", "-qq"]).args(packages).env("DEBIAN_FRONTEND", "noninteractive"))
 }
 
 /// The pinned toolchain with rust-src (aya-build builds `core` for the BPF target from it).
@@ -132,12 +111,7 @@ fn install_toolchain(toolchain: &str) -> Result<()> {
     let has_src = Command::new("rustup")
         .args(["component", "list", "--installed", "--toolchain", toolchain])
         .output()
-        .map(|o| {
-            o.status.success()
-                && String::from_utf8_lossy(&o.stdout)
-                    .lines()
-                    .any(|l| l.starts_with("rust-src"))
-        })
+        .map(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).lines().any(|l| l.starts_with("rust-src")))
         .unwrap_or(false);
     if !has_src {
         run(Command::new("rustup").args([
@@ -155,16 +129,10 @@ fn install_toolchain(toolchain: &str) -> Result<()> {
 
 /// The newest `llvm-N-dev` Debian offers here, for the message when the pin needs another.
 fn debian_llvm_majors() -> Vec<u32> {
-    let out = Command::new("apt-cache")
-        .args(["search", "--names-only", "^llvm-[0-9]+-dev$"])
-        .output();
-    let text = out
-        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-        .unwrap_or_default();
-    let mut majors: Vec<u32> = text
-        .lines()
-        .filter_map(|l| l.strip_prefix("llvm-")?.split_once("-dev")?.0.parse().ok())
-        .collect();
+    let out = Command::new("apt-cache").args(["search", "--names-only", "^llvm-[0-9]+-dev$"]).output();
+    let text = out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
+    let mut majors: Vec<u32> =
+        text.lines().filter_map(|l| l.strip_prefix("llvm-")?.split_once("-dev")?.0.parse().ok()).collect();
     majors.sort_unstable();
     majors
 }
@@ -195,14 +163,7 @@ fn install_llvm(toolchain: &str, major: u32) -> Result<()> {
 fn install_linker(major: u32) -> Result<()> {
     let feature = format!("llvm-{major}");
     run(cargo()
-        .args([
-            "install",
-            "bpf-linker",
-            "--version",
-            BPF_LINKER_VERSION,
-            "--locked",
-            "--force",
-        ])
+        .args(["install", "bpf-linker", "--version", BPF_LINKER_VERSION, "--locked", "--force"])
         .args(["--no-default-features", "--features", &feature])
         .env("LLVM_PREFIX", format!("/usr/lib/llvm-{major}")))
 }
@@ -219,17 +180,9 @@ pub fn setup(check_only: bool) -> Result<()> {
         install_llvm(&toolchain, major)?;
         let rebuild = match toolchain::find_linker() {
             Linker::Missing => true,
-            Linker::Found {
-                llvm: Some(have), ..
-            } if have == major => false,
-            Linker::Found {
-                path,
-                version,
-                llvm,
-            } => {
-                let built = llvm.map_or("an LLVM ldd cannot name".to_string(), |l| {
-                    format!("LLVM {l}")
-                });
+            Linker::Found { llvm: Some(have), .. } if have == major => false,
+            Linker::Found { path, version, llvm } => {
+                let built = llvm.map_or("an LLVM ldd cannot name".to_string(), |l| format!("LLVM {l}"));
                 eprintln!(
                     "xtask: {version} at {} was built against {built}; {toolchain} needs LLVM {major}: rebuilding it",
                     path.display()
@@ -285,9 +238,7 @@ pub fn test_dependencies() -> Result<()> {
     }
     let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
     run(Command::new(python).arg("-m").arg("venv").arg(&venv))?;
-    run(Command::new(venv.join("bin/pip"))
-        .args(["install", "-q", "-r"])
-        .arg(&requirements))?;
+    run(Command::new(venv.join("bin/pip")).args(["install", "-q", "-r"]).arg(&requirements))?;
     std::fs::write(&stamp, wanted)?;
     Ok(())
 }

@@ -45,20 +45,14 @@ fn client(port: u16, seed: u64, stop: Arc<AtomicBool>, truth: Arc<Mutex<Counts>>
         let got = if n % 100 == 99 {
             one_shot(port, method, &path, "HTTP/1.1")?.status // connection churn
         } else if method == "POST" {
-            conn.request(method, &path, "HTTP/1.1", &[], b"soak body")?
-                .status
+            conn.request(method, &path, "HTTP/1.1", &[], b"soak body")?.status
         } else {
             conn.get(&path)?.status
         };
         if got != status {
             bail!("{method} {path}: status {got}, expected {status}");
         }
-        add(
-            &mut *truth.lock().map_err(|_| anyhow::anyhow!("poisoned"))?,
-            method,
-            status,
-            route,
-        );
+        add(&mut *truth.lock().map_err(|_| anyhow::anyhow!("poisoned"))?, method, status, route);
         n += 1;
     }
     Ok(())
@@ -85,13 +79,8 @@ pub fn soak(minutes: f64) -> Result<()> {
     let total = Duration::from_secs_f64(minutes * 60.0);
     let every = (total / 20).clamp(Duration::from_secs(1), Duration::from_secs(30));
     let warmup = (total / 10).min(Duration::from_secs(60));
-    println!(
-        "soak: {minutes} min, {CLIENTS} clients x {RATE} req/s, agent PID {pid}; sampling every {every:?}"
-    );
-    println!(
-        "{:>8} {:>10} {:>10} {:>8} {:>9}",
-        "elapsed", "RSS KiB", "requests", "CONNS", "tracked"
-    );
+    println!("soak: {minutes} min, {CLIENTS} clients x {RATE} req/s, agent PID {pid}; sampling every {every:?}");
+    println!("{:>8} {:>10} {:>10} {:>8} {:>9}", "elapsed", "RSS KiB", "requests", "CONNS", "tracked");
     let start = Instant::now();
     let mut samples = vec![];
     while start.elapsed() < total {
@@ -114,34 +103,16 @@ pub fn soak(minutes: f64) -> Result<()> {
     for c in clients {
         c.join().map_err(|_| anyhow::anyhow!("client panicked"))??;
     }
-    let truth = truth
-        .lock()
-        .map_err(|_| anyhow::anyhow!("poisoned"))?
-        .clone();
+    let truth = truth.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.clone();
     let sent: u64 = truth.values().sum();
-    let m = agent.wait_metrics("every request counted", |m| {
-        m.request_counts().values().sum::<u64>() >= sent
-    })?;
+    let m = agent.wait_metrics("every request counted", |m| m.request_counts().values().sum::<u64>() >= sent)?;
     let counted = m.request_counts();
-    println!(
-        "{:<8} {:>4} {:<14} {:>9} {:>9}",
-        "method", "code", "route", "sent", "counted"
-    );
+    println!("{:<8} {:>4} {:<14} {:>9} {:>9}", "method", "code", "route", "sent", "counted");
     for (k, v) in &truth {
-        println!(
-            "{:<8} {:>4} {:<14} {v:>9} {:>9}",
-            k.0,
-            k.1,
-            k.2,
-            counted.get(k).copied().unwrap_or(0)
-        );
+        println!("{:<8} {:>4} {:<14} {v:>9} {:>9}", k.0, k.1, k.2, counted.get(k).copied().unwrap_or(0));
     }
     let lost = m.sum("redprobe_events_lost_total", &[]);
-    let after_warmup: Vec<u64> = samples
-        .iter()
-        .filter(|(t, _)| *t >= warmup)
-        .map(|(_, r)| *r)
-        .collect();
+    let after_warmup: Vec<u64> = samples.iter().filter(|(t, _)| *t >= warmup).map(|(_, r)| *r).collect();
     let (first, last, peak) = (
         after_warmup.first().copied().unwrap_or(0),
         after_warmup.last().copied().unwrap_or(0),

@@ -17,23 +17,13 @@ pub fn test(filter: Option<&str>) -> Result<()> {
     }
     run(&mut unit)?;
     if !is_root() {
-        bail!(
-            "the integration tests load eBPF programs: run `cargo xtask test` as root (sudo -E cargo xtask test)"
-        );
+        bail!("the integration tests load eBPF programs: run `cargo xtask test` as root (sudo -E cargo xtask test)");
     }
     crate::setup::test_dependencies()?;
     // tests/tests/containers.rs runs the agent from its image, as the DaemonSet does.
     crate::image::image(false)?;
     let mut integration = cargo();
-    integration.args([
-        "test",
-        "--release",
-        "--no-fail-fast",
-        "--package",
-        "redprobe-tests",
-        "--tests",
-        "--",
-    ]);
+    integration.args(["test", "--release", "--no-fail-fast", "--package", "redprobe-tests", "--tests", "--"]);
     if let Some(f) = filter {
         integration.arg(f);
     }
@@ -46,9 +36,7 @@ pub fn test(filter: Option<&str>) -> Result<()> {
     let _ = std::fs::remove_file(&share);
     let result = run(&mut integration);
     if let Ok(text) = std::fs::read_to_string(&share) {
-        println!(
-            "\nWho paired the requests of each exact-count test (the kernel's fast path, or the agent and why):"
-        );
+        println!("\nWho paired the requests of each exact-count test (the kernel's fast path, or the agent and why):");
         print!("{text}");
     }
     result

@@ -21,60 +21,41 @@ pub const BPF_LINKER_VERSION: &str = "0.13.0";
 
 /// The `channel` of a rust-toolchain.toml.
 pub fn parse_channel(toml: &str) -> Option<String> {
-    toml.lines()
-        .map(str::trim)
-        .filter(|l| !l.starts_with('#'))
-        .find_map(|l| {
-            let (key, value) = l.split_once('=')?;
-            (key.trim() == "channel").then(|| value.trim().trim_matches('"').to_string())
-        })
+    toml.lines().map(str::trim).filter(|l| !l.starts_with('#')).find_map(|l| {
+        let (key, value) = l.split_once('=')?;
+        (key.trim() == "channel").then(|| value.trim().trim_matches('"').to_string())
+    })
 }
 
 /// The pinned toolchain, read from [`TOOLCHAIN_FILE`].
 pub fn pinned_toolchain(workspace_root: &Path) -> Result<String> {
     let path = workspace_root.join(TOOLCHAIN_FILE);
-    let text = std::fs::read_to_string(&path)
-        .with_context(|| format!("cannot read {}", path.display()))?;
-    let channel =
-        parse_channel(&text).with_context(|| format!("{} names no `channel`", path.display()))?;
+    let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    let channel = parse_channel(&text).with_context(|| format!("{} names no `channel`", path.display()))?;
     if channel == "nightly" || channel == "stable" || channel == "beta" {
-        bail!(
-            "{} pins the moving `{channel}`: name a dated toolchain (nightly-YYYY-MM-DD)",
-            path.display()
-        );
+        bail!("{} pins the moving `{channel}`: name a dated toolchain (nightly-YYYY-MM-DD)", path.display());
     }
     Ok(channel)
 }
 
 /// The LLVM major in `rustc -vV` output ("LLVM version: 22.1.4").
 pub fn parse_rustc_llvm(rustc_vv: &str) -> Option<(String, u32)> {
-    let version = rustc_vv
-        .lines()
-        .find_map(|l| l.strip_prefix("LLVM version:"))?
-        .trim()
-        .to_string();
+    let version = rustc_vv.lines().find_map(|l| l.strip_prefix("LLVM version:"))?.trim().to_string();
     let major = version.split('.').next()?.parse().ok()?;
     Some((version, major))
 }
 
 /// What `rustup run TOOLCHAIN rustc -vV` says, or None if the toolchain is not installed.
 pub fn rustc_version(toolchain: &str) -> Option<String> {
-    let out = Command::new("rustup")
-        .args(["run", toolchain, "rustc", "-vV"])
-        .output()
-        .ok()?;
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    let out = Command::new("rustup").args(["run", toolchain, "rustc", "-vV"]).output().ok()?;
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// The LLVM major of the pinned toolchain's rustc.
 pub fn rustc_llvm(toolchain: &str) -> Result<(String, u32)> {
-    let vv = rustc_version(toolchain).with_context(|| {
-        format!("the eBPF toolchain {toolchain} is not installed: run `cargo xtask setup`")
-    })?;
-    parse_rustc_llvm(&vv)
-        .with_context(|| format!("`rustc -vV` of {toolchain} names no LLVM version:\n{vv}"))
+    let vv = rustc_version(toolchain)
+        .with_context(|| format!("the eBPF toolchain {toolchain} is not installed: run `cargo xtask setup`"))?;
+    parse_rustc_llvm(&vv).with_context(|| format!("`rustc -vV` of {toolchain} names no LLVM version:\n{vv}"))
 }
 
 /// The LLVM major a dynamically linked bpf-linker loads, from `ldd` output
@@ -82,9 +63,7 @@ pub fn rustc_llvm(toolchain: &str) -> Result<(String, u32)> {
 pub fn parse_ldd_llvm(ldd: &str) -> Option<u32> {
     ldd.lines().find_map(|l| {
         let name = l.split_whitespace().next()?;
-        let rest = name
-            .strip_prefix("libLLVM.so.")
-            .or_else(|| name.strip_prefix("libLLVM-"))?;
+        let rest = name.strip_prefix("libLLVM.so.").or_else(|| name.strip_prefix("libLLVM-"))?;
         rest.split(['.', '-']).next()?.parse().ok()
     })
 }
@@ -103,63 +82,40 @@ pub enum Linker {
 }
 
 pub fn find_linker() -> Linker {
-    let path = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|d| d.join("bpf-linker"))
-            .find(|p| p.is_file())
-    });
-    let Some(path) = path else {
-        return Linker::Missing;
-    };
+    let path = std::env::var_os("PATH")
+        .and_then(|paths| std::env::split_paths(&paths).map(|d| d.join("bpf-linker")).find(|p| p.is_file()));
+    let Some(path) = path else { return Linker::Missing };
     let version = Command::new(&path)
         .arg("--version")
         .output()
         .ok()
         .filter(|o| o.status.success())
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
-    let Some(version) = version else {
-        return Linker::Missing;
-    };
+    let Some(version) = version else { return Linker::Missing };
     let llvm = Command::new("ldd")
         .arg(&path)
         .output()
         .ok()
         .and_then(|o| parse_ldd_llvm(&String::from_utf8_lossy(&o.stdout)));
-    Linker::Found {
-        path,
-        version,
-        llvm,
-    }
+    Linker::Found { path, version, llvm }
 }
 
 /// Ok when the pinned rustc and bpf-linker share an LLVM major; otherwise the message that
 /// names both and the fix. An LLVM that cannot be read is Ok(Some(warning)): the link itself
 /// is then the judge.
-pub fn check(
-    toolchain: &str,
-    rustc_llvm: &(String, u32),
-    linker: &Linker,
-) -> Result<Option<String>> {
+pub fn check(toolchain: &str, rustc_llvm: &(String, u32), linker: &Linker) -> Result<Option<String>> {
     let (rustc_full, want) = rustc_llvm;
     match linker {
         Linker::Missing => bail!(
             "bpf-linker is not on PATH; the eBPF build needs bpf-linker {BPF_LINKER_VERSION} built against LLVM {want} \
              (the LLVM of {toolchain}): run `cargo xtask setup`"
         ),
-        Linker::Found {
-            path,
-            version,
-            llvm: None,
-        } => Ok(Some(format!(
+        Linker::Found { path, version, llvm: None } => Ok(Some(format!(
             "cannot tell which LLVM {version} at {} was built with (it does not load a shared libLLVM); it must be LLVM \
              {want}, the LLVM of {toolchain}. If linking fails with `Invalid record`, run `cargo xtask setup`",
             path.display()
         ))),
-        Linker::Found {
-            path,
-            version,
-            llvm: Some(have),
-        } if have != want => bail!(
+        Linker::Found { path, version, llvm: Some(have) } if have != want => bail!(
             "eBPF toolchain mismatch: {toolchain} is built on LLVM {rustc_full} (major {want}), but {version} at {} \
              was built against LLVM {have}. bpf-linker cannot read bitcode from another LLVM major (the link fails \
              with `Invalid record`). Fix: run `cargo xtask setup`, which rebuilds bpf-linker against Debian's \
@@ -191,8 +147,7 @@ mod tests {
 
     #[test]
     fn llvm_major_from_rustc() {
-        let vv =
-            "rustc 1.97.0-nightly (e50aa6fba 2026-05-19)\nbinary: rustc\nLLVM version: 22.1.4\n";
+        let vv = "rustc 1.97.0-nightly (e50aa6fba 2026-05-19)\nbinary: rustc\nLLVM version: 22.1.4\n";
         assert_eq!(parse_rustc_llvm(vv), Some(("22.1.4".into(), 22)));
         assert_eq!(parse_rustc_llvm("rustc 1.0\n"), None);
     }
@@ -200,22 +155,10 @@ mod tests {
     #[test]
     fn llvm_major_from_ldd() {
         for (ldd, want) in [
-            (
-                "\tlinux-vdso.so.1 (0x7ff)\n\tlibLLVM.so.22.1 => /usr/lib/llvm-22/lib/libLLVM.so.22.1 (0x7f)\n",
-                Some(22),
-            ),
-            (
-                "\tlibLLVM-21.so => /usr/lib/libLLVM-21.so (0x7f)\n",
-                Some(21),
-            ),
-            (
-                "\tlibLLVM.so.23.1-rust-1.101.0-nightly => /x (0x7f)\n",
-                Some(23),
-            ),
-            (
-                "\tlibc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x7f)\n",
-                None,
-            ),
+            ("\tlinux-vdso.so.1 (0x7ff)\n\tlibLLVM.so.22.1 => /usr/lib/llvm-22/lib/libLLVM.so.22.1 (0x7f)\n", Some(22)),
+            ("\tlibLLVM-21.so => /usr/lib/libLLVM-21.so (0x7f)\n", Some(21)),
+            ("\tlibLLVM.so.23.1-rust-1.101.0-nightly => /x (0x7f)\n", Some(23)),
+            ("\tlibc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x7f)\n", None),
         ] {
             assert_eq!(parse_ldd_llvm(ldd), want, "{ldd}");
         }
@@ -223,42 +166,15 @@ mod tests {
 
     #[test]
     fn a_mismatched_linker_names_both_versions_and_the_fix() {
-        let found = |llvm| Linker::Found {
-            path: "/root/.cargo/bin/bpf-linker".into(),
-            version: "bpf-linker 0.13.0".into(),
-            llvm,
-        };
+        let found = |llvm| Linker::Found { path: "/root/.cargo/bin/bpf-linker".into(), version: "bpf-linker 0.13.0".into(), llvm };
         let linker = found(Some(22));
-        let err = check("nightly-2026-10-29", &("23.1.4".into(), 23), &linker)
-            .unwrap_err()
-            .to_string();
-        for part in [
-            "LLVM 23.1.4",
-            "against LLVM 22",
-            "cargo xtask setup",
-            "llvm-23-dev",
-            TOOLCHAIN_FILE,
-            "Invalid record",
-        ] {
+        let err = check("nightly-2026-10-29", &("23.1.4".into(), 23), &linker).unwrap_err().to_string();
+        for part in ["LLVM 23.1.4", "against LLVM 22", "cargo xtask setup", "llvm-23-dev", TOOLCHAIN_FILE, "Invalid record"] {
             assert!(err.contains(part), "{part:?} not in: {err}");
         }
-        assert_eq!(
-            check("nightly-2026-05-19", &("22.1.4".into(), 22), &linker).unwrap(),
-            None
-        );
+        assert_eq!(check("nightly-2026-05-19", &("22.1.4".into(), 22), &linker).unwrap(), None);
         let unknown = found(None);
-        assert!(
-            check("nightly-2026-05-19", &("22.1.4".into(), 22), &unknown)
-                .unwrap()
-                .is_some()
-        );
-        assert!(
-            check(
-                "nightly-2026-05-19",
-                &("22.1.4".into(), 22),
-                &Linker::Missing
-            )
-            .is_err()
-        );
+        assert!(check("nightly-2026-05-19", &("22.1.4".into(), 22), &unknown).unwrap().is_some());
+        assert!(check("nightly-2026-05-19", &("22.1.4".into(), 22), &Linker::Missing).is_err());
     }
 }

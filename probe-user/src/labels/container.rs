@@ -25,10 +25,8 @@ pub struct CgroupPlacement {
 /// process in a sub-cgroup of its container (podman's `libpod-ID.scope/container`) is in
 /// that container.
 pub fn from_cgroup_file(text: &str) -> CgroupPlacement {
-    let mut paths: Vec<(bool, &str)> = text
-        .lines()
-        .filter_map(|l| l.splitn(3, ':').nth(2).map(|p| (l.starts_with("0::"), p)))
-        .collect();
+    let mut paths: Vec<(bool, &str)> =
+        text.lines().filter_map(|l| l.splitn(3, ':').nth(2).map(|p| (l.starts_with("0::"), p))).collect();
     paths.sort_by_key(|(v2, _)| !v2);
     let mut placement = CgroupPlacement::default();
     for (_, path) in paths {
@@ -80,22 +78,18 @@ fn pod_uid(segment: &str) -> Option<String> {
     }
     let uid = name[at + 3..].replace('_', "-");
     let is_uid = uid.len() == 36
-        && uid.bytes().enumerate().all(|(i, b)| {
-            if [8, 13, 18, 23].contains(&i) {
-                b == b'-'
-            } else {
-                b.is_ascii_hexdigit()
-            }
-        });
+        && uid.bytes().enumerate().all(
+            |(i, b)| {
+                if [8, 13, 18, 23].contains(&i) { b == b'-' } else { b.is_ascii_hexdigit() }
+            },
+        );
     is_uid.then(|| uid.to_ascii_lowercase())
 }
 
 /// The characters of the random suffixes Kubernetes gives the names it generates (no
 /// vowels, no 0, 1 or 3: `k8s.io/apimachinery/pkg/util/rand`).
 fn is_generated(s: &str) -> bool {
-    !s.is_empty()
-        && s.bytes()
-            .all(|b| b"bcdfghjklmnpqrstvwxz2456789".contains(&b))
+    !s.is_empty() && s.bytes().all(|b| b"bcdfghjklmnpqrstvwxz2456789".contains(&b))
 }
 
 /// The name of the workload a pod belongs to, from the pod's name alone: a Deployment's
@@ -116,10 +110,7 @@ pub fn workload_of_pod(pod: &str) -> &str {
             {
                 name = rest;
             }
-        } else if !suffix.is_empty()
-            && suffix.len() <= 5
-            && suffix.bytes().all(|b| b.is_ascii_digit())
-        {
+        } else if !suffix.is_empty() && suffix.len() <= 5 && suffix.bytes().all(|b| b.is_ascii_digit()) {
             name = rest; // a StatefulSet's ordinal
         }
     }
@@ -132,8 +123,7 @@ pub fn dns_label(text: &str) -> Option<String> {
     let s = text.trim();
     let ok = !s.is_empty()
         && s.len() <= 253
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
+        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
     ok.then(|| s.to_string())
 }
 
@@ -154,16 +144,8 @@ mod tests {
             // podman: cgroupfs (v1 and v2), systemd, and its sub-cgroup
             (format!("/libpod_parent/libpod-{ID}"), Some(ID), None),
             (format!("/machine.slice/libpod-{ID}.scope"), Some(ID), None),
-            (
-                format!("/machine.slice/libpod-{ID}.scope/container"),
-                Some(ID),
-                None,
-            ),
-            (
-                format!("/machine.slice/libpod-conmon-{ID}.scope"),
-                None,
-                None,
-            ),
+            (format!("/machine.slice/libpod-{ID}.scope/container"), Some(ID), None),
+            (format!("/machine.slice/libpod-conmon-{ID}.scope"), None, None),
             // Kubernetes: containerd and cri-o, systemd and cgroupfs drivers, every QoS class
             (
                 format!(
@@ -172,75 +154,36 @@ mod tests {
                 Some(ID),
                 Some(UID),
             ),
-            (
-                format!("/kubepods.slice/kubepods-pod{uid_}.slice/crio-{ID}.scope"),
-                Some(ID),
-                Some(UID),
-            ),
-            (
-                format!("/kubepods.slice/kubepods-pod{uid_}.slice/crio-conmon-{ID}.scope"),
-                None,
-                Some(UID),
-            ),
-            (
-                format!("/kubepods/besteffort/pod{UID}/{ID}"),
-                Some(ID),
-                Some(UID),
-            ),
+            (format!("/kubepods.slice/kubepods-pod{uid_}.slice/crio-{ID}.scope"), Some(ID), Some(UID)),
+            (format!("/kubepods.slice/kubepods-pod{uid_}.slice/crio-conmon-{ID}.scope"), None, Some(UID)),
+            (format!("/kubepods/besteffort/pod{UID}/{ID}"), Some(ID), Some(UID)),
             (format!("/kubepods/pod{UID}/{ID}"), Some(ID), Some(UID)),
             // the pod's own cgroup, and a pod's pause container
             (format!("/kubepods/burstable/pod{UID}"), None, Some(UID)),
             // seen from another cgroup namespace
-            (
-                format!("/../../kubepods/besteffort/pod{UID}/{ID}"),
-                Some(ID),
-                Some(UID),
-            ),
+            (format!("/../../kubepods/besteffort/pod{UID}/{ID}"), Some(ID), Some(UID)),
             (format!("/../libpod-{ID}"), Some(ID), None),
             // not containers
             ("/".into(), None, None),
             ("/system.slice/nginx.service".into(), None, None),
-            (
-                "/user.slice/user-1000.slice/session-4.scope".into(),
-                None,
-                None,
-            ),
+            ("/user.slice/user-1000.slice/session-4.scope".into(), None, None),
             (format!("/system.slice/{}.service", &ID[..63]), None, None),
             ("/podcast.service".into(), None, None),
-            (
-                "/ipod-0f3a8c1e-5b7d-4e2a-9c6f-1d2e3f4a5b6c".into(),
-                None,
-                None,
-            ),
+            ("/ipod-0f3a8c1e-5b7d-4e2a-9c6f-1d2e3f4a5b6c".into(), None, None),
         ];
         for (path, id, uid) in cases {
             let p = from_path(&path);
-            assert_eq!(
-                (p.container_id.as_deref(), p.pod_uid.as_deref()),
-                (id, uid),
-                "{path}"
-            );
+            assert_eq!((p.container_id.as_deref(), p.pod_uid.as_deref()), (id, uid), "{path}");
         }
     }
 
     #[test]
     fn the_cgroup_file_prefers_v2_and_reads_v1_where_v2_says_nothing() {
-        let hybrid = format!(
-            "4:memory:/libpod_parent/libpod-{ID}\n1:name=systemd:/libpod_parent/libpod-{ID}\n0::/\n"
-        );
+        let hybrid = format!("4:memory:/libpod_parent/libpod-{ID}\n1:name=systemd:/libpod_parent/libpod-{ID}\n0::/\n");
         assert_eq!(from_cgroup_file(&hybrid).container_id.as_deref(), Some(ID));
         let v2 = format!("0::/kubepods/besteffort/pod{UID}/{ID}\n");
-        assert_eq!(
-            from_cgroup_file(&v2),
-            CgroupPlacement {
-                container_id: Some(ID.into()),
-                pod_uid: Some(UID.into())
-            }
-        );
-        assert_eq!(
-            from_cgroup_file("0::/system.slice/sshd.service\n"),
-            CgroupPlacement::default()
-        );
+        assert_eq!(from_cgroup_file(&v2), CgroupPlacement { container_id: Some(ID.into()), pod_uid: Some(UID.into()) });
+        assert_eq!(from_cgroup_file("0::/system.slice/sshd.service\n"), CgroupPlacement::default());
         assert_eq!(from_cgroup_file(""), CgroupPlacement::default());
     }
 
@@ -264,10 +207,7 @@ mod tests {
 
     #[test]
     fn names_read_from_files() {
-        assert_eq!(
-            dns_label("shop-7d9f8b6c5d-x2x7k\n").as_deref(),
-            Some("shop-7d9f8b6c5d-x2x7k")
-        );
+        assert_eq!(dns_label("shop-7d9f8b6c5d-x2x7k\n").as_deref(), Some("shop-7d9f8b6c5d-x2x7k"));
         assert_eq!(dns_label("  \n"), None);
         assert_eq!(dns_label("Not A Label"), None);
         assert_eq!(dns_label("a\"b"), None);

@@ -61,18 +61,13 @@ impl RouteIds {
         self.ids.retain(|(s, ..), _| s != service);
         for (s, label) in self.routes.iter_mut().filter(|(s, _)| s == service) {
             *s = Service::default();
-            *label = RouteLabel {
-                route: String::new(),
-                folded: false,
-            };
+            *label = RouteLabel { route: String::new(), folded: false };
         }
     }
 
     /// The route of an id.
     pub fn route(&self, id: u32) -> Option<&RouteLabel> {
-        self.routes
-            .get((id as usize).checked_sub(1)?)
-            .map(|(_, r)| r)
+        self.routes.get((id as usize).checked_sub(1)?).map(|(_, r)| r)
     }
 
     /// Remembers that `key` of service id `service` is route `id`.
@@ -85,10 +80,7 @@ impl RouteIds {
 
     /// The route id of a path key, if the agent routed it.
     pub fn of_key(&self, service: u32, key: u64) -> Option<u32> {
-        self.keys
-            .get(&(service, key))
-            .or_else(|| self.older_keys.get(&(service, key)))
-            .copied()
+        self.keys.get(&(service, key)).or_else(|| self.older_keys.get(&(service, key))).copied()
     }
 
     pub fn len(&self) -> usize {
@@ -119,10 +111,7 @@ mod tests {
     fn one_id_per_service_and_route() {
         let mut ids = RouteIds::default();
         let (a, b): (Service, Service) = ("a".into(), "b".into());
-        let r = |s: &str| RouteLabel {
-            route: s.into(),
-            folded: false,
-        };
+        let r = |s: &str| RouteLabel { route: s.into(), folded: false };
         let x = ids.id(&a, r("/x"));
         assert_eq!(ids.id(&a, r("/x")), x);
         assert_ne!(ids.id(&b, r("/x")), x);

@@ -35,26 +35,16 @@ pub const UNKNOWN_SERVICE: &str = "unknown";
 
 /// The nine standard methods, kept as they are; anything else is `_OTHER` (methods are
 /// case-sensitive tokens: `get` is not `GET`).
-const METHODS: [&str; 9] = [
-    "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
-];
+const METHODS: [&str; 9] = ["GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"];
 
 /// The `http_request_method` label.
 pub fn method(method: &str) -> &'static str {
-    METHODS
-        .iter()
-        .find(|m| **m == method)
-        .copied()
-        .unwrap_or(OTHER_METHOD)
+    METHODS.iter().find(|m| **m == method).copied().unwrap_or(OTHER_METHOD)
 }
 
 /// `network_transport` from the socket family.
 pub fn transport(family: u16) -> &'static str {
-    if family == libc::AF_UNIX as u16 {
-        "unix"
-    } else {
-        "tcp"
-    }
+    if family == libc::AF_UNIX as u16 { "unix" } else { "tcp" }
 }
 
 /// `network_protocol_version`.
@@ -82,11 +72,7 @@ pub fn error_type(status: Option<u16>, reset: bool) -> String {
 
 /// django-prometheus's `method` label: its spelling of a method it does not know.
 pub fn django_method(method_label: &'static str) -> &'static str {
-    if method_label == OTHER_METHOD {
-        "<invalid method>"
-    } else {
-        method_label
-    }
+    if method_label == OTHER_METHOD { "<invalid method>" } else { method_label }
 }
 
 /// django-prometheus's `transport` label: it only ever says `http`.
@@ -123,26 +109,19 @@ pub struct LabelSetCap {
 
 impl LabelSetCap {
     pub fn new(max: usize) -> Self {
-        LabelSetCap {
-            max,
-            used: Default::default(),
-        }
+        LabelSetCap { max, used: Default::default() }
     }
 
     /// May one more label set be made? Counts it if so.
     pub fn admit(&self) -> bool {
         use std::sync::atomic::Ordering::Relaxed;
-        self.used
-            .fetch_update(Relaxed, Relaxed, |n| (n < self.max).then_some(n + 1))
-            .is_ok()
+        self.used.fetch_update(Relaxed, Relaxed, |n| (n < self.max).then_some(n + 1)).is_ok()
     }
 
     /// Label sets that went away (a forgotten service's) leave room for others.
     pub fn release(&self, n: usize) {
         use std::sync::atomic::Ordering::Relaxed;
-        let _ = self
-            .used
-            .fetch_update(Relaxed, Relaxed, |used| Some(used.saturating_sub(n)));
+        let _ = self.used.fetch_update(Relaxed, Relaxed, |used| Some(used.saturating_sub(n)));
     }
 
     /// The route to report a request under when its own label set was not admitted.
@@ -170,12 +149,7 @@ pub struct RouteLabel {
 
 impl Routes {
     pub fn new(router: Router, max: usize) -> Self {
-        Routes {
-            router,
-            max,
-            seen: Mutex::default(),
-            kernel: Mutex::default(),
-        }
+        Routes { router, max, seen: Mutex::default(), kernel: Mutex::default() }
     }
 
     /// Forgets what was seen of a forgotten service: its routes count anew if it returns.
@@ -197,18 +171,8 @@ impl Routes {
     /// The route id of a path the kernel sent under `key` (service id `service_id`), routed
     /// now if it is new: the id, and whether the key is new (the kernel's `ROUTES` map then
     /// needs it).
-    pub fn route_key(
-        &self,
-        service_id: u32,
-        service: &Service,
-        key: u64,
-        path: &[u8],
-    ) -> (u32, bool) {
-        let known = self
-            .kernel
-            .lock()
-            .ok()
-            .and_then(|ids| ids.of_key(service_id, key));
+    pub fn route_key(&self, service_id: u32, service: &Service, key: u64, path: &[u8]) -> (u32, bool) {
+        let known = self.kernel.lock().ok().and_then(|ids| ids.of_key(service_id, key));
         if let Some(id) = known {
             return (id, false);
         }
@@ -233,10 +197,7 @@ impl Routes {
 
     pub fn label(&self, service: &Service, target: &[u8]) -> RouteLabel {
         let route = self.router.route(target);
-        let folded = RouteLabel {
-            route: OTHER_ROUTE.to_string(),
-            folded: true,
-        };
+        let folded = RouteLabel { route: OTHER_ROUTE.to_string(), folded: true };
         let Ok(mut seen) = self.seen.lock() else {
             return folded;
         };
@@ -247,10 +208,7 @@ impl Routes {
             }
             routes.insert(route.clone());
         }
-        RouteLabel {
-            route,
-            folded: false,
-        }
+        RouteLabel { route, folded: false }
     }
 }
 
@@ -297,12 +255,7 @@ mod tests {
             .collect();
         assert_eq!(
             labels,
-            [
-                ("/x".into(), false),
-                ("/y".into(), false),
-                (OTHER_ROUTE.into(), true),
-                ("/x".into(), false)
-            ]
+            [("/x".into(), false), ("/y".into(), false), (OTHER_ROUTE.into(), true), ("/x".into(), false)]
         );
         assert!(!routes.label(&b, b"/z").folded, "the cap is per service");
     }

@@ -44,25 +44,18 @@ impl Template {
             let seg = match part.strip_prefix('{').and_then(|p| p.strip_suffix('}')) {
                 Some(name) => match name.strip_suffix("...") {
                     Some(n) if !n.is_empty() && i + 1 == parts.len() => Segment::Rest,
-                    Some(_) => {
-                        bail!("route template {text:?}: {{name...}} must be named and come last")
-                    }
+                    Some(_) => bail!("route template {text:?}: {{name...}} must be named and come last"),
                     None if !name.is_empty() && !name.contains(['{', '}']) => Segment::One,
                     None => bail!("route template {text:?}: bad parameter {part:?}"),
                 },
                 None if part.contains(['{', '}']) => {
-                    bail!(
-                        "route template {text:?}: a parameter must be a whole segment, like {{id}}"
-                    )
+                    bail!("route template {text:?}: a parameter must be a whole segment, like {{id}}")
                 }
                 None => Segment::Literal(part.to_string()),
             };
             segments.push(seg);
         }
-        Ok(Template {
-            text: text.to_string(),
-            segments,
-        })
+        Ok(Template { text: text.to_string(), segments })
     }
 
     fn matches(&self, path: &[&str]) -> bool {
@@ -105,11 +98,7 @@ impl Router {
     /// Does every path with the same kernel path key get the same route? Only a template
     /// with an identifier-looking literal segment tells apart paths the key folds together.
     pub fn folds_like_kernel(&self) -> bool {
-        self.templates.iter().all(|t| {
-            t.segments
-                .iter()
-                .all(|s| !matches!(s, Segment::Literal(l) if is_identifier(l)))
-        })
+        self.templates.iter().all(|t| t.segments.iter().all(|s| !matches!(s, Segment::Literal(l) if is_identifier(l))))
     }
 
     /// The route of a request target (origin-form `/a/b?c`, absolute-form
@@ -124,10 +113,7 @@ impl Router {
         if path == "*" {
             return "*".into();
         }
-        if let Some(rest) = path
-            .strip_prefix("http://")
-            .or_else(|| path.strip_prefix("https://"))
-        {
+        if let Some(rest) = path.strip_prefix("http://").or_else(|| path.strip_prefix("https://")) {
             path = rest.find('/').map(|i| &rest[i..]).unwrap_or("/");
         }
         let path = path.split(['?', '#']).next().unwrap_or("");
@@ -149,11 +135,7 @@ fn fold(segments: &[&str]) -> String {
             route.push_str("/...");
             break;
         }
-        let folded = if is_identifier(segment) {
-            "{id}"
-        } else {
-            segment
-        };
+        let folded = if is_identifier(segment) { "{id}" } else { segment };
         if route.len() + 1 + folded.len() > MAX_ROUTE_LEN {
             route.push_str("/...");
             break;
@@ -193,10 +175,7 @@ mod tests {
             ("/users/42", "/users/{id}"),
             ("/users/42/orders/7", "/users/{id}/orders/{id}"),
             ("/items/123e4567-e89b-12d3-a456-426614174000", "/items/{id}"),
-            (
-                "/commits/9fceb02d0ae598e95dc970b74767f19372d61af8",
-                "/commits/{id}",
-            ),
+            ("/commits/9fceb02d0ae598e95dc970b74767f19372d61af8", "/commits/{id}"),
             ("/static/app.css", "/static/app.css"),
             ("/static/app.3f2a9c1b.js", "/static/app.3f2a9c1b.js"),
             ("/t/aGVsbG8gd29ybGQ9PT1zZWNyZXQx", "/t/{id}"),

@@ -83,32 +83,20 @@ pub struct Service(Arc<ServiceLabels>);
 impl Service {
     /// A service known by its name alone (not in a container, or labels turned off).
     pub fn named(name: &str) -> Self {
-        Service(Arc::new(ServiceLabels {
-            service_name: label_safe(name.to_string()).into(),
-            ..Default::default()
-        }))
+        Service(Arc::new(ServiceLabels { service_name: label_safe(name.to_string()).into(), ..Default::default() }))
     }
 
     /// The service of a process: `--service` if given, else the workload its pod belongs
     /// to, else its command name; with the placement labels chosen (a container outside
     /// pods is one with a container id and no pod uid, name or namespace).
-    pub fn of(
-        pinned: Option<&str>,
-        placement: &Placement,
-        comm: &str,
-        chosen: PlacementLabels,
-    ) -> Self {
+    pub fn of(pinned: Option<&str>, placement: &Placement, comm: &str, chosen: PlacementLabels) -> Self {
         let name = match (pinned, &placement.k8s_pod_name) {
             (Some(name), _) => name,
             (None, Some(pod)) => container::workload_of_pod(pod),
             (None, None) => comm,
         };
         let pick = |on: bool, v: &Option<String>| -> Box<str> {
-            if on {
-                label_safe(v.clone().unwrap_or_default()).into()
-            } else {
-                Box::default()
-            }
+            if on { label_safe(v.clone().unwrap_or_default()).into() } else { Box::default() }
         };
         let in_pod = placement.k8s_pod_uid.is_some()
             || placement.k8s_pod_name.is_some()
@@ -160,11 +148,7 @@ impl fmt::Display for Service {
         if !l.k8s_pod_name.is_empty() {
             write!(f, " (pod {}/{})", l.k8s_namespace_name, l.k8s_pod_name)?;
         } else if !l.container_id.is_empty() {
-            write!(
-                f,
-                " (container {})",
-                &l.container_id[..12.min(l.container_id.len())]
-            )?;
+            write!(f, " (container {})", &l.container_id[..12.min(l.container_id.len())])?;
         }
         Ok(())
     }
@@ -198,111 +182,57 @@ mod tests {
     #[test]
     fn the_name_comes_from_the_flag_then_the_pod_then_the_command() {
         let all = PlacementLabels::ALL;
-        assert_eq!(
-            Service::of(Some("cart"), &pod(), "gunicorn", all).name(),
-            "cart"
-        );
+        assert_eq!(Service::of(Some("cart"), &pod(), "gunicorn", all).name(), "cart");
         assert_eq!(Service::of(None, &pod(), "gunicorn", all).name(), "shop");
-        let container = Placement {
-            container_id: Some("ab".repeat(32)),
-            ..Default::default()
-        };
-        assert_eq!(
-            Service::of(None, &container, "gunicorn", all).name(),
-            "gunicorn"
-        );
-        assert_eq!(
-            Service::of(None, &Placement::default(), "gunicorn", all),
-            Service::named("gunicorn")
-        );
+        let container = Placement { container_id: Some("ab".repeat(32)), ..Default::default() };
+        assert_eq!(Service::of(None, &container, "gunicorn", all).name(), "gunicorn");
+        assert_eq!(Service::of(None, &Placement::default(), "gunicorn", all), Service::named("gunicorn"));
     }
 
     #[test]
     fn by_default_a_pod_is_named_and_a_container_outside_pods_has_its_id() {
         let auto = PlacementLabels::default();
-        let in_pod: Vec<_> = Service::of(None, &pod(), "gunicorn", auto)
-            .placement()
-            .map(|(k, _)| k)
-            .collect();
+        let in_pod: Vec<_> = Service::of(None, &pod(), "gunicorn", auto).placement().map(|(k, _)| k).collect();
         assert_eq!(in_pod, ["k8s_pod_name", "k8s_namespace_name"]);
-        let docker = Placement {
-            container_id: Some("ab".repeat(32)),
-            ..Default::default()
-        };
-        let alone: Vec<_> = Service::of(None, &docker, "gunicorn", auto)
-            .placement()
-            .map(|(k, _)| k)
-            .collect();
+        let docker = Placement { container_id: Some("ab".repeat(32)), ..Default::default() };
+        let alone: Vec<_> = Service::of(None, &docker, "gunicorn", auto).placement().map(|(k, _)| k).collect();
         assert_eq!(alone, ["container_id"]);
     }
 
     #[test]
     fn two_containers_are_two_services_unless_their_labels_are_off() {
-        let a = Placement {
-            container_id: Some("a".repeat(64)),
-            ..Default::default()
-        };
-        let b = Placement {
-            container_id: Some("b".repeat(64)),
-            ..Default::default()
-        };
+        let a = Placement { container_id: Some("a".repeat(64)), ..Default::default() };
+        let b = Placement { container_id: Some("b".repeat(64)), ..Default::default() };
         let all = PlacementLabels::ALL;
-        assert_ne!(
-            Service::of(None, &a, "gunicorn", all),
-            Service::of(None, &b, "gunicorn", all)
-        );
+        assert_ne!(Service::of(None, &a, "gunicorn", all), Service::of(None, &b, "gunicorn", all));
         let none = PlacementLabels::NONE;
-        assert_eq!(
-            Service::of(None, &a, "gunicorn", none),
-            Service::of(None, &b, "gunicorn", none)
-        );
-        let only_pod = PlacementLabels {
-            container_id: false,
-            container_id_outside_pods: false,
-            ..PlacementLabels::ALL
-        };
+        assert_eq!(Service::of(None, &a, "gunicorn", none), Service::of(None, &b, "gunicorn", none));
+        let only_pod =
+            PlacementLabels { container_id: false, container_id_outside_pods: false, ..PlacementLabels::ALL };
         let s = Service::of(None, &pod(), "gunicorn", only_pod);
         let labels: Vec<_> = s.placement().map(|(k, _)| k).collect();
-        assert_eq!(
-            labels,
-            ["k8s_pod_uid", "k8s_pod_name", "k8s_namespace_name"]
-        );
+        assert_eq!(labels, ["k8s_pod_uid", "k8s_pod_name", "k8s_namespace_name"]);
     }
 
     #[test]
     fn encoded_labels_leave_out_the_empty_ones() {
-        #[derive(
-            Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet,
-        )]
+        #[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
         struct L {
             method: String,
             #[prometheus(flatten)]
             service: Service,
         }
         let mut registry = prometheus_client::registry::Registry::default();
-        let family = prometheus_client::metrics::family::Family::<
-            L,
-            prometheus_client::metrics::counter::Counter,
-        >::default();
+        let family =
+            prometheus_client::metrics::family::Family::<L, prometheus_client::metrics::counter::Counter>::default();
         registry.register("x", "x", family.clone());
+        family.get_or_create(&L { method: "GET".into(), service: Service::named("host") }).inc();
         family
-            .get_or_create(&L {
-                method: "GET".into(),
-                service: Service::named("host"),
-            })
-            .inc();
-        family
-            .get_or_create(&L {
-                method: "GET".into(),
-                service: Service::of(None, &pod(), "g", PlacementLabels::ALL),
-            })
+            .get_or_create(&L { method: "GET".into(), service: Service::of(None, &pod(), "g", PlacementLabels::ALL) })
             .inc();
         let mut page = String::new();
         prometheus_client::encoding::text::encode(&mut page, &registry).unwrap();
-        assert!(
-            page.contains("x_total{method=\"GET\",service_name=\"host\"} 1"),
-            "{page}"
-        );
+        assert!(page.contains("x_total{method=\"GET\",service_name=\"host\"} 1"), "{page}");
         let id = "ab".repeat(32);
         assert!(
             page.contains(&format!(

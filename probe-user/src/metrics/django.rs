@@ -11,9 +11,8 @@ use super::Request;
 use crate::labels;
 
 /// django-prometheus's default latency buckets.
-pub const LATENCY_BUCKETS: [f64; 16] = [
-    0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 25.0, 50.0, 75.0,
-];
+pub const LATENCY_BUCKETS: [f64; 16] =
+    [0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 25.0, 50.0, 75.0];
 
 /// django-prometheus's body buckets: 0 and the powers of two up to 2^29.
 fn body_buckets() -> impl Iterator<Item = f64> {
@@ -89,61 +88,17 @@ impl DjangoHttp {
             response_body: Histogram::new(body_buckets()),
         };
         let r = registry;
-        r.register(
-            "django_http_requests_latency_seconds_by_view_method",
-            "Histogram of request processing time labelled by view (the route)",
-            m.latency_by_view_method.clone(),
-        );
-        r.register(
-            "django_http_requests_latency_including_middlewares_seconds",
-            "Histogram of requests processing time",
-            m.latency_including_middlewares.clone(),
-        );
-        r.register(
-            "django_http_requests_before_middlewares",
-            "Total count of requests",
-            m.requests_before.clone(),
-        );
-        r.register(
-            "django_http_responses_before_middlewares",
-            "Total count of responses",
-            m.responses_before.clone(),
-        );
-        r.register(
-            "django_http_requests_total_by_method",
-            "Count of requests by method",
-            m.by_method.clone(),
-        );
-        r.register(
-            "django_http_requests_total_by_transport",
-            "Count of requests by transport",
-            m.by_transport.clone(),
-        );
-        r.register(
-            "django_http_requests_total_by_view_transport_method",
-            "Count of requests by view (the route), transport, method",
-            m.by_view_transport_method.clone(),
-        );
-        r.register(
-            "django_http_responses_total_by_status",
-            "Count of responses by status",
-            m.by_status.clone(),
-        );
-        r.register(
-            "django_http_responses_total_by_status_view_method",
-            "Count of responses by status, view (the route), method",
-            m.by_status_view_method.clone(),
-        );
-        r.register(
-            "django_http_requests_body_total_bytes",
-            "Histogram of requests by body size",
-            m.request_body.clone(),
-        );
-        r.register(
-            "django_http_responses_body_total_bytes",
-            "Histogram of responses by body size",
-            m.response_body.clone(),
-        );
+        r.register("django_http_requests_latency_seconds_by_view_method", "Histogram of request processing time labelled by view (the route)", m.latency_by_view_method.clone());
+        r.register("django_http_requests_latency_including_middlewares_seconds", "Histogram of requests processing time", m.latency_including_middlewares.clone());
+        r.register("django_http_requests_before_middlewares", "Total count of requests", m.requests_before.clone());
+        r.register("django_http_responses_before_middlewares", "Total count of responses", m.responses_before.clone());
+        r.register("django_http_requests_total_by_method", "Count of requests by method", m.by_method.clone());
+        r.register("django_http_requests_total_by_transport", "Count of requests by transport", m.by_transport.clone());
+        r.register("django_http_requests_total_by_view_transport_method", "Count of requests by view (the route), transport, method", m.by_view_transport_method.clone());
+        r.register("django_http_responses_total_by_status", "Count of responses by status", m.by_status.clone());
+        r.register("django_http_responses_total_by_status_view_method", "Count of responses by status, view (the route), method", m.by_status_view_method.clone());
+        r.register("django_http_requests_body_total_bytes", "Histogram of requests by body size", m.request_body.clone());
+        r.register("django_http_responses_body_total_bytes", "Histogram of responses by body size", m.response_body.clone());
         m
     }
 
@@ -151,24 +106,11 @@ impl DjangoHttp {
         let method = labels::django_method(r.method).to_string();
         let view = r.route.to_string();
         let seconds = r.duration_ns as f64 / 1e9;
-        self.latency_by_view_method
-            .get_or_create(&ViewMethod {
-                view: view.clone(),
-                method: method.clone(),
-            })
-            .observe(seconds);
+        self.latency_by_view_method.get_or_create(&ViewMethod { view: view.clone(), method: method.clone() }).observe(seconds);
         self.latency_including_middlewares.observe(seconds);
         self.requests_before.inc();
-        self.by_method
-            .get_or_create(&MethodLabel {
-                method: method.clone(),
-            })
-            .inc();
-        self.by_transport
-            .get_or_create(&TransportLabel {
-                transport: labels::DJANGO_TRANSPORT.into(),
-            })
-            .inc();
+        self.by_method.get_or_create(&MethodLabel { method: method.clone() }).inc();
+        self.by_transport.get_or_create(&TransportLabel { transport: labels::DJANGO_TRANSPORT.into() }).inc();
         self.by_view_transport_method
             .get_or_create(&ViewTransportMethod {
                 view: view.clone(),
@@ -181,18 +123,8 @@ impl DjangoHttp {
         let Some(status) = r.status else { return };
         let status = status.to_string();
         self.responses_before.inc();
-        self.by_status
-            .get_or_create(&StatusLabel {
-                status: status.clone(),
-            })
-            .inc();
-        self.by_status_view_method
-            .get_or_create(&StatusViewMethod {
-                status,
-                view,
-                method,
-            })
-            .inc();
+        self.by_status.get_or_create(&StatusLabel { status: status.clone() }).inc();
+        self.by_status_view_method.get_or_create(&StatusViewMethod { status, view, method }).inc();
         self.response_body.observe(r.response_body as f64);
     }
 }

@@ -63,14 +63,8 @@ pub struct PairedLabels {
 impl PairedLabels {
     fn of(by: PairedBy) -> Self {
         match by {
-            PairedBy::Kernel => PairedLabels {
-                pairer: "kernel".into(),
-                reason: String::new(),
-            },
-            PairedBy::Agent(r) => PairedLabels {
-                pairer: "agent".into(),
-                reason: r.label().into(),
-            },
+            PairedBy::Kernel => PairedLabels { pairer: "kernel".into(), reason: String::new() },
+            PairedBy::Agent(r) => PairedLabels { pairer: "agent".into(), reason: r.label().into() },
         }
     }
 }
@@ -115,9 +109,7 @@ pub struct Health {
 }
 
 fn reason(r: &str) -> ReasonLabels {
-    ReasonLabels {
-        reason: r.to_string(),
-    }
+    ReasonLabels { reason: r.to_string() }
 }
 
 impl Health {
@@ -156,21 +148,13 @@ impl Health {
         };
         let r = registry.sub_registry_with_prefix("redprobe");
         let counters = [
-            (
-                "events_received",
-                "Events read from the kernel ring buffer",
-                &h.events_received,
-            ),
+            ("events_received", "Events read from the kernel ring buffer", &h.events_received),
             (
                 "events_lost",
                 "Events the kernel could not queue because the ring buffer was full (their connections are resynchronised)",
                 &h.events_lost,
             ),
-            (
-                "events_undecodable",
-                "Ring buffer records of unknown kind or size",
-                &h.events_undecodable,
-            ),
+            ("events_undecodable", "Ring buffer records of unknown kind or size", &h.events_undecodable),
             (
                 "scrape_accept_errors",
                 "Connections to /metrics that could not be accepted (for example out of file descriptors); the agent backs off and goes on",
@@ -181,11 +165,7 @@ impl Health {
                 "Processes that became targets (given or selected processes and their children)",
                 &h.target_attaches,
             ),
-            (
-                "target_exits",
-                "Measured processes that exited",
-                &h.target_exits,
-            ),
+            ("target_exits", "Measured processes that exited", &h.target_exits),
             (
                 "services_forgotten",
                 "Services (a name with its container and pod) whose series were removed after --forget-after without a process: containers and pods that went away",
@@ -295,11 +275,7 @@ impl Health {
             "Entries in each kernel map (CONNS: connections, TARGETS: processes)",
             h.map_entries.clone(),
         );
-        r.register(
-            "map_capacity",
-            "Capacity of each kernel map",
-            h.map_capacity.clone(),
-        );
+        r.register("map_capacity", "Capacity of each kernel map", h.map_capacity.clone());
         r.register(
             "targets",
             "Processes currently measured (given or selected processes and their children)",
@@ -318,9 +294,7 @@ impl Health {
         r.register(
             "build",
             "redprobe build information",
-            Info::new(BuildLabels {
-                version: env!("CARGO_PKG_VERSION").to_string(),
-            }),
+            Info::new(BuildLabels { version: env!("CARGO_PKG_VERSION").to_string() }),
         );
         for r in Reason::ALL {
             let _ = h.unparsed.get_or_create(&reason(r.label()));
@@ -328,9 +302,7 @@ impl Health {
         for r in Inference::ALL {
             let _ = h.inferred.get_or_create(&reason(r.label()));
         }
-        let _ = h
-            .unread
-            .get_or_create(&reason(Reason::OutsideCaptureWindow.label()));
+        let _ = h.unread.get_or_create(&reason(Reason::OutsideCaptureWindow.label()));
         for r in KernelSkip::ALL {
             let _ = h.kernel_skipped.get_or_create(&reason(r.label()));
         }
@@ -339,19 +311,13 @@ impl Health {
         }
         let _ = h.paired.get_or_create(&PairedLabels::of(PairedBy::Kernel));
         for r in SlowReason::ALL {
-            let _ = h
-                .paired
-                .get_or_create(&PairedLabels::of(PairedBy::Agent(r)));
+            let _ = h.paired.get_or_create(&PairedLabels::of(PairedBy::Agent(r)));
         }
         for role in ROLES {
-            let _ = h.connections_classified.get_or_create(&RoleLabels {
-                role: role.to_string(),
-            });
+            let _ = h.connections_classified.get_or_create(&RoleLabels { role: role.to_string() });
         }
         for p in Protocol::ALL {
-            let _ = h.other_protocol.get_or_create(&ProtocolLabels {
-                protocol: p.label().to_string(),
-            });
+            let _ = h.other_protocol.get_or_create(&ProtocolLabels { protocol: p.label().to_string() });
         }
         h
     }
@@ -377,42 +343,26 @@ impl Health {
     }
 
     pub fn kernel_skipped(&self, r: KernelSkip, n: u64) {
-        self.kernel_skipped
-            .get_or_create(&reason(r.label()))
-            .inc_by(n);
+        self.kernel_skipped.get_or_create(&reason(r.label())).inc_by(n);
     }
 
     /// `role`: one of [`ROLES`].
     pub fn classified(&self, role: &'static str, n: u64) {
-        self.connections_classified
-            .get_or_create(&RoleLabels {
-                role: role.to_string(),
-            })
-            .inc_by(n);
+        self.connections_classified.get_or_create(&RoleLabels { role: role.to_string() }).inc_by(n);
     }
 
     /// A connection that carried another protocol (it is also a connection of role "other").
     pub fn other_protocol(&self, p: Protocol) {
-        self.other_protocol
-            .get_or_create(&ProtocolLabels {
-                protocol: p.label().to_string(),
-            })
-            .inc();
+        self.other_protocol.get_or_create(&ProtocolLabels { protocol: p.label().to_string() }).inc();
         self.classified(ROLE_OTHER, 1);
     }
 
     pub fn map_write_failed(&self, map: &str) {
-        self.map_write_errors
-            .get_or_create(&MapLabels {
-                map: map.to_string(),
-            })
-            .inc();
+        self.map_write_errors.get_or_create(&MapLabels { map: map.to_string() }).inc();
     }
 
     pub fn set_map(&self, map: &str, entries: i64, capacity: i64) {
-        let labels = MapLabels {
-            map: map.to_string(),
-        };
+        let labels = MapLabels { map: map.to_string() };
         self.map_entries.get_or_create(&labels).set(entries);
         self.map_capacity.get_or_create(&labels).set(capacity);
     }

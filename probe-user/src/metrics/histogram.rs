@@ -30,13 +30,7 @@ pub struct Buckets {
 impl Buckets {
     pub fn new(scheme: Arc<Scheme>) -> Self {
         let counts = (0..scheme.slots()).map(|_| AtomicU64::new(0)).collect();
-        Buckets {
-            inner: Arc::new(Inner {
-                scheme,
-                counts,
-                sum: AtomicU64::new(0),
-            }),
-        }
+        Buckets { inner: Arc::new(Inner { scheme, counts, sum: AtomicU64::new(0) }) }
     }
 
     /// One value, in the scheme's unit (ns, bytes).
@@ -57,11 +51,7 @@ impl Buckets {
 
     #[cfg(test)]
     pub fn count(&self) -> u64 {
-        self.inner
-            .counts
-            .iter()
-            .map(|c| c.load(Ordering::Relaxed))
-            .sum()
+        self.inner.counts.iter().map(|c| c.load(Ordering::Relaxed)).sum()
     }
 }
 
@@ -82,12 +72,7 @@ impl TypedMetric for Buckets {
 impl EncodeMetric for Buckets {
     fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
         let scheme = &self.inner.scheme;
-        let counts: Vec<u64> = self
-            .inner
-            .counts
-            .iter()
-            .map(|c| c.load(Ordering::Relaxed))
-            .collect();
+        let counts: Vec<u64> = self.inner.counts.iter().map(|c| c.load(Ordering::Relaxed)).collect();
         let sum = self.inner.sum.load(Ordering::Relaxed) as f64 * scheme.scale;
         let classic = scheme.classic(&counts);
         let (zero_count, native) = scheme.native(&counts);
@@ -96,23 +81,11 @@ impl EncodeMetric for Buckets {
             schema: scheme.schema,
             zero_threshold: scheme.zero_threshold,
             zero_count,
-            negative: NativeHistogramBuckets {
-                spans: &[],
-                deltas: &[],
-            },
-            positive: NativeHistogramBuckets {
-                spans: &spans,
-                deltas: &deltas,
-            },
+            negative: NativeHistogramBuckets { spans: &[], deltas: &[] },
+            positive: NativeHistogramBuckets { spans: &spans, deltas: &deltas },
             created: None,
         };
-        encoder.encode_histogram_with_native::<NoLabelSet>(
-            sum,
-            counts.iter().sum(),
-            &classic,
-            None,
-            native,
-        )
+        encoder.encode_histogram_with_native::<NoLabelSet>(sum, counts.iter().sum(), &classic, None, native)
     }
 
     fn metric_type(&self) -> MetricType {
@@ -133,12 +106,7 @@ mod tests {
         let kernel = Buckets::new(Scheme::default_time());
         kernel.observe(1_000_000);
         kernel.observe(1_500_000);
-        let kernel_counts: Vec<u32> = kernel
-            .inner
-            .counts
-            .iter()
-            .map(|c| c.load(Ordering::Relaxed) as u32)
-            .collect();
+        let kernel_counts: Vec<u32> = kernel.inner.counts.iter().map(|c| c.load(Ordering::Relaxed) as u32).collect();
         h.add(&kernel_counts, 2_500_000);
         assert_eq!(h.count(), 4);
         let mut reg = prometheus_client::registry::Registry::default();

@@ -29,10 +29,7 @@ pub fn add(a: &mut AggValue, b: &AggValue) {
 /// `now - before`, modulo 2^32 for the slot counts.
 fn since(now: &AggValue, before: &AggValue) -> AggValue {
     fn hist<const N: usize>(a: &Hist<N>, b: &Hist<N>) -> Hist<N> {
-        let mut d = Hist {
-            sum: a.sum.wrapping_sub(b.sum),
-            counts: [0; N],
-        };
+        let mut d = Hist { sum: a.sum.wrapping_sub(b.sum), counts: [0; N] };
         for (i, c) in d.counts.iter_mut().enumerate() {
             *c = a.counts[i].wrapping_sub(b.counts[i]);
         }
@@ -111,10 +108,7 @@ mod tests {
     #[test]
     fn deltas_count_each_request_once() {
         let mut prom = Registry::default();
-        let options = HttpOptions {
-            extra: Extra::ALL,
-            ..HttpOptions::default()
-        };
+        let options = HttpOptions { extra: Extra::ALL, ..HttpOptions::default() };
         let metrics = Metrics::with_options(
             &mut prom,
             Naming::Otel,
@@ -124,15 +118,7 @@ mod tests {
         );
         let svc: Service = "nginx".into();
         let (route, _) = metrics.routes().route_key(1, &svc, 7, b"/hello");
-        let key = AggKey {
-            service: 1,
-            route,
-            status: 200,
-            method: 1,
-            version: 1,
-            family: 2,
-            _pad: 0,
-        };
+        let key = AggKey { service: 1, route, status: 200, method: 1, version: 1, family: 2, _pad: 0 };
         let mut totals = KernelTotals::default();
         let names = |id: u32| (id == 1).then(|| svc.clone());
         totals.apply(&metrics, [(key, value(3, 3_000_000))], names);
@@ -143,31 +129,13 @@ mod tests {
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &prom).unwrap();
         let line = |name: &str| {
-            text.lines()
-                .find(|l| l.starts_with(name))
-                .unwrap_or_else(|| panic!("no {name} in\n{text}"))
-                .to_string()
+            text.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("no {name} in\n{text}")).to_string()
         };
-        assert!(
-            line("http_server_request_duration_seconds_count").ends_with(" 5"),
-            "{text}"
-        );
-        assert!(
-            line("http_server_request_duration_seconds_count").contains("http_route=\"/hello\""),
-            "{text}"
-        );
-        assert!(
-            line("http_server_request_duration_seconds_sum").ends_with(" 0.004"),
-            "{text}"
-        );
-        assert!(
-            line("http_server_response_body_size_bytes_sum").ends_with(" 500.0"),
-            "{text}"
-        );
-        assert!(
-            text.contains("redprobe_requests_paired_total{pairer=\"kernel\",reason=\"\"} 5"),
-            "{text}"
-        );
+        assert!(line("http_server_request_duration_seconds_count").ends_with(" 5"), "{text}");
+        assert!(line("http_server_request_duration_seconds_count").contains("http_route=\"/hello\""), "{text}");
+        assert!(line("http_server_request_duration_seconds_sum").ends_with(" 0.004"), "{text}");
+        assert!(line("http_server_response_body_size_bytes_sum").ends_with(" 500.0"), "{text}");
+        assert!(text.contains("redprobe_requests_paired_total{pairer=\"kernel\",reason=\"\"} 5"), "{text}");
         assert_eq!(totals.keys(), 1);
     }
 
@@ -177,10 +145,7 @@ mod tests {
         let before = value(u32::MAX - 1, 10);
         let now = value(2, 20);
         let d = since(&now, &before);
-        assert_eq!(
-            (d.duration.counts[0], d.duration.count(), d.duration.sum),
-            (4, 4, 10)
-        );
+        assert_eq!((d.duration.counts[0], d.duration.count(), d.duration.sum), (4, 4, 10));
     }
 
     #[test]

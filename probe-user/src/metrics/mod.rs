@@ -50,11 +50,7 @@ pub struct Extra {
 }
 
 impl Extra {
-    pub const ALL: Extra = Extra {
-        ttfb: true,
-        request_size: true,
-        response_size: true,
-    };
+    pub const ALL: Extra = Extra { ttfb: true, request_size: true, response_size: true };
 }
 
 /// The shape of the OpenTelemetry page: which histograms, and how many label sets.
@@ -72,10 +68,7 @@ pub const DEFAULT_MAX_LABEL_SETS: usize = 1300;
 
 impl Default for HttpOptions {
     fn default() -> Self {
-        HttpOptions {
-            extra: Extra::default(),
-            max_label_sets: DEFAULT_MAX_LABEL_SETS,
-        }
+        HttpOptions { extra: Extra::default(), max_label_sets: DEFAULT_MAX_LABEL_SETS }
     }
 }
 
@@ -118,13 +111,7 @@ pub struct Metrics {
 impl Metrics {
     /// With the default duration buckets and page shape.
     pub fn new(registry: &mut Registry, naming: Naming, routes: Routes) -> Self {
-        Metrics::with_options(
-            registry,
-            naming,
-            routes,
-            scheme::Scheme::default_time(),
-            HttpOptions::default(),
-        )
+        Metrics::with_options(registry, naming, routes, scheme::Scheme::default_time(), HttpOptions::default())
     }
 
     /// `durations`: the duration scheme (`--buckets`; the kernel's table is made of it);
@@ -140,11 +127,7 @@ impl Metrics {
             Naming::Otel => Http::Otel(otel::OtelHttp::register(registry, durations, options)),
             Naming::DjangoPrometheus => Http::Django(django::DjangoHttp::register(registry)),
         };
-        Metrics {
-            http: Arc::new(http),
-            health: health::Health::register(registry),
-            routes: Arc::new(routes),
-        }
+        Metrics { http: Arc::new(http), health: health::Health::register(registry), routes: Arc::new(routes) }
     }
 
     pub fn routes(&self) -> &Routes {
@@ -159,17 +142,10 @@ impl Metrics {
 
     /// The route label of a kernel route id (0: the key's, if the agent routed it).
     fn kernel_route(&self, route: u32, service_id: u32, path_key: u64) -> RouteLabel {
-        let id = if route != 0 {
-            Some(route)
-        } else {
-            self.routes.id_of_key(service_id, path_key)
-        };
+        let id = if route != 0 { Some(route) } else { self.routes.id_of_key(service_id, path_key) };
         let label = id.and_then(|id| self.routes.of_id(id));
         // None: the path's event was lost (counted in redprobe_events_lost_total).
-        label.unwrap_or(RouteLabel {
-            route: labels::UNREAD_ROUTE.to_string(),
-            folded: false,
-        })
+        label.unwrap_or(RouteLabel { route: labels::UNREAD_ROUTE.to_string(), folded: false })
     }
 
     fn kernel_labels(&self, k: &KernelHead) -> (&'static str, String, &'static str) {
@@ -177,11 +153,7 @@ impl Metrics {
         if route.folded {
             self.health.routes_folded.inc();
         }
-        (
-            kernel_ids::method(k.method),
-            route.route,
-            kernel_ids::version(k.version),
-        )
+        (kernel_ids::method(k.method), route.route, kernel_ids::version(k.version))
     }
 
     /// What the kernel aggregated under `key` since the last time (`delta`), for `service`.
@@ -225,11 +197,7 @@ impl Metrics {
                 if route.folded {
                     self.health.routes_folded.inc();
                 }
-                (
-                    labels::method(&line.method),
-                    route.route,
-                    labels::version(line.version),
-                )
+                (labels::method(&line.method), route.route, labels::version(line.version))
             }
             Head::Unread(reason) => {
                 self.health.unread(*reason);
@@ -278,9 +246,7 @@ impl Metrics {
     pub fn forget(&self, service: &Service) -> usize {
         self.routes.forget(service);
         self.health.services_forgotten.inc();
-        self.health
-            .open_connections
-            .remove_where(|l| l.service == *service);
+        self.health.open_connections.remove_where(|l| l.service == *service);
         match self.http.as_ref() {
             Http::Otel(m) => m.forget(service),
             // django-prometheus's families have no service label: nothing is the service's.

@@ -84,16 +84,7 @@ impl Series {
 /// Hash of the fields that make a request's label set (`error_type` follows the status).
 fn series_key(r: &Request<'_>) -> u64 {
     let mut h = DefaultHasher::new();
-    (
-        r.status,
-        r.reset,
-        r.route,
-        r.service,
-        r.method,
-        r.version,
-        r.transport,
-    )
-        .hash(&mut h);
+    (r.status, r.reset, r.route, r.service, r.method, r.version, r.transport).hash(&mut h);
     h.finish()
 }
 
@@ -186,8 +177,7 @@ impl OtelHttp {
             service: r.service.clone(),
         };
         let extra = self.options.extra;
-        let optional =
-            |on: bool, family: &HistogramFamily| on.then(|| family.get_or_create(&labels).clone());
+        let optional = |on: bool, family: &HistogramFamily| on.then(|| family.get_or_create(&labels).clone());
         Series {
             status: r.status,
             reset: r.reset,
@@ -195,12 +185,7 @@ impl OtelHttp {
             first_byte: optional(extra.ttfb, &self.first_byte),
             request_size: optional(extra.request_size, &self.request_size),
             response_size: optional(extra.response_size, &self.response_size),
-            queue: self
-                .queue
-                .get_or_create(&QueueLabels {
-                    service: r.service.clone(),
-                })
-                .clone(),
+            queue: self.queue.get_or_create(&QueueLabels { service: r.service.clone() }).clone(),
             labels,
         }
     }
@@ -222,10 +207,7 @@ impl OtelHttp {
             f(same_hash.last().expect("just pushed"));
             return false;
         }
-        let folded = Request {
-            route: self.cap.folded_route(),
-            ..r.clone()
-        };
+        let folded = Request { route: self.cap.folded_route(), ..r.clone() };
         let same_hash = series.entry(series_key(&folded)).or_default();
         match same_hash.iter().find(|s| s.matches(&folded)) {
             Some(s) => f(s),
@@ -281,42 +263,28 @@ impl OtelHttp {
         };
         let mut gone = vec![];
         for same_hash in series.values_mut() {
-            let (out, keep): (Vec<Series>, Vec<Series>) = std::mem::take(same_hash)
-                .into_iter()
-                .partition(|s| s.labels.service == *service);
+            let (out, keep): (Vec<Series>, Vec<Series>) =
+                std::mem::take(same_hash).into_iter().partition(|s| s.labels.service == *service);
             *same_hash = keep;
             gone.extend(out);
         }
         series.retain(|_, v| !v.is_empty());
         drop(series);
         for s in &gone {
-            for family in [
-                &self.duration,
-                &self.first_byte,
-                &self.request_size,
-                &self.response_size,
-            ] {
+            for family in [&self.duration, &self.first_byte, &self.request_size, &self.response_size] {
                 family.remove(&s.labels);
             }
         }
-        self.queue.remove(&QueueLabels {
-            service: service.clone(),
-        });
+        self.queue.remove(&QueueLabels { service: service.clone() });
         self.active.remove_where(|l| l.service == *service);
-        self.cap.release(
-            gone.iter()
-                .filter(|s| s.labels.http_route != self.cap.folded_route())
-                .count(),
-        );
+        self.cap.release(gone.iter().filter(|s| s.labels.http_route != self.cap.folded_route()).count());
         gone.len()
     }
 
     pub fn set_active(&self, active: &HashMap<(Service, String), i64>) {
         self.active.set(active.iter().map(|((service, method), n)| {
-            let labels = ActiveLabels {
-                http_request_method: labels::method(method).to_string(),
-                service: service.clone(),
-            };
+            let labels =
+                ActiveLabels { http_request_method: labels::method(method).to_string(), service: service.clone() };
             (labels, *n)
         }));
     }

@@ -31,30 +31,20 @@ pub struct Saturation {
 
 impl Saturation {
     pub fn new(registry: SharedRegistry, proc: ProcRoot) -> Self {
-        Saturation {
-            registry,
-            proc,
-            cpu_floor: Mutex::default(),
-        }
+        Saturation { registry, proc, cpu_floor: Mutex::default() }
     }
 
     /// Totals per service. A target that exited meanwhile is skipped; one whose /proc
     /// entry cannot be read (permissions, no /proc) makes the collection fail.
     pub fn collect(&self) -> Result<Vec<ServiceTotals>, String> {
-        let targets: Vec<_> = lock(&self.registry)
-            .targets()
-            .map(|t| (t.pid, t.service.clone(), t.root))
-            .collect();
+        let targets: Vec<_> = lock(&self.registry).targets().map(|t| (t.pid, t.service.clone(), t.root)).collect();
         let mut by: HashMap<Service, (f64, f64)> = HashMap::new();
         let mut error = None;
         for (pid, service, root) in targets {
             let s = match self.proc.stats(pid) {
                 Ok(s) => s,
                 Err(e) if is_permission(&e) => {
-                    error = Some(format!(
-                        "reading {}/{pid}/stat: {e}",
-                        self.proc.path().display()
-                    ));
+                    error = Some(format!("reading {}/{pid}/stat: {e}", self.proc.path().display()));
                     continue;
                 }
                 Err(_) => continue, // exited since the registry was read
@@ -73,11 +63,7 @@ impl Saturation {
         for (service, (cpu, rss)) in by {
             let f = floor.entry(service.clone()).or_insert(0.0);
             *f = f.max(cpu);
-            out.push(ServiceTotals {
-                service,
-                cpu_s: *f,
-                rss_bytes: rss,
-            });
+            out.push(ServiceTotals { service, cpu_s: *f, rss_bytes: rss });
         }
         // A forgotten service's CPU goes with its other series.
         let registry = lock(&self.registry);
@@ -86,24 +72,15 @@ impl Saturation {
         for (service, f) in floor.iter() {
             if !out.iter().any(|t| &t.service == service) {
                 // every process of the service exited
-                out.push(ServiceTotals {
-                    service: service.clone(),
-                    cpu_s: *f,
-                    rss_bytes: 0.0,
-                });
+                out.push(ServiceTotals { service: service.clone(), cpu_s: *f, rss_bytes: 0.0 });
             }
         }
         out.sort_by(|a, b| a.service.cmp(&b.service));
         Ok(out)
     }
 
-    pub fn encode(
-        totals: &[ServiceTotals],
-        encoder: &mut DescriptorEncoder,
-    ) -> Result<(), std::fmt::Error> {
-        let labels = |t: &ServiceTotals| ServiceLabels {
-            service: t.service.clone(),
-        };
+    pub fn encode(totals: &[ServiceTotals], encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let labels = |t: &ServiceTotals| ServiceLabels { service: t.service.clone() };
         let mut cpu = encoder.encode_descriptor(
             "redprobe_target_cpu_seconds",
             "CPU seconds (user + system) of the target's processes, summed over all workers, including exited ones",

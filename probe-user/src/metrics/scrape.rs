@@ -34,20 +34,13 @@ impl std::fmt::Debug for ScrapeCollectors {
 
 impl ScrapeCollectors {
     pub fn new(saturation: Saturation, process: AgentProcess) -> Self {
-        ScrapeCollectors {
-            saturation,
-            process,
-            warned: Default::default(),
-        }
+        ScrapeCollectors { saturation, process, warned: Default::default() }
     }
 
     fn report(&self, i: usize, name: &str, result: &Result<(), String>) {
         match result {
             Err(e) if !self.warned[i].swap(true, Ordering::Relaxed) => {
-                tracing::warn!(
-                    collector = name,
-                    "collector failed: {e} (redprobe_scrape_collector_success is 0)"
-                );
+                tracing::warn!(collector = name, "collector failed: {e} (redprobe_scrape_collector_success is 0)");
             }
             Ok(()) => self.warned[i].store(false, Ordering::Relaxed),
             Err(_) => {}
@@ -58,23 +51,16 @@ impl ScrapeCollectors {
 impl Collector for ScrapeCollectors {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         // Each collector reads, then encodes what it read; a failed read encodes nothing.
-        type Collect<'a> =
-            Box<dyn Fn(&mut DescriptorEncoder) -> Result<Result<(), String>, std::fmt::Error> + 'a>;
+        type Collect<'a> = Box<dyn Fn(&mut DescriptorEncoder) -> Result<Result<(), String>, std::fmt::Error> + 'a>;
         let collectors: [(&str, Collect<'_>); 2] = [
-            (
-                "saturation",
-                Box::new(|e| match self.saturation.collect() {
-                    Ok(totals) => Saturation::encode(&totals, e).map(Ok),
-                    Err(why) => Ok(Err(why)),
-                }),
-            ),
-            (
-                "process",
-                Box::new(|e| match self.process.collect() {
-                    Ok(stats) => AgentProcess::encode(&stats, e).map(Ok),
-                    Err(why) => Ok(Err(why)),
-                }),
-            ),
+            ("saturation", Box::new(|e| match self.saturation.collect() {
+                Ok(totals) => Saturation::encode(&totals, e).map(Ok),
+                Err(why) => Ok(Err(why)),
+            })),
+            ("process", Box::new(|e| match self.process.collect() {
+                Ok(stats) => AgentProcess::encode(&stats, e).map(Ok),
+                Err(why) => Ok(Err(why)),
+            })),
         ];
         let mut outcomes = vec![];
         for (i, (name, collect)) in collectors.iter().enumerate() {
@@ -91,9 +77,7 @@ impl Collector for ScrapeCollectors {
             MetricType::Gauge,
         )?;
         for (name, ok, _) in &outcomes {
-            let labels = CollectorLabels {
-                collector: name.to_string(),
-            };
+            let labels = CollectorLabels { collector: name.to_string() };
             ConstGauge::new(if *ok { 1.0 } else { 0.0 }).encode(success.encode_family(&labels)?)?;
         }
         let mut duration = encoder.encode_descriptor(
@@ -103,9 +87,7 @@ impl Collector for ScrapeCollectors {
             MetricType::Gauge,
         )?;
         for (name, _, seconds) in &outcomes {
-            let labels = CollectorLabels {
-                collector: name.to_string(),
-            };
+            let labels = CollectorLabels { collector: name.to_string() };
             ConstGauge::new(*seconds).encode(duration.encode_family(&labels)?)?;
         }
         Ok(())

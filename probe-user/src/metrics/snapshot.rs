@@ -17,10 +17,7 @@ where
     L: Clone + std::hash::Hash + Eq,
 {
     fn default() -> Self {
-        SnapshotGauge {
-            family: Family::default(),
-            seen: Default::default(),
-        }
+        SnapshotGauge { family: Family::default(), seen: Default::default() }
     }
 }
 

@@ -54,34 +54,15 @@ fn routes_are_capped_per_service() {
     m.observe(&Output::Exchange(other));
     let text = encode(&reg);
     assert_eq!(value(&text, "redprobe_routes_folded_total", &[]), 2.0);
-    let series = text
-        .lines()
-        .filter(|l| l.starts_with("http_server_request_duration_seconds_count"))
-        .count();
+    let series = text.lines().filter(|l| l.starts_with("http_server_request_duration_seconds_count")).count();
     assert_eq!(series, 4, "/a, /b, _other for svc; /z for another:\n{text}");
-    assert_eq!(
-        value(
-            &text,
-            "http_server_request_duration_seconds_count",
-            &["http_route=\"_other\""]
-        ),
-        2.0
-    );
+    assert_eq!(value(&text, "http_server_request_duration_seconds_count", &["http_route=\"_other\""]), 2.0);
 }
 
 /// Every histogram (`--extra-histograms all`).
 fn with_all_histograms(reg: &mut Registry, routes: Routes) -> Metrics {
-    let options = HttpOptions {
-        extra: Extra::ALL,
-        ..HttpOptions::default()
-    };
-    Metrics::with_options(
-        reg,
-        Naming::Otel,
-        routes,
-        scheme::Scheme::default_time(),
-        options,
-    )
+    let options = HttpOptions { extra: Extra::ALL, ..HttpOptions::default() };
+    Metrics::with_options(reg, Naming::Otel, routes, scheme::Scheme::default_time(), options)
 }
 
 #[test]
@@ -91,58 +72,15 @@ fn durations_sizes_and_error_type() {
     m.observe(&Output::Exchange(exchange("/s", 200, 60)));
     m.observe(&Output::Exchange(exchange("/e", 503, 1)));
     let text = encode(&reg);
-    let bucket = |le: &str| {
-        value(
-            &text,
-            "http_server_request_duration_seconds_bucket",
-            &["/s", &format!("le=\"{le}\"")],
-        )
-    };
+    let bucket =
+        |le: &str| value(&text, "http_server_request_duration_seconds_bucket", &["/s", &format!("le=\"{le}\"")]);
     assert_eq!((bucket("0.05"), bucket("0.075")), (0.0, 1.0));
-    assert_eq!(
-        value(
-            &text,
-            "redprobe_http_server_time_to_first_byte_seconds_bucket",
-            &["/s", "le=\"0.005\""]
-        ),
-        1.0
-    );
-    assert_eq!(
-        value(
-            &text,
-            "http_server_response_body_size_bytes_bucket",
-            &["/s", "le=\"16384.0\""]
-        ),
-        1.0
-    );
-    assert_eq!(
-        value(
-            &text,
-            "http_server_response_body_size_bytes_bucket",
-            &["/s", "le=\"4096.0\""]
-        ),
-        0.0
-    );
-    assert!(
-        text.contains("le=\"1073741824.0\""),
-        "size buckets reach 1 GiB"
-    );
-    assert_eq!(
-        value(
-            &text,
-            "http_server_request_duration_seconds_count",
-            &["error_type=\"503\""]
-        ),
-        1.0
-    );
-    assert_eq!(
-        value(
-            &text,
-            "http_server_request_duration_seconds_count",
-            &["/s", "error_type=\"\""]
-        ),
-        1.0
-    );
+    assert_eq!(value(&text, "redprobe_http_server_time_to_first_byte_seconds_bucket", &["/s", "le=\"0.005\""]), 1.0);
+    assert_eq!(value(&text, "http_server_response_body_size_bytes_bucket", &["/s", "le=\"16384.0\""]), 1.0);
+    assert_eq!(value(&text, "http_server_response_body_size_bytes_bucket", &["/s", "le=\"4096.0\""]), 0.0);
+    assert!(text.contains("le=\"1073741824.0\""), "size buckets reach 1 GiB");
+    assert_eq!(value(&text, "http_server_request_duration_seconds_count", &["error_type=\"503\""]), 1.0);
+    assert_eq!(value(&text, "http_server_request_duration_seconds_count", &["/s", "error_type=\"\""]), 1.0);
 }
 
 #[test]
@@ -154,12 +92,8 @@ fn ten_thousand_random_paths_stay_bounded() {
         // random lowercase words: not identifier-like, so the heuristic keeps them
         (0..2)
             .map(|_| {
-                state = state
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                (0..6)
-                    .map(|i| (b'a' + ((state >> (20 + i * 5)) % 26) as u8) as char)
-                    .collect::<String>()
+                state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                (0..6).map(|i| (b'a' + ((state >> (20 + i * 5)) % 26) as u8) as char).collect::<String>()
             })
             .collect::<Vec<_>>()
             .join("/")
@@ -168,32 +102,18 @@ fn ten_thousand_random_paths_stay_bounded() {
         m.observe(&Output::Exchange(exchange(&format!("/{}", word()), 200, 1)));
     }
     let text = encode(&reg);
-    let series = text
-        .lines()
-        .filter(|l| l.starts_with("http_server_request_duration_seconds_count"))
-        .count();
+    let series = text.lines().filter(|l| l.starts_with("http_server_request_duration_seconds_count")).count();
     assert_eq!(series, 101, "100 routes + _other");
     let folded = value(&text, "redprobe_routes_folded_total", &[]);
-    let other = value(
-        &text,
-        "http_server_request_duration_seconds_count",
-        &["http_route=\"_other\""],
-    );
+    let other = value(&text, "http_server_request_duration_seconds_count", &["http_route=\"_other\""]);
     assert_eq!(folded, 9_900.0);
-    assert_eq!(
-        other, folded,
-        "the overflow counter equals the folded requests"
-    );
+    assert_eq!(other, folded, "the overflow counter equals the folded requests");
 }
 
 #[test]
 fn django_prometheus_names() {
     let mut reg = Registry::default();
-    let m = Metrics::new(
-        &mut reg,
-        Naming::DjangoPrometheus,
-        Routes::new(Router::default(), 10),
-    );
+    let m = Metrics::new(&mut reg, Naming::DjangoPrometheus, Routes::new(Router::default(), 10));
     m.observe(&Output::Exchange(exchange("/users/5", 200, 30)));
     let mut bad = exchange("/x", 404, 1);
     if let Head::Read(line) = &mut bad.head {
@@ -207,76 +127,32 @@ fn django_prometheus_names() {
             vec!["view=\"/users/{id}\"", "method=\"GET\""],
             1.0,
         ),
-        (
-            "django_http_requests_total_by_method_total",
-            vec!["method=\"<invalid method>\""],
-            1.0,
-        ),
-        (
-            "django_http_responses_total_by_status_total",
-            vec!["status=\"404\""],
-            1.0,
-        ),
+        ("django_http_requests_total_by_method_total", vec!["method=\"<invalid method>\""], 1.0),
+        ("django_http_responses_total_by_status_total", vec!["status=\"404\""], 1.0),
         (
             "django_http_responses_total_by_status_view_method_total",
             vec!["status=\"200\"", "view=\"/users/{id}\""],
             1.0,
         ),
-        (
-            "django_http_requests_total_by_view_transport_method_total",
-            vec!["transport=\"http\""],
-            2.0,
-        ),
+        ("django_http_requests_total_by_view_transport_method_total", vec!["transport=\"http\""], 2.0),
         ("django_http_requests_before_middlewares_total", vec![], 2.0),
         ("django_http_responses_body_total_bytes_count", vec![], 2.0),
-        (
-            "django_http_requests_latency_including_middlewares_seconds_count",
-            vec![],
-            2.0,
-        ),
+        ("django_http_requests_latency_including_middlewares_seconds_count", vec![], 2.0),
     ] {
-        assert_eq!(
-            value(&text, prefix, &labels),
-            want,
-            "{prefix} {labels:?}\n{text}"
-        );
+        assert_eq!(value(&text, prefix, &labels), want, "{prefix} {labels:?}\n{text}");
     }
-    assert!(
-        !text.contains("http_server_request_duration"),
-        "only one naming scheme at a time"
-    );
+    assert!(!text.contains("http_server_request_duration"), "only one naming scheme at a time");
 }
 
 #[test]
 fn snapshot_gauges_drop_series_that_vanished_to_zero() {
     use super::{SnapshotGauge, health::ServiceLabels};
     let g: SnapshotGauge<ServiceLabels> = SnapshotGauge::default();
-    let (a, b) = (
-        ServiceLabels {
-            service: "a".into(),
-        },
-        ServiceLabels {
-            service: "b".into(),
-        },
-    );
+    let (a, b) = (ServiceLabels { service: "a".into() }, ServiceLabels { service: "b".into() });
     g.set([(a.clone(), 2), (b.clone(), 1), (b.clone(), 1)]);
-    assert_eq!(
-        (
-            g.family.get_or_create(&a).get(),
-            g.family.get_or_create(&b).get()
-        ),
-        (2, 2),
-        "repeated labels add up"
-    );
+    assert_eq!((g.family.get_or_create(&a).get(), g.family.get_or_create(&b).get()), (2, 2), "repeated labels add up");
     g.set([(b.clone(), 5)]);
-    assert_eq!(
-        (
-            g.family.get_or_create(&a).get(),
-            g.family.get_or_create(&b).get()
-        ),
-        (0, 5),
-        "a vanished: back to 0"
-    );
+    assert_eq!((g.family.get_or_create(&a).get(), g.family.get_or_create(&b).get()), (0, 5), "a vanished: back to 0");
     g.set([]);
     assert_eq!(g.family.get_or_create(&b).get(), 0);
 }
@@ -289,19 +165,10 @@ fn extra_histograms_are_opt_in() {
     let m = Metrics::new(&mut reg, Naming::Otel, Routes::new(Router::default(), 10));
     m.observe(&Output::Exchange(exchange("/s", 200, 60)));
     let text = encode(&reg);
-    assert_eq!(
-        value(&text, "http_server_request_duration_seconds_count", &["/s"]),
-        1.0
-    );
-    assert_eq!(
-        value(&text, "redprobe_http_server_queue_time_seconds_count", &[]),
-        1.0
-    );
+    assert_eq!(value(&text, "http_server_request_duration_seconds_count", &["/s"]), 1.0);
+    assert_eq!(value(&text, "redprobe_http_server_queue_time_seconds_count", &[]), 1.0);
     for absent in ["time_to_first_byte", "body_size"] {
-        assert!(
-            !text.contains(absent),
-            "{absent} is served by default:\n{text}"
-        );
+        assert!(!text.contains(absent), "{absent} is served by default:\n{text}");
     }
     let mut reg = Registry::default();
     let m = with_all_histograms(&mut reg, Routes::new(Router::default(), 10));
@@ -321,10 +188,7 @@ fn extra_histograms_are_opt_in() {
 #[test]
 fn the_node_wide_cap_on_label_sets_folds_new_ones_into_other() {
     let mut reg = Registry::default();
-    let options = HttpOptions {
-        max_label_sets: 2,
-        ..HttpOptions::default()
-    };
+    let options = HttpOptions { max_label_sets: 2, ..HttpOptions::default() };
     let m = Metrics::with_options(
         &mut reg,
         Naming::Otel,
@@ -337,21 +201,11 @@ fn the_node_wide_cap_on_label_sets_folds_new_ones_into_other() {
     }
     m.observe(&Output::Exchange(exchange("/e", 503, 1)));
     let text = encode(&reg);
-    let count =
-        |labels: &[&str]| value(&text, "http_server_request_duration_seconds_count", labels);
+    let count = |labels: &[&str]| value(&text, "http_server_request_duration_seconds_count", labels);
     assert_eq!((count(&["\"/a\""]), count(&["\"/b\""])), (2.0, 1.0));
-    assert_eq!(
-        count(&["http_route=\"_other\"", "http_response_status_code=\"200\""]),
-        2.0
-    );
-    assert_eq!(
-        count(&["http_route=\"_other\"", "http_response_status_code=\"503\""]),
-        1.0
-    );
-    assert!(
-        !text.contains("\"/c\"") && !text.contains("\"/e\""),
-        "{text}"
-    );
+    assert_eq!(count(&["http_route=\"_other\"", "http_response_status_code=\"200\""]), 2.0);
+    assert_eq!(count(&["http_route=\"_other\"", "http_response_status_code=\"503\""]), 1.0);
+    assert!(!text.contains("\"/c\"") && !text.contains("\"/e\""), "{text}");
     assert_eq!(value(&text, "redprobe_routes_folded_total", &[]), 3.0);
 }
 
@@ -360,10 +214,7 @@ fn the_node_wide_cap_on_label_sets_folds_new_ones_into_other() {
 #[test]
 fn a_forgotten_service_leaves_the_page_and_room_under_the_cap() {
     let mut reg = Registry::default();
-    let options = HttpOptions {
-        max_label_sets: 2,
-        ..HttpOptions::default()
-    };
+    let options = HttpOptions { max_label_sets: 2, ..HttpOptions::default() };
     let m = Metrics::with_options(
         &mut reg,
         Naming::Otel,
@@ -381,11 +232,7 @@ fn a_forgotten_service_leaves_the_page_and_room_under_the_cap() {
     m.observe(&of("kept", "/c")); // past the cap: folded
     let text = encode(&reg);
     assert_eq!(
-        value(
-            &text,
-            "http_server_request_duration_seconds_count",
-            &["service_name=\"kept\"", "http_route=\"_other\""]
-        ),
+        value(&text, "http_server_request_duration_seconds_count", &["service_name=\"kept\"", "http_route=\"_other\""]),
         1.0
     );
     assert_eq!(m.forget(&"gone".into()), 2);
@@ -395,39 +242,16 @@ fn a_forgotten_service_leaves_the_page_and_room_under_the_cap() {
     m.observe(&of("kept", "/d")); // admitted now
     let text = encode(&reg);
     assert_eq!(
-        value(
-            &text,
-            "http_server_request_duration_seconds_count",
-            &["service_name=\"kept\"", "http_route=\"/d\""]
-        ),
+        value(&text, "http_server_request_duration_seconds_count", &["service_name=\"kept\"", "http_route=\"/d\""]),
         1.0
     );
-    assert_eq!(
-        value(
-            &text,
-            "http_server_request_duration_seconds_count",
-            &["service_name=\"kept\""]
-        ),
-        2.0
-    );
-    assert_eq!(
-        value(
-            &text,
-            "http_server_queue_time_seconds_count",
-            &["service_name=\"gone\""]
-        ),
-        0.0
-    );
+    assert_eq!(value(&text, "http_server_request_duration_seconds_count", &["service_name=\"kept\""]), 2.0);
+    assert_eq!(value(&text, "http_server_queue_time_seconds_count", &["service_name=\"gone\""]), 0.0);
     // The gauges too: gone, not at 0.
     let mut active = std::collections::HashMap::new();
     active.insert((Service::from("gone2"), "GET".to_string()), 1);
     m.set_active_requests(&active);
-    m.health.open_connections.set([(
-        health::ServiceLabels {
-            service: "gone2".into(),
-        },
-        3,
-    )]);
+    m.health.open_connections.set([(health::ServiceLabels { service: "gone2".into() }, 3)]);
     m.set_active_requests(&std::collections::HashMap::new());
     m.health.open_connections.set([]);
     m.forget(&"gone2".into());

@@ -1,14 +1,12 @@
 //! One connection's pairing state (each side's position in its byte stream and the
 //! requests waiting for their responses), and the steps that complete, count or abandon
 //! the requests on it.
-use crate::labels::Service;
 use std::collections::VecDeque;
+use crate::labels::Service;
 
 use probe_common::{REQ_BODY, RESP_CHUNKED, RESP_LENGTH, RESP_UNTIL_CLOSE, SwitchEvent};
 
-use super::{
-    Exchange, Head, KernelHead, MAX_PENDING, Output, PairedBy, RequestLine, head::HeadBuf,
-};
+use super::{Exchange, Head, KernelHead, MAX_PENDING, Output, PairedBy, RequestLine, head::HeadBuf};
 use crate::{
     chunked::ChunkParser,
     http::parse_status_line,
@@ -28,19 +26,13 @@ pub(super) struct Start {
 impl Start {
     /// Read at `read_ns`, its arrival not known.
     pub fn read_at(read_ns: u64) -> Self {
-        Start {
-            ns: read_ns,
-            queued_ns: 0,
-        }
+        Start { ns: read_ns, queued_ns: 0 }
     }
 
     /// Arrived at `arrival_ns` (never after its read), read at `read_ns`.
     pub fn arrived(arrival_ns: u64, read_ns: u64) -> Self {
         let ns = arrival_ns.min(read_ns);
-        Start {
-            ns,
-            queued_ns: read_ns - ns,
-        }
+        Start { ns, queued_ns: read_ns - ns }
     }
 }
 
@@ -60,21 +52,11 @@ pub(super) struct Pending {
 
 impl Pending {
     pub fn read(line: RequestLine, start: Start) -> Self {
-        Pending {
-            head: Head::Read(line),
-            start_ns: start.ns,
-            queued_ns: start.queued_ns,
-            body_bytes: 0,
-        }
+        Pending { head: Head::Read(line), start_ns: start.ns, queued_ns: start.queued_ns, body_bytes: 0 }
     }
 
     pub fn unreadable(reason: Reason, start: Start) -> Self {
-        Pending {
-            head: Head::Unread(reason),
-            start_ns: start.ns,
-            queued_ns: start.queued_ns,
-            body_bytes: 0,
-        }
+        Pending { head: Head::Unread(reason), start_ns: start.ns, queued_ns: start.queued_ns, body_bytes: 0 }
     }
 
     /// The method, for the in-flight gauge (None: not read).
@@ -88,10 +70,7 @@ impl Pending {
 
     /// Measured when answered: read, or only beyond the capture window.
     fn measurable(&self) -> bool {
-        matches!(
-            self.head,
-            Head::Read(_) | Head::Kernel(_) | Head::Unread(Reason::OutsideCaptureWindow)
-        )
+        matches!(self.head, Head::Read(_) | Head::Kernel(_) | Head::Unread(Reason::OutsideCaptureWindow))
     }
 
     fn reason(&self) -> Option<Reason> {
@@ -116,10 +95,7 @@ pub(super) enum Closed {
 #[derive(Debug)]
 pub(super) enum RecvState {
     /// A request head; `start` is when its first byte arrived and was read.
-    Head {
-        head: HeadBuf,
-        start: Option<Start>,
-    },
+    Head { head: HeadBuf, start: Option<Start> },
     LengthBody(u64),
     ChunkedBody(ChunkParser),
     /// The body's end is unknown: the next request starts after the current response.
@@ -130,10 +106,7 @@ pub(super) enum RecvState {
 
 impl RecvState {
     pub fn head() -> Self {
-        RecvState::Head {
-            head: HeadBuf::default(),
-            start: None,
-        }
+        RecvState::Head { head: HeadBuf::default(), start: None }
     }
 }
 
@@ -152,17 +125,8 @@ pub(super) enum Body {
 #[derive(Debug)]
 pub(super) enum SendState {
     Idle,
-    Head {
-        head: HeadBuf,
-        first_ns: u64,
-    },
-    Body {
-        body: Body,
-        status: u16,
-        first_ns: u64,
-        last_ns: u64,
-        bytes: u64,
-    },
+    Head { head: HeadBuf, first_ns: u64 },
+    Body { body: Body, status: u16, first_ns: u64, last_ns: u64, bytes: u64 },
     /// Lost track: ignore writes until a request is read again.
     Skip,
 }
@@ -212,26 +176,15 @@ impl Conn {
         conn.last_ns = sw.header.ts_ns;
         for r in k.waiting() {
             let head = KernelHead::of(r, sw.service);
-            conn.pending.push_back(Pending {
-                head: Head::Kernel(head),
-                start_ns: r.start_ns,
-                queued_ns: r.queued_ns,
-                body_bytes: r.body_bytes,
-            });
+            conn.pending.push_back(Pending { head: Head::Kernel(head), start_ns: r.start_ns, queued_ns: r.queued_ns, body_bytes: r.body_bytes });
         }
         if k.req_state == REQ_BODY && k.req_left > 0 {
             conn.recv = RecvState::LengthBody(k.req_left);
         } else if k.held_len > 0 {
             // The first bytes of the next head, from a short read.
             let held = k.held[..(k.held_len as usize).min(k.held.len())].to_vec();
-            let start = Start {
-                ns: k.held_ns,
-                queued_ns: k.held_queued_ns,
-            };
-            conn.recv = RecvState::Head {
-                head: HeadBuf { buf: held },
-                start: Some(start),
-            };
+            let start = Start { ns: k.held_ns, queued_ns: k.held_queued_ns };
+            conn.recv = RecvState::Head { head: HeadBuf { buf: held }, start: Some(start) };
         }
         let body = match k.resp_state {
             RESP_LENGTH => Some(Body::Length(k.resp_left)),
@@ -264,13 +217,7 @@ impl Conn {
     /// Completes a response that ends with the connection: close-delimited, or one whose
     /// framing we could not see.
     pub fn finish_open_ended(&mut self, out: &mut Vec<Output>) {
-        if matches!(
-            self.send,
-            SendState::Body {
-                body: Body::UntilClose,
-                ..
-            }
-        ) {
+        if matches!(self.send, SendState::Body { body: Body::UntilClose, .. }) {
             self.finish_current(out);
         } else {
             self.finish_unknown(out);
@@ -280,13 +227,7 @@ impl Conn {
     /// A response whose framing we could not see ends at its last write before the next
     /// request (or the close).
     pub fn finish_unknown(&mut self, out: &mut Vec<Output>) {
-        if matches!(
-            self.send,
-            SendState::Body {
-                body: Body::Unknown,
-                ..
-            }
-        ) {
+        if matches!(self.send, SendState::Body { body: Body::Unknown, .. }) {
             self.finish_current(out);
             out.push(Output::Inferred(Inference::ResponseHeadBeyondCapture));
         }
@@ -298,49 +239,23 @@ impl Conn {
     /// response is complete, unless it pipelines).
     pub fn finish_before_next_request(&mut self, out: &mut Vec<Output>) {
         self.finish_unknown(out);
-        if self.pending.len() == 1
-            && matches!(
-                self.send,
-                SendState::Body {
-                    body: Body::ChunkedTail,
-                    ..
-                }
-            )
-        {
+        if self.pending.len() == 1 && matches!(self.send, SendState::Body { body: Body::ChunkedTail, .. }) {
             self.finish_current(out);
             out.push(Output::Inferred(Inference::ChunkEndBeyondCapture));
         }
     }
 
     fn finish_current(&mut self, out: &mut Vec<Output>) {
-        if let SendState::Body {
-            status,
-            first_ns,
-            last_ns,
-            bytes,
-            ..
-        } = self.send
-        {
+        if let SendState::Body { status, first_ns, last_ns, bytes, .. } = self.send {
             self.complete(status, first_ns, last_ns, bytes, out);
         }
     }
 
     /// The response to the oldest waiting request is complete.
-    pub fn complete(
-        &mut self,
-        status: u16,
-        first_ns: u64,
-        end_ns: u64,
-        bytes: u64,
-        out: &mut Vec<Output>,
-    ) {
+    pub fn complete(&mut self, status: u16, first_ns: u64, end_ns: u64, bytes: u64, out: &mut Vec<Output>) {
         self.send = SendState::Idle;
         if let Some(req) = self.pending.pop_front() {
-            let body_follows = self.pending.is_empty()
-                && matches!(
-                    self.recv,
-                    RecvState::LengthBody(_) | RecvState::ChunkedBody(_)
-                );
+            let body_follows = self.pending.is_empty() && matches!(self.recv, RecvState::LengthBody(_) | RecvState::ChunkedBody(_));
             match self.answered(req, Some(status), false, first_ns, end_ns, bytes) {
                 Output::Exchange(x) if body_follows => self.answered_early = Some(x),
                 o => out.push(o),
@@ -369,15 +284,7 @@ impl Conn {
     }
 
     /// A request's answer is known: measured, or counted under its reason.
-    fn answered(
-        &self,
-        req: Pending,
-        status: Option<u16>,
-        reset: bool,
-        first_ns: u64,
-        end_ns: u64,
-        bytes: u64,
-    ) -> Output {
+    fn answered(&self, req: Pending, status: Option<u16>, reset: bool, first_ns: u64, end_ns: u64, bytes: u64) -> Output {
         if !req.measurable() {
             return Output::Unparsed(req.reason().unwrap_or(Reason::MalformedRequest));
         }
@@ -432,23 +339,12 @@ impl Conn {
         self.finish_open_ended(out);
         if matches!(&self.recv, RecvState::Head { head, .. } if !head.buf.is_empty()) {
             // A head cut short by the close (or lost with the evicted connection).
-            out.push(Output::Unparsed(if how == Closed::Evicted {
-                Reason::ConnectionTableFull
-            } else {
-                Reason::HeadIncomplete
-            }));
+            out.push(Output::Unparsed(if how == Closed::Evicted { Reason::ConnectionTableFull } else { Reason::HeadIncomplete }));
         }
         // The response in progress: its status and first byte, if its status line was sent.
         let in_progress = match &self.send {
-            SendState::Body {
-                status,
-                first_ns,
-                bytes,
-                ..
-            } => Some((Some(*status), *first_ns, *bytes)),
-            SendState::Head { head, first_ns } => {
-                Some((parse_status_line(&head.buf).map(|(s, _)| s), *first_ns, 0))
-            }
+            SendState::Body { status, first_ns, bytes, .. } => Some((Some(*status), *first_ns, *bytes)),
+            SendState::Head { head, first_ns } => Some((parse_status_line(&head.buf).map(|(s, _)| s), *first_ns, 0)),
             _ => None,
         };
         let pending: Vec<Pending> = self.pending.drain(..).collect();
@@ -459,15 +355,9 @@ impl Conn {
                     let (status, first_ns, bytes) = answering.unwrap_or((None, at, 0));
                     out.push(self.answered(p, status, true, first_ns, at, bytes));
                 }
-                Closed::Evicted => out.push(Output::Unparsed(
-                    p.reason().unwrap_or(Reason::ConnectionTableFull),
-                )),
+                Closed::Evicted => out.push(Output::Unparsed(p.reason().unwrap_or(Reason::ConnectionTableFull))),
                 Closed::Normally => {
-                    let reason = if answering.is_some() {
-                        Reason::ResponseIncomplete
-                    } else {
-                        Reason::NoResponse
-                    };
+                    let reason = if answering.is_some() { Reason::ResponseIncomplete } else { Reason::NoResponse };
                     out.push(Output::Unparsed(p.reason().unwrap_or(reason)));
                 }
             }

@@ -24,28 +24,14 @@ pub(super) struct HeadBuf {
 
 impl HeadBuf {
     /// Adds what the piece captured from `pos` (which must be captured: `known`) and parses.
-    pub fn feed<T>(
-        &mut self,
-        p: &Piece<'_>,
-        pos: u64,
-        known: &[u8],
-        parse: fn(&[u8]) -> HeadParse<T>,
-    ) -> Fed<T> {
+    pub fn feed<T>(&mut self, p: &Piece<'_>, pos: u64, known: &[u8], parse: fn(&[u8]) -> HeadParse<T>) -> Fed<T> {
         let prev = self.buf.len();
-        self.buf
-            .extend_from_slice(&known[..known.len().min(MAX_HEAD.saturating_sub(prev))]);
+        self.buf.extend_from_slice(&known[..known.len().min(MAX_HEAD.saturating_sub(prev))]);
         match parse(&self.buf) {
-            HeadParse::Complete(head, n) => Fed::Complete {
-                head,
-                end: pos + (n - prev) as u64,
-            },
+            HeadParse::Complete(head, n) => Fed::Complete { head, end: pos + (n - prev) as u64 },
             HeadParse::Partial => {
                 let captured_all = pos + known.len() as u64 >= p.len;
-                if captured_all && self.buf.len() < MAX_HEAD {
-                    Fed::More
-                } else {
-                    Fed::Cut
-                }
+                if captured_all && self.buf.len() < MAX_HEAD { Fed::More } else { Fed::Cut }
             }
             HeadParse::Invalid => Fed::Invalid,
         }

@@ -16,8 +16,8 @@ mod piece;
 mod recv;
 mod send;
 
-use crate::labels::Service;
 use std::collections::HashMap;
+use crate::labels::Service;
 
 use probe_common::SwitchEvent;
 
@@ -53,13 +53,7 @@ pub struct KernelHead {
 impl KernelHead {
     /// What the kernel read of request `r` on a connection of service id `service_id`.
     pub fn of(r: &probe_common::FastRequest, service_id: u32) -> Self {
-        KernelHead {
-            method: r.method,
-            version: r.version,
-            route: r.route,
-            path_key: r.path_key,
-            service_id,
-        }
+        KernelHead { method: r.method, version: r.version, route: r.route, path_key: r.path_key, service_id }
     }
 }
 
@@ -140,11 +134,7 @@ pub struct Pairer {
 
 impl Pairer {
     pub fn new(max_conns: usize) -> Self {
-        Pairer {
-            conns: HashMap::new(),
-            max_conns,
-            parked: Default::default(),
-        }
+        Pairer { conns: HashMap::new(), max_conns, parked: Default::default() }
     }
 
     /// Measured requests waiting for their last bytes to go out.
@@ -154,14 +144,7 @@ impl Pairer {
 
     /// The bytes of `conn_id` up to `end_seq` went out at `ts_ns`; or, `superseded`, a
     /// later write left bytes unsent before they did.
-    pub fn on_sent(
-        &mut self,
-        conn_id: u64,
-        end_seq: u32,
-        ts_ns: u64,
-        superseded: bool,
-        out: &mut Vec<Output>,
-    ) {
+    pub fn on_sent(&mut self, conn_id: u64, end_seq: u32, ts_ns: u64, superseded: bool, out: &mut Vec<Output>) {
         self.parked.sent(conn_id, end_seq, ts_ns, superseded, out);
     }
 
@@ -174,9 +157,7 @@ impl Pairer {
         let mut active = HashMap::new();
         for c in self.conns.values() {
             for method in c.pending.iter().filter_map(|p| p.method()) {
-                *active
-                    .entry((c.service.clone(), method.to_string()))
-                    .or_insert(0) += 1;
+                *active.entry((c.service.clone(), method.to_string())).or_insert(0) += 1;
             }
         }
         active
@@ -209,19 +190,12 @@ impl Pairer {
         if !self.conns.contains_key(&d.conn_id) && self.conns.len() >= self.max_conns {
             self.evict_oldest(out);
         }
-        let conn = self
-            .conns
-            .entry(d.conn_id)
-            .or_insert_with(|| Conn::new(d.family, service()));
+        let conn = self.conns.entry(d.conn_id).or_insert_with(|| Conn::new(d.family, service()));
         conn.last_ns = d.ts_ns;
         if d.after_loss {
             conn.resync(Reason::EventsLost, out);
         }
-        let piece = Piece {
-            len: d.len,
-            head: &d.head,
-            tail: &d.tail,
-        };
+        let piece = Piece { len: d.len, head: &d.head, tail: &d.tail };
         let from = out.len();
         match d.direction {
             Direction::Recv => recv::on_recv(conn, &piece, d.ts_ns, d.arrival_ns, out),
@@ -238,18 +212,10 @@ impl Pairer {
     /// The kernel hands a connection over (`sw`: its pairing state then): the agent pairs it
     /// from now on, from the state the kernel left. `service` names the service of id
     /// `sw.service`.
-    pub fn adopt(
-        &mut self,
-        sw: &SwitchEvent,
-        service: Service,
-        reason: SlowReason,
-        out: &mut Vec<Output>,
-    ) {
+    pub fn adopt(&mut self, sw: &SwitchEvent, service: Service, reason: SlowReason, out: &mut Vec<Output>) {
         let k = &sw.pairing;
-        let kernel_empty = k.len == 0
-            && k.req_state == probe_common::REQ_HEAD
-            && k.resp_state == probe_common::RESP_IDLE
-            && k.held_len == 0;
+        let kernel_empty =
+            k.len == 0 && k.req_state == probe_common::REQ_HEAD && k.resp_state == probe_common::RESP_IDLE && k.held_len == 0;
         if kernel_empty && let Some(conn) = self.conns.get_mut(&sw.conn_id) {
             // Slow from its start, and the agent holds its first bytes already (a request
             // line that came in pieces before the kernel could classify it).
@@ -274,14 +240,7 @@ impl Pairer {
             // A response that ends with the close ends at its last write, or when the bytes
             // that write left unsent go out.
             let (from, tx_last) = (out.len(), conn.tx_last);
-            conn.close(
-                if reset {
-                    Closed::Reset(ts_ns)
-                } else {
-                    Closed::Normally
-                },
-                out,
-            );
+            conn.close(if reset { Closed::Reset(ts_ns) } else { Closed::Normally }, out);
             if let Some((write_ns, seq)) = tx_last {
                 self.parked.hold(conn_id, seq, write_ns, from, out);
             }
@@ -291,12 +250,8 @@ impl Pairer {
     /// Forgets connections idle for longer than `idle_ns` (closed without a close event,
     /// e.g. UNIX sockets), finishing what can be finished.
     pub fn evict_idle(&mut self, now_ns: u64, idle_ns: u64, out: &mut Vec<Output>) {
-        let stale: Vec<u64> = self
-            .conns
-            .iter()
-            .filter(|(_, c)| now_ns.saturating_sub(c.last_ns) > idle_ns)
-            .map(|(k, _)| *k)
-            .collect();
+        let stale: Vec<u64> =
+            self.conns.iter().filter(|(_, c)| now_ns.saturating_sub(c.last_ns) > idle_ns).map(|(k, _)| *k).collect();
         for id in stale {
             self.on_close(id, false, now_ns, out);
         }
@@ -307,11 +262,7 @@ impl Pairer {
     /// it is lost (each request once, as `connection_table_full`); an idle keep-alive
     /// connection loses nothing, and is tracked again from its next request.
     fn evict_oldest(&mut self, out: &mut Vec<Output>) {
-        if let Some(id) = self
-            .conns
-            .iter()
-            .min_by_key(|(_, c)| c.last_ns)
-            .map(|(k, _)| *k)
+        if let Some(id) = self.conns.iter().min_by_key(|(_, c)| c.last_ns).map(|(k, _)| *k)
             && let Some(conn) = self.conns.remove(&id)
         {
             conn.close(Closed::Evicted, out);

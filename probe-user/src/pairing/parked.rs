@@ -28,26 +28,14 @@ impl Parked {
     /// (whose bytes up to `end_seq` were unsent then) here, each leaving an
     /// `Output::WaitsForTransmission` in its place. Exchanges cut by a reset end at the
     /// reset: they are left.
-    pub fn hold(
-        &mut self,
-        conn_id: u64,
-        end_seq: u32,
-        ts_ns: u64,
-        from: usize,
-        out: &mut Vec<Output>,
-    ) {
+    pub fn hold(&mut self, conn_id: u64, end_seq: u32, ts_ns: u64, from: usize, out: &mut Vec<Output>) {
         let mut i = from;
         while i < out.len() {
             if matches!(&out[i], Output::Exchange(x) if x.end_ns == ts_ns && !x.reset) {
-                let Output::Exchange(exchange) =
-                    std::mem::replace(&mut out[i], Output::WaitsForTransmission)
-                else {
+                let Output::Exchange(exchange) = std::mem::replace(&mut out[i], Output::WaitsForTransmission) else {
                     unreachable!("matched above")
                 };
-                self.by_conn
-                    .entry(conn_id)
-                    .or_default()
-                    .push(Waiting { end_seq, exchange });
+                self.by_conn.entry(conn_id).or_default().push(Waiting { end_seq, exchange });
                 i += 1;
             } else {
                 i += 1;
@@ -58,17 +46,8 @@ impl Parked {
     /// The bytes of `conn_id` up to `end_seq` went out at `ts_ns` (or, `superseded`, a
     /// later write left bytes unsent before they did): the exchanges waiting for them end
     /// then.
-    pub fn sent(
-        &mut self,
-        conn_id: u64,
-        end_seq: u32,
-        ts_ns: u64,
-        superseded: bool,
-        out: &mut Vec<Output>,
-    ) {
-        let Some(waiting) = self.by_conn.get_mut(&conn_id) else {
-            return;
-        };
+    pub fn sent(&mut self, conn_id: u64, end_seq: u32, ts_ns: u64, superseded: bool, out: &mut Vec<Output>) {
+        let Some(waiting) = self.by_conn.get_mut(&conn_id) else { return };
         let mut i = 0;
         while i < waiting.len() {
             if !before(end_seq, waiting[i].end_seq) {

@@ -25,18 +25,13 @@ impl<'a> Piece<'a> {
             return Some(head);
         }
         let start = self.tail_start();
-        (!self.tail.is_empty() && pos >= start && pos < self.len)
-            .then(|| &self.tail[(pos - start) as usize..])
+        (!self.tail.is_empty() && pos >= start && pos < self.len).then(|| &self.tail[(pos - start) as usize..])
     }
 
     /// The next position after `pos` where captured bytes start (or the end).
     pub fn next_known(&self, pos: u64) -> u64 {
         let start = self.tail_start();
-        if !self.tail.is_empty() && pos < start {
-            start
-        } else {
-            self.len
-        }
+        if !self.tail.is_empty() && pos < start { start } else { self.len }
     }
 
     /// The last captured bytes: the tail, or the head when it was captured whole.

@@ -25,20 +25,8 @@ fn looks_like_request_line(buf: &[u8]) -> bool {
 
 /// A read that returned at `ts`; its first byte arrived at `arrival_ns` (the kernel's
 /// stamp, else `ts`). A request that starts later in the read has no arrival of its own.
-pub(super) fn on_recv(
-    conn: &mut Conn,
-    p: &Piece<'_>,
-    ts: u64,
-    arrival_ns: u64,
-    out: &mut Vec<Output>,
-) {
-    let start_at = |pos: u64| {
-        if pos == 0 {
-            Start::arrived(arrival_ns, ts)
-        } else {
-            Start::read_at(ts)
-        }
-    };
+pub(super) fn on_recv(conn: &mut Conn, p: &Piece<'_>, ts: u64, arrival_ns: u64, out: &mut Vec<Output>) {
+    let start_at = |pos: u64| if pos == 0 { Start::arrived(arrival_ns, ts) } else { Start::read_at(ts) };
     if matches!(conn.recv, RecvState::Desync | RecvState::UntilResponse) && starts_request(p.head) {
         // A new request; for UntilResponse this also means the previous response (whose
         // framing we could not see) ended with its last write.
@@ -92,11 +80,7 @@ pub(super) fn on_recv(
                     Fed::Complete { head, end } => {
                         pos = end;
                         conn.finish_before_next_request(out);
-                        let line = RequestLine {
-                            method: head.method,
-                            target: head.target,
-                            version: head.version,
-                        };
+                        let line = RequestLine { method: head.method, target: head.target, version: head.version };
                         conn.push_pending(Pending::read(line, start), out);
                         conn.recv = match head.body {
                             BodyFraming::Length(n) => RecvState::LengthBody(n),
@@ -111,17 +95,7 @@ pub(super) fn on_recv(
                         match parse_request_line(&head.buf) {
                             Some((method, target, version)) => {
                                 conn.finish_before_next_request(out);
-                                conn.push_pending(
-                                    Pending::read(
-                                        RequestLine {
-                                            method,
-                                            target,
-                                            version,
-                                        },
-                                        start,
-                                    ),
-                                    out,
-                                );
+                                conn.push_pending(Pending::read(RequestLine { method, target, version }, start), out);
                                 conn.recv = RecvState::UntilResponse;
                                 if !captured_all {
                                     // More requests may follow in what was not captured
@@ -131,9 +105,7 @@ pub(super) fn on_recv(
                             }
                             // Cut by the window: a head that starts deep in a read (pipelining)
                             // or whose request line alone is larger than the window.
-                            None if started_here && pos > 0 => {
-                                conn.unreadable(Reason::OutsideCaptureWindow, start)
-                            }
+                            None if started_here && pos > 0 => conn.unreadable(Reason::OutsideCaptureWindow, start),
                             None => conn.unreadable(Reason::HeadTooLarge, start),
                         }
                         return;
@@ -157,24 +129,9 @@ pub(super) fn on_recv(
 /// shut its side down, which ends the head for the server): the request is its request
 /// line.
 pub(super) fn answer_incomplete_head(conn: &mut Conn) -> bool {
-    let RecvState::Head {
-        head,
-        start: Some(start),
-    } = &conn.recv
-    else {
-        return false;
-    };
-    let Some((method, target, version)) = parse_request_line(&head.buf) else {
-        return false;
-    };
-    let req = Pending::read(
-        RequestLine {
-            method,
-            target,
-            version,
-        },
-        *start,
-    );
+    let RecvState::Head { head, start: Some(start) } = &conn.recv else { return false };
+    let Some((method, target, version)) = parse_request_line(&head.buf) else { return false };
+    let req = Pending::read(RequestLine { method, target, version }, *start);
     conn.pending.push_back(req);
     conn.recv = RecvState::UntilResponse;
     true

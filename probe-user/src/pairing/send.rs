@@ -26,8 +26,7 @@ pub(super) fn on_send(conn: &mut Conn, p: &Piece<'_>, ts: u64, out: &mut Vec<Out
                     }
                     if let Some(reason) = conn.unseen {
                         // The answer to another request that could not be read.
-                        conn.pending
-                            .push_back(Pending::unreadable(reason, Start::read_at(ts)));
+                        conn.pending.push_back(Pending::unreadable(reason, Start::read_at(ts)));
                         continue;
                     }
                     // Bytes no request asked for. A status line: the response to a request
@@ -45,10 +44,7 @@ pub(super) fn on_send(conn: &mut Conn, p: &Piece<'_>, ts: u64, out: &mut Vec<Out
                     conn.resync(Reason::OutsideCaptureWindow, out);
                     return;
                 }
-                conn.send = SendState::Head {
-                    head: HeadBuf::default(),
-                    first_ns: ts,
-                };
+                conn.send = SendState::Head { head: HeadBuf::default(), first_ns: ts };
             }
             SendState::Head { head, first_ns } => {
                 let first_ns = *first_ns;
@@ -64,11 +60,7 @@ pub(super) fn on_send(conn: &mut Conn, p: &Piece<'_>, ts: u64, out: &mut Vec<Out
                             continue;
                         }
                         let is_head = conn.pending.front().and_then(|r| r.method()) == Some("HEAD");
-                        let body = if is_head
-                            || head.status == 204
-                            || head.status == 304
-                            || head.status == 101
-                        {
+                        let body = if is_head || head.status == 204 || head.status == 304 || head.status == 101 {
                             None
                         } else {
                             match head.body {
@@ -88,13 +80,7 @@ pub(super) fn on_send(conn: &mut Conn, p: &Piece<'_>, ts: u64, out: &mut Vec<Out
                                 }
                             }
                             Some(body) => {
-                                conn.send = SendState::Body {
-                                    body,
-                                    status: head.status,
-                                    first_ns,
-                                    last_ns: ts,
-                                    bytes: 0,
-                                };
+                                conn.send = SendState::Body { body, status: head.status, first_ns, last_ns: ts, bytes: 0 };
                             }
                         }
                     }
@@ -120,13 +106,7 @@ pub(super) fn on_send(conn: &mut Conn, p: &Piece<'_>, ts: u64, out: &mut Vec<Out
                     }
                 }
             }
-            SendState::Body {
-                body,
-                status,
-                first_ns,
-                last_ns,
-                bytes,
-            } => {
+            SendState::Body { body, status, first_ns, last_ns, bytes } => {
                 *last_ns = ts;
                 let (status, first_ns) = (*status, *first_ns);
                 match body {

@@ -53,13 +53,7 @@ impl AgentCost {
 
     /// Median share of one core while nginx was saturated.
     pub fn busy_share(&self) -> f64 {
-        median(
-            &self
-                .samples
-                .iter()
-                .map(|s| s.cpu_seconds / s.wall_seconds)
-                .collect::<Vec<_>>(),
-        )
+        median(&self.samples.iter().map(|s| s.cpu_seconds / s.wall_seconds).collect::<Vec<_>>())
     }
 }
 
@@ -72,11 +66,7 @@ mod tests {
         let me = std::process::id();
         assert!(cpu_seconds(me).unwrap() >= 0.0);
         assert!(peak_rss_bytes(me).unwrap() > 0);
-        let s = CpuSample {
-            cpu_seconds: 0.5,
-            requests: 500_000,
-            wall_seconds: 3.0,
-        };
+        let s = CpuSample { cpu_seconds: 0.5, requests: 500_000, wall_seconds: 3.0 };
         assert!((s.per_10k() - 0.01).abs() < 1e-12);
     }
 }

@@ -27,12 +27,9 @@ struct StatsEnabled {
 
 impl StatsEnabled {
     fn on() -> Result<Self> {
-        let previous =
-            std::fs::read_to_string(SYSCTL).with_context(|| format!("reading {SYSCTL}"))?;
+        let previous = std::fs::read_to_string(SYSCTL).with_context(|| format!("reading {SYSCTL}"))?;
         std::fs::write(SYSCTL, "1").with_context(|| format!("writing {SYSCTL}"))?;
-        Ok(StatsEnabled {
-            previous: previous.trim().to_string(),
-        })
+        Ok(StatsEnabled { previous: previous.trim().to_string() })
     }
 }
 
@@ -50,9 +47,7 @@ type Snapshot = BTreeMap<String, (u64, u64)>;
 fn snapshot(pid: u32) -> Result<Snapshot> {
     let mut ids = std::collections::BTreeSet::new();
     for entry in std::fs::read_dir(format!("/proc/{pid}/fdinfo"))? {
-        let Ok(text) = std::fs::read_to_string(entry?.path()) else {
-            continue;
-        };
+        let Ok(text) = std::fs::read_to_string(entry?.path()) else { continue };
         if let Some(id) = text.lines().find_map(|l| l.strip_prefix("prog_id:")) {
             ids.insert(id.trim().parse::<u32>()?);
         }
@@ -79,11 +74,7 @@ fn delta(before: &Snapshot, after: &Snapshot) -> Snapshot {
 }
 
 fn per_run(t: u64, n: u64) -> String {
-    if n == 0 {
-        "-".into()
-    } else {
-        format!("{:.1}", t as f64 / n as f64)
-    }
+    if n == 0 { "-".into() } else { format!("{:.1}", t as f64 / n as f64) }
 }
 
 /// One loaded window: what each program, the agent and nginx's worker spent.
@@ -125,21 +116,11 @@ impl Window {
 
 /// nginx's worker (its single child).
 fn worker(nginx: &Nginx) -> Result<u32> {
-    testkit::procs::children(nginx.pid())
-        .into_iter()
-        .next()
-        .context("nginx has no worker process")
+    testkit::procs::children(nginx.pid()).into_iter().next().context("nginx has no worker process")
 }
 
 /// One wrk run on `url` (with `script`), counted on `route`, with stats on.
-fn window(
-    agent: &Agent,
-    nginx: &Nginx,
-    load: &Load,
-    url: &str,
-    script: Option<&str>,
-    route: &str,
-) -> Result<Window> {
+fn window(agent: &Agent, nginx: &Nginx, load: &Load, url: &str, script: Option<&str>, route: &str) -> Result<Window> {
     let (pid, worker) = (agent.child.id(), worker(nginx)?);
     let events0 = agent.metrics()?.sum("redprobe_events_received_total", &[]);
     let before = counts(agent, route)?;
@@ -175,14 +156,7 @@ pub fn measure(nginx: &Nginx, load: &Load) -> Result<(Vec<Row>, Vec<String>)> {
     let s1 = snapshot(pid)?;
     // Windows 2 and 3: nginx under load, on one path and on random ones.
     let hello = window(&agent, nginx, load, &nginx.url(HELLO), None, HELLO)?;
-    let users = window(
-        &agent,
-        nginx,
-        load,
-        &nginx.url("/"),
-        Some(wrk::RANDOM_USERS),
-        USERS,
-    )?;
+    let users = window(&agent, nginx, load, &nginx.url("/"), Some(wrk::RANDOM_USERS), USERS)?;
     drop(_stats);
     agent.stop()?;
 
@@ -228,9 +202,6 @@ pub fn measure(nginx: &Nginx, load: &Load) -> Result<(Vec<Row>, Vec<String>)> {
             w.events / n
         ));
     }
-    lines.push(format!(
-        "the non-target loop made {} socket calls",
-        round_trips * 4
-    ));
+    lines.push(format!("the non-target loop made {} socket calls", round_trips * 4));
     Ok((rows, lines))
 }

@@ -17,16 +17,8 @@ use super::{
 };
 
 /// Requests per second; the last step is unpaced (as fast as possible).
-const STEPS: [Option<f64>; 8] = [
-    Some(10e3),
-    Some(25e3),
-    Some(50e3),
-    Some(75e3),
-    Some(100e3),
-    Some(150e3),
-    Some(200e3),
-    None,
-];
+const STEPS: [Option<f64>; 8] =
+    [Some(10e3), Some(25e3), Some(50e3), Some(75e3), Some(100e3), Some(150e3), Some(200e3), None];
 /// The goal: at least this rate, or the ceiling if the machine cannot reach it.
 const GOAL_RPS: f64 = 50e3;
 
@@ -45,9 +37,7 @@ impl Step {
 }
 
 pub fn measure(nginx: &Nginx, seconds: f64, cpu: Option<usize>) -> Result<(Vec<Row>, Vec<String>)> {
-    let Endpoint::Tcp(addr) = nginx.server.endpoint.clone() else {
-        unreachable!("nginx listens on TCP")
-    };
+    let Endpoint::Tcp(addr) = nginx.server.endpoint.clone() else { unreachable!("nginx listens on TCP") };
     let agent = Agent::start(&nginx.agent_args())?;
     // Warm-up, not counted.
     run_step(&agent, addr, Some(10e3), 1.0, cpu)?;
@@ -55,9 +45,7 @@ pub fn measure(nginx: &Nginx, seconds: f64, cpu: Option<usize>) -> Result<(Vec<R
     for target in STEPS {
         eprintln!(
             "bench: measure 6 (capacity): {}",
-            target
-                .map(|r| format!("{:.0} req/s", r))
-                .unwrap_or_else(|| "unpaced".into())
+            target.map(|r| format!("{:.0} req/s", r)).unwrap_or_else(|| "unpaced".into())
         );
         let step = run_step(&agent, addr, target, seconds, cpu)?;
         let reached = target.is_none_or(|t| step.achieved >= 0.95 * t);
@@ -68,11 +56,7 @@ pub fn measure(nginx: &Nginx, seconds: f64, cpu: Option<usize>) -> Result<(Vec<R
     }
     agent.stop()?;
     let ceiling = steps.iter().map(|s| s.achieved).fold(0.0, f64::max);
-    let capacity = steps
-        .iter()
-        .take_while(|s| s.clean())
-        .map(|s| s.achieved)
-        .fold(0.0, f64::max);
+    let capacity = steps.iter().take_while(|s| s.clean()).map(|s| s.achieved).fold(0.0, f64::max);
     let all_clean = steps.iter().all(Step::clean);
     let met = capacity >= GOAL_RPS || all_clean;
     let notes = steps
@@ -93,11 +77,7 @@ pub fn measure(nginx: &Nginx, seconds: f64, cpu: Option<usize>) -> Result<(Vec<R
         measure: "capacity: highest rate with 0 events lost, req/s".into(),
         without: "-".into(),
         with: format!("{capacity:.0}"),
-        result: if all_clean {
-            format!("{capacity:.0} (ceiling)")
-        } else {
-            format!("{capacity:.0}")
-        },
+        result: if all_clean { format!("{capacity:.0} (ceiling)") } else { format!("{capacity:.0}") },
         spread: format!("ceiling {ceiling:.0}"),
         goal: format!(">= {:.0}k or ceiling", GOAL_RPS / 1e3),
         met: Some(met),
@@ -105,13 +85,7 @@ pub fn measure(nginx: &Nginx, seconds: f64, cpu: Option<usize>) -> Result<(Vec<R
     Ok((vec![row], notes))
 }
 
-fn run_step(
-    agent: &Agent,
-    addr: SocketAddr,
-    target: Option<f64>,
-    seconds: f64,
-    cpu: Option<usize>,
-) -> Result<Step> {
+fn run_step(agent: &Agent, addr: SocketAddr, target: Option<f64>, seconds: f64, cpu: Option<usize>) -> Result<Step> {
     let before = counts(agent, HELLO)?;
     let done = loadgen::run(&Plan {
         addr,
@@ -125,11 +99,5 @@ fn run_step(
     .context("load generator")?;
     // Until it has counted them all, or gives up (a step that lost events is not clean).
     let (counted, lost) = drain(agent, HELLO, before, done.requests)?;
-    Ok(Step {
-        target,
-        achieved: done.rate(),
-        sent: done.requests,
-        counted,
-        lost,
-    })
+    Ok(Step { target, achieved: done.rate(), sent: done.requests, counted, lost })
 }

@@ -27,32 +27,19 @@ fn url(server: &RealServer) -> String {
 
 pub fn measure(load: &Load, rounds: usize) -> Result<Vec<Row>> {
     let plain = gunicorn(Bind::V4, WORKERS, &[], &[]).context("starting gunicorn")?;
-    let dp = gunicorn(
-        Bind::V4,
-        WORKERS,
-        &[],
-        &[("REDPROBE_DJANGO_PROMETHEUS", "1")],
-    )
-    .context("starting gunicorn with django-prometheus")?;
+    let dp = gunicorn(Bind::V4, WORKERS, &[], &[("REDPROBE_DJANGO_PROMETHEUS", "1")])
+        .context("starting gunicorn with django-prometheus")?;
     let mp_dir = tempfile_dir()?;
     let mp_path = mp_dir.to_string_lossy().into_owned();
     let dp_mp = gunicorn(
         Bind::V4,
         WORKERS,
         &[],
-        &[
-            ("REDPROBE_DJANGO_PROMETHEUS", "1"),
-            ("PROMETHEUS_MULTIPROC_DIR", mp_path.as_str()),
-        ],
+        &[("REDPROBE_DJANGO_PROMETHEUS", "1"), ("PROMETHEUS_MULTIPROC_DIR", mp_path.as_str())],
     )
     .context("starting gunicorn with django-prometheus in multiprocess mode")?;
     let agent_args = pid_args(&[plain.pid()]);
-    let sides = [
-        "without",
-        "redprobe",
-        "django-prometheus",
-        "django-prometheus mp",
-    ];
+    let sides = ["without", "redprobe", "django-prometheus", "django-prometheus mp"];
     let samples = interleave("measure 4 (gunicorn + Django)", &sides, rounds, |side| {
         let rps = match side {
             0 => wrk::run(load, &url(&plain))?.rps,
@@ -78,9 +65,7 @@ pub fn measure(load: &Load, rounds: usize) -> Result<Vec<Row>> {
             with: format!("{:.0}", p.with_median()),
             result: format!("{:.3}", p.ratio()),
             spread: format!("{lo:.3}..{hi:.3}"),
-            goal: goal
-                .map(|g| format!(">= {g}"))
-                .unwrap_or_else(|| "-".into()),
+            goal: goal.map(|g| format!(">= {g}")).unwrap_or_else(|| "-".into()),
             met: goal.map(|g| p.ratio() >= g),
         }
     };

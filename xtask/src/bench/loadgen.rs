@@ -41,13 +41,8 @@ impl Done {
 pub fn run(plan: &Plan) -> Result<Done> {
     let start = Instant::now();
     let results: Vec<Result<u64>> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..plan.threads)
-            .map(|_| s.spawn(|| thread(plan, start)))
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().unwrap_or_else(|_| bail!("load thread panicked")))
-            .collect()
+        let handles: Vec<_> = (0..plan.threads).map(|_| s.spawn(|| thread(plan, start))).collect();
+        handles.into_iter().map(|h| h.join().unwrap_or_else(|_| bail!("load thread panicked"))).collect()
     });
     let seconds = start.elapsed().as_secs_f64();
     let mut requests = 0;
@@ -64,14 +59,10 @@ fn thread(plan: &Plan, start: Instant) -> Result<u64> {
     let request = format!("GET {} HTTP/1.1\r\nHost: {}\r\n\r\n", plan.path, plan.addr);
     let mut conns = (0..plan.connections_per_thread)
         .map(|_| {
-            let s = TcpStream::connect(plan.addr)
-                .with_context(|| format!("connecting to {}", plan.addr))?;
+            let s = TcpStream::connect(plan.addr).with_context(|| format!("connecting to {}", plan.addr))?;
             s.set_nodelay(true)?;
             s.set_read_timeout(Some(Duration::from_secs(10)))?;
-            Ok(Reader {
-                stream: s,
-                buf: Vec::with_capacity(4096),
-            })
+            Ok(Reader { stream: s, buf: Vec::with_capacity(4096) })
         })
         .collect::<Result<Vec<_>>>()?;
     let per_thread = plan.rate.map(|r| r / plan.threads as f64);
@@ -138,9 +129,7 @@ fn complete_response(buf: &[u8]) -> Result<Option<usize>> {
         .lines()
         .find_map(|l| {
             let (k, v) = l.split_once(':')?;
-            k.eq_ignore_ascii_case("content-length")
-                .then(|| v.trim().parse().ok())
-                .flatten()
+            k.eq_ignore_ascii_case("content-length").then(|| v.trim().parse().ok()).flatten()
         })
         .context("response without Content-Length")?;
     Ok((buf.len() >= head_end + body).then_some(head_end + body))
@@ -155,10 +144,7 @@ mod tests {
         let r = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabcHTTP/1.1";
         assert_eq!(complete_response(r).unwrap(), Some(41));
         assert_eq!(complete_response(&r[..40]).unwrap(), None);
-        assert_eq!(
-            complete_response(b"HTTP/1.1 200 OK\r\nContent-").unwrap(),
-            None
-        );
+        assert_eq!(complete_response(b"HTTP/1.1 200 OK\r\nContent-").unwrap(), None);
         assert!(complete_response(b"HTTP/1.1 500 Oops\r\nContent-Length: 0\r\n\r\n").is_err());
     }
 }

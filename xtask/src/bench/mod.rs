@@ -132,38 +132,23 @@ pub fn bench(opts: &Options) -> Result<()> {
     unsafe { std::env::set_var(REDPROBE_PYTHON, python_venv().join("bin/python")) };
     let (started, load_before) = (Instant::now(), load_average());
     let want = |m: &str| opts.only.is_empty() || opts.only.iter().any(|o| o == m);
-    let cpus = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
+    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let pin = !opts.no_pin && cpus >= 2;
     // nginx's worker on the last CPU, the load generator on CPU 0; the agent is not pinned.
-    let (worker_cpu, load_cpu) = if pin {
-        (Some(cpus - 1), Some(0))
-    } else {
-        (None, None)
-    };
+    let (worker_cpu, load_cpu) = if pin { (Some(cpus - 1), Some(0)) } else { (None, None) };
     let nginx_load = Load {
         threads: 1,
         connections: 32,
         seconds: opts.seconds,
         cpus: load_cpu.map(|c| c.to_string()),
     };
-    let django_load = Load {
-        threads: 1,
-        connections: 4,
-        seconds: opts.seconds,
-        cpus: None,
-    };
+    let django_load = Load { threads: 1, connections: 4, seconds: opts.seconds, cpus: None };
     let scale = (opts.seconds / 3.0).clamp(0.1, 1.0);
 
     let mut rows = vec![];
     let mut notes = vec![];
     let mut bpf_lines = vec![];
-    let nginx = if want("1") || want("2") || want("6") || want("bpf") {
-        Some(Nginx::start(worker_cpu)?)
-    } else {
-        None
-    };
+    let nginx = if want("1") || want("2") || want("6") || want("bpf") { Some(Nginx::start(worker_cpu)?) } else { None };
     if let Some(nginx) = &nginx {
         if want("1") {
             rows.extend(non_target::measure(nginx.pid(), opts.rounds, scale)?);
@@ -178,10 +163,7 @@ pub fn bench(opts: &Options) -> Result<()> {
         }
     }
     if want("4") {
-        rows.extend(django::measure(
-            &django_load,
-            opts.rounds.saturating_sub(1).max(1),
-        )?);
+        rows.extend(django::measure(&django_load, opts.rounds.saturating_sub(1).max(1))?);
     }
     if let Some(nginx) = &nginx {
         if want("6") {
@@ -228,10 +210,7 @@ pub fn bench(opts: &Options) -> Result<()> {
         nginx_load.describe(),
         django_load.describe()
     );
-    println!(
-        "- measure 6: a paced keep-alive load generator (4 threads x 8 connections), {}-s steps.",
-        opts.seconds
-    );
+    println!("- measure 6: a paced keep-alive load generator (4 threads x 8 connections), {}-s steps.", opts.seconds);
     for n in &notes {
         println!("- {n}");
     }
@@ -256,8 +235,6 @@ fn load_average() -> String {
 /// Kernel release and CPU count, for the table's title.
 fn machine() -> String {
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    let cpus = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(0);
+    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
     format!("kernel {}, {cpus} CPUs", kernel.trim())
 }

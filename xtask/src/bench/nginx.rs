@@ -34,19 +34,9 @@ pub struct Nginx {
 impl Nginx {
     pub fn start(pin_cpu: Option<usize>) -> Result<Self> {
         let file = vec![b'x'; 4096];
-        let server = nginx(
-            Bind::V4,
-            &NginxSite {
-                workers: 1,
-                files: &[("4k.bin", &file)],
-                ..Default::default()
-            },
-        )
-        .context("starting nginx")?;
-        let worker = testkit::procs::children(server.pid())
-            .into_iter()
-            .next()
-            .context("nginx has no worker process")?;
+        let server = nginx(Bind::V4, &NginxSite { workers: 1, files: &[("4k.bin", &file)], ..Default::default() })
+            .context("starting nginx")?;
+        let worker = testkit::procs::children(server.pid()).into_iter().next().context("nginx has no worker process")?;
         if let Some(cpu) = pin_cpu {
             pin(worker, cpu)?;
         }
@@ -74,10 +64,7 @@ pub fn pin(pid: u32, cpu: usize) -> Result<()> {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
         libc::CPU_SET(cpu, &mut set);
         if libc::sched_setaffinity(pid as i32, size_of::<libc::cpu_set_t>(), &set) != 0 {
-            anyhow::bail!(
-                "pinning PID {pid} to CPU {cpu}: {}",
-                std::io::Error::last_os_error()
-            );
+            anyhow::bail!("pinning PID {pid} to CPU {cpu}: {}", std::io::Error::last_os_error());
         }
     }
     Ok(())
@@ -88,10 +75,7 @@ pub fn pin(pid: u32, cpu: usize) -> Result<()> {
 pub fn counts(agent: &Agent, route: &str) -> Result<(u64, u64)> {
     let m = agent.metrics()?;
     Ok((
-        m.sum(
-            "http_server_request_duration_seconds_count",
-            &[("http_route", route)],
-        ) as u64,
+        m.sum("http_server_request_duration_seconds_count", &[("http_route", route)]) as u64,
         m.sum("redprobe_events_lost_total", &[]) as u64,
     ))
 }
@@ -105,13 +89,7 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// naming them (events lost leave the count short: the bench reports that, it does not
 /// fail on it).
 pub fn drain(agent: &Agent, route: &str, before: (u64, u64), served: u64) -> Result<(u64, u64)> {
-    drain_with(
-        || counts(agent, route),
-        route,
-        before,
-        served,
-        DRAIN_TIMEOUT,
-    )
+    drain_with(|| counts(agent, route), route, before, served, DRAIN_TIMEOUT)
 }
 
 /// `drain` with `scrape` for `counts`.
@@ -127,19 +105,13 @@ fn drain_with(
     let drained = wait_for(&what, timeout, || match scrape() {
         Err(e) => Some(Err(e)),
         Ok((counted, lost)) => {
-            seen = (
-                counted.saturating_sub(before.0),
-                lost.saturating_sub(before.1),
-            );
+            seen = (counted.saturating_sub(before.0), lost.saturating_sub(before.1));
             (seen.0 >= served).then_some(Ok(()))
         }
     });
     match drained {
         Ok(scraped) => scraped?,
-        Err(e) => eprintln!(
-            "bench: warning: {e}: it counted {} of them, events lost {}",
-            seen.0, seen.1
-        ),
+        Err(e) => eprintln!("bench: warning: {e}: it counted {} of them, events lost {}", seen.0, seen.1),
     }
     Ok(seen)
 }
@@ -164,15 +136,7 @@ fn run_side(nginx: &Nginx, load: &Load, with_agent: bool) -> Result<SideRun> {
         let hello = wrk::run(load, &hello_url)?;
         let file = wrk::run(load, &file_url)?;
         let users = wrk::run_script(load, &nginx.url("/"), Some(wrk::RANDOM_USERS))?;
-        return Ok(SideRun {
-            hello,
-            file,
-            users,
-            cpu: None,
-            peak_rss: 0,
-            counted: 0,
-            lost: 0,
-        });
+        return Ok(SideRun { hello, file, users, cpu: None, peak_rss: 0, counted: 0, lost: 0 });
     }
     let agent = Agent::start(&nginx.agent_args())?;
     let pid = agent.child.id();
@@ -197,15 +161,7 @@ fn run_side(nginx: &Nginx, load: &Load, with_agent: bool) -> Result<SideRun> {
     let (counted, lost) = counts(&agent, HELLO)?;
     let peak_rss = agent_cost::peak_rss_bytes(pid)?;
     agent.stop()?;
-    Ok(SideRun {
-        hello,
-        file,
-        users,
-        cpu: Some(cpu),
-        peak_rss,
-        counted,
-        lost,
-    })
+    Ok(SideRun { hello, file, users, cpu: Some(cpu), peak_rss, counted, lost })
 }
 
 pub struct Results {
@@ -218,88 +174,37 @@ pub struct Results {
 }
 
 pub fn measure(nginx: &Nginx, load: &Load, rounds: usize) -> Result<Results> {
-    let samples = interleave(
-        "measures 2, 3, 5 (nginx)",
-        &["without", "with"],
-        rounds,
-        |side| run_side(nginx, load, side == 1),
-    )?;
+    let samples = interleave("measures 2, 3, 5 (nginx)", &["without", "with"], rounds, |side| {
+        run_side(nginx, load, side == 1)
+    })?;
     let (without, with) = (&samples[0], &samples[1]);
-    let pair = |f: fn(&SideRun) -> f64| {
-        Paired::new(
-            without.iter().map(f).collect(),
-            with.iter().map(f).collect(),
-        )
-    };
+    let pair = |f: fn(&SideRun) -> f64| Paired::new(without.iter().map(f).collect(), with.iter().map(f).collect());
     let hello_rps = pair(|s| s.hello.rps);
     let hello_p99 = pair(|s| s.hello.p99_us);
     let file_rps = pair(|s| s.file.rps);
     let file_p99 = pair(|s| s.file.p99_us);
     let users_rps = pair(|s| s.users.rps);
     let users_p99 = pair(|s| s.users.p99_us);
-    let ratio_row =
-        |id, measure: &str, p: &Paired, unit: &str, digits: usize, goal: Option<(&str, bool)>| {
-            let (lo, hi) = p.ratio_spread();
-            Row {
-                id,
-                measure: measure.into(),
-                without: format!("{:.*}{unit}", digits, p.base_median()),
-                with: format!("{:.*}{unit}", digits, p.with_median()),
-                result: format!("{:.3}", p.ratio()),
-                spread: format!("{lo:.3}..{hi:.3}"),
-                goal: goal.map(|g| g.0.to_string()).unwrap_or_else(|| "-".into()),
-                met: goal.map(|g| g.1),
-            }
-        };
+    let ratio_row = |id, measure: &str, p: &Paired, unit: &str, digits: usize, goal: Option<(&str, bool)>| {
+        let (lo, hi) = p.ratio_spread();
+        Row {
+            id,
+            measure: measure.into(),
+            without: format!("{:.*}{unit}", digits, p.base_median()),
+            with: format!("{:.*}{unit}", digits, p.with_median()),
+            result: format!("{:.3}", p.ratio()),
+            spread: format!("{lo:.3}..{hi:.3}"),
+            goal: goal.map(|g| g.0.to_string()).unwrap_or_else(|| "-".into()),
+            met: goal.map(|g| g.1),
+        }
+    };
     let rows = vec![
-        ratio_row(
-            "2",
-            "nginx return 200, req/s",
-            &hello_rps,
-            "",
-            0,
-            Some((">= 0.95", hello_rps.ratio() >= 0.95)),
-        ),
-        ratio_row(
-            "2",
-            "nginx return 200, p99 latency",
-            &hello_p99,
-            " us",
-            0,
-            Some(("<= 1.10", hello_p99.ratio() <= 1.10)),
-        ),
-        ratio_row(
-            "3",
-            "nginx 4 KB static (sendfile), req/s",
-            &file_rps,
-            "",
-            0,
-            Some((">= 0.95", file_rps.ratio() >= 0.95)),
-        ),
-        ratio_row(
-            "3",
-            "nginx 4 KB static (sendfile), p99",
-            &file_p99,
-            " us",
-            0,
-            None,
-        ),
-        ratio_row(
-            "2u",
-            "nginx /users/<random id>, req/s",
-            &users_rps,
-            "",
-            0,
-            Some((">= 0.95", users_rps.ratio() >= 0.95)),
-        ),
-        ratio_row(
-            "2u",
-            "nginx /users/<random id>, p99 latency",
-            &users_p99,
-            " us",
-            0,
-            Some(("<= 1.10", users_p99.ratio() <= 1.10)),
-        ),
+        ratio_row("2", "nginx return 200, req/s", &hello_rps, "", 0, Some((">= 0.95", hello_rps.ratio() >= 0.95))),
+        ratio_row("2", "nginx return 200, p99 latency", &hello_p99, " us", 0, Some(("<= 1.10", hello_p99.ratio() <= 1.10))),
+        ratio_row("3", "nginx 4 KB static (sendfile), req/s", &file_rps, "", 0, Some((">= 0.95", file_rps.ratio() >= 0.95))),
+        ratio_row("3", "nginx 4 KB static (sendfile), p99", &file_p99, " us", 0, None),
+        ratio_row("2u", "nginx /users/<random id>, req/s", &users_rps, "", 0, Some((">= 0.95", users_rps.ratio() >= 0.95))),
+        ratio_row("2u", "nginx /users/<random id>, p99 latency", &users_p99, " us", 0, Some(("<= 1.10", users_p99.ratio() <= 1.10))),
     ];
     let counted: u64 = with.iter().map(|s| s.counted).sum();
     let served: u64 = with.iter().map(|s| s.hello.requests).sum();
@@ -340,24 +245,11 @@ mod tests {
     #[test]
     fn drain_gives_up_with_the_counts_last_seen() {
         let got = drain_with(|| Ok((7, 5)), HELLO, (0, 1), 100, Duration::from_millis(30)).unwrap();
-        assert_eq!(
-            got,
-            (7, 4),
-            "short of the target: counted and lost as last seen"
-        );
+        assert_eq!(got, (7, 4), "short of the target: counted and lost as last seen");
     }
 
     #[test]
     fn drain_fails_when_the_agent_does_not_answer() {
-        assert!(
-            drain_with(
-                || anyhow::bail!("refused"),
-                HELLO,
-                (0, 0),
-                1,
-                Duration::from_secs(5)
-            )
-            .is_err()
-        );
+        assert!(drain_with(|| anyhow::bail!("refused"), HELLO, (0, 0), 1, Duration::from_secs(5)).is_err());
     }
 }

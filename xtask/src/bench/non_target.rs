@@ -95,32 +95,21 @@ const WORKLOADS: [Workload; 3] = [
 /// `scale` shortens the loops for development runs (1.0 = about 0.2 s per loop).
 pub fn measure(target_pid: u32, rounds: usize, scale: f64) -> Result<Vec<Row>> {
     let args = pid_args(&[target_pid]);
-    let run_all = || {
-        WORKLOADS
-            .iter()
-            .map(|w| (w.run)(scale))
-            .collect::<Result<Vec<f64>>>()
-    };
-    let samples = interleave(
-        "measure 1 (non-target)",
-        &["without", "with"],
-        rounds,
-        |side| {
-            if side == 0 {
-                return run_all();
-            }
-            let agent = Agent::start(&args)?;
-            let v = run_all();
-            agent.stop()?;
-            v
-        },
-    )?;
+    let run_all = || WORKLOADS.iter().map(|w| (w.run)(scale)).collect::<Result<Vec<f64>>>();
+    let samples = interleave("measure 1 (non-target)", &["without", "with"], rounds, |side| {
+        if side == 0 {
+            return run_all();
+        }
+        let agent = Agent::start(&args)?;
+        let v = run_all();
+        agent.stop()?;
+        v
+    })?;
     let rows = WORKLOADS
         .iter()
         .enumerate()
         .map(|(i, w)| {
-            let per_call =
-                |side: &Vec<Vec<f64>>| side.iter().map(|r| r[i] / w.calls).collect::<Vec<_>>();
+            let per_call = |side: &Vec<Vec<f64>>| side.iter().map(|r| r[i] / w.calls).collect::<Vec<_>>();
             let p = Paired::new(per_call(&samples[0]), per_call(&samples[1]));
             let (lo, hi) = p.added_spread();
             Row {

@@ -12,39 +12,19 @@ const GOAL_BYTES: f64 = 10e6;
 
 pub fn measure() -> Result<Vec<Row>> {
     let out = cargo()
-        .args([
-            "run",
-            "--quiet",
-            "--release",
-            "--package",
-            "probe-user",
-            "--example",
-            "page_at_caps",
-            "--",
-            "50",
-            "100",
-        ])
+        .args(["run", "--quiet", "--release", "--package", "probe-user", "--example", "page_at_caps", "--", "50", "100"])
         .current_dir(workspace_root())
         .output()
         .context("running probe-user's page_at_caps example")?;
     if !out.status.success() {
-        bail!(
-            "page_at_caps failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        bail!("page_at_caps failed: {}", String::from_utf8_lossy(&out.stderr));
     }
     let mut rows = vec![];
     for line in String::from_utf8_lossy(&out.stdout).lines() {
         let f: Vec<&str> = line.split_whitespace().collect();
-        let [shape, format, sets, bytes, lines, ms] = f[..] else {
-            bail!("page_at_caps printed {line:?}")
-        };
+        let [shape, format, sets, bytes, lines, ms] = f[..] else { bail!("page_at_caps printed {line:?}") };
         let bytes: f64 = bytes.parse()?;
-        let lines = if lines == "0" {
-            String::new()
-        } else {
-            format!(", {lines} lines")
-        };
+        let lines = if lines == "0" { String::new() } else { format!(", {lines} lines") };
         rows.push(Row {
             id: "P",
             measure: format!("/metrics at the caps, {shape}, {format} ({sets} label sets{lines})"),
@@ -53,11 +33,7 @@ pub fn measure() -> Result<Vec<Row>> {
             result: format!("{ms} ms render"),
             spread: format!("{:.0} B per set", bytes / sets.parse::<f64>()?),
             // The default page has the goal; the other shape is the cost of opting in.
-            goal: if shape == "default" {
-                "<= 10 MB".into()
-            } else {
-                "-".into()
-            },
+            goal: if shape == "default" { "<= 10 MB".into() } else { "-".into() },
             met: (shape == "default").then_some(bytes <= GOAL_BYTES),
         });
     }

@@ -15,11 +15,7 @@ pub fn median(values: &[f64]) -> f64 {
     }
     v.sort_by(f64::total_cmp);
     let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
+    if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
 }
 
 /// (min, max), ignoring non-finite values.
@@ -27,9 +23,7 @@ pub fn range(values: &[f64]) -> (f64, f64) {
     values
         .iter()
         .filter(|x| x.is_finite())
-        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), x| {
-            (lo.min(*x), hi.max(*x))
-        })
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), x| (lo.min(*x), hi.max(*x)))
 }
 
 /// One quantity measured on a baseline side and on a compared side, round by round.
@@ -64,26 +58,12 @@ impl Paired {
 
     /// Range of the per-round ratios with/base.
     pub fn ratio_spread(&self) -> (f64, f64) {
-        range(
-            &self
-                .base
-                .iter()
-                .zip(&self.with)
-                .map(|(a, b)| b / a)
-                .collect::<Vec<_>>(),
-        )
+        range(&self.base.iter().zip(&self.with).map(|(a, b)| b / a).collect::<Vec<_>>())
     }
 
     /// Range of the per-round differences with - base.
     pub fn added_spread(&self) -> (f64, f64) {
-        range(
-            &self
-                .base
-                .iter()
-                .zip(&self.with)
-                .map(|(a, b)| b - a)
-                .collect::<Vec<_>>(),
-        )
+        range(&self.base.iter().zip(&self.with).map(|(a, b)| b - a).collect::<Vec<_>>())
     }
 }
 
@@ -99,19 +79,11 @@ pub fn interleave<T>(
     let n = sides.len();
     let mut out: Vec<Vec<T>> = (0..n).map(|_| Vec::with_capacity(rounds)).collect();
     for round in 0..=rounds {
-        let label = if round == 0 {
-            "warm-up".to_string()
-        } else {
-            format!("round {round}/{rounds}")
-        };
+        let label = if round == 0 { "warm-up".to_string() } else { format!("round {round}/{rounds}") };
         let order: Vec<usize> = (0..n).map(|i| (i + round) % n).collect();
         eprintln!(
             "bench: {what}: {label} ({})",
-            order
-                .iter()
-                .map(|&s| sides[s])
-                .collect::<Vec<_>>()
-                .join(", ")
+            order.iter().map(|&s| sides[s]).collect::<Vec<_>>().join(", ")
         );
         for side in order {
             let sample = run(side)?;

@@ -16,15 +16,8 @@ pub struct Load {
 impl Load {
     /// The command line, for the table's notes.
     pub fn describe(&self) -> String {
-        let pin = self
-            .cpus
-            .as_ref()
-            .map(|c| format!("taskset -c {c} "))
-            .unwrap_or_default();
-        format!(
-            "{pin}wrk -t{} -c{} -d{}s --latency",
-            self.threads, self.connections, self.seconds
-        )
+        let pin = self.cpus.as_ref().map(|c| format!("taskset -c {c} ")).unwrap_or_default();
+        format!("{pin}wrk -t{} -c{} -d{}s --latency", self.threads, self.connections, self.seconds)
     }
 }
 
@@ -41,8 +34,7 @@ pub struct WrkResult {
 
 /// A wrk script that asks for `/users/<random id>` (up to a billion ids): a route-heavy
 /// service, whose paths the route heuristic folds to `/users/{id}`.
-pub const RANDOM_USERS: &str =
-    "request = function() return wrk.format(nil, \"/users/\" .. math.random(1, 1000000000)) end\n";
+pub const RANDOM_USERS: &str = "request = function() return wrk.format(nil, \"/users/\" .. math.random(1, 1000000000)) end\n";
 
 pub fn run(load: &Load, url: &str) -> Result<WrkResult> {
     run_script(load, url, None)
@@ -52,8 +44,7 @@ pub fn run(load: &Load, url: &str) -> Result<WrkResult> {
 pub fn run_script(load: &Load, url: &str, script: Option<&str>) -> Result<WrkResult> {
     let script_file = match script {
         Some(text) => {
-            let path =
-                std::env::temp_dir().join(format!("redprobe-wrk-{}.lua", std::process::id()));
+            let path = std::env::temp_dir().join(format!("redprobe-wrk-{}.lua", std::process::id()));
             std::fs::write(&path, text).context("writing the wrk script")?;
             Some(path)
         }
@@ -82,11 +73,7 @@ pub fn run_script(load: &Load, url: &str, script: Option<&str>) -> Result<WrkRes
     let out = cmd.output().context("running wrk (apt-get install wrk)")?;
     let text = String::from_utf8_lossy(&out.stdout);
     if !out.status.success() {
-        bail!(
-            "wrk failed ({}): {text}{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
+        bail!("wrk failed ({}): {text}{}", out.status, String::from_utf8_lossy(&out.stderr));
     }
     parse(&text).with_context(|| format!("parsing wrk's output:\n{text}"))
 }
@@ -130,9 +117,7 @@ pub fn parse(text: &str) -> Result<WrkResult> {
 
 /// "287.00us", "1.46ms", "3.00s", "1.00m" -> microseconds.
 fn duration_us(v: &str) -> Result<f64> {
-    let split = v
-        .find(|c: char| c.is_ascii_alphabetic())
-        .context("duration without unit")?;
+    let split = v.find(|c: char| c.is_ascii_alphabetic()).context("duration without unit")?;
     let (num, unit) = v.split_at(split);
     let num: f64 = num.parse().with_context(|| format!("bad duration {v:?}"))?;
     let scale = match unit {
@@ -168,33 +153,13 @@ Transfer/sec:     18.30MB
     #[test]
     fn parses_a_report() {
         let r = parse(OUT).unwrap();
-        assert_eq!(
-            r,
-            WrkResult {
-                requests: 330977,
-                seconds: 3.0,
-                rps: 110177.95,
-                p99_us: 3600.0
-            }
-        );
+        assert_eq!(r, WrkResult { requests: 330977, seconds: 3.0, rps: 110177.95, p99_us: 3600.0 });
     }
 
     #[test]
     fn rejects_errors_and_incomplete_reports() {
-        assert!(
-            parse(&OUT.replace(
-                "Requests/sec:",
-                "  Non-2xx or 3xx responses: 5\nRequests/sec:"
-            ))
-            .is_err()
-        );
-        assert!(
-            parse(&OUT.replace(
-                "Requests/sec:",
-                "  Socket errors: connect 0, read 2, write 0, timeout 0\nRequests/sec:"
-            ))
-            .is_err()
-        );
+        assert!(parse(&OUT.replace("Requests/sec:", "  Non-2xx or 3xx responses: 5\nRequests/sec:")).is_err());
+        assert!(parse(&OUT.replace("Requests/sec:", "  Socket errors: connect 0, read 2, write 0, timeout 0\nRequests/sec:")).is_err());
         assert!(parse(&OUT.replace("     99%    3.60ms\n", "")).is_err());
         assert_eq!(duration_us("1.5m").unwrap(), 90e6);
     }

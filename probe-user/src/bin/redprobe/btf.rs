@@ -17,10 +17,7 @@ pub enum BtfError {
         "cannot read {path}: {source}. redprobe needs the kernel's BTF (CONFIG_DEBUG_INFO_BTF=y) \
          to find kernel struct offsets; install a kernel built with BTF"
     )]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
+    Read { path: String, source: std::io::Error },
     #[error("{0} is not valid BTF: {1}")]
     Format(String, &'static str),
     #[error("kernel BTF has no struct `{0}`")]
@@ -70,16 +67,13 @@ pub struct Btf {
 }
 
 fn u32_at(data: &[u8], at: usize) -> Option<u32> {
-    data.get(at..at + 4)
-        .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    data.get(at..at + 4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
 }
 
 impl Btf {
     pub fn from_sys_fs() -> Result<Self, BtfError> {
-        let data = std::fs::read(VMLINUX_BTF).map_err(|source| BtfError::Read {
-            path: VMLINUX_BTF.into(),
-            source,
-        })?;
+        let data = std::fs::read(VMLINUX_BTF)
+            .map_err(|source| BtfError::Read { path: VMLINUX_BTF.into(), source })?;
         Self::parse(&data).map_err(|e| BtfError::Format(VMLINUX_BTF.into(), e))
     }
 
@@ -99,13 +93,7 @@ impl Btf {
             .ok_or("string section out of range")?
             .to_vec();
         // Type id 0 is `void`.
-        let mut types = vec![Type {
-            name: 0,
-            kind: 0,
-            size_or_type: 0,
-            members: vec![],
-            array_elem: None,
-        }];
+        let mut types = vec![Type { name: 0, kind: 0, size_or_type: 0, members: vec![], array_elem: None }];
         let mut at = 0;
         while at < types_raw.len() {
             let word = |i: usize| u32_at(types_raw, at + 4 * i).ok_or("truncated type");
@@ -114,13 +102,7 @@ impl Btf {
             let vlen = (info & 0xffff) as usize;
             let kind_flag = info >> 31 == 1;
             at += 12;
-            let mut ty = Type {
-                name,
-                kind,
-                size_or_type,
-                members: vec![],
-                array_elem: None,
-            };
+            let mut ty = Type { name, kind, size_or_type, members: vec![], array_elem: None };
             let extra = match kind {
                 KIND_INT | KIND_VAR | KIND_DECL_TAG => 4,
                 KIND_ARRAY => {
@@ -136,11 +118,7 @@ impl Btf {
                         ty.members.push(Member {
                             name: u32_at(types_raw, m).ok_or("truncated member")?,
                             type_id: u32_at(types_raw, m + 4).ok_or("truncated member")?,
-                            bit_offset: if kind_flag {
-                                raw_off & 0x00ff_ffff
-                            } else {
-                                raw_off
-                            },
+                            bit_offset: if kind_flag { raw_off & 0x00ff_ffff } else { raw_off },
                         });
                     }
                     12 * vlen
@@ -152,11 +130,7 @@ impl Btf {
             at += extra;
             types.push(ty);
         }
-        let mut btf = Btf {
-            types,
-            strings,
-            structs: HashMap::new(),
-        };
+        let mut btf = Btf { types, strings, structs: HashMap::new() };
         for (id, ty) in btf.types.iter().enumerate() {
             if ty.kind == KIND_STRUCT && ty.name != 0 {
                 let name = btf.str_at(ty.name).to_string();
@@ -187,9 +161,7 @@ impl Btf {
 
     fn size_of(&self, id: u32) -> u32 {
         let id = self.resolve(id);
-        let Some(ty) = self.types.get(id as usize) else {
-            return 0;
-        };
+        let Some(ty) = self.types.get(id as usize) else { return 0 };
         match ty.kind {
             KIND_PTR => 8,
             KIND_ARRAY => ty.array_elem.map(|(e, n)| self.size_of(e) * n).unwrap_or(0),
@@ -219,10 +191,7 @@ impl Btf {
     /// Byte offset of `path` ("member.member...") in `struct strukt`, checking the size of
     /// the last member.
     pub fn offset_of(&self, strukt: &str, path: &str, size: u32) -> Result<u32, BtfError> {
-        let mut id = *self
-            .structs
-            .get(strukt)
-            .ok_or_else(|| BtfError::NoStruct(strukt.into()))?;
+        let mut id = *self.structs.get(strukt).ok_or_else(|| BtfError::NoStruct(strukt.into()))?;
         let mut bits = 0;
         let mut member_type = id;
         for part in path.split('.') {
@@ -234,18 +203,11 @@ impl Btf {
             id = t;
         }
         if bits % 8 != 0 {
-            return Err(BtfError::NoField(
-                strukt.into(),
-                format!("{path} (bitfield)"),
-            ));
+            return Err(BtfError::NoField(strukt.into(), format!("{path} (bitfield)")));
         }
         let actual = self.size_of(member_type);
         if actual != size {
-            return Err(BtfError::FieldSize(
-                format!("{strukt}.{path}"),
-                actual,
-                size,
-            ));
+            return Err(BtfError::FieldSize(format!("{strukt}.{path}"), actual, size));
         }
         Ok(bits / 8)
     }
@@ -310,41 +272,12 @@ mod tests {
         // 4: anonymous union { int b; long c; } size 8
         t.extend([0, (KIND_UNION << 24) | 2, 8, s("b"), 1, 0, s("c"), 2, 0]);
         // 5: struct inner { short x; short y; }
-        t.extend([
-            s("inner"),
-            (KIND_STRUCT << 24) | 2,
-            4,
-            s("x"),
-            3,
-            0,
-            s("y"),
-            3,
-            16,
-        ]);
+        t.extend([s("inner"), (KIND_STRUCT << 24) | 2, 4, s("x"), 3, 0, s("y"), 3, 16]);
         // 6: struct outer { int a; <anon union> at 64; struct inner in at 128 }
-        t.extend([
-            s("outer"),
-            (KIND_STRUCT << 24) | 3,
-            24,
-            s("a"),
-            1,
-            0,
-            0,
-            4,
-            64,
-            s("in"),
-            5,
-            128,
-        ]);
+        t.extend([s("outer"), (KIND_STRUCT << 24) | 3, 24, s("a"), 1, 0, 0, 4, 64, s("in"), 5, 128]);
         let types: Vec<u8> = t.iter().flat_map(|w| w.to_le_bytes()).collect();
         let mut out = vec![0x9f, 0xeb, 1, 0];
-        for w in [
-            24u32,
-            0,
-            types.len() as u32,
-            types.len() as u32,
-            strings.len() as u32,
-        ] {
+        for w in [24u32, 0, types.len() as u32, types.len() as u32, strings.len() as u32] {
             out.extend(w.to_le_bytes());
         }
         out.extend(types);

@@ -7,10 +7,8 @@ use probe_user::metrics::{Naming, scheme::DEFAULT_DURATION_BUCKETS};
 
 /// The text after the flags in `--help`; the hook list comes from the loader's table.
 pub fn after_help() -> String {
-    let hooks: String = crate::loader::HOOKS
-        .iter()
-        .map(|h| format!("    {:<28}{}\n", h.tracepoint, h.purpose))
-        .collect();
+    let hooks: String =
+        crate::loader::HOOKS.iter().map(|h| format!("    {:<28}{}\n", h.tracepoint, h.purpose)).collect();
     format!(
         "HOW IT WORKS
   redprobe attaches eBPF programs to these kernel tracepoints (tp_btf: no kprobes, no
@@ -24,9 +22,10 @@ CHOOSING TARGETS
   is measured once.
 
 CONTAINERS AND PODS
-  Series of a process in a container carry container_id, and in a Kubernetes pod
-  k8s_pod_uid, k8s_pod_name and k8s_namespace_name (--container-labels), read from /proc:
-  two servers on port 8000 in two pods are two sets of series. In a pod, service_name
+  Series say where their server runs, read from /proc (--container-labels): in a
+  Kubernetes pod, k8s_namespace_name and k8s_pod_name; in a container outside pods
+  (docker, podman), container_id; with --container-labels all, also k8s_pod_uid and the
+  pods' container ids. Two servers on port 8000 in two pods are two sets of series. In a pod, service_name
   defaults to the pod's workload (shop for shop-7d9f8b6c5d-x2x7k). Run in a container of
   its own, redprobe needs the host's PID namespace (hostPID) and reaches the host's cgroup
   tree through /proc/2/root (kthreadd's view).
@@ -100,7 +99,7 @@ pub struct Cli {
     pub rescan_interval_ms: u64,
 
     /// Address to serve /metrics on. Keep the default (loopback) unless a firewall or a
-    /// proxy guards the port.
+    /// proxy guards the port, or --web.config.file sets up TLS and basic auth.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9464")]
     pub listen: SocketAddr,
 
@@ -128,13 +127,7 @@ pub struct Cli {
     /// pod (docker, podman). Read from /proc, with no API server; a label a process has no
     /// value for is left out. Two servers in two containers or pods are two sets of series.
     /// Each label costs 30 to 80 bytes on every line of the page.
-    #[arg(
-        long,
-        value_name = "LABEL,...",
-        value_delimiter = ',',
-        value_enum,
-        default_value = "auto"
-    )]
+    #[arg(long, value_name = "LABEL,...", value_delimiter = ',', value_enum, default_value = "auto")]
     pub container_labels: Vec<ContainerLabel>,
 
     /// A route template, e.g. '/api/items/{id}' or '/static/{path...}'. Repeatable; the
@@ -278,10 +271,7 @@ impl Cli {
                 ExtraHistogram::All => extra = probe_user::metrics::Extra::ALL,
             }
         }
-        probe_user::metrics::HttpOptions {
-            extra,
-            max_label_sets: self.max_label_sets,
-        }
+        probe_user::metrics::HttpOptions { extra, max_label_sets: self.max_label_sets }
     }
 }
 
@@ -292,10 +282,7 @@ mod tests {
     #[test]
     fn extra_histograms_and_the_label_set_cap() {
         let cli = Cli::try_parse_from(["redprobe", "--pid", "1"]).unwrap();
-        assert_eq!(
-            cli.http_options(),
-            probe_user::metrics::HttpOptions::default()
-        );
+        assert_eq!(cli.http_options(), probe_user::metrics::HttpOptions::default());
         let cli = Cli::try_parse_from([
             "redprobe",
             "--pid",
@@ -308,21 +295,12 @@ mod tests {
         .unwrap();
         let o = cli.http_options();
         assert_eq!(
-            (
-                o.extra.ttfb,
-                o.extra.request_size,
-                o.extra.response_size,
-                o.max_label_sets
-            ),
+            (o.extra.ttfb, o.extra.request_size, o.extra.response_size, o.max_label_sets),
             (true, false, true, 7)
         );
-        let cli =
-            Cli::try_parse_from(["redprobe", "--pid", "1", "--extra-histograms", "all"]).unwrap();
+        let cli = Cli::try_parse_from(["redprobe", "--pid", "1", "--extra-histograms", "all"]).unwrap();
         assert_eq!(cli.http_options().extra, probe_user::metrics::Extra::ALL);
-        assert!(
-            Cli::try_parse_from(["redprobe", "--pid", "1", "--extra-histograms", "latency"])
-                .is_err()
-        );
+        assert!(Cli::try_parse_from(["redprobe", "--pid", "1", "--extra-histograms", "latency"]).is_err());
     }
 
     #[test]
@@ -330,46 +308,20 @@ mod tests {
         use probe_user::labels::PlacementLabels;
         let cli = Cli::try_parse_from(["redprobe", "--pid", "1"]).unwrap();
         assert_eq!(cli.placement_labels(), PlacementLabels::AUTO);
-        let cli =
-            Cli::try_parse_from(["redprobe", "--pid", "1", "--container-labels", "all"]).unwrap();
+        let cli = Cli::try_parse_from(["redprobe", "--pid", "1", "--container-labels", "all"]).unwrap();
         assert_eq!(cli.placement_labels(), PlacementLabels::ALL);
-        let cli = Cli::try_parse_from([
-            "redprobe",
-            "--pid",
-            "1",
-            "--container-labels",
-            "auto,k8s_pod_uid",
-        ])
-        .unwrap();
-        assert_eq!(
-            cli.placement_labels(),
-            PlacementLabels {
-                k8s_pod_uid: true,
-                ..PlacementLabels::AUTO
-            }
-        );
-        let cli =
-            Cli::try_parse_from(["redprobe", "--pid", "1", "--container-labels", "none"]).unwrap();
+        let cli = Cli::try_parse_from(["redprobe", "--pid", "1", "--container-labels", "auto,k8s_pod_uid"]).unwrap();
+        assert_eq!(cli.placement_labels(), PlacementLabels { k8s_pod_uid: true, ..PlacementLabels::AUTO });
+        let cli = Cli::try_parse_from(["redprobe", "--pid", "1", "--container-labels", "none"]).unwrap();
         assert_eq!(cli.placement_labels(), PlacementLabels::NONE);
-        let cli = Cli::try_parse_from([
-            "redprobe",
-            "--pid",
-            "1",
-            "--container-labels",
-            "k8s_pod_name,k8s_namespace_name",
-        ])
-        .unwrap();
+        let cli =
+            Cli::try_parse_from(["redprobe", "--pid", "1", "--container-labels", "k8s_pod_name,k8s_namespace_name"])
+                .unwrap();
         assert_eq!(
             cli.placement_labels(),
-            PlacementLabels {
-                k8s_pod_name: true,
-                k8s_namespace_name: true,
-                ..PlacementLabels::NONE
-            }
+            PlacementLabels { k8s_pod_name: true, k8s_namespace_name: true, ..PlacementLabels::NONE }
         );
-        assert!(
-            Cli::try_parse_from(["redprobe", "--pid", "1", "--container-labels", "pod"]).is_err()
-        );
+        assert!(Cli::try_parse_from(["redprobe", "--pid", "1", "--container-labels", "pod"]).is_err());
         assert!(Cli::try_parse_from(["redprobe", "--container", "abc123def456"]).is_ok());
     }
 

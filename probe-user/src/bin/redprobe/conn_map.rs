@@ -35,15 +35,9 @@ pub struct ConnsRead {
 
 /// Reads every entry: in batches, or one by one where the kernel refuses batches.
 pub fn read(conns: &BpfHashMap<MapData, u64, ConnState>) -> ConnsRead {
-    let mut out = ConnsRead {
-        entries: 0,
-        fast: Vec::new(),
-    };
+    let mut out = ConnsRead { entries: 0, fast: Vec::new() };
     if read_batched(conns, &mut out).is_err() {
-        out = ConnsRead {
-            entries: 0,
-            fast: Vec::new(),
-        };
+        out = ConnsRead { entries: 0, fast: Vec::new() };
         for (_, c) in conns.iter().filter_map(Result::ok) {
             keep(&mut out, c);
         }
@@ -58,10 +52,7 @@ fn keep(out: &mut ConnsRead, c: ConnState) {
     }
 }
 
-fn read_batched(
-    conns: &BpfHashMap<MapData, u64, ConnState>,
-    out: &mut ConnsRead,
-) -> std::io::Result<()> {
+fn read_batched(conns: &BpfHashMap<MapData, u64, ConnState>, out: &mut ConnsRead) -> std::io::Result<()> {
     let fd = conns.map().fd().as_fd().as_raw_fd();
     let mut keys = vec![0u64; BATCH];
     let mut values = vec![ConnState::default(); BATCH];
@@ -70,11 +61,7 @@ fn read_batched(
     let mut first = true;
     loop {
         let mut attr = BatchAttr {
-            in_batch: if first {
-                0
-            } else {
-                &token_in as *const u64 as u64
-            },
+            in_batch: if first { 0 } else { &token_in as *const u64 as u64 },
             out_batch: &mut token_out as *mut u64 as u64,
             keys: keys.as_mut_ptr() as u64,
             values: values.as_mut_ptr() as u64,
@@ -85,12 +72,7 @@ fn read_batched(
         // SAFETY: the attribute points at buffers of `count` keys and values of the map's
         // sizes (u64, ConnState) and at the two tokens, all alive for the call.
         let rc = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_MAP_LOOKUP_BATCH,
-                &mut attr as *mut BatchAttr,
-                size_of::<BatchAttr>() as u32,
-            )
+            libc::syscall(libc::SYS_bpf, BPF_MAP_LOOKUP_BATCH, &mut attr as *mut BatchAttr, size_of::<BatchAttr>() as u32)
         };
         let err = (rc < 0).then(std::io::Error::last_os_error);
         // On success and at the end (ENOENT), `count` says how many entries were copied.

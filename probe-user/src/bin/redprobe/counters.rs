@@ -1,9 +1,8 @@
 //! The kernel's own counters (per-CPU, `COUNTERS`), turned into the agent's counters.
 use aya::maps::{MapData, PerCpuArray};
 use probe_common::{
-    COUNTER_AGG_FULL, COUNTER_ARRIVALS_FULL, COUNTER_CLIENT_CONNS, COUNTER_CONN_INSERT_FAILED,
-    COUNTER_FD_MISMATCH, COUNTER_FOREIGN_CONTEXT, COUNTER_LOST, COUNTER_SERVER_CONNS,
-    COUNTER_SLOTS, COUNTER_TX_SUPERSEDED, COUNTER_TX_WAIT_FULL, COUNTER_TX_WAITS,
+    COUNTER_AGG_FULL, COUNTER_CLIENT_CONNS, COUNTER_CONN_INSERT_FAILED, COUNTER_FD_MISMATCH, COUNTER_FOREIGN_CONTEXT, COUNTER_LOST,
+    COUNTER_SERVER_CONNS, COUNTER_SLOTS, COUNTER_ARRIVALS_FULL, COUNTER_TX_SUPERSEDED, COUNTER_TX_WAITS, COUNTER_TX_WAIT_FULL,
 };
 use probe_user::{
     metrics::health::{Health, ROLE_CLIENT, ROLE_SERVER},
@@ -17,10 +16,7 @@ pub struct KernelCounters {
 
 impl KernelCounters {
     pub fn new(map: PerCpuArray<MapData, u64>) -> Self {
-        KernelCounters {
-            map,
-            last: [0; COUNTER_SLOTS as usize],
-        }
+        KernelCounters { map, last: [0; COUNTER_SLOTS as usize] }
     }
 
     /// Adds what the kernel counted since the last poll; true if events were lost meanwhile.
@@ -39,9 +35,7 @@ impl KernelCounters {
             COUNTER_TX_SUPERSEDED,
             COUNTER_ARRIVALS_FULL,
         ] {
-            let Ok(values) = self.map.get(&slot, 0) else {
-                continue;
-            };
+            let Ok(values) = self.map.get(&slot, 0) else { continue };
             let total: u64 = values.iter().sum();
             let delta = total.saturating_sub(self.last[slot as usize]);
             self.last[slot as usize] = total;

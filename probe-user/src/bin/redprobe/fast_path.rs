@@ -27,11 +27,7 @@ impl FastPath {
 
     /// The kernel labels requests with `key` by `route` from now on.
     pub fn set_route(&mut self, service_id: u32, key: u64, route: u32) {
-        let k = RouteKey {
-            service: service_id,
-            _pad: 0,
-            path_key: key,
-        };
+        let k = RouteKey { service: service_id, _pad: 0, path_key: key };
         if self.routes.insert(k, route, 0).is_err() {
             self.metrics.health.map_write_failed("ROUTES");
         }
@@ -53,12 +49,7 @@ impl Aggregates {
         metrics: Metrics,
         registry: SharedRegistry,
     ) -> Arc<Mutex<Self>> {
-        Arc::new(Mutex::new(Aggregates {
-            map,
-            totals: KernelTotals::default(),
-            metrics,
-            registry,
-        }))
+        Arc::new(Mutex::new(Aggregates { map, totals: KernelTotals::default(), metrics, registry }))
     }
 
     pub fn sync(&mut self) {
@@ -75,14 +66,9 @@ impl Aggregates {
             })
             .collect();
         let registry = lock(&self.registry);
-        self.totals
-            .apply(&self.metrics, read, |id| registry.service_named(id));
+        self.totals.apply(&self.metrics, read, |id| registry.service_named(id));
         drop(registry);
-        self.metrics.health.set_map(
-            "AGG",
-            self.totals.keys() as i64,
-            crate::loader::MAX_AGGREGATES as i64,
-        );
+        self.metrics.health.set_map("AGG", self.totals.keys() as i64, crate::loader::MAX_AGGREGATES as i64);
     }
 
     /// A forgotten service id: what the kernel added for it is read one last time, then
@@ -90,12 +76,7 @@ impl Aggregates {
     /// is not given out again).
     pub fn forget(&mut self, service_id: u32) {
         self.sync();
-        let keys: Vec<AggKey> = self
-            .map
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|k| k.service == service_id)
-            .collect();
+        let keys: Vec<AggKey> = self.map.keys().filter_map(Result::ok).filter(|k| k.service == service_id).collect();
         for k in keys {
             let _ = self.map.remove(&k);
         }
@@ -106,10 +87,5 @@ impl Aggregates {
 /// A read of the aggregates: the hook the exposition runs before each encode, which the
 /// loop also runs every `READ_AGGREGATES_EVERY`.
 pub fn reader(aggregates: Arc<Mutex<Aggregates>>) -> Arc<dyn Fn() + Send + Sync> {
-    Arc::new(move || {
-        aggregates
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .sync()
-    })
+    Arc::new(move || aggregates.lock().unwrap_or_else(PoisonError::into_inner).sync())
 }

@@ -7,9 +7,9 @@ use aya::{
     programs::{BtfTracePoint, CgroupAttachMode, SockOps},
 };
 use probe_common::{
-    AggKey, AggValue, ConnState, GLOBAL_CONFIG, GLOBAL_OFFSETS, GLOBAL_TIME_BOUNDS, KernelOffsets,
-    MAP_AGG, MAP_ARRIVALS, MAP_CONNS, MAP_COUNTERS, MAP_EVENTS, MAP_ROUTES, MAP_SERVER_PORTS,
-    MAP_SERVICES, MAP_TARGETS, MAP_TX_LATEST, MAP_TX_WAIT, ProbeConfig, RouteKey,
+    AggKey, AggValue, ConnState, GLOBAL_CONFIG, GLOBAL_OFFSETS, GLOBAL_TIME_BOUNDS, KernelOffsets, MAP_AGG,
+    MAP_ARRIVALS, MAP_CONNS, MAP_COUNTERS, MAP_EVENTS, MAP_ROUTES, MAP_SERVER_PORTS, MAP_SERVICES, MAP_TARGETS, MAP_TX_LATEST, MAP_TX_WAIT,
+    ProbeConfig, RouteKey,
     buckets::TimeBounds,
 };
 
@@ -125,31 +125,19 @@ fn pid_max() -> Result<u32> {
 
 pub fn load(opts: &LoadOptions) -> Result<Probe> {
     if OBJECT.is_empty() {
-        bail!(
-            "this redprobe was built with AYA_BUILD_SKIP=1 and embeds no eBPF programs: build it with `cargo xtask build`"
-        );
+        bail!("this redprobe was built with AYA_BUILD_SKIP=1 and embeds no eBPF programs: build it with `cargo xtask build`");
     }
     privileges::check()?;
     let offsets: KernelOffsets = Btf::from_sys_fs()?.kernel_offsets()?;
     // The programs read the syscall's registers in one go: dx, si, di, orig_ax in a row.
     let r = &offsets;
-    if (r.regs_arg2, r.regs_arg1, r.regs_syscall)
-        != (r.regs_arg3 + 8, r.regs_arg3 + 16, r.regs_arg3 + 24)
-    {
-        bail!(
-            "this kernel's struct pt_regs does not have dx, si, di and orig_ax in a row (x86-64's layout); redprobe supports x86-64 only"
-        );
+    if (r.regs_arg2, r.regs_arg1, r.regs_syscall) != (r.regs_arg3 + 8, r.regs_arg3 + 16, r.regs_arg3 + 24) {
+        bail!("this kernel's struct pt_regs does not have dx, si, di and orig_ax in a row (x86-64's layout); redprobe supports x86-64 only");
     }
     let target_words = pid_max()?.div_ceil(64);
-    let config = ProbeConfig {
-        wakeup_bytes: opts.wakeup_bytes,
-        target_words,
-    };
+    let config = ProbeConfig { wakeup_bytes: opts.wakeup_bytes, target_words };
     if !opts.ring_buffer_bytes.is_power_of_two() || opts.ring_buffer_bytes < 4096 {
-        bail!(
-            "--ring-buffer-bytes must be a power of two of at least 4096 (got {})",
-            opts.ring_buffer_bytes
-        );
+        bail!("--ring-buffer-bytes must be a power of two of at least 4096 (got {})", opts.ring_buffer_bytes);
     }
     let mut ebpf = EbpfLoader::new()
         .override_global(GLOBAL_OFFSETS, &offsets, true)
@@ -171,12 +159,9 @@ pub fn load(opts: &LoadOptions) -> Result<Probe> {
     // is mapped (16 MB of the agent's RSS: the data pages are mapped twice), so the two
     // never add up in the agent's peak RSS.
     attach(&mut ebpf)?;
-    let tx_off = attach_sock_ops(&mut ebpf, opts.cgroup2_root.as_deref())
-        .err()
-        .map(|e| format!("{e:#}"));
+    let tx_off = attach_sock_ops(&mut ebpf, opts.cgroup2_root.as_deref()).err().map(|e| format!("{e:#}"));
     let take = |ebpf: &mut Ebpf, name: &str| {
-        ebpf.take_map(name)
-            .with_context(|| format!("map {name} missing from the eBPF object"))
+        ebpf.take_map(name).with_context(|| format!("map {name} missing from the eBPF object"))
     };
     let events = RingBuf::try_from(take(&mut ebpf, MAP_EVENTS)?)?;
     let targets = match take(&mut ebpf, MAP_TARGETS)? {
@@ -191,17 +176,7 @@ pub fn load(opts: &LoadOptions) -> Result<Probe> {
         agg: PerCpuHashMap::try_from(take(&mut ebpf, MAP_AGG)?)?,
     };
     let server_ports = Array::try_from(take(&mut ebpf, MAP_SERVER_PORTS)?)?;
-    Ok(Probe {
-        ebpf,
-        events,
-        targets,
-        counters,
-        conns,
-        fast,
-        target_words,
-        server_ports,
-        tx_off,
-    })
+    Ok(Probe { ebpf, events, targets, counters, conns, fast, target_words, server_ports, tx_off })
 }
 
 /// Loads the sock_ops program and attaches it to the root of the cgroup v2 hierarchy,
@@ -212,17 +187,13 @@ fn attach_sock_ops(ebpf: &mut Ebpf, root: Option<&std::path::Path>) -> Result<()
         bail!("loading a sock_ops program needs {cap} (grant it, or run as root)");
     }
     let Some(root) = root else {
-        bail!(
-            "no cgroup v2 hierarchy is mounted with its root visible here (mount -t cgroup2 none /sys/fs/cgroup)"
-        );
+        bail!("no cgroup v2 hierarchy is mounted with its root visible here (mount -t cgroup2 none /sys/fs/cgroup)");
     };
     let program: &mut SockOps = ebpf
         .program_mut(SOCK_OPS.program)
         .with_context(|| format!("program {} missing from the eBPF object", SOCK_OPS.program))?
         .try_into()?;
-    program
-        .load()
-        .map_err(|e| privileges::explain_program_error(SOCK_OPS.tracepoint, e))?;
+    program.load().map_err(|e| privileges::explain_program_error(SOCK_OPS.tracepoint, e))?;
     let dir = std::fs::File::open(root).with_context(|| format!("opening {}", root.display()))?;
     program
         .attach(dir, CgroupAttachMode::Single)
@@ -247,10 +218,7 @@ fn attach(ebpf: &mut Ebpf) -> Result<()> {
         program
             .attach()
             .map_err(|e| privileges::explain_program_error(hook.tracepoint, e))?;
-        let verified = program
-            .info()
-            .ok()
-            .and_then(|i| i.verified_instruction_count());
+        let verified = program.info().ok().and_then(|i| i.verified_instruction_count());
         tracing::debug!(tracepoint = hook.tracepoint, purpose = hook.purpose, verified_insns = ?verified, "attached");
     }
     Ok(())

@@ -23,9 +23,7 @@ fn log_colour() -> bool {
 }
 
 fn main() {
-    let matches = cli::Cli::command()
-        .after_help(cli::after_help())
-        .get_matches();
+    let matches = cli::Cli::command().after_help(cli::after_help()).get_matches();
     let cli = match cli::Cli::from_arg_matches(&matches) {
         Ok(cli) => cli,
         Err(e) => e.exit(),
@@ -37,10 +35,7 @@ fn main() {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("redprobe: error: cannot start the runtime: {e}");

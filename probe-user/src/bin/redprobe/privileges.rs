@@ -44,11 +44,7 @@ pub fn missing_for_sock_ops() -> Option<&'static str> {
 /// permission bits).
 pub fn missing_for_port_selector() -> Vec<&'static str> {
     let caps = effective_caps();
-    KEPT_AFTER_ATTACH
-        .iter()
-        .filter(|(c, _)| caps & (1u64 << c) == 0)
-        .map(|(_, name)| *name)
-        .collect()
+    KEPT_AFTER_ATTACH.iter().filter(|(c, _)| caps & (1u64 << c) == 0).map(|(_, name)| *name).collect()
 }
 
 pub fn check() -> Result<()> {
@@ -66,10 +62,7 @@ pub fn check() -> Result<()> {
 
 /// Capabilities kept after attaching: reading other users' /proc/PID entries (targets,
 /// their workers, their sockets), which `--port` needs. Everything else is dropped.
-pub const KEPT_AFTER_ATTACH: &[(u32, &str)] = &[
-    (CAP_SYS_PTRACE, "CAP_SYS_PTRACE"),
-    (CAP_DAC_READ_SEARCH, "CAP_DAC_READ_SEARCH"),
-];
+pub const KEPT_AFTER_ATTACH: &[(u32, &str)] = &[(CAP_SYS_PTRACE, "CAP_SYS_PTRACE"), (CAP_DAC_READ_SEARCH, "CAP_DAC_READ_SEARCH")];
 
 /// Capabilities only loading and attaching need (faults.rs checks CAP_BPF, CAP_PERFMON,
 /// CAP_SYS_ADMIN, CAP_NET_ADMIN and CAP_SYS_RESOURCE are gone from the agent's sets).
@@ -99,32 +92,19 @@ const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
 
 /// (effective, permitted) capability sets of this process.
 fn capget() -> std::io::Result<(u64, u64)> {
-    let mut header = CapHeader {
-        version: LINUX_CAPABILITY_VERSION_3,
-        pid: 0,
-    };
+    let mut header = CapHeader { version: LINUX_CAPABILITY_VERSION_3, pid: 0 };
     let mut data = [CapData::default(); 2];
     // SAFETY: header and two data words, as capget(2) expects for version 3.
     if unsafe { libc::syscall(libc::SYS_capget, &mut header, data.as_mut_ptr()) } != 0 {
         return Err(std::io::Error::last_os_error());
     }
     let join = |lo: u32, hi: u32| lo as u64 | (hi as u64) << 32;
-    Ok((
-        join(data[0].effective, data[1].effective),
-        join(data[0].permitted, data[1].permitted),
-    ))
+    Ok((join(data[0].effective, data[1].effective), join(data[0].permitted, data[1].permitted)))
 }
 
 fn capset(set: u64) -> std::io::Result<()> {
-    let mut header = CapHeader {
-        version: LINUX_CAPABILITY_VERSION_3,
-        pid: 0,
-    };
-    let word = |w: u32| CapData {
-        effective: w,
-        permitted: w,
-        inheritable: 0,
-    };
+    let mut header = CapHeader { version: LINUX_CAPABILITY_VERSION_3, pid: 0 };
+    let word = |w: u32| CapData { effective: w, permitted: w, inheritable: 0 };
     let data = [word(set as u32), word((set >> 32) as u32)];
     // SAFETY: as above.
     if unsafe { libc::syscall(libc::SYS_capset, &mut header, data.as_ptr()) } != 0 {
@@ -168,21 +148,11 @@ pub fn drop_after_attach() -> Result<Vec<&'static str>> {
     }
     // SAFETY: plain prctl calls.
     unsafe {
-        libc::prctl(
-            libc::PR_CAP_AMBIENT,
-            libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
-            0,
-            0,
-            0,
-        );
+        libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong, 0, 0, 0);
         libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1 as libc::c_ulong, 0, 0, 0);
     }
     capset(permitted & keep).map_err(|e| anyhow::anyhow!("capset: {e}"))?;
-    Ok(DROPPED_AFTER_ATTACH
-        .iter()
-        .filter(|(c, _)| permitted & !keep & (1 << c) != 0)
-        .map(|(_, n)| *n)
-        .collect())
+    Ok(DROPPED_AFTER_ATTACH.iter().filter(|(c, _)| permitted & !keep & (1 << c) != 0).map(|(_, n)| *n).collect())
 }
 
 /// EPERM or EACCES.
@@ -203,10 +173,7 @@ pub fn explain_load_error(e: EbpfError) -> anyhow::Error {
 
 pub fn explain_program_error(tracepoint: &str, e: ProgramError) -> anyhow::Error {
     let detail = match &e {
-        ProgramError::LoadError {
-            io_error,
-            verifier_log,
-        } => {
+        ProgramError::LoadError { io_error, verifier_log } => {
             let log = verifier_log.to_string();
             if !log.trim().is_empty() && io_error.raw_os_error() == Some(libc::EACCES) {
                 // EACCES with a log is the verifier refusing the program, not privileges.

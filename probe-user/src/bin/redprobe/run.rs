@@ -59,25 +59,17 @@ const RECONCILE_EVERY: Duration = Duration::from_secs(10);
 const READ_AGGREGATES_EVERY: Duration = Duration::from_secs(10);
 
 fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 fn routes(cli: &Cli) -> Result<Routes> {
-    let mut templates = cli
-        .routes
-        .iter()
-        .map(|t| Template::parse(t))
-        .collect::<Result<Vec<_>>>()?;
+    let mut templates = cli.routes.iter().map(|t| Template::parse(t)).collect::<Result<Vec<_>>>()?;
     if let Some(path) = &cli.routes_file {
-        let content = std::fs::read_to_string(path)
-            .with_context(|| format!("reading --routes-file {}", path.display()))?;
-        templates
-            .extend(parse_routes_file(&content).with_context(|| format!("in {}", path.display()))?);
+        let content =
+            std::fs::read_to_string(path).with_context(|| format!("reading --routes-file {}", path.display()))?;
+        templates.extend(parse_routes_file(&content).with_context(|| format!("in {}", path.display()))?);
     }
     Ok(Routes::new(Router::new(templates), cli.max_routes))
 }
@@ -85,14 +77,10 @@ fn routes(cli: &Cli) -> Result<Routes> {
 /// Raises the soft limit of open files to the hard one: every scrape connection and every
 /// pidfd is a file, and systemd's default soft limit is 1024.
 fn raise_fd_limit() {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: a plain get/set of this process's own limit.
     unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
-        {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max {
             limit.rlim_cur = limit.rlim_max;
             let _ = libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
         }
@@ -102,11 +90,7 @@ fn raise_fd_limit() {
 /// Logs what happened to a target.
 fn log_notice(notice: &Notice) {
     match notice {
-        Notice::Forked {
-            parent,
-            child,
-            service,
-        } => {
+        Notice::Forked { parent, child, service } => {
             tracing::debug!(parent, pid = child, service = %service, "measuring forked process")
         }
         Notice::Execed { pid, comm, service } => {
@@ -115,11 +99,7 @@ fn log_notice(notice: &Notice) {
         Notice::Exited(t) => {
             info!(pid = t.pid, comm = %t.comm, "target exited; what it served stays in the metrics")
         }
-        Notice::Route {
-            service_id,
-            key,
-            route,
-        } => tracing::debug!(service_id, key, route, "route of a path key"),
+        Notice::Route { service_id, key, route } => tracing::debug!(service_id, key, route, "route of a path key"),
     }
 }
 
@@ -146,18 +126,8 @@ pub async fn run(cli: Cli) -> Result<()> {
             "--buckets sets the OpenTelemetry duration buckets; --naming django-prometheus keeps django-prometheus's own"
         );
     }
-    let roots = cli
-        .pids
-        .iter()
-        .map(|p| inspect(&proc, *p))
-        .collect::<Result<Vec<_>>>()?;
-    let selectors = Arc::new(Selectors::new(
-        &proc,
-        &cli.ports,
-        &cli.exes,
-        &cli.cgroups,
-        &cli.containers,
-    )?);
+    let roots = cli.pids.iter().map(|p| inspect(&proc, *p)).collect::<Result<Vec<_>>>()?;
+    let selectors = Arc::new(Selectors::new(&proc, &cli.ports, &cli.exes, &cli.cgroups, &cli.containers)?);
     let web = match &cli.web_config_file {
         Some(path) => Some(Arc::new(
             probe_user::web_config::WebConfig::open(path)
@@ -166,40 +136,23 @@ pub async fn run(cli: Cli) -> Result<()> {
         None => None,
     };
     let listener = exposition::bind(cli.listen).await?;
-    let Probe {
-        ebpf: _ebpf,
-        events,
-        targets: target_map,
-        counters,
-        conns,
-        fast,
-        target_words,
-        server_ports,
-        tx_off,
-    } = loader::load(&LoadOptions {
-        ring_buffer_bytes: cli.ring_buffer_bytes,
-        max_connections: cli.max_connections,
-        wakeup_bytes: cli.wakeup_bytes,
-        time_bounds: durations.kernel_table(),
-        cgroup2_root: proc.cgroup2_root(),
-    })?;
+    let Probe { ebpf: _ebpf, events, targets: target_map, counters, conns, fast, target_words, server_ports, tx_off } =
+        loader::load(&LoadOptions {
+            ring_buffer_bytes: cli.ring_buffer_bytes,
+            max_connections: cli.max_connections,
+            wakeup_bytes: cli.wakeup_bytes,
+            time_bounds: durations.kernel_table(),
+            cgroup2_root: proc.cgroup2_root(),
+        })?;
     match &tx_off {
-        None => info!(
-            "responses end when their last byte leaves the host (sock_ops on the root cgroup v2)"
-        ),
-        Some(why) => warn!(
-            "responses end when the server's last write returns, not when their last byte leaves: {why}"
-        ),
+        None => info!("responses end when their last byte leaves the host (sock_ops on the root cgroup v2)"),
+        Some(why) => {
+            warn!("responses end when the server's last write returns, not when their last byte leaves: {why}")
+        }
     }
 
     let mut prometheus = Prometheus::default();
-    let metrics = Metrics::with_options(
-        &mut prometheus,
-        cli.naming,
-        routes,
-        durations,
-        cli.http_options(),
-    );
+    let metrics = Metrics::with_options(&mut prometheus, cli.naming, routes, durations, cli.http_options());
     let registry = Registry::with_labels(cli.service.as_deref(), cli.placement_labels()).shared();
     prometheus.register_collector(Box::new(ScrapeCollectors::new(
         Saturation::new(registry.clone(), proc.clone()),
@@ -232,10 +185,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         let scan = selectors.scan(std::process::id());
         apply_scan(&targets, &selectors, scan, &mut warned_denied);
         if lock(&registry).is_empty() {
-            info!(
-                "no process matches {selectors} yet; checking every {} ms",
-                cli.rescan_interval_ms
-            );
+            info!("no process matches {selectors} yet; checking every {} ms", cli.rescan_interval_ms);
         }
     }
 
@@ -246,11 +196,8 @@ pub async fn run(cli: Cli) -> Result<()> {
         Err(e) => warn!("could not drop capabilities after attaching: {e:#}"),
     }
     let addr = listener.local_addr().unwrap_or(cli.listen);
-    let (tls, auth) = web
-        .as_ref()
-        .map(|w| w.current().0)
-        .map(|c| (c.tls.is_some(), c.requires_auth()))
-        .unwrap_or_default();
+    let (tls, auth) =
+        web.as_ref().map(|w| w.current().0).map(|c| (c.tls.is_some(), c.requires_auth())).unwrap_or_default();
     if !addr.ip().is_loopback() && !(tls && auth) {
         warn!(
             %addr,
@@ -260,27 +207,13 @@ pub async fn run(cli: Cli) -> Result<()> {
     let scheme = if tls { "https" } else { "http" };
     let read_aggregates = reader(aggregates.clone());
     let forget_after = Duration::from_secs(cli.forget_after);
-    tokio::spawn(exposition::serve(
-        listener,
-        Arc::new(prometheus),
-        health.clone(),
-        Some(read_aggregates.clone()),
-        web,
-    ));
-    info!(
-        tls,
-        basic_auth = auth,
-        "probe attached; metrics at {scheme}://{addr}/metrics"
-    );
+    tokio::spawn(exposition::serve(listener, Arc::new(prometheus), health.clone(), Some(read_aggregates.clone()), web));
+    info!(tls, basic_auth = auth, "probe attached; metrics at {scheme}://{addr}/metrics");
 
     // SAFETY: the ring buffer's map fd is owned by `events`, which the AsyncFd owns.
     let mut ring = unsafe { AsyncFd::register_with_interest(events, Interest::READABLE) }
         .map_err(|e| anyhow::anyhow!("polling the ring buffer: {e}"))?;
-    let mut pipeline = Pipeline::new(
-        metrics.clone(),
-        registry.clone(),
-        cli.max_connections as usize,
-    );
+    let mut pipeline = Pipeline::new(metrics.clone(), registry.clone(), cli.max_connections as usize);
     pipeline.set_fast_path(off.is_none());
 
     let mut kernel = KernelCounters::new(counters);
@@ -381,13 +314,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             break;
         }
     }
-    drain(
-        &mut pipeline,
-        ring.get_mut(),
-        false,
-        &targets,
-        &mut fast_path,
-    );
+    drain(&mut pipeline, ring.get_mut(), false, &targets, &mut fast_path);
     kernel.poll(&health);
     Ok(())
 }
@@ -407,18 +334,12 @@ fn drain(
             log_notice(&notice);
             // The kernel's maps follow what the pipeline decided.
             match &notice {
-                Notice::Forked { child: pid, .. } | Notice::Execed { pid, .. } => {
-                    targets.sync_service(*pid)
-                }
+                Notice::Forked { child: pid, .. } | Notice::Execed { pid, .. } => targets.sync_service(*pid),
                 Notice::Exited(t) => {
                     targets.sync_service(t.pid);
                     exited = true;
                 }
-                Notice::Route {
-                    service_id,
-                    key,
-                    route,
-                } => fast_path.set_route(*service_id, *key, *route),
+                Notice::Route { service_id, key, route } => fast_path.set_route(*service_id, *key, *route),
             }
         }
     }

@@ -60,11 +60,7 @@ impl fmt::Display for Selectors {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut parts: Vec<String> = self.ports.iter().map(|p| format!("--port {p}")).collect();
         parts.extend(self.exes.iter().map(|e| format!("--exe {e}")));
-        parts.extend(
-            self.cgroups
-                .iter()
-                .map(|c| format!("--cgroup {}", c.display())),
-        );
+        parts.extend(self.cgroups.iter().map(|c| format!("--cgroup {}", c.display())));
         parts.extend(self.containers.iter().map(|c| format!("--container {c}")));
         f.write_str(&parts.join(", "))
     }
@@ -78,9 +74,8 @@ impl Selectors {
         cgroups: &[PathBuf],
         containers: &[String],
     ) -> Result<Self> {
-        if let Some(c) = containers
-            .iter()
-            .find(|c| c.len() < 12 || c.len() > 64 || !c.bytes().all(|b| b.is_ascii_hexdigit()))
+        if let Some(c) =
+            containers.iter().find(|c| c.len() < 12 || c.len() > 64 || !c.bytes().all(|b| b.is_ascii_hexdigit()))
         {
             bail!(
                 "--container takes a container id, or its first 12 or more characters, as `docker ps`, \
@@ -93,30 +88,14 @@ impl Selectors {
         if ports.contains(&0) {
             bail!("--port 0 is not a port a server listens on");
         }
-        let roots = if cgroups.is_empty() {
-            vec![]
-        } else {
-            proc.cgroup_roots()
-        };
-        let cgroups = cgroups
-            .iter()
-            .map(|c| resolve_cgroup(c, &roots))
-            .collect::<Result<_>>()?;
+        let roots = if cgroups.is_empty() { vec![] } else { proc.cgroup_roots() };
+        let cgroups = cgroups.iter().map(|c| resolve_cgroup(c, &roots)).collect::<Result<_>>()?;
         let containers = containers.iter().map(|c| c.to_ascii_lowercase()).collect();
-        Ok(Selectors {
-            proc: proc.clone(),
-            ports: ports.to_vec(),
-            exes: exes.to_vec(),
-            cgroups,
-            containers,
-        })
+        Ok(Selectors { proc: proc.clone(), ports: ports.to_vec(), exes: exes.to_vec(), cgroups, containers })
     }
 
     pub fn is_empty(&self) -> bool {
-        self.ports.is_empty()
-            && self.exes.is_empty()
-            && self.cgroups.is_empty()
-            && self.containers.is_empty()
+        self.ports.is_empty() && self.exes.is_empty() && self.cgroups.is_empty() && self.containers.is_empty()
     }
 
     /// The processes running now that a selector matches, except `me` (the agent).
@@ -127,26 +106,17 @@ impl Selectors {
         }
         // Kernel threads (kthreadd, PID 2, and its children) serve no HTTP: never selected,
         // even under `--cgroup /`.
-        let procs: Vec<ProcInfo> = self
-            .proc
-            .all()
-            .into_iter()
-            .filter(|p| p.pid != me && p.pid != KTHREADD && p.ppid != KTHREADD)
-            .collect();
+        let procs: Vec<ProcInfo> =
+            self.proc.all().into_iter().filter(|p| p.pid != me && p.pid != KTHREADD && p.ppid != KTHREADD).collect();
         let mut found: BTreeMap<u32, String> = BTreeMap::new();
         for exe in &self.exes {
-            for p in procs
-                .iter()
-                .filter(|p| exe_matches(exe, &p.comm, || self.proc.exe_name(p.pid)))
-            {
+            for p in procs.iter().filter(|p| exe_matches(exe, &p.comm, || self.proc.exe_name(p.pid))) {
                 found.entry(p.pid).or_insert_with(|| format!("--exe {exe}"));
             }
         }
         for dir in &self.cgroups {
             for pid in cgroup_pids(dir) {
-                found
-                    .entry(pid)
-                    .or_insert_with(|| format!("--cgroup {}", dir.display()));
+                found.entry(pid).or_insert_with(|| format!("--cgroup {}", dir.display()));
             }
         }
         if !self.containers.is_empty() {
@@ -155,9 +125,7 @@ impl Selectors {
                     continue;
                 };
                 if let Some(c) = self.containers.iter().find(|c| id.starts_with(c.as_str())) {
-                    found
-                        .entry(p.pid)
-                        .or_insert_with(|| format!("--container {c}"));
+                    found.entry(p.pid).or_insert_with(|| format!("--container {c}"));
                 }
             }
         }
@@ -168,14 +136,9 @@ impl Selectors {
         }
         scan.matches = procs
             .into_iter()
-            .filter_map(|info| {
-                found
-                    .remove(&info.pid)
-                    .map(|selector| Match { info, selector })
-            })
+            .filter_map(|info| found.remove(&info.pid).map(|selector| Match { info, selector }))
             .collect();
-        scan.matches
-            .sort_by_key(|m| (m.info.start_time, m.info.pid));
+        scan.matches.sort_by_key(|m| (m.info.start_time, m.info.pid));
         scan
     }
 
@@ -240,28 +203,17 @@ fn resolve_cgroup(arg: &Path, roots: &[PathBuf]) -> Result<PathBuf> {
         return Ok(arg.to_path_buf());
     }
     if roots.iter().any(|r| arg.starts_with(r)) {
-        bail!(
-            "--cgroup {}: not a cgroup directory (no cgroup.procs in it)",
-            arg.display()
-        );
+        bail!("--cgroup {}: not a cgroup directory (no cgroup.procs in it)", arg.display());
     }
     let relative = arg.strip_prefix("/").unwrap_or(arg);
-    if let Some(full) = roots
-        .iter()
-        .map(|r| r.join(relative))
-        .find(|d| d.join("cgroup.procs").exists())
-    {
+    if let Some(full) = roots.iter().map(|r| r.join(relative)).find(|d| d.join("cgroup.procs").exists()) {
         return Ok(full);
     }
     bail!(
         "--cgroup {}: no such cgroup under the cgroup hierarchies at {}; \
          `systemctl status UNIT` or `cat /proc/PID/cgroup` shows a process's cgroup",
         arg.display(),
-        roots
-            .iter()
-            .map(|r| r.display().to_string())
-            .collect::<Vec<_>>()
-            .join(", ")
+        roots.iter().map(|r| r.display().to_string()).collect::<Vec<_>>().join(", ")
     )
 }
 
@@ -290,31 +242,17 @@ mod tests {
     #[test]
     fn exe_names() {
         assert!(exe_matches("gunicorn", "gunicorn", || None));
-        assert!(!exe_matches("gunicorn", "python3", || Some(
-            "python3.11".into()
-        )));
-        assert!(exe_matches("python3.11", "python3", || Some(
-            "python3.11".into()
-        )));
+        assert!(!exe_matches("gunicorn", "python3", || Some("python3.11".into())));
+        assert!(exe_matches("python3.11", "python3", || Some("python3.11".into())));
         // The kernel keeps 15 bytes of the command name.
-        assert!(exe_matches(
-            "a-very-long-server-name",
-            "a-very-long-ser",
-            || None
-        ));
-        assert!(!exe_matches(
-            "a-very-long-ser",
-            "a-very-long-server",
-            || None
-        ));
+        assert!(exe_matches("a-very-long-server-name", "a-very-long-ser", || None));
+        assert!(!exe_matches("a-very-long-ser", "a-very-long-server", || None));
         assert!(!exe_matches("gunicorn", "gunicorn: maste", || None));
     }
 
     #[test]
     fn cgroups_need_a_cgroup2_mount() {
-        let err = resolve_cgroup(Path::new("/system.slice/x.service"), &[])
-            .unwrap_err()
-            .to_string();
+        let err = resolve_cgroup(Path::new("/system.slice/x.service"), &[]).unwrap_err().to_string();
         assert!(err.contains("cgroup filesystem"), "{err}");
     }
 
@@ -323,26 +261,10 @@ mod tests {
         let proc = ProcRoot::default();
         assert!(Selectors::new(&proc, &[0], &[], &[], &[]).is_err());
         assert!(Selectors::new(&proc, &[], &["/usr/bin/gunicorn".into()], &[], &[]).is_err());
-        assert!(
-            Selectors::new(&proc, &[], &[], &[], &["abc".into()]).is_err(),
-            "too short to be unique"
-        );
-        assert!(
-            Selectors::new(&proc, &[], &[], &[], &["my-container".into()]).is_err(),
-            "not an id"
-        );
-        let s = Selectors::new(
-            &proc,
-            &[8000],
-            &["gunicorn".into()],
-            &[],
-            &["FD984D2EF97E".into()],
-        )
-        .unwrap();
-        assert_eq!(
-            s.to_string(),
-            "--port 8000, --exe gunicorn, --container fd984d2ef97e"
-        );
+        assert!(Selectors::new(&proc, &[], &[], &[], &["abc".into()]).is_err(), "too short to be unique");
+        assert!(Selectors::new(&proc, &[], &[], &[], &["my-container".into()]).is_err(), "not an id");
+        let s = Selectors::new(&proc, &[8000], &["gunicorn".into()], &[], &["FD984D2EF97E".into()]).unwrap();
+        assert_eq!(s.to_string(), "--port 8000, --exe gunicorn, --container fd984d2ef97e");
     }
 
     #[test]
@@ -363,14 +285,7 @@ mod tests {
         let port = listener.local_addr().unwrap().port();
         let s = Selectors::new(&ProcRoot::default(), &[port], &[], &[], &[]).unwrap();
         let scan = s.scan(0);
-        let m = scan
-            .matches
-            .iter()
-            .find(|m| m.info.pid == std::process::id());
-        assert_eq!(
-            m.map(|m| m.selector.clone()),
-            Some(format!("--port {port}")),
-            "{scan:?}"
-        );
+        let m = scan.matches.iter().find(|m| m.info.pid == std::process::id());
+        assert_eq!(m.map(|m| m.selector.clone()), Some(format!("--port {port}")), "{scan:?}");
     }
 }

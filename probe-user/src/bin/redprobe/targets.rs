@@ -54,18 +54,10 @@ impl TargetBits {
             )
         };
         if ptr == libc::MAP_FAILED {
-            bail!(
-                "mapping the TARGETS map: {}",
-                std::io::Error::last_os_error()
-            );
+            bail!("mapping the TARGETS map: {}", std::io::Error::last_os_error());
         }
         let words = NonNull::new(ptr as *mut AtomicU64).expect("mmap returned a mapping");
-        Ok(TargetBits {
-            words,
-            count,
-            len,
-            _map: map,
-        })
+        Ok(TargetBits { words, count, len, _map: map })
     }
 
     fn word(&self, pid: u32) -> Option<&AtomicU64> {
@@ -91,11 +83,7 @@ impl TargetBits {
     /// Processes marked now.
     pub fn marked(&self) -> u64 {
         (0..self.count)
-            .map(|i| {
-                unsafe { &*self.words.as_ptr().add(i as usize) }
-                    .load(Ordering::Relaxed)
-                    .count_ones() as u64
-            })
+            .map(|i| unsafe { &*self.words.as_ptr().add(i as usize) }.load(Ordering::Relaxed).count_ones() as u64)
             .sum()
     }
 
@@ -119,9 +107,7 @@ pub fn inspect(proc: &ProcRoot, pid: u32) -> Result<ProcInfo> {
     }
     match proc.info(pid) {
         Some(info) => Ok(info),
-        None => bail!(
-            "no process with PID {pid} (nothing at /proc/{pid}); check the PID with `ps -p {pid}`"
-        ),
+        None => bail!("no process with PID {pid} (nothing at /proc/{pid}); check the PID with `ps -p {pid}`"),
     }
 }
 
@@ -147,13 +133,8 @@ impl Targets {
         let Some(services) = &self.services else {
             return;
         };
-        let id = lock(&self.registry)
-            .get(pid)
-            .map(|t| t.service_id)
-            .unwrap_or(0);
-        let mut services = services
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let id = lock(&self.registry).get(pid).map(|t| t.service_id).unwrap_or(0);
+        let mut services = services.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if id == 0 {
             let _ = services.remove(&pid);
         } else if services.insert(pid, id, 0).is_err() {
@@ -166,10 +147,7 @@ impl Targets {
         let Ok(ports) = self.proc.listening_ports(pid) else {
             return;
         };
-        let mut map = self
-            .server_ports
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut map = self.server_ports.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         for port in ports {
             if map.get(&(port as u32), 0).ok() != Some(1) && map.set(port as u32, 1, 0).is_err() {
                 self.health.map_write_failed("SERVER_PORTS");
@@ -184,10 +162,7 @@ impl Targets {
     fn mark(&self, p: &ProcInfo) -> bool {
         let Some(was_set) = self.bits.set(p.pid) else {
             self.health.map_write_failed("TARGETS");
-            warn!(
-                pid = p.pid,
-                "PID above the kernel's pid_max as the probe was loaded: not measured"
-            );
+            warn!(pid = p.pid, "PID above the kernel's pid_max as the probe was loaded: not measured");
             return false;
         };
         if self.proc.is_running(p.pid, p.start_time) {
@@ -221,14 +196,10 @@ impl Targets {
         // found in /proc; a second pass finds any a first-pass child forked meanwhile.
         for _ in 0..2 {
             for child in self.proc.descendants(root.pid) {
-                if lock(&self.registry).contains(child.pid, child.start_time) || !self.mark(&child)
-                {
+                if lock(&self.registry).contains(child.pid, child.start_time) || !self.mark(&child) {
                     continue;
                 }
-                if lock(&self.registry)
-                    .attach_descendant(&child, &root_target)
-                    .is_some()
-                {
+                if lock(&self.registry).attach_descendant(&child, &root_target).is_some() {
                     self.sync_service(child.pid);
                     self.mark_ports(child.pid);
                     info!(pid = child.pid, comm = %child.comm, service = %service, "measuring process");
