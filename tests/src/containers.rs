@@ -105,8 +105,15 @@ impl Container {
             .args(ulimits())
             .args(options)
             .arg(image)
-            .args(args))?;
-        Ok(Container { id: stdout(out), name })
+            .args(args));
+        match out {
+            Ok(out) => Ok(Container { id: stdout(out), name }),
+            Err(e) => {
+                // A container podman created but could not start is removed too.
+                let _ = Command::new("podman").args(["rm", "-f", "-t", "0", &name]).output();
+                Err(e)
+            }
+        }
     }
 
     /// A server from the workspace in the servers' image, listening on [`CONTAINER_PORT`]
