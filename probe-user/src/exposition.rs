@@ -237,17 +237,10 @@ fn with_headers(mut resp: Response<Full<Bytes>>, config: &Loaded) -> Response<Fu
     resp
 }
 
+/// The answer to a request that may be served (authenticated where the web config asks).
 async fn route(req: Request<Incoming>, registry: Arc<Registry>, before: Option<BeforeScrape>) -> Response<Full<Bytes>> {
-    handle_plain(req, registry, before).await.unwrap_or_else(|e| match e {})
-}
-
-async fn handle_plain(
-    req: Request<Incoming>,
-    registry: Arc<Registry>,
-    before: Option<BeforeScrape>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
-        return Ok(response(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "use GET\n"));
+        return response(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "use GET\n");
     }
     match req.uri().path() {
         "/metrics" => {
@@ -259,18 +252,16 @@ async fn handle_plain(
                 Format::Protobuf => PROMETHEUS_PROTOBUF,
             };
             match encode(registry, before, format).await {
-                Ok(body) => Ok(response(StatusCode::OK, content_type, body)),
-                Err(e) => {
-                    Ok(response(StatusCode::INTERNAL_SERVER_ERROR, "text/plain", format!("encoding failed: {e}\n")))
-                }
+                Ok(body) => response(StatusCode::OK, content_type, body),
+                Err(e) => response(StatusCode::INTERNAL_SERVER_ERROR, "text/plain", format!("encoding failed: {e}\n")),
             }
         }
-        "/" => Ok(response(
+        "/" => response(
             StatusCode::OK,
             "text/html; charset=utf-8",
             "<html><head><title>redprobe</title></head><body><h1>redprobe</h1><p><a href=\"/metrics\">Metrics</a></p></body></html>\n",
-        )),
-        _ => Ok(response(StatusCode::NOT_FOUND, "text/plain", "not found; metrics are at /metrics\n")),
+        ),
+        _ => response(StatusCode::NOT_FOUND, "text/plain", "not found; metrics are at /metrics\n"),
     }
 }
 
