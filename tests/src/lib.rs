@@ -7,6 +7,7 @@ pub mod procs;
 pub mod prom;
 pub mod scrape;
 pub mod servers;
+pub mod tls;
 pub mod workload;
 
 use std::time::{Duration, Instant};

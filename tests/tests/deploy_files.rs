@@ -175,34 +175,25 @@ fn the_daemonset_is_least_privilege_and_its_arguments_work() -> Result<()> {
 /// /metrics over TLS to the password its comment names, and refuses a scrape without it.
 #[test]
 fn the_example_web_config_serves_tls_with_its_documented_password() -> Result<()> {
+    use testkit::tls::{Ca, scrape};
     let dir = tempfile::tempdir()?;
     std::fs::copy(deploy("web/web-config.yml"), dir.path().join("web-config.yml"))?;
-    let out = Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1"])
-        .args(["-subj", "/CN=redprobe", "-addext", "subjectAltName=IP:127.0.0.1"])
-        .arg("-keyout")
-        .arg(dir.path().join("tls.key"))
-        .arg("-out")
-        .arg(dir.path().join("tls.crt"))
-        .output()?;
-    ensure!(out.status.success(), "openssl: {}", String::from_utf8_lossy(&out.stderr));
+    let ca = Ca::new(dir.path(), "ca")?;
+    let (crt, key) = ca.sign("server", true)?;
+    std::fs::rename(crt, dir.path().join("tls.crt"))?;
+    std::fs::rename(key, dir.path().join("tls.key"))?;
     let server = Server::start_python()?;
     let config = dir.path().join("web-config.yml").display().to_string();
-    let ca = dir.path().join("tls.crt").display().to_string();
-    let curl = move |addr: &str, user: &str| -> String {
-        Command::new("curl")
-            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "10", "--cacert", &ca, "-u", user])
-            .arg(format!("https://{addr}/metrics"))
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-            .unwrap_or_default()
-    };
-    let ready = curl.clone();
+    let cacert = ca.crt().display().to_string();
+    let user = |password: &str| ["--cacert".to_string(), cacert.clone(), "-u".into(), format!("prometheus:{password}")];
+    let good = user("change-me");
     let args = ["--pid".to_string(), server.pid().to_string(), "--web.config.file".into(), config];
+    let ready = good.clone();
     let agent = testkit::procs::Agent::start_until(Command::new(testkit::procs::agent_bin()), &args, move |addr| {
-        ready(addr, "prometheus:change-me") == "200"
+        scrape(addr, &ready.iter().map(String::as_str).collect::<Vec<_>>()).is_ok_and(|s| s == 200)
     })?;
-    assert_eq!(curl(&agent.addr, "prometheus:change-me"), "200");
-    assert_eq!(curl(&agent.addr, "prometheus:wrong"), "401");
+    let status = |args: &[String]| scrape(&agent.addr, &args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(status(&good)?, 200);
+    assert_eq!(status(&user("wrong"))?, 401);
     Ok(())
 }
