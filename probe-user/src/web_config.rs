@@ -75,6 +75,8 @@ pub struct Loaded {
     users: HashMap<String, String>,
     /// Headers added to every response.
     pub headers: Vec<(String, String)>,
+    /// Only clients with a certificate the configured CAs signed get in.
+    pub requires_client_cert: bool,
     /// Credentials that verified (SHA-256 of user, password and hash): bcrypt is slow on
     /// purpose, and a scraper sends the same ones every time.
     verified: Mutex<HashSet<Vec<u8>>>,
@@ -159,6 +161,8 @@ pub fn load(path: &Path) -> Result<Loaded> {
     };
     let dir = path.parent().unwrap_or(Path::new("."));
     let mut stamps = vec![(path.to_path_buf(), config_stamp)];
+    let requires_client_cert = file.tls_server_config.as_ref().and_then(|t| t.client_auth_type.as_deref())
+        == Some("RequireAndVerifyClientCert");
     let tls = match file.tls_server_config {
         Some(t) => Some(Arc::new(tls_config(t, dir, &mut stamps)?)),
         None => None,
@@ -186,7 +190,7 @@ pub fn load(path: &Path) -> Result<Loaded> {
             bail!("http_server_config.headers: {name:?} is not a header name");
         }
     }
-    Ok(Loaded { tls, users, headers: headers.into_iter().collect(), verified: Mutex::default(), stamps })
+    Ok(Loaded { tls, users, headers: headers.into_iter().collect(), requires_client_cert, verified: Mutex::default(), stamps })
 }
 
 fn tls_config(t: TlsFormat, dir: &Path, stamps: &mut Vec<(PathBuf, Option<Stamp>)>) -> Result<ServerConfig> {
@@ -312,6 +316,7 @@ impl WebConfig {
                     tls: current.tls.clone(),
                     users: current.users.clone(),
                     headers: current.headers.clone(),
+                    requires_client_cert: current.requires_client_cert,
                     verified: Mutex::default(),
                     stamps,
                 };

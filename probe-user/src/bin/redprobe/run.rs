@@ -196,19 +196,22 @@ pub async fn run(cli: Cli) -> Result<()> {
         Err(e) => warn!("could not drop capabilities after attaching: {e:#}"),
     }
     let addr = listener.local_addr().unwrap_or(cli.listen);
-    let (tls, auth) =
-        web.as_ref().map(|w| w.current().0).map(|c| (c.tls.is_some(), c.requires_auth())).unwrap_or_default();
+    let (tls, auth) = web
+        .as_ref()
+        .map(|w| w.current().0)
+        .map(|c| (c.tls.is_some(), c.requires_auth() || c.requires_client_cert))
+        .unwrap_or_default();
     if !addr.ip().is_loopback() && !(tls && auth) {
         warn!(
             %addr,
-            "/metrics is served beyond loopback without TLS and basic auth: keep the port behind a firewall, or set them up with --web.config.file"
+            "/metrics is served beyond loopback without TLS and authentication (basic auth or client certificates): keep the port behind a firewall, or set them up with --web.config.file"
         );
     }
     let scheme = if tls { "https" } else { "http" };
     let read_aggregates = reader(aggregates.clone());
     let forget_after = Duration::from_secs(cli.forget_after);
     tokio::spawn(exposition::serve(listener, Arc::new(prometheus), health.clone(), Some(read_aggregates.clone()), web));
-    info!(tls, basic_auth = auth, "probe attached; metrics at {scheme}://{addr}/metrics");
+    info!(tls, authentication = auth, "probe attached; metrics at {scheme}://{addr}/metrics");
 
     // SAFETY: the ring buffer's map fd is owned by `events`, which the AsyncFd owns.
     let mut ring = unsafe { AsyncFd::register_with_interest(events, Interest::READABLE) }
