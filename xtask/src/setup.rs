@@ -76,6 +76,14 @@ fn container_host() -> Result<()> {
         std::fs::create_dir_all(&dir)?;
         run(Command::new("mount").args(["-t", "cgroup", "-o", controller, "cgroup"]).arg(&dir))?;
     }
+    let left = std::fs::read_to_string(unified.join("cgroup.controllers")).unwrap_or_default();
+    if !left.trim().is_empty() {
+        bail!(
+            "hybrid cgroups: the v2 hierarchy still holds {} after mounting it as v1; crun will refuse to run \
+             containers (tests/tests/containers.rs). A reboot, or unmounting the v2 hierarchy's users, clears it",
+            left.trim()
+        );
+    }
     Ok(())
 }
 
