@@ -72,10 +72,10 @@ impl KernelTotals {
         }
     }
 
-    /// Forgets the keys of a forgotten service id (the agent deletes them from the kernel's
+    /// Forgets the keys of forgotten service ids (the agent deletes them from the kernel's
     /// map too).
-    pub fn forget(&mut self, service_id: u32) {
-        self.last.retain(|k, _| k.service != service_id);
+    pub fn forget(&mut self, service_ids: &std::collections::HashSet<u32>) {
+        self.last.retain(|k, _| !service_ids.contains(&k.service));
     }
 
     pub fn keys(&self) -> usize {

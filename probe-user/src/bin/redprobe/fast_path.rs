@@ -71,16 +71,17 @@ impl Aggregates {
         self.metrics.health.set_map("AGG", self.totals.keys() as i64, crate::loader::MAX_AGGREGATES as i64);
     }
 
-    /// A forgotten service id: what the kernel added for it is read one last time, then
-    /// its keys leave the kernel's map (no process of it is left to add to them, and the id
-    /// is not given out again).
-    pub fn forget(&mut self, service_id: u32) {
+    /// Forgotten service ids: what the kernel added for them is read one last time, then
+    /// their keys leave the kernel's map (no process of theirs is left to add to them, and
+    /// the ids are not given out again).
+    pub fn forget(&mut self, service_ids: &std::collections::HashSet<u32>) {
         self.sync();
-        let keys: Vec<AggKey> = self.map.keys().filter_map(Result::ok).filter(|k| k.service == service_id).collect();
+        let keys: Vec<AggKey> =
+            self.map.keys().filter_map(Result::ok).filter(|k| service_ids.contains(&k.service)).collect();
         for k in keys {
             let _ = self.map.remove(&k);
         }
-        self.totals.forget(service_id);
+        self.totals.forget(service_ids);
     }
 }
 

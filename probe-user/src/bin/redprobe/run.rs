@@ -259,10 +259,13 @@ pub async fn run(cli: Cli) -> Result<()> {
                 pipeline.housekeeping(monotonic_ns(), IDLE_CONNECTION.as_nanos() as u64, &conns_read.fast);
                 health.set_map("TARGETS", targets.bits.marked() as i64, targets.bits.capacity() as i64);
                 let forgotten = lock(&registry).forget_idle(Instant::now(), forget_after);
-                for (id, service) in forgotten {
-                    if id != 0 {
-                        aggregates.lock().unwrap_or_else(std::sync::PoisonError::into_inner).forget(id);
-                    }
+                // One read and one walk of the kernel's aggregates for all the ids forgotten
+                // at once (a node's pods often go together).
+                let ids: std::collections::HashSet<u32> = forgotten.iter().map(|(id, _)| *id).filter(|id| *id != 0).collect();
+                if !ids.is_empty() {
+                    aggregates.lock().unwrap_or_else(std::sync::PoisonError::into_inner).forget(&ids);
+                }
+                for (_, service) in forgotten {
                     let sets = metrics.forget(&service);
                     info!(service = %service, label_sets = sets, "no process of this service for --forget-after: its series are removed");
                 }
