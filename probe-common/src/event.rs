@@ -52,6 +52,16 @@ pub const FLAG_TX_PENDING: u32 = 16;
 /// connection left bytes unsent in turn, and this wait ended at that write.
 pub const FLAG_SUPERSEDED: u32 = 32;
 
+/// `flags` of a close: the connection carried TLS and never a request's plaintext. With
+/// `FLAG_TLS_PROBED` if a TLS library call of the target was mapped to it, and
+/// `FLAG_TLS_OPEN` if its handshake completed.
+pub const FLAG_TLS_UNMEASURED: u32 = 64;
+pub const FLAG_TLS_PROBED: u32 = 128;
+pub const FLAG_TLS_OPEN: u32 = 256;
+/// `flags` of an unclassified first read (with `FLAG_UNCLASSIFIED`): a plaintext request
+/// on a port the target accepted TLS connections on (HTTP sent to an HTTPS port).
+pub const FLAG_PLAIN_ON_TLS_PORT: u32 = 512;
+
 /// Iovecs of a vectored read or write that the programs gather the head window from (a
 /// bounded loop; servers put a response head in the first one or two).
 pub const MAX_IOVECS: usize = 8;

@@ -36,6 +36,10 @@ mod pod {
     unsafe impl aya::Pod for crate::TxWait {}
     unsafe impl aya::Pod for crate::TxKey {}
     unsafe impl aya::Pod for crate::buckets::TimeBounds {}
+    unsafe impl aya::Pod for crate::TlsCall {}
+    unsafe impl aya::Pod for crate::TlsLast {}
+    unsafe impl aya::Pod for crate::TlsSslKey {}
+    unsafe impl aya::Pod for crate::TlsConn {}
 }
 
 #[cfg(test)]
@@ -81,6 +85,10 @@ mod layout_tests {
     #[test]
     fn map_value_layouts() {
         assert_eq!(size_of::<ConnState>(), 40 + size_of::<Pairing>());
+        assert_eq!(size_of::<TlsCall>(), 32);
+        assert_eq!(size_of::<TlsLast>(), 24);
+        assert_eq!(size_of::<TlsSslKey>(), 16);
+        assert_eq!(size_of::<TlsConn>(), 16);
         assert_eq!(size_of::<KernelOffsets>(), 4 * 29);
         assert_eq!(size_of::<ProbeConfig>(), 8);
         assert_eq!(size_of::<Arrival>(), 16);

@@ -9,9 +9,11 @@ pub const MAP_CONNS: &str = "CONNS";
 /// Hash: socket cookie -> [`Arrival`]. Written only by the `sk_data_ready` hook; an entry is
 /// removed when its socket reaches TCP_CLOSE (the TCP state hook).
 pub const MAP_ARRIVALS: &str = "ARRIVALS";
-/// Array of 65536 bytes, one per TCP port: 1 for a port a target listens or served an
-/// HTTP request on. Only ever set to 1, by the kernel (a target's listen, a target's
-/// connection classified as a server one), never cleared; read by `sk_data_ready`.
+/// Array of 65536 bytes, one per TCP port: `PORT_SERVER` for a port a target listens or
+/// served an HTTP request on, `PORT_TLS` for one a target accepted a TLS connection on.
+/// Bits are only ever set (atomically: by the kernel at a target's listen, at a
+/// connection's classification, and by the agent), never cleared; read by `sk_data_ready`
+/// and the classification of a first request.
 pub const MAP_SERVER_PORTS: &str = "SERVER_PORTS";
 /// Hash: [`TxKey`] -> [`TxWait`], a response (or write) whose last bytes were still in the
 /// send queue when the server's last write returned. Not an LRU: nothing in it is dropped
@@ -67,6 +69,15 @@ pub const COUNTER_TX_WAITS: u32 = 9;
 /// Batches of bytes arriving on a target's port that could not be stamped (`ARRIVALS`
 /// full): their requests start at their read.
 pub const COUNTER_ARRIVALS_FULL: u32 = 10;
+/// Plaintext a TLS library call returned or took whose connection could not be found (no
+/// socket I/O of the call's thread on a TLS connection yet): not measured.
+pub const COUNTER_TLS_UNMAPPED: u32 = 11;
+/// TLS library calls that could not be remembered between their entry and return
+/// (`TLS_CALLS` full): their plaintext is not measured.
+pub const COUNTER_TLS_CALLS_FULL: u32 = 12;
+/// Plaintext of a connection whose socket carries it already (kernel TLS, or a connection
+/// the socket hooks classified as plain HTTP): measured there, once, not again.
+pub const COUNTER_TLS_PLAIN_SOCKET: u32 = 13;
 pub const COUNTER_SLOTS: u32 = 16;
 
 /// `ConnState::role`: the target receives HTTP requests on it.
@@ -84,6 +95,80 @@ pub const CONN_LOST_EVENTS: u32 = 1;
 /// (read once, at classification: the callback is turned on at PASSIVE_ESTABLISHED, before
 /// any read), so a response's last bytes can be waited for (`tx`).
 pub const CONN_TX_WATCHED: u32 = 2;
+/// `ConnState::flags`: the socket carries TLS records (its first bytes were one): its
+/// socket I/O is ciphertext, never parsed; the plaintext comes from the TLS library's
+/// probes (`probe-ebpf/src/tls.rs`).
+pub const CONN_TLS: u32 = 4;
+/// `ConnState::flags`: a TLS library call of the target was mapped to this connection.
+pub const CONN_TLS_PROBED: u32 = 8;
+/// `ConnState::flags`: its TLS handshake completed (a handshake call returned 1, or
+/// plaintext moved).
+pub const CONN_TLS_OPEN: u32 = 16;
+
+/// Added to a socket family (`Work::family`, the events' and `AggKey`'s `family`) for
+/// plaintext that went through a TLS library: the request's `url_scheme` is `https`.
+pub const FAMILY_TLS: u16 = 0x8000;
+
+/// `SERVER_PORTS` bits: a target served HTTP (or listens) on the port...
+pub const PORT_SERVER: u8 = 1;
+/// ...and a TLS connection was accepted on it: a plaintext request there is HTTP sent to
+/// an HTTPS port, not a request.
+pub const PORT_TLS: u8 = 2;
+
+/// Hash: thread (pid_tgid) -> [`TlsCall`], a TLS library call between its entry and its
+/// return.
+pub const MAP_TLS_CALLS: &str = "TLS_CALLS";
+/// LRU hash: thread (pid_tgid) -> [`TlsLast`], the TLS connection the thread last did
+/// socket I/O on.
+pub const MAP_TLS_LAST: &str = "TLS_LAST";
+/// LRU hash: [`TlsSslKey`] (process, SSL object) -> [`TlsConn`], the connection an SSL
+/// object was mapped to at its first call.
+pub const MAP_TLS_SSL: &str = "TLS_SSL";
+
+/// `TlsCall::kind`.
+pub const TLS_READ: u32 = 1;
+pub const TLS_WRITE: u32 = 2;
+pub const TLS_HANDSHAKE: u32 = 3;
+
+/// A TLS library call in progress on a thread: `SSL_read(ssl, buf, num)`,
+/// `SSL_read_ex(ssl, buf, num, &readbytes)` (`len_ptr`), the same for writes, or
+/// `SSL_do_handshake(ssl)`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TlsCall {
+    pub ssl: u64,
+    pub buf: u64,
+    /// `_ex` variants: where the library stores the bytes moved (0 otherwise: the return
+    /// value is the count).
+    pub len_ptr: u64,
+    pub kind: u32,
+    pub _pad: u32,
+}
+
+/// The TLS connection a thread last did socket I/O on, and when the bytes its last reads
+/// brought began to arrive (0 once a plaintext read took it).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TlsLast {
+    pub cookie: u64,
+    pub sk: u64,
+    pub arrival_ns: u64,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct TlsSslKey {
+    pub tgid: u32,
+    pub _pad: u32,
+    pub ssl: u64,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TlsConn {
+    pub cookie: u64,
+    pub sk: u64,
+}
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -20,7 +20,7 @@ use aya_ebpf::{
     macros::btf_tracepoint,
     programs::BtfTracePointContext,
 };
-use probe_common::{seq::before, Arrival, COUNTER_ARRIVALS_FULL};
+use probe_common::{seq::before, Arrival, COUNTER_ARRIVALS_FULL, PORT_SERVER};
 
 use crate::{
     kernel::{field, read},
@@ -39,7 +39,7 @@ pub fn sk_data_ready(ctx: BtfTracePointContext) -> u32 {
     let at = global!(OFFSETS.sk_num);
     let port = unsafe { field::<u16>(sk, at) };
     match SERVER_PORTS.get(port as u32) {
-        Some(1) => {}
+        Some(v) if *v & PORT_SERVER != 0 => {}
         _ => return 0,
     }
     let (family_at, type_at) = (global!(OFFSETS.sk_family), global!(OFFSETS.sk_type));
@@ -95,8 +95,8 @@ pub fn mark_port(sk: *const u8) {
     }
     if let Some(p) = SERVER_PORTS.get_ptr_mut(port as u32) {
         unsafe {
-            if *p == 0 {
-                *p = 1;
+            if *p & PORT_SERVER == 0 {
+                *p |= PORT_SERVER;
             }
         }
     }

@@ -10,7 +10,8 @@ use probe_common::{
     syscalls::BufferShape, ConnState, DataEvent, EventHeader, COUNTER_CLIENT_CONNS, COUNTER_FD_MISMATCH,
     COUNTER_FOREIGN_CONTEXT, COUNTER_LOST, COUNTER_SERVER_CONNS, EVENT_RECV, EVENT_SEND,
     FLAG_AFTER_LOSS, FLAG_UNCLASSIFIED, HEAD_WINDOW, MAX_IOVECS, MAX_IOVECS_WALKED, ROLE_CLIENT, ROLE_OTHER,
-    ROLE_SERVER, ROLE_UNKNOWN, TAIL_WINDOW, CONN_TX_WATCHED, FLAG_TX_PENDING, TX_SLOW, TxWait,
+    ROLE_SERVER, ROLE_UNKNOWN, TAIL_WINDOW, CONN_TX_WATCHED, FLAG_TX_PENDING, TX_SLOW, TxWait, CONN_TLS,
+    CONN_TLS_OPEN, CONN_TLS_PROBED, FAMILY_TLS, FLAG_PLAIN_ON_TLS_PORT,
 };
 
 use crate::{
@@ -20,7 +21,7 @@ use crate::{
     kernel::read,
     fast::{self, Work},
     maps::{count, global, EVENTS, SCRATCH, SERVICES, WORK},
-    tx,
+    tls, tx,
 };
 
 pub const AF_UNIX: u16 = 1;
@@ -69,6 +70,13 @@ pub fn on_socket_io(sk: *const u8, moved: u32, dir: Direction, tgid: u32) -> u32
     if role == ROLE_CLIENT || (role == ROLE_OTHER && dir == Direction::Send) {
         return 0;
     }
+    // A TLS connection's bytes are ciphertext: its plaintext comes from the TLS probes.
+    if let Some(s) = state
+        && unsafe { (*s).flags } & CONN_TLS != 0
+    {
+        tls::on_socket_io(cookie, sk, dir == Direction::Recv, moved as u64, family != AF_UNIX);
+        return 0;
+    }
     let checked = state.and_then(|s| unsafe {
         ((*s).fd_tgid != 0).then(|| Checked { tgid: (*s).fd_tgid, fd: (*s).fd })
     });
@@ -111,6 +119,7 @@ pub fn on_socket_io(sk: *const u8, moved: u32, dir: Direction, tgid: u32) -> u32
         (*w).recv = (dir == Direction::Recv) as u64;
         (*w).tx_ok = 1;
         (*w).offset = 0;
+        (*w).arrival = 0;
     }
     rp_on_io(w, state.unwrap_or(core::ptr::null_mut()));
     0
@@ -147,6 +156,8 @@ pub extern "C" fn rp_on_io(w: *mut Work, state: *mut ConnState) -> u32 {
         None => (ROLE_UNKNOWN, 0, 0),
     };
     let (cookie, moved, tgid, family) = (wr.cookie, wr.moved as u32, wr.tgid as u32, wr.family as u16);
+    // Plaintext from the TLS probes (`tls`), not a socket's bytes.
+    let plaintext = family & FAMILY_TLS != 0;
     let dir = if wr.recv != 0 { Direction::Recv } else { Direction::Send };
     let sk = wr.sk as *const u8;
     let src = match wr.kind {
@@ -170,12 +181,25 @@ pub extern "C" fn rp_on_io(w: *mut Work, state: *mut ConnState) -> u32 {
                 let c = if role == ROLE_OTHER { Classifier::default() } else { Classifier::from_state(prefix, prefix_len) };
                 let (verdict, c) = classify(src, moved, c);
                 match verdict {
+                    // A plaintext request on a port the target accepted TLS on: HTTP sent
+                    // to an HTTPS port, told to the agent as such (the server's answer, if
+                    // any, is not a measured response).
+                    Verdict::Request if !plaintext && family != AF_UNIX && tls::is_tls_port(sk) => {
+                        conn::set_role(cookie, ROLE_OTHER);
+                        flags |= FLAG_UNCLASSIFIED | FLAG_PLAIN_ON_TLS_PORT;
+                    }
                     Verdict::Request => {
                         count(COUNTER_SERVER_CONNS);
                         if family != AF_UNIX {
                             crate::arrival::mark_port(sk);
                         }
                         let server = conn::set_role(cookie, ROLE_SERVER);
+                        if plaintext && let Some(s) = server {
+                            unsafe {
+                                (*s).flags |= CONN_TLS | CONN_TLS_PROBED | CONN_TLS_OPEN;
+                                (*s).family = (family & !FAMILY_TLS) as u32;
+                            }
+                        }
                         if let Some(s) = server
                             && family != AF_UNIX
                             && tx::watched(sk)
@@ -212,16 +236,34 @@ pub extern "C" fn rp_on_io(w: *mut Work, state: *mut ConnState) -> u32 {
                         // the connection is classified.
                         conn::set_prefix(state, cookie, c.first4, c.meta());
                     }
+                    // A TLS record on a target's TCP connection: ciphertext from now on;
+                    // its plaintext comes from the TLS probes, and its close says if none
+                    // ever came.
+                    Verdict::NotRequest if !plaintext && family != AF_UNIX && tls::is_record(c.first4) => {
+                        if let Some(s) = conn::set_role(cookie, ROLE_UNKNOWN) {
+                            tls::on_first_record(s, sk, family);
+                            tls::on_socket_io(cookie, sk, true, moved as u64, true);
+                        }
+                        return 0;
+                    }
                     Verdict::NotRequest => {
                         // Tell the agent once what arrived (TLS, garbage, another protocol).
-                        conn::set_role(cookie, ROLE_OTHER);
+                        let other = conn::set_role(cookie, ROLE_OTHER);
+                        if plaintext && let Some(s) = other {
+                            unsafe {
+                                (*s).flags |= CONN_TLS | CONN_TLS_PROBED | CONN_TLS_OPEN;
+                                (*s).family = (family & !FAMILY_TLS) as u32;
+                            }
+                        }
                         flags |= FLAG_UNCLASSIFIED;
                     }
                 }
             }
             Direction::Send => {
-                let request = classify(src, moved, Classifier::default()).0 == Verdict::Request;
-                if request {
+                let (verdict, c) = classify(src, moved, Classifier::default());
+                // An HTTP request, or a TLS handshake record (a ClientHello), sent first.
+                let opens = verdict == Verdict::Request || (!plaintext && tls::is_handshake(c.first4));
+                if opens {
                     conn::set_role(cookie, ROLE_CLIENT);
                     count(COUNTER_CLIENT_CONNS);
                 }
@@ -450,7 +492,15 @@ pub extern "C" fn rp_emit(a: *const EmitArgs) -> u64 {
         }
     }
     // A read's arrival (`arrival`): TCP only, 0 when not known.
-    let arrival_ns = if a.recv != 0 && a.family != AF_UNIX as u64 {
+    // A TLS read's arrival is its records' (`tls`, in the work area: this runs in the
+    // target's call, as its caller `rp_on_io` does); a socket read's is the socket's.
+    let given = match WORK.get_ptr_mut(0) {
+        Some(w) => unsafe { (*w).arrival },
+        None => 0,
+    };
+    let arrival_ns = if a.recv != 0 && given != 0 {
+        if given < ts { given } else { 0 }
+    } else if a.recv != 0 && a.family != AF_UNIX as u64 {
         let at = crate::arrival::arrived(a.sk as *const u8, cookie, moved, ts);
         if at < ts { at } else { 0 }
     } else {

@@ -11,7 +11,10 @@ use aya_ebpf::{
     macros::btf_tracepoint,
     programs::BtfTracePointContext,
 };
-use probe_common::{CloseEvent, ConnState, EventHeader, COUNTER_LOST, EVENT_CLOSE, FLAG_RESET, MODE_FAST, ROLE_SERVER};
+use probe_common::{
+    CloseEvent, ConnState, EventHeader, CONN_TLS, CONN_TLS_OPEN, CONN_TLS_PROBED, COUNTER_LOST, EVENT_CLOSE, FAMILY_TLS,
+    FLAG_RESET, FLAG_TLS_OPEN, FLAG_TLS_PROBED, FLAG_TLS_UNMEASURED, MODE_FAST, ROLE_SERVER, ROLE_UNKNOWN,
+};
 
 use crate::{
     capture::AF_UNIX,
@@ -110,21 +113,31 @@ pub fn on_unix_eof(sk: *const u8) -> u32 {
 /// at its first closing step too: the agent may still hold it (and ignores the close if not).
 #[inline(always)]
 fn forget(cookie: u64, closing: Closing, family: u16, sk: *const u8) {
+    let mut flags = 0;
     let report = match conn::lookup(cookie) {
         Some(state) => {
-            let (role, mode) = unsafe { ((*state).role, (*state).mode) };
+            let (role, mode, conn_flags) = unsafe { ((*state).role, (*state).mode, (*state).flags) };
             // A fast connection: the kernel finishes what ends with the close; only what
             // still waits goes to the agent (a switch event, then the close).
             let reset = closing == Closing::First { reset: true };
-            let report =
+            let family = if conn_flags & CONN_TLS != 0 { family | FAMILY_TLS } else { family };
+            let mut report =
                 role == ROLE_SERVER && (mode != MODE_FAST || fast_close(state, cookie, family, sk, !reset) != fast::DONE);
+            // A TLS connection that never carried a request's plaintext: the agent counts
+            // why (a handshake that failed or was abandoned, a library not probed...).
+            if role == ROLE_UNKNOWN && conn_flags & CONN_TLS != 0 {
+                report = true;
+                flags = FLAG_TLS_UNMEASURED
+                    | if conn_flags & CONN_TLS_PROBED != 0 { FLAG_TLS_PROBED } else { 0 }
+                    | if conn_flags & CONN_TLS_OPEN != 0 { FLAG_TLS_OPEN } else { 0 };
+            }
             conn::remove(cookie);
             report
         }
         None => closing != Closing::Later,
     };
     if report {
-        emit_close(cookie, closing == Closing::First { reset: true });
+        emit_close(cookie, closing == Closing::First { reset: true }, flags);
     }
 }
 
@@ -138,16 +151,17 @@ fn fast_close(state: *mut ConnState, cookie: u64, family: u16, sk: *const u8, tx
         (*w).cookie = cookie;
         (*w).family = family as u64;
         (*w).tgid = 0;
+        (*w).arrival = 0;
     }
     fast::rp_fast_close(w, state)
 }
 
 #[inline(always)]
-fn emit_close(cookie: u64, reset: bool) {
+fn emit_close(cookie: u64, reset: bool, flags: u32) {
     let ev = CloseEvent {
         header: EventHeader {
             kind: EVENT_CLOSE,
-            flags: if reset { FLAG_RESET } else { 0 },
+            flags: flags | if reset { FLAG_RESET } else { 0 },
             ts_ns: unsafe { bpf_ktime_get_ns() },
         },
         conn_id: cookie,

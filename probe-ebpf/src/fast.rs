@@ -50,6 +50,9 @@ pub struct Work {
     pub recv: u64,
     /// 1 where a response may wait for its last bytes to go out (`tx`): not at a reset.
     pub tx_ok: u64,
+    /// When a read's bytes began to arrive, if the hook knows it already (TLS plaintext:
+    /// its records' arrival); 0: from the socket (`arrival::arrived`).
+    pub arrival: u64,
     /// Where in the scratch buffer a flat buffer's head goes (after bytes held from an
     /// earlier read; 0 otherwise).
     pub offset: u64,
@@ -412,6 +415,10 @@ pub extern "C" fn rp_measure(w: *mut Work, c: *mut ConnState, status: u64, first
 /// at their read.
 #[inline(always)]
 fn arrival_of(w: &Work) -> u64 {
+    // TLS plaintext: the arrival of its records (`tls`).
+    if w.arrival != 0 {
+        return w.arrival;
+    }
     if w.family == AF_UNIX as u64 {
         return w.ts;
     }

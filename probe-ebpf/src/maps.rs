@@ -6,7 +6,8 @@ use aya_ebpf::{
 };
 use probe_common::{
     buckets::{TimeBounds, TIME_SLOTS},
-    AggKey, AggValue, Arrival, ConnState, TxKey, TxWait, KernelOffsets, ProbeConfig, RouteKey, COUNTER_SLOTS,
+    AggKey, AggValue, Arrival, ConnState, TxKey, TxWait, KernelOffsets, ProbeConfig, RouteKey, TlsCall, TlsConn,
+    TlsLast, TlsSslKey, COUNTER_SLOTS,
 };
 
 use crate::fast::Work;
@@ -58,7 +59,8 @@ pub static AGG: PerCpuHashMap<AggKey, AggValue> =
 #[map]
 pub static ARRIVALS: HashMap<u64, Arrival> = HashMap::with_max_entries(1, 0);
 
-/// One byte per TCP port: 1 where a target served an HTTP request (`arrival::mark_port`).
+/// One byte per TCP port: `PORT_SERVER` where a target served an HTTP request
+/// (`arrival::mark_port`), `PORT_TLS` where it accepted a TLS connection (`tls`).
 #[map]
 pub static SERVER_PORTS: Array<u8> = Array::with_max_entries(65536, 0);
 
@@ -69,6 +71,18 @@ pub static TX_WAIT: HashMap<TxKey, TxWait> = HashMap::with_max_entries(1, 0);
 /// Socket cookie -> its pending wait's end (`tx`).
 #[map]
 pub static TX_LATEST: HashMap<u64, u64> = HashMap::with_max_entries(1, 0);
+
+/// Thread -> the TLS library call it is in (`tls`).
+#[map]
+pub static TLS_CALLS: HashMap<u64, TlsCall> = HashMap::with_max_entries(1, 0);
+
+/// Thread -> the TLS connection it last did socket I/O on (`tls`).
+#[map]
+pub static TLS_LAST: LruHashMap<u64, TlsLast> = LruHashMap::with_max_entries(1, 0);
+
+/// (process, SSL object) -> its connection (`tls`).
+#[map]
+pub static TLS_SSL: LruHashMap<TlsSslKey, TlsConn> = LruHashMap::with_max_entries(1, 0);
 
 #[map]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_SLOTS, 0);

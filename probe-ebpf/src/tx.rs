@@ -40,7 +40,7 @@ use aya_ebpf::{
 use probe_common::{
     seq::before,
     EventHeader, MeasuredEvent, SentEvent, TxKey, TxWait, TX_PENDING, COUNTER_LOST, COUNTER_TX_SUPERSEDED, COUNTER_TX_WAITS, COUNTER_TX_WAIT_FULL,
-    EVENT_MEASURED, EVENT_SENT, FLAG_SUPERSEDED, TX_FAST,
+    EVENT_MEASURED, EVENT_SENT, FLAG_SUPERSEDED, PORT_SERVER, TX_FAST,
 };
 
 use crate::{
@@ -63,7 +63,7 @@ pub fn tx_sock_ops(ctx: SockOpsContext) -> u32 {
 #[inline(always)]
 fn on_accepted(ctx: &SockOpsContext) {
     match SERVER_PORTS.get(ctx.local_port()) {
-        Some(1) => {}
+        Some(v) if *v & PORT_SERVER != 0 => {}
         _ => return,
     }
     let _ = ctx.set_cb_flags((ctx.cb_flags() | BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG) as i32);

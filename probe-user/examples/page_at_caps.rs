@@ -56,6 +56,7 @@ fn page(services: usize, routes: usize, options: HttpOptions, shape: &str) {
                     reset: false,
                     version: "1.1",
                     transport: "tcp",
+                    scheme: "http",
                     duration_ns: 50_000 * (1 + n + i as u64 % 7) * (1 + n % 5),
                     queue_ns: 10_000 * (n % 3),
                     first_byte_ns: 40_000 * (1 + n),

@@ -1,9 +1,10 @@
 //! Ring-buffer records -> typed events. The layouts are `probe_common`'s, the only
 //! definition of them.
+use crate::reason::TlsUnmeasured;
 use probe_common::{
     CloseEvent, DataEvent, EVENT_CLOSE, EVENT_EXEC, EVENT_EXIT, EVENT_FORK, EVENT_MEASURED, EVENT_PATH, EVENT_RECV,
     EVENT_SEND, EVENT_SENT, EVENT_SWITCH, EventHeader, ExecEvent, ExitEvent, FLAG_AFTER_LOSS, FLAG_RESET, FLAG_SUPERSEDED, FLAG_TX_PENDING,
-    FLAG_UNCLASSIFIED, ForkEvent, MeasuredEvent, PathEvent, SentEvent, SwitchEvent,
+    FLAG_PLAIN_ON_TLS_PORT, FLAG_TLS_OPEN, FLAG_TLS_PROBED, FLAG_TLS_UNMEASURED, FLAG_UNCLASSIFIED, ForkEvent, MeasuredEvent, PathEvent, SentEvent, SwitchEvent,
 };
 use thiserror::Error;
 
@@ -40,6 +41,8 @@ pub struct Data {
     pub tail: Vec<u8>,
     pub after_loss: bool,
     pub unclassified: bool,
+    /// Unclassified: a plaintext request on a port the target serves HTTPS on.
+    pub on_tls_port: bool,
     /// Of a write that left bytes unsent: the sequence number after its last byte, which
     /// a `Sent` event will announce as transmitted.
     pub tx_end_seq: Option<u32>,
@@ -49,7 +52,8 @@ pub struct Data {
 pub enum Event {
     Data(Data),
     /// `reset`: by a reset rather than a FIN; `ts_ns`: when.
-    Close { conn_id: u64, reset: bool, ts_ns: u64 },
+    /// `tls`: a TLS connection that carried no request's plaintext, and why.
+    Close { conn_id: u64, reset: bool, ts_ns: u64, tls: Option<TlsUnmeasured> },
     /// `child_start_ns`: the child's start, ns since boot.
     Fork { parent_tgid: u32, child_tgid: u32, child_start_ns: u64 },
     /// The process runs a new program, now called `comm`.
@@ -95,12 +99,16 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
                 tail,
                 after_loss: header.flags & FLAG_AFTER_LOSS != 0,
                 unclassified: header.flags & FLAG_UNCLASSIFIED != 0,
+                on_tls_port: header.flags & FLAG_PLAIN_ON_TLS_PORT != 0,
                 tx_end_seq: (header.flags & FLAG_TX_PENDING != 0).then_some(ev.tx_end_seq),
             }))
         }
         EVENT_CLOSE => {
             let ev: CloseEvent = read(bytes)?;
-            Ok(Event::Close { conn_id: ev.conn_id, reset: header.flags & FLAG_RESET != 0, ts_ns: header.ts_ns })
+            let f = header.flags;
+            let tls = (f & FLAG_TLS_UNMEASURED != 0)
+                .then(|| TlsUnmeasured::of(f & FLAG_TLS_PROBED != 0, f & FLAG_TLS_OPEN != 0));
+            Ok(Event::Close { conn_id: ev.conn_id, reset: f & FLAG_RESET != 0, ts_ns: header.ts_ns, tls })
         }
         EVENT_FORK => {
             let ev: ForkEvent = read(bytes)?;

@@ -19,6 +19,7 @@ pub mod pipeline;
 pub mod proc_root;
 pub mod reason;
 pub mod registry;
+pub mod tls_libs;
 pub mod web_config;
 
 #[cfg(test)]

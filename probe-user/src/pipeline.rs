@@ -128,7 +128,10 @@ impl Pipeline {
                 self.pairer.on_data(&d, || lock(registry).service_of(d.tgid), &mut self.outputs);
                 None
             }
-            Event::Close { conn_id, reset, ts_ns } => {
+            Event::Close { conn_id, reset, ts_ns, tls } => {
+                if let Some(why) = tls {
+                    self.outputs.push(Output::TlsUnmeasured(why));
+                }
                 self.pairer.on_close(conn_id, reset, ts_ns, &mut self.outputs);
                 None
             }

@@ -14,10 +14,14 @@ pub enum Protocol {
     Text,
     /// Nothing captured.
     Empty,
+    /// An HTTP request on a port the target accepted TLS connections on: HTTP sent to an
+    /// HTTPS port (the kernel says so: `FLAG_PLAIN_ON_TLS_PORT`).
+    HttpOnTlsPort,
 }
 
 impl Protocol {
-    pub const ALL: [Protocol; 5] = [Protocol::Tls, Protocol::Http2, Protocol::Binary, Protocol::Text, Protocol::Empty];
+    pub const ALL: [Protocol; 6] =
+        [Protocol::Tls, Protocol::Http2, Protocol::Binary, Protocol::Text, Protocol::Empty, Protocol::HttpOnTlsPort];
 
     pub fn label(self) -> &'static str {
         match self {
@@ -26,6 +30,7 @@ impl Protocol {
             Protocol::Binary => "binary",
             Protocol::Text => "not_http",
             Protocol::Empty => "empty",
+            Protocol::HttpOnTlsPort => "http_on_tls_port",
         }
     }
 
@@ -149,16 +154,62 @@ pub enum KernelSkip {
     FdMismatch,
     /// A new connection that did not fit in the kernel's connection map.
     ConnMapFull,
+    /// Plaintext of a TLS library call whose connection could not be found.
+    TlsUnmapped,
+    /// A TLS library call that could not be remembered from its entry to its return.
+    TlsCallsFull,
 }
 
 impl KernelSkip {
-    pub const ALL: [KernelSkip; 3] = [KernelSkip::ForeignContext, KernelSkip::FdMismatch, KernelSkip::ConnMapFull];
+    pub const ALL: [KernelSkip; 5] = [
+        KernelSkip::ForeignContext,
+        KernelSkip::FdMismatch,
+        KernelSkip::ConnMapFull,
+        KernelSkip::TlsUnmapped,
+        KernelSkip::TlsCallsFull,
+    ];
 
     pub fn label(self) -> &'static str {
         match self {
             KernelSkip::ForeignContext => "foreign_context",
             KernelSkip::FdMismatch => "fd_mismatch",
             KernelSkip::ConnMapFull => "conn_map_full",
+            KernelSkip::TlsUnmapped => "tls_unmapped",
+            KernelSkip::TlsCallsFull => "tls_calls_full",
+        }
+    }
+}
+
+/// Why a TLS connection of a target carried no measured request: the `reason` label of
+/// `redprobe_tls_connections_unmeasured_total`, counted at its close.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum TlsUnmeasured {
+    /// The handshake failed, or the client gave up before it completed.
+    HandshakeIncomplete,
+    /// The handshake completed, and the client sent no request.
+    NoRequest,
+    /// No call of a probed TLS library was seen on it: the process's TLS library is not
+    /// probed (see `redprobe_tls_libraries_unprobed_total`), or not probed yet.
+    NotProbed,
+}
+
+impl TlsUnmeasured {
+    pub const ALL: [TlsUnmeasured; 3] = [TlsUnmeasured::HandshakeIncomplete, TlsUnmeasured::NoRequest, TlsUnmeasured::NotProbed];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            TlsUnmeasured::HandshakeIncomplete => "handshake_incomplete",
+            TlsUnmeasured::NoRequest => "no_request",
+            TlsUnmeasured::NotProbed => "library_not_probed",
+        }
+    }
+
+    /// From the flags of the connection's close (`probe_common::FLAG_TLS_*`).
+    pub fn of(probed: bool, open: bool) -> TlsUnmeasured {
+        match (probed, open) {
+            (false, _) => TlsUnmeasured::NotProbed,
+            (true, false) => TlsUnmeasured::HandshakeIncomplete,
+            (true, true) => TlsUnmeasured::NoRequest,
         }
     }
 }
@@ -332,6 +383,15 @@ mod tests {
         let mut labels: Vec<String> = SlowReason::ALL.iter().map(|r| r.label().to_string()).collect();
         labels.sort();
         assert_eq!(documented, labels, "docs/metrics.md \"Agent pairing reasons\" vs reason::SlowReason");
+        let mut documented = section("## HTTPS");
+        documented.sort();
+        let mut labels: Vec<String> = TlsUnmeasured::ALL
+            .iter()
+            .map(|r| r.label().to_string())
+            .chain(crate::tls_libs::Unprobeable::ALL.iter().map(|r| r.label().to_string()))
+            .collect();
+        labels.sort();
+        assert_eq!(documented, labels, "docs/metrics.md \"HTTPS\" vs reason::TlsUnmeasured and tls_libs::Unprobeable");
         let mut documented = section("## Ends at a write");
         documented.sort();
         let mut labels: Vec<String> = TxFallback::ALL.iter().map(|r| r.label().to_string()).collect();

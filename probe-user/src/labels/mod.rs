@@ -42,9 +42,14 @@ pub fn method(method: &str) -> &'static str {
     METHODS.iter().find(|m| **m == method).copied().unwrap_or(OTHER_METHOD)
 }
 
-/// `network_transport` from the socket family.
+/// `network_transport` from the socket family (with `probe_common::FAMILY_TLS` or not).
 pub fn transport(family: u16) -> &'static str {
-    if family == libc::AF_UNIX as u16 { "unix" } else { "tcp" }
+    if family & !probe_common::FAMILY_TLS == libc::AF_UNIX as u16 { "unix" } else { "tcp" }
+}
+
+/// `url_scheme`: `https` for plaintext a TLS library carried (`probe_common::FAMILY_TLS`).
+pub fn scheme(family: u16) -> &'static str {
+    if family & probe_common::FAMILY_TLS != 0 { "https" } else { "http" }
 }
 
 /// `network_protocol_version`.

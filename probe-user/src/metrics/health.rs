@@ -9,7 +9,7 @@ use prometheus_client::{
 
 use crate::{
     pairing::PairedBy,
-    reason::{Inference, KernelSkip, Protocol, Reason, SlowReason, TxFallback},
+    reason::{Inference, KernelSkip, Protocol, Reason, SlowReason, TlsUnmeasured, TxFallback},
 };
 
 /// The `role` values of `redprobe_connections_classified_total`.
@@ -106,6 +106,9 @@ pub struct Health {
     pub arrivals_full: Counter,
     pub tx_fallback: Family<ReasonLabels, Counter>,
     pub tx_waiting: Gauge,
+    pub tls_unmeasured: Family<ReasonLabels, Counter>,
+    pub tls_unprobed: Family<ReasonLabels, Counter>,
+    pub tls_processes: Gauge,
 }
 
 fn reason(r: &str) -> ReasonLabels {
@@ -145,6 +148,9 @@ impl Health {
             arrivals_full: Counter::default(),
             tx_fallback: Family::default(),
             tx_waiting: Gauge::default(),
+            tls_unmeasured: Family::default(),
+            tls_unprobed: Family::default(),
+            tls_processes: Gauge::default(),
         };
         let r = registry.sub_registry_with_prefix("redprobe");
         let counters = [
@@ -292,6 +298,21 @@ impl Health {
             h.paired.clone(),
         );
         r.register(
+            "tls_connections_unmeasured",
+            "TLS connections of targets that carried no measured request, counted at their close, by reason (handshake_incomplete: the handshake failed or the client gave up; no_request; library_not_probed)",
+            h.tls_unmeasured.clone(),
+        );
+        r.register(
+            "tls_libraries_unprobed",
+            "TLS libraries (files) mapped by targets that could not be probed, by reason (symbols_missing, go_crypto_tls, not_elf, attach_failed); their HTTPS requests are not measured",
+            h.tls_unprobed.clone(),
+        );
+        r.register(
+            "tls_probed_processes",
+            "Targets whose TLS library is probed (their HTTPS requests are measured)",
+            h.tls_processes.clone(),
+        );
+        r.register(
             "build",
             "redprobe build information",
             Info::new(BuildLabels { version: env!("CARGO_PKG_VERSION").to_string() }),
@@ -316,10 +337,24 @@ impl Health {
         for role in ROLES {
             let _ = h.connections_classified.get_or_create(&RoleLabels { role: role.to_string() });
         }
+        for r in TlsUnmeasured::ALL {
+            let _ = h.tls_unmeasured.get_or_create(&reason(r.label()));
+        }
+        for r in crate::tls_libs::Unprobeable::ALL {
+            let _ = h.tls_unprobed.get_or_create(&reason(r.label()));
+        }
         for p in Protocol::ALL {
             let _ = h.other_protocol.get_or_create(&ProtocolLabels { protocol: p.label().to_string() });
         }
         h
+    }
+
+    pub fn tls_unmeasured(&self, r: TlsUnmeasured) {
+        self.tls_unmeasured.get_or_create(&reason(r.label())).inc();
+    }
+
+    pub fn tls_unprobed(&self, r: crate::tls_libs::Unprobeable) {
+        self.tls_unprobed.get_or_create(&reason(r.label())).inc();
     }
 
     pub fn unparsed(&self, r: Reason) {

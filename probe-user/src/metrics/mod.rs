@@ -84,6 +84,8 @@ pub struct Request<'a> {
     pub reset: bool,
     pub version: &'static str,
     pub transport: &'static str,
+    /// `url_scheme`: `http`, or `https` for plaintext from a TLS library.
+    pub scheme: &'static str,
     /// From the request's arrival (else its first byte read) to the response's last byte
     /// written.
     pub duration_ns: u64,
@@ -175,6 +177,7 @@ impl Metrics {
             reset: false,
             version: kernel_ids::version(key.version),
             transport: labels::transport(key.family),
+            scheme: labels::scheme(key.family),
             duration_ns: 0,
             queue_ns: 0,
             first_byte_ns: 0,
@@ -212,6 +215,7 @@ impl Metrics {
             reset: x.reset,
             version,
             transport: labels::transport(x.family),
+            scheme: labels::scheme(x.family),
             duration_ns: x.end_ns.saturating_sub(x.start_ns),
             queue_ns: x.queued_ns,
             first_byte_ns: x.first_byte_ns.saturating_sub(x.start_ns),
@@ -234,6 +238,7 @@ impl Metrics {
             Output::Unparsed(reason) => self.health.unparsed(*reason),
             Output::Inferred(reason) => self.health.inferred(*reason),
             Output::OtherProtocol(protocol) => self.health.other_protocol(*protocol),
+            Output::TlsUnmeasured(why) => self.health.tls_unmeasured(*why),
             Output::EndAtWrite(why) => self.health.tx_fallback(*why, 1),
             Output::WaitsForTransmission => {
                 self.health.tx_waits.inc();

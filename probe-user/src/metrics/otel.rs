@@ -28,6 +28,8 @@ pub struct RequestLabels {
     pub http_route: String,
     pub network_protocol_version: String,
     pub network_transport: String,
+    /// `http` or `https` (plaintext from a TLS library).
+    pub url_scheme: String,
     /// OTel's `error.type`: `connection_reset` for a request the client gave up on, the
     /// status code for 5xx responses, empty (absent) otherwise.
     pub error_type: String,
@@ -78,13 +80,14 @@ impl Series {
             && l.http_request_method == r.method
             && l.network_protocol_version == r.version
             && l.network_transport == r.transport
+            && l.url_scheme == r.scheme
     }
 }
 
 /// Hash of the fields that make a request's label set (`error_type` follows the status).
 fn series_key(r: &Request<'_>) -> u64 {
     let mut h = DefaultHasher::new();
-    (r.status, r.reset, r.route, r.service, r.method, r.version, r.transport).hash(&mut h);
+    (r.status, r.reset, r.route, r.service, r.method, r.version, r.transport, r.scheme).hash(&mut h);
     h.finish()
 }
 
@@ -173,6 +176,7 @@ impl OtelHttp {
             http_route: r.route.to_string(),
             network_protocol_version: r.version.to_string(),
             network_transport: r.transport.to_string(),
+            url_scheme: r.scheme.to_string(),
             error_type: labels::error_type(r.status, r.reset),
             service: r.service.clone(),
         };

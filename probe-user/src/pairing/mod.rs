@@ -113,6 +113,8 @@ pub enum Output {
     Inferred(Inference),
     /// A connection whose first bytes were not an HTTP/1.x request: another protocol.
     OtherProtocol(Protocol),
+    /// A TLS connection that carried no request's plaintext, closed.
+    TlsUnmeasured(crate::reason::TlsUnmeasured),
     /// A response whose last bytes were unsent when its last write returned: it is
     /// measured when they go out (`parked`).
     WaitsForTransmission,
@@ -179,7 +181,7 @@ impl Pairer {
             // Not HTTP from its first bytes: counted among the connections, not tracked.
             // What the agent held of it was bytes undecided so far, not a request; a request
             // waiting on it (the kernel's map had lost the connection) is never answered.
-            out.push(Output::OtherProtocol(Protocol::of(&d.head)));
+            out.push(Output::OtherProtocol(if d.on_tls_port { Protocol::HttpOnTlsPort } else { Protocol::of(&d.head) }));
             if let Some(conn) = self.conns.remove(&d.conn_id)
                 && !conn.pending.is_empty()
             {

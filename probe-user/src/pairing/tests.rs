@@ -25,6 +25,7 @@ fn ev(conn: u64, ts: u64, dir: Direction, bytes: &[u8]) -> Data {
         tail,
         after_loss: false,
         unclassified: false,
+        on_tls_port: false,
         tx_end_seq: None,
     }
 }
@@ -65,6 +66,7 @@ fn run_closed(events: &[Data], reset: bool, close_ns: u64) -> (Vec<Exchange>, Ve
             Output::Inferred(r) => other.push(r.label()),
             Output::OtherProtocol(p) => other.push(p.label()),
             Output::EndAtWrite(r) => other.push(r.label()),
+            Output::TlsUnmeasured(r) => other.push(r.label()),
             Output::WaitsForTransmission => other.push("waits_for_transmission"),
         }
     }

@@ -190,6 +190,15 @@ pub struct Cli {
     #[arg(long)]
     pub no_fast_path: bool,
 
+    /// Do not measure HTTPS. By default redprobe reads the plaintext of TLS connections
+    /// from uprobes on the TLS library each target maps (OpenSSL 1.1 and 3, BoringSSL,
+    /// shared or linked into the executable, as in Node), attached to the target processes
+    /// only: other processes using the same library are never trapped. Needs tracefs
+    /// (mounted at /sys/kernel/tracing if it is not) and keeps CAP_PERFMON after attach,
+    /// to attach to targets found later. Requests get url_scheme="https".
+    #[arg(long)]
+    pub no_tls: bool,
+
     /// Connections tracked at once, in the kernel map and in the agent.
     #[arg(long, value_name = "N", default_value_t = 65536)]
     pub max_connections: u32,

@@ -4,11 +4,12 @@ use anyhow::{Context, Result, bail};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, Map, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
-    programs::{BtfTracePoint, CgroupAttachMode, SockOps},
+    programs::{BtfTracePoint, CgroupAttachMode, ProgramFd, SockOps, UProbe},
 };
 use probe_common::{
     AggKey, AggValue, ConnState, GLOBAL_CONFIG, GLOBAL_OFFSETS, GLOBAL_TIME_BOUNDS, KernelOffsets, MAP_AGG,
     MAP_ARRIVALS, MAP_CONNS, MAP_COUNTERS, MAP_EVENTS, MAP_ROUTES, MAP_SERVER_PORTS, MAP_SERVICES, MAP_TARGETS, MAP_TX_LATEST, MAP_TX_WAIT,
+    MAP_TLS_CALLS, MAP_TLS_LAST, MAP_TLS_SSL,
     ProbeConfig, RouteKey,
     buckets::TimeBounds,
 };
@@ -80,6 +81,8 @@ pub struct LoadOptions {
     pub time_bounds: TimeBounds,
     /// The root of the cgroup v2 hierarchy, where the sock_ops program attaches.
     pub cgroup2_root: Option<std::path::PathBuf>,
+    /// Load the TLS probes' programs.
+    pub tls: bool,
 }
 
 /// Target processes the kernel knows the service of (`SERVICES`); beyond, a process's
@@ -115,7 +118,14 @@ pub struct Probe {
     /// Why responses end when their last write returns, if the sock_ops program could not
     /// be attached (no cgroup v2 hierarchy in sight, say).
     pub tx_off: Option<String>,
+    /// The TLS probes' programs, loaded, for `tls_probes.rs` to attach per process; or why
+    /// they could not be loaded.
+    pub tls_programs: std::result::Result<std::collections::HashMap<&'static str, ProgramFd>, String>,
 }
+
+/// Threads in a TLS library call at once (`TLS_CALLS`), and threads remembered with the
+/// TLS connection they last did socket I/O on (`TLS_LAST`).
+pub const MAX_TLS_THREADS: u32 = 16_384;
 
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/redprobe"));
 
@@ -152,6 +162,9 @@ pub fn load(opts: &LoadOptions) -> Result<Probe> {
         .map_max_entries(MAP_SERVICES, MAX_SERVICE_PROCESSES)
         .map_max_entries(MAP_ROUTES, MAX_ROUTE_KEYS)
         .map_max_entries(MAP_AGG, MAX_AGGREGATES)
+        .map_max_entries(MAP_TLS_CALLS, MAX_TLS_THREADS)
+        .map_max_entries(MAP_TLS_LAST, MAX_TLS_THREADS)
+        .map_max_entries(MAP_TLS_SSL, opts.max_connections)
         .load(OBJECT)
         .map_err(privileges::explain_load_error)
         .context("loading the eBPF object")?;
@@ -160,6 +173,7 @@ pub fn load(opts: &LoadOptions) -> Result<Probe> {
     // never add up in the agent's peak RSS.
     attach(&mut ebpf)?;
     let tx_off = attach_sock_ops(&mut ebpf, opts.cgroup2_root.as_deref()).err().map(|e| format!("{e:#}"));
+    let tls_programs = if opts.tls { load_tls(&mut ebpf).map_err(|e| format!("{e:#}")) } else { Err("--no-tls".into()) };
     let take = |ebpf: &mut Ebpf, name: &str| {
         ebpf.take_map(name).with_context(|| format!("map {name} missing from the eBPF object"))
     };
@@ -176,7 +190,7 @@ pub fn load(opts: &LoadOptions) -> Result<Probe> {
         agg: PerCpuHashMap::try_from(take(&mut ebpf, MAP_AGG)?)?,
     };
     let server_ports = Array::try_from(take(&mut ebpf, MAP_SERVER_PORTS)?)?;
-    Ok(Probe { ebpf, events, targets, counters, conns, fast, target_words, server_ports, tx_off })
+    Ok(Probe { ebpf, events, targets, counters, conns, fast, target_words, server_ports, tx_off, tls_programs })
 }
 
 /// Loads the sock_ops program and attaches it to the root of the cgroup v2 hierarchy,
@@ -201,6 +215,22 @@ fn attach_sock_ops(ebpf: &mut Ebpf, root: Option<&std::path::Path>) -> Result<()
         .with_context(|| format!("attaching to {}", root.display()))?;
     tracing::debug!(cgroup = %root.display(), purpose = SOCK_OPS.purpose, "attached sock_ops");
     Ok(())
+}
+
+/// Loads the TLS probes' programs (`probe_user::tls_libs`), which `tls_probes.rs` attaches
+/// per target process.
+fn load_tls(ebpf: &mut Ebpf) -> Result<std::collections::HashMap<&'static str, ProgramFd>> {
+    let mut fds = std::collections::HashMap::new();
+    let names = probe_user::tls_libs::PROBE_POINTS.iter().map(|p| p.program).chain([probe_user::tls_libs::RETURN_PROGRAM]);
+    for name in names {
+        let program: &mut UProbe = ebpf
+            .program_mut(name)
+            .with_context(|| format!("program {name} missing from the eBPF object"))?
+            .try_into()?;
+        program.load().map_err(|e| privileges::explain_program_error("uprobe", e))?;
+        fds.insert(name, program.fd()?.try_clone()?);
+    }
+    Ok(fds)
 }
 
 /// Loads and attaches every program of [`HOOKS`].

@@ -12,6 +12,7 @@ mod privileges;
 mod run;
 mod selectors;
 mod targets;
+mod tls_probes;
 
 use std::io::IsTerminal;
 

@@ -130,9 +130,14 @@ fn maps_need_caps() -> bool {
 }
 
 /// Drops every capability the running agent no longer needs once its programs are
-/// attached and its maps open (map fds keep working). Returns the names dropped.
-pub fn drop_after_attach() -> Result<Vec<&'static str>> {
+/// attached and its maps open (map fds keep working), except CAP_PERFMON with
+/// `keep_perfmon` (HTTPS). Returns the names dropped.
+pub fn drop_after_attach(keep_perfmon: bool) -> Result<Vec<&'static str>> {
     let mut keep: u64 = KEPT_AFTER_ATTACH.iter().fold(0, |k, (c, _)| k | 1 << c);
+    // The TLS probes open perf events on targets found later (tls_probes.rs).
+    if keep_perfmon {
+        keep |= 1 << CAP_PERFMON;
+    }
     if maps_need_caps() {
         keep |= 1 << CAP_BPF | 1 << CAP_SYS_ADMIN;
     }

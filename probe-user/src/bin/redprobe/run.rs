@@ -30,7 +30,7 @@ use tokio::{
     sync::mpsc,
     time::interval,
 };
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::{
     cli::Cli,
@@ -41,6 +41,7 @@ use crate::{
     privileges,
     selectors::{Scan, Selectors},
     targets::{TargetBits, Targets, inspect},
+    tls_probes::TlsProbes,
 };
 
 /// Connections with no event for this long are forgotten (a UNIX connection whose peer
@@ -57,6 +58,9 @@ const RECONCILE_EVERY: Duration = Duration::from_secs(10);
 /// The kernel's aggregates are read at each scrape and at least this often, so that no
 /// u32 slot count wraps twice between two reads, scrapes or not.
 const READ_AGGREGATES_EVERY: Duration = Duration::from_secs(10);
+/// Every target's memory map is looked at again for TLS libraries loaded since it was
+/// attached (Python loads libssl at `import ssl`).
+const TLS_RESCAN_EVERY: Duration = Duration::from_secs(10);
 
 fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
@@ -136,13 +140,14 @@ pub async fn run(cli: Cli) -> Result<()> {
         None => None,
     };
     let listener = exposition::bind(cli.listen).await?;
-    let Probe { ebpf: _ebpf, events, targets: target_map, counters, conns, fast, target_words, server_ports, tx_off } =
+    let Probe { ebpf: _ebpf, events, targets: target_map, counters, conns, fast, target_words, server_ports, tx_off, tls_programs } =
         loader::load(&LoadOptions {
             ring_buffer_bytes: cli.ring_buffer_bytes,
             max_connections: cli.max_connections,
             wakeup_bytes: cli.wakeup_bytes,
             time_bounds: durations.kernel_table(),
             cgroup2_root: proc.cgroup2_root(),
+            tls: !cli.no_tls,
         })?;
     match &tx_off {
         None => info!("responses end when their last byte leaves the host (sock_ops on the root cgroup v2)"),
@@ -174,7 +179,17 @@ pub async fn run(cli: Cli) -> Result<()> {
         health: health.clone(),
         services,
         server_ports: std::sync::Mutex::new(server_ports),
+        tls: std::sync::Mutex::new(None),
+        tls_rescan: std::sync::Mutex::new(Vec::new()),
     };
+    match tls_programs.and_then(|p| TlsProbes::new(p, health.clone()).map_err(|e| format!("{e:#}"))) {
+        Ok(t) => {
+            info!("HTTPS: the TLS libraries of targets are probed (uprobes on the targets only)");
+            *targets.tls.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(t);
+        }
+        Err(why) if cli.no_tls => debug!("HTTPS not measured: {why}"),
+        Err(why) => warn!("HTTPS is not measured: {why}"),
+    }
     let mut fast_path = FastPath::new(fast.routes, metrics.clone());
     let aggregates = Aggregates::new(fast.agg, metrics.clone(), registry.clone());
     for root in &roots {
@@ -191,7 +206,7 @@ pub async fn run(cli: Cli) -> Result<()> {
 
     // Everything is loaded, attached and open: what is left needs no privileges but
     // reading /proc.
-    match privileges::drop_after_attach() {
+    match privileges::drop_after_attach(targets.tls_on()) {
         Ok(dropped) => info!(dropped = %dropped.join(","), "capabilities dropped after attaching"),
         Err(e) => warn!("could not drop capabilities after attaching: {e:#}"),
     }
@@ -229,6 +244,7 @@ pub async fn run(cli: Cli) -> Result<()> {
     let mut conns_read = read_conns(&conns);
     let mut last_conns_read = Instant::now();
     let mut last_reconcile = Instant::now();
+    let mut last_tls_rescan = Instant::now();
     let mut last_aggregates_read = Instant::now();
     let mut drain_tick = interval(Duration::from_millis(cli.drain_interval_ms.max(1)));
     let mut housekeeping = interval(Duration::from_secs(1));
@@ -252,6 +268,11 @@ pub async fn run(cli: Cli) -> Result<()> {
             _ = drain_tick.tick() => stop = drain(&mut pipeline, ring.get_mut(), cli.exit_with_target, &targets, &mut fast_path),
             _ = housekeeping.tick() => {
                 reconcile_soon |= kernel.poll(&health);
+                let all = last_tls_rescan.elapsed() >= TLS_RESCAN_EVERY;
+                if all {
+                    last_tls_rescan = Instant::now();
+                }
+                targets.tls_rescan(all);
                 if conns_read.entries <= READ_CONNS_EACH_SECOND_UP_TO || last_conns_read.elapsed() >= READ_BIG_CONNS_EVERY {
                     conns_read = read_conns(&conns);
                     last_conns_read = Instant::now();
@@ -340,9 +361,17 @@ fn drain(
             log_notice(&notice);
             // The kernel's maps follow what the pipeline decided.
             match &notice {
-                Notice::Forked { child: pid, .. } | Notice::Execed { pid, .. } => targets.sync_service(*pid),
+                Notice::Forked { parent, child, .. } => {
+                    targets.sync_service(*child);
+                    targets.tls_forked(*parent, *child);
+                }
+                Notice::Execed { pid, .. } => {
+                    targets.sync_service(*pid);
+                    targets.tls_rescan_soon(*pid);
+                }
                 Notice::Exited(t) => {
                     targets.sync_service(t.pid);
+                    targets.tls_exited(t.pid);
                     exited = true;
                 }
                 Notice::Route { service_id, key, route } => fast_path.set_route(*service_id, *key, *route),

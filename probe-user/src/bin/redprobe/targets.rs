@@ -25,6 +25,8 @@ use probe_user::{
 };
 use tracing::{info, warn};
 
+use crate::tls_probes::TlsProbes;
+
 /// The kernel's bitmap of targets, mapped shared.
 pub struct TargetBits {
     words: NonNull<AtomicU64>,
@@ -124,9 +126,59 @@ pub struct Targets {
     /// those its targets listen on already when it attaches them, so that their next
     /// connections are timed to their arrival and to their last byte sent.
     pub server_ports: std::sync::Mutex<Array<MapData, u8>>,
+    /// The TLS probes (HTTPS), unless off or unavailable; and the processes that executed
+    /// a new program, whose libraries are looked at again at the next tick.
+    pub tls: std::sync::Mutex<Option<TlsProbes>>,
+    pub tls_rescan: std::sync::Mutex<Vec<u32>>,
 }
 
 impl Targets {
+    pub fn tls_on(&self) -> bool {
+        self.with_tls(|_| ()).is_some()
+    }
+
+    fn with_tls<R>(&self, f: impl FnOnce(&mut TlsProbes) -> R) -> Option<R> {
+        self.tls.lock().unwrap_or_else(std::sync::PoisonError::into_inner).as_mut().map(f)
+    }
+
+    /// Probes the TLS libraries `pid` maps (a new target).
+    fn tls_attach(&self, pid: u32) {
+        self.with_tls(|t| t.attach(pid));
+    }
+
+    pub fn tls_forked(&self, parent: u32, child: u32) {
+        self.with_tls(|t| t.forked(parent, child));
+    }
+
+    pub fn tls_exited(&self, pid: u32) {
+        self.with_tls(|t| t.exited(pid));
+    }
+
+    /// A target executed a new program: its libraries are looked at again at the next tick
+    /// (the new program maps them after the exec).
+    pub fn tls_rescan_soon(&self, pid: u32) {
+        if self.tls_on() {
+            self.tls_rescan.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(pid);
+        }
+    }
+
+    /// Looks at the libraries of the processes that executed a program since the last call,
+    /// or of every target (`all`: libraries loaded late, such as Python's `import ssl`).
+    pub fn tls_rescan(&self, all: bool) {
+        if !self.tls_on() {
+            return;
+        }
+        let mut pids: Vec<u32> = std::mem::take(&mut *self.tls_rescan.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+        if all {
+            pids.extend(lock(&self.registry).targets().map(|t| t.pid));
+        }
+        pids.sort_unstable();
+        pids.dedup();
+        for pid in pids {
+            self.tls_attach(pid);
+        }
+    }
+
     /// Writes `pid`'s service id into `SERVICES` as the registry has it (removes it if
     /// the process is not a target, or has no id).
     pub fn sync_service(&self, pid: u32) {
@@ -190,6 +242,7 @@ impl Targets {
         let service = &root_target.service;
         self.sync_service(root.pid);
         self.mark_ports(root.pid);
+        self.tls_attach(root.pid);
         info!(pid = root.pid, comm = %root.comm, service = %service, "measuring process");
         self.health.target_attaches.inc();
         // Children forked from now on are marked by the kernel. Those forked before are
@@ -202,6 +255,7 @@ impl Targets {
                 if lock(&self.registry).attach_descendant(&child, &root_target).is_some() {
                     self.sync_service(child.pid);
                     self.mark_ports(child.pid);
+                    self.tls_attach(child.pid);
                     info!(pid = child.pid, comm = %child.comm, service = %service, "measuring process");
                     self.health.target_attaches.inc();
                 }

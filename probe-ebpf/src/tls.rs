@@ -1,0 +1,266 @@
+//! HTTPS: the plaintext of TLS connections, from uprobes on the TLS library's calls
+//! (OpenSSL 1.1 and 3, BoringSSL: `SSL_read`, `SSL_read_ex`, `SSL_write`, `SSL_write_ex`,
+//! `SSL_do_handshake`), attached by the agent per target process (`probe-user`'s
+//! `tls_probes.rs`): processes that are not targets are never trapped.
+//!
+//! A call's entry remembers its arguments per thread (`TLS_CALLS`); its return hands the
+//! plaintext to the same path as a plain socket's I/O (`capture::rp_on_io`), on the
+//! connection the SSL object is mapped to, so that classification, pairing, durations and
+//! the fast/slow accounting are those of plain HTTP. The family carries `FAMILY_TLS`
+//! (`url_scheme="https"`).
+//!
+//! Which connection: the socket hooks mark a connection whose first bytes are a TLS record
+//! `CONN_TLS` (`on_first_record`); they never parse its bytes, and remember per thread the
+//! TLS connection it last did socket I/O on (`TLS_LAST`, [`on_socket_io`]). An SSL object's
+//! first call that moves bytes maps it to that connection (`TLS_SSL`): the library reads
+//! and writes records during the call (a socket BIO: nginx, Python), or just before and
+//! after it on the same thread (a memory BIO: Node's event loop). The mapping is checked
+//! against the socket's cookie at each use (a socket address may be reused).
+use aya_ebpf::{
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user},
+    macros::{uprobe, uretprobe},
+    programs::{ProbeContext, RetProbeContext},
+};
+use probe_common::{
+    ConnState, TlsCall, TlsConn, TlsLast, TlsSslKey, CONN_TLS, CONN_TLS_OPEN, CONN_TLS_PROBED,
+    COUNTER_TLS_CALLS_FULL, COUNTER_TLS_PLAIN_SOCKET, COUNTER_TLS_UNMAPPED, FAMILY_TLS, PORT_TLS,
+    TLS_HANDSHAKE, TLS_READ, TLS_WRITE,
+};
+
+use crate::{
+    capture::rp_on_io,
+    conn,
+    maps::{count, SERVER_PORTS, TLS_CALLS, TLS_LAST, TLS_SSL, WORK},
+    target::current_target,
+};
+
+#[uprobe]
+pub fn rp_ssl_read(ctx: ProbeContext) -> u32 {
+    enter(&ctx, TLS_READ, false)
+}
+
+#[uprobe]
+pub fn rp_ssl_read_ex(ctx: ProbeContext) -> u32 {
+    enter(&ctx, TLS_READ, true)
+}
+
+#[uprobe]
+pub fn rp_ssl_write(ctx: ProbeContext) -> u32 {
+    enter(&ctx, TLS_WRITE, false)
+}
+
+#[uprobe]
+pub fn rp_ssl_write_ex(ctx: ProbeContext) -> u32 {
+    enter(&ctx, TLS_WRITE, true)
+}
+
+#[uprobe]
+pub fn rp_ssl_handshake(ctx: ProbeContext) -> u32 {
+    enter(&ctx, TLS_HANDSHAKE, false)
+}
+
+/// The return of every call above (one program: the entry said which call it was).
+#[uretprobe]
+pub fn rp_ssl_return(ctx: RetProbeContext) -> u32 {
+    if current_target().is_none() {
+        return 0;
+    }
+    let thread = bpf_get_current_pid_tgid();
+    let Some(call) = (unsafe { TLS_CALLS.get(&thread) }).copied() else { return 0 };
+    let _ = TLS_CALLS.remove(&thread);
+    let rc = ctx.ret::<u64>() as i32;
+    let moved: u64 = match call.kind {
+        TLS_HANDSHAKE => 0,
+        _ if call.len_ptr != 0 => {
+            if rc == 1 {
+                unsafe { bpf_probe_read_user(call.len_ptr as *const u64) }.unwrap_or(0)
+            } else {
+                0
+            }
+        }
+        _ => rc.max(0) as u64,
+    };
+    let tgid = (thread >> 32) as u32;
+    let Some((conn, state)) = connection(tgid, thread, call.ssl) else {
+        if moved > 0 {
+            count(COUNTER_TLS_UNMAPPED);
+        }
+        return 0;
+    };
+    let open = moved > 0 || (call.kind == TLS_HANDSHAKE && rc == 1);
+    unsafe { (*state).flags |= CONN_TLS_PROBED | if open { CONN_TLS_OPEN } else { 0 } };
+    if moved == 0 || moved > u32::MAX as u64 {
+        return 0;
+    }
+    // A connection whose socket carries the plaintext (kernel TLS set up before it was
+    // seen, so its socket I/O was classified as HTTP) is measured there.
+    if unsafe { (*state).flags } & CONN_TLS == 0 {
+        count(COUNTER_TLS_PLAIN_SOCKET);
+        return 0;
+    }
+    let recv = call.kind == TLS_READ;
+    let now = unsafe { bpf_ktime_get_ns() };
+    // A read's request began to arrive when the records that carried it did.
+    let arrival = if recv { take_arrival(thread, conn.cookie).unwrap_or(now) } else { 0 };
+    let Some(w) = WORK.get_ptr_mut(0) else { return 0 };
+    unsafe {
+        (*w).kind = 1;
+        (*w).ptr = call.buf;
+        (*w).count = 0;
+        (*w).moved = moved;
+        (*w).ts = now;
+        (*w).tgid = tgid as u64;
+        (*w).cookie = conn.cookie;
+        (*w).family = ((*state).family as u16 | FAMILY_TLS) as u64;
+        (*w).sk = conn.sk;
+        (*w).recv = recv as u64;
+        (*w).tx_ok = 1;
+        (*w).offset = 0;
+        (*w).arrival = if arrival != 0 && arrival <= now { arrival } else { now };
+    }
+    rp_on_io(w, state);
+    0
+}
+
+#[inline(always)]
+fn enter(ctx: &ProbeContext, kind: u32, ex: bool) -> u32 {
+    if current_target().is_none() {
+        return 0;
+    }
+    let arg = |n| ctx.arg::<u64>(n).unwrap_or(0);
+    let call = TlsCall {
+        ssl: arg(0),
+        buf: if kind == TLS_HANDSHAKE { 0 } else { arg(1) },
+        len_ptr: if ex { arg(3) } else { 0 },
+        kind,
+        _pad: 0,
+    };
+    if TLS_CALLS.insert(&bpf_get_current_pid_tgid(), &call, 0).is_err() {
+        count(COUNTER_TLS_CALLS_FULL);
+    }
+    0
+}
+
+/// The connection `ssl` is mapped to (mapped now, at its first call, to the TLS
+/// connection the thread last did socket I/O on), with its state.
+#[inline(always)]
+fn connection(tgid: u32, thread: u64, ssl: u64) -> Option<(TlsConn, *mut ConnState)> {
+    let key = TlsSslKey { tgid, _pad: 0, ssl };
+    if let Some(c) = unsafe { TLS_SSL.get(&key) }.copied()
+        && conn::existing_cookie(c.sk as *const u8) == Some(c.cookie)
+        && let Some(state) = conn::lookup(c.cookie)
+    {
+        return Some((c, state));
+    }
+    let last = unsafe { TLS_LAST.get(&thread) }?;
+    let c = TlsConn { cookie: last.cookie, sk: last.sk };
+    if conn::existing_cookie(c.sk as *const u8) != Some(c.cookie) {
+        return None;
+    }
+    let state = conn::lookup(c.cookie)?;
+    let _ = TLS_SSL.insert(&key, &c, 0);
+    Some((c, state))
+}
+
+/// The arrival of the records the thread read last on `cookie`, taken once.
+#[inline(always)]
+fn take_arrival(thread: u64, cookie: u64) -> Option<u64> {
+    let last = TLS_LAST.get_ptr_mut(&thread)?;
+    unsafe {
+        if (*last).cookie != cookie || (*last).arrival_ns == 0 {
+            return None;
+        }
+        let at = (*last).arrival_ns;
+        (*last).arrival_ns = 0;
+        Some(at)
+    }
+}
+
+/// Socket I/O of a target on a `CONN_TLS` connection: ciphertext, never parsed. The
+/// thread's last TLS connection is remembered, with when the first of the bytes its reads
+/// brought since the last plaintext read began to arrive (`arrival_ns`, 0 for a write).
+/// In a global function (verified once, and off the callers' stack), which takes the
+/// socket from the work area (a global function's arguments are plain numbers, and the
+/// hook's `sk` is a typed pointer).
+#[inline(always)]
+pub fn on_socket_io(cookie: u64, sk: *const u8, recv: bool, moved: u64, tcp: bool) {
+    let Some(w) = WORK.get_ptr_mut(0) else { return };
+    unsafe { (*w).sk = sk as u64 };
+    rp_tls_socket_io(cookie, (recv as u64) | (tcp as u64) << 1, moved);
+}
+
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn rp_tls_socket_io(cookie: u64, how: u64, moved: u64) -> u64 {
+    let (recv, tcp) = (how & 1 != 0, how & 2 != 0);
+    let Some(w) = WORK.get_ptr_mut(0) else { return 0 };
+    let sk = unsafe { (*w).sk } as *const u8;
+    let thread = bpf_get_current_pid_tgid();
+    let now = unsafe { bpf_ktime_get_ns() };
+    let arrival = |now| if recv && tcp { crate::arrival::arrived(sk, cookie, moved, now) } else { now };
+    if let Some(last) = TLS_LAST.get_ptr_mut(&thread) {
+        unsafe {
+            if (*last).cookie == cookie && (*last).sk == sk as u64 {
+                if recv && (*last).arrival_ns == 0 {
+                    (*last).arrival_ns = arrival(now);
+                }
+                return 0;
+            }
+        }
+    }
+    let last = TlsLast { cookie, sk: sk as u64, arrival_ns: if recv { arrival(now) } else { 0 } };
+    let _ = TLS_LAST.insert(&thread, &last, 0);
+    0
+}
+
+/// A target's connection whose first bytes are a TLS record: its socket I/O is ciphertext
+/// from now on, and its port serves HTTPS.
+#[inline(always)]
+pub fn on_first_record(state: *mut ConnState, sk: *const u8, family: u16) {
+    unsafe {
+        (*state).flags |= CONN_TLS;
+        (*state).family = family as u32;
+    }
+    mark_tls_port(sk);
+}
+
+/// Whether a connection's first byte (the classifier stops at the first byte that cannot
+/// start a method: `first4`'s low byte) starts a TLS record: a handshake (a new
+/// connection), or application data (one opened before the probe).
+#[inline(always)]
+pub fn is_record(first4: u32) -> bool {
+    matches!(first4 & 0xff, 0x16 | 0x17)
+}
+
+/// A TLS handshake record: sent first by a target, it opens an outgoing connection.
+#[inline(always)]
+pub fn is_handshake(first4: u32) -> bool {
+    first4 & 0xff == 0x16
+}
+
+/// Whether a plaintext request on this TCP socket's port is HTTP sent to an HTTPS port.
+#[inline(always)]
+pub fn is_tls_port(sk: *const u8) -> bool {
+    match port(sk) {
+        Some(p) => matches!(SERVER_PORTS.get(p as u32), Some(v) if *v & PORT_TLS != 0),
+        None => false,
+    }
+}
+
+#[inline(always)]
+fn mark_tls_port(sk: *const u8) {
+    let Some(p) = port(sk) else { return };
+    if let Some(v) = SERVER_PORTS.get_ptr_mut(p as u32) {
+        unsafe {
+            if *v & PORT_TLS == 0 {
+                *v |= PORT_TLS;
+            }
+        }
+    }
+}
+
+#[inline(always)]
+fn port(sk: *const u8) -> Option<u16> {
+    crate::kernel::read::<u16>(sk, crate::maps::global!(OFFSETS.sk_num)).filter(|p| *p != 0)
+}
+
