@@ -1,7 +1,10 @@
 // The test server on Node's `http` module (libuv). Same routes as app.py.
 // Usage: node node_app.js <host> <port | unix socket path>; prints "LISTENING" once ready.
+// With TLS_CERT and TLS_KEY set, it serves HTTPS (Node's `https`, OpenSSL inside `node`).
 "use strict";
 const http = require("http");
+const https = require("https");
+const fs = require("fs");
 
 const [host, where] = process.argv.slice(2);
 
@@ -10,7 +13,11 @@ function reply(res, status, body, type = "text/plain") {
   res.end(body);
 }
 
-const server = http.createServer((req, res) => {
+// HTTPS when TLS_CERT and TLS_KEY name a certificate and its key.
+const tls = process.env.TLS_CERT
+  ? { cert: fs.readFileSync(process.env.TLS_CERT), key: fs.readFileSync(process.env.TLS_KEY) }
+  : null;
+const handler = (req, res) => {
   const url = new URL(req.url, "http://localhost");
   const path = url.pathname;
   if (req.method === "POST" && path === "/echo") {
@@ -64,7 +71,8 @@ const server = http.createServer((req, res) => {
     return res.end();
   }
   reply(res, 404, "not found\n");
-});
+};
+const server = tls ? https.createServer(tls, handler) : http.createServer(handler);
 server.keepAliveTimeout = 60000;
 const target = /^\d+$/.test(where) ? [Number(where), host] : [where];
 server.listen(...target, () => console.log("LISTENING"));

@@ -25,6 +25,8 @@ pub struct Response {
 pub enum Endpoint {
     Tcp(SocketAddr),
     Unix(PathBuf),
+    /// HTTPS on TCP (the server's certificate is not verified).
+    Tls(SocketAddr),
 }
 
 impl Endpoint {
@@ -39,9 +41,14 @@ impl Endpoint {
     /// The `network_transport` label redprobe gives this endpoint's requests.
     pub fn transport(&self) -> &'static str {
         match self {
-            Endpoint::Tcp(_) => "tcp",
+            Endpoint::Tcp(_) | Endpoint::Tls(_) => "tcp",
             Endpoint::Unix(_) => "unix",
         }
+    }
+
+    /// The `url_scheme` label redprobe gives this endpoint's requests.
+    pub fn scheme(&self) -> &'static str {
+        if matches!(self, Endpoint::Tls(_)) { "https" } else { "http" }
     }
 
     /// "IPv4", "IPv6" or "Unix", for messages.
@@ -50,13 +57,14 @@ impl Endpoint {
             Endpoint::Tcp(a) if a.is_ipv6() => "IPv6",
             Endpoint::Tcp(_) => "IPv4",
             Endpoint::Unix(_) => "Unix",
+            Endpoint::Tls(_) => "HTTPS",
         }
     }
 
     /// The port, for TCP endpoints.
     pub fn port(&self) -> Option<u16> {
         match self {
-            Endpoint::Tcp(a) => Some(a.port()),
+            Endpoint::Tcp(a) | Endpoint::Tls(a) => Some(a.port()),
             Endpoint::Unix(_) => None,
         }
     }
@@ -65,7 +73,7 @@ impl Endpoint {
 impl std::fmt::Display for Endpoint {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Endpoint::Tcp(a) => write!(f, "{a}"),
+            Endpoint::Tcp(a) | Endpoint::Tls(a) => write!(f, "{a}"),
             Endpoint::Unix(p) => write!(f, "unix:{}", p.display()),
         }
     }
@@ -75,6 +83,62 @@ impl std::fmt::Display for Endpoint {
 pub enum Stream {
     Tcp(TcpStream),
     Unix(UnixStream),
+    Tls(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
+}
+
+/// A TLS client that accepts any server certificate (the test servers' are self-signed).
+fn tls_config() -> std::sync::Arc<rustls::ClientConfig> {
+    static CONFIG: std::sync::OnceLock<std::sync::Arc<rustls::ClientConfig>> = std::sync::OnceLock::new();
+    CONFIG
+        .get_or_init(|| {
+            let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+            let config = rustls::ClientConfig::builder_with_provider(provider.clone())
+                .with_safe_default_protocol_versions()
+                .expect("TLS versions")
+                .dangerous()
+                .with_custom_certificate_verifier(std::sync::Arc::new(AnyCertificate(provider)))
+                .with_no_client_auth();
+            std::sync::Arc::new(config)
+        })
+        .clone()
+}
+
+#[derive(Debug)]
+struct AnyCertificate(std::sync::Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &[rustls::pki_types::CertificateDer<'_>],
+        _: &rustls::pki_types::ServerName<'_>,
+        _: &[u8],
+        _: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
 }
 
 impl Stream {
@@ -91,6 +155,19 @@ impl Stream {
                 s.set_read_timeout(Some(Duration::from_secs(30)))?;
                 Stream::Unix(s)
             }
+            Endpoint::Tls(a) => {
+                let s = TcpStream::connect(a).with_context(|| format!("connecting to {to}"))?;
+                s.set_nodelay(true)?;
+                s.set_read_timeout(Some(Duration::from_secs(30)))?;
+                let name = rustls::pki_types::ServerName::try_from("localhost").expect("a DNS name");
+                let conn = rustls::ClientConnection::new(tls_config(), name).context("a TLS client")?;
+                let mut tls = rustls::StreamOwned::new(conn, s);
+                // The handshake now: a server that accepts TCP but not TLS is not ready.
+                while tls.conn.is_handshaking() {
+                    tls.conn.complete_io(&mut tls.sock).with_context(|| format!("TLS handshake with {to}"))?;
+                }
+                Stream::Tls(Box::new(tls))
+            }
         };
         Ok(s)
     }
@@ -99,6 +176,7 @@ impl Stream {
         match self {
             Stream::Tcp(s) => s.shutdown(how),
             Stream::Unix(s) => s.shutdown(how),
+            Stream::Tls(s) => s.sock.shutdown(how),
         }
     }
 }
@@ -108,6 +186,11 @@ impl Read for Stream {
         match self {
             Stream::Tcp(s) => s.read(buf),
             Stream::Unix(s) => s.read(buf),
+            // A server that closes without close_notify (Python's ssl) ends the stream.
+            Stream::Tls(s) => match s.read(buf) {
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(0),
+                other => other,
+            },
         }
     }
 }
@@ -117,11 +200,19 @@ impl Write for Stream {
         match self {
             Stream::Tcp(s) => s.write(buf),
             Stream::Unix(s) => s.write(buf),
+            Stream::Tls(s) => {
+                let n = s.write(buf)?;
+                s.flush()?;
+                Ok(n)
+            }
         }
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
+        match self {
+            Stream::Tls(s) => s.flush(),
+            _ => Ok(()),
+        }
     }
 }
 

@@ -23,6 +23,8 @@ pub enum Bind {
     V4,
     V6,
     Unix,
+    /// HTTPS on IPv4, with the run's self-signed certificate ([`certificate`]).
+    Tls,
 }
 
 impl Bind {
@@ -32,8 +34,33 @@ impl Bind {
             Bind::V4 => Endpoint::v4(free_port()),
             Bind::V6 => Endpoint::v6(free_port6()),
             Bind::Unix => Endpoint::Unix(dir.join("server.sock")),
+            Bind::Tls => Endpoint::Tls(std::net::SocketAddr::from(([127, 0, 0, 1], free_port()))),
         }
     }
+}
+
+/// The TLS servers' certificate and key (self-signed for localhost), made once per run
+/// with the openssl command under target/test-tls/.
+pub fn certificate() -> Result<(PathBuf, PathBuf)> {
+    static MADE: OnceLock<Result<(PathBuf, PathBuf), String>> = OnceLock::new();
+    MADE.get_or_init(|| {
+        let dir = workspace_root().join("target/test-tls");
+        let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+        let out = Command::new("openssl")
+            .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=localhost", "-keyout"])
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert)
+            .output()
+            .map_err(|e| format!("cannot run openssl (install openssl): {e}"))?;
+        if !out.status.success() {
+            return Err(format!("openssl req failed: {}", String::from_utf8_lossy(&out.stderr)));
+        }
+        Ok((cert, key))
+    })
+    .clone()
+    .map_err(|e| anyhow::anyhow!(e))
 }
 
 fn free_port6() -> u16 {
@@ -111,8 +138,12 @@ pub fn gunicorn(bind: Bind, workers: u32, extra: &[&str], env: &[(&str, &str)]) 
     let mut cmd = Command::new(python());
     cmd.args(["-m", "gunicorn", "--no-control-socket", "--workers", &workers.to_string(), "--bind"])
         .arg(endpoint.to_string())
-        .args(extra)
-        .arg("djangoapp.wsgi")
+        .args(extra);
+    if matches!(endpoint, Endpoint::Tls(_)) {
+        let (cert, key) = certificate()?;
+        cmd.arg("--certfile").arg(cert).arg("--keyfile").arg(key);
+    }
+    cmd.arg("djangoapp.wsgi")
         .current_dir(servers_dir())
         .envs(env.iter().copied());
     RealServer::spawn("gunicorn", cmd, endpoint, dir)
@@ -127,6 +158,7 @@ pub fn uvicorn(bind: Bind) -> Result<RealServer> {
     match &endpoint {
         Endpoint::Tcp(a) => cmd.args(["--host", &a.ip().to_string(), "--port", &a.port().to_string()]),
         Endpoint::Unix(p) => cmd.arg("--uds").arg(p),
+        Endpoint::Tls(_) => bail!("the uvicorn server of the tests has no TLS set up"),
     };
     cmd.arg("djangoapp.asgi:application").current_dir(servers_dir());
     RealServer::spawn("uvicorn", cmd, endpoint, dir)
@@ -159,6 +191,10 @@ pub fn node(bind: Bind) -> Result<RealServer> {
     match &endpoint {
         Endpoint::Tcp(a) => cmd.arg(a.ip().to_string()).arg(a.port().to_string()),
         Endpoint::Unix(p) => cmd.arg("-").arg(p),
+        Endpoint::Tls(a) => {
+            let (cert, key) = certificate()?;
+            cmd.arg(a.ip().to_string()).arg(a.port().to_string()).env("TLS_CERT", cert).env("TLS_KEY", key)
+        }
     };
     RealServer::spawn("node", cmd, endpoint, dir)
 }
@@ -173,6 +209,10 @@ pub fn go(bind: Bind) -> Result<RealServer> {
         Endpoint::Tcp(a) if a.is_ipv6() => cmd.arg("tcp6").arg(a.to_string()),
         Endpoint::Tcp(a) => cmd.arg("tcp4").arg(a.to_string()),
         Endpoint::Unix(p) => cmd.arg("unix").arg(p),
+        Endpoint::Tls(a) => {
+            let (cert, key) = certificate()?;
+            cmd.arg("tcp4").arg(a.to_string()).env("TLS_CERT", cert).env("TLS_KEY", key)
+        }
     };
     RealServer::spawn("go net/http", cmd, endpoint, dir)
 }
@@ -229,7 +269,13 @@ pub fn nginx(bind: Bind, site: &NginxSite<'_>) -> Result<RealServer> {
         std::fs::write(root.join("static").join(name), content)?;
     }
     // nginx's `listen` and `server` take addresses as Endpoint displays them.
-    let listen = endpoint.to_string();
+    let listen = match &endpoint {
+        Endpoint::Tls(a) => {
+            let (cert, key) = certificate()?;
+            format!("{a} ssl; ssl_certificate {}; ssl_certificate_key {}", cert.display(), key.display())
+        }
+        _ => endpoint.to_string(),
+    };
     let upstream = match site.upstream {
         Some(up) => format!("upstream app {{ server {up}; keepalive 4; }}\n"),
         None => String::new(),

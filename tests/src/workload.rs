@@ -246,6 +246,9 @@ pub fn assert_exact(agent: &crate::procs::Agent, w: &Workload, server: &str) -> 
     let transport = w.to.transport();
     let with_transport = m.sum("http_server_request_duration_seconds_count", &[("network_transport", transport)]);
     assert_eq!(with_transport, total as f64, "{server}: requests with network_transport={transport}");
+    let scheme = w.to.scheme();
+    let with_scheme = m.sum("http_server_request_duration_seconds_count", &[("url_scheme", scheme)]);
+    assert_eq!(with_scheme, total as f64, "{server}: requests with url_scheme={scheme}");
     assert_eq!(m.sum("redprobe_events_lost_total", &[]), 0.0, "{server}: events lost");
     let unparsed: Vec<&str> = m.text.lines().filter(|l| l.starts_with("redprobe_requests_unparsed_total")).collect();
     assert_eq!(m.sum("redprobe_requests_unparsed_total", &[]), 0.0, "{server}: unparsed: {unparsed:?}");

@@ -13,6 +13,7 @@ testkit::full_mix_tests! { |bind| gunicorn(bind, 2, &[], &[]), Mix { pipelining:
     gunicorn_django_ipv4_master_pid_sees_every_worker => V4,
     gunicorn_django_ipv6 => V6,
     gunicorn_django_unix_socket => Unix,
+    gunicorn_django_https_certfile => Tls,
 }
 
 /// Every request on a fresh connection (sync workers close after each response); returns

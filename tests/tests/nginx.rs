@@ -73,6 +73,7 @@ fn run(bind: Bind) -> Result<()> {
 testkit::per_bind_tests! { run;
     nginx_return_and_sendfile_ipv4 => V4,
     nginx_return_and_sendfile_ipv6 => V6,
+    nginx_return_and_ssl_https => Tls,
 }
 
 testkit::per_bind_tests! { proxy_pass;

@@ -6,4 +6,5 @@ testkit::full_mix_tests! { node, Mix { pipelining: true, not_modified: false };
     node_http_ipv4 => V4,
     node_http_ipv6 => V6,
     node_http_unix_socket => Unix,
+    node_https => Tls,
 }

@@ -1,6 +1,7 @@
 // The test server on Go's net/http. Same routes as app.py.
 // Usage: goapp <network> <address>   (tcp 127.0.0.1:8080, tcp6 [::1]:8080, unix /path)
-// Prints "LISTENING" once it accepts connections.
+// Prints "LISTENING" once it accepts connections. With TLS_CERT and TLS_KEY set, it
+// serves HTTPS through crypto/tls.
 package main
 
 import (
@@ -71,5 +72,10 @@ func main() {
 		os.Exit(1)
 	}
 	fmt.Println("LISTENING")
+	// HTTPS (crypto/tls) when TLS_CERT and TLS_KEY name a certificate and its key.
+	if cert := os.Getenv("TLS_CERT"); cert != "" {
+		http.ServeTLS(l, http.HandlerFunc(handler), cert, os.Getenv("TLS_KEY"))
+		return
+	}
 	http.Serve(l, http.HandlerFunc(handler))
 }

@@ -52,6 +52,7 @@ pub struct Options {
 pub fn url(server: &RealServer, path: &str) -> String {
     match &server.endpoint {
         Endpoint::Tcp(a) => format!("http://{a}{path}"),
+        Endpoint::Tls(a) => format!("https://{a}{path}"),
         Endpoint::Unix(_) => unreachable!("the bench's {} listens on TCP", server.name),
     }
 }
