@@ -27,17 +27,17 @@ fn hellos(w: &mut Workload, n: usize) -> Result<u64> {
     Ok(w.total())
 }
 
-#[test]
-fn gunicorn_workers_recycled_added_and_replaced_after_attach_are_all_counted() -> Result<()> {
+/// Over HTTPS, the workers forked after attach inherit the TLS probes from the master.
+fn workers_recycled(bind: Bind) -> Result<()> {
     // --max-requests 5: each worker exits after 5 requests and the master forks another.
-    let server = gunicorn(Bind::V4, 2, &["--max-requests", "5"], &[])?;
+    let server = gunicorn(bind, 2, &["--max-requests", "5"], &[])?;
     let master = server.pid();
     let agent = Agent::attach(master)?;
     let before = children(master);
     let mut w = Workload::new(&server.endpoint);
     // The truth is cumulative: counts equal to it after each phase never went down.
     let check = |w: &Workload, phase: &str| -> Result<()> {
-        assert_exact(&agent, w, &format!("gunicorn workers: {phase}"))?;
+        assert_exact(&agent, w, &format!("gunicorn workers ({bind:?}): {phase}"))?;
         Ok(())
     };
     hellos(&mut w, 30)?;
@@ -64,4 +64,9 @@ fn gunicorn_workers_recycled_added_and_replaced_after_attach_are_all_counted() -
     let live = 1.0 + children(master).len() as f64;
     agent.wait_metrics(&format!("{live} targets"), |m| m.sum("redprobe_targets", &[]) == live)?;
     Ok(())
+}
+
+testkit::per_bind_tests! { workers_recycled;
+    gunicorn_workers_recycled_added_and_replaced_after_attach_are_all_counted => V4,
+    gunicorn_https_workers_forked_after_attach_inherit_the_tls_probes => Tls,
 }

@@ -84,6 +84,7 @@ fn args_for(port: u16) -> Result<Vec<String>> {
 fn cap_mask(caps: &[String]) -> Result<u64> {
     let number = |c: &str| -> Result<u32> {
         Ok(match c {
+            "CAP_DAC_OVERRIDE" => 1,
             "CAP_DAC_READ_SEARCH" => 2,
             "CAP_NET_ADMIN" => 12,
             "CAP_SYS_PTRACE" => 19,
@@ -110,8 +111,15 @@ fn the_units_settings_are_least_privilege() -> Result<()> {
     ] {
         assert_eq!(s.get(key).map(String::as_str), Some(want), "{key}= in {}", unit_path().display());
     }
-    assert!(!s.contains_key("ReadWritePaths"), "the agent writes no file: the file system stays read-only");
-    assert_eq!(unit_capabilities()?, ["CAP_BPF", "CAP_DAC_READ_SEARCH", "CAP_NET_ADMIN", "CAP_PERFMON", "CAP_SYS_PTRACE"]);
+    assert_eq!(
+        s.get("ReadWritePaths").map(String::as_str),
+        Some("/sys/kernel/tracing"),
+        "the agent writes no file but tracefs's uprobe_events (HTTPS)"
+    );
+    assert_eq!(
+        unit_capabilities()?,
+        ["CAP_BPF", "CAP_DAC_OVERRIDE", "CAP_DAC_READ_SEARCH", "CAP_NET_ADMIN", "CAP_PERFMON", "CAP_SYS_PTRACE"]
+    );
     // systemd's own check of the syntax, with ExecStart= aimed at the built agent.
     let dir = std::env::temp_dir().join(format!("redprobe-unit-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
@@ -134,10 +142,14 @@ fn the_units_capabilities_are_enough_to_attach_and_count() -> Result<()> {
     let agent = Agent::start_with(as_the_unit(&caps), &args_for(server.port)?)?;
     let pid = agent.child.id();
     // The agent runs as nobody with the unit's capabilities, and no more; once attached it
-    // has dropped CAP_BPF and CAP_PERFMON and keeps only what reading /proc needs.
+    // has dropped CAP_BPF, CAP_DAC_OVERRIDE and CAP_NET_ADMIN, and keeps what reading /proc
+    // and attaching the HTTPS probes to targets found later need.
     assert_eq!(status_field(pid, "Uid:")?.split_whitespace().next(), Some("65534"));
-    let kept: Vec<String> =
-        caps.iter().filter(|c| *c == "CAP_DAC_READ_SEARCH" || *c == "CAP_SYS_PTRACE").cloned().collect();
+    let kept: Vec<String> = caps
+        .iter()
+        .filter(|c| ["CAP_DAC_READ_SEARCH", "CAP_SYS_PTRACE", "CAP_PERFMON"].contains(&c.as_str()))
+        .cloned()
+        .collect();
     assert_eq!(u64::from_str_radix(&status_field(pid, "CapEff:")?, 16)?, cap_mask(&kept)?, "effective capabilities");
     assert_eq!(u64::from_str_radix(&status_field(pid, "CapPrm:")?, 16)?, cap_mask(&kept)?, "permitted capabilities");
     // Without CAP_SETPCAP the bounding set cannot shrink further: it stays the unit's.
@@ -195,6 +207,19 @@ fn without_each_of_the_units_capabilities_the_agent_names_it() -> Result<()> {
                 let log = agent.stderr();
                 assert!(
                     log.contains("--port: the sockets of") && log.contains(dropped.as_str()),
+                    "without {dropped}, a warning should name it:\n{log}"
+                );
+            }
+            // No HTTPS: the agent runs and counts plain HTTP, and says what HTTPS needs.
+            "CAP_DAC_OVERRIDE" => {
+                let agent = Agent::start_with(as_the_unit(&fewer), &args)?;
+                let mut conn = Conn::open(server.port)?;
+                conn.get_ok("/hello", 3)?;
+                let m = agent.wait_metrics("3 requests", |m| m.requests("GET", 200, "/hello") >= 3)?;
+                assert_eq!(m.requests("GET", 200, "/hello"), 3, "without {dropped}: {:?}", m.request_counts());
+                let log = agent.stderr();
+                assert!(
+                    log.contains("HTTPS is not measured") && log.contains(dropped.as_str()),
                     "without {dropped}, a warning should name it:\n{log}"
                 );
             }

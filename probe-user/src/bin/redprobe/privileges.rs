@@ -2,6 +2,7 @@
 use anyhow::{Result, bail};
 use aya::{EbpfError, programs::ProgramError};
 
+const CAP_DAC_OVERRIDE: u32 = 1;
 const CAP_DAC_READ_SEARCH: u32 = 2;
 const CAP_NET_ADMIN: u32 = 12;
 const CAP_SYS_PTRACE: u32 = 19;
@@ -111,6 +112,18 @@ fn capset(set: u64) -> std::io::Result<()> {
         return Err(std::io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// Drops CAP_DAC_OVERRIDE, which only the opening of tracefs's uprobe_events needs (the
+/// HTTPS probes), before anything else runs: the first selector scan then has the
+/// capabilities of the later ones.
+pub fn drop_dac_override() {
+    if let Ok((_, permitted)) = capget()
+        && permitted & (1 << CAP_DAC_OVERRIDE) != 0
+        && let Err(e) = capset(permitted & !(1 << CAP_DAC_OVERRIDE))
+    {
+        tracing::warn!("could not drop CAP_DAC_OVERRIDE: {e}");
+    }
 }
 
 /// (major, minor) of the running kernel.

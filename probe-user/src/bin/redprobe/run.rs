@@ -190,6 +190,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Err(why) if cli.no_tls => debug!("HTTPS not measured: {why}"),
         Err(why) => warn!("HTTPS is not measured: {why}"),
     }
+    privileges::drop_dac_override();
     let mut fast_path = FastPath::new(fast.routes, metrics.clone());
     let aggregates = Aggregates::new(fast.agg, metrics.clone(), registry.clone());
     for root in &roots {

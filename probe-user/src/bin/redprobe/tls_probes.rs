@@ -57,6 +57,8 @@ struct Process {
 }
 
 pub struct TlsProbes {
+    /// tracefs's `uprobe_events`, open for writing.
+    events: fs::File,
     programs: HashMap<&'static str, ProgramFd>,
     libraries: HashMap<FileId, std::result::Result<Library, Unprobeable>>,
     processes: HashMap<u32, Process>,
@@ -82,8 +84,16 @@ impl TlsProbes {
                 );
             }
         }
-        remove_stale_events();
-        Ok(TlsProbes { programs, libraries: HashMap::new(), processes: HashMap::new(), no_tls: HashSet::new(), next_event: 0, health })
+        // Opened once, now: later writes (targets found after the capabilities were dropped)
+        // go through this descriptor.
+        let events = fs::OpenOptions::new().append(true).open(&events).with_context(|| {
+            format!(
+                "opening {} for writing: HTTPS needs root, or CAP_DAC_OVERRIDE to write tracefs (under systemd's ProtectKernelTunables, also ReadWritePaths={TRACEFS})",
+                events.display()
+            )
+        })?;
+        remove_stale_events(&events);
+        Ok(TlsProbes { events, programs, libraries: HashMap::new(), processes: HashMap::new(), no_tls: HashSet::new(), next_event: 0, health })
     }
 
     /// Attaches to the TLS libraries `pid` maps that it is not probed in yet (a new
@@ -200,7 +210,7 @@ impl TlsProbes {
                 for (kind, program) in [('p', point.program), ('r', RETURN_PROGRAM)] {
                     self.next_event += 1;
                     let name = format!("rp{me}_{}", self.next_event);
-                    write_uprobe_events(&format!("{kind}:{GROUP}/{name} {text}:{offset:#x}\n"))
+                    write_uprobe_events(&self.events, &format!("{kind}:{GROUP}/{name} {text}:{offset:#x}\n"))
                         .with_context(|| format!("creating the uprobe on {} in {text}", point.symbol))?;
                     made.push(name.clone());
                     let id: u64 = fs::read_to_string(Path::new(TRACEFS).join("events").join(GROUP).join(&name).join("id"))
@@ -222,7 +232,7 @@ impl TlsProbes {
         if let Err(e) = result {
             drop(holders);
             for name in made {
-                let _ = write_uprobe_events(&format!("-:{GROUP}/{name}\n"));
+                let _ = write_uprobe_events(&self.events, &format!("-:{GROUP}/{name}\n"));
             }
             return Err(e);
         }
@@ -274,27 +284,36 @@ impl Drop for TlsProbes {
             self.libraries.values().filter_map(|l| l.as_ref().ok()).flat_map(|l| l.events.iter().map(|(n, _)| n.clone())).collect();
         self.libraries.clear();
         for name in names {
-            let _ = write_uprobe_events(&format!("-:{GROUP}/{name}\n"));
+            // An event is busy for a moment after its last perf event closed.
+            let mut tries = 0;
+            while let Err(e) = write_uprobe_events(&self.events, &format!("-:{GROUP}/{name}\n")) {
+                tries += 1;
+                if e.raw_os_error() != Some(libc::EBUSY) || tries == 40 {
+                    warn!(event = %name, error = %e, "could not remove a uprobe event from tracefs (the next start removes it)");
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(25));
+            }
         }
     }
 }
 
 /// Removes the events an agent that is gone left behind (killed before it could).
-fn remove_stale_events() {
+fn remove_stale_events(events: &fs::File) {
     let Ok(text) = fs::read_to_string(Path::new(TRACEFS).join("uprobe_events")) else { return };
     for line in text.lines() {
         let Some(name) = line.split_whitespace().next().and_then(|s| s.split_once(':')).map(|(_, n)| n) else { continue };
         let Some(event) = name.strip_prefix(&format!("{GROUP}/rp")) else { continue };
         let Some(pid) = event.split('_').next().and_then(|p| p.parse::<u32>().ok()) else { continue };
         if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
-            let _ = write_uprobe_events(&format!("-:{name}\n"));
+            let _ = write_uprobe_events(events, &format!("-:{name}\n"));
         }
     }
 }
 
-fn write_uprobe_events(line: &str) -> std::io::Result<()> {
-    let mut f = fs::OpenOptions::new().append(true).open(Path::new(TRACEFS).join("uprobe_events"))?;
-    f.write_all(line.as_bytes())
+/// One command to tracefs's `uprobe_events` (one write: the kernel parses each write).
+fn write_uprobe_events(mut events: &fs::File, line: &str) -> std::io::Result<()> {
+    events.write_all(line.as_bytes())
 }
 
 /// Opens a perf event on each of `events` for process `pid`, inherited by its children.
