@@ -16,6 +16,7 @@ mod agent_cost;
 mod bpf_stats;
 mod capacity;
 mod django;
+mod https;
 mod loadgen;
 mod nginx;
 mod non_target;
@@ -149,7 +150,11 @@ pub fn bench(opts: &Options) -> Result<()> {
     let mut rows = vec![];
     let mut notes = vec![];
     let mut bpf_lines = vec![];
-    let nginx = if want("1") || want("2") || want("6") || want("bpf") { Some(Nginx::start(worker_cpu)?) } else { None };
+    let nginx = if want("1") || want("2") || want("6") || want("7") || want("bpf") {
+        Some(Nginx::start(worker_cpu)?)
+    } else {
+        None
+    };
     if let Some(nginx) = &nginx {
         if want("1") {
             rows.extend(non_target::measure(nginx.pid(), opts.rounds, scale)?);
@@ -165,6 +170,12 @@ pub fn bench(opts: &Options) -> Result<()> {
     }
     if want("4") {
         rows.extend(django::measure(&django_load, opts.rounds.saturating_sub(1).max(1))?);
+    }
+    if let Some(nginx) = &nginx
+        && want("7")
+    {
+        let tls = https::Https::start(worker_cpu)?;
+        rows.extend(https::measure(&tls, nginx.pid(), &nginx_load, opts.rounds)?);
     }
     if let Some(nginx) = &nginx {
         if want("6") {

@@ -364,7 +364,7 @@ fn perf_open(id: u64, pid: i32, inherit: bool) -> Result<OwnedFd> {
 
 fn ioctl(fd: &OwnedFd, request: libc::c_ulong, arg: libc::c_ulong) -> Result<()> {
     // SAFETY: a perf event fd and a request it takes.
-    if unsafe { libc::ioctl(fd.as_raw_fd(), request, arg) } != 0 {
+    if unsafe { libc::ioctl(fd.as_raw_fd(), request as libc::Ioctl, arg) } != 0 {
         return Err(std::io::Error::last_os_error().into());
     }
     Ok(())
