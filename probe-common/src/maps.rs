@@ -125,6 +125,14 @@ pub const MAP_TLS_LAST: &str = "TLS_LAST";
 /// object was mapped to at its first call.
 pub const MAP_TLS_SSL: &str = "TLS_SSL";
 
+/// Hash: (process, goroutine) -> [`TlsCall`], a Go crypto/tls call in progress.
+pub const MAP_GO_CALLS: &str = "GO_CALLS";
+/// LRU hash: (process, goroutine) -> [`TlsLast`].
+pub const MAP_GO_LAST: &str = "GO_LAST";
+/// Hash: tgid -> 1, the processes whose Go crypto/tls is probed. The agent alone writes it
+/// (inserted when it attaches the probes, removed at the process's exit).
+pub const MAP_GO_TGIDS: &str = "GO_TGIDS";
+
 /// `TlsCall::kind`.
 pub const TLS_READ: u32 = 1;
 pub const TLS_WRITE: u32 = 2;

@@ -64,7 +64,9 @@ pub struct KernelOffsets {
     pub tcp_write_seq: u32,
     /// `tcp_sock.bpf_sock_ops_cb_flags` (u8): the sock_ops callbacks on for the socket.
     pub tcp_cb_flags: u32,
-    pub _pad: u32,
+    /// `pt_regs.r14`: where a Go program keeps its goroutine (Go 1.17+ register ABI), as
+    /// saved at a syscall (the HTTPS probes of Go's crypto/tls key by goroutine).
+    pub regs_r14: u32,
 }
 
 /// `task_struct.flags` bit of kernel threads.

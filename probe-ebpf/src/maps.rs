@@ -80,9 +80,22 @@ pub static TLS_CALLS: HashMap<u64, TlsCall> = HashMap::with_max_entries(1, 0);
 #[map]
 pub static TLS_LAST: LruHashMap<u64, TlsLast> = LruHashMap::with_max_entries(1, 0);
 
-/// (process, SSL object) -> its connection (`tls`).
+/// (process, SSL object or Go `*tls.Conn`) -> its connection (`tls`).
 #[map]
 pub static TLS_SSL: LruHashMap<TlsSslKey, TlsConn> = LruHashMap::with_max_entries(1, 0);
+
+/// (process, goroutine) -> the Go crypto/tls call it is in (`tls`).
+#[map]
+pub static GO_CALLS: HashMap<TlsSslKey, TlsCall> = HashMap::with_max_entries(1, 0);
+
+/// (process, goroutine) -> the TLS connection it last did socket I/O on (`tls`).
+#[map]
+pub static GO_LAST: LruHashMap<TlsSslKey, TlsLast> = LruHashMap::with_max_entries(1, 0);
+
+/// Processes whose Go crypto/tls is probed (the agent writes it): their TLS socket I/O is
+/// also remembered by goroutine (`GO_LAST`).
+#[map]
+pub static GO_TGIDS: HashMap<u32, u32> = HashMap::with_max_entries(1, 0);
 
 #[map]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_SLOTS, 0);
@@ -117,7 +130,7 @@ pub static OFFSETS: KernelOffsets = KernelOffsets {
     tcp_snd_nxt: 0,
     tcp_write_seq: 0,
     tcp_cb_flags: 0,
-    _pad: 0,
+    regs_r14: 0,
 };
 
 #[unsafe(no_mangle)]

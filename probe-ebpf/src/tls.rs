@@ -17,7 +17,10 @@
 //! after it on the same thread (a memory BIO: Node's event loop). The mapping is checked
 //! against the socket's cookie at each use (a socket address may be reused).
 use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user},
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user,
+        generated::{bpf_get_current_task_btf, bpf_task_pt_regs},
+    },
     macros::{uprobe, uretprobe},
     programs::{ProbeContext, RetProbeContext},
 };
@@ -30,7 +33,7 @@ use probe_common::{
 use crate::{
     capture::rp_on_io,
     conn,
-    maps::{count, SERVER_PORTS, TLS_CALLS, TLS_LAST, TLS_SSL, WORK},
+    maps::{count, GO_CALLS, GO_LAST, GO_TGIDS, SERVER_PORTS, TLS_CALLS, TLS_LAST, TLS_SSL, WORK},
     target::current_target,
 };
 
@@ -59,12 +62,75 @@ pub fn rp_ssl_handshake(ctx: ProbeContext) -> u32 {
     enter(&ctx, TLS_HANDSHAKE, false)
 }
 
-/// The return of every call above (one program: the entry said which call it was).
+/// Go's crypto/tls (register ABI): `(*Conn).Read(b)`, `(*Conn).Write(b)`: the receiver in
+/// rax, the slice's pointer in rbx; `(*Conn).handshakeContext(ctx)`. The goroutine (r14)
+/// keys the call: Go moves goroutines between threads.
+#[uprobe]
+pub fn rp_go_tls_read(ctx: ProbeContext) -> u32 {
+    go_enter(&ctx, TLS_READ)
+}
+
+#[uprobe]
+pub fn rp_go_tls_write(ctx: ProbeContext) -> u32 {
+    go_enter(&ctx, TLS_WRITE)
+}
+
+#[uprobe]
+pub fn rp_go_tls_handshake(ctx: ProbeContext) -> u32 {
+    go_enter(&ctx, TLS_HANDSHAKE)
+}
+
+/// At each `ret` of the three (a uretprobe would rewrite a return address on a goroutine
+/// stack Go may move): n in rax; handshakeContext's error interface in rax (nil: done).
+/// One program per function: `Read` and `Write` call `handshakeContext` on the same
+/// goroutine, so a call is keyed by goroutine and function.
+#[uprobe]
+pub fn rp_go_tls_read_return(ctx: ProbeContext) -> u32 {
+    go_return(&ctx, TLS_READ)
+}
+
+#[uprobe]
+pub fn rp_go_tls_write_return(ctx: ProbeContext) -> u32 {
+    go_return(&ctx, TLS_WRITE)
+}
+
+#[uprobe]
+pub fn rp_go_tls_handshake_return(ctx: ProbeContext) -> u32 {
+    go_return(&ctx, TLS_HANDSHAKE)
+}
+
+#[inline(always)]
+fn go_return(ctx: &ProbeContext, kind: u32) -> u32 {
+    let Some(tgid) = current_target() else { return 0 };
+    let regs = ctx.regs;
+    let (rax, g) = unsafe { ((*regs).rax, (*regs).r14) };
+    let key = TlsSslKey { tgid, _pad: kind, ssl: g };
+    let Some(call) = (unsafe { GO_CALLS.get(&key) }).copied() else { return 0 };
+    let _ = GO_CALLS.remove(&key);
+    let (moved, done) = match kind {
+        TLS_HANDSHAKE => (0, rax == 0),
+        _ => ((rax as i64).max(0) as u64, false),
+    };
+    let last = unsafe { GO_LAST.get(&TlsSslKey { tgid, _pad: 0, ssl: g }) }.copied();
+    finish(tgid, &call, moved, done, last, g)
+}
+
+#[inline(always)]
+fn go_enter(ctx: &ProbeContext, kind: u32) -> u32 {
+    let Some(tgid) = current_target() else { return 0 };
+    let regs = ctx.regs;
+    let (conn, buf, g) = unsafe { ((*regs).rax, (*regs).rbx, (*regs).r14) };
+    let call = TlsCall { ssl: conn, buf: if kind == TLS_HANDSHAKE { 0 } else { buf }, len_ptr: 0, kind, _pad: 0 };
+    if GO_CALLS.insert(&TlsSslKey { tgid, _pad: kind, ssl: g }, &call, 0).is_err() {
+        count(COUNTER_TLS_CALLS_FULL);
+    }
+    0
+}
+
+/// The return of every OpenSSL call above (one program: the entry said which call it was).
 #[uretprobe]
 pub fn rp_ssl_return(ctx: RetProbeContext) -> u32 {
-    if current_target().is_none() {
-        return 0;
-    }
+    let Some(tgid) = current_target() else { return 0 };
     let thread = bpf_get_current_pid_tgid();
     let Some(call) = (unsafe { TLS_CALLS.get(&thread) }).copied() else { return 0 };
     let _ = TLS_CALLS.remove(&thread);
@@ -80,14 +146,22 @@ pub fn rp_ssl_return(ctx: RetProbeContext) -> u32 {
         }
         _ => rc.max(0) as u64,
     };
-    let tgid = (thread >> 32) as u32;
-    let Some((conn, state)) = connection(tgid, thread, call.ssl) else {
+    let last = unsafe { TLS_LAST.get(&thread) }.copied();
+    finish(tgid, &call, moved, call.kind == TLS_HANDSHAKE && rc == 1, last, thread)
+}
+
+/// A call returned `moved` bytes (or a handshake completed: `done`): the plaintext goes to
+/// the connection its object is mapped to (or, at its first call, the one `last` says the
+/// thread or goroutine did socket I/O on), keyed in `TLS_LAST`/`GO_LAST` by `who`.
+#[inline(always)]
+fn finish(tgid: u32, call: &TlsCall, moved: u64, done: bool, last: Option<TlsLast>, who: u64) -> u32 {
+    let Some((conn, state)) = connection(tgid, call.ssl, last) else {
         if moved > 0 {
             count(COUNTER_TLS_UNMAPPED);
         }
         return 0;
     };
-    let open = moved > 0 || (call.kind == TLS_HANDSHAKE && rc == 1);
+    let open = moved > 0 || done;
     unsafe { (*state).flags |= CONN_TLS_PROBED | if open { CONN_TLS_OPEN } else { 0 } };
     if moved == 0 || moved > u32::MAX as u64 {
         return 0;
@@ -101,7 +175,7 @@ pub fn rp_ssl_return(ctx: RetProbeContext) -> u32 {
     let recv = call.kind == TLS_READ;
     let now = unsafe { bpf_ktime_get_ns() };
     // A read's request began to arrive when the records that carried it did.
-    let arrival = if recv { take_arrival(thread, conn.cookie).unwrap_or(now) } else { 0 };
+    let arrival = if recv { take_arrival(tgid, who, conn.cookie).unwrap_or(now) } else { 0 };
     let Some(w) = WORK.get_ptr_mut(0) else { return 0 };
     unsafe {
         (*w).kind = 1;
@@ -142,9 +216,9 @@ fn enter(ctx: &ProbeContext, kind: u32, ex: bool) -> u32 {
 }
 
 /// The connection `ssl` is mapped to (mapped now, at its first call, to the TLS
-/// connection the thread last did socket I/O on), with its state.
+/// connection the thread or goroutine last did socket I/O on: `last`), with its state.
 #[inline(always)]
-fn connection(tgid: u32, thread: u64, ssl: u64) -> Option<(TlsConn, *mut ConnState)> {
+fn connection(tgid: u32, ssl: u64, last: Option<TlsLast>) -> Option<(TlsConn, *mut ConnState)> {
     let key = TlsSslKey { tgid, _pad: 0, ssl };
     if let Some(c) = unsafe { TLS_SSL.get(&key) }.copied()
         && conn::existing_cookie(c.sk as *const u8) == Some(c.cookie)
@@ -152,7 +226,7 @@ fn connection(tgid: u32, thread: u64, ssl: u64) -> Option<(TlsConn, *mut ConnSta
     {
         return Some((c, state));
     }
-    let last = unsafe { TLS_LAST.get(&thread) }?;
+    let last = last?;
     let c = TlsConn { cookie: last.cookie, sk: last.sk };
     if conn::existing_cookie(c.sk as *const u8) != Some(c.cookie) {
         return None;
@@ -162,10 +236,14 @@ fn connection(tgid: u32, thread: u64, ssl: u64) -> Option<(TlsConn, *mut ConnSta
     Some((c, state))
 }
 
-/// The arrival of the records the thread read last on `cookie`, taken once.
+/// The arrival of the records the thread (OpenSSL: `who` is pid_tgid) or goroutine (Go:
+/// `who` is its g) read last on `cookie`, taken once.
 #[inline(always)]
-fn take_arrival(thread: u64, cookie: u64) -> Option<u64> {
-    let last = TLS_LAST.get_ptr_mut(&thread)?;
+fn take_arrival(tgid: u32, who: u64, cookie: u64) -> Option<u64> {
+    let last = match TLS_LAST.get_ptr_mut(&who) {
+        Some(l) if (who >> 32) as u32 == tgid && unsafe { (*l).cookie } == cookie => l,
+        _ => GO_LAST.get_ptr_mut(&TlsSslKey { tgid, _pad: 0, ssl: who })?,
+    };
     unsafe {
         if (*last).cookie != cookie || (*last).arrival_ns == 0 {
             return None;
@@ -198,6 +276,7 @@ pub extern "C" fn rp_tls_socket_io(cookie: u64, how: u64, moved: u64) -> u64 {
     let thread = bpf_get_current_pid_tgid();
     let now = unsafe { bpf_ktime_get_ns() };
     let arrival = |now| if recv && tcp { crate::arrival::arrived(sk, cookie, moved, now) } else { now };
+    go_socket_io((thread >> 32) as u32, cookie, sk, recv, arrival);
     if let Some(last) = TLS_LAST.get_ptr_mut(&thread) {
         unsafe {
             if (*last).cookie == cookie && (*last).sk == sk as u64 {
@@ -211,6 +290,32 @@ pub extern "C" fn rp_tls_socket_io(cookie: u64, how: u64, moved: u64) -> u64 {
     let last = TlsLast { cookie, sk: sk as u64, arrival_ns: if recv { arrival(now) } else { 0 } };
     let _ = TLS_LAST.insert(&thread, &last, 0);
     0
+}
+
+/// The same by goroutine, for a process whose Go crypto/tls is probed: the goroutine is
+/// r14 as the syscall saved it.
+#[inline(always)]
+fn go_socket_io(tgid: u32, cookie: u64, sk: *const u8, recv: bool, arrival: impl Fn(u64) -> u64) {
+    if unsafe { GO_TGIDS.get(&tgid) }.is_none() {
+        return;
+    }
+    let task = unsafe { bpf_get_current_task_btf() } as *const u8;
+    let regs = unsafe { bpf_task_pt_regs(task as *mut _) } as *const u8;
+    let Some(g) = crate::kernel::read::<u64>(regs, crate::maps::global!(OFFSETS.regs_r14)) else { return };
+    let key = TlsSslKey { tgid, _pad: 0, ssl: g };
+    let now = unsafe { bpf_ktime_get_ns() };
+    if let Some(last) = GO_LAST.get_ptr_mut(&key) {
+        unsafe {
+            if (*last).cookie == cookie && (*last).sk == sk as u64 {
+                if recv && (*last).arrival_ns == 0 {
+                    (*last).arrival_ns = arrival(now);
+                }
+                return;
+            }
+        }
+    }
+    let last = TlsLast { cookie, sk: sk as u64, arrival_ns: if recv { arrival(now) } else { 0 } };
+    let _ = GO_LAST.insert(&key, &last, 0);
 }
 
 /// A target's connection whose first bytes are a TLS record: its socket I/O is ciphertext

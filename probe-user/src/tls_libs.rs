@@ -5,9 +5,14 @@
 //! Covered: OpenSSL 1.1 and 3 and BoringSSL, as a shared `libssl` or linked into the
 //! executable (Node ships OpenSSL inside `node` and exports its symbols). The probes are
 //! `SSL_read`, `SSL_write` (required), `SSL_read_ex`, `SSL_write_ex` (OpenSSL 1.1.1 and
-//! later) and `SSL_do_handshake` (optional). Go's `crypto/tls` is recognised and reported as
-//! not covered yet.
-use object::{Object, ObjectSegment, ObjectSymbol};
+//! later) and `SSL_do_handshake` (optional), each at its entry and its return.
+//!
+//! Go's `crypto/tls` (Go 1.17 and later, whose register ABI passes arguments in registers
+//! and keeps the goroutine in r14): `(*Conn).Read`, `(*Conn).Write` and
+//! `(*Conn).handshakeContext`, at their entry and at each of their `ret` instructions (a
+//! uretprobe rewrites the return address on the goroutine's stack, which Go moves when it
+//! grows: it would return to garbage).
+use object::{Object, ObjectSection, ObjectSegment, ObjectSymbol};
 
 /// One uprobe: a symbol, the eBPF program its entry runs, and whether its return is probed
 /// too (`rp_ssl_return`).
@@ -18,8 +23,36 @@ pub struct ProbePoint {
     pub required: bool,
 }
 
-/// The eBPF program every probed call's return runs.
+/// The eBPF program every probed OpenSSL call's return runs.
 pub const RETURN_PROGRAM: &str = "rp_ssl_return";
+
+/// Go's crypto/tls: (symbol, the program its entry runs, the program each of its `ret`
+/// instructions runs). One return program per function: `Read` and `Write` call
+/// `handshakeContext` on the same goroutine, so each has its own call slot.
+pub const GO_POINTS: [(&str, &str, &str); 3] = [
+    ("crypto/tls.(*Conn).Read", "rp_go_tls_read", "rp_go_tls_read_return"),
+    ("crypto/tls.(*Conn).Write", "rp_go_tls_write", "rp_go_tls_write_return"),
+    ("crypto/tls.(*Conn).handshakeContext", "rp_go_tls_handshake", "rp_go_tls_handshake_return"),
+];
+
+/// Every program the TLS probes use.
+pub fn programs() -> impl Iterator<Item = &'static str> {
+    PROBE_POINTS
+        .iter()
+        .map(|p| p.program)
+        .chain([RETURN_PROGRAM])
+        .chain(GO_POINTS.iter().flat_map(|(_, entry, ret)| [*entry, *ret]))
+}
+
+/// One uprobe to create: where, which program, and whether it is a return probe
+/// (a uretprobe at the function's entry).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Probe {
+    pub symbol: &'static str,
+    pub program: &'static str,
+    pub offset: u64,
+    pub uretprobe: bool,
+}
 
 pub const PROBE_POINTS: [ProbePoint; 5] = [
     ProbePoint { symbol: "SSL_read", program: "rp_ssl_read", required: true },
@@ -34,22 +67,24 @@ pub const PROBE_POINTS: [ProbePoint; 5] = [
 pub enum Flavor {
     OpenSsl,
     BoringSsl,
+    GoCryptoTls,
 }
 
 impl Flavor {
     pub fn label(self) -> &'static str {
         match self {
-            Flavor::OpenSsl => "openssl",
-            Flavor::BoringSsl => "boringssl",
+            Flavor::OpenSsl => "OpenSSL",
+            Flavor::BoringSsl => "BoringSSL",
+            Flavor::GoCryptoTls => "Go crypto/tls",
         }
     }
 }
 
-/// Where the probes go in one file: (probe point, file offset).
+/// Where the probes go in one file.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Resolved {
     pub flavor: Flavor,
-    pub points: Vec<(ProbePoint, u64)>,
+    pub probes: Vec<Probe>,
 }
 
 /// Why a file that does TLS cannot be probed. Each is the `reason` label of
@@ -60,8 +95,9 @@ pub enum Unprobeable {
     /// symbols: stripped, or a library we do not know.
     #[error("no SSL_read/SSL_write symbols (stripped, or an unknown TLS library)")]
     SymbolsMissing,
-    /// Go's crypto/tls: not covered yet.
-    #[error("Go crypto/tls is not covered yet")]
+    /// Go's crypto/tls in a program built by a Go older than 1.17 (stack-based calls), or
+    /// whose functions could not be decoded.
+    #[error("Go crypto/tls of a Go older than 1.17, or not decodable")]
     GoCryptoTls,
     /// Not an ELF file we can read.
     #[error("not a readable ELF file")]
@@ -78,7 +114,7 @@ impl Unprobeable {
     pub fn label(self) -> &'static str {
         match self {
             Unprobeable::SymbolsMissing => "symbols_missing",
-            Unprobeable::GoCryptoTls => "go_crypto_tls",
+            Unprobeable::GoCryptoTls => "go_unsupported",
             Unprobeable::NotElf => "not_elf",
             Unprobeable::AttachFailed => "attach_failed",
         }
@@ -124,20 +160,79 @@ pub fn resolve(data: &[u8]) -> Result<Option<Resolved>, Unprobeable> {
     let has = |symbol: &str| found.iter().any(|(p, _)| p.symbol == symbol);
     if !has("SSL_read") || !has("SSL_write") {
         if go_tls {
-            return Err(Unprobeable::GoCryptoTls);
+            return resolve_go(&file).map(Some);
         }
         // A file named libssl with neither: stripped. An executable with one of them only,
         // or none: no TLS code we know.
         return if found.is_empty() { Ok(None) } else { Err(Unprobeable::SymbolsMissing) };
     }
-    let mut points = Vec::new();
+    found.sort_by_key(|(p, _)| PROBE_POINTS.iter().position(|q| q == p));
+    let mut probes = Vec::new();
     for (p, address) in found {
         let Some(offset) = file_offset(&file, address) else { return Err(Unprobeable::NotElf) };
-        points.push((p, offset));
+        probes.push(Probe { symbol: p.symbol, program: p.program, offset, uretprobe: false });
+        probes.push(Probe { symbol: p.symbol, program: RETURN_PROGRAM, offset, uretprobe: true });
     }
-    points.sort_by_key(|(p, _)| PROBE_POINTS.iter().position(|q| q == p));
     let flavor = if boring { Flavor::BoringSsl } else { Flavor::OpenSsl };
-    Ok(Some(Resolved { flavor, points }))
+    Ok(Some(Resolved { flavor, probes }))
+}
+
+/// Go's crypto/tls: each function's entry, and each of its `ret` instructions, found by
+/// decoding its machine code (a `ret` byte inside another instruction is not one).
+fn resolve_go(file: &object::File<'_>) -> Result<Resolved, Unprobeable> {
+    if go_minor(file).is_some_and(|minor| minor < 17) {
+        return Err(Unprobeable::GoCryptoTls);
+    }
+    let mut probes = Vec::new();
+    for (symbol, program, ret_program) in GO_POINTS {
+        let s = file.symbols().find(|s| s.name_bytes().ok() == Some(symbol.as_bytes())).ok_or(Unprobeable::GoCryptoTls)?;
+        let (address, size) = (s.address(), s.size());
+        let entry = file_offset(file, address).ok_or(Unprobeable::NotElf)?;
+        let code = function_bytes(file, address, size).ok_or(Unprobeable::GoCryptoTls)?;
+        let rets = ret_offsets(code, address);
+        if rets.is_empty() {
+            return Err(Unprobeable::GoCryptoTls);
+        }
+        probes.push(Probe { symbol, program, offset: entry, uretprobe: false });
+        for at in rets {
+            let offset = file_offset(file, at).ok_or(Unprobeable::NotElf)?;
+            probes.push(Probe { symbol, program: ret_program, offset, uretprobe: false });
+        }
+    }
+    Ok(Resolved { flavor: Flavor::GoCryptoTls, probes })
+}
+
+/// The addresses of the `ret` instructions of x86-64 code at `address`.
+pub fn ret_offsets(code: &[u8], address: u64) -> Vec<u64> {
+    use iced_x86::{Decoder, DecoderOptions, Mnemonic};
+    let mut decoder = Decoder::with_ip(64, code, address, DecoderOptions::NONE);
+    let mut rets = Vec::new();
+    for insn in &mut decoder {
+        if insn.is_invalid() {
+            return Vec::new();
+        }
+        if insn.mnemonic() == Mnemonic::Ret {
+            rets.push(insn.ip());
+        }
+    }
+    rets
+}
+
+/// A function's bytes, from the section that holds it.
+fn function_bytes<'a>(file: &object::File<'a>, address: u64, size: u64) -> Option<&'a [u8]> {
+    let section = file.sections().find(|s| address >= s.address() && address + size <= s.address() + s.size())?;
+    let data = section.data().ok()?;
+    let start = (address - section.address()) as usize;
+    data.get(start..start + size as usize)
+}
+
+/// The minor version of the Go that built the program (`go1.19.8` -> 19), from
+/// `.go.buildinfo`.
+fn go_minor(file: &object::File<'_>) -> Option<u32> {
+    let data = file.section_by_name(".go.buildinfo")?.data().ok()?;
+    let at = data.windows(4).position(|w| w == b"go1.")?;
+    let digits: String = data[at + 4..].iter().take_while(|b| b.is_ascii_digit()).map(|b| *b as char).collect();
+    digits.parse().ok()
 }
 
 /// The file offset of a virtual address: the loadable segment that holds it.
@@ -180,9 +275,20 @@ mod tests {
         let data = std::fs::read(path).unwrap();
         let r = resolve(&data).unwrap().expect("libssl has TLS symbols");
         assert_eq!(r.flavor, Flavor::OpenSsl);
-        let names: Vec<_> = r.points.iter().map(|(p, _)| p.symbol).collect();
+        let names: Vec<_> = r.probes.iter().filter(|p| !p.uretprobe).map(|p| p.symbol).collect();
         assert_eq!(names, ["SSL_read", "SSL_write", "SSL_read_ex", "SSL_write_ex", "SSL_do_handshake"]);
-        assert!(r.points.iter().all(|(_, o)| (*o as usize) < data.len()));
+        assert_eq!(r.probes.iter().filter(|p| p.uretprobe && p.program == RETURN_PROGRAM).count(), 5);
+        assert!(r.probes.iter().all(|p| (p.offset as usize) < data.len()));
+    }
+
+    #[test]
+    fn ret_instructions_are_decoded_not_matched() {
+        // mov eax, 0xc3 (a c3 byte inside an instruction); add rsp, 8; ret; nop; ret 8
+        let code = [0xb8, 0xc3, 0x00, 0x00, 0x00, 0x48, 0x83, 0xc4, 0x08, 0xc3, 0x90, 0xc2, 0x08, 0x00];
+        assert_eq!(ret_offsets(&code, 0x1000), [0x1009, 0x100b]);
+        // Undecodable bytes: no offsets at all (a probe in the middle of an instruction
+        // would corrupt the program).
+        assert_eq!(ret_offsets(&[0x0f, 0xff], 0), Vec::<u64>::new());
     }
 
     #[test]

@@ -6,4 +6,5 @@ testkit::full_mix_tests! { go, Mix { pipelining: true, not_modified: false };
     go_net_http_ipv4 => V4,
     go_net_http_ipv6 => V6,
     go_net_http_unix_socket => Unix,
+    go_crypto_tls_https => Tls,
 }

@@ -304,7 +304,7 @@ impl Health {
         );
         r.register(
             "tls_libraries_unprobed",
-            "TLS libraries (files) mapped by targets that could not be probed, by reason (symbols_missing, go_crypto_tls, not_elf, attach_failed); their HTTPS requests are not measured",
+            "TLS libraries (files) mapped by targets that could not be probed, by reason (symbols_missing, go_unsupported, not_elf, attach_failed); their HTTPS requests are not measured",
             h.tls_unprobed.clone(),
         );
         r.register(

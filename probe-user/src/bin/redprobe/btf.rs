@@ -242,7 +242,7 @@ impl Btf {
             tcp_snd_nxt: self.offset_of("tcp_sock", "snd_nxt", 4)?,
             tcp_write_seq: self.offset_of("tcp_sock", "write_seq", 4)?,
             tcp_cb_flags: self.offset_of("tcp_sock", "bpf_sock_ops_cb_flags", 1)?,
-            _pad: 0,
+            regs_r14: self.offset_of("pt_regs", "r14", 8)?,
             valid: 1,
         })
     }

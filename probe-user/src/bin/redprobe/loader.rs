@@ -9,7 +9,7 @@ use aya::{
 use probe_common::{
     AggKey, AggValue, ConnState, GLOBAL_CONFIG, GLOBAL_OFFSETS, GLOBAL_TIME_BOUNDS, KernelOffsets, MAP_AGG,
     MAP_ARRIVALS, MAP_CONNS, MAP_COUNTERS, MAP_EVENTS, MAP_ROUTES, MAP_SERVER_PORTS, MAP_SERVICES, MAP_TARGETS, MAP_TX_LATEST, MAP_TX_WAIT,
-    MAP_TLS_CALLS, MAP_TLS_LAST, MAP_TLS_SSL,
+    MAP_TLS_CALLS, MAP_TLS_LAST, MAP_TLS_SSL, MAP_GO_CALLS, MAP_GO_LAST, MAP_GO_TGIDS,
     ProbeConfig, RouteKey,
     buckets::TimeBounds,
 };
@@ -121,11 +121,15 @@ pub struct Probe {
     /// The TLS probes' programs, loaded, for `tls_probes.rs` to attach per process; or why
     /// they could not be loaded.
     pub tls_programs: std::result::Result<std::collections::HashMap<&'static str, ProgramFd>, String>,
+    /// `GO_TGIDS`, which `tls_probes.rs` writes.
+    pub go_tgids: HashMap<MapData, u32, u32>,
 }
 
 /// Threads in a TLS library call at once (`TLS_CALLS`), and threads remembered with the
 /// TLS connection they last did socket I/O on (`TLS_LAST`).
 pub const MAX_TLS_THREADS: u32 = 16_384;
+/// Processes whose Go crypto/tls is probed at once (`GO_TGIDS`).
+pub const MAX_GO_PROCESSES: u32 = 4_096;
 
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/redprobe"));
 
@@ -165,6 +169,9 @@ pub fn load(opts: &LoadOptions) -> Result<Probe> {
         .map_max_entries(MAP_TLS_CALLS, MAX_TLS_THREADS)
         .map_max_entries(MAP_TLS_LAST, MAX_TLS_THREADS)
         .map_max_entries(MAP_TLS_SSL, opts.max_connections)
+        .map_max_entries(MAP_GO_CALLS, MAX_TLS_THREADS)
+        .map_max_entries(MAP_GO_LAST, MAX_TLS_THREADS)
+        .map_max_entries(MAP_GO_TGIDS, MAX_GO_PROCESSES)
         .load(OBJECT)
         .map_err(privileges::explain_load_error)
         .context("loading the eBPF object")?;
@@ -190,7 +197,8 @@ pub fn load(opts: &LoadOptions) -> Result<Probe> {
         agg: PerCpuHashMap::try_from(take(&mut ebpf, MAP_AGG)?)?,
     };
     let server_ports = Array::try_from(take(&mut ebpf, MAP_SERVER_PORTS)?)?;
-    Ok(Probe { ebpf, events, targets, counters, conns, fast, target_words, server_ports, tx_off, tls_programs })
+    let go_tgids = HashMap::try_from(take(&mut ebpf, MAP_GO_TGIDS)?)?;
+    Ok(Probe { ebpf, events, targets, counters, conns, fast, target_words, server_ports, tx_off, tls_programs, go_tgids })
 }
 
 /// Loads the sock_ops program and attaches it to the root of the cgroup v2 hierarchy,
@@ -221,8 +229,7 @@ fn attach_sock_ops(ebpf: &mut Ebpf, root: Option<&std::path::Path>) -> Result<()
 /// per target process.
 fn load_tls(ebpf: &mut Ebpf) -> Result<std::collections::HashMap<&'static str, ProgramFd>> {
     let mut fds = std::collections::HashMap::new();
-    let names = probe_user::tls_libs::PROBE_POINTS.iter().map(|p| p.program).chain([probe_user::tls_libs::RETURN_PROGRAM]);
-    for name in names {
+    for name in probe_user::tls_libs::programs() {
         let program: &mut UProbe = ebpf
             .program_mut(name)
             .with_context(|| format!("program {name} missing from the eBPF object"))?

@@ -140,7 +140,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         None => None,
     };
     let listener = exposition::bind(cli.listen).await?;
-    let Probe { ebpf: _ebpf, events, targets: target_map, counters, conns, fast, target_words, server_ports, tx_off, tls_programs } =
+    let Probe { ebpf: _ebpf, events, targets: target_map, counters, conns, fast, target_words, server_ports, tx_off, tls_programs, go_tgids } =
         loader::load(&LoadOptions {
             ring_buffer_bytes: cli.ring_buffer_bytes,
             max_connections: cli.max_connections,
@@ -182,7 +182,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         tls: std::sync::Mutex::new(None),
         tls_rescan: std::sync::Mutex::new(Vec::new()),
     };
-    match tls_programs.and_then(|p| TlsProbes::new(p, health.clone()).map_err(|e| format!("{e:#}"))) {
+    match tls_programs.and_then(|p| TlsProbes::new(p, go_tgids, health.clone()).map_err(|e| format!("{e:#}"))) {
         Ok(t) => {
             info!("HTTPS: the TLS libraries of targets are probed (uprobes on the targets only)");
             *targets.tls.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(t);

@@ -27,7 +27,7 @@ use anyhow::{Context, Result, bail};
 use aya::programs::ProgramFd;
 use probe_user::{
     metrics::health::Health,
-    tls_libs::{self, Flavor, RETURN_PROGRAM, Unprobeable},
+    tls_libs::{self, Flavor, Unprobeable},
 };
 use tracing::{debug, info, warn};
 
@@ -40,6 +40,7 @@ type FileId = (u64, u64);
 /// The uprobe events of one TLS library file.
 struct Library {
     name: String,
+    flavor: Flavor,
     /// (tracefs event name, event id)
     events: Vec<(String, u64)>,
     /// The perf events that hold the programs (the agent's own).
@@ -56,9 +57,13 @@ struct Process {
     exited: bool,
 }
 
+/// `GO_TGIDS`: the processes whose Go crypto/tls is probed (this module alone writes it).
+pub type GoTgids = aya::maps::HashMap<aya::maps::MapData, u32, u32>;
+
 pub struct TlsProbes {
     /// tracefs's `uprobe_events`, open for writing.
     events: fs::File,
+    go_tgids: GoTgids,
     programs: HashMap<&'static str, ProgramFd>,
     libraries: HashMap<FileId, std::result::Result<Library, Unprobeable>>,
     processes: HashMap<u32, Process>,
@@ -70,7 +75,7 @@ pub struct TlsProbes {
 
 impl TlsProbes {
     /// Ready to attach, with the loaded programs; tracefs is mounted if it is not.
-    pub fn new(programs: HashMap<&'static str, ProgramFd>, health: Health) -> Result<Self> {
+    pub fn new(programs: HashMap<&'static str, ProgramFd>, go_tgids: GoTgids, health: Health) -> Result<Self> {
         let events = Path::new(TRACEFS).join("uprobe_events");
         if !events.exists() {
             let target = std::ffi::CString::new(TRACEFS).expect("no NUL");
@@ -93,7 +98,7 @@ impl TlsProbes {
             )
         })?;
         remove_stale_events(&events);
-        Ok(TlsProbes { events, programs, libraries: HashMap::new(), processes: HashMap::new(), no_tls: HashSet::new(), next_event: 0, health })
+        Ok(TlsProbes { events, go_tgids, programs, libraries: HashMap::new(), processes: HashMap::new(), no_tls: HashSet::new(), next_event: 0, health })
     }
 
     /// Attaches to the TLS libraries `pid` maps that it is not probed in yet (a new
@@ -127,8 +132,8 @@ impl TlsProbes {
                 };
                 self.libraries.insert(id, library);
             }
-            let events = match self.libraries.get(&id) {
-                Some(Ok(l)) => l.events.iter().map(|(_, e)| *e).collect::<Vec<_>>(),
+            let (events, go) = match self.libraries.get(&id) {
+                Some(Ok(l)) => (l.events.iter().map(|(_, e)| *e).collect::<Vec<_>>(), l.flavor == Flavor::GoCryptoTls),
                 _ => continue,
             };
             // This process, and the ones that inherited its events before (they were forked
@@ -136,6 +141,11 @@ impl TlsProbes {
             let mut pids = vec![pid];
             pids.extend(self.processes.iter().filter(|(_, p)| !p.exited && p.inherited_from.contains(&pid)).map(|(c, _)| *c));
             for p in pids {
+                // Before the events: a Go process's socket I/O is then remembered by
+                // goroutine from its first probed call on.
+                if go && self.go_tgids.insert(p, 1, 0).is_err() {
+                    self.health.map_write_failed("GO_TGIDS");
+                }
                 match open_all(&events, p) {
                     Ok(fds) => {
                         self.processes.entry(p).or_default().own.insert(id, fds);
@@ -173,14 +183,11 @@ impl TlsProbes {
                 return Some(Err(why));
             }
         };
-        match self.create_events(inside, &resolved.points) {
+        match self.create_events(inside, &resolved.probes) {
             Ok((events, holders)) => {
-                let flavor = match resolved.flavor {
-                    Flavor::OpenSsl => "OpenSSL",
-                    Flavor::BoringSsl => "BoringSSL",
-                };
+                let flavor = resolved.flavor.label();
                 info!(library = %shown, flavor, probes = events.len(), "TLS library probed");
-                Some(Ok(Library { name, events, _holders: holders }))
+                Some(Ok(Library { name, flavor: resolved.flavor, events, _holders: holders }))
             }
             Err(e) => {
                 warn!(library = %shown, error = %format!("{e:#}"), "TLS library not probed: its HTTPS requests are not measured");
@@ -195,7 +202,7 @@ impl TlsProbes {
     fn create_events(
         &mut self,
         path: &Path,
-        points: &[(tls_libs::ProbePoint, u64)],
+        probes: &[tls_libs::Probe],
     ) -> Result<(Vec<(String, u64)>, Vec<OwnedFd>)> {
         let text = path.to_str().context("library path is not UTF-8")?;
         if text.contains(char::is_whitespace) {
@@ -206,12 +213,13 @@ impl TlsProbes {
         let mut holders = Vec::new();
         let mut made = Vec::new();
         let result = (|| -> Result<()> {
-            for (point, offset) in points {
-                for (kind, program) in [('p', point.program), ('r', RETURN_PROGRAM)] {
+            for probe in probes {
+                let (kind, program, offset) = (if probe.uretprobe { 'r' } else { 'p' }, probe.program, probe.offset);
+                {
                     self.next_event += 1;
                     let name = format!("rp{me}_{}", self.next_event);
                     write_uprobe_events(&self.events, &format!("{kind}:{GROUP}/{name} {text}:{offset:#x}\n"))
-                        .with_context(|| format!("creating the uprobe on {} in {text}", point.symbol))?;
+                        .with_context(|| format!("creating the uprobe on {} in {text}", probe.symbol))?;
                     made.push(name.clone());
                     let id: u64 = fs::read_to_string(Path::new(TRACEFS).join("events").join(GROUP).join(&name).join("id"))
                         .context("reading the uprobe event's id")?
@@ -247,12 +255,16 @@ impl TlsProbes {
             from.push(parent);
         }
         if !from.is_empty() {
+            if self.go_tgids.get(&parent, 0).is_ok() && self.go_tgids.insert(child, 1, 0).is_err() {
+                self.health.map_write_failed("GO_TGIDS");
+            }
             self.processes.insert(child, Process { inherited_from: from, ..Default::default() });
         }
     }
 
     /// A target exited: its events are closed once no process that inherited them lives.
     pub fn exited(&mut self, pid: u32) {
+        let _ = self.go_tgids.remove(&pid);
         let Some(p) = self.processes.get_mut(&pid) else { return };
         p.exited = true;
         let from = std::mem::take(&mut p.inherited_from);
