@@ -199,6 +199,13 @@ fn the_agent_runs_from_its_image_as_the_daemonset_runs_it() -> Result<()> {
 
     let (server, server_port) = Container::server("server", &[], &gunicorn(1))?;
     wait_listening(server_port)?;
+    // An HTTPS one too: its libssl is read through /proc/PID/root from the agent's container.
+    let (cert, key) = testkit::servers::certificate()?;
+    let mut https = gunicorn(1);
+    let at = https.len() - 1;
+    https.splice(at..at, [cert, key].iter().zip(["--certfile", "--keyfile"]).flat_map(|(p, f)| [f.to_string(), p.display().to_string()]));
+    let (tls_server, tls_port) = Container::server("https", &[], &https)?;
+    wait_listening(tls_port)?;
     // The DaemonSet's pod: the host's PID namespace, everything else its own (cgroup
     // namespace included), a read-only root, the DaemonSet's capabilities and nothing
     // else, and the host's BTF. podman's own seccomp profile (4.3) refuses bpf() to
@@ -214,6 +221,8 @@ fn the_agent_runs_from_its_image_as_the_daemonset_runs_it() -> Result<()> {
         "seccomp=unconfined",
         "-v",
         "/sys/kernel/btf:/sys/kernel/btf:ro",
+        "-v",
+        "/sys/kernel/tracing:/sys/kernel/tracing",
         "-p",
     ]);
     options.push(format!("127.0.0.1:{metrics_port}:9464"));
@@ -224,7 +233,7 @@ fn the_agent_runs_from_its_image_as_the_daemonset_runs_it() -> Result<()> {
         wait_for(what, Duration::from_secs(60), || scrape::fetch(&addr).ok().filter(|m| ok(m)))
             .with_context(|| format!("agent log:\n{}", agent.logs()))
     };
-    scrape("the agent in its container, measuring the server's master and worker", &|m| targets(m) == 2.0)?;
+    scrape("the agent in its container, measuring both servers' master and worker", &|m| targets(m) == 4.0)?;
 
     // Its cgroup namespace is its own: other processes' cgroups read `/../..` from there.
     let agent_pid = agent.pid()?;
@@ -239,13 +248,25 @@ fn the_agent_runs_from_its_image_as_the_daemonset_runs_it() -> Result<()> {
 
     get(server_port, "/hello", 11, 200)?;
     get(server_port, "/missing", 2, 404)?;
-    let m = scrape("13 requests", &|m| by_container(m).values().sum::<u64>() >= 13)?;
-    let want = counts(&[(&server.id, "GET", "200", "/hello", 11), (&server.id, "GET", "404", "/missing", 2)]);
+    let tls = testkit::client::Endpoint::Tls(std::net::SocketAddr::from(([127, 0, 0, 1], tls_port)));
+    for _ in 0..5 {
+        let r = Conn::connect(&tls)?.get("/hello")?;
+        ensure!(r.status == 200, "GET /hello over HTTPS answered {}", r.status);
+    }
+    let m = scrape("18 requests", &|m| by_container(m).values().sum::<u64>() >= 18)?;
+    let want = counts(&[
+        (&server.id, "GET", "200", "/hello", 11),
+        (&server.id, "GET", "404", "/missing", 2),
+        (&tls_server.id, "GET", "200", "/hello", 5),
+    ]);
     ensure!(by_container(&m) == want, "counts by container: {:#?}", by_container(&m));
+    let https_counted = m.sum("http_server_request_duration_seconds_count", &[("url_scheme", "https")]);
+    ensure!(https_counted == 5.0, "{https_counted} requests with url_scheme=https");
     // From its container it found the host's cgroup v2 root: responses end when their last
     // byte leaves (sock_ops), not at the write.
     let log = agent.logs();
     ensure!(log.contains("responses end when their last byte leaves the host"), "agent log:\n{log}");
+    ensure!(log.contains("HTTPS: the TLS libraries of targets are probed"), "agent log:\n{log}");
     Ok(())
 }
 
