@@ -115,8 +115,8 @@ pub const PORT_SERVER: u8 = 1;
 /// an HTTPS port, not a request.
 pub const PORT_TLS: u8 = 2;
 
-/// Hash: thread (pid_tgid) -> [`TlsCall`], a TLS library call between its entry and its
-/// return.
+/// LRU hash: thread (pid_tgid) -> [`TlsCall`], a TLS library call between its entry and
+/// its return.
 pub const MAP_TLS_CALLS: &str = "TLS_CALLS";
 /// LRU hash: thread (pid_tgid) -> [`TlsLast`], the TLS connection the thread last did
 /// socket I/O on.
@@ -125,7 +125,8 @@ pub const MAP_TLS_LAST: &str = "TLS_LAST";
 /// object was mapped to at its first call.
 pub const MAP_TLS_SSL: &str = "TLS_SSL";
 
-/// Hash: (process, goroutine) -> [`TlsCall`], a Go crypto/tls call in progress.
+/// LRU hash: (process, goroutine, function) -> [`TlsCall`], a Go crypto/tls call in
+/// progress.
 pub const MAP_GO_CALLS: &str = "GO_CALLS";
 /// LRU hash: (process, goroutine) -> [`TlsLast`].
 pub const MAP_GO_LAST: &str = "GO_LAST";

@@ -72,9 +72,10 @@ pub static TX_WAIT: HashMap<TxKey, TxWait> = HashMap::with_max_entries(1, 0);
 #[map]
 pub static TX_LATEST: HashMap<u64, u64> = HashMap::with_max_entries(1, 0);
 
-/// Thread -> the TLS library call it is in (`tls`).
+/// Thread -> the TLS library call it is in (`tls`). LRU: the call of a thread killed in
+/// it never returns, and its entry must not stay forever.
 #[map]
-pub static TLS_CALLS: HashMap<u64, TlsCall> = HashMap::with_max_entries(1, 0);
+pub static TLS_CALLS: LruHashMap<u64, TlsCall> = LruHashMap::with_max_entries(1, 0);
 
 /// Thread -> the TLS connection it last did socket I/O on (`tls`).
 #[map]
@@ -84,9 +85,10 @@ pub static TLS_LAST: LruHashMap<u64, TlsLast> = LruHashMap::with_max_entries(1, 
 #[map]
 pub static TLS_SSL: LruHashMap<TlsSslKey, TlsConn> = LruHashMap::with_max_entries(1, 0);
 
-/// (process, goroutine) -> the Go crypto/tls call it is in (`tls`).
+/// (process, goroutine, function) -> the Go crypto/tls call it is in (`tls`). LRU, as
+/// `TLS_CALLS`.
 #[map]
-pub static GO_CALLS: HashMap<TlsSslKey, TlsCall> = HashMap::with_max_entries(1, 0);
+pub static GO_CALLS: LruHashMap<TlsSslKey, TlsCall> = LruHashMap::with_max_entries(1, 0);
 
 /// (process, goroutine) -> the TLS connection it last did socket I/O on (`tls`).
 #[map]

@@ -173,6 +173,14 @@ impl TlsProbes {
     /// has no TLS code, `Some(Err)` if it has some we cannot probe (logged once, counted).
     fn probe_library(&mut self, inside: &Path, shown: &str) -> Option<std::result::Result<Library, Unprobeable>> {
         let name = shown.rsplit('/').next().unwrap_or(shown).to_string();
+        if let Some(path) = shown.strip_suffix(" (deleted)") {
+            if !tls_libs::is_tls_library_name(path) {
+                return None;
+            }
+            warn!(library = %path, "TLS library not probed: it was replaced on disk since the process loaded it (a package upgrade?); restart the server to measure its HTTPS");
+            self.health.tls_unprobed(Unprobeable::AttachFailed);
+            return Some(Err(Unprobeable::AttachFailed));
+        }
         let resolved = match map_file(inside).map_err(|_| Unprobeable::NotElf).and_then(|m| tls_libs::resolve(m.bytes())) {
             Ok(Some(r)) => r,
             Ok(None) => return None,
