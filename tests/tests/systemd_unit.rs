@@ -168,6 +168,19 @@ fn the_units_capabilities_are_enough_to_attach_and_count() -> Result<()> {
     Ok(())
 }
 
+/// Under `caps` the agent runs and counts 3 requests exactly, and warns with `warning`,
+/// naming the capability `dropped`.
+fn counts_and_warns(caps: &[String], args: &[String], port: u16, dropped: &str, warning: &str) -> Result<()> {
+    let agent = Agent::start_with(as_the_unit(caps), args)?;
+    let mut conn = Conn::open(port)?;
+    conn.get_ok("/hello", 3)?;
+    let m = agent.wait_metrics("3 requests", |m| m.requests("GET", 200, "/hello") >= 3)?;
+    assert_eq!(m.requests("GET", 200, "/hello"), 3, "without {dropped}: {:?}", m.request_counts());
+    let log = agent.stderr();
+    assert!(log.contains(warning) && log.contains(dropped), "without {dropped}, a warning should name it:\n{log}");
+    Ok(())
+}
+
 #[test]
 fn without_each_of_the_units_capabilities_the_agent_names_it() -> Result<()> {
     let caps = unit_capabilities()?;
@@ -186,18 +199,7 @@ fn without_each_of_the_units_capabilities_the_agent_names_it() -> Result<()> {
             }
             // No sock_ops program: the agent runs and counts, its responses end at the
             // server's last write, and it says which capability that takes.
-            "CAP_NET_ADMIN" => {
-                let agent = Agent::start_with(as_the_unit(&fewer), &args)?;
-                let mut conn = Conn::open(server.port)?;
-                conn.get_ok("/hello", 3)?;
-                let m = agent.wait_metrics("3 requests", |m| m.requests("GET", 200, "/hello") >= 3)?;
-                assert_eq!(m.requests("GET", 200, "/hello"), 3, "without {dropped}: {:?}", m.request_counts());
-                let log = agent.stderr();
-                assert!(
-                    log.contains("last byte leaves") && log.contains(dropped.as_str()),
-                    "without {dropped}, a warning should name it:\n{log}"
-                );
-            }
+            "CAP_NET_ADMIN" => counts_and_warns(&fewer, &args, server.port, dropped, "last byte leaves")?,
             // --port cannot see the server's sockets: the agent runs, measures nothing,
             // and says which capability is missing.
             "CAP_SYS_PTRACE" | "CAP_DAC_READ_SEARCH" => {
@@ -211,18 +213,7 @@ fn without_each_of_the_units_capabilities_the_agent_names_it() -> Result<()> {
                 );
             }
             // No HTTPS: the agent runs and counts plain HTTP, and says what HTTPS needs.
-            "CAP_DAC_OVERRIDE" => {
-                let agent = Agent::start_with(as_the_unit(&fewer), &args)?;
-                let mut conn = Conn::open(server.port)?;
-                conn.get_ok("/hello", 3)?;
-                let m = agent.wait_metrics("3 requests", |m| m.requests("GET", 200, "/hello") >= 3)?;
-                assert_eq!(m.requests("GET", 200, "/hello"), 3, "without {dropped}: {:?}", m.request_counts());
-                let log = agent.stderr();
-                assert!(
-                    log.contains("HTTPS is not measured") && log.contains(dropped.as_str()),
-                    "without {dropped}, a warning should name it:\n{log}"
-                );
-            }
+            "CAP_DAC_OVERRIDE" => counts_and_warns(&fewer, &args, server.port, dropped, "HTTPS is not measured")?,
             other => bail!("the unit grants {other}: this test should show what fails without it"),
         }
     }

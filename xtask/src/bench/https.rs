@@ -72,19 +72,7 @@ pub fn measure(https: &Https, other: u32, load: &Load, rounds: usize) -> Result<
         eprintln!("bench: warning: measure 7a: {}", short.join("; "));
     }
     let pair = |s: &[Vec<Side>], f: fn(&Side) -> f64| Paired::new(s[0].iter().map(f).collect(), s[1].iter().map(f).collect());
-    let row = |id, measure: &str, p: &Paired, unit: &str, digits: usize, goal: Option<(&str, bool)>| {
-        let (lo, hi) = p.ratio_spread();
-        Row {
-            id,
-            measure: measure.into(),
-            without: format!("{:.*}{unit}", digits, p.base_median()),
-            with: format!("{:.*}{unit}", digits, p.with_median()),
-            result: format!("{:.3}", p.ratio()),
-            spread: format!("{lo:.3}..{hi:.3}"),
-            goal: goal.map(|g| g.0.to_string()).unwrap_or_else(|| "-".into()),
-            met: goal.map(|g| g.1),
-        }
-    };
+    let row = Row::ratio;
     let rps = pair(&target, |s| s.rps);
     let p99 = pair(&target, |s| s.p99_us);
     let other_rps = pair(&bystander, |s| s.rps);

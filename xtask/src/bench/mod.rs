@@ -72,6 +72,24 @@ pub struct Row {
     pub met: Option<bool>,
 }
 
+impl Row {
+    /// A side-by-side ratio: the medians of both sides (`digits` decimals, then `unit`),
+    /// their ratio, the spread of the per-round ratios, and the goal (its text, met).
+    pub fn ratio(id: &'static str, measure: &str, p: &stats::Paired, unit: &str, digits: usize, goal: Option<(&str, bool)>) -> Row {
+        let (lo, hi) = p.ratio_spread();
+        Row {
+            id,
+            measure: measure.into(),
+            without: format!("{:.*}{unit}", digits, p.base_median()),
+            with: format!("{:.*}{unit}", digits, p.with_median()),
+            result: format!("{:.3}", p.ratio()),
+            spread: format!("{lo:.3}..{hi:.3}"),
+            goal: goal.map(|g| g.0.to_string()).unwrap_or_else(|| "-".into()),
+            met: goal.map(|g| g.1),
+        }
+    }
+}
+
 fn print_table(rows: &[Row]) {
     println!(
         "{:<3} {:<50} {:>11} {:>11} {:>17} {:>17} {:>18} {:>4}",

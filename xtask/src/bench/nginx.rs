@@ -185,19 +185,7 @@ pub fn measure(nginx: &Nginx, load: &Load, rounds: usize) -> Result<Results> {
     let file_p99 = pair(|s| s.file.p99_us);
     let users_rps = pair(|s| s.users.rps);
     let users_p99 = pair(|s| s.users.p99_us);
-    let ratio_row = |id, measure: &str, p: &Paired, unit: &str, digits: usize, goal: Option<(&str, bool)>| {
-        let (lo, hi) = p.ratio_spread();
-        Row {
-            id,
-            measure: measure.into(),
-            without: format!("{:.*}{unit}", digits, p.base_median()),
-            with: format!("{:.*}{unit}", digits, p.with_median()),
-            result: format!("{:.3}", p.ratio()),
-            spread: format!("{lo:.3}..{hi:.3}"),
-            goal: goal.map(|g| g.0.to_string()).unwrap_or_else(|| "-".into()),
-            met: goal.map(|g| g.1),
-        }
-    };
+    let ratio_row = Row::ratio;
     let rows = vec![
         ratio_row("2", "nginx return 200, req/s", &hello_rps, "", 0, Some((">= 0.95", hello_rps.ratio() >= 0.95))),
         ratio_row("2", "nginx return 200, p99 latency", &hello_p99, " us", 0, Some(("<= 1.10", hello_p99.ratio() <= 1.10))),
