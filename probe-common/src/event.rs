@@ -58,6 +58,9 @@ pub const FLAG_SUPERSEDED: u32 = 32;
 pub const FLAG_TLS_UNMEASURED: u32 = 64;
 pub const FLAG_TLS_PROBED: u32 = 128;
 pub const FLAG_TLS_OPEN: u32 = 256;
+/// With `FLAG_TLS_UNMEASURED`: on a port no TLS handshake ever completed on (HTTPS sent to
+/// a plain port, or a server whose TLS library is not probed).
+pub const FLAG_TLS_PLAIN_PORT: u32 = 1024;
 /// `flags` of an unclassified first read (with `FLAG_UNCLASSIFIED`): a plaintext request
 /// on a port the target accepted TLS connections on (HTTP sent to an HTTPS port).
 pub const FLAG_PLAIN_ON_TLS_PORT: u32 = 512;

@@ -111,8 +111,8 @@ pub const FAMILY_TLS: u16 = 0x8000;
 
 /// `SERVER_PORTS` bits: a target served HTTP (or listens) on the port...
 pub const PORT_SERVER: u8 = 1;
-/// ...and a TLS connection was accepted on it: a plaintext request there is HTTP sent to
-/// an HTTPS port, not a request.
+/// ...and a TLS handshake completed on it (the TLS probes saw it): a plaintext request
+/// there is HTTP sent to an HTTPS port, not a request.
 pub const PORT_TLS: u8 = 2;
 
 /// LRU hash: thread (pid_tgid) -> [`TlsCall`], a TLS library call between its entry and

@@ -241,7 +241,7 @@ pub extern "C" fn rp_on_io(w: *mut Work, state: *mut ConnState) -> u32 {
                     // ever came.
                     Verdict::NotRequest if !plaintext && family != AF_UNIX && tls::is_record(c.first4) => {
                         if let Some(s) = conn::set_role(cookie, ROLE_UNKNOWN) {
-                            tls::on_first_record(s, sk, family);
+                            tls::on_first_record(s, family);
                             tls::on_socket_io(cookie, sk, true, moved as u64, true);
                         }
                         return 0;
@@ -282,7 +282,10 @@ pub extern "C" fn rp_on_io(w: *mut Work, state: *mut ConnState) -> u32 {
     {
         return 0;
     }
-    emit_data(&Capture { cookie, sk, src, moved, dir, flags, tgid, family });
+    // Where the bytes are, as plain numbers (an enum with an empty variant leaves its
+    // payload undefined, which the verifier refuses to see copied).
+    let (kind, ptr, count) = (wr.kind, wr.ptr, wr.count);
+    emit_data(&Capture { cookie, sk, kind, ptr, count, moved, dir, flags, tgid, family });
     0
 }
 
@@ -299,7 +302,10 @@ fn fast_io(w: *mut Work, state: *mut ConnState, dir: Direction) -> u32 {
 struct Capture {
     cookie: u64,
     sk: *const u8,
-    src: Source,
+    /// As in `fast::Work`: 0 no user buffer, 1 a buffer at `ptr`, 2 `count` iovecs at `ptr`.
+    kind: u64,
+    ptr: u64,
+    count: u64,
     moved: u32,
     dir: Direction,
     flags: u32,
@@ -411,17 +417,12 @@ fn source(ctx: &SyscallContext) -> Source {
 /// One data event, made in a global function (verified once, whatever path led here).
 #[inline(always)]
 fn emit_data(c: &Capture) {
-    let (kind, ptr, count) = match c.src {
-        Source::Flat(ptr) => (1, ptr, 0),
-        Source::Vectored { iov, count } => (2, iov, count),
-        Source::None => (0, 0, 0),
-    };
     let args = EmitArgs {
         cookie: c.cookie,
         sk: c.sk as u64,
-        kind,
-        ptr,
-        count,
+        kind: c.kind,
+        ptr: c.ptr,
+        count: c.count,
         moved: c.moved as u64,
         recv: (c.dir == Direction::Recv) as u64,
         flags: c.flags as u64,

@@ -13,7 +13,7 @@ use aya_ebpf::{
 };
 use probe_common::{
     CloseEvent, ConnState, EventHeader, CONN_TLS, CONN_TLS_OPEN, CONN_TLS_PROBED, COUNTER_LOST, EVENT_CLOSE, FAMILY_TLS,
-    FLAG_RESET, FLAG_TLS_OPEN, FLAG_TLS_PROBED, FLAG_TLS_UNMEASURED, MODE_FAST, ROLE_SERVER, ROLE_UNKNOWN,
+    FLAG_RESET, FLAG_TLS_OPEN, FLAG_TLS_PLAIN_PORT, FLAG_TLS_PROBED, FLAG_TLS_UNMEASURED, MODE_FAST, ROLE_SERVER, ROLE_UNKNOWN,
 };
 
 use crate::{
@@ -129,7 +129,8 @@ fn forget(cookie: u64, closing: Closing, family: u16, sk: *const u8) {
                 report = true;
                 flags = FLAG_TLS_UNMEASURED
                     | if conn_flags & CONN_TLS_PROBED != 0 { FLAG_TLS_PROBED } else { 0 }
-                    | if conn_flags & CONN_TLS_OPEN != 0 { FLAG_TLS_OPEN } else { 0 };
+                    | if conn_flags & CONN_TLS_OPEN != 0 { FLAG_TLS_OPEN } else { 0 }
+                    | if crate::tls::is_tls_port(sk) { 0 } else { FLAG_TLS_PLAIN_PORT };
             }
             conn::remove(cookie);
             report

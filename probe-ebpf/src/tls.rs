@@ -162,6 +162,11 @@ fn finish(tgid: u32, call: &TlsCall, moved: u64, done: bool, last: Option<TlsLas
         return 0;
     };
     let open = moved > 0 || done;
+    // The port serves HTTPS once a handshake on it completed (a ClientHello sent to a
+    // plain port, read by a server that answers 400, marks nothing).
+    if open && unsafe { (*state).flags } & CONN_TLS_OPEN == 0 {
+        mark_tls_port(conn.sk as *const u8);
+    }
     unsafe { (*state).flags |= CONN_TLS_PROBED | if open { CONN_TLS_OPEN } else { 0 } };
     if moved == 0 || moved > u32::MAX as u64 {
         return 0;
@@ -319,14 +324,13 @@ fn go_socket_io(tgid: u32, cookie: u64, sk: *const u8, recv: bool, arrival: impl
 }
 
 /// A target's connection whose first bytes are a TLS record: its socket I/O is ciphertext
-/// from now on, and its port serves HTTPS.
+/// from now on (its port is marked HTTPS when a handshake completes on it).
 #[inline(always)]
-pub fn on_first_record(state: *mut ConnState, sk: *const u8, family: u16) {
+pub fn on_first_record(state: *mut ConnState, family: u16) {
     unsafe {
         (*state).flags |= CONN_TLS;
         (*state).family = family as u32;
     }
-    mark_tls_port(sk);
 }
 
 /// Whether a connection's first byte (the classifier stops at the first byte that cannot

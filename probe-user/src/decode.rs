@@ -1,10 +1,10 @@
 //! Ring-buffer records -> typed events. The layouts are `probe_common`'s, the only
 //! definition of them.
-use crate::reason::TlsUnmeasured;
+use crate::reason::{Protocol, TlsUnmeasured};
 use probe_common::{
     CloseEvent, DataEvent, EVENT_CLOSE, EVENT_EXEC, EVENT_EXIT, EVENT_FORK, EVENT_MEASURED, EVENT_PATH, EVENT_RECV,
     EVENT_SEND, EVENT_SENT, EVENT_SWITCH, EventHeader, ExecEvent, ExitEvent, FLAG_AFTER_LOSS, FLAG_RESET, FLAG_SUPERSEDED, FLAG_TX_PENDING,
-    FLAG_PLAIN_ON_TLS_PORT, FLAG_TLS_OPEN, FLAG_TLS_PROBED, FLAG_TLS_UNMEASURED, FLAG_UNCLASSIFIED, ForkEvent, MeasuredEvent, PathEvent, SentEvent, SwitchEvent,
+    FLAG_PLAIN_ON_TLS_PORT, FLAG_TLS_OPEN, FLAG_TLS_PLAIN_PORT, FLAG_TLS_PROBED, FLAG_TLS_UNMEASURED, FLAG_UNCLASSIFIED, ForkEvent, MeasuredEvent, PathEvent, SentEvent, SwitchEvent,
 };
 use thiserror::Error;
 
@@ -52,8 +52,9 @@ pub struct Data {
 pub enum Event {
     Data(Data),
     /// `reset`: by a reset rather than a FIN; `ts_ns`: when.
-    /// `tls`: a TLS connection that carried no request's plaintext, and why.
-    Close { conn_id: u64, reset: bool, ts_ns: u64, tls: Option<TlsUnmeasured> },
+    /// `tls`: a TLS connection that carried no request's plaintext, and why: a reason, or
+    /// another protocol (`Err(Protocol::Tls)`: HTTPS sent to a plain port).
+    Close { conn_id: u64, reset: bool, ts_ns: u64, tls: Option<Result<TlsUnmeasured, Protocol>> },
     /// `child_start_ns`: the child's start, ns since boot.
     Fork { parent_tgid: u32, child_tgid: u32, child_start_ns: u64 },
     /// The process runs a new program, now called `comm`.
@@ -106,8 +107,10 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
         EVENT_CLOSE => {
             let ev: CloseEvent = read(bytes)?;
             let f = header.flags;
-            let tls = (f & FLAG_TLS_UNMEASURED != 0)
-                .then(|| TlsUnmeasured::of(f & FLAG_TLS_PROBED != 0, f & FLAG_TLS_OPEN != 0));
+            let tls = (f & FLAG_TLS_UNMEASURED != 0).then(|| {
+                TlsUnmeasured::of(f & FLAG_TLS_PROBED != 0, f & FLAG_TLS_OPEN != 0, f & FLAG_TLS_PLAIN_PORT != 0)
+                    .ok_or(Protocol::Tls)
+            });
             Ok(Event::Close { conn_id: ev.conn_id, reset: f & FLAG_RESET != 0, ts_ns: header.ts_ns, tls })
         }
         EVENT_FORK => {

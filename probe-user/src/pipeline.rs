@@ -129,8 +129,10 @@ impl Pipeline {
                 None
             }
             Event::Close { conn_id, reset, ts_ns, tls } => {
-                if let Some(why) = tls {
-                    self.outputs.push(Output::TlsUnmeasured(why));
+                match tls {
+                    Some(Ok(why)) => self.outputs.push(Output::TlsUnmeasured(why)),
+                    Some(Err(protocol)) => self.outputs.push(Output::OtherProtocol(protocol)),
+                    None => {}
                 }
                 self.pairer.on_close(conn_id, reset, ts_ns, &mut self.outputs);
                 None

@@ -204,12 +204,15 @@ impl TlsUnmeasured {
         }
     }
 
-    /// From the flags of the connection's close (`probe_common::FLAG_TLS_*`).
-    pub fn of(probed: bool, open: bool) -> TlsUnmeasured {
+    /// From the flags of the connection's close (`probe_common::FLAG_TLS_*`); `None` for
+    /// a connection no probe saw on a port no handshake completed on: HTTPS sent to a plain
+    /// port (or to a server whose TLS library is not probed), another protocol.
+    pub fn of(probed: bool, open: bool, plain_port: bool) -> Option<TlsUnmeasured> {
         match (probed, open) {
-            (false, _) => TlsUnmeasured::NotProbed,
-            (true, false) => TlsUnmeasured::HandshakeIncomplete,
-            (true, true) => TlsUnmeasured::NoRequest,
+            (false, _) if plain_port => None,
+            (false, _) => Some(TlsUnmeasured::NotProbed),
+            (true, false) => Some(TlsUnmeasured::HandshakeIncomplete),
+            (true, true) => Some(TlsUnmeasured::NoRequest),
         }
     }
 }
