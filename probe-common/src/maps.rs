@@ -78,6 +78,9 @@ pub const COUNTER_TLS_CALLS_FULL: u32 = 12;
 /// Plaintext of a connection whose socket carries it already (kernel TLS, or a connection
 /// the socket hooks classified as plain HTTP): measured there, once, not again.
 pub const COUNTER_TLS_PLAIN_SOCKET: u32 = 13;
+/// TLS library calls whose return came without their entry (a probe attached during the
+/// call, or an entry evicted from `TLS_CALLS`/`GO_CALLS`): their plaintext is not measured.
+pub const COUNTER_TLS_NO_ENTRY: u32 = 14;
 pub const COUNTER_SLOTS: u32 = 16;
 
 /// `ConnState::role`: the target receives HTTP requests on it.

@@ -26,7 +26,7 @@ use aya_ebpf::{
 };
 use probe_common::{
     ConnState, TlsCall, TlsConn, TlsLast, TlsSslKey, CONN_TLS, CONN_TLS_OPEN, CONN_TLS_PROBED,
-    COUNTER_TLS_CALLS_FULL, COUNTER_TLS_PLAIN_SOCKET, COUNTER_TLS_UNMAPPED, FAMILY_TLS, PORT_TLS,
+    COUNTER_TLS_CALLS_FULL, COUNTER_TLS_NO_ENTRY, COUNTER_TLS_PLAIN_SOCKET, COUNTER_TLS_UNMAPPED, FAMILY_TLS, PORT_TLS,
     TLS_HANDSHAKE, TLS_READ, TLS_WRITE,
 };
 
@@ -105,7 +105,10 @@ fn go_return(ctx: &ProbeContext, kind: u32) -> u32 {
     let regs = ctx.regs;
     let (rax, g) = unsafe { ((*regs).rax, (*regs).r14) };
     let key = TlsSslKey { tgid, _pad: kind, ssl: g };
-    let Some(call) = (unsafe { GO_CALLS.get(&key) }).copied() else { return 0 };
+    let Some(call) = (unsafe { GO_CALLS.get(&key) }).copied() else {
+        count(COUNTER_TLS_NO_ENTRY);
+        return 0;
+    };
     let _ = GO_CALLS.remove(&key);
     let (moved, done) = match kind {
         TLS_HANDSHAKE => (0, rax == 0),
@@ -132,7 +135,10 @@ fn go_enter(ctx: &ProbeContext, kind: u32) -> u32 {
 pub fn rp_ssl_return(ctx: RetProbeContext) -> u32 {
     let Some(tgid) = current_target() else { return 0 };
     let thread = bpf_get_current_pid_tgid();
-    let Some(call) = (unsafe { TLS_CALLS.get(&thread) }).copied() else { return 0 };
+    let Some(call) = (unsafe { TLS_CALLS.get(&thread) }).copied() else {
+        count(COUNTER_TLS_NO_ENTRY);
+        return 0;
+    };
     let _ = TLS_CALLS.remove(&thread);
     let rc = ctx.ret::<u64>() as i32;
     let moved: u64 = match call.kind {

@@ -158,15 +158,22 @@ pub enum KernelSkip {
     TlsUnmapped,
     /// A TLS library call that could not be remembered from its entry to its return.
     TlsCallsFull,
+    /// A TLS library call's return without its entry (probed during the call).
+    TlsNoEntry,
+    /// TLS plaintext of a connection whose socket carries it (kernel TLS): measured from
+    /// the socket instead, so not lost.
+    TlsPlainSocket,
 }
 
 impl KernelSkip {
-    pub const ALL: [KernelSkip; 5] = [
+    pub const ALL: [KernelSkip; 7] = [
         KernelSkip::ForeignContext,
         KernelSkip::FdMismatch,
         KernelSkip::ConnMapFull,
         KernelSkip::TlsUnmapped,
         KernelSkip::TlsCallsFull,
+        KernelSkip::TlsNoEntry,
+        KernelSkip::TlsPlainSocket,
     ];
 
     pub fn label(self) -> &'static str {
@@ -176,6 +183,8 @@ impl KernelSkip {
             KernelSkip::ConnMapFull => "conn_map_full",
             KernelSkip::TlsUnmapped => "tls_unmapped",
             KernelSkip::TlsCallsFull => "tls_calls_full",
+            KernelSkip::TlsNoEntry => "tls_no_entry",
+            KernelSkip::TlsPlainSocket => "tls_plain_socket",
         }
     }
 }

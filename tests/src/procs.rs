@@ -240,8 +240,16 @@ impl Agent {
             None
         });
         result.map_err(|e| {
+            // With the agent's own counters that are not 0: where the rest went.
+            let health = last
+                .as_ref()
+                .map(|m| {
+                    let lines = m.text.lines().filter(|l| l.starts_with("redprobe_") && !l.ends_with(" 0"));
+                    lines.filter(|l| !l.contains("_bytes") && !l.contains("map_")).collect::<Vec<_>>().join("\n")
+                })
+                .unwrap_or_default();
             let counts = last.map(|m| format!("{:#?}", m.request_counts())).unwrap_or_default();
-            anyhow::anyhow!("{e}; last request counts: {counts}\nagent log:\n{}", self.stderr())
+            anyhow::anyhow!("{e}; last request counts: {counts}\nagent counters:\n{health}\nagent log:\n{}", self.stderr())
         })
     }
 

@@ -3,7 +3,7 @@ use aya::maps::{MapData, PerCpuArray};
 use probe_common::{
     COUNTER_AGG_FULL, COUNTER_CLIENT_CONNS, COUNTER_CONN_INSERT_FAILED, COUNTER_FD_MISMATCH, COUNTER_FOREIGN_CONTEXT, COUNTER_LOST,
     COUNTER_SERVER_CONNS, COUNTER_SLOTS, COUNTER_ARRIVALS_FULL, COUNTER_TX_SUPERSEDED, COUNTER_TX_WAITS, COUNTER_TX_WAIT_FULL,
-    COUNTER_TLS_CALLS_FULL, COUNTER_TLS_UNMAPPED,
+    COUNTER_TLS_CALLS_FULL, COUNTER_TLS_NO_ENTRY, COUNTER_TLS_PLAIN_SOCKET, COUNTER_TLS_UNMAPPED,
 };
 use probe_user::{
     metrics::health::{Health, ROLE_CLIENT, ROLE_SERVER},
@@ -37,6 +37,8 @@ impl KernelCounters {
             COUNTER_ARRIVALS_FULL,
             COUNTER_TLS_UNMAPPED,
             COUNTER_TLS_CALLS_FULL,
+            COUNTER_TLS_NO_ENTRY,
+            COUNTER_TLS_PLAIN_SOCKET,
         ] {
             let Ok(values) = self.map.get(&slot, 0) else { continue };
             let total: u64 = values.iter().sum();
@@ -55,6 +57,8 @@ impl KernelCounters {
                 COUNTER_CONN_INSERT_FAILED => h.kernel_skipped(KernelSkip::ConnMapFull, delta),
                 COUNTER_TLS_UNMAPPED => h.kernel_skipped(KernelSkip::TlsUnmapped, delta),
                 COUNTER_TLS_CALLS_FULL => h.kernel_skipped(KernelSkip::TlsCallsFull, delta),
+                COUNTER_TLS_NO_ENTRY => h.kernel_skipped(KernelSkip::TlsNoEntry, delta),
+                COUNTER_TLS_PLAIN_SOCKET => h.kernel_skipped(KernelSkip::TlsPlainSocket, delta),
                 COUNTER_SERVER_CONNS => h.classified(ROLE_SERVER, delta),
                 COUNTER_AGG_FULL => {
                     h.aggregates_full.inc_by(delta);

@@ -255,19 +255,38 @@ impl TlsProbes {
         Ok((events, holders))
     }
 
-    /// A target forked: the child holds inherited copies of its parent's events.
+    /// A target forked: the child holds inherited copies of its parent's events, which
+    /// cover it from its first instruction. It also gets events of its own: the kernel
+    /// removes a uprobe's breakpoints from the processes its filter does not match each
+    /// time one of the uprobe's events closes (a worker exiting), and a child being forked
+    /// at that moment (gunicorn replaces a worker as another exits) may not match yet and
+    /// lose them. Its own event puts them back.
     pub fn forked(&mut self, parent: u32, child: u32) {
         let Some(p) = self.processes.get(&parent) else { return };
         let mut from = p.inherited_from.clone();
         if !p.own.is_empty() {
             from.push(parent);
         }
-        if !from.is_empty() {
-            if self.go_tgids.get(&parent, 0).is_ok() && self.go_tgids.insert(child, 1, 0).is_err() {
-                self.health.map_write_failed("GO_TGIDS");
-            }
-            self.processes.insert(child, Process { inherited_from: from, ..Default::default() });
+        if from.is_empty() {
+            return;
         }
+        if self.go_tgids.get(&parent, 0).is_ok() && self.go_tgids.insert(child, 1, 0).is_err() {
+            self.health.map_write_failed("GO_TGIDS");
+        }
+        let files: HashSet<FileId> =
+            from.iter().filter_map(|h| self.processes.get(h)).flat_map(|h| h.own.keys().copied()).collect();
+        let mut own = HashMap::new();
+        for id in files {
+            let Some(Ok(l)) = self.libraries.get(&id) else { continue };
+            let events: Vec<u64> = l.events.iter().map(|(_, e)| *e).collect();
+            match open_all(&events, child) {
+                Ok(fds) => {
+                    own.insert(id, fds);
+                }
+                Err(e) => debug!(pid = child, error = %format!("{e:#}"), "TLS probes not attached (process gone?)"),
+            }
+        }
+        self.processes.insert(child, Process { own, inherited_from: from, ..Default::default() });
     }
 
     /// A target exited: its events are closed once no process that inherited them lives.
