@@ -20,6 +20,7 @@ pub mod proc_root;
 pub mod reason;
 pub mod registry;
 pub mod tls_libs;
+pub mod uprobe_placement;
 pub mod web_config;
 
 #[cfg(test)]

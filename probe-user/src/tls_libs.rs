@@ -12,7 +12,10 @@
 //! `(*Conn).handshakeContext`, at their entry and at each of their `ret` instructions (a
 //! uretprobe rewrites the return address on the goroutine's stack, which Go moves when it
 //! grows: it would return to garbage).
+use iced_x86::Register;
 use object::{Object, ObjectSection, ObjectSegment, ObjectSymbol};
+
+use crate::uprobe_placement::{Placement, place};
 
 /// One uprobe: a symbol, the eBPF program its entry runs, and whether its return is probed
 /// too (`rp_ssl_return`).
@@ -132,10 +135,10 @@ pub fn is_tls_library_name(path: &str) -> bool {
 /// executables), an error if it has TLS code we cannot probe.
 pub fn resolve(data: &[u8]) -> Result<Option<Resolved>, Unprobeable> {
     let file = object::File::parse(data).map_err(|_| Unprobeable::NotElf)?;
-    let mut found: Vec<(ProbePoint, u64)> = Vec::new();
+    let mut found: Vec<(ProbePoint, u64, u64)> = Vec::new();
     let mut boring = false;
     let mut go_tls = false;
-    let mut consider = |name: &[u8], address: u64, defined: bool| {
+    let mut consider = |name: &[u8], address: u64, size: u64, defined: bool| {
         if !defined || address == 0 {
             return;
         }
@@ -146,18 +149,18 @@ pub fn resolve(data: &[u8]) -> Result<Option<Resolved>, Unprobeable> {
             go_tls = true;
         }
         for p in PROBE_POINTS {
-            if name == p.symbol.as_bytes() && !found.iter().any(|(q, _)| q.symbol == p.symbol) {
-                found.push((p, address));
+            if name == p.symbol.as_bytes() && !found.iter().any(|(q, _, _)| q.symbol == p.symbol) {
+                found.push((p, address, size));
             }
         }
     };
     for s in file.dynamic_symbols() {
-        consider(s.name_bytes().unwrap_or_default(), s.address(), s.is_definition());
+        consider(s.name_bytes().unwrap_or_default(), s.address(), s.size(), s.is_definition());
     }
     for s in file.symbols() {
-        consider(s.name_bytes().unwrap_or_default(), s.address(), s.is_definition());
+        consider(s.name_bytes().unwrap_or_default(), s.address(), s.size(), s.is_definition());
     }
-    let has = |symbol: &str| found.iter().any(|(p, _)| p.symbol == symbol);
+    let has = |symbol: &str| found.iter().any(|(p, _, _)| p.symbol == symbol);
     if !has("SSL_read") || !has("SSL_write") {
         if go_tls {
             return resolve_go(&file).map(Some);
@@ -166,12 +169,27 @@ pub fn resolve(data: &[u8]) -> Result<Option<Resolved>, Unprobeable> {
         // or none: no TLS code we know.
         return if found.is_empty() { Ok(None) } else { Err(Unprobeable::SymbolsMissing) };
     }
-    found.sort_by_key(|(p, _)| PROBE_POINTS.iter().position(|q| q == p));
+    found.sort_by_key(|(p, _, _)| PROBE_POINTS.iter().position(|q| q == p));
     let mut probes = Vec::new();
-    for (p, address) in found {
-        let Some(offset) = file_offset(&file, address) else { return Err(Unprobeable::NotElf) };
-        probes.push(Probe { symbol: p.symbol, program: p.program, offset, uretprobe: false });
-        probes.push(Probe { symbol: p.symbol, program: RETURN_PROGRAM, offset, uretprobe: true });
+    for (p, address, size) in found {
+        let offset = |at: u64| file_offset(&file, at).ok_or(Unprobeable::NotElf);
+        // Cheap points where the code allows (uprobe_placement); else the entry, and a
+        // uretprobe for the return.
+        let placed = function_bytes(&file, address, size)
+            .and_then(|code| place(code, address, &[Register::RDI, Register::RSI, Register::RCX], Register::RAX));
+        let (entry, returns) = match placed {
+            Some(Placement { entry, returns }) => (entry, returns),
+            None => (address, None),
+        };
+        probes.push(Probe { symbol: p.symbol, program: p.program, offset: offset(entry)?, uretprobe: false });
+        match returns {
+            Some(points) => {
+                for at in points {
+                    probes.push(Probe { symbol: p.symbol, program: RETURN_PROGRAM, offset: offset(at)?, uretprobe: false });
+                }
+            }
+            None => probes.push(Probe { symbol: p.symbol, program: RETURN_PROGRAM, offset: offset(address)?, uretprobe: true }),
+        }
     }
     let flavor = if boring { Flavor::BoringSsl } else { Flavor::OpenSsl };
     Ok(Some(Resolved { flavor, probes }))
@@ -187,9 +205,12 @@ fn resolve_go(file: &object::File<'_>) -> Result<Resolved, Unprobeable> {
     for (symbol, program, ret_program) in GO_POINTS {
         let s = file.symbols().find(|s| s.name_bytes().ok() == Some(symbol.as_bytes())).ok_or(Unprobeable::GoCryptoTls)?;
         let (address, size) = (s.address(), s.size());
-        let entry = file_offset(file, address).ok_or(Unprobeable::NotElf)?;
         let code = function_bytes(file, address, size).ok_or(Unprobeable::GoCryptoTls)?;
-        let rets = ret_offsets(code, address);
+        let placed = place(code, address, &[Register::RAX, Register::RBX, Register::R14], Register::RAX)
+            .ok_or(Unprobeable::GoCryptoTls)?;
+        let entry = file_offset(file, placed.entry).ok_or(Unprobeable::NotElf)?;
+        // Each return's cheap point, or each `ret` itself.
+        let rets = placed.returns.unwrap_or_else(|| ret_offsets(code, address));
         if rets.is_empty() {
             return Err(Unprobeable::GoCryptoTls);
         }
@@ -275,9 +296,13 @@ mod tests {
         let data = std::fs::read(path).unwrap();
         let r = resolve(&data).unwrap().expect("libssl has TLS symbols");
         assert_eq!(r.flavor, Flavor::OpenSsl);
-        let names: Vec<_> = r.probes.iter().filter(|p| !p.uretprobe).map(|p| p.symbol).collect();
+        let mut names: Vec<_> = r.probes.iter().filter(|p| p.program != RETURN_PROGRAM).map(|p| p.symbol).collect();
+        names.dedup();
         assert_eq!(names, ["SSL_read", "SSL_write", "SSL_read_ex", "SSL_write_ex", "SSL_do_handshake"]);
-        assert_eq!(r.probes.iter().filter(|p| p.uretprobe && p.program == RETURN_PROGRAM).count(), 5);
+        // Every function's return is probed: by a uretprobe, or at cheap points.
+        for name in names {
+            assert!(r.probes.iter().any(|p| p.symbol == name && p.program == RETURN_PROGRAM), "{name}'s return");
+        }
         assert!(r.probes.iter().all(|p| (p.offset as usize) < data.len()));
     }
 

@@ -41,7 +41,7 @@ pub struct Options {
     /// Seconds of each wrk run (whole seconds).
     #[arg(long, default_value_t = 3.0)]
     pub seconds: f64,
-    /// Only these measures, comma-separated: 1, 2 (also 3 and 5), 4, 6, bpf, page.
+    /// Only these measures, comma-separated: 1, 2 (also 3 and 5), 4, 6, 7 (HTTPS), bpf, page.
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
     /// Do not pin nginx's worker and the load generator to separate CPUs.
