@@ -157,7 +157,7 @@ impl TlsProbes {
                 info!(pid, library = %l.name, "measuring HTTPS through the process's TLS library");
             }
         }
-        self.health.tls_processes.set(self.processes.values().filter(|p| !p.exited && p.probed()).count() as i64);
+        self.count_probed();
     }
 
     /// Whether `pid` has the events of library `id` already, its own or inherited.
@@ -287,6 +287,11 @@ impl TlsProbes {
             }
         }
         self.processes.insert(child, Process { own, inherited_from: from, ..Default::default() });
+        self.count_probed();
+    }
+
+    fn count_probed(&self) {
+        self.health.tls_processes.set(self.processes.values().filter(|p| !p.exited && p.probed()).count() as i64);
     }
 
     /// A target exited: its events are closed once no process that inherited them lives.
@@ -306,7 +311,7 @@ impl TlsProbes {
                 self.processes.remove(&h);
             }
         }
-        self.health.tls_processes.set(self.processes.values().filter(|p| !p.exited && p.probed()).count() as i64);
+        self.count_probed();
     }
 }
 
