@@ -22,6 +22,7 @@ use aya_ebpf::{
         generated::{bpf_get_current_task_btf, bpf_task_pt_regs},
     },
     macros::{uprobe, uretprobe},
+    maps::LruHashMap,
     programs::{ProbeContext, RetProbeContext},
 };
 use probe_common::{
@@ -287,35 +288,25 @@ pub extern "C" fn rp_tls_socket_io(cookie: u64, how: u64, moved: u64) -> u64 {
     let thread = bpf_get_current_pid_tgid();
     let now = unsafe { bpf_ktime_get_ns() };
     let arrival = |now| if recv && tcp { crate::arrival::arrived(sk, cookie, moved, now) } else { now };
-    go_socket_io((thread >> 32) as u32, cookie, sk, recv, arrival);
-    if let Some(last) = TLS_LAST.get_ptr_mut(&thread) {
-        unsafe {
-            if (*last).cookie == cookie && (*last).sk == sk as u64 {
-                if recv && (*last).arrival_ns == 0 {
-                    (*last).arrival_ns = arrival(now);
-                }
-                return 0;
-            }
-        }
-    }
-    let last = TlsLast { cookie, sk: sk as u64, arrival_ns: if recv { arrival(now) } else { 0 } };
-    let _ = TLS_LAST.insert(&thread, &last, 0);
+    go_socket_io((thread >> 32) as u32, cookie, sk, recv, now, arrival);
+    note_last(&TLS_LAST, &thread, cookie, sk, recv, now, arrival);
     0
 }
 
-/// The same by goroutine, for a process whose Go crypto/tls is probed: the goroutine is
-/// r14 as the syscall saved it.
+/// Notes in `map` (by thread, or by goroutine) that `key` last did socket I/O on `cookie`:
+/// a new entry, or, for the same connection, the arrival of its reads' first bytes if none
+/// is pending.
 #[inline(always)]
-fn go_socket_io(tgid: u32, cookie: u64, sk: *const u8, recv: bool, arrival: impl Fn(u64) -> u64) {
-    if unsafe { GO_TGIDS.get(&tgid) }.is_none() {
-        return;
-    }
-    let task = unsafe { bpf_get_current_task_btf() } as *const u8;
-    let regs = unsafe { bpf_task_pt_regs(task as *mut _) } as *const u8;
-    let Some(g) = crate::kernel::read::<u64>(regs, crate::maps::global!(OFFSETS.regs_r14)) else { return };
-    let key = TlsSslKey { tgid, _pad: 0, ssl: g };
-    let now = unsafe { bpf_ktime_get_ns() };
-    if let Some(last) = GO_LAST.get_ptr_mut(&key) {
+fn note_last<K>(
+    map: &LruHashMap<K, TlsLast>,
+    key: &K,
+    cookie: u64,
+    sk: *const u8,
+    recv: bool,
+    now: u64,
+    arrival: impl Fn(u64) -> u64,
+) {
+    if let Some(last) = map.get_ptr_mut(key) {
         unsafe {
             if (*last).cookie == cookie && (*last).sk == sk as u64 {
                 if recv && (*last).arrival_ns == 0 {
@@ -326,7 +317,20 @@ fn go_socket_io(tgid: u32, cookie: u64, sk: *const u8, recv: bool, arrival: impl
         }
     }
     let last = TlsLast { cookie, sk: sk as u64, arrival_ns: if recv { arrival(now) } else { 0 } };
-    let _ = GO_LAST.insert(&key, &last, 0);
+    let _ = map.insert(key, &last, 0);
+}
+
+/// The same by goroutine, for a process whose Go crypto/tls is probed: the goroutine is
+/// r14 as the syscall saved it.
+#[inline(always)]
+fn go_socket_io(tgid: u32, cookie: u64, sk: *const u8, recv: bool, now: u64, arrival: impl Fn(u64) -> u64) {
+    if unsafe { GO_TGIDS.get(&tgid) }.is_none() {
+        return;
+    }
+    let task = unsafe { bpf_get_current_task_btf() } as *const u8;
+    let regs = unsafe { bpf_task_pt_regs(task as *mut _) } as *const u8;
+    let Some(g) = crate::kernel::read::<u64>(regs, crate::maps::global!(OFFSETS.regs_r14)) else { return };
+    note_last(&GO_LAST, &TlsSslKey { tgid, _pad: 0, ssl: g }, cookie, sk, recv, now, arrival);
 }
 
 /// A target's connection whose first bytes are a TLS record: its socket I/O is ciphertext

@@ -133,7 +133,7 @@ impl TlsProbes {
                 self.libraries.insert(id, library);
             }
             let (events, go) = match self.libraries.get(&id) {
-                Some(Ok(l)) => (l.events.iter().map(|(_, e)| *e).collect::<Vec<_>>(), l.flavor == Flavor::GoCryptoTls),
+                Some(Ok(l)) => (l.event_ids(), l.flavor == Flavor::GoCryptoTls),
                 _ => continue,
             };
             // This process, and the ones that inherited its events before (they were forked
@@ -278,8 +278,7 @@ impl TlsProbes {
         let mut own = HashMap::new();
         for id in files {
             let Some(Ok(l)) = self.libraries.get(&id) else { continue };
-            let events: Vec<u64> = l.events.iter().map(|(_, e)| *e).collect();
-            match open_all(&events, child) {
+            match open_all(&l.event_ids(), child) {
                 Ok(fds) => {
                     own.insert(id, fds);
                 }
@@ -312,6 +311,12 @@ impl TlsProbes {
             }
         }
         self.count_probed();
+    }
+}
+
+impl Library {
+    fn event_ids(&self) -> Vec<u64> {
+        self.events.iter().map(|(_, id)| *id).collect()
     }
 }
 
