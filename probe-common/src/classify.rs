@@ -19,6 +19,8 @@ pub const CLASSIFY_BYTES: usize = MAX_METHOD as usize + 2;
 pub enum Verdict {
     Request,
     NotRequest,
+    /// `PRI *`: the start of the HTTP/2 connection preface (the agent checks the rest).
+    Http2,
     /// More bytes are needed.
     Undecided,
 }
@@ -71,7 +73,7 @@ impl Classifier {
             return Verdict::NotRequest;
         }
         match b {
-            b'*' if self.first4 == PRI => Verdict::NotRequest,
+            b'*' if self.first4 == PRI => Verdict::Http2,
             b'/' | b'*' => Verdict::Request,
             _ if self.method_len == 7 && self.first4 == CONNECT && (b.is_ascii_alphanumeric() || b == b'[') => Verdict::Request,
             _ => Verdict::NotRequest,
@@ -133,7 +135,6 @@ mod tests {
     fn other_protocols_are_not_requests() {
         for bytes in [
             &b"\x16\x03\x01\x02\x00"[..],
-            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
             b"hello there\r\n",
             b"EHLO mail.example.com\r\n",
             b"SET key value\r\n",
@@ -152,6 +153,8 @@ mod tests {
         assert_eq!(verdict(&[b"GE", b"T "]), Verdict::Undecided);
         assert_eq!(verdict(&[b"PR", b"OPFIND", b" /x"]), Verdict::Request);
         assert_eq!(verdict(&[b"\x16", b"\x03"]), Verdict::NotRequest);
-        assert_eq!(verdict(&[b"PRI", b" *"]), Verdict::NotRequest);
+        assert_eq!(verdict(&[b"PRI", b" *"]), Verdict::Http2);
+        assert_eq!(verdict(&[b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"]), Verdict::Http2);
+        assert_eq!(verdict(&[b"PRI /x HTTP/1.1\r\n"]), Verdict::Request, "a PRI method on a path is HTTP/1");
     }
 }

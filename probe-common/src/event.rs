@@ -30,6 +30,9 @@ pub const EVENT_MEASURED: u32 = 9;
 /// The bytes a connection's writes left unsent went out (`SentEvent`).
 pub const EVENT_SENT: u32 = 10;
 
+/// Bytes an HTTP/2 connection carried (`H2Event`): all of them, in chunks, in order.
+pub const EVENT_H2: u32 = 11;
+
 /// `flags`: events of this connection were lost before this one (ring buffer full);
 /// the agent must resynchronise the connection.
 pub const FLAG_AFTER_LOSS: u32 = 2;
@@ -64,6 +67,20 @@ pub const FLAG_TLS_PLAIN_PORT: u32 = 1024;
 /// `flags` of an unclassified first read (with `FLAG_UNCLASSIFIED`): a plaintext request
 /// on a port the target accepted TLS connections on (HTTP sent to an HTTPS port).
 pub const FLAG_PLAIN_ON_TLS_PORT: u32 = 512;
+
+/// Bytes of an HTTP/2 connection one [`H2Event`] carries at most.
+pub const H2_CHUNK: usize = 4096;
+/// Steps of the programs' walk over one read or write: each copies a frame header, or a
+/// frame's payload (or skips a DATA payload), up to the end of an iovec or of a chunk. A
+/// call that needs more loses the connection's framing (`FLAG_H2_TRUNCATED`).
+pub const H2_MAX_STEPS: usize = 1024;
+
+/// `flags` of an `H2Event`: the last chunk of its read or write; the bytes after it, up to
+/// the call's `len`, were a DATA frame's payload, not sent. May carry no data.
+pub const FLAG_H2_LAST: u32 = 2048;
+/// `flags` of an `H2Event`: the walk of the call's frames ran out of steps: the kernel
+/// lost its place in the connection's frames, and sends nothing more of it.
+pub const FLAG_H2_TRUNCATED: u32 = 4096;
 
 /// Iovecs of a vectored read or write that the programs gather the head window from (a
 /// bounded loop; servers put a response head in the first one or two).
@@ -171,3 +188,32 @@ pub struct ExitEvent {
     pub tgid: u32,
     pub _pad: u32,
 }
+
+/// A chunk of the bytes an HTTP/2 server connection read or wrote (its role is
+/// `ROLE_H2`): the agent decodes its frames and header blocks. A call's bytes come as
+/// chunks at increasing `offset`s, all but DATA frames' payloads (the gaps), the last with
+/// `FLAG_H2_LAST`; the record is `H2_HEADER_LEN + chunk_len` bytes long.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct H2Event {
+    pub header: EventHeader,
+    pub conn_id: u64,
+    pub tgid: u32,
+    /// Bytes the read or write moved in all.
+    pub len: u32,
+    /// Where this chunk starts among them.
+    pub offset: u32,
+    /// Valid bytes in `data`.
+    pub chunk_len: u16,
+    /// As in [`DataEvent`], with `FAMILY_TLS` for plaintext from a TLS library.
+    pub family: u16,
+    /// Of a read's first chunk: when its first byte arrived (0 when not known).
+    pub arrival_ns: u64,
+    /// 1 for a read, 0 for a write.
+    pub recv: u32,
+    pub _pad: u32,
+    pub data: [u8; H2_CHUNK],
+}
+
+/// The bytes of an [`H2Event`] before its data.
+pub const H2_HEADER_LEN: usize = core::mem::offset_of!(H2Event, data);

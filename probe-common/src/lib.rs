@@ -40,6 +40,7 @@ mod pod {
     unsafe impl aya::Pod for crate::TlsLast {}
     unsafe impl aya::Pod for crate::TlsSslKey {}
     unsafe impl aya::Pod for crate::TlsConn {}
+    unsafe impl aya::Pod for crate::H2Walk {}
 }
 
 #[cfg(test)]
@@ -65,6 +66,24 @@ mod layout_tests {
         assert_eq!(align_of::<DataEvent>(), 8);
         const { assert!(HEAD_WINDOW >= 256) };
         assert!(HEAD_WINDOW.is_power_of_two());
+    }
+
+    #[test]
+    fn h2_event_layout() {
+        assert_eq!(offset_of!(H2Event, conn_id), 16);
+        assert_eq!(offset_of!(H2Event, tgid), 24);
+        assert_eq!(offset_of!(H2Event, len), 28);
+        assert_eq!(offset_of!(H2Event, offset), 32);
+        assert_eq!(offset_of!(H2Event, chunk_len), 36);
+        assert_eq!(offset_of!(H2Event, family), 38);
+        assert_eq!(offset_of!(H2Event, arrival_ns), 40);
+        assert_eq!(offset_of!(H2Event, recv), 48);
+        assert_eq!(H2_HEADER_LEN, 56);
+        assert_eq!(size_of::<H2Event>(), 56 + H2_CHUNK);
+        assert!(H2_CHUNK.is_power_of_two() && H2_CHUNK <= u16::MAX as usize);
+        assert_eq!(size_of::<H2Dir>(), 40);
+        assert_eq!(offset_of!(H2Dir, hdr), 8);
+        assert_eq!(size_of::<H2Walk>(), 80);
     }
 
     #[test]

@@ -91,6 +91,9 @@ pub const ROLE_UNKNOWN: u32 = 0;
 pub const ROLE_CLIENT: u32 = 2;
 /// Its first received bytes were not an HTTP request; watched until one arrives.
 pub const ROLE_OTHER: u32 = 3;
+/// Its first received bytes were the HTTP/2 connection preface (prior knowledge, or after
+/// a `101` to `h2c`): every byte of it goes to the agent (`EVENT_H2`), which decodes it.
+pub const ROLE_H2: u32 = 4;
 
 /// `ConnState::flags`: an event of this connection was lost.
 pub const CONN_LOST_EVENTS: u32 = 1;
@@ -214,6 +217,34 @@ impl ConnState {
         self.role == ROLE_SERVER && self.mode == crate::fast::MODE_FAST
     }
 }
+
+/// LRU hash: socket cookie -> [`H2Walk`], where each direction of an HTTP/2 connection
+/// is in its frames (`ROLE_H2`; written by the programs in the connection's syscalls).
+pub const MAP_H2_FRAMES: &str = "H2_FRAMES";
+
+/// Where one direction of an HTTP/2 connection's byte stream is: in a frame's payload (or
+/// the client preface) with `left` bytes to go, else in a frame header, `have` bytes of
+/// which are in `hdr`. A DATA frame's payload is not sent to the agent (`skip`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct H2Dir {
+    pub left: u32,
+    pub skip: u8,
+    pub have: u8,
+    pub _pad: [u8; 2],
+    /// Room for a header copied at an offset below 16: 32 bytes.
+    pub hdr: [u8; 32],
+}
+
+/// Both directions of a connection: `[received, sent]`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct H2Walk {
+    pub dirs: [H2Dir; 2],
+}
+
+/// The client preface's length (`PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n`).
+pub const H2_PREFACE_LEN: u32 = 24;
 
 /// When the bytes a TCP socket has not been read yet began to arrive: the data that came
 /// while the socket's receive queue was empty opens a batch (`start_seq`, at `ts_ns`), and

@@ -11,7 +11,7 @@ use probe_common::{
     COUNTER_FOREIGN_CONTEXT, COUNTER_LOST, COUNTER_SERVER_CONNS, EVENT_RECV, EVENT_SEND,
     FLAG_AFTER_LOSS, FLAG_UNCLASSIFIED, HEAD_WINDOW, MAX_IOVECS, MAX_IOVECS_WALKED, ROLE_CLIENT, ROLE_OTHER,
     ROLE_SERVER, ROLE_UNKNOWN, TAIL_WINDOW, CONN_TX_WATCHED, FLAG_TX_PENDING, TX_SLOW, TxWait, CONN_TLS,
-    CONN_TLS_OPEN, CONN_TLS_PROBED, FAMILY_TLS, FLAG_PLAIN_ON_TLS_PORT,
+    CONN_TLS_OPEN, CONN_TLS_PROBED, FAMILY_TLS, FLAG_PLAIN_ON_TLS_PORT, ROLE_H2,
 };
 
 use crate::{
@@ -165,6 +165,11 @@ pub extern "C" fn rp_on_io(w: *mut Work, state: *mut ConnState) -> u32 {
         2 => Source::Vectored { iov: wr.ptr, count: wr.count },
         _ => Source::None,
     };
+    // An HTTP/2 connection: all its bytes go to the agent (`h2`).
+    if role == ROLE_H2 {
+        crate::h2::emit(w);
+        return 0;
+    }
     let mut flags = 0;
     if role != ROLE_SERVER {
         // Unknown or non-HTTP connection: decide from its first bytes, by the shape of a
@@ -228,6 +233,25 @@ pub extern "C" fn rp_on_io(w: *mut Work, state: *mut ConnState) -> u32 {
                                 }
                             }
                         }
+                    }
+                    // The HTTP/2 preface (prior knowledge): the agent decodes the connection.
+                    Verdict::Http2 => {
+                        count(COUNTER_SERVER_CONNS);
+                        if family != AF_UNIX {
+                            crate::arrival::mark_port(sk);
+                        }
+                        let h2 = conn::set_role(cookie, ROLE_H2);
+                        crate::h2::start(cookie);
+                        if let Some(s) = h2
+                            && plaintext
+                        {
+                            unsafe {
+                                (*s).flags |= CONN_TLS | CONN_TLS_PROBED | CONN_TLS_OPEN;
+                                (*s).family = (family & !FAMILY_TLS) as u32;
+                            }
+                        }
+                        crate::h2::emit(w);
+                        return 0;
                     }
                     _ if role == ROLE_OTHER => return 0,
                     Verdict::Undecided => {
@@ -336,6 +360,7 @@ fn classify(src: Source, moved: u32, c: Classifier) -> (Verdict, Classifier) {
     let verdict = match packed >> 56 {
         1 => Verdict::Request,
         2 => Verdict::NotRequest,
+        3 => Verdict::Http2,
         _ => Verdict::Undecided,
     };
     (verdict, c)
@@ -343,7 +368,7 @@ fn classify(src: Source, moved: u32, c: Classifier) -> (Verdict, Classifier) {
 
 /// `kind_moved`: 1 (a flat buffer at `ptr`) or 2 (`count` iovecs at `ptr`) << 32 | bytes
 /// moved; `state`: the classifier's first4 | meta << 32. Returns the verdict (0 undecided, 1
-/// a request, 2 not) << 56 | the new state.
+/// a request, 2 not, 3 the HTTP/2 preface) << 56 | the new state.
 #[unsafe(no_mangle)]
 #[inline(never)]
 pub extern "C" fn rp_classify(kind_moved: u64, ptr: u64, count: u64, state: u64) -> u64 {
@@ -354,6 +379,7 @@ pub extern "C" fn rp_classify(kind_moved: u64, ptr: u64, count: u64, state: u64)
     let v: u64 = match c.feed_all(&buf[..n]) {
         Verdict::Request => 1,
         Verdict::NotRequest => 2,
+        Verdict::Http2 => 3,
         Verdict::Undecided => 0,
     };
     v << 56 | (c.meta() as u64 & 0x00ff_ffff) << 32 | c.first4 as u64

@@ -13,7 +13,7 @@ use aya_ebpf::{
 };
 use probe_common::{
     CloseEvent, ConnState, EventHeader, CONN_TLS, CONN_TLS_OPEN, CONN_TLS_PROBED, COUNTER_LOST, EVENT_CLOSE, FAMILY_TLS,
-    FLAG_RESET, FLAG_TLS_OPEN, FLAG_TLS_PLAIN_PORT, FLAG_TLS_PROBED, FLAG_TLS_UNMEASURED, MODE_FAST, ROLE_SERVER, ROLE_UNKNOWN,
+    FLAG_RESET, FLAG_TLS_OPEN, FLAG_TLS_PLAIN_PORT, FLAG_TLS_PROBED, FLAG_TLS_UNMEASURED, MODE_FAST, ROLE_H2, ROLE_SERVER, ROLE_UNKNOWN,
 };
 
 use crate::{
@@ -121,8 +121,8 @@ fn forget(cookie: u64, closing: Closing, family: u16, sk: *const u8) {
             // still waits goes to the agent (a switch event, then the close).
             let reset = closing == Closing::First { reset: true };
             let family = if conn_flags & CONN_TLS != 0 { family | FAMILY_TLS } else { family };
-            let mut report =
-                role == ROLE_SERVER && (mode != MODE_FAST || fast_close(state, cookie, family, sk, !reset) != fast::DONE);
+            let mut report = role == ROLE_H2
+                || (role == ROLE_SERVER && (mode != MODE_FAST || fast_close(state, cookie, family, sk, !reset) != fast::DONE));
             // A TLS connection that never carried a request's plaintext: the agent counts
             // why (a handshake that failed or was abandoned, a library not probed...).
             if role == ROLE_UNKNOWN && conn_flags & CONN_TLS != 0 {
@@ -131,6 +131,9 @@ fn forget(cookie: u64, closing: Closing, family: u16, sk: *const u8) {
                     | if conn_flags & CONN_TLS_PROBED != 0 { FLAG_TLS_PROBED } else { 0 }
                     | if conn_flags & CONN_TLS_OPEN != 0 { FLAG_TLS_OPEN } else { 0 }
                     | if crate::tls::is_tls_port(sk) { 0 } else { FLAG_TLS_PLAIN_PORT };
+            }
+            if role == ROLE_H2 {
+                crate::h2::forget(cookie);
             }
             conn::remove(cookie);
             report

@@ -8,12 +8,17 @@
 //! woken agent is not yet running, every further event would raise another one. The
 //! agent drains everything once it runs.
 use aya_ebpf::bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP};
-use probe_common::DataEvent;
+use probe_common::{DataEvent, H2Event};
 
 use crate::maps::{global, EVENTS};
 
-/// The largest record: a data event and the ring buffer's 8-byte record header.
-const LARGEST_RECORD: u64 = core::mem::size_of::<DataEvent>() as u64 + 8;
+/// The largest record: a data event or an HTTP/2 chunk, and the ring buffer's 8-byte
+/// record header.
+const LARGEST_RECORD: u64 = max(core::mem::size_of::<DataEvent>(), core::mem::size_of::<H2Event>()) as u64 + 8;
+
+const fn max(a: usize, b: usize) -> usize {
+    if a > b { a } else { b }
+}
 
 #[inline(always)]
 pub fn wakeup_flags() -> u64 {

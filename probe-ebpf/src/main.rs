@@ -2,7 +2,7 @@
 //!
 //! Hooks (one module each): `recv` (sock:sock_recv_length), `send` (sock:sock_send_length),
 //! `close` (sock:inet_sock_set_state), `lifecycle` (sched:sched_process_{fork,exec,exit}),
-//! `arrival` (sock:sk_data_ready), `tls` (uprobes on TLS libraries, per target process). All are tp_btf programs: they need neither kprobes nor
+//! `arrival` (sock:sk_data_ready), `h2` (what HTTP/2 connections carry), `tls` (uprobes on TLS libraries, per target process). All are tp_btf programs: they need neither kprobes nor
 //! tracefs. Each one bails out early for processes that are not targets
 //! (`target::current_target`); only a compare of a tracepoint argument may come first
 //! (end-of-file reads in `recv`, the new TCP state in `close`). `arrival` runs outside the
@@ -21,6 +21,7 @@ mod conn;
 mod context;
 mod emit;
 mod fast;
+mod h2;
 mod kernel;
 mod lifecycle;
 mod maps;

@@ -7,7 +7,7 @@ use aya_ebpf::{
 use probe_common::{
     buckets::{TimeBounds, TIME_SLOTS},
     AggKey, AggValue, Arrival, ConnState, TxKey, TxWait, KernelOffsets, ProbeConfig, RouteKey, TlsCall, TlsConn,
-    TlsLast, TlsSslKey, COUNTER_SLOTS,
+    TlsLast, TlsSslKey, COUNTER_SLOTS, H2Walk,
 };
 
 use crate::fast::Work;
@@ -36,6 +36,19 @@ pub static WORK: PerCpuArray<Work> = PerCpuArray::with_max_entries(1, 0);
 /// interrupted on the same CPU.
 #[map]
 pub static CLOSE_WORK: PerCpuArray<Work> = PerCpuArray::with_max_entries(1, 0);
+
+/// Per-CPU room for the HTTP/2 chunk being sent (`h2`): too large for the stack.
+#[map]
+pub static H2_BUF: PerCpuArray<crate::h2::H2Buf> = PerCpuArray::with_max_entries(1, 0);
+
+/// Per-CPU state of the chunking loop (`h2`): in map memory, read back as unknown scalars,
+/// so that the verifier sees one state per step instead of one per path to it.
+#[map]
+pub static H2_WALK: PerCpuArray<[u64; crate::h2::WALK_CELLS]> = PerCpuArray::with_max_entries(1, 0);
+
+/// Socket cookie -> where each direction of an HTTP/2 connection is in its frames.
+#[map]
+pub static H2_FRAMES: LruHashMap<u64, H2Walk> = LruHashMap::with_max_entries(1, 0);
 
 /// A zeroed connection state, the template of new `CONNS` entries (never written).
 #[map]

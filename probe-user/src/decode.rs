@@ -3,7 +3,7 @@
 use crate::reason::{Protocol, TlsUnmeasured};
 use probe_common::{
     CloseEvent, DataEvent, EVENT_CLOSE, EVENT_EXEC, EVENT_EXIT, EVENT_FORK, EVENT_MEASURED, EVENT_PATH, EVENT_RECV,
-    EVENT_SEND, EVENT_SENT, EVENT_SWITCH, EventHeader, ExecEvent, ExitEvent, FLAG_AFTER_LOSS, FLAG_RESET, FLAG_SUPERSEDED, FLAG_TX_PENDING,
+    EVENT_SEND, EVENT_SENT, EVENT_SWITCH, EVENT_H2, H2_HEADER_LEN, H2Event, FLAG_H2_LAST, FLAG_H2_TRUNCATED, EventHeader, ExecEvent, ExitEvent, FLAG_AFTER_LOSS, FLAG_RESET, FLAG_SUPERSEDED, FLAG_TX_PENDING,
     FLAG_PLAIN_ON_TLS_PORT, FLAG_TLS_OPEN, FLAG_TLS_PLAIN_PORT, FLAG_TLS_PROBED, FLAG_TLS_UNMEASURED, FLAG_UNCLASSIFIED, ForkEvent, MeasuredEvent, PathEvent, SentEvent, SwitchEvent,
 };
 use thiserror::Error;
@@ -48,9 +48,31 @@ pub struct Data {
     pub tx_end_seq: Option<u32>,
 }
 
+/// A chunk of the bytes an HTTP/2 connection carried (`probe_common::H2Event`).
+#[derive(Clone, Debug)]
+pub struct H2Chunk {
+    pub conn_id: u64,
+    pub tgid: u32,
+    pub ts_ns: u64,
+    /// Of a read: when its first byte arrived (`ts_ns` when not known).
+    pub arrival_ns: u64,
+    pub direction: Direction,
+    pub family: u16,
+    /// Bytes the read or write moved in all, and where this chunk starts among them.
+    pub len: u64,
+    pub offset: u64,
+    pub data: Vec<u8>,
+    pub after_loss: bool,
+    /// The call's last chunk: its bytes after this one were a DATA payload.
+    pub last: bool,
+    /// The kernel lost its place in the connection's frames at this call.
+    pub truncated: bool,
+}
+
 #[derive(Clone, Debug)]
 pub enum Event {
     Data(Data),
+    H2(H2Chunk),
     /// `reset`: by a reset rather than a FIN; `ts_ns`: when.
     /// `tls`: a TLS connection that carried no request's plaintext, and why: a reason, or
     /// another protocol (`Err(Protocol::Tls)`: HTTPS sent to a plain port).
@@ -102,6 +124,34 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
                 unclassified: header.flags & FLAG_UNCLASSIFIED != 0,
                 on_tls_port: header.flags & FLAG_PLAIN_ON_TLS_PORT != 0,
                 tx_end_seq: (header.flags & FLAG_TX_PENDING != 0).then_some(ev.tx_end_seq),
+            }))
+        }
+        EVENT_H2 => {
+            // A record of the header and `chunk_len` bytes: shorter than the struct.
+            if bytes.len() < H2_HEADER_LEN {
+                return Err(DecodeError::Short(bytes.len()));
+            }
+            let mut full = [0u8; size_of::<H2Event>()];
+            let n = bytes.len().min(full.len());
+            full[..n].copy_from_slice(&bytes[..n]);
+            let ev: H2Event = read(&full)?;
+            let chunk = ev.chunk_len as usize;
+            if H2_HEADER_LEN + chunk > bytes.len() {
+                return Err(DecodeError::Short(bytes.len()));
+            }
+            Ok(Event::H2(H2Chunk {
+                conn_id: ev.conn_id,
+                tgid: ev.tgid,
+                ts_ns: header.ts_ns,
+                arrival_ns: if ev.arrival_ns == 0 { header.ts_ns } else { ev.arrival_ns },
+                direction: if ev.recv != 0 { Direction::Recv } else { Direction::Send },
+                family: ev.family,
+                len: ev.len as u64,
+                offset: ev.offset as u64,
+                data: ev.data[..chunk].to_vec(),
+                after_loss: header.flags & FLAG_AFTER_LOSS != 0,
+                last: header.flags & FLAG_H2_LAST != 0,
+                truncated: header.flags & FLAG_H2_TRUNCATED != 0,
             }))
         }
         EVENT_CLOSE => {

@@ -8,6 +8,8 @@ const MAX_HEADERS: usize = 64;
 pub enum Version {
     Http10,
     Http11,
+    /// A stream of an HTTP/2 connection (`http2`).
+    Http2,
 }
 
 impl Version {

@@ -4,7 +4,7 @@
 //! drive the very code the agent runs. None of it needs a kernel.
 //!
 //! Data flows one way: `decode` (ring-buffer records -> events) -> `pipeline` -> `pairing`
-//! (requests with responses, with `http` and `chunked`) -> `metrics` (aggregation, every
+//! (requests with responses, with `http` and `chunked`; HTTP/2 streams in `http2`) -> `metrics` (aggregation, every
 //! label value made by `labels`) -> `exposition` (`/metrics`). `registry` is the one list of
 //! targets and their services; `reason` names every way something can fail to be measured;
 //! `proc_root` reads /proc.
@@ -12,6 +12,7 @@ pub mod chunked;
 pub mod decode;
 pub mod exposition;
 pub mod http;
+pub mod http2;
 pub mod labels;
 pub mod metrics;
 pub mod pairing;

@@ -7,6 +7,7 @@ use probe_common::{ConnState, MeasuredEvent, SwitchEvent};
 
 use crate::{
     decode::{Event, decode},
+    http2::H2Conns,
     labels::kernel_ids,
     metrics::{Metrics, health::ServiceLabels},
     pairing::{Exchange, Head, KernelHead, Output, PairedBy, Pairer},
@@ -30,6 +31,7 @@ pub enum Notice {
 
 pub struct Pipeline {
     pairer: Pairer,
+    h2: H2Conns,
     metrics: Metrics,
     registry: SharedRegistry,
     outputs: Vec<Output>,
@@ -42,6 +44,7 @@ impl Pipeline {
     pub fn new(metrics: Metrics, registry: SharedRegistry, max_connections: usize) -> Self {
         Pipeline {
             pairer: Pairer::new(max_connections),
+            h2: H2Conns::new(max_connections),
             metrics,
             registry,
             outputs: vec![],
@@ -128,13 +131,20 @@ impl Pipeline {
                 self.pairer.on_data(&d, || lock(registry).service_of(d.tgid), &mut self.outputs);
                 None
             }
+            Event::H2(c) => {
+                let registry = &self.registry;
+                self.h2.on_chunk(&c, || lock(registry).service_of(c.tgid), &mut self.outputs);
+                None
+            }
             Event::Close { conn_id, reset, ts_ns, tls } => {
                 match tls {
                     Some(Ok(why)) => self.outputs.push(Output::TlsUnmeasured(why)),
                     Some(Err(protocol)) => self.outputs.push(Output::OtherProtocol(protocol)),
                     None => {}
                 }
-                self.pairer.on_close(conn_id, reset, ts_ns, &mut self.outputs);
+                if !self.h2.on_close(conn_id, reset, ts_ns, &mut self.outputs) {
+                    self.pairer.on_close(conn_id, reset, ts_ns, &mut self.outputs);
+                }
                 None
             }
             Event::Switch(sw) => {
@@ -193,10 +203,12 @@ impl Pipeline {
     /// connections, and their waiting requests are in flight.
     pub fn housekeeping(&mut self, now_ns: u64, idle_ns: u64, kernel_conns: &[ConnState]) {
         self.pairer.evict_idle(now_ns, idle_ns, &mut self.outputs);
+        self.h2.evict_idle(now_ns, idle_ns, &mut self.outputs);
         self.flush();
         self.metrics.health.tx_waiting.set(self.pairer.waiting_for_transmission() as i64);
         let mut active = self.pairer.active_requests();
         let mut open = self.pairer.connections_by_service();
+        self.h2.add_gauges(&mut active, &mut open);
         let r = lock(&self.registry);
         for c in kernel_conns.iter().filter(|c| c.is_fast_server()) {
             let Some(service) = r.service_named(c.service) else {
@@ -214,7 +226,7 @@ impl Pipeline {
         drop(r);
         self.metrics.set_active_requests(&active);
         let health = &self.metrics.health;
-        health.connections_tracked.set(self.pairer.connections() as i64);
+        health.connections_tracked.set((self.pairer.connections() + self.h2.len()) as i64);
         health.open_connections.set(open.into_iter().map(|(service, n)| (ServiceLabels { service }, n)));
     }
 }

@@ -17,11 +17,21 @@ pub enum Protocol {
     /// An HTTP request on a port the target accepted TLS connections on: HTTP sent to an
     /// HTTPS port (the kernel says so: `FLAG_PLAIN_ON_TLS_PORT`).
     HttpOnTlsPort,
+    /// HTTP/2 frames without the connection preface: a connection opened before the agent
+    /// attached (or one the kernel's table lost), whose header compression state is unknown.
+    Http2MidStream,
 }
 
 impl Protocol {
-    pub const ALL: [Protocol; 6] =
-        [Protocol::Tls, Protocol::Http2, Protocol::Binary, Protocol::Text, Protocol::Empty, Protocol::HttpOnTlsPort];
+    pub const ALL: [Protocol; 7] = [
+        Protocol::Tls,
+        Protocol::Http2,
+        Protocol::Binary,
+        Protocol::Text,
+        Protocol::Empty,
+        Protocol::HttpOnTlsPort,
+        Protocol::Http2MidStream,
+    ];
 
     pub fn label(self) -> &'static str {
         match self {
@@ -31,6 +41,16 @@ impl Protocol {
             Protocol::Text => "not_http",
             Protocol::Empty => "empty",
             Protocol::HttpOnTlsPort => "http_on_tls_port",
+            Protocol::Http2MidStream => "http2_mid_stream",
+        }
+    }
+
+    /// Classifies the first bytes of a connection that were not a request: HTTP/2 frames
+    /// too (a connection opened before the agent attached).
+    pub fn of_first(bytes: &[u8]) -> Protocol {
+        match Protocol::of(bytes) {
+            Protocol::Binary if crate::http2::frames::looks_like_frames(bytes) => Protocol::Http2MidStream,
+            p => p,
         }
     }
 
@@ -79,10 +99,17 @@ pub enum Reason {
     ConnectionTableFull,
     /// Requests beyond the pipelining depth the agent keeps per connection.
     PipelineTooDeep,
+    /// An HTTP/2 request whose header block could not be decoded: its connection's header
+    /// compression state was lost (`redprobe_http2_connections_undecodable_total` says why).
+    Http2HeadersUndecoded,
+    /// HTTP/2 requests in flight when their connection's framing was lost.
+    Http2Undecodable,
+    /// HTTP/2 streams beyond the open streams the agent keeps per connection.
+    TooManyStreams,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 17] = [
+    pub const ALL: [Reason; 20] = [
         Reason::NotRequest(Protocol::Tls),
         Reason::NotRequest(Protocol::Http2),
         Reason::NotRequest(Protocol::Binary),
@@ -100,6 +127,9 @@ impl Reason {
         Reason::Upgraded,
         Reason::ConnectionTableFull,
         Reason::PipelineTooDeep,
+        Reason::Http2HeadersUndecoded,
+        Reason::Http2Undecodable,
+        Reason::TooManyStreams,
     ];
 
     pub fn label(self) -> &'static str {
@@ -117,6 +147,47 @@ impl Reason {
             Reason::Upgraded => "upgraded",
             Reason::ConnectionTableFull => "connection_table_full",
             Reason::PipelineTooDeep => "pipeline_too_deep",
+            Reason::Http2HeadersUndecoded => "http2_headers_undecoded",
+            Reason::Http2Undecodable => "http2_undecodable",
+            Reason::TooManyStreams => "too_many_streams",
+        }
+    }
+}
+
+/// Why an HTTP/2 connection could not be decoded, from some point on: the `reason` label of
+/// `redprobe_http2_connections_undecodable_total`, counted once per connection. What was in
+/// flight then, and every request after, is counted in `redprobe_requests_unparsed_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum H2Undecodable {
+    /// `PRI *` and then not the rest of the preface (garbage after it).
+    BadPreface,
+    /// Bytes that break the framing: an oversized frame, a CONTINUATION out of place.
+    FrameError,
+    /// A header block that does not decode (HPACK): the compression state is lost.
+    HeaderBlock,
+    /// Bytes the kernel did not copy outside a DATA payload: a call with more frames than
+    /// its walk has steps for (`H2_MAX_STEPS`).
+    BytesMissed,
+    /// Events of the connection were lost (ring buffer full).
+    EventsLost,
+}
+
+impl H2Undecodable {
+    pub const ALL: [H2Undecodable; 5] = [
+        H2Undecodable::BadPreface,
+        H2Undecodable::FrameError,
+        H2Undecodable::HeaderBlock,
+        H2Undecodable::BytesMissed,
+        H2Undecodable::EventsLost,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            H2Undecodable::BadPreface => "bad_preface",
+            H2Undecodable::FrameError => "frame_error",
+            H2Undecodable::HeaderBlock => "header_block",
+            H2Undecodable::BytesMissed => "bytes_missed",
+            H2Undecodable::EventsLost => "events_lost",
         }
     }
 }
@@ -286,10 +357,12 @@ pub enum SlowReason {
     FastPathOff,
     /// The kernel never said (the connection's switch event was lost).
     Unannounced,
+    /// An HTTP/2 connection: the agent decodes its frames and header blocks.
+    Http2,
 }
 
 impl SlowReason {
-    pub const ALL: [SlowReason; 13] = [
+    pub const ALL: [SlowReason; 14] = [
         SlowReason::HeadSplit,
         SlowReason::HeadBeyondWindow,
         SlowReason::Request,
@@ -303,6 +376,7 @@ impl SlowReason {
         SlowReason::EventsLost,
         SlowReason::FastPathOff,
         SlowReason::Unannounced,
+        SlowReason::Http2,
     ];
 
     /// The reason of a kernel `SLOW_*` code.
@@ -339,6 +413,7 @@ impl SlowReason {
             SlowReason::EventsLost => "events_lost",
             SlowReason::FastPathOff => "fast_path_off",
             SlowReason::Unannounced => "unannounced",
+            SlowReason::Http2 => "http2",
         }
     }
 }
@@ -354,6 +429,10 @@ mod tests {
         assert_eq!(Protocol::of(b"hello there\r\n"), Protocol::Text);
         assert_eq!(Protocol::of(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"), Protocol::Http2);
         assert_eq!(Protocol::of(b""), Protocol::Empty);
+        let settings_then_window = b"\0\0\x06\x04\0\0\0\0\0\0\x04\0\x10\0\0\0\0\x04\x08\0\0\0\0\0\0\x0f\0\x01";
+        assert_eq!(Protocol::of_first(settings_then_window), Protocol::Http2MidStream);
+        assert_eq!(Protocol::of_first(b"\x16\x03\x01\x00\xa5\x01"), Protocol::Tls);
+        assert_eq!(Protocol::of_first(b"\x00\x01\x02garbage"), Protocol::Binary);
     }
 
     #[test]

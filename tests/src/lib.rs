@@ -3,6 +3,7 @@
 pub mod client;
 pub mod containers;
 pub mod deploy;
+pub mod h2;
 pub mod procs;
 pub mod prom;
 pub mod scrape;

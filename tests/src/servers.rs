@@ -1,6 +1,9 @@
 //! The real servers the integration tests and the bench run: gunicorn + Django, uvicorn,
 //! nginx, Node and Go, each on an endpoint of the test's choosing (IPv4, IPv6 or a Unix
 //! socket). Their apps live in `tests/servers/` and serve the same routes as `app.py`.
+//! The HTTP/2 servers (nghttpd, Node's http2, hypercorn, nginx with `http2`) serve the routes
+//! of `node_h2.js`, and the gRPC servers (grpcio, grpc-js) the service of `grpc_server.py`;
+//! their clients are in [`crate::h2`].
 //! Each server is ready when it accepts a connection; it is stopped when dropped.
 use std::{
     path::{Path, PathBuf},
@@ -256,7 +259,15 @@ pub struct NginxSite<'a> {
     /// raised above it, a listen backlog of 4096, and 600 s header and keep-alive
     /// timeouts, so that nginx keeps them all open. 0: nginx's defaults (1024 connections).
     pub idle_clients: u32,
+    /// HTTP/2: over TLS on `Bind::Tls` (ALPN h2, and http/1.1 for clients that do not offer
+    /// h2); cleartext on the other binds, with prior knowledge only (h2c, no Upgrade: nginx
+    /// answers no HTTP/1.x there). Adds the routes of node_h2.js that nginx can serve: `/`,
+    /// `/items/<id>`, `/big` (200 KiB file) and `/status/<code>` for [`NGINX_H2_STATUSES`].
+    pub http2: bool,
 }
+
+/// The codes of nginx's `/status/<code>` routes (with `http2`); others are 404.
+pub const NGINX_H2_STATUSES: &[u16] = &[200, 201, 204, 400, 403, 404, 429, 500, 502, 503];
 
 /// nginx, master + workers, in the foreground with everything under a scratch prefix.
 pub fn nginx(bind: Bind, site: &NginxSite<'_>) -> Result<RealServer> {
@@ -269,13 +280,31 @@ pub fn nginx(bind: Bind, site: &NginxSite<'_>) -> Result<RealServer> {
         std::fs::write(root.join("static").join(name), content)?;
     }
     // nginx's `listen` and `server` take addresses as Endpoint displays them.
-    let listen = match &endpoint {
-        Endpoint::Tls(a) => {
-            let (cert, key) = certificate()?;
-            format!("{a} ssl; ssl_certificate {}; ssl_certificate_key {}", cert.display(), key.display())
+    let mut listen = endpoint.to_string();
+    let mut directives = String::new();
+    if let Endpoint::Tls(_) = &endpoint {
+        let (cert, key) = certificate()?;
+        listen.push_str(" ssl");
+        directives = format!("ssl_certificate {}; ssl_certificate_key {};", cert.display(), key.display());
+    }
+    let mut h2_routes = Vec::new();
+    if site.http2 {
+        // `http2 on;` came with nginx 1.25.1, which deprecated the `listen` parameter.
+        if nginx_version()? >= (1, 25, 1) {
+            directives.push_str(" http2 on;");
+        } else {
+            listen.push_str(" http2");
         }
-        _ => endpoint.to_string(),
-    };
+        std::fs::write(root.join("big"), vec![b'x'; 200 * 1024])?;
+        h2_routes.push(r#"location = / { return 200 "hello h2\n"; }"#.to_string());
+        h2_routes.push(r#"location /items/ { return 200 "item\n"; }"#.to_string());
+        h2_routes.push("location = /big { }".to_string());
+        for code in NGINX_H2_STATUSES {
+            let body = if *code == 204 { String::new() } else { format!(r#" "status {code}\n""#) };
+            h2_routes.push(format!("location = /status/{code} {{ return {code}{body}; }}"));
+        }
+    }
+    let h2_routes = h2_routes.join("\n        ");
     let upstream = match site.upstream {
         Some(up) => format!("upstream app {{ server {up}; keepalive 4; }}\n"),
         None => String::new(),
@@ -318,6 +347,7 @@ http {{
     {upstream}
     server {{
         listen {listen}{backlog};
+        {directives}
         root {root};
         # Only for clients that ask: a compressed response has no length, so it is chunked.
         gzip on;
@@ -329,6 +359,7 @@ http {{
         location /users/ {{ return 200 "user\n"; }}
         location /static/ {{ }}
         {proxy}
+        {h2_routes}
     }}
 }}
 "#,
@@ -345,4 +376,123 @@ http {{
     let workers = site.workers.max(1) as usize;
     wait_for("nginx's workers", Duration::from_secs(30), || (children(server.pid()).len() >= workers).then_some(()))?;
     Ok(server)
+}
+
+/// The installed nginx's version, from `nginx -v` (e.g. (1, 22, 1)).
+pub fn nginx_version() -> Result<(u32, u32, u32)> {
+    static VERSION: OnceLock<Result<(u32, u32, u32), String>> = OnceLock::new();
+    VERSION
+        .get_or_init(|| {
+            let out = Command::new("nginx").arg("-v").output().map_err(|e| format!("cannot run nginx -v: {e}"))?;
+            // "nginx version: nginx/1.22.1", on stderr.
+            let text = String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+            let version = text.split_once("nginx/").map(|(_, v)| v.split_whitespace().next().unwrap_or_default());
+            let numbers: Vec<u32> = version.unwrap_or_default().split('.').filter_map(|n| n.parse().ok()).collect();
+            match numbers[..] {
+                [major, minor, patch, ..] => Ok((major, minor, patch)),
+                _ => Err(format!("no version in `nginx -v`: {text:?}")),
+            }
+        })
+        .clone()
+        .map_err(|e| anyhow::anyhow!(e))
+}
+
+/// nginx (master + 1 worker) serving HTTP/2 over TLS (ALPN h2), on IPv4: [`nginx`] with
+/// [`NginxSite::http2`].
+pub fn nginx_h2_tls() -> Result<RealServer> {
+    nginx(Bind::Tls, &NginxSite { workers: 1, http2: true, ..Default::default() })
+}
+
+/// nghttpd, nghttp2's HTTP/2 server (one process, one thread, an event loop), serving a
+/// document root with the paths of node_h2.js that are files: `/` (index.html, "hello h2\n"),
+/// `/items/1` to `/items/3`, and `/big` (200 KiB); other paths are 404. On `Bind::V4` and
+/// `Bind::V6`, cleartext with prior knowledge only (h2c: no Upgrade, no HTTP/1.x); on
+/// `Bind::Tls`, over TLS (ALPN h2 only).
+pub fn nghttpd(bind: Bind) -> Result<RealServer> {
+    let dir = scratch()?;
+    let endpoint = bind.endpoint(dir.path());
+    let root = dir.path().join("www");
+    std::fs::create_dir_all(root.join("items"))?;
+    std::fs::write(root.join("index.html"), "hello h2\n")?;
+    for id in 1..=3 {
+        std::fs::write(root.join("items").join(id.to_string()), format!("{{\"item\": \"{id}\"}}\n"))?;
+    }
+    std::fs::write(root.join("big"), vec![b'x'; 200 * 1024])?;
+    let mut cmd = Command::new("nghttpd");
+    let addr = match &endpoint {
+        Endpoint::Tcp(a) | Endpoint::Tls(a) => a,
+        Endpoint::Unix(_) => bail!("nghttpd listens on TCP only"),
+    };
+    cmd.arg("--address").arg(addr.ip().to_string()).arg("--htdocs").arg(&root).arg(addr.port().to_string());
+    match &endpoint {
+        Endpoint::Tls(_) => {
+            let (cert, key) = certificate()?;
+            cmd.arg(key).arg(cert)
+        }
+        _ => cmd.arg("--no-tls"),
+    };
+    RealServer::spawn("nghttpd", cmd, endpoint, dir)
+}
+
+/// Node's `http2` module (tests/servers/node_h2.js): h2c with prior knowledge on `Bind::V4`,
+/// `Bind::V6` and `Bind::Unix` (no Upgrade, no HTTP/1.x); HTTP/2 over TLS (ALPN h2 only) on
+/// `Bind::Tls`. Its `/reset` sends headers and data, then resets the stream.
+pub fn node_h2(bind: Bind) -> Result<RealServer> {
+    let dir = scratch()?;
+    let endpoint = bind.endpoint(dir.path());
+    let mut cmd = Command::new("node");
+    cmd.arg(servers_dir().join("node_h2.js"));
+    match &endpoint {
+        Endpoint::Tcp(a) => cmd.env("HOST", a.ip().to_string()).env("PORT", a.port().to_string()),
+        Endpoint::Unix(p) => cmd.arg(p),
+        Endpoint::Tls(a) => {
+            let (cert, key) = certificate()?;
+            cmd.env("HOST", a.ip().to_string()).env("PORT", a.port().to_string());
+            cmd.env("TLS_CERT", cert).env("TLS_KEY", key)
+        }
+    };
+    RealServer::spawn("node http2", cmd, endpoint, dir)
+}
+
+/// hypercorn (asyncio, one process: `--workers 0` serves in the process started, where
+/// hypercorn's default spawns a worker process) with the bare ASGI app of
+/// tests/servers/h2_asgi.py (node_h2.js's routes but `/reset`). On a cleartext endpoint it
+/// serves HTTP/1.1, h2c with prior knowledge and h2c by Upgrade; on `Bind::Tls`, ALPN h2 and
+/// http/1.1.
+pub fn hypercorn(bind: Bind) -> Result<RealServer> {
+    let dir = scratch()?;
+    let endpoint = bind.endpoint(dir.path());
+    let mut cmd = Command::new(python());
+    cmd.args(["-m", "hypercorn", "--workers", "0", "--bind"]);
+    match &endpoint {
+        Endpoint::Tcp(a) => cmd.arg(a.to_string()),
+        Endpoint::Unix(p) => cmd.arg(format!("unix:{}", p.display())),
+        Endpoint::Tls(a) => {
+            let (cert, key) = certificate()?;
+            cmd.arg(a.to_string()).arg("--certfile").arg(cert).arg("--keyfile").arg(key)
+        }
+    };
+    cmd.arg("h2_asgi:app").current_dir(servers_dir());
+    RealServer::spawn("hypercorn", cmd, endpoint, dir)
+}
+
+/// The gRPC service of tests/servers/grpc_server.py on grpcio (gRPC's C core, a thread
+/// pool), insecure (h2c) on 127.0.0.1.
+pub fn grpc_python() -> Result<RealServer> {
+    let dir = scratch()?;
+    let endpoint = Endpoint::v4(free_port());
+    let mut cmd = Command::new(python());
+    cmd.arg(servers_dir().join("grpc_server.py")).env("PORT", endpoint.port().unwrap_or_default().to_string());
+    RealServer::spawn("grpc python", cmd, endpoint, dir)
+}
+
+/// The same gRPC service on @grpc/grpc-js (tests/servers/grpc_server.js, over Node's http2),
+/// insecure (h2c) on 127.0.0.1. Its package is in tests/servers/node_modules (installed by
+/// `cargo xtask test`, or `npm ci` in tests/servers).
+pub fn grpc_node() -> Result<RealServer> {
+    let dir = scratch()?;
+    let endpoint = Endpoint::v4(free_port());
+    let mut cmd = Command::new("node");
+    cmd.arg(servers_dir().join("grpc_server.js")).env("PORT", endpoint.port().unwrap_or_default().to_string());
+    RealServer::spawn("grpc node", cmd, endpoint, dir)
 }

@@ -45,6 +45,10 @@ const APT_TEST_PACKAGES: &[&str] = &[
     "openssl",
     "apache2-utils",
     "curl",
+    // HTTP/2 (h2c and over TLS): h2load, the load generator whose counts are the client
+    // truth, and nghttp (nghttp2-client); nghttpd, nghttp2's own server (nghttp2-server).
+    "nghttp2-client",
+    "nghttp2-server",
 ];
 
 /// What `cargo xtask image` needs: buildah, strip (binutils), musl's gcc wrapper (for the C
@@ -223,21 +227,32 @@ pub fn setup(check_only: bool) -> Result<()> {
     Ok(())
 }
 
-/// The test servers' dependencies: Debian packages, Node.js, and a Python venv at
-/// `target/pyvenv` with the pinned packages of `tests/servers/requirements.txt`
-/// (Django, gunicorn, uvicorn, django-prometheus). Idempotent; run by `test` and `bench`.
+/// The test servers' dependencies: Debian packages, Node.js and npm, a Python venv at
+/// `target/pyvenv` with the pinned packages of `tests/servers/requirements.txt` (Django,
+/// gunicorn, uvicorn, django-prometheus, hypercorn, grpcio), and the Node packages of
+/// `tests/servers/package-lock.json` (@grpc/grpc-js) in `tests/servers/node_modules`.
+/// Idempotent; run by `test` and `bench`.
 pub fn test_dependencies() -> Result<()> {
     let mut missing = missing_apt(APT_TEST_PACKAGES);
     if !succeeds(Command::new("node").arg("--version")) {
         missing.push("nodejs");
+    }
+    if !succeeds(Command::new("npm").arg("--version")) {
+        missing.push("npm");
     }
     if !succeeds(Command::new("java").arg("-version")) {
         missing.push("default-jdk-headless");
     }
     apt_install(&missing)?;
     container_host()?;
-    let root = xtask::workspace_root();
-    let requirements = root.join("tests/servers/requirements.txt");
+    python_packages()?;
+    node_packages()
+}
+
+/// The venv, made again with the packages of requirements.txt whenever that file is not the
+/// copy its last install left in the venv.
+fn python_packages() -> Result<()> {
+    let requirements = workspace_root().join("tests/servers/requirements.txt");
     let venv = xtask::python_venv();
     let stamp = venv.join("requirements.txt");
     let wanted = std::fs::read_to_string(&requirements)?;
@@ -247,6 +262,22 @@ pub fn test_dependencies() -> Result<()> {
     let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
     run(Command::new(python).arg("-m").arg("venv").arg(&venv))?;
     run(Command::new(venv.join("bin/pip")).args(["install", "-q", "-r"]).arg(&requirements))?;
+    std::fs::write(&stamp, wanted)?;
+    Ok(())
+}
+
+/// `npm ci` in tests/servers (exactly the versions of package-lock.json, without their
+/// install scripts) whenever the lock is not the copy its last install left in node_modules.
+fn node_packages() -> Result<()> {
+    let dir = workspace_root().join("tests/servers");
+    let stamp = dir.join("node_modules/.redprobe-package-lock.json");
+    let wanted = std::fs::read_to_string(dir.join("package-lock.json"))?;
+    if std::fs::read_to_string(&stamp).ok().as_deref() == Some(wanted.as_str()) {
+        return Ok(());
+    }
+    run(Command::new("npm")
+        .args(["ci", "--ignore-scripts", "--no-audit", "--no-fund", "--loglevel=error", "--prefix"])
+        .arg(&dir))?;
     std::fs::write(&stamp, wanted)?;
     Ok(())
 }

@@ -5,6 +5,7 @@
 pub mod container;
 pub mod kernel_ids;
 pub mod route;
+pub mod rpc;
 pub mod service;
 
 use std::{
@@ -57,6 +58,7 @@ pub fn version(v: Version) -> &'static str {
     match v {
         Version::Http10 => "1.0",
         Version::Http11 => "1.1",
+        Version::Http2 => "2",
     }
 }
 

@@ -109,6 +109,16 @@ pub struct Health {
     pub tls_unmeasured: Family<ReasonLabels, Counter>,
     pub tls_unprobed: Family<ReasonLabels, Counter>,
     pub tls_processes: Gauge,
+    pub h2_undecodable: Family<ReasonLabels, Counter>,
+    pub h2_resets: Family<ResetLabels, Counter>,
+}
+
+/// Who reset an HTTP/2 stream, and with which error code.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResetLabels {
+    /// `client` or `server`.
+    pub sender: String,
+    pub error_code: String,
 }
 
 fn reason(r: &str) -> ReasonLabels {
@@ -151,6 +161,8 @@ impl Health {
             tls_unmeasured: Family::default(),
             tls_unprobed: Family::default(),
             tls_processes: Gauge::default(),
+            h2_undecodable: Family::default(),
+            h2_resets: Family::default(),
         };
         let r = registry.sub_registry_with_prefix("redprobe");
         let counters = [
@@ -313,6 +325,16 @@ impl Health {
             h.tls_processes.clone(),
         );
         r.register(
+            "http2_connections_undecodable",
+            "HTTP/2 connections the agent could not decode from some point on, counted once each, by reason (bad_preface, frame_error, header_block: the header compression state was lost, bytes_missed, events_lost); their requests from then on are in requests_unparsed_total",
+            h.h2_undecodable.clone(),
+        );
+        r.register(
+            "http2_streams_reset",
+            "HTTP/2 streams reset (RST_STREAM), by sender (client, server) and error code (cancel, refused_stream, ...); a request reset before its response ended is also measured with error_type=\"connection_reset\"",
+            h.h2_resets.clone(),
+        );
+        r.register(
             "build",
             "redprobe build information",
             Info::new(BuildLabels { version: env!("CARGO_PKG_VERSION").to_string() }),
@@ -343,6 +365,9 @@ impl Health {
         for r in crate::tls_libs::Unprobeable::ALL {
             let _ = h.tls_unprobed.get_or_create(&reason(r.label()));
         }
+        for r in crate::reason::H2Undecodable::ALL {
+            let _ = h.h2_undecodable.get_or_create(&reason(r.label()));
+        }
         for p in Protocol::ALL {
             let _ = h.other_protocol.get_or_create(&ProtocolLabels { protocol: p.label().to_string() });
         }
@@ -355,6 +380,15 @@ impl Health {
 
     pub fn tls_unprobed(&self, r: crate::tls_libs::Unprobeable) {
         self.tls_unprobed.get_or_create(&reason(r.label())).inc();
+    }
+
+    pub fn h2_undecodable(&self, r: crate::reason::H2Undecodable) {
+        self.h2_undecodable.get_or_create(&reason(r.label())).inc();
+    }
+
+    pub fn h2_reset(&self, by_client: bool, code: &'static str) {
+        let sender = if by_client { "client" } else { "server" };
+        self.h2_resets.get_or_create(&ResetLabels { sender: sender.to_string(), error_code: code.to_string() }).inc();
     }
 
     pub fn unparsed(&self, r: Reason) {

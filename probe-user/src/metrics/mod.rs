@@ -11,6 +11,7 @@ mod histogram;
 pub mod kernel;
 pub mod otel;
 pub mod process;
+pub mod rpc;
 pub mod saturation;
 pub mod scheme;
 pub mod scrape;
@@ -106,6 +107,7 @@ enum Http {
 #[derive(Clone)]
 pub struct Metrics {
     http: Arc<Http>,
+    rpc: Arc<rpc::RpcServer>,
     pub health: health::Health,
     routes: Arc<Routes>,
 }
@@ -125,11 +127,12 @@ impl Metrics {
         durations: Arc<scheme::Scheme>,
         options: HttpOptions,
     ) -> Self {
+        let rpc = Arc::new(rpc::RpcServer::register(registry, durations.clone()));
         let http = match naming {
             Naming::Otel => Http::Otel(otel::OtelHttp::register(registry, durations, options)),
             Naming::DjangoPrometheus => Http::Django(django::DjangoHttp::register(registry)),
         };
-        Metrics { http: Arc::new(http), health: health::Health::register(registry), routes: Arc::new(routes) }
+        Metrics { http: Arc::new(http), rpc, health: health::Health::register(registry), routes: Arc::new(routes) }
     }
 
     pub fn routes(&self) -> &Routes {
@@ -243,7 +246,24 @@ impl Metrics {
             Output::WaitsForTransmission => {
                 self.health.tx_waits.inc();
             }
+            Output::Rpc(call) => self.observe_rpc(call),
+            Output::H2Undecodable(why) => self.health.h2_undecodable(*why),
+            Output::H2Reset { by_client, code } => self.health.h2_reset(*by_client, labels::rpc::h2_error_code(*code)),
         }
+    }
+
+    /// A gRPC call: its service and method are its route's (so under the same cap), split.
+    fn observe_rpc(&self, call: &crate::pairing::RpcCall) {
+        let route = self.routes.label(&call.service, &call.path);
+        let (rpc_service, rpc_method) = labels::rpc::grpc_names(&call.path, &route.route);
+        let labels = rpc::RpcLabels {
+            rpc_system: "grpc".to_string(),
+            rpc_service,
+            rpc_method,
+            rpc_grpc_status_code: labels::rpc::grpc_status(call.code),
+            service: call.service.clone(),
+        };
+        self.rpc.observe(&labels, call.duration_ns);
     }
 
     /// Removes a forgotten service's series and routes (`Registry::forget_idle`). Returns
@@ -252,6 +272,7 @@ impl Metrics {
         self.routes.forget(service);
         self.health.services_forgotten.inc();
         self.health.open_connections.remove_where(|l| l.service == *service);
+        self.rpc.forget(service);
         match self.http.as_ref() {
             Http::Otel(m) => m.forget(service),
             // django-prometheus's families have no service label: nothing is the service's.

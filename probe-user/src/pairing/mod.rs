@@ -121,6 +121,24 @@ pub enum Output {
     /// A response whose last bytes were unsent when its last write returned ends at a
     /// write instead of at their transmission (`TxFallback`).
     EndAtWrite(TxFallback),
+    /// A gRPC call (an HTTP/2 stream with `content-type: application/grpc`); its stream is
+    /// an `Exchange` too.
+    Rpc(RpcCall),
+    /// An HTTP/2 connection that could not be decoded from some point on, and why.
+    H2Undecodable(crate::reason::H2Undecodable),
+    /// An HTTP/2 stream reset (RST_STREAM) by the client or the server, with its error code.
+    H2Reset { by_client: bool, code: u32 },
+}
+
+/// A gRPC call that ended: its response's END_STREAM, or a reset.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RpcCall {
+    pub service: Service,
+    /// `:path`: `/package.Service/Method`.
+    pub path: Vec<u8>,
+    /// `grpc-status` from the trailers (or a trailers-only response); None if none came.
+    pub code: Option<u32>,
+    pub duration_ns: u64,
 }
 
 /// Requests a connection may have waiting for their responses; deeper pipelines are
@@ -181,7 +199,7 @@ impl Pairer {
             // Not HTTP from its first bytes: counted among the connections, not tracked.
             // What the agent held of it was bytes undecided so far, not a request; a request
             // waiting on it (the kernel's map had lost the connection) is never answered.
-            out.push(Output::OtherProtocol(if d.on_tls_port { Protocol::HttpOnTlsPort } else { Protocol::of(&d.head) }));
+            out.push(Output::OtherProtocol(if d.on_tls_port { Protocol::HttpOnTlsPort } else { Protocol::of_first(&d.head) }));
             if let Some(conn) = self.conns.remove(&d.conn_id)
                 && !conn.pending.is_empty()
             {

@@ -68,6 +68,7 @@ fn run_closed(events: &[Data], reset: bool, close_ns: u64) -> (Vec<Exchange>, Ve
             Output::EndAtWrite(r) => other.push(r.label()),
             Output::TlsUnmeasured(r) => other.push(r.label()),
             Output::WaitsForTransmission => other.push("waits_for_transmission"),
+            Output::Rpc(_) | Output::H2Undecodable(_) | Output::H2Reset { .. } => unreachable!("HTTP/1 pairing"),
         }
     }
     (exchanges, other)

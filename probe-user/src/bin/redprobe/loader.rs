@@ -9,7 +9,7 @@ use aya::{
 use probe_common::{
     AggKey, AggValue, ConnState, GLOBAL_CONFIG, GLOBAL_OFFSETS, GLOBAL_TIME_BOUNDS, KernelOffsets, MAP_AGG,
     MAP_ARRIVALS, MAP_CONNS, MAP_COUNTERS, MAP_EVENTS, MAP_ROUTES, MAP_SERVER_PORTS, MAP_SERVICES, MAP_TARGETS, MAP_TX_LATEST, MAP_TX_WAIT,
-    MAP_TLS_CALLS, MAP_TLS_LAST, MAP_TLS_SSL, MAP_GO_CALLS, MAP_GO_LAST, MAP_GO_TGIDS,
+    MAP_TLS_CALLS, MAP_TLS_LAST, MAP_TLS_SSL, MAP_H2_FRAMES, MAP_GO_CALLS, MAP_GO_LAST, MAP_GO_TGIDS,
     ProbeConfig, RouteKey,
     buckets::TimeBounds,
 };
@@ -169,6 +169,7 @@ pub fn load(opts: &LoadOptions) -> Result<Probe> {
         .map_max_entries(MAP_TLS_CALLS, MAX_TLS_THREADS)
         .map_max_entries(MAP_TLS_LAST, MAX_TLS_THREADS)
         .map_max_entries(MAP_TLS_SSL, opts.max_connections)
+        .map_max_entries(MAP_H2_FRAMES, opts.max_connections)
         .map_max_entries(MAP_GO_CALLS, MAX_TLS_THREADS)
         .map_max_entries(MAP_GO_LAST, MAX_TLS_THREADS)
         .map_max_entries(MAP_GO_TGIDS, MAX_GO_PROCESSES)

@@ -1,0 +1,78 @@
+//! HTTP/2 server connections (`ROLE_H2` in the kernel, which sends all their bytes): frames
+//! (`frames`), header blocks and streams (`conn`), and the table of connections (here).
+//! Each stream is a request, measured as an `Exchange` like an HTTP/1 one, plus an
+//! `RpcCall` for gRPC.
+pub mod conn;
+pub mod frames;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashMap;
+
+use conn::H2Conn;
+
+use crate::{decode::H2Chunk, labels::Service, pairing::Output};
+
+pub struct H2Conns {
+    conns: HashMap<u64, H2Conn>,
+    max_conns: usize,
+}
+
+impl H2Conns {
+    pub fn new(max_conns: usize) -> Self {
+        H2Conns { conns: HashMap::new(), max_conns }
+    }
+
+    pub fn len(&self) -> usize {
+        self.conns.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.conns.is_empty()
+    }
+
+    /// `service` names the service of the process that did the I/O; it is asked only for
+    /// a connection seen for the first time.
+    pub fn on_chunk(&mut self, c: &H2Chunk, service: impl FnOnce() -> Service, out: &mut Vec<Output>) {
+        if !self.conns.contains_key(&c.conn_id)
+            && self.conns.len() >= self.max_conns
+            && let Some(id) = self.conns.iter().min_by_key(|(_, c)| c.last_ns).map(|(k, _)| *k)
+            && let Some(old) = self.conns.remove(&id)
+        {
+            old.evict(out);
+        }
+        let family = c.family;
+        self.conns.entry(c.conn_id).or_insert_with(|| H2Conn::new(service(), family)).on_chunk(c, out);
+    }
+
+    /// The connection closed; false if it is not an HTTP/2 one.
+    pub fn on_close(&mut self, conn_id: u64, reset: bool, ts_ns: u64, out: &mut Vec<Output>) -> bool {
+        match self.conns.remove(&conn_id) {
+            Some(conn) => {
+                conn.close(reset, ts_ns, out);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Forgets connections idle for longer than `idle_ns`.
+    pub fn evict_idle(&mut self, now_ns: u64, idle_ns: u64, out: &mut Vec<Output>) {
+        let stale: Vec<u64> =
+            self.conns.iter().filter(|(_, c)| now_ns.saturating_sub(c.last_ns) > idle_ns).map(|(k, _)| *k).collect();
+        for id in stale {
+            self.on_close(id, false, now_ns, out);
+        }
+    }
+
+    /// Requests read and not yet answered, by (service, method); connections by service.
+    pub fn add_gauges(&self, active: &mut HashMap<(Service, String), i64>, open: &mut HashMap<Service, i64>) {
+        for c in self.conns.values() {
+            for method in c.in_flight() {
+                *active.entry((c.service.clone(), crate::labels::method(method).to_string())).or_insert(0) += 1;
+            }
+            *open.entry(c.service.clone()).or_insert(0) += 1;
+        }
+    }
+}
