@@ -88,6 +88,9 @@ pub const METHOD_HEAD: u8 = 2;
 
 pub const VERSION_10: u8 = 0;
 pub const VERSION_11: u8 = 1;
+/// Never the kernel's: the agent's, for a request an h2c upgrade made stream 1 of an HTTP/2
+/// connection.
+pub const VERSION_2: u8 = 2;
 
 /// Longest method token the fast path reads.
 const MAX_METHOD: usize = 16;

@@ -300,6 +300,20 @@ pub extern "C" fn rp_on_io(w: *mut Work, state: *mut ConnState) -> u32 {
     // A server connection's state is the one looked up above; any other was just
     // (re)written and is looked up again.
     let server_state = if role == ROLE_SERVER { state } else { None };
+    // The HTTP/2 preface on a connection the agent pairs: h2c after a `101` to an
+    // `Upgrade: h2c` request (the kernel hands a connection over at a 101). From now on
+    // the connection's bytes go to the agent as HTTP/2 ones; the server's frames start at
+    // its next write.
+    if let Some(server) = server_state
+        && dir == Direction::Recv
+        && unsafe { (*server).mode } != MODE_FAST
+        && classify(src, moved, Classifier::default()).0 == Verdict::Http2
+    {
+        unsafe { (*server).role = ROLE_H2 };
+        crate::h2::start(cookie);
+        crate::h2::emit(w);
+        return 0;
+    }
     if let Some(server) = server_state
         && unsafe { (*server).mode } == MODE_FAST
         && fast_io(w, server, dir) == fast::DONE

@@ -52,6 +52,8 @@ pub struct RequestHead {
 pub struct ResponseHead {
     pub status: u16,
     pub version: Version,
+    /// `Upgrade: h2c` (of a `101`): the connection goes on in HTTP/2.
+    pub upgrade_h2c: bool,
     /// Framing as declared by headers; the pairing adjusts for HEAD/204/304.
     pub body: BodyFraming,
 }
@@ -174,7 +176,15 @@ pub fn parse_response(buf: &[u8]) -> HeadParse<ResponseHead> {
             let f = framing(resp.headers);
             let body = f.body(BodyFraming::UntilClose);
             HeadParse::Complete(
-                ResponseHead { status: resp.code.unwrap_or(0), version: Version::from_minor(resp.version), body },
+                ResponseHead {
+                    status: resp.code.unwrap_or(0),
+                    version: Version::from_minor(resp.version),
+                    upgrade_h2c: resp.headers.iter().any(|h| {
+                        h.name.eq_ignore_ascii_case("upgrade")
+                            && String::from_utf8_lossy(h.value).split(',').any(|t| t.trim().eq_ignore_ascii_case("h2c"))
+                    }),
+                    body,
+                },
                 n,
             )
         }
@@ -238,7 +248,7 @@ mod tests {
         let chunked = parse_response(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n");
         assert!(matches!(chunked, HeadParse::Complete(ResponseHead { body: BodyFraming::Chunked, .. }, _)));
         let close = parse_response(b"HTTP/1.0 500 Oops\r\nServer: x\r\n\r\n");
-        assert!(matches!(close, HeadParse::Complete(ResponseHead { status: 500, version: Version::Http10, body: BodyFraming::UntilClose }, _)));
+        assert!(matches!(close, HeadParse::Complete(ResponseHead { status: 500, version: Version::Http10, body: BodyFraming::UntilClose, upgrade_h2c: false }, _)));
         assert_eq!(parse_response(b"HTTP/1.1 20"), HeadParse::Partial);
         // A Content-Length list of one value; a folded header.
         let list = parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 5, 5\r\n\r\n");
@@ -247,6 +257,10 @@ mod tests {
         assert!(matches!(mixed, HeadParse::Complete(ResponseHead { body: BodyFraming::UntilClose, .. }, _)), "{mixed:?}");
         let folded = parse_response(b"HTTP/1.1 200 OK\r\nX-Long: a\r\n  b\r\nContent-Length: 2\r\n\r\nok");
         assert!(matches!(folded, HeadParse::Complete(ResponseHead { status: 200, body: BodyFraming::Length(2), .. }, _)), "{folded:?}");
+        let h2c = parse_response(b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: H2C\r\n\r\n");
+        assert!(matches!(h2c, HeadParse::Complete(ResponseHead { status: 101, upgrade_h2c: true, .. }, _)), "{h2c:?}");
+        let ws = parse_response(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n");
+        assert!(matches!(ws, HeadParse::Complete(ResponseHead { upgrade_h2c: false, .. }, _)), "{ws:?}");
         assert_eq!(parse_response(b"HTTP/1.1 099 Low\r\n\r\n"), HeadParse::Invalid);
         assert_eq!(parse_status_line(b"HTTP/1.1 404 Not Found\r\nX-Long: aaaa"), Some((404, Version::Http11)));
         assert_eq!(parse_request_line(b"DELETE /x/1 HTTP/1.1\r\nCookie: aaa"), Some(("DELETE".into(), b"/x/1".to_vec(), Version::Http11)));

@@ -132,8 +132,9 @@ impl Pipeline {
                 None
             }
             Event::H2(c) => {
-                let registry = &self.registry;
-                self.h2.on_chunk(&c, || lock(registry).service_of(c.tgid), &mut self.outputs);
+                let (registry, pairer) = (&self.registry, &mut self.pairer);
+                let service = || lock(registry).service_of(c.tgid);
+                self.h2.on_chunk(&c, service, || pairer.take_h2c(c.conn_id), &mut self.outputs);
                 None
             }
             Event::Close { conn_id, reset, ts_ns, tls } => {
@@ -142,7 +143,10 @@ impl Pipeline {
                     Some(Err(protocol)) => self.outputs.push(Output::OtherProtocol(protocol)),
                     None => {}
                 }
-                if !self.h2.on_close(conn_id, reset, ts_ns, &mut self.outputs) {
+                if self.h2.on_close(conn_id, reset, ts_ns, &mut self.outputs) {
+                } else if let Some(up) = self.pairer.take_h2c(conn_id) {
+                    H2Conns::close_upgraded(up, reset, ts_ns, &mut self.outputs);
+                } else {
                     self.pairer.on_close(conn_id, reset, ts_ns, &mut self.outputs);
                 }
                 None
@@ -326,5 +330,51 @@ mod tests {
         prometheus_client::encoding::text::encode(&mut text, &prom).unwrap();
         assert_eq!(value(&text, "http_server_active_requests{", "GET").as_deref(), Some("0"), "{text}");
         assert_eq!(value(&text, "redprobe_target_open_connections{", "gunicorn").as_deref(), Some("0"), "{text}");
+    }
+
+    /// h2c by Upgrade (hypercorn's bytes): the request answered 101 is stream 1, answered
+    /// in the frames the server writes before it reads the client's preface; a connection
+    /// reset before the server read the preface still has that answer.
+    #[test]
+    fn an_h2c_upgrade_makes_the_request_stream_1() {
+        use probe_common::{FLAG_H2_LAST, H2_PREFACE_LEN};
+        let hex = |s: &str| -> Vec<u8> { (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect() };
+        let settings = hex("00002a0400000000000001000010000002000000000004 0000ffff000500004000000800000001000300000064000600010000".replace(' ', "").as_str());
+        let headers = hex("00003501040000000188 5f8b1d75d0620d263d4c7441ea5c820b5f6196c361be94034a5f29141004e28172e321b81754c5a37f76899fd565b087b2a5a717".replace(' ', "").as_str());
+        let data = hex("00000e0000000000017b226974656d223a202231227d0a".replace(' ', "").as_str());
+        let end = hex("000000000100000001");
+        for reset_first in [false, true] {
+            let mut prom = Prom::default();
+            let metrics = Metrics::new(&mut prom, Naming::Otel, Routes::new(Router::default(), 10));
+            let registry = Registry::new(None).shared();
+            let root = ProcInfo { pid: 10, ppid: 1, start_time: 1, comm: "hypercorn".into() };
+            lock(&registry).attach_root(&root, Default::default());
+            let mut p = Pipeline::new(metrics, registry, 100);
+            let records = [
+                wire::data(EVENT_RECV, 1, 10, 1, AF_INET, 0, b"GET /items/1 HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n\r\n"),
+                wire::data(EVENT_SEND, 1, 10, 2, AF_INET, 0, b"HTTP/1.1 101 \r\nconnection: upgrade\r\nupgrade: h2c\r\n\r\n"),
+                wire::data(EVENT_SEND, 1, 10, 3, AF_INET, 0, &settings),
+                wire::data(EVENT_SEND, 1, 10, 4, AF_INET, 0, &headers),
+                wire::data(EVENT_SEND, 1, 10, 5, AF_INET, 0, &data),
+                wire::data(EVENT_SEND, 1, 10, 6, AF_INET, 0, &end),
+            ];
+            for r in &records {
+                p.record(r);
+            }
+            let preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+            assert_eq!(preface.len(), H2_PREFACE_LEN as usize);
+            if reset_first {
+                p.record(&wire::reset(1, 7));
+            } else {
+                p.record(&wire::h2(1, 7, true, 24, 0, preface, FLAG_H2_LAST));
+                p.record(&wire::close(1, 8));
+            }
+            let mut text = String::new();
+            prometheus_client::encoding::text::encode(&mut text, &prom).unwrap();
+            let line = text.lines().find(|l| l.starts_with("http_server_request_duration_seconds_count{"));
+            let want = "http_server_request_duration_seconds_count{http_request_method=\"GET\",http_response_status_code=\"200\",http_route=\"/items/{id}\",network_protocol_version=\"2\",network_transport=\"tcp\",url_scheme=\"http\",error_type=\"\",service_name=\"hypercorn\"} 1";
+            assert_eq!(line, Some(want), "reset first: {reset_first}\n{text}");
+            assert!(text.contains("redprobe_requests_unparsed_total{reason=\"upgraded\"} 0"));
+        }
     }
 }

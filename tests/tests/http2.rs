@@ -269,3 +269,47 @@ fn a_connection_opened_before_the_agent_is_counted_not_guessed() -> Result<()> {
     assert_eq!(h2_counts(&m, "http").values().sum::<u64>(), 0, "nothing guessed");
     Ok(())
 }
+
+/// Runs `nghttp -u -n -s` (h2c by Upgrade: the first URL is the HTTP/1.1 request upgraded to
+/// stream 1) and reads its statistics: (status, path) of each response it got.
+fn nghttp_upgrade(urls: &[String]) -> Result<Vec<(u16, String)>> {
+    let out = std::process::Command::new("nghttp").args(["-u", "-n", "-s"]).args(urls).output()?;
+    ensure!(out.status.success(), "nghttp failed: {}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let rows: Vec<(u16, String)> = text
+        .lines()
+        .skip_while(|l| !l.starts_with("id "))
+        .skip(1)
+        .filter_map(|l| {
+            let cols: Vec<&str> = l.split_whitespace().collect();
+            Some((cols.get(4)?.parse().ok()?, cols.get(6)?.to_string()))
+        })
+        .collect();
+    ensure!(rows.len() == urls.len(), "nghttp did not get every response:\n{text}");
+    Ok(rows)
+}
+
+#[test]
+fn hypercorn_h2c_by_upgrade() -> Result<()> {
+    let server = hypercorn(Bind::V4)?;
+    let agent = Agent::attach(server.pid())?;
+    let urls: Vec<String> =
+        ["/items/1", "/status/404", "/"].iter().map(|p| url(&server.endpoint, p)).collect::<Result<_>>()?;
+    let mut want: BTreeMap<(String, u16), u64> = BTreeMap::new();
+    for _ in 0..5 {
+        for (status, path) in nghttp_upgrade(&urls)? {
+            let route = match path.as_str() {
+                "/items/1" => "/items/{id}",
+                "/status/404" => "/status/{id}",
+                p => p,
+            };
+            *want.entry((route.to_string(), status)).or_insert(0) += 1;
+        }
+    }
+    let m = agent.wait_metrics("15 requests over h2c by Upgrade", |m| h2_counts(m, "http").values().sum::<u64>() >= 15)?;
+    // The upgraded request (stream 1) is an HTTP/2 request too, answered in frames.
+    assert_eq!(h2_counts(&m, "http"), want);
+    assert_eq!(m.sum("http_server_request_duration_seconds_count", &[("network_protocol_version", "1.1")]), 0.0, "no 101 measured");
+    assert_eq!(m.sum("redprobe_requests_unparsed_total", &[]), 0.0, "{}", unparsed(&m));
+    Ok(())
+}

@@ -10,8 +10,8 @@ use super::frames::{self, Frame, FrameReader, PREFACE};
 use crate::{
     decode::{Direction, H2Chunk},
     http::Version,
-    labels::Service,
-    pairing::{Exchange, Head, Output, PairedBy, RequestLine, RpcCall},
+    labels::{Service, kernel_ids},
+    pairing::{Exchange, H2cUpgrade, Head, KernelHead, Output, PairedBy, RequestLine, RpcCall},
     reason::{H2Undecodable, Reason, SlowReason},
 };
 
@@ -71,6 +71,9 @@ impl Fields {
 struct Stream {
     method: String,
     path: Vec<u8>,
+    /// Of the request an h2c upgrade made stream 1: its head as the HTTP/1 pairing had it
+    /// (read by the kernel, say), measured with version 2.
+    upgraded: Option<Head>,
     grpc: bool,
     start_ns: u64,
     queued_ns: u64,
@@ -121,6 +124,52 @@ impl H2Conn {
             broken: false,
             counted: false,
         }
+    }
+
+    /// The connection an h2c upgrade started: `up` is its stream 1, and the server's first
+    /// frames (written after the 101).
+    pub fn upgraded(service: Service, family: u16, up: H2cUpgrade, out: &mut Vec<Output>) -> Self {
+        let mut conn = H2Conn::new(service, family);
+        let method = match &up.head {
+            Head::Read(line) => line.method.clone(),
+            Head::Kernel(k) => kernel_ids::method(k.method).to_string(),
+            Head::Unread(_) => String::new(),
+        };
+        let head = match up.head {
+            Head::Kernel(k) => Head::Kernel(KernelHead { version: probe_common::http1::VERSION_2, ..k }),
+            Head::Read(line) => Head::Read(RequestLine { version: Version::Http2, ..line }),
+            unread => unread,
+        };
+        conn.streams.insert(1, Stream {
+            method,
+            path: vec![],
+            upgraded: Some(head),
+            grpc: false,
+            start_ns: up.start_ns,
+            queued_ns: up.queued_ns,
+            request_body: up.body_bytes,
+            status: None,
+            grpc_status: None,
+            first_byte_ns: 0,
+            response_body: 0,
+            response_undecoded: false,
+        });
+        conn.last_client_stream = 1;
+        conn.calls[SEND].open = false;
+        for (ts, bytes) in &up.sent {
+            let mut frames = vec![];
+            if conn.readers[SEND].feed(bytes, *ts, *ts, &mut frames).is_err() {
+                conn.lose_framing(H2Undecodable::FrameError, out);
+                return conn;
+            }
+            for f in frames {
+                conn.frame(SEND, f, out);
+            }
+        }
+        if up.missed {
+            conn.lose_framing(H2Undecodable::BytesMissed, out);
+        }
+        conn
     }
 
     /// Requests read and not answered yet, by method.
@@ -285,6 +334,7 @@ impl H2Conn {
             return out.push(Output::Unparsed(Reason::TooManyStreams));
         }
         let stream = Stream {
+            upgraded: None,
             method,
             // CONNECT has no :path.
             path: path.unwrap_or_default(),
@@ -352,8 +402,12 @@ impl H2Conn {
                 duration_ns: end_ns.saturating_sub(s.start_ns),
             }));
         }
+        let head = match s.upgraded {
+            Some(head) => head,
+            None => Head::Read(RequestLine { method: s.method, target: s.path, version: Version::Http2 }),
+        };
         out.push(Output::Exchange(Exchange {
-            head: Head::Read(RequestLine { method: s.method, target: s.path, version: Version::Http2 }),
+            head,
             status: s.status,
             reset,
             family: self.family,

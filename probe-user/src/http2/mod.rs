@@ -12,7 +12,11 @@ use std::collections::HashMap;
 
 use conn::H2Conn;
 
-use crate::{decode::H2Chunk, labels::Service, pairing::Output};
+use crate::{
+    decode::H2Chunk,
+    labels::Service,
+    pairing::{H2cUpgrade, Output},
+};
 
 pub struct H2Conns {
     conns: HashMap<u64, H2Conn>,
@@ -33,8 +37,15 @@ impl H2Conns {
     }
 
     /// `service` names the service of the process that did the I/O; it is asked only for
-    /// a connection seen for the first time.
-    pub fn on_chunk(&mut self, c: &H2Chunk, service: impl FnOnce() -> Service, out: &mut Vec<Output>) {
+    /// a connection seen for the first time, as is `upgraded`: the h2c upgrade the HTTP/1
+    /// pairing holds for it, if any (with the service of its connection).
+    pub fn on_chunk(
+        &mut self,
+        c: &H2Chunk,
+        service: impl FnOnce() -> Service,
+        upgraded: impl FnOnce() -> Option<(H2cUpgrade, Service, u16)>,
+        out: &mut Vec<Output>,
+    ) {
         if !self.conns.contains_key(&c.conn_id)
             && self.conns.len() >= self.max_conns
             && let Some(id) = self.conns.iter().min_by_key(|(_, c)| c.last_ns).map(|(k, _)| *k)
@@ -43,7 +54,11 @@ impl H2Conns {
             old.evict(out);
         }
         let family = c.family;
-        self.conns.entry(c.conn_id).or_insert_with(|| H2Conn::new(service(), family)).on_chunk(c, out);
+        let conn = self.conns.entry(c.conn_id).or_insert_with(|| match upgraded() {
+            Some((up, service, family)) => H2Conn::upgraded(service, family, up, out),
+            None => H2Conn::new(service(), family),
+        });
+        conn.on_chunk(c, out);
     }
 
     /// The connection closed; false if it is not an HTTP/2 one.
@@ -55,6 +70,13 @@ impl H2Conns {
             }
             None => false,
         }
+    }
+
+    /// An h2c connection that closed before the server read the client's preface: what
+    /// the server wrote after its 101 may have answered the upgraded request.
+    pub fn close_upgraded(up: (H2cUpgrade, Service, u16), reset: bool, ts_ns: u64, out: &mut Vec<Output>) {
+        let (up, service, family) = up;
+        H2Conn::upgraded(service, family, up, out).close(reset, ts_ns, out);
     }
 
     /// Forgets connections idle for longer than `idle_ns`.

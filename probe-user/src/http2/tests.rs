@@ -102,7 +102,7 @@ impl Talk {
         let records = self.walks[if recv { 0 } else { 1 }].call(self.ts, recv, bytes);
         for record in records {
             let Ok(Event::H2(c)) = decode(&record) else { panic!("not an H2 record") };
-            self.conns.on_chunk(&c, || "svc".into(), &mut self.out);
+            self.conns.on_chunk(&c, || "svc".into(), || None, &mut self.out);
         }
     }
 
@@ -347,7 +347,7 @@ fn a_call_the_kernel_could_not_walk_loses_the_framing() {
         last: true,
         truncated: true,
     };
-    t.conns.on_chunk(&c, || "svc".into(), &mut t.out);
+    t.conns.on_chunk(&c, || "svc".into(), || None, &mut t.out);
     assert_eq!(t.others(), vec![
         Output::H2Undecodable(H2Undecodable::BytesMissed),
         Output::Unparsed(Reason::Http2Undecodable)
@@ -396,7 +396,7 @@ fn a_lost_event_stops_the_decoding_and_counts_what_was_in_flight() {
         last: true,
         truncated: false,
     };
-    t.conns.on_chunk(&c, || "svc".into(), &mut t.out);
+    t.conns.on_chunk(&c, || "svc".into(), || None, &mut t.out);
     assert_eq!(t.others(), vec![
         Output::H2Undecodable(H2Undecodable::EventsLost),
         Output::Unparsed(Reason::Http2Undecodable)

@@ -9,7 +9,7 @@
 use super::Service;
 use std::collections::HashMap;
 
-use probe_common::http1::{METHODS, VERSION_10};
+use probe_common::http1::{METHODS, VERSION_10, VERSION_2};
 
 use super::{OTHER_METHOD, RouteLabel};
 
@@ -24,7 +24,11 @@ pub fn method(id: u8) -> &'static str {
 
 /// The `network_protocol_version` label of a kernel version id.
 pub fn version(id: u8) -> &'static str {
-    if id == VERSION_10 { "1.0" } else { "1.1" }
+    match id {
+        VERSION_10 => "1.0",
+        VERSION_2 => "2",
+        _ => "1.1",
+    }
 }
 
 /// Path keys the agent remembers per generation (for the requests the kernel measured

@@ -149,11 +149,29 @@ pub(super) struct Conn {
     /// The last write, if it left bytes unsent: its time and the sequence number after
     /// its last byte (`parked`).
     pub tx_last: Option<(u64, u32)>,
+    /// A `101` to `h2c`: the connection goes on in HTTP/2 (`http2` takes it over).
+    pub h2c: Option<H2cUpgrade>,
+}
+
+/// An HTTP/1.1 request answered `101 Switching Protocols` to h2c: it is stream 1 of the
+/// HTTP/2 connection that follows (RFC 7540 §3.2), answered there. The server's writes
+/// until the kernel sees the client's preface are its first frames.
+#[derive(Debug)]
+pub struct H2cUpgrade {
+    pub head: Head,
+    pub start_ns: u64,
+    pub queued_ns: u64,
+    pub body_bytes: u64,
+    /// The server's bytes after the 101, by write: (write time, bytes).
+    pub sent: Vec<(u64, Vec<u8>)>,
+    /// Bytes of those writes were not captured (beyond the capture window).
+    pub missed: bool,
 }
 
 impl Conn {
     pub fn new(family: u16, service: Service) -> Self {
         Conn {
+            h2c: None,
             recv: RecvState::head(),
             send: SendState::Idle,
             pending: VecDeque::new(),
@@ -335,6 +353,10 @@ impl Conn {
     /// up on them: the ones users most need to see), the one being answered with its
     /// status; otherwise they are counted as never (completely) answered.
     pub fn close(mut self, how: Closed, out: &mut Vec<Output>) {
+        if self.h2c.take().is_some() {
+            // A 101 to h2c, and no HTTP/2 preface after it: its answer never came.
+            out.push(Output::Unparsed(Reason::Upgraded));
+        }
         self.request_body_done(out);
         self.finish_open_ended(out);
         if matches!(&self.recv, RecvState::Head { head, .. } if !head.buf.is_empty()) {

@@ -10,6 +10,7 @@
 //! Duration = from the read that brought a request's first byte to the write that sent
 //! its response's last byte (both kernel timestamps).
 mod conn;
+pub use conn::H2cUpgrade;
 mod head;
 mod parked;
 mod piece;
@@ -252,6 +253,16 @@ impl Pairer {
         }
         let conn = Conn::from_kernel(sw, service, reason);
         self.conns.insert(sw.conn_id, conn);
+    }
+
+    /// An h2c connection the HTTP/2 decoder takes over: its upgraded request and the frames
+    /// the server sent after the 101. The connection leaves this table.
+    pub fn take_h2c(&mut self, conn_id: u64) -> Option<(H2cUpgrade, Service, u16)> {
+        if self.conns.get(&conn_id)?.h2c.is_none() {
+            return None;
+        }
+        let mut conn = self.conns.remove(&conn_id)?;
+        Some((conn.h2c.take()?, conn.service.clone(), conn.family))
     }
 
     /// The connection was closed at `ts_ns`; `reset`: by a reset rather than a FIN.

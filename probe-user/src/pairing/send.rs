@@ -3,7 +3,7 @@
 //! oldest waiting request.
 use super::{
     Output,
-    conn::{Body, Conn, Pending, SendState, Start},
+    conn::{Body, Conn, H2cUpgrade, Pending, SendState, Start},
     head::{Fed, HeadBuf},
     piece::Piece,
     recv::answer_incomplete_head,
@@ -15,6 +15,11 @@ use crate::{
 };
 
 pub(super) fn on_send(conn: &mut Conn, p: &Piece<'_>, ts: u64, out: &mut Vec<Output>) {
+    if let Some(up) = &mut conn.h2c {
+        // HTTP/2 frames after a 101 to h2c, before the kernel saw the client's preface.
+        keep_h2c_bytes(up, p, 0, ts);
+        return;
+    }
     let mut pos = 0u64;
     while pos < p.len {
         match &mut conn.send {
@@ -70,6 +75,22 @@ pub(super) fn on_send(conn: &mut Conn, p: &Piece<'_>, ts: u64, out: &mut Vec<Out
                                 BodyFraming::UntilClose => Some(Body::UntilClose),
                             }
                         };
+                        if head.status == 101 && head.upgrade_h2c && let Some(req) = conn.pending.pop_front() {
+                            // h2c: the request is stream 1 of the HTTP/2 connection that
+                            // follows, and its answer comes in frames, which may start here.
+                            let mut up = H2cUpgrade {
+                                head: req.head,
+                                start_ns: req.start_ns,
+                                queued_ns: req.queued_ns,
+                                body_bytes: req.body_bytes,
+                                sent: vec![],
+                                missed: false,
+                            };
+                            keep_h2c_bytes(&mut up, p, pos, ts);
+                            conn.h2c = Some(up);
+                            conn.send = SendState::Skip;
+                            return;
+                        }
                         match body {
                             None => {
                                 conn.complete(head.status, first_ns, ts, 0, out);
@@ -154,5 +175,16 @@ pub(super) fn on_send(conn: &mut Conn, p: &Piece<'_>, ts: u64, out: &mut Vec<Out
                 }
             }
         }
+    }
+}
+
+/// The bytes of a write from `pos` on, kept for the HTTP/2 decoder of an h2c connection.
+fn keep_h2c_bytes(up: &mut H2cUpgrade, p: &Piece<'_>, pos: u64, ts: u64) {
+    if pos >= p.len {
+        return;
+    }
+    match p.head_at(pos) {
+        Some(bytes) if pos + bytes.len() as u64 == p.len => up.sent.push((ts, bytes.to_vec())),
+        _ => up.missed = true,
     }
 }
