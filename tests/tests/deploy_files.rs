@@ -30,7 +30,7 @@ fn promtool_checks_the_config_and_the_rules() -> Result<()> {
     let config = promtool(&["check", "config", "prometheus.yml"])?;
     assert!(config.contains("SUCCESS"), "{config}");
     let rules = promtool(&["check", "rules", "rules.yml"])?;
-    assert!(rules.contains("SUCCESS: 22 rules found"), "{rules}");
+    assert!(rules.contains("SUCCESS: 30 rules found"), "{rules}");
     Ok(())
 }
 
@@ -76,7 +76,7 @@ fn the_dashboard_parses_and_uses_the_recording_rules() -> Result<()> {
             }
         }
     }
-    // RED per route and status, saturation and health all have panels.
+    // RED per route and status, gRPC, saturation and health all have panels.
     let titles: Vec<&str> = panels.iter().filter_map(|p| p["title"].as_str()).collect();
     for want in [
         "Requests per second by route",
@@ -87,6 +87,8 @@ fn the_dashboard_parses_and_uses_the_recording_rules() -> Result<()> {
         "Target CPU",
         "Kernel events",
         "Routes folded into _other",
+        "gRPC error ratio (server errors)",
+        "gRPC p99 latency",
     ] {
         assert!(titles.contains(&want), "no panel {want:?} in {titles:?}");
     }

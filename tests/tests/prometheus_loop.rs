@@ -216,7 +216,16 @@ fn prometheus_scraping(agent: &Agent, features: &[&str]) -> Result<Prometheus> {
 #[test]
 fn prometheus_scrapes_the_agent_and_answers_with_client_truth() -> Result<()> {
     let server = Server::start_python()?;
-    let agent = Agent::start(&["--pid".into(), server.pid().to_string(), "--service".into(), "shop".into()])?;
+    // A gRPC server too, so that the gRPC rules and panels have data.
+    let grpc = testkit::servers::grpc_python()?;
+    let agent = Agent::start(&[
+        "--pid".into(),
+        server.pid().to_string(),
+        "--pid".into(),
+        grpc.pid().to_string(),
+        "--service".into(),
+        "shop".into(),
+    ])?;
     let prom = prometheus_scraping(&agent, &[])?;
     wait_for("the first scrape of the agent", Duration::from_secs(30), || {
         (prom.scalar(r#"up{job="redprobe"}"#, None).ok()? == 1.0).then_some(())
@@ -232,6 +241,9 @@ fn prometheus_scrapes_the_agent_and_answers_with_client_truth() -> Result<()> {
         ensure!(c.get(path)?.status == *status);
         warm += 1;
     }
+    // gRPC calls, OK and failing, all before the measured window.
+    let calls = testkit::h2::grpc_client(&grpc.endpoint.to_string(), "Unary:ok=3 Unary:code:13=1")?;
+    warm += calls.values().flat_map(|c| c.values()).sum::<u64>() as usize;
     let mut garbage = Conn::open(server.port)?;
     garbage.stream().write_all(b"\x00\x01\x02\x03garbage\xff\r\n\r\n")?;
     garbage.stream().shutdown(std::net::Shutdown::Write)?;
@@ -257,7 +269,8 @@ fn prometheus_scrapes_the_agent_and_answers_with_client_truth() -> Result<()> {
     }
     let got: BTreeMap<(String, u16), f64> = prom
         .query(
-            &format!("sum by (http_route, http_response_status_code) (increase(http_server_request_duration_seconds_count[{window}]))"),
+            // The gRPC calls were before the window: their series grew by 0 in it.
+            &format!("sum by (http_route, http_response_status_code) (increase(http_server_request_duration_seconds_count[{window}])) > 0"),
             at,
         )?
         .into_iter()

@@ -191,6 +191,27 @@ pub fn looks_like_frames(bytes: &[u8]) -> bool {
         if kind > CONTINUATION || stream >> 31 != 0 || on_zero != (stream == 0) && kind != 8 || len > 1 << 20 {
             return false;
         }
+        // Only the flags its kind defines, and the lengths it must have (§6).
+        let flags = h[4];
+        let allowed = match kind {
+            DATA => END_STREAM | PADDED,
+            HEADERS => END_STREAM | END_HEADERS | PADDED | PRIORITY,
+            SETTINGS | 6 => 0x1,
+            PUSH_PROMISE => END_HEADERS | PADDED,
+            CONTINUATION => END_HEADERS,
+            _ => 0,
+        };
+        let length_ok = match kind {
+            2 => len == 5,
+            RST_STREAM | 8 => len == 4,
+            SETTINGS => len % 6 == 0,
+            6 => len == 8,
+            GOAWAY => len >= 8,
+            _ => true,
+        };
+        if flags & !allowed != 0 || !length_ok {
+            return false;
+        }
         frames += 1;
         at += 9 + len;
     }
@@ -282,5 +303,6 @@ mod tests {
         assert!(!looks_like_frames(b"GET / HTTP/1.1\r\n"));
         assert!(!looks_like_frames(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03"));
         assert!(!looks_like_frames(b"abc"));
+        assert!(!looks_like_frames(b"\x00\x01\x02\x03garbage\xff\r\n\r\n"), "a RST_STREAM with flags and a length it cannot have");
     }
 }
