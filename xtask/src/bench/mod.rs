@@ -16,6 +16,7 @@ mod agent_cost;
 mod bpf_stats;
 mod capacity;
 mod django;
+mod http2;
 mod https;
 mod loadgen;
 mod nginx;
@@ -41,7 +42,8 @@ pub struct Options {
     /// Seconds of each wrk run (whole seconds).
     #[arg(long, default_value_t = 3.0)]
     pub seconds: f64,
-    /// Only these measures, comma-separated: 1, 2 (also 3 and 5), 4, 6, 7 (HTTPS), bpf, page.
+    /// Only these measures, comma-separated: 1, 2 (also 3 and 5), 4, 6, 7 (HTTPS), 8 (HTTP/2),
+    /// bpf, page.
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
     /// Do not pin nginx's worker and the load generator to separate CPUs.
@@ -194,6 +196,10 @@ pub fn bench(opts: &Options) -> Result<()> {
     {
         let tls = https::Https::start(worker_cpu)?;
         rows.extend(https::measure(&tls, nginx.pid(), &nginx_load, opts.rounds)?);
+    }
+    if want("8") {
+        let h2 = http2::Http2::start(worker_cpu)?;
+        rows.extend(http2::measure(&h2, opts.seconds, load_cpu, opts.rounds)?);
     }
     if let Some(nginx) = &nginx {
         if want("6") {
