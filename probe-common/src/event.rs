@@ -72,8 +72,10 @@ pub const FLAG_PLAIN_ON_TLS_PORT: u32 = 512;
 pub const H2_CHUNK: usize = 4096;
 /// Steps of the programs' walk over one read or write: each copies a frame header, or a
 /// frame's payload (or skips a DATA payload), up to the end of an iovec or of a chunk. A
-/// call that needs more loses the connection's framing (`FLAG_H2_TRUNCATED`).
-pub const H2_MAX_STEPS: usize = 1024;
+/// call that needs more loses the connection's framing (`FLAG_H2_TRUNCATED`). The walk is a
+/// `bpf_loop`, whose callback is verified once: the bound costs only the steps taken (a
+/// 64 KiB read of 30-byte frames takes about 4,400).
+pub const H2_MAX_STEPS: usize = 8192;
 
 /// `flags` of an `H2Event`: the last chunk of its read or write; the bytes after it, up to
 /// the call's `len`, were a DATA frame's payload, not sent. May carry no data.

@@ -93,9 +93,17 @@ pub extern "C" fn rp_h2_begin(w: *mut Work) -> u64 {
     let ev = unsafe { &raw mut (*buf).ev };
     let (kind, ptr, iov_count, moved) = (wr.kind, wr.ptr, wr.count, wr.moved);
     let (cookie, recv, family) = (wr.cookie, wr.recv != 0, wr.family);
-    if H2_FRAMES.get_ptr_mut(&cookie).is_none() {
+    let Some(walk) = H2_FRAMES.get_ptr_mut(&cookie) else {
         // Its place in the frames was evicted: nothing can be sent of it any more.
         conn::mark_lost(cookie);
+        return 0;
+    };
+    // A direction whose place was lost (told to the agent once): nothing more is sent.
+    let dead = unsafe {
+        let dir = if recv { &(*walk).dirs[0] } else { &(*walk).dirs[1] };
+        dir.left == u32::MAX && dir.skip != 0
+    };
+    if dead {
         return 0;
     }
     let ts = unsafe { bpf_ktime_get_ns() };
@@ -121,11 +129,24 @@ pub extern "C" fn rp_h2_begin(w: *mut Work) -> u64 {
     }
     let (base, left) = match kind {
         1 => (ptr, moved),
-        2 => match iovec(ptr, 0, iov_count) {
-            Some(v) => v,
-            None => return 0,
-        },
-        _ => return 0,
+        2 => iovec(ptr, 0, iov_count).unwrap_or((0, 0)),
+        // No user buffer (sendfile, splice): inside a DATA payload long enough, only the
+        // call's end is news; anywhere else the place in the frames is lost.
+        _ => {
+            let dir: *mut H2Dir = unsafe { if recv { &raw mut (*walk).dirs[0] } else { &raw mut (*walk).dirs[1] } };
+            let mut flags = FLAG_H2_LAST;
+            unsafe {
+                if (*dir).skip != 0 && (*dir).left as u64 >= moved {
+                    (*dir).left -= moved as u32;
+                } else {
+                    (*dir).left = u32::MAX;
+                    (*dir).skip = 1;
+                    flags |= FLAG_H2_TRUNCATED;
+                }
+            }
+            flush(ev, moved, 0, flags, cookie);
+            return 0;
+        }
     };
     // One by one: an array of pairs would take the stack the call chain needs.
     set(cells, COOKIE, cookie);
@@ -155,12 +176,9 @@ pub extern "C" fn rp_h2_walk() -> u64 {
     unsafe {
         helpers::bpf_loop(H2_MAX_STEPS as u32, rp_h2_step as *mut core::ffi::c_void, core::ptr::null_mut(), 0);
     }
-    if get(cells, FAILED) != 0 {
-        return 0;
-    }
     let offset = get(cells, OFFSET);
     let mut last = FLAG_H2_LAST;
-    if offset < moved {
+    if get(cells, FAILED) != 0 || offset < moved {
         // Out of steps (or an unreadable iovec): the place in the frames is lost.
         last |= FLAG_H2_TRUNCATED;
         if let Some(walk) = H2_FRAMES.get_ptr_mut(&cookie) {
@@ -170,6 +188,11 @@ pub extern "C" fn rp_h2_walk() -> u64 {
                 (*dir).skip = 1;
             }
         }
+    }
+    if get(cells, FAILED) != 0 {
+        // A chunk was lost (the ring buffer is full; the connection is marked): what the
+        // agent gets next says so, and nothing more of it is sent.
+        return 0;
     }
     let fill = get(cells, FILL);
     if fill > 0 {

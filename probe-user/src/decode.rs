@@ -136,7 +136,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
             full[..n].copy_from_slice(&bytes[..n]);
             let ev: H2Event = read(&full)?;
             let chunk = ev.chunk_len as usize;
-            if H2_HEADER_LEN + chunk > bytes.len() {
+            if chunk > ev.data.len() || H2_HEADER_LEN + chunk > bytes.len() {
                 return Err(DecodeError::Short(bytes.len()));
             }
             Ok(Event::H2(H2Chunk {

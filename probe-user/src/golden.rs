@@ -77,6 +77,48 @@ fn sequence() -> Vec<Vec<u8>> {
         data(EVENT_RECV, 4, 4010, AF_INET, FLAG_AFTER_LOSS, b"GET /api/items/2 HTTP/1.1\r\n\r\n"),
         send(4, 4012, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"),
     ]
+    .into_iter()
+    .chain(http2_sequence())
+    .collect()
+}
+
+/// An HTTP/2 connection (conn 7): a gRPC call that fails with NOT_FOUND (5) in its trailers,
+/// and a GET answered 404, as the kernel sends them (each call's bytes, then its last chunk).
+fn http2_sequence() -> Vec<Vec<u8>> {
+    let frame = |kind: u8, flags: u8, stream: u32, payload: &[u8]| {
+        let len = payload.len() as u32;
+        let mut v = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
+        v.extend_from_slice(&stream.to_be_bytes());
+        v.extend_from_slice(payload);
+        v
+    };
+    let (mut client, mut server) = (loona_hpack::Encoder::new(), loona_hpack::Encoder::new());
+    let call = |recv: bool, ts_ms: u64, bytes: &[u8]| {
+        let ts = ts_ms * 1_000_000;
+        vec![
+            wire::h2(7, TGID, ts, recv, bytes.len(), 0, bytes, 0),
+            wire::h2(7, TGID, ts, recv, bytes.len(), bytes.len(), b"", probe_common::FLAG_H2_LAST),
+        ]
+    };
+    let grpc: Vec<(&[u8], &[u8])> = vec![
+        (b":method", b"POST"),
+        (b":scheme", b"http"),
+        (b":path", b"/shop.Cart/Add"),
+        (b"content-type", b"application/grpc"),
+    ];
+    let opening = [
+        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec(),
+        frame(4, 0, 0, b""),
+        frame(1, 4, 1, &client.encode(grpc)),
+        frame(0, 1, 1, b"\0\0\0\0\x02hi"),
+    ]
+    .concat();
+    let headers = frame(1, 4, 1, &server.encode(vec![(&b":status"[..], &b"200"[..]), (b"content-type", b"application/grpc")]));
+    let trailers = frame(1, 5, 1, &server.encode(vec![(&b"grpc-status"[..], &b"5"[..])]));
+    let get = frame(1, 5, 3, &client.encode(vec![(&b":method"[..], &b"GET"[..]), (b":scheme", b"http"), (b":path", b"/api/items/3")]));
+    let not_found = frame(1, 5, 3, &server.encode(vec![(&b":status"[..], &b"404"[..])]));
+    [call(true, 5000, &opening), call(false, 5012, &headers), call(false, 5030, &trailers), call(true, 5100, &get), call(false, 5104, &not_found)]
+        .concat()
 }
 
 /// The path key the kernel would send for `/api/items/9` (any value does here).

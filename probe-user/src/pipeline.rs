@@ -207,7 +207,6 @@ impl Pipeline {
     /// connections, and their waiting requests are in flight.
     pub fn housekeeping(&mut self, now_ns: u64, idle_ns: u64, kernel_conns: &[ConnState]) {
         self.pairer.evict_idle(now_ns, idle_ns, &mut self.outputs);
-        self.h2.evict_idle(now_ns, idle_ns, &mut self.outputs);
         self.flush();
         self.metrics.health.tx_waiting.set(self.pairer.waiting_for_transmission() as i64);
         let mut active = self.pairer.active_requests();
@@ -343,7 +342,10 @@ mod tests {
         let headers = hex("00003501040000000188 5f8b1d75d0620d263d4c7441ea5c820b5f6196c361be94034a5f29141004e28172e321b81754c5a37f76899fd565b087b2a5a717".replace(' ', "").as_str());
         let data = hex("00000e0000000000017b226974656d223a202231227d0a".replace(' ', "").as_str());
         let end = hex("000000000100000001");
-        for reset_first in [false, true] {
+        // A response longer than the capture window in one write: its DATA payload is
+        // skipped between the head and the tail windows.
+        let big = [headers.clone(), hex("0003e8000100000001"), vec![b'x'; 1000]].concat();
+        for (reset_first, long) in [(false, false), (true, false), (false, true)] {
             let mut prom = Prom::default();
             let metrics = Metrics::new(&mut prom, Naming::Otel, Routes::new(Router::default(), 10));
             let registry = Registry::new(None).shared();
@@ -354,10 +356,19 @@ mod tests {
                 wire::data(EVENT_RECV, 1, 10, 1, AF_INET, 0, b"GET /items/1 HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n\r\n"),
                 wire::data(EVENT_SEND, 1, 10, 2, AF_INET, 0, b"HTTP/1.1 101 \r\nconnection: upgrade\r\nupgrade: h2c\r\n\r\n"),
                 wire::data(EVENT_SEND, 1, 10, 3, AF_INET, 0, &settings),
-                wire::data(EVENT_SEND, 1, 10, 4, AF_INET, 0, &headers),
-                wire::data(EVENT_SEND, 1, 10, 5, AF_INET, 0, &data),
-                wire::data(EVENT_SEND, 1, 10, 6, AF_INET, 0, &end),
             ];
+            let records: Vec<Vec<u8>> = if long {
+                records.into_iter().chain([wire::data(EVENT_SEND, 1, 10, 4, AF_INET, 0, &big)]).collect()
+            } else {
+                records
+                    .into_iter()
+                    .chain([
+                        wire::data(EVENT_SEND, 1, 10, 4, AF_INET, 0, &headers),
+                        wire::data(EVENT_SEND, 1, 10, 5, AF_INET, 0, &data),
+                        wire::data(EVENT_SEND, 1, 10, 6, AF_INET, 0, &end),
+                    ])
+                    .collect()
+            };
             for r in &records {
                 p.record(r);
             }
@@ -366,7 +377,7 @@ mod tests {
             if reset_first {
                 p.record(&wire::reset(1, 7));
             } else {
-                p.record(&wire::h2(1, 7, true, 24, 0, preface, FLAG_H2_LAST));
+                p.record(&wire::h2(1, 10, 7, true, 24, 0, preface, FLAG_H2_LAST));
                 p.record(&wire::close(1, 8));
             }
             let mut text = String::new();

@@ -170,15 +170,19 @@ pub enum H2Undecodable {
     BytesMissed,
     /// Events of the connection were lost (ring buffer full).
     EventsLost,
+    /// Forgotten by the agent's full table (`--max-connections`): its compression state
+    /// with it.
+    ConnectionTableFull,
 }
 
 impl H2Undecodable {
-    pub const ALL: [H2Undecodable; 5] = [
+    pub const ALL: [H2Undecodable; 6] = [
         H2Undecodable::BadPreface,
         H2Undecodable::FrameError,
         H2Undecodable::HeaderBlock,
         H2Undecodable::BytesMissed,
         H2Undecodable::EventsLost,
+        H2Undecodable::ConnectionTableFull,
     ];
 
     pub fn label(self) -> &'static str {
@@ -188,6 +192,7 @@ impl H2Undecodable {
             H2Undecodable::HeaderBlock => "header_block",
             H2Undecodable::BytesMissed => "bytes_missed",
             H2Undecodable::EventsLost => "events_lost",
+            H2Undecodable::ConnectionTableFull => "connection_table_full",
         }
     }
 }

@@ -95,13 +95,14 @@ pub fn switch(mut ev: SwitchEvent) -> Vec<u8> {
     raw(&ev)
 }
 
-/// One HTTP/2 chunk record: `data` at `offset` of a read (`recv`) or write of `len` bytes.
-pub fn h2(conn: u64, ts_ns: u64, recv: bool, len: usize, offset: usize, data: &[u8], flags: u32) -> Vec<u8> {
+/// One HTTP/2 chunk record: `data` at `offset` of a read (`recv`) or write of `len` bytes
+/// by `tgid`.
+pub fn h2(conn: u64, tgid: u32, ts_ns: u64, recv: bool, len: usize, offset: usize, data: &[u8], flags: u32) -> Vec<u8> {
     use probe_common::{EVENT_H2, H2_CHUNK, H2_HEADER_LEN, H2Event};
     let mut ev = H2Event {
         header: EventHeader { kind: EVENT_H2, flags, ts_ns },
         conn_id: conn,
-        tgid: 1,
+        tgid,
         len: len as u32,
         offset: offset as u32,
         chunk_len: data.len() as u16,

@@ -16,7 +16,7 @@ use testkit::{
     h2::{h2load, url},
     procs::Agent,
     scrape::Metrics,
-    servers::{Bind, RealServer, hypercorn, nghttpd, nginx_h2_tls, node_h2},
+    servers::{Bind, NginxSite, RealServer, hypercorn, nghttpd, nginx, nginx_h2_tls, node_h2},
 };
 
 /// One h2load run: `n` requests of `path`, over `clients` connections of up to `m`
@@ -137,6 +137,15 @@ fn nginx_http2_over_tls() -> Result<()> {
     let server = nginx_h2_tls()?;
     let agent = Agent::attach(server.pid())?;
     exact(&server, &agent, &[run("/", "/", 200), run("/items/5", "/items/{id}", 200), run("/status/503", "/status/{id}", 503)])
+}
+
+/// nginx's cleartext HTTP/2 sends a file's DATA payloads with sendfile: the kernel, which
+/// reads no bytes of a sendfile, knows they are inside a DATA payload and goes on.
+#[test]
+fn nginx_http2_cleartext_with_sendfile() -> Result<()> {
+    let server = nginx(Bind::V4, &NginxSite { workers: 1, http2: true, ..Default::default() })?;
+    let agent = Agent::attach(server.pid())?;
+    exact(&server, &agent, &[run("/", "/", 200), Run { n: 100, ..run("/big", "/big", 200) }, run("/status/503", "/status/{id}", 503)])
 }
 
 /// A frame: its header and payload.

@@ -18,6 +18,12 @@ use crate::{
 /// Open streams the agent keeps per connection; more are counted as `too_many_streams`.
 /// Servers allow 100 to 1000 concurrent streams (SETTINGS_MAX_CONCURRENT_STREAMS).
 pub const MAX_STREAMS: usize = 4096;
+/// Largest header block gathered (HEADERS and its CONTINUATION frames): a larger one is not
+/// decoded, and the direction's compression state is lost.
+pub const MAX_BLOCK: usize = 256 * 1024;
+/// Largest dynamic table a peer may ask for (SETTINGS_HEADER_TABLE_SIZE is 4,096 by
+/// default): a larger size update does not decode.
+pub const MAX_TABLE: usize = 64 * 1024;
 
 const RECV: usize = 0;
 const SEND: usize = 1;
@@ -42,6 +48,12 @@ struct Block {
     start_ns: u64,
     first_ns: u64,
     end_ns: u64,
+}
+
+fn decoder() -> Decoder<'static> {
+    let mut d = Decoder::new();
+    d.set_max_allowed_table_size(MAX_TABLE);
+    d
 }
 
 /// What the decoder keeps of a header block.
@@ -116,7 +128,7 @@ impl H2Conn {
             preface: 0,
             readers: Default::default(),
             calls: Default::default(),
-            decoders: [Decoder::new(), Decoder::new()],
+            decoders: [decoder(), decoder()],
             hpack_lost: [false; 2],
             blocks: [None, None],
             streams: BTreeMap::new(),
@@ -156,14 +168,20 @@ impl H2Conn {
         });
         conn.last_client_stream = 1;
         conn.calls[SEND].open = false;
-        for (ts, bytes) in &up.sent {
-            let mut frames = vec![];
-            if conn.readers[SEND].feed(bytes, *ts, *ts, &mut frames).is_err() {
-                conn.lose_framing(H2Undecodable::FrameError, out);
-                return conn;
-            }
+        for piece in &up.sent {
+            // The captured head, the middle skipped (inside a DATA payload, or the framing
+            // is lost), then the captured tail.
+            let (ts, mut frames) = (piece.ts_ns, vec![]);
+            let reader = &mut conn.readers[SEND];
+            let fed = reader.feed(&piece.head, ts, ts, &mut frames).is_ok()
+                && reader.skip(piece.skipped, ts, &mut frames).is_ok()
+                && reader.feed(&piece.tail, ts, ts, &mut frames).is_ok();
             for f in frames {
                 conn.frame(SEND, f, out);
+            }
+            if !fed {
+                conn.lose_framing(H2Undecodable::BytesMissed, out);
+                return conn;
             }
         }
         if up.missed {
@@ -269,10 +287,11 @@ impl H2Conn {
                 let Some(mut block) = self.blocks[d].take().filter(|b| b.stream == f.stream) else {
                     return self.lose_framing(H2Undecodable::FrameError, out);
                 };
-                if f.payload.len() as u32 == f.len {
+                if f.payload.len() as u32 == f.len && block.buf.len() + f.payload.len() <= MAX_BLOCK {
                     block.buf.extend_from_slice(&f.payload);
                 } else {
                     block.damaged = true;
+                    block.buf = vec![];
                 }
                 block.end_ns = f.end_ns;
                 if f.flags & frames::END_HEADERS != 0 {
@@ -434,8 +453,10 @@ impl H2Conn {
         }
     }
 
-    /// Forgotten to make room: what was in flight is counted as such.
-    pub fn evict(self, out: &mut Vec<Output>) {
+    /// Forgotten to make room: what was in flight is counted as such, and the connection
+    /// (its compression state gone with it).
+    pub fn evict(mut self, out: &mut Vec<Output>) {
+        self.count(H2Undecodable::ConnectionTableFull, out);
         for _ in self.streams.values() {
             out.push(Output::Unparsed(Reason::ConnectionTableFull));
         }

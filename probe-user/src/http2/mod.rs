@@ -8,7 +8,7 @@ pub mod frames;
 #[cfg(test)]
 mod tests;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
 
 use conn::H2Conn;
 
@@ -18,14 +18,21 @@ use crate::{
     pairing::{H2cUpgrade, Output},
 };
 
+/// No connection is forgotten for being idle: HTTP/2 connections live long (an idle gRPC
+/// channel), the kernel reports every close, and forgetting one would lose its compression
+/// state. The table's bound (`max_conns`) holds them.
 pub struct H2Conns {
     conns: HashMap<u64, H2Conn>,
     max_conns: usize,
+    /// Connections evicted to make room, until their close: their later bytes cannot be
+    /// decoded (counted once, at the eviction). The oldest are forgotten past `max_conns`.
+    evicted: HashSet<u64>,
+    evicted_order: VecDeque<u64>,
 }
 
 impl H2Conns {
     pub fn new(max_conns: usize) -> Self {
-        H2Conns { conns: HashMap::new(), max_conns }
+        H2Conns { conns: HashMap::new(), max_conns, evicted: HashSet::new(), evicted_order: VecDeque::new() }
     }
 
     pub fn len(&self) -> usize {
@@ -46,12 +53,22 @@ impl H2Conns {
         upgraded: impl FnOnce() -> Option<(H2cUpgrade, Service, u16)>,
         out: &mut Vec<Output>,
     ) {
+        if self.evicted.contains(&c.conn_id) {
+            return;
+        }
         if !self.conns.contains_key(&c.conn_id)
             && self.conns.len() >= self.max_conns
             && let Some(id) = self.conns.iter().min_by_key(|(_, c)| c.last_ns).map(|(k, _)| *k)
             && let Some(old) = self.conns.remove(&id)
         {
             old.evict(out);
+            self.evicted.insert(id);
+            self.evicted_order.push_back(id);
+            if self.evicted_order.len() > self.max_conns
+                && let Some(gone) = self.evicted_order.pop_front()
+            {
+                self.evicted.remove(&gone);
+            }
         }
         let family = c.family;
         let conn = self.conns.entry(c.conn_id).or_insert_with(|| match upgraded() {
@@ -63,6 +80,10 @@ impl H2Conns {
 
     /// The connection closed; false if it is not an HTTP/2 one.
     pub fn on_close(&mut self, conn_id: u64, reset: bool, ts_ns: u64, out: &mut Vec<Output>) -> bool {
+        if self.evicted.remove(&conn_id) {
+            self.evicted_order.retain(|id| *id != conn_id);
+            return true;
+        }
         match self.conns.remove(&conn_id) {
             Some(conn) => {
                 conn.close(reset, ts_ns, out);
@@ -77,15 +98,6 @@ impl H2Conns {
     pub fn close_upgraded(up: (H2cUpgrade, Service, u16), reset: bool, ts_ns: u64, out: &mut Vec<Output>) {
         let (up, service, family) = up;
         H2Conn::upgraded(service, family, up, out).close(reset, ts_ns, out);
-    }
-
-    /// Forgets connections idle for longer than `idle_ns`.
-    pub fn evict_idle(&mut self, now_ns: u64, idle_ns: u64, out: &mut Vec<Output>) {
-        let stale: Vec<u64> =
-            self.conns.iter().filter(|(_, c)| now_ns.saturating_sub(c.last_ns) > idle_ns).map(|(k, _)| *k).collect();
-        for id in stale {
-            self.on_close(id, false, now_ns, out);
-        }
     }
 
     /// Requests read and not yet answered, by (service, method); connections by service.

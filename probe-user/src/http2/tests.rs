@@ -58,8 +58,8 @@ impl KernelWalk {
             }
         }
         let mut records: Vec<Vec<u8>> =
-            chunks.iter().map(|(at, c)| wire::h2(7, ts, recv, bytes.len(), *at, c, 0)).collect();
-        records.push(wire::h2(7, ts, recv, bytes.len(), bytes.len(), b"", FLAG_H2_LAST));
+            chunks.iter().map(|(at, c)| wire::h2(7, 1, ts, recv, bytes.len(), *at, c, 0)).collect();
+        records.push(wire::h2(7, 1, ts, recv, bytes.len(), bytes.len(), b"", FLAG_H2_LAST));
         records
     }
 }
@@ -401,4 +401,65 @@ fn a_lost_event_stops_the_decoding_and_counts_what_was_in_flight() {
         Output::H2Undecodable(H2Undecodable::EventsLost),
         Output::Unparsed(Reason::Http2Undecodable)
     ]);
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
+
+    /// Arbitrary bytes after the preface, in both directions, as arbitrary chunks: the
+    /// decoder never panics, and whatever it outputs is bounded by the streams it saw.
+    #[test]
+    fn arbitrary_frames_never_panic(
+        calls in proptest::collection::vec((proptest::bool::ANY, proptest::collection::vec(proptest::num::u8::ANY, 0..300)), 0..20),
+        frames in proptest::collection::vec((0u8..12, proptest::num::u8::ANY, 0u32..8, proptest::collection::vec(proptest::num::u8::ANY, 0..40)), 0..30),
+    ) {
+        let mut t = Talk::new();
+        // Well-framed frames with arbitrary kinds, flags, streams and payloads...
+        for (kind, flags, stream, payload) in &frames {
+            t.recv(&frame(*kind, *flags, *stream, payload));
+            t.send(&frame(*kind, *flags, *stream, payload));
+        }
+        // ...then arbitrary bytes.
+        for (recv, bytes) in &calls {
+            t.io(*recv, bytes);
+        }
+        t.conns.on_close(7, false, u64::MAX, &mut t.out);
+        let requests = t.out.iter().filter(|o| matches!(o, Output::Exchange(_) | Output::Unparsed(_))).count();
+        proptest::prop_assert!(requests <= frames.len() + calls.len() * 40 + 1);
+    }
+}
+
+#[test]
+fn a_connection_evicted_from_a_full_table_is_counted_and_its_later_bytes_ignored() {
+    let mut t = Talk::new();
+    t.conns = H2Conns::new(1);
+    t.walks = [KernelWalk::client(), KernelWalk::default()];
+    t.recv(&[PREFACE.to_vec(), frame(SETTINGS, 0, 0, b"")].concat());
+    let b = t.request_block("GET", "/", false);
+    t.recv(&frame(HEADERS, END_HEADERS | END_STREAM, 1, &b));
+    // Another connection needs the only room.
+    let other = H2Chunk {
+        conn_id: 8,
+        tgid: 1,
+        ts_ns: t.ts + 1,
+        arrival_ns: t.ts + 1,
+        direction: Direction::Recv,
+        family: 2,
+        len: PREFACE.len() as u64,
+        offset: 0,
+        data: PREFACE.to_vec(),
+        after_loss: false,
+        last: true,
+        truncated: false,
+    };
+    t.conns.on_chunk(&other, || "svc".into(), || None, &mut t.out);
+    assert_eq!(t.others(), vec![
+        Output::H2Undecodable(H2Undecodable::ConnectionTableFull),
+        Output::Unparsed(Reason::ConnectionTableFull)
+    ]);
+    // Its later bytes are not a bad preface: they are ignored until its close.
+    let r = t.response_block("200", None);
+    t.send(&frame(HEADERS, END_HEADERS | END_STREAM, 1, &r));
+    assert!(t.conns.on_close(7, false, 0, &mut t.out));
+    assert!(t.out.is_empty(), "{:?}", t.out);
 }

@@ -326,7 +326,7 @@ impl Health {
         );
         r.register(
             "http2_connections_undecodable",
-            "HTTP/2 connections the agent could not decode from some point on, counted once each, by reason (bad_preface, frame_error, header_block: the header compression state was lost, bytes_missed, events_lost); their requests from then on are in requests_unparsed_total",
+            "HTTP/2 connections the agent could not decode from some point on, counted once each, by reason (bad_preface, frame_error, header_block: the header compression state was lost, bytes_missed, events_lost, connection_table_full); their requests in flight then are in requests_unparsed_total, and so are later ones where the framing is intact (header_block); where it is not, later requests are not measured",
             h.h2_undecodable.clone(),
         );
         r.register(

@@ -127,11 +127,11 @@ impl Metrics {
         durations: Arc<scheme::Scheme>,
         options: HttpOptions,
     ) -> Self {
-        let rpc = Arc::new(rpc::RpcServer::register(registry, durations.clone()));
         let http = match naming {
-            Naming::Otel => Http::Otel(otel::OtelHttp::register(registry, durations, options)),
+            Naming::Otel => Http::Otel(otel::OtelHttp::register(registry, durations.clone(), options)),
             Naming::DjangoPrometheus => Http::Django(django::DjangoHttp::register(registry)),
         };
+        let rpc = Arc::new(rpc::RpcServer::register(registry, durations));
         Metrics { http: Arc::new(http), rpc, health: health::Health::register(registry), routes: Arc::new(routes) }
     }
 

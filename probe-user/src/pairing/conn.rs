@@ -162,10 +162,23 @@ pub struct H2cUpgrade {
     pub start_ns: u64,
     pub queued_ns: u64,
     pub body_bytes: u64,
-    /// The server's bytes after the 101, by write: (write time, bytes).
-    pub sent: Vec<(u64, Vec<u8>)>,
-    /// Bytes of those writes were not captured (beyond the capture window).
+    /// The server's writes after the 101, as captured.
+    pub sent: Vec<H2cPiece>,
+    /// More writes than are kept ([`MAX_H2C_WRITES`]): the HTTP/2 decoder cannot start.
     pub missed: bool,
+}
+
+/// Writes kept between a 101 to h2c and the client's preface.
+pub const MAX_H2C_WRITES: usize = 64;
+
+/// A write's captured bytes: its head window, then `skipped` bytes not captured, then its
+/// tail window.
+#[derive(Debug)]
+pub struct H2cPiece {
+    pub ts_ns: u64,
+    pub head: Vec<u8>,
+    pub skipped: u64,
+    pub tail: Vec<u8>,
 }
 
 impl Conn {

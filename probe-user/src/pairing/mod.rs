@@ -10,7 +10,7 @@
 //! Duration = from the read that brought a request's first byte to the write that sent
 //! its response's last byte (both kernel timestamps).
 mod conn;
-pub use conn::H2cUpgrade;
+pub use conn::{H2cPiece, H2cUpgrade};
 mod head;
 mod parked;
 mod piece;

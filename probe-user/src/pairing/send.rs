@@ -3,7 +3,7 @@
 //! oldest waiting request.
 use super::{
     Output,
-    conn::{Body, Conn, H2cUpgrade, Pending, SendState, Start},
+    conn::{Body, Conn, H2cPiece, H2cUpgrade, MAX_H2C_WRITES, Pending, SendState, Start},
     head::{Fed, HeadBuf},
     piece::Piece,
     recv::answer_incomplete_head,
@@ -183,8 +183,14 @@ fn keep_h2c_bytes(up: &mut H2cUpgrade, p: &Piece<'_>, pos: u64, ts: u64) {
     if pos >= p.len {
         return;
     }
-    match p.head_at(pos) {
-        Some(bytes) if pos + bytes.len() as u64 == p.len => up.sent.push((ts, bytes.to_vec())),
-        _ => up.missed = true,
+    if up.sent.len() >= MAX_H2C_WRITES {
+        up.missed = true;
+        return;
     }
+    let head = p.head_at(pos).unwrap_or_default();
+    let end = pos + head.len() as u64;
+    // The tail window, where it is past the head.
+    let tail = if p.len > end { &p.tail[p.tail.len().saturating_sub((p.len - end) as usize)..] } else { &[] };
+    let skipped = p.len - end - tail.len() as u64;
+    up.sent.push(H2cPiece { ts_ns: ts, head: head.to_vec(), skipped, tail: tail.to_vec() });
 }
