@@ -151,6 +151,25 @@ impl Talk {
     }
 }
 
+/// A chunk the way the kernel would not send it on its own: for what the walk or the ring
+/// buffer may do (a truncated walk, events lost).
+fn chunk(conn_id: u64, direction: Direction, len: u64, data: &[u8], after_loss: bool, truncated: bool) -> H2Chunk {
+    H2Chunk {
+        conn_id,
+        tgid: 1,
+        ts_ns: 1,
+        arrival_ns: 1,
+        direction,
+        family: 2,
+        len,
+        offset: 0,
+        data: data.to_vec(),
+        after_loss,
+        last: true,
+        truncated,
+    }
+}
+
 fn line(x: &Exchange) -> (String, String, Option<u16>, bool) {
     match &x.head {
         Head::Read(l) => {
@@ -333,20 +352,7 @@ fn a_call_the_kernel_could_not_walk_loses_the_framing() {
     let mut t = Talk::new();
     let b = t.request_block("GET", "/", false);
     t.recv(&frame(HEADERS, END_HEADERS | END_STREAM, 1, &b));
-    let c = H2Chunk {
-        conn_id: 7,
-        tgid: 1,
-        ts_ns: 1,
-        arrival_ns: 1,
-        direction: Direction::Send,
-        family: 2,
-        len: 100_000,
-        offset: 0,
-        data: frame(SETTINGS, 0, 0, b""),
-        after_loss: false,
-        last: true,
-        truncated: true,
-    };
+    let c = chunk(7, Direction::Send, 100_000, &frame(SETTINGS, 0, 0, b""), false, true);
     t.conns.on_chunk(&c, || "svc".into(), || None, &mut t.out);
     assert_eq!(t.others(), vec![
         Output::H2Undecodable(H2Undecodable::BytesMissed),
@@ -382,20 +388,7 @@ fn a_lost_event_stops_the_decoding_and_counts_what_was_in_flight() {
     let mut t = Talk::new();
     let b = t.request_block("GET", "/", false);
     t.recv(&frame(HEADERS, END_HEADERS | END_STREAM, 1, &b));
-    let c = H2Chunk {
-        conn_id: 7,
-        tgid: 1,
-        ts_ns: 1,
-        arrival_ns: 1,
-        direction: Direction::Send,
-        family: 2,
-        len: 9,
-        offset: 0,
-        data: frame(SETTINGS, 0, 0, b""),
-        after_loss: true,
-        last: true,
-        truncated: false,
-    };
+    let c = chunk(7, Direction::Send, 9, &frame(SETTINGS, 0, 0, b""), true, false);
     t.conns.on_chunk(&c, || "svc".into(), || None, &mut t.out);
     assert_eq!(t.others(), vec![
         Output::H2Undecodable(H2Undecodable::EventsLost),
@@ -438,20 +431,7 @@ fn a_connection_evicted_from_a_full_table_is_counted_and_its_later_bytes_ignored
     let b = t.request_block("GET", "/", false);
     t.recv(&frame(HEADERS, END_HEADERS | END_STREAM, 1, &b));
     // Another connection needs the only room.
-    let other = H2Chunk {
-        conn_id: 8,
-        tgid: 1,
-        ts_ns: t.ts + 1,
-        arrival_ns: t.ts + 1,
-        direction: Direction::Recv,
-        family: 2,
-        len: PREFACE.len() as u64,
-        offset: 0,
-        data: PREFACE.to_vec(),
-        after_loss: false,
-        last: true,
-        truncated: false,
-    };
+    let other = chunk(8, Direction::Recv, PREFACE.len() as u64, PREFACE, false, false);
     t.conns.on_chunk(&other, || "svc".into(), || None, &mut t.out);
     assert_eq!(t.others(), vec![
         Output::H2Undecodable(H2Undecodable::ConnectionTableFull),

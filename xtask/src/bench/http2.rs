@@ -84,18 +84,8 @@ pub fn measure(h2: &Http2, seconds: f64, load_cpu: Option<usize>, rounds: usize)
         eprintln!("bench: warning: measure 8: {}", short.join("; "));
     }
     let rps = Paired::new(sides[0].clone(), sides[1].clone());
-    let added_ns = 1e9 / rps.with_median() - 1e9 / rps.base_median();
     Ok(vec![
         Row::ratio("8", "Node http2 h2c, h2load -c 4 -m 10: req/s", &rps, "", 0, None),
-        Row {
-            id: "8",
-            measure: "  ns added per HTTP/2 request (1/rps with - without)".into(),
-            without: format!("{:.0} ns", 1e9 / rps.base_median()),
-            with: format!("{:.0} ns", 1e9 / rps.with_median()),
-            result: format!("+{added_ns:.0} ns"),
-            spread: "-".into(),
-            goal: "-".into(),
-            met: None,
-        },
+        Row::added_ns("8", "  ns added per HTTP/2 request (1/rps with - without)", &rps),
     ])
 }

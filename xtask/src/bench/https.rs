@@ -76,20 +76,9 @@ pub fn measure(https: &Https, other: u32, load: &Load, rounds: usize) -> Result<
     let rps = pair(&target, |s| s.rps);
     let p99 = pair(&target, |s| s.p99_us);
     let other_rps = pair(&bystander, |s| s.rps);
-    // ns per request: the worker is saturated, so its time per request is 1/rps.
-    let added_ns = 1e9 / rps.with_median() - 1e9 / rps.base_median();
     Ok(vec![
         row("7a", "nginx HTTPS return 200, the target: req/s", &rps, "", 0, Some((">= 0.90", rps.ratio() >= 0.90))),
-        Row {
-            id: "7a",
-            measure: "  ns added per HTTPS request (1/rps with - without)".into(),
-            without: format!("{:.0} ns", 1e9 / rps.base_median()),
-            with: format!("{:.0} ns", 1e9 / rps.with_median()),
-            result: format!("+{added_ns:.0} ns"),
-            spread: "-".into(),
-            goal: "-".into(),
-            met: None,
-        },
+        Row::added_ns("7a", "  ns added per HTTPS request (1/rps with - without)", &rps),
         row("7a", "  p99 latency (lower is better)", &p99, " us", 0, None),
         row(
             "7b",

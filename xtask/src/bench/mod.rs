@@ -77,6 +77,22 @@ pub struct Row {
 impl Row {
     /// A side-by-side ratio: the medians of both sides (`digits` decimals, then `unit`),
     /// their ratio, the spread of the per-round ratios, and the goal (its text, met).
+    /// The ns a saturated server spends more per request with the agent: 1/rps with − 1/rps
+    /// without (the server is the bottleneck).
+    pub fn added_ns(id: &'static str, measure: &str, rps: &stats::Paired) -> Row {
+        let (base, with) = (1e9 / rps.base_median(), 1e9 / rps.with_median());
+        Row {
+            id,
+            measure: measure.into(),
+            without: format!("{base:.0} ns"),
+            with: format!("{with:.0} ns"),
+            result: format!("+{:.0} ns", with - base),
+            spread: "-".into(),
+            goal: "-".into(),
+            met: None,
+        }
+    }
+
     pub fn ratio(id: &'static str, measure: &str, p: &stats::Paired, unit: &str, digits: usize, goal: Option<(&str, bool)>) -> Row {
         let (lo, hi) = p.ratio_spread();
         Row {
