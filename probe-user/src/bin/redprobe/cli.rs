@@ -54,11 +54,13 @@ Logs go to stderr; set RUST_LOG=debug for more."
 #[command(
     name = "redprobe",
     version,
-    about = "RED metrics (rate, errors, duration) for any HTTP/1.x server, measured from the kernel",
-    long_about = "RED metrics (rate, errors, duration) for any HTTP/1.x server, measured from the \
-                  kernel with eBPF. Point it at a server (by PID, listening port, executable name or \
-                  cgroup); it serves Prometheus metrics (http_server_request_duration_seconds by \
-                  method, route, status) without touching the server's code."
+    about = "RED metrics (rate, errors, duration) for any HTTP/1.x or HTTP/2 server, measured from the kernel",
+    long_about = "RED metrics (rate, errors, duration) for any HTTP/1.x or HTTP/2 server (gRPC \
+                  included), in clear text or HTTPS, measured from the kernel with eBPF. Point it at \
+                  a server (by PID, listening port, executable name or cgroup); it serves Prometheus \
+                  metrics (http_server_request_duration_seconds by method, route, status; \
+                  rpc_server_call_duration_seconds by gRPC method and status) without touching the \
+                  server's code."
 )]
 #[command(group(ArgGroup::new("target").required(true).multiple(true).args(["pids", "ports", "exes", "cgroups", "containers"])))]
 pub struct Cli {
