@@ -11,7 +11,7 @@ use probe_common::{
     COUNTER_FOREIGN_CONTEXT, COUNTER_LOST, COUNTER_SERVER_CONNS, EVENT_RECV, EVENT_SEND,
     FLAG_AFTER_LOSS, FLAG_UNCLASSIFIED, HEAD_WINDOW, MAX_IOVECS, MAX_IOVECS_WALKED, ROLE_CLIENT, ROLE_OTHER,
     ROLE_SERVER, ROLE_UNKNOWN, TAIL_WINDOW, CONN_TX_WATCHED, FLAG_TX_PENDING, TX_SLOW, TxWait, CONN_TLS,
-    CONN_TLS_OPEN, CONN_TLS_PROBED, FAMILY_TLS, FLAG_PLAIN_ON_TLS_PORT, ROLE_H2,
+    FAMILY_TLS, FLAG_PLAIN_ON_TLS_PORT, ROLE_H2,
 };
 
 use crate::{
@@ -200,10 +200,7 @@ pub extern "C" fn rp_on_io(w: *mut Work, state: *mut ConnState) -> u32 {
                         }
                         let server = conn::set_role(cookie, ROLE_SERVER);
                         if plaintext && let Some(s) = server {
-                            unsafe {
-                                (*s).flags |= CONN_TLS | CONN_TLS_PROBED | CONN_TLS_OPEN;
-                                (*s).family = (family & !FAMILY_TLS) as u32;
-                            }
+                            tls::on_first_plaintext(s, family);
                         }
                         if let Some(s) = server
                             && family != AF_UNIX
@@ -242,13 +239,8 @@ pub extern "C" fn rp_on_io(w: *mut Work, state: *mut ConnState) -> u32 {
                         }
                         let h2 = conn::set_role(cookie, ROLE_H2);
                         crate::h2::start(cookie);
-                        if let Some(s) = h2
-                            && plaintext
-                        {
-                            unsafe {
-                                (*s).flags |= CONN_TLS | CONN_TLS_PROBED | CONN_TLS_OPEN;
-                                (*s).family = (family & !FAMILY_TLS) as u32;
-                            }
+                        if plaintext && let Some(s) = h2 {
+                            tls::on_first_plaintext(s, family);
                         }
                         crate::h2::emit(w);
                         return 0;
@@ -274,10 +266,7 @@ pub extern "C" fn rp_on_io(w: *mut Work, state: *mut ConnState) -> u32 {
                         // Tell the agent once what arrived (TLS, garbage, another protocol).
                         let other = conn::set_role(cookie, ROLE_OTHER);
                         if plaintext && let Some(s) = other {
-                            unsafe {
-                                (*s).flags |= CONN_TLS | CONN_TLS_PROBED | CONN_TLS_OPEN;
-                                (*s).family = (family & !FAMILY_TLS) as u32;
-                            }
+                            tls::on_first_plaintext(s, family);
                         }
                         flags |= FLAG_UNCLASSIFIED;
                     }

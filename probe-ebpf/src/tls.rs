@@ -333,6 +333,17 @@ fn go_socket_io(tgid: u32, cookie: u64, sk: *const u8, recv: bool, now: u64, arr
     note_last(&GO_LAST, &TlsSslKey { tgid, _pad: 0, ssl: g }, cookie, sk, recv, now, arrival);
 }
 
+/// A connection classified from a TLS library's plaintext (`FAMILY_TLS` in `family`): it
+/// carries TLS, a call of the target was mapped to it, its handshake is done, and its
+/// family is the socket's.
+#[inline(always)]
+pub fn on_first_plaintext(state: *mut ConnState, family: u16) {
+    unsafe {
+        (*state).flags |= CONN_TLS | CONN_TLS_PROBED | CONN_TLS_OPEN;
+        (*state).family = (family & !FAMILY_TLS) as u32;
+    }
+}
+
 /// A target's connection whose first bytes are a TLS record: its socket I/O is ciphertext
 /// from now on (its port is marked HTTPS when a handshake completes on it).
 #[inline(always)]
