@@ -68,6 +68,13 @@ pub const FLAG_TLS_PLAIN_PORT: u32 = 1024;
 /// on a port the target accepted TLS connections on (HTTP sent to an HTTPS port).
 pub const FLAG_PLAIN_ON_TLS_PORT: u32 = 512;
 
+/// `flags` of a read or write: of a target's outgoing HTTP client connection
+/// (`ROLE_CLIENT`): its writes carry requests, its reads responses.
+pub const FLAG_CLIENT: u32 = 8192;
+/// `flags` of a close: the peer closed first (the target's side went from CLOSE_WAIT to
+/// LAST_ACK): for a client connection, the server ended it.
+pub const FLAG_PEER_CLOSED: u32 = 16384;
+
 /// Bytes of an HTTP/2 connection one [`H2Event`] carries at most.
 pub const H2_CHUNK: usize = 4096;
 /// Steps of the programs' walk over one read or write: each copies a frame header, or a

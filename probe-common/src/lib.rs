@@ -109,7 +109,7 @@ mod layout_tests {
         assert_eq!(size_of::<TlsSslKey>(), 16);
         assert_eq!(size_of::<TlsConn>(), 16);
         assert_eq!(size_of::<KernelOffsets>(), 4 * 29);
-        assert_eq!(size_of::<ProbeConfig>(), 8);
+        assert_eq!(size_of::<ProbeConfig>(), 16);
         assert_eq!(size_of::<Arrival>(), 16);
         assert_eq!((offset_of!(Arrival, start_seq), offset_of!(Arrival, end_seq)), (8, 12));
         assert_eq!(size_of::<buckets::TimeBounds>(), 8 * buckets::TIME_SLOTS);

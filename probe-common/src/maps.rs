@@ -53,7 +53,7 @@ pub const COUNTER_FD_MISMATCH: u32 = 2;
 pub const COUNTER_CONN_INSERT_FAILED: u32 = 3;
 /// Connections classified as HTTP server connections.
 pub const COUNTER_SERVER_CONNS: u32 = 4;
-/// Connections classified as client connections of the target (ignored).
+/// Connections classified as client connections of the target (HTTP or TLS sent first).
 pub const COUNTER_CLIENT_CONNS: u32 = 5;
 /// Requests the kernel measured that did not fit in `AGG` (sent as events instead).
 pub const COUNTER_AGG_FULL: u32 = 6;
@@ -87,8 +87,12 @@ pub const COUNTER_SLOTS: u32 = 16;
 pub const ROLE_SERVER: u32 = 1;
 /// Not classified yet (no entry, or fewer than four bytes received).
 pub const ROLE_UNKNOWN: u32 = 0;
-/// The target sent an HTTP request on it first: an outgoing client connection.
+/// The target sent an HTTP/1.x request on it first: an outgoing client connection. Its
+/// reads and writes go to the agent (`FLAG_CLIENT`) when client metrics are on.
 pub const ROLE_CLIENT: u32 = 2;
+/// The target sent a TLS handshake record on it first: an outgoing TLS client connection,
+/// counted and not measured.
+pub const ROLE_CLIENT_TLS: u32 = 5;
 /// Its first received bytes were not an HTTP request; watched until one arrives.
 pub const ROLE_OTHER: u32 = 3;
 /// Its first received bytes were the HTTP/2 connection preface (prior knowledge, or after
@@ -307,4 +311,9 @@ pub struct ProbeConfig {
     pub wakeup_bytes: u32,
     /// Number of u64 words in `TARGETS` (pid_max / 64, rounded up).
     pub target_words: u32,
+    /// 1: the targets' HTTP client connections (`ROLE_CLIENT`) are sent to the agent, which
+    /// measures the requests they carry (`--no-client-metrics` sets 0: they are only
+    /// counted, as before).
+    pub client_metrics: u32,
+    pub _pad: u32,
 }

@@ -11,7 +11,7 @@ use probe_common::{
     COUNTER_FOREIGN_CONTEXT, COUNTER_LOST, COUNTER_SERVER_CONNS, EVENT_RECV, EVENT_SEND,
     FLAG_AFTER_LOSS, FLAG_UNCLASSIFIED, HEAD_WINDOW, MAX_IOVECS, MAX_IOVECS_WALKED, ROLE_CLIENT, ROLE_OTHER,
     ROLE_SERVER, ROLE_UNKNOWN, TAIL_WINDOW, CONN_TX_WATCHED, FLAG_TX_PENDING, TX_SLOW, TxWait, CONN_TLS,
-    FAMILY_TLS, FLAG_PLAIN_ON_TLS_PORT, ROLE_H2,
+    FAMILY_TLS, FLAG_PLAIN_ON_TLS_PORT, ROLE_H2, ROLE_CLIENT_TLS, FLAG_CLIENT,
 };
 
 use crate::{
@@ -67,7 +67,11 @@ pub fn on_socket_io(sk: *const u8, moved: u32, dir: Direction, tgid: u32) -> u32
         Some(state) => unsafe { (*state).role },
         None => ROLE_UNKNOWN,
     };
-    if role == ROLE_CLIENT || (role == ROLE_OTHER && dir == Direction::Send) {
+    // Client connections are the agent's only with client metrics on (`--no-client-metrics`).
+    if role == ROLE_CLIENT_TLS
+        || (role == ROLE_CLIENT && global!(CONFIG.client_metrics) == 0)
+        || (role == ROLE_OTHER && dir == Direction::Send)
+    {
         return 0;
     }
     // A TLS connection's bytes are ciphertext: its plaintext comes from the TLS probes.
@@ -121,7 +125,38 @@ pub fn on_socket_io(sk: *const u8, moved: u32, dir: Direction, tgid: u32) -> u32
         (*w).offset = 0;
         (*w).arrival = 0;
     }
-    rp_on_io(w, state.unwrap_or(core::ptr::null_mut()));
+    // A client connection's I/O is emitted here, not in `rp_on_io`: its call chain has no
+    // stack to spare.
+    if role == ROLE_CLIENT || rp_on_io(w, state.unwrap_or(core::ptr::null_mut())) == CLIENT_IO {
+        rp_emit_client(w);
+    }
+    0
+}
+
+/// What `rp_on_io` returns for the I/O of a target's client connection (with client
+/// metrics on), which its caller emits (`rp_emit_client`).
+pub const CLIENT_IO: u32 = 1;
+
+/// A read or write of a target's client connection, as a data event with `FLAG_CLIENT`:
+/// its bytes are a request (a write) or a response (a read); neither waits for
+/// transmission nor has an arrival stamp.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn rp_emit_client(w: *const Work) -> u32 {
+    let Some(w) = (unsafe { w.as_ref() }) else { return 0 };
+    let args = EmitArgs {
+        cookie: w.cookie,
+        sk: w.sk,
+        kind: w.kind,
+        ptr: w.ptr,
+        count: w.count,
+        moved: w.moved,
+        recv: w.recv,
+        flags: FLAG_CLIENT as u64,
+        tgid: w.tgid,
+        family: w.family,
+    };
+    rp_emit(&args);
     0
 }
 
@@ -169,6 +204,9 @@ pub extern "C" fn rp_on_io(w: *mut Work, state: *mut ConnState) -> u32 {
     if role == ROLE_H2 {
         crate::h2::emit(w);
         return 0;
+    }
+    if role == ROLE_CLIENT {
+        return CLIENT_IO;
     }
     let mut flags = 0;
     if role != ROLE_SERVER {
@@ -274,15 +312,23 @@ pub extern "C" fn rp_on_io(w: *mut Work, state: *mut ConnState) -> u32 {
             }
             Direction::Send => {
                 let (verdict, c) = classify(src, moved, Classifier::default());
-                // An HTTP request, or a TLS handshake record (a ClientHello), sent first.
-                let opens = verdict == Verdict::Request || (!plaintext && tls::is_handshake(c.first4));
-                if opens {
+                // An HTTP/1.x request sent first: the target's client connection, measured
+                // from this request on (with client metrics on).
+                if verdict == Verdict::Request && !plaintext {
                     conn::set_role(cookie, ROLE_CLIENT);
                     count(COUNTER_CLIENT_CONNS);
+                    return if global!(CONFIG.client_metrics) != 0 { CLIENT_IO } else { 0 };
+                } else {
+                    // A TLS handshake record (a ClientHello) sent first: a TLS client
+                    // connection, counted, not measured.
+                    if verdict == Verdict::Request || (!plaintext && tls::is_handshake(c.first4)) {
+                        conn::set_role(cookie, ROLE_CLIENT_TLS);
+                        count(COUNTER_CLIENT_CONNS);
+                    }
+                    // Otherwise a write before any request: a connection opened before we
+                    // attached, in the middle of a response. Its next request classifies it.
+                    return 0;
                 }
-                // Otherwise a write before any request: a connection opened before we
-                // attached, in the middle of a response. Its next request classifies it.
-                return 0;
             }
         }
     }
@@ -503,6 +549,8 @@ pub extern "C" fn rp_emit(a: *const EmitArgs) -> u64 {
     // event was reserved before the wait is stored, so it comes before that news.
     let mut tx_end_seq = 0;
     let mut flags = flags;
+    // (A client connection's socket is never watched: the sock_ops program watches the
+    // sockets a target accepted.)
     if a.recv == 0
         && a.family != AF_UNIX as u64
         && tx::watched(a.sk as *const u8)

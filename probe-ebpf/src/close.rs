@@ -13,7 +13,7 @@ use aya_ebpf::{
 };
 use probe_common::{
     CloseEvent, ConnState, EventHeader, CONN_TLS, CONN_TLS_OPEN, CONN_TLS_PROBED, COUNTER_LOST, EVENT_CLOSE, FAMILY_TLS,
-    FLAG_RESET, FLAG_TLS_OPEN, FLAG_TLS_PLAIN_PORT, FLAG_TLS_PROBED, FLAG_TLS_UNMEASURED, MODE_FAST, ROLE_H2, ROLE_SERVER, ROLE_UNKNOWN,
+    FLAG_RESET, FLAG_PEER_CLOSED, ROLE_CLIENT, FLAG_TLS_OPEN, FLAG_TLS_PLAIN_PORT, FLAG_TLS_PROBED, FLAG_TLS_UNMEASURED, MODE_FAST, ROLE_H2, ROLE_SERVER, ROLE_UNKNOWN,
 };
 
 use crate::{
@@ -39,6 +39,9 @@ const TCP_LISTEN: u32 = 10;
 enum Closing {
     /// The first step out of the open states (FIN sent, or a reset).
     First { reset: bool },
+    /// The first step out of the open states after the peer's FIN (CLOSE_WAIT to LAST_ACK):
+    /// the peer closed first.
+    AfterPeer,
     /// A later step of a close already seen.
     Later,
 }
@@ -72,7 +75,13 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> u32 {
     let old_state = ctx.arg::<u64>(1) as u32;
     let open = old_state == TCP_ESTABLISHED || old_state == TCP_CLOSE_WAIT;
     // Straight from an open state to CLOSE: a reset (received, or sent by an abortive close).
-    let closing = if open { Closing::First { reset: new_state == TCP_CLOSE } } else { Closing::Later };
+    let closing = if !open {
+        Closing::Later
+    } else if old_state == TCP_CLOSE_WAIT && new_state == TCP_LAST_ACK {
+        Closing::AfterPeer
+    } else {
+        Closing::First { reset: new_state == TCP_CLOSE }
+    };
     let family = read::<u16>(sk, global!(OFFSETS.sk_family)).unwrap_or(0);
     forget(cookie, closing, family, sk);
     0
@@ -122,6 +131,7 @@ fn forget(cookie: u64, closing: Closing, family: u16, sk: *const u8) {
             let reset = closing == Closing::First { reset: true };
             let family = if conn_flags & CONN_TLS != 0 { family | FAMILY_TLS } else { family };
             let mut report = role == ROLE_H2
+                || (role == ROLE_CLIENT && global!(CONFIG.client_metrics) != 0)
                 || (role == ROLE_SERVER && (mode != MODE_FAST || fast_close(state, cookie, family, sk, !reset) != fast::DONE));
             // A TLS connection that never carried a request's plaintext: the agent counts
             // why (a handshake that failed or was abandoned, a library not probed...).
@@ -140,6 +150,9 @@ fn forget(cookie: u64, closing: Closing, family: u16, sk: *const u8) {
         }
         None => closing != Closing::Later,
     };
+    if closing == Closing::AfterPeer {
+        flags |= FLAG_PEER_CLOSED;
+    }
     if report {
         emit_close(cookie, closing == Closing::First { reset: true }, flags);
     }

@@ -149,7 +149,7 @@ pub static OFFSETS: KernelOffsets = KernelOffsets {
 };
 
 #[unsafe(no_mangle)]
-pub static CONFIG: ProbeConfig = ProbeConfig { wakeup_bytes: 0, target_words: 0 };
+pub static CONFIG: ProbeConfig = ProbeConfig { wakeup_bytes: 0, target_words: 0, client_metrics: 0, _pad: 0 };
 
 /// The duration slots' upper bounds (`probe_common::buckets`), patched in by the agent.
 #[unsafe(no_mangle)]

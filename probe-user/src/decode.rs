@@ -3,7 +3,7 @@
 use crate::reason::{Protocol, TlsUnmeasured};
 use probe_common::{
     CloseEvent, DataEvent, EVENT_CLOSE, EVENT_EXEC, EVENT_EXIT, EVENT_FORK, EVENT_MEASURED, EVENT_PATH, EVENT_RECV,
-    EVENT_SEND, EVENT_SENT, EVENT_SWITCH, EVENT_H2, H2_HEADER_LEN, H2Event, FLAG_H2_LAST, FLAG_H2_TRUNCATED, EventHeader, ExecEvent, ExitEvent, FLAG_AFTER_LOSS, FLAG_RESET, FLAG_SUPERSEDED, FLAG_TX_PENDING,
+    EVENT_SEND, EVENT_SENT, EVENT_SWITCH, EVENT_H2, H2_HEADER_LEN, H2Event, FLAG_H2_LAST, FLAG_H2_TRUNCATED, EventHeader, ExecEvent, ExitEvent, FLAG_AFTER_LOSS, FLAG_RESET, FLAG_CLIENT, FLAG_PEER_CLOSED, FLAG_SUPERSEDED, FLAG_TX_PENDING,
     FLAG_PLAIN_ON_TLS_PORT, FLAG_TLS_OPEN, FLAG_TLS_PLAIN_PORT, FLAG_TLS_PROBED, FLAG_TLS_UNMEASURED, FLAG_UNCLASSIFIED, ForkEvent, MeasuredEvent, PathEvent, SentEvent, SwitchEvent,
 };
 use thiserror::Error;
@@ -43,6 +43,8 @@ pub struct Data {
     pub unclassified: bool,
     /// Unclassified: a plaintext request on a port the target serves HTTPS on.
     pub on_tls_port: bool,
+    /// Of a target's client connection: its writes are requests, its reads responses.
+    pub client: bool,
     /// Of a write that left bytes unsent: the sequence number after its last byte, which
     /// a `Sent` event will announce as transmitted.
     pub tx_end_seq: Option<u32>,
@@ -76,7 +78,8 @@ pub enum Event {
     /// `reset`: by a reset rather than a FIN; `ts_ns`: when.
     /// `tls`: a TLS connection that carried no request's plaintext, and why: a reason, or
     /// another protocol (`Err(Protocol::Tls)`: HTTPS sent to a plain port).
-    Close { conn_id: u64, reset: bool, ts_ns: u64, tls: Option<Result<TlsUnmeasured, Protocol>> },
+    /// `peer_closed`: the peer's FIN came first.
+    Close { conn_id: u64, reset: bool, peer_closed: bool, ts_ns: u64, tls: Option<Result<TlsUnmeasured, Protocol>> },
     /// `child_start_ns`: the child's start, ns since boot.
     Fork { parent_tgid: u32, child_tgid: u32, child_start_ns: u64 },
     /// The process runs a new program, now called `comm`.
@@ -123,6 +126,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
                 after_loss: header.flags & FLAG_AFTER_LOSS != 0,
                 unclassified: header.flags & FLAG_UNCLASSIFIED != 0,
                 on_tls_port: header.flags & FLAG_PLAIN_ON_TLS_PORT != 0,
+                client: header.flags & FLAG_CLIENT != 0,
                 tx_end_seq: (header.flags & FLAG_TX_PENDING != 0).then_some(ev.tx_end_seq),
             }))
         }
@@ -161,7 +165,13 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
                 TlsUnmeasured::of(f & FLAG_TLS_PROBED != 0, f & FLAG_TLS_OPEN != 0, f & FLAG_TLS_PLAIN_PORT != 0)
                     .ok_or(Protocol::Tls)
             });
-            Ok(Event::Close { conn_id: ev.conn_id, reset: f & FLAG_RESET != 0, ts_ns: header.ts_ns, tls })
+            Ok(Event::Close {
+                conn_id: ev.conn_id,
+                reset: f & FLAG_RESET != 0,
+                peer_closed: f & FLAG_PEER_CLOSED != 0,
+                ts_ns: header.ts_ns,
+                tls,
+            })
         }
         EVENT_FORK => {
             let ev: ForkEvent = read(bytes)?;

@@ -9,7 +9,7 @@
 //! of cases; `PROPTEST_CASES=100000 cargo test -p probe-user fuzz` runs it longer.
 use std::collections::BTreeSet;
 
-use probe_common::{DataEvent, EVENT_RECV, EVENT_SEND, EventHeader, FLAG_AFTER_LOSS, FLAG_UNCLASSIFIED, HEAD_WINDOW, TAIL_WINDOW};
+use probe_common::{DataEvent, EVENT_RECV, EVENT_SEND, EventHeader, FLAG_AFTER_LOSS, FLAG_CLIENT, FLAG_UNCLASSIFIED, HEAD_WINDOW, TAIL_WINDOW};
 use proptest::{prelude::*, test_runner::FileFailurePersistence};
 use prometheus_client::registry::Registry as Prometheus;
 
@@ -93,7 +93,7 @@ fn record() -> impl Strategy<Value = Record> {
     prop_oneof![
         12 => (
             prop_oneof![3 => Just(0u64), 1 => 0u64..4],
-            prop::sample::select(vec![0, 0, 0, 0, 0, 0, FLAG_AFTER_LOSS, FLAG_UNCLASSIFIED, u32::MAX]),
+            prop::sample::select(vec![0, 0, 0, 0, 0, 0, FLAG_AFTER_LOSS, FLAG_UNCLASSIFIED, FLAG_CLIENT, FLAG_CLIENT, u32::MAX]),
             payload(),
             prop_oneof![8 => Just(0u32), 1 => 0u32..100_000],
             prop_oneof![8 => Just(u16::MAX), 1 => any::<u16>()],

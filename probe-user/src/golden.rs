@@ -7,7 +7,7 @@
 use std::path::PathBuf;
 
 use probe_common::{
-    AggKey, AggValue, EVENT_RECV, EVENT_SEND, FLAG_AFTER_LOSS, FLAG_UNCLASSIFIED, FastRequest, MeasuredEvent, Pairing,
+    AggKey, AggValue, EVENT_RECV, EVENT_SEND, FLAG_AFTER_LOSS, FLAG_CLIENT, FLAG_UNCLASSIFIED, FastRequest, MeasuredEvent, Pairing,
     RESP_LENGTH, SLOW_PIPELINE, SwitchEvent,
 };
 use prometheus_client::registry::Registry as Prometheus;
@@ -79,7 +79,23 @@ fn sequence() -> Vec<Vec<u8>> {
     ]
     .into_iter()
     .chain(http2_sequence())
+    .chain(client_sequence())
     .collect()
+}
+
+/// The target's outgoing calls (conns 8 and 9): a POST answered 201 and a GET answered 503
+/// on one keep-alive connection, and a GET whose upstream reset the connection.
+fn client_sequence() -> Vec<Vec<u8>> {
+    let client = |kind: u32, conn: u64, ts_ms: u64, bytes: &[u8]| data(kind, conn, ts_ms, AF_INET, FLAG_CLIENT, bytes);
+    vec![
+        client(EVENT_SEND, 8, 5000, b"POST /v1/charges HTTP/1.1\r\nHost: payments.internal:8443\r\nContent-Length: 4\r\n\r\n"),
+        client(EVENT_SEND, 8, 5000, b"body"),
+        client(EVENT_RECV, 8, 5120, b"HTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\nok"),
+        client(EVENT_SEND, 8, 5200, b"GET /v1/rates HTTP/1.1\r\nHost: payments.internal:8443\r\n\r\n"),
+        client(EVENT_RECV, 8, 5203, b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n"),
+        client(EVENT_SEND, 9, 6000, b"GET /geo HTTP/1.1\r\nHost: geo\r\n\r\n"),
+        wire::reset(9, 6_250_000_000),
+    ]
 }
 
 /// An HTTP/2 connection (conn 7): a gRPC call that fails with NOT_FOUND (5) in its trailers,

@@ -46,6 +46,8 @@ pub struct RequestHead {
     pub body: BodyFraming,
     /// `Connection: close`, or HTTP/1.0 without `Connection: keep-alive`.
     pub close: bool,
+    /// The `Host` header's value (a client request's upstream: `labels::peer`).
+    pub host: Option<Vec<u8>>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -120,6 +122,7 @@ pub fn parse_request(buf: &[u8]) -> HeadParse<RequestHead> {
                     version,
                     body,
                     close,
+                    host: req.headers.iter().find(|h| h.name.eq_ignore_ascii_case("host")).map(|h| h.value.to_vec()),
                 },
                 n,
             )
@@ -148,6 +151,25 @@ fn parse_non_utf8_target(buf: &[u8]) -> HeadParse<RequestHead> {
         }
         other => other,
     }
+}
+
+/// The `Host` header of a head that is cut short (the rest is outside the capture window),
+/// if its whole line was captured.
+pub fn host_in_partial_head(buf: &[u8]) -> Option<Vec<u8>> {
+    // Only lines that end in the buffer: the bytes after its last '\n' were cut.
+    let end = buf.iter().rposition(|b| *b == b'\n')?;
+    let mut lines = buf[..end].split(|b| *b == b'\n');
+    lines.next()?; // the request line
+    for line in lines {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.is_empty() {
+            return None; // the end of the head
+        }
+        if line.len() >= 5 && line[..5].eq_ignore_ascii_case(b"host:") {
+            return Some(line[5..].trim_ascii().to_vec());
+        }
+    }
+    None
 }
 
 /// The request line of a head that is cut short (the rest is outside the capture
@@ -206,6 +228,17 @@ pub fn parse_status_line(buf: &[u8]) -> Option<(u16, Version)> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn host_of_cut_heads() {
+        use super::host_in_partial_head as host;
+        assert_eq!(host(b"GET / HTTP/1.1\r\nHost: a:1\r\nX-Big: aaaa"), Some(b"a:1".to_vec()));
+        assert_eq!(host(b"GET / HTTP/1.1\r\nhOsT:b\r\n"), Some(b"b".to_vec()));
+        assert_eq!(host(b"GET / HTTP/1.1\r\nX: 1\r\nHost: a:1"), None, "a cut Host line");
+        assert_eq!(host(b"GET / HTTP/1.1\r\nX: 1\r\n\r\nHost: a\r\n"), None, "past the head");
+        assert_eq!(host(b"GET / HTTP/1.1"), None);
+        assert_eq!(host(b"GET /host: HTTP/1.1\r\n"), None, "not in the request line");
+    }
+
     use super::*;
 
     /// (method, target, version, body framing, connection closes after it)

@@ -10,7 +10,7 @@ use crate::{
     http2::H2Conns,
     labels::kernel_ids,
     metrics::{Metrics, health::ServiceLabels},
-    pairing::{Exchange, Head, KernelHead, Output, PairedBy, Pairer},
+    pairing::{ClientCall, ClientCut, Exchange, Head, KernelHead, Output, PairedBy, Pairer},
     proc_root::ticks_per_second,
     reason::SlowReason,
     registry::{SharedRegistry, Target, lock},
@@ -31,6 +31,8 @@ pub enum Notice {
 
 pub struct Pipeline {
     pairer: Pairer,
+    /// The targets' client connections (`FLAG_CLIENT`): their requests and responses.
+    client: Pairer,
     h2: H2Conns,
     metrics: Metrics,
     registry: SharedRegistry,
@@ -44,6 +46,7 @@ impl Pipeline {
     pub fn new(metrics: Metrics, registry: SharedRegistry, max_connections: usize) -> Self {
         Pipeline {
             pairer: Pairer::new(max_connections),
+            client: Pairer::client(max_connections),
             h2: H2Conns::new(max_connections),
             metrics,
             registry,
@@ -126,6 +129,13 @@ impl Pipeline {
 
     pub fn event(&mut self, event: Event) -> Option<Notice> {
         let notice = match event {
+            Event::Data(d) if d.client => {
+                let registry = &self.registry;
+                let mut out = vec![];
+                self.client.on_data(&d, || lock(registry).service_of(d.tgid), &mut out);
+                client_outputs(out, ClientCut::GaveUp, &mut self.outputs);
+                None
+            }
             Event::Data(d) => {
                 let registry = &self.registry;
                 self.pairer.on_data(&d, || lock(registry).service_of(d.tgid), &mut self.outputs);
@@ -137,7 +147,19 @@ impl Pipeline {
                 self.h2.on_chunk(&c, service, || pairer.take_h2c(c.conn_id), &mut self.outputs);
                 None
             }
-            Event::Close { conn_id, reset, ts_ns, tls } => {
+            Event::Close { conn_id, reset, peer_closed, ts_ns, tls } if self.client.tracks(conn_id) => {
+                debug_assert!(tls.is_none());
+                let mut out = vec![];
+                self.client.on_close(conn_id, reset, ts_ns, &mut out);
+                let cut = match (reset, peer_closed) {
+                    (true, _) => ClientCut::Reset,
+                    (false, true) => ClientCut::PeerClosed,
+                    (false, false) => ClientCut::GaveUp,
+                };
+                client_outputs(out, cut, &mut self.outputs);
+                None
+            }
+            Event::Close { conn_id, reset, ts_ns, tls, .. } => {
                 match tls {
                     Some(Ok(why)) => self.outputs.push(Output::TlsUnmeasured(why)),
                     Some(Err(protocol)) => self.outputs.push(Output::OtherProtocol(protocol)),
@@ -202,12 +224,22 @@ impl Pipeline {
         }
     }
 
+    /// Client connections idle for `idle_ns` with requests unanswered: the target waited
+    /// that long for their responses; they are measured as given up on.
+    fn evict_idle_clients(&mut self, now_ns: u64, idle_ns: u64) {
+        let mut out = vec![];
+        self.client.evict_idle(now_ns, idle_ns, &mut out);
+        client_outputs(out, ClientCut::GaveUp, &mut self.outputs);
+    }
+
     /// Once a second: forget connections idle for `idle_ns`, refresh the snapshot gauges.
     /// `kernel_conns` is what the kernel's `CONNS` map holds: its fast connections are open
     /// connections, and their waiting requests are in flight.
     pub fn housekeeping(&mut self, now_ns: u64, idle_ns: u64, kernel_conns: &[ConnState]) {
         self.pairer.evict_idle(now_ns, idle_ns, &mut self.outputs);
+        self.evict_idle_clients(now_ns, idle_ns);
         self.flush();
+        self.metrics.set_client_active(&self.client.client_active_requests());
         self.metrics.health.tx_waiting.set(self.pairer.waiting_for_transmission() as i64);
         let mut active = self.pairer.active_requests();
         let mut open = self.pairer.connections_by_service();
@@ -229,8 +261,24 @@ impl Pipeline {
         drop(r);
         self.metrics.set_active_requests(&active);
         let health = &self.metrics.health;
-        health.connections_tracked.set((self.pairer.connections() + self.h2.len()) as i64);
+        health.connections_tracked.set((self.pairer.connections() + self.client.connections() + self.h2.len()) as i64);
         health.open_connections.set(open.into_iter().map(|(service, n)| (ServiceLabels { service }, n)));
+    }
+}
+
+/// The client pairer's outputs, as client ones: an exchange is a client call (`cut`: why,
+/// if it was cut short: the close that ended it), anything not measured is counted as a
+/// client request's reason.
+fn client_outputs(out: Vec<Output>, cut: ClientCut, to: &mut Vec<Output>) {
+    for o in out {
+        to.push(match o {
+            Output::Exchange(x) => {
+                let cut = x.reset.then_some(cut);
+                Output::Client(ClientCall { exchange: x, cut })
+            }
+            Output::Unparsed(reason) => Output::ClientUnmeasured(reason),
+            other => other,
+        });
     }
 }
 

@@ -17,11 +17,17 @@ Routes (GET unless noted):
   /folded             200 with a folded (obsolete line folding) header
   POST /echo          reads the Content-Length body, answers 201 with its size
   POST /early         answers 413 before it reads the body, then reads it
+  /call?port=P&paths=/a,POST:/b[&timeout_ms=N]
+                      an outgoing call to http://127.0.0.1:P<path> for each path, in order,
+                      with http.client on one keep-alive connection (a new one after a
+                      call that failed; POST sends a 1000-byte body); answers 200 with one
+                      line per call: its status, or the name of the exception it raised
 With --head-body, HEAD is answered like GET, body included (as `do_HEAD = do_GET` does).
 With --one-at-a-time, one connection is served at a time (http.server's HTTPServer): the
 others wait in the listener's accept queue, as on a saturated prefork server.
 """
 import argparse
+import http.client
 import socket
 import sys
 import time
@@ -108,6 +114,8 @@ class Handler(BaseHTTPRequestHandler):
             self.end_headers()
             self.wfile.write(b"delimited by close\n")
             self.close_connection = True
+        elif path == "/call":
+            self.reply(200, call(query).encode())
         elif path == "/partial":
             self.send_response(200)
             self.send_header("Content-Length", "1000")
@@ -129,6 +137,30 @@ class Handler(BaseHTTPRequestHandler):
             self.reply(201, b"%d\n" % len(body))
         else:
             self.reply(404, b"no such route\n")
+
+
+def call(query):
+    """The /call route: outgoing requests, one line of outcome each."""
+    port = int(query["port"][0])
+    timeout = int(query.get("timeout_ms", ["5000"])[0]) / 1000
+    conn, lines = None, []
+    for spec in query["paths"][0].split(","):
+        method, _, target = spec.rpartition(":")
+        method = method or "GET"
+        body = b"b" * 1000 if method == "POST" else None
+        conn = conn or http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+        try:
+            conn.request(method, target, body=body)
+            r = conn.getresponse()
+            r.read()
+            lines.append(str(r.status))
+        except Exception as e:  # the outcome is the answer
+            lines.append(type(e).__name__)
+            conn.close()
+            conn = None
+    if conn:
+        conn.close()
+    return "\n".join(lines) + "\n"
 
 
 def main():

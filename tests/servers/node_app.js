@@ -17,9 +17,45 @@ function reply(res, status, body, type = "text/plain") {
 const tls = process.env.TLS_CERT
   ? { cert: fs.readFileSync(process.env.TLS_CERT), key: fs.readFileSync(process.env.TLS_KEY) }
   : null;
+// /call?port=P&paths=/a,POST:/b[&via=fetch]: an outgoing call to http://127.0.0.1:P<path>
+// for each path, in order, with http.request on a keep-alive agent (or the global fetch,
+// undici); answers 200 with one line per call: its status, or the error's code.
+const upstreamAgent = new http.Agent({ keepAlive: true, maxSockets: 1 });
+function callOnce(port, spec, via) {
+  const i = spec.lastIndexOf(":");
+  const [method, target] = i > 0 ? [spec.slice(0, i), spec.slice(i + 1)] : ["GET", spec];
+  const body = method === "POST" ? Buffer.alloc(1000, "b") : null;
+  if (via === "fetch") {
+    return fetch(`http://127.0.0.1:${port}${target}`, { method, body })
+      .then(async (r) => (await r.arrayBuffer(), String(r.status)))
+      .catch((e) => (e.cause && e.cause.code) || e.name);
+  }
+  return new Promise((resolve) => {
+    const headers = body ? { "Content-Length": body.length } : {};
+    const req = http.request({ host: "127.0.0.1", port, path: target, method, headers, agent: upstreamAgent }, (r) => {
+      r.on("data", () => {});
+      r.on("end", () => resolve(String(r.statusCode)));
+    });
+    req.on("error", (e) => resolve(e.code || e.name));
+    req.end(body);
+  });
+}
+async function call(url) {
+  const port = Number(url.searchParams.get("port"));
+  const lines = [];
+  for (const spec of url.searchParams.get("paths").split(",")) {
+    lines.push(await callOnce(port, spec, url.searchParams.get("via")));
+  }
+  return lines.join("\n") + "\n";
+}
+
 const handler = (req, res) => {
   const url = new URL(req.url, "http://localhost");
   const path = url.pathname;
+  if (path === "/call") {
+    call(url).then((body) => reply(res, 200, body));
+    return;
+  }
   if (req.method === "POST" && path === "/echo") {
     let n = 0;
     req.on("data", (c) => (n += c.length));

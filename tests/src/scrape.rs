@@ -136,6 +136,20 @@ impl Metrics {
         out
     }
 
+    /// The targets' client requests: (method, status, server_address, server_port,
+    /// error_type) -> count (a status is "" when none was read).
+    pub fn client_counts(&self) -> BTreeMap<(String, String, String, String, String), u64> {
+        let mut out = BTreeMap::new();
+        for s in self.series("http_client_request_duration_seconds_count") {
+            let key = ["http_request_method", "http_response_status_code", "server_address", "server_port", "error_type"]
+                .map(|l| s.label(l).to_string());
+            let [method, status, address, port, error] = key;
+            *out.entry((method, status, address, port, error)).or_insert(0) += s.value as u64;
+        }
+        out.retain(|_, n| *n > 0);
+        out
+    }
+
     /// Cumulative bucket counts (le, count) of the duration histogram for `route`.
     pub fn buckets(&self, route: &str) -> Vec<(f64, f64)> {
         let mut by_le: BTreeMap<String, f64> = BTreeMap::new();

@@ -2,6 +2,8 @@
 //! files sent with sendfile (and gzip-compressed, chunked, for a client that asks), a head
 //! beyond the capture window, and `proxy_pass` to gunicorn over a Unix socket, where
 //! nginx's own upstream connections are client connections and never count as served.
+use std::collections::BTreeMap;
+
 use anyhow::Result;
 use testkit::{
     client::Conn,
@@ -150,6 +152,28 @@ fn proxy_pass(upstream: Bind) -> Result<()> {
         agent.wait_metrics("upstream connections classified as client", |m| {
             m.sum("redprobe_connections_classified_total", &[("role", "client")]) >= 1.0
         })?;
+        // nginx's calls to its upstream, from its side, are gunicorn's requests from
+        // gunicorn's side, request for request (by method and status). The upstream is
+        // named as nginx's Host header names it: the `app` upstream block, default port.
+        let m = agent.wait_metrics("nginx's 7 upstream calls", |m| {
+            m.sum("http_client_request_duration_seconds_count", &[("service_name", "nginx")]) >= 7.0
+        })?;
+        let mut client = BTreeMap::new();
+        for s in m.series("http_client_request_duration_seconds_count").filter(|s| s.value > 0.0) {
+            assert!(s.has(&[("service_name", "nginx"), ("server_address", "app"), ("server_port", "80")]), "{s:?}");
+            let status = s.label("http_response_status_code");
+            let want_error = if status == "500" { "500" } else { "" };
+            assert_eq!(s.label("error_type"), want_error, "{s:?}");
+            *client.entry((s.label("http_request_method").to_string(), status.to_string())).or_insert(0) += s.value as u64;
+        }
+        let mut served = BTreeMap::new();
+        for s in m.series("http_server_request_duration_seconds_count").filter(|s| s.label("service_name") != "nginx") {
+            let key = (s.label("http_request_method").to_string(), s.label("http_response_status_code").to_string());
+            *served.entry(key).or_insert(0) += s.value as u64;
+        }
+        served.retain(|_, n| *n > 0);
+        println!("nginx's upstream calls {client:?}; gunicorn's served requests {served:?}");
+        assert_eq!(client, served, "nginx's client series against gunicorn's server series");
     }
     assert_eq!(m.sum("redprobe_requests_unparsed_total", &[]), 0.0);
     Ok(())

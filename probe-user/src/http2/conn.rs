@@ -423,7 +423,7 @@ impl H2Conn {
         }
         let head = match s.upgraded {
             Some(head) => head,
-            None => Head::Read(RequestLine { method: s.method, target: s.path, version: Version::Http2 }),
+            None => Head::Read(RequestLine { method: s.method, target: s.path, version: Version::Http2, host: None }),
         };
         out.push(Output::Exchange(Exchange {
             head,

@@ -4,6 +4,7 @@
 //! these values.
 pub mod container;
 pub mod kernel_ids;
+pub mod peer;
 pub mod route;
 pub mod rpc;
 pub mod service;
@@ -73,6 +74,20 @@ pub fn error_type(status: Option<u16>, reset: bool) -> String {
     match status {
         _ if reset => CONNECTION_RESET.to_string(),
         Some(s) if (500..600).contains(&s) => s.to_string(),
+        _ => String::new(),
+    }
+}
+
+/// OTel's `error_type` of a client request: how its connection ended if the response was
+/// not read completely, else the status code for 4xx and 5xx (a client's errors include its
+/// requests' 4xx), empty (absent) otherwise.
+pub fn client_error_type(status: Option<u16>, cut: Option<crate::pairing::ClientCut>) -> String {
+    use crate::pairing::ClientCut;
+    match (cut, status) {
+        (Some(ClientCut::Reset), _) => CONNECTION_RESET.to_string(),
+        (Some(ClientCut::PeerClosed), _) => "connection_closed".to_string(),
+        (Some(ClientCut::GaveUp), _) => "timeout".to_string(),
+        (None, Some(s)) if (400..600).contains(&s) => s.to_string(),
         _ => String::new(),
     }
 }

@@ -5,6 +5,7 @@
 //! as Prometheus renders them (`otel.rs`), or django-prometheus's names (`django.rs`).
 //! The agent's own health (`health.rs`), the targets' saturation (`saturation.rs`) and the
 //! agent process (`process.rs`) are always exported. docs/metrics.md lists every family.
+pub mod client;
 pub mod django;
 pub mod health;
 mod histogram;
@@ -27,7 +28,7 @@ use probe_common::{AggKey, AggValue};
 
 use crate::{
     labels::{self, RouteLabel, Routes, kernel_ids},
-    pairing::{Exchange, Head, KernelHead, Output, PairedBy},
+    pairing::{ClientCall, Exchange, Head, KernelHead, Output, PairedBy},
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -60,6 +61,9 @@ pub struct HttpOptions {
     pub extra: Extra,
     /// Request label sets across the node (`--max-label-sets`; `labels::LabelSetCap`).
     pub max_label_sets: usize,
+    /// The client families (`http_client_*`) and their upstreams per service
+    /// (`--max-peers`); None with `--no-client-metrics`.
+    pub max_peers: Option<usize>,
 }
 
 /// `--max-label-sets`'s default: with the default histograms and every service in a pod
@@ -69,7 +73,11 @@ pub const DEFAULT_MAX_LABEL_SETS: usize = 1300;
 
 impl Default for HttpOptions {
     fn default() -> Self {
-        HttpOptions { extra: Extra::default(), max_label_sets: DEFAULT_MAX_LABEL_SETS }
+        HttpOptions {
+            extra: Extra::default(),
+            max_label_sets: DEFAULT_MAX_LABEL_SETS,
+            max_peers: Some(labels::peer::DEFAULT_MAX_PEERS),
+        }
     }
 }
 
@@ -108,6 +116,7 @@ enum Http {
 pub struct Metrics {
     http: Arc<Http>,
     rpc: Arc<rpc::RpcServer>,
+    client: Option<Arc<client::HttpClient>>,
     pub health: health::Health,
     routes: Arc<Routes>,
 }
@@ -131,8 +140,9 @@ impl Metrics {
             Naming::Otel => Http::Otel(otel::OtelHttp::register(registry, durations.clone(), options)),
             Naming::DjangoPrometheus => Http::Django(django::DjangoHttp::register(registry)),
         };
-        let rpc = Arc::new(rpc::RpcServer::register(registry, durations));
-        Metrics { http: Arc::new(http), rpc, health: health::Health::register(registry), routes: Arc::new(routes) }
+        let rpc = Arc::new(rpc::RpcServer::register(registry, durations.clone()));
+        let client = options.max_peers.map(|max| Arc::new(client::HttpClient::register(registry, durations, max)));
+        Metrics { http: Arc::new(http), rpc, client, health: health::Health::register(registry), routes: Arc::new(routes) }
     }
 
     pub fn routes(&self) -> &Routes {
@@ -249,7 +259,47 @@ impl Metrics {
             Output::Rpc(call) => self.observe_rpc(call),
             Output::H2Undecodable(why) => self.health.h2_undecodable(*why),
             Output::H2Reset { by_client, code } => self.health.h2_reset(*by_client, labels::rpc::h2_error_code(*code)),
+            Output::Client(call) => self.observe_client(call),
+            Output::ClientUnmeasured(reason) => {
+                if let Some(c) = &self.client {
+                    c.unmeasured(*reason);
+                }
+            }
         }
+    }
+
+    /// A request a target sent: labelled by its upstream (its `Host` header), not a route.
+    fn observe_client(&self, call: &ClientCall) {
+        let Some(client) = &self.client else { return };
+        let x = &call.exchange;
+        let (method, version, host) = match &x.head {
+            Head::Read(line) => (labels::method(&line.method), labels::version(line.version), line.host.as_deref()),
+            Head::Kernel(_) | Head::Unread(_) => (labels::OTHER_METHOD, "", None),
+        };
+        let (address, port) = labels::peer::of_host(host, x.family & probe_common::FAMILY_TLS != 0);
+        client.observe(client::ClientRequest {
+            service: &x.service,
+            method,
+            status: x.status,
+            version,
+            address,
+            port,
+            error_type: labels::client_error_type(x.status, call.cut),
+            duration_ns: x.end_ns.saturating_sub(x.start_ns),
+            request_body: x.request_body_bytes,
+            response_body: x.response_body_bytes,
+        });
+    }
+
+    /// Sets the client requests in flight, from the client pairer's (service, method, Host).
+    pub fn set_client_active(&self, active: &HashMap<(Service, String, Option<Vec<u8>>), i64>) {
+        let Some(client) = &self.client else { return };
+        let mut by = HashMap::new();
+        for ((service, method, host), n) in active {
+            let (address, port) = labels::peer::of_host(host.as_deref(), false);
+            *by.entry((service.clone(), labels::method(method), address, port)).or_insert(0) += n;
+        }
+        client.set_active(&by);
     }
 
     /// A gRPC call: its service and method are its route's (so under the same cap), split.
@@ -273,6 +323,9 @@ impl Metrics {
         self.health.services_forgotten.inc();
         self.health.open_connections.remove_where(|l| l.service == *service);
         self.rpc.forget(service);
+        if let Some(c) = &self.client {
+            c.forget(service);
+        }
         match self.http.as_ref() {
             Http::Otel(m) => m.forget(service),
             // django-prometheus's families have no service label: nothing is the service's.

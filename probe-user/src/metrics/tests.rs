@@ -14,6 +14,7 @@ fn exchange(target: &str, status: u16, ms: u64) -> Exchange {
             method: "GET".into(),
             target: target.as_bytes().to_vec(),
             version: Version::Http11,
+            host: None,
         }),
         status: Some(status),
         reset: false,

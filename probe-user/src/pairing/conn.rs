@@ -90,6 +90,10 @@ pub(super) enum Closed {
     Reset(u64),
     /// Dropped from the agent's full table.
     Evicted,
+    /// A client connection closed at this time without a reset, requests unanswered: the
+    /// server closed it, or the target gave up waiting (`Pairer::client`). They are
+    /// measured up to the close, as cut short.
+    Abandoned(u64),
 }
 
 #[derive(Debug)]
@@ -386,7 +390,7 @@ impl Conn {
         for (i, p) in pending.into_iter().enumerate() {
             let answering = if i == 0 { in_progress } else { None };
             match how {
-                Closed::Reset(at) => {
+                Closed::Reset(at) | Closed::Abandoned(at) => {
                     let (status, first_ns, bytes) = answering.unwrap_or((None, at, 0));
                     out.push(self.answered(p, status, true, first_ns, at, bytes));
                 }

@@ -37,6 +37,8 @@ pub struct RequestLine {
     pub method: String,
     pub target: Vec<u8>,
     pub version: Version,
+    /// The `Host` header, if captured (a client request's upstream).
+    pub host: Option<Vec<u8>>,
 }
 
 /// A request head the kernel read, as its ids (`labels::kernel_ids`).
@@ -129,6 +131,32 @@ pub enum Output {
     H2Undecodable(crate::reason::H2Undecodable),
     /// An HTTP/2 stream reset (RST_STREAM) by the client or the server, with its error code.
     H2Reset { by_client: bool, code: u32 },
+    /// A request a target sent on one of its client connections, with its response (or
+    /// what came of it before the connection closed).
+    Client(ClientCall),
+    /// A request a target sent that could not be measured, and why.
+    ClientUnmeasured(Reason),
+}
+
+/// A client request: its exchange's head is the request the target wrote (with its `Host`),
+/// its status the response it read; times are the calls' returns.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientCall {
+    pub exchange: Exchange,
+    /// Why the response was not read completely (`exchange.reset`), if it was not.
+    pub cut: Option<ClientCut>,
+}
+
+/// How a client request's connection ended before its response was read completely.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClientCut {
+    /// A reset (received from the server, or the target's abortive close).
+    Reset,
+    /// The server closed the connection (its FIN came first).
+    PeerClosed,
+    /// The target closed it without the response, or the connection stayed idle for ten
+    /// minutes (the agent's idle timeout) waiting for it: the target gave up, or waits still.
+    GaveUp,
 }
 
 /// A gRPC call that ended: its response's END_STREAM, or a reset.
@@ -151,11 +179,21 @@ pub struct Pairer {
     conns: HashMap<u64, Conn>,
     max_conns: usize,
     parked: parked::Parked,
+    /// The targets' client connections (`Pairer::client`), not their server ones.
+    client: bool,
 }
 
 impl Pairer {
     pub fn new(max_conns: usize) -> Self {
-        Pairer { conns: HashMap::new(), max_conns, parked: Default::default() }
+        Pairer { conns: HashMap::new(), max_conns, parked: Default::default(), client: false }
+    }
+
+    /// The pairer of the targets' client connections: the requests are their writes, the
+    /// responses their reads, each timed at its call's return (from the write of a
+    /// request's first byte to the read of its response's last byte). A request left
+    /// unanswered when its connection closes is measured up to the close, as cut short.
+    pub fn client(max_conns: usize) -> Self {
+        Pairer { client: true, ..Pairer::new(max_conns) }
     }
 
     /// Measured requests waiting for their last bytes to go out.
@@ -171,6 +209,24 @@ impl Pairer {
 
     pub fn connections(&self) -> usize {
         self.conns.len()
+    }
+
+    /// Whether the connection is in the table.
+    pub fn tracks(&self, conn_id: u64) -> bool {
+        self.conns.contains_key(&conn_id)
+    }
+
+    /// Client requests written and not yet answered, by (service, method, Host header).
+    pub fn client_active_requests(&self) -> HashMap<(Service, String, Option<Vec<u8>>), i64> {
+        let mut active = HashMap::new();
+        for c in self.conns.values() {
+            for p in &c.pending {
+                if let Head::Read(line) = &p.head {
+                    *active.entry((c.service.clone(), line.method.clone(), line.host.clone())).or_insert(0) += 1;
+                }
+            }
+        }
+        active
     }
 
     /// Requests read and not yet answered, by (service, method).
@@ -218,6 +274,13 @@ impl Pairer {
         }
         let piece = Piece { len: d.len, head: &d.head, tail: &d.tail };
         let from = out.len();
+        if self.client {
+            match d.direction {
+                Direction::Send => recv::on_recv(conn, &piece, d.ts_ns, d.ts_ns, out),
+                Direction::Recv => send::on_send(conn, &piece, d.ts_ns, out),
+            }
+            return;
+        }
         match d.direction {
             Direction::Recv => recv::on_recv(conn, &piece, d.ts_ns, d.arrival_ns, out),
             Direction::Send => {
@@ -271,7 +334,12 @@ impl Pairer {
             // A response that ends with the close ends at its last write, or when the bytes
             // that write left unsent go out.
             let (from, tx_last) = (out.len(), conn.tx_last);
-            conn.close(if reset { Closed::Reset(ts_ns) } else { Closed::Normally }, out);
+            let how = match (reset, self.client) {
+                (true, _) => Closed::Reset(ts_ns),
+                (false, true) => Closed::Abandoned(ts_ns),
+                (false, false) => Closed::Normally,
+            };
+            conn.close(how, out);
             if let Some((write_ns, seq)) = tx_last {
                 self.parked.hold(conn_id, seq, write_ns, from, out);
             }

@@ -8,7 +8,7 @@ use super::{
 };
 use crate::{
     chunked::{Blind, ChunkParser},
-    http::{BodyFraming, HeadParse, parse_request, parse_request_line},
+    http::{BodyFraming, HeadParse, host_in_partial_head, parse_request, parse_request_line},
     reason::{Protocol, Reason},
 };
 
@@ -80,7 +80,7 @@ pub(super) fn on_recv(conn: &mut Conn, p: &Piece<'_>, ts: u64, arrival_ns: u64, 
                     Fed::Complete { head, end } => {
                         pos = end;
                         conn.finish_before_next_request(out);
-                        let line = RequestLine { method: head.method, target: head.target, version: head.version };
+                        let line = RequestLine { method: head.method, target: head.target, version: head.version, host: head.host };
                         conn.push_pending(Pending::read(line, start), out);
                         conn.recv = match head.body {
                             BodyFraming::Length(n) => RecvState::LengthBody(n),
@@ -94,8 +94,9 @@ pub(super) fn on_recv(conn: &mut Conn, p: &Piece<'_>, ts: u64, arrival_ns: u64, 
                         let captured_all = pos + known.len() as u64 >= p.len;
                         match parse_request_line(&head.buf) {
                             Some((method, target, version)) => {
+                                let host = host_in_partial_head(&head.buf);
                                 conn.finish_before_next_request(out);
-                                conn.push_pending(Pending::read(RequestLine { method, target, version }, start), out);
+                                conn.push_pending(Pending::read(RequestLine { method, target, version, host }, start), out);
                                 conn.recv = RecvState::UntilResponse;
                                 if !captured_all {
                                     // More requests may follow in what was not captured
@@ -131,7 +132,7 @@ pub(super) fn on_recv(conn: &mut Conn, p: &Piece<'_>, ts: u64, arrival_ns: u64, 
 pub(super) fn answer_incomplete_head(conn: &mut Conn) -> bool {
     let RecvState::Head { head, start: Some(start) } = &conn.recv else { return false };
     let Some((method, target, version)) = parse_request_line(&head.buf) else { return false };
-    let req = Pending::read(RequestLine { method, target, version }, *start);
+    let req = Pending::read(RequestLine { method, target, version, host: host_in_partial_head(&head.buf) }, *start);
     conn.pending.push_back(req);
     conn.recv = RecvState::UntilResponse;
     true

@@ -26,6 +26,7 @@ fn ev(conn: u64, ts: u64, dir: Direction, bytes: &[u8]) -> Data {
         after_loss: false,
         unclassified: false,
         on_tls_port: false,
+        client: false,
         tx_end_seq: None,
     }
 }
@@ -69,6 +70,7 @@ fn run_closed(events: &[Data], reset: bool, close_ns: u64) -> (Vec<Exchange>, Ve
             Output::TlsUnmeasured(r) => other.push(r.label()),
             Output::WaitsForTransmission => other.push("waits_for_transmission"),
             Output::Rpc(_) | Output::H2Undecodable(_) | Output::H2Reset { .. } => unreachable!("HTTP/1 pairing"),
+            Output::Client(_) | Output::ClientUnmeasured(_) => unreachable!("made by the pipeline"),
         }
     }
     (exchanges, other)

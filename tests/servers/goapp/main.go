@@ -29,9 +29,39 @@ func reply(w http.ResponseWriter, status int, body string) {
 	io.WriteString(w, body)
 }
 
+// call answers /call?port=P&paths=/a,POST:/b: an outgoing call to
+// http://127.0.0.1:P<path> for each path, in order, with http.Client (keep-alive); one line
+// per call: its status, or "error".
+func call(r *http.Request) string {
+	port := r.URL.Query().Get("port")
+	var lines []string
+	for _, spec := range strings.Split(r.URL.Query().Get("paths"), ",") {
+		method, target := "GET", spec
+		if i := strings.LastIndex(spec, ":"); i > 0 {
+			method, target = spec[:i], spec[i+1:]
+		}
+		var body io.Reader
+		if method == "POST" {
+			body = strings.NewReader(strings.Repeat("b", 1000))
+		}
+		req, _ := http.NewRequest(method, "http://127.0.0.1:"+port+target, body)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			lines = append(lines, "error")
+			continue
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		lines = append(lines, strconv.Itoa(resp.StatusCode))
+	}
+	return strings.Join(lines, "\n") + "\n"
+}
+
 func handler(w http.ResponseWriter, r *http.Request) {
 	p := r.URL.Path
 	switch {
+	case p == "/call":
+		reply(w, 200, call(r))
 	case r.Method == "POST" && p == "/echo":
 		n, _ := io.Copy(io.Discard, r.Body)
 		reply(w, 201, fmt.Sprintf("%d\n", n))

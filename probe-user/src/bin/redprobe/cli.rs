@@ -201,6 +201,23 @@ pub struct Cli {
     #[arg(long)]
     pub no_tls: bool,
 
+    /// Do not measure the HTTP requests the targets send (http_client_* metrics). By
+    /// default every HTTP/1.x request a target writes on a connection it opened (to an
+    /// upstream, a database's HTTP API, another service) is paired with the response it
+    /// reads and measured, by upstream (server_address, server_port from the request's
+    /// Host header): the target's dependencies, seen from its side. Each read and write of
+    /// those connections is an event to the agent (the servers' connections are paired in
+    /// the kernel); with this flag they are only counted, in
+    /// redprobe_connections_classified_total{role="client"}.
+    #[arg(long)]
+    pub no_client_metrics: bool,
+
+    /// Distinct upstreams (server_address and server_port) kept per service in the
+    /// http_client_* metrics; further ones are reported as server_address="_other" and
+    /// counted in redprobe_http_client_peers_folded_total.
+    #[arg(long, value_name = "N", default_value_t = probe_user::labels::peer::DEFAULT_MAX_PEERS)]
+    pub max_peers: usize,
+
     /// Connections tracked at once, in the kernel map and in the agent.
     #[arg(long, value_name = "N", default_value_t = 65536)]
     pub max_connections: u32,
@@ -282,7 +299,11 @@ impl Cli {
                 ExtraHistogram::All => extra = probe_user::metrics::Extra::ALL,
             }
         }
-        probe_user::metrics::HttpOptions { extra, max_label_sets: self.max_label_sets }
+        probe_user::metrics::HttpOptions {
+            extra,
+            max_label_sets: self.max_label_sets,
+            max_peers: (!self.no_client_metrics).then_some(self.max_peers),
+        }
     }
 }
 

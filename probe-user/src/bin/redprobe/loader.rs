@@ -83,6 +83,8 @@ pub struct LoadOptions {
     pub cgroup2_root: Option<std::path::PathBuf>,
     /// Load the TLS probes' programs.
     pub tls: bool,
+    /// Send the targets' client connections' I/O to the agent (`--no-client-metrics`: not).
+    pub client_metrics: bool,
 }
 
 /// Target processes the kernel knows the service of (`SERVICES`); beyond, a process's
@@ -149,7 +151,7 @@ pub fn load(opts: &LoadOptions) -> Result<Probe> {
         bail!("this kernel's struct pt_regs does not have dx, si, di and orig_ax in a row (x86-64's layout); redprobe supports x86-64 only");
     }
     let target_words = pid_max()?.div_ceil(64);
-    let config = ProbeConfig { wakeup_bytes: opts.wakeup_bytes, target_words };
+    let config = ProbeConfig { wakeup_bytes: opts.wakeup_bytes, target_words, client_metrics: opts.client_metrics as u32, _pad: 0 };
     if !opts.ring_buffer_bytes.is_power_of_two() || opts.ring_buffer_bytes < 4096 {
         bail!("--ring-buffer-bytes must be a power of two of at least 4096 (got {})", opts.ring_buffer_bytes);
     }

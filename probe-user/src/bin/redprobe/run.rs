@@ -148,6 +148,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             time_bounds: durations.kernel_table(),
             cgroup2_root: proc.cgroup2_root(),
             tls: !cli.no_tls,
+            client_metrics: !cli.no_client_metrics,
         })?;
     match &tx_off {
         None => info!("responses end when their last byte leaves the host (sock_ops on the root cgroup v2)"),
