@@ -148,7 +148,8 @@ pub struct SwitchEvent {
 }
 
 /// A path the kernel saw whose key is not in `ROUTES` yet: the agent routes it and fills
-/// the map.
+/// the map. With `FLAG_CLIENT`: the `Host` value of a client request (`CLIENT_ROUTES`),
+/// which the agent names an upstream id for.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct PathEvent {
@@ -176,7 +177,7 @@ pub struct MeasuredEvent {
     pub family: u16,
 }
 
-/// `ROUTES` key: a service and a path key.
+/// `ROUTES` key: a service and a path key (or, with [`CLIENT_ROUTES`], a Host key).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct RouteKey {
@@ -196,8 +197,19 @@ pub struct AggKey {
     pub method: u8,
     pub version: u8,
     pub family: u16,
-    pub _pad: u16,
+    /// `AGG_SERVER`, or `AGG_CLIENT` for the requests a target sent: `route` is then the
+    /// agent's upstream id (`ROUTES` under `CLIENT_ROUTES | service`).
+    pub kind: u16,
 }
+
+/// `AggKey::kind`: requests a target served...
+pub const AGG_SERVER: u16 = 0;
+/// ...and requests it sent, on its client connections.
+pub const AGG_CLIENT: u16 = 1;
+
+/// Set in `RouteKey::service` for the keys of client requests' `Host` values
+/// (`http1::host_key`), whose ids are upstreams, not routes.
+pub const CLIENT_ROUTES: u32 = 1 << 31;
 
 /// One `AGG` value (per CPU): the four histograms of a label set, by slot (`buckets`).
 #[repr(C)]

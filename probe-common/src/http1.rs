@@ -43,6 +43,11 @@ const C_I: usize = 28;
 const C_END: usize = 29;
 const C_DONE: usize = 30;
 const C_STARTS: usize = 8;
+/// Where the value of the head's `Host` header starts and ends (0, 0: none), and the
+/// walk of [`host_key`].
+const C_HOST_START: usize = 40;
+const C_HOST_END: usize = 41;
+const C_HOST_H: usize = 42;
 const C_ENDS: usize = 16;
 
 /// The per-CPU scratch the fast path works in: the captured bytes, and the parsers' cells.
@@ -96,8 +101,8 @@ pub const VERSION_2: u8 = 2;
 const MAX_METHOD: usize = 16;
 /// Longest target the fast path reads.
 pub const MAX_TARGET: usize = 256;
-/// Header lines starting with c/C/t/T the fast path looks at (Content-Type, Connection,
-/// Cookie, Cache-Control... are among them).
+/// Header lines starting with c/C/t/T/h/H the fast path looks at (Content-Type,
+/// Connection, Cookie, Cache-Control, Host... are among them).
 const MAX_CANDIDATES: usize = 8;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -164,7 +169,7 @@ fn forbidden(b: u8) -> bool {
 }
 
 /// Finds the end of the head in the first `n` bytes (CRLF CRLF), a word at a time, and
-/// the header lines beginning with c/C/t/T (their starts in cells `C_STARTS..`, their CRs
+/// the header lines beginning with c/C/t/T/h/H (their starts in cells `C_STARTS..`, their CRs
 /// in `C_ENDS..`, their count in `C_COUNT`). The head's length goes to `C_LEN`. A head
 /// with a control byte is not scanned (the agent's).
 #[inline(always)]
@@ -215,7 +220,7 @@ pub fn scan(s: &mut Scratch) -> bool {
                             s.put(C_LEN, (next + 2) as u64);
                             return true;
                         }
-                        b'c' | b'C' | b't' | b'T' => {
+                        b'c' | b'C' | b't' | b'T' | b'h' | b'H' => {
                             let c = s.take(C_COUNT) as usize;
                             if c >= MAX_CANDIDATES {
                                 return false;
@@ -269,6 +274,8 @@ fn skip_spaces(s: &mut Scratch) {
 pub fn framing(s: &mut Scratch) -> Parse<Framing> {
     s.put(C_LENGTH, u64::MAX);
     s.put(C_CHUNKED, 0);
+    s.put(C_HOST_START, 0);
+    s.put(C_HOST_END, 0);
     let mut c = 0;
     while c < MAX_CANDIDATES {
         if c as u64 >= s.take(C_COUNT) {
@@ -324,6 +331,10 @@ pub fn framing(s: &mut Scratch) -> Parse<Framing> {
                 return Parse::Slow;
             }
             s.put(C_CHUNKED, 1);
+        } else if header_is(s, i, b"host:") {
+            // A client request's upstream (`host_key`).
+            s.put(C_HOST_START, s.take(C_I) + 5);
+            s.put(C_HOST_END, s.take(C_END));
         }
         c += 1;
     }
@@ -335,6 +346,64 @@ pub fn framing(s: &mut Scratch) -> Parse<Framing> {
     } else {
         Framing::None
     })
+}
+
+/// Longest `Host` value (spaces trimmed) the kernel keys; a longer one has no key (0) and
+/// its request goes to the agent.
+pub const MAX_HOST: usize = 64;
+
+/// The key of the head's `Host` value (after [`head`]), as [`host_key_of`] computes it
+/// for the value's bytes: its FNV-1a hash, lowercase, spaces around it trimmed (never 0);
+/// 0 when the head has no Host, an empty one, or one longer than [`MAX_HOST`]. The walk
+/// goes through the scratch's cells, so that the verifier sees one state per byte.
+#[inline(always)]
+pub fn host_key(s: &mut Scratch) -> u64 {
+    s.put(C_HOST_H, crate::route::FNV_OFFSET);
+    s.put(C_J, s.take(C_HOST_START) & (HEAD_WINDOW as u64 - 1));
+    s.put(C_END, s.take(C_HOST_END) & (HEAD_WINDOW as u64 - 1));
+    if s.take(C_J) == 0 {
+        return 0;
+    }
+    skip_spaces(s);
+    // The value's end, trailing spaces left out.
+    let mut k = 0;
+    while k < 8 {
+        let e = s.take(C_END) as usize;
+        if (e as u64) > s.take(C_J) && at(s, e - 1) == b' ' {
+            s.put(C_END, e as u64 - 1);
+        }
+        k += 1;
+    }
+    let start = s.take(C_J);
+    if s.take(C_END) <= start || s.take(C_END) - start > MAX_HOST as u64 {
+        return 0;
+    }
+    let mut k = 0;
+    while k < MAX_HOST {
+        let j = s.take(C_J) + k as u64;
+        if j >= s.take(C_END) {
+            break;
+        }
+        s.put(C_HOST_H, crate::route::fnv(s.take(C_HOST_H), at(s, j as usize).to_ascii_lowercase()));
+        k += 1;
+    }
+    s.take(C_HOST_H) | 1
+}
+
+/// Where the value [`host_key`] keyed is in the scratch buffer: (start, end), right after it.
+#[inline(always)]
+pub fn host_span(s: &Scratch) -> (usize, usize) {
+    (s.take(C_J) as usize, s.take(C_END) as usize)
+}
+
+/// The key of a `Host` value's bytes (as [`host_key`] computes it in a head); 0 when empty
+/// or longer than [`MAX_HOST`] once trimmed.
+pub fn host_key_of(value: &[u8]) -> u64 {
+    let v = value.trim_ascii();
+    if v.is_empty() || v.len() > MAX_HOST {
+        return 0;
+    }
+    v.iter().fold(crate::route::FNV_OFFSET, |h, b| crate::route::fnv(h, b.to_ascii_lowercase())) | 1
 }
 
 /// `HTTP/1.0` or `HTTP/1.1` at `i`.
@@ -492,6 +561,31 @@ mod tests {
         assert_eq!(resp(b"HTTP/1.1 200 OK\r\nX: \x01\r\nContent-Length: 0\r\n\r\n"), Parse::Slow);
         assert!(matches!(req(b"GET /hello HTTP/1.1\r\nHost:\tx\xc3\xa9\r\n\r\n"), Parse::Complete(_)));
         assert_eq!(req(b"GET /hello HTTP/1.1\r\nHost: x\ny\r\n\r\n"), Parse::Slow, "a bare LF");
+    }
+
+    /// The Host value's key, as the kernel finds it in a head, is the key of its bytes.
+    #[test]
+    fn host_keys() {
+        let key = |head: &[u8]| {
+            let (mut b, n) = buf(head);
+            assert!(matches!(parse_request(&mut b, n), Parse::Complete(_)), "{head:?}");
+            host_key(&mut b)
+        };
+        let cases: &[(&[u8], &[u8])] = &[
+            (b"GET / HTTP/1.1\r\nHost: api.example.com:8080\r\n\r\n", b"api.example.com:8080"),
+            (b"GET / HTTP/1.1\r\nhost:Api.Example.com  \r\nAccept: */*\r\n\r\n", b"api.example.com"),
+            (b"POST /x HTTP/1.1\r\nContent-Length: 0\r\nX: 1\r\nHOST:   app\r\n\r\n", b"app"),
+        ];
+        for (head, value) in cases {
+            assert_eq!(key(head), host_key_of(value), "{:?}", core::str::from_utf8(head));
+            assert_ne!(key(head), 0);
+        }
+        assert_eq!(key(b"GET / HTTP/1.0\r\n\r\n"), 0, "no Host");
+        assert_eq!(key(b"GET / HTTP/1.1\r\nHost: \r\n\r\n"), 0, "an empty Host");
+        assert_eq!(key(b"GET / HTTP/1.1\r\nHostname: x\r\n\r\n"), 0, "another header");
+        let long = [b"GET / HTTP/1.1\r\nHost: ".as_slice(), &[b'a'; MAX_HOST + 1], b"\r\n\r\n"].concat();
+        assert_eq!(key(&long), 0, "longer than MAX_HOST");
+        assert_ne!(host_key_of(b"a"), host_key_of(b"b"));
     }
 
     #[test]

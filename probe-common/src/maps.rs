@@ -114,6 +114,9 @@ pub const CONN_TLS_PROBED: u32 = 8;
 /// `ConnState::flags`: its TLS handshake completed (a handshake call returned 1, or
 /// plaintext moved).
 pub const CONN_TLS_OPEN: u32 = 16;
+/// `ConnState::flags` of a client connection: whether the kernel pairs it (`mode`) was
+/// decided, at its first request.
+pub const CONN_CLIENT_DECIDED: u32 = 32;
 
 /// Added to a socket family (`Work::family`, the events' and `AggKey`'s `family`) for
 /// plaintext that went through a TLS library: the request's `url_scheme` is `https`.
@@ -199,7 +202,7 @@ pub struct ConnState {
     pub prefix: u32,
     /// ...and how far it got.
     pub prefix_len: u32,
-    /// Of a server connection: `fast::MODE_FAST` or `MODE_SLOW`.
+    /// Of a server or client connection: `fast::MODE_FAST` or `MODE_SLOW`.
     pub mode: u32,
     /// The service id of the process that classified it (`SERVICES`).
     pub service: u32,
@@ -219,6 +222,11 @@ impl ConnState {
     /// A server connection the kernel's fast path pairs.
     pub fn is_fast_server(&self) -> bool {
         self.role == ROLE_SERVER && self.mode == crate::fast::MODE_FAST
+    }
+
+    /// A client connection the kernel's fast path pairs.
+    pub fn is_fast_client(&self) -> bool {
+        self.role == ROLE_CLIENT && self.mode == crate::fast::MODE_FAST
     }
 }
 

@@ -124,10 +124,13 @@ pub fn on_socket_io(sk: *const u8, moved: u32, dir: Direction, tgid: u32) -> u32
         (*w).tx_ok = 1;
         (*w).offset = 0;
         (*w).arrival = 0;
+        (*w).client = 0;
     }
-    // A client connection's I/O is emitted here, not in `rp_on_io`: its call chain has no
-    // stack to spare.
-    if role == ROLE_CLIENT || rp_on_io(w, state.unwrap_or(core::ptr::null_mut())) == CLIENT_IO {
+    // A client connection's I/O is paired (`fast::rp_client_io`) or emitted here, not in
+    // `rp_on_io`: its call chain has no stack to spare.
+    if (role == ROLE_CLIENT || rp_on_io(w, state.unwrap_or(core::ptr::null_mut())) == CLIENT_IO)
+        && fast::rp_client_io(w) != fast::DONE
+    {
         rp_emit_client(w);
     }
     0

@@ -131,7 +131,9 @@ fn forget(cookie: u64, closing: Closing, family: u16, sk: *const u8) {
             let reset = closing == Closing::First { reset: true };
             let family = if conn_flags & CONN_TLS != 0 { family | FAMILY_TLS } else { family };
             let mut report = role == ROLE_H2
-                || (role == ROLE_CLIENT && global!(CONFIG.client_metrics) != 0)
+                || (role == ROLE_CLIENT
+                    && global!(CONFIG.client_metrics) != 0
+                    && (mode != MODE_FAST || fast_close(state, cookie, family, sk, false) != fast::DONE))
                 || (role == ROLE_SERVER && (mode != MODE_FAST || fast_close(state, cookie, family, sk, !reset) != fast::DONE));
             // A TLS connection that never carried a request's plaintext: the agent counts
             // why (a handshake that failed or was abandoned, a library not probed...).
@@ -169,6 +171,7 @@ fn fast_close(state: *mut ConnState, cookie: u64, family: u16, sk: *const u8, tx
         (*w).family = family as u64;
         (*w).tgid = 0;
         (*w).arrival = 0;
+        (*w).client = ((*state).role == ROLE_CLIENT) as u64;
     }
     fast::rp_fast_close(w, state)
 }

@@ -10,7 +10,7 @@
 //! probe_common's (`http1`, `route`, `fast`), table-tested on the host.
 use aya_ebpf::{bindings::BPF_NOEXIST, helpers::generated::bpf_probe_read_kernel};
 use probe_common::{
-    AggKey, AggValue, ConnState, EventHeader, FastRequest, MeasuredEvent, Pairing, PathEvent, RouteKey,
+    CONN_CLIENT_DECIDED, AggKey, AggValue, ConnState, EventHeader, AGG_CLIENT, AGG_SERVER, CLIENT_ROUTES, FLAG_CLIENT, ROLE_CLIENT, MODE_FAST, FastRequest, MeasuredEvent, Pairing, PathEvent, RouteKey,
     SwitchEvent, TxWait, TX_FAST, CONN_LOST_EVENTS, CONN_TX_WATCHED, COUNTER_AGG_FULL, COUNTER_LOST, EVENT_MEASURED, EVENT_PATH,
     EVENT_SWITCH, FAST_DEPTH, HEAD_WINDOW, MAX_HELD, MODE_SLOW, REQ_BODY, REQ_HEAD, RESP_CHUNKED, RESP_IDLE, RESP_LENGTH,
     RESP_UNTIL_CLOSE, SLOW_HEAD_BEYOND_WINDOW, SLOW_HEAD_SPLIT, SLOW_PIPELINE, SLOW_REQUEST,
@@ -23,7 +23,7 @@ use crate::{
     arrival::arrived,
     capture::{read_user_upto, rp_gather_iovecs, AF_UNIX},
     emit::wakeup_flags,
-    maps::{count, AGG, EVENTS, ROUTES},
+    maps::{count, AGG, EVENTS, ROUTES, SERVICES},
     slots::{rp_size_slot, rp_time_slot},
     tx,
 };
@@ -56,6 +56,9 @@ pub struct Work {
     /// Where in the scratch buffer a flat buffer's head goes (after bytes held from an
     /// earlier read; 0 otherwise).
     pub offset: u64,
+    /// 1: the I/O of a client connection (`rp_client_io`): a request is keyed by its Host
+    /// value instead of its path.
+    pub client: u64,
     /// A parsed head.
     pub method: u64,
     pub version: u64,
@@ -193,6 +196,10 @@ pub extern "C" fn rp_request(w: *mut Work, n: u64) -> u32 {
         return SLOW_REQUEST; // not origin form, or a very long path: the agent routes it
     }
     wr.key = key;
+    // A client's request is keyed by its upstream (its Host value), not by its path.
+    if wr.client != 0 && rp_host_key(w) == 0 {
+        return SLOW_REQUEST;
+    }
     0
 }
 
@@ -224,6 +231,26 @@ pub extern "C" fn rp_head(w: *mut Work) -> u64 {
         }
         Parse::Slow => 0,
     }
+}
+
+/// The key of a client request's `Host` value (`http1::host_key`, after `rp_head`), 0 when
+/// none: the key goes to `w.key`, and the value's place to `w.target_start..w.target_end`
+/// (what `announce` sends).
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn rp_host_key(w: *mut Work) -> u64 {
+    let Some(w) = (unsafe { w.as_mut() }) else { return 0 };
+    let key = http1::host_key(&mut w.scratch);
+    let (start, end) = http1::host_span(&w.scratch);
+    (w.key, w.target_start, w.target_end) = (key, start as u64, end as u64);
+    key
+}
+
+/// The `ROUTES` namespace of a connection's request keys: its service's paths, or, on a
+/// client connection, its service's `Host` values.
+#[inline(always)]
+fn namespace(c: &ConnState) -> u32 {
+    if c.role == ROLE_CLIENT { c.service | CLIENT_ROUTES } else { c.service }
 }
 
 /// The route key of the target at `w.target_start..w.target_end`.
@@ -307,7 +334,8 @@ pub extern "C" fn rp_switch(w: *const Work, c: *mut ConnState, reason: u32) -> u
     };
     let ev = entry.as_mut_ptr();
     unsafe {
-        (*ev).header = EventHeader { kind: EVENT_SWITCH, flags: 0, ts_ns: w.ts };
+        let flags = if c.role == ROLE_CLIENT { FLAG_CLIENT } else { 0 };
+        (*ev).header = EventHeader { kind: EVENT_SWITCH, flags, ts_ns: w.ts };
         (*ev).conn_id = w.cookie;
         (*ev).tgid = w.tgid as u32;
         (*ev).reason = reason;
@@ -364,7 +392,9 @@ pub extern "C" fn rp_measure(w: *mut Work, c: *mut ConnState, status: u64, first
             return 0;
         }
     }
-    let route = if req.route != 0 { req.route } else { route_of(service, req.path_key) };
+    // (Whether it is a client's is read from `w` where it is used: a value kept across this
+    // function takes stack its call chain has not to spare.)
+    let route = if req.route != 0 { req.route } else { route_of(if w.client != 0 { service | CLIENT_ROUTES } else { service }, req.path_key) };
     if route != 0 {
         let key = AggKey {
             service,
@@ -373,7 +403,7 @@ pub extern "C" fn rp_measure(w: *mut Work, c: *mut ConnState, status: u64, first
             method: req.method,
             version: req.version,
             family: w.family as u16,
-            _pad: 0,
+            kind: if w.client != 0 { AGG_CLIENT } else { AGG_SERVER },
         };
         let mut value = AGG.get_ptr_mut(&key);
         if value.is_none() && AGG.insert(&key, &w.zero, 0).is_ok() {
@@ -397,7 +427,7 @@ pub extern "C" fn rp_measure(w: *mut Work, c: *mut ConnState, status: u64, first
     };
     let ev = entry.as_mut_ptr();
     unsafe {
-        (*ev).header = EventHeader { kind: EVENT_MEASURED, flags: 0, ts_ns: end_ns };
+        (*ev).header = EventHeader { kind: EVENT_MEASURED, flags: if w.client != 0 { FLAG_CLIENT } else { 0 }, ts_ns: end_ns };
         (*ev).conn_id = w.cookie;
         (*ev).request = req;
         (*ev).first_byte_ns = first_ns;
@@ -504,10 +534,10 @@ pub extern "C" fn rp_fast_recv(w: *mut Work, c: *mut ConnState) -> u32 {
         return rp_switch(w, c, SLOW_PIPELINE);
     }
     cr.pairing.held_len = 0;
-    let service = cr.service;
-    let route = route_of(service, wr.key);
+    let names = namespace(cr);
+    let route = route_of(names, wr.key);
     if route == 0 {
-        announce(wr, service);
+        announce(wr, names);
     }
     let p = &mut cr.pairing;
     let i = slot(p.first, p.len);
@@ -664,4 +694,35 @@ pub extern "C" fn rp_fast_close(w: *mut Work, c: *mut ConnState) -> u32 {
         return DONE;
     }
     rp_switch(w, c, probe_common::SLOW_CLOSE)
+}
+
+/// A read or write of a target's client connection (with client metrics on): its request
+/// writes are what `rp_fast_recv` reads on a server connection, its response reads what
+/// `rp_fast_send` follows there, each timed at its call's return (`Work::arrival` is the
+/// write's own time). A connection is fast from its first request if its process's
+/// service is known. Returns SLOW when the agent must get this I/O as an event.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn rp_client_io(w: *mut Work) -> u32 {
+    let Some(wr) = (unsafe { w.as_mut() }) else { return SLOW };
+    let Some(c) = crate::conn::lookup(wr.cookie) else { return SLOW };
+    let cr = unsafe { &mut *c };
+    if cr.role != ROLE_CLIENT {
+        return SLOW;
+    }
+    if cr.flags & CONN_CLIENT_DECIDED == 0 {
+        // The connection's first request (its classification just now).
+        cr.flags |= CONN_CLIENT_DECIDED;
+        if let Some(service) = unsafe { SERVICES.get(&(wr.tgid as u32)) } {
+            cr.mode = MODE_FAST;
+            cr.service = *service;
+        }
+    }
+    if cr.mode != MODE_FAST {
+        return SLOW;
+    }
+    wr.arrival = wr.ts;
+    wr.tx_ok = 0;
+    wr.client = 1;
+    if wr.recv != 0 { rp_fast_send(w, c) } else { rp_fast_recv(w, c) }
 }

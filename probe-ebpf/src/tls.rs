@@ -202,6 +202,7 @@ fn finish(tgid: u32, call: &TlsCall, moved: u64, done: bool, last: Option<TlsLas
         (*w).recv = recv as u64;
         (*w).tx_ok = 1;
         (*w).offset = 0;
+        (*w).client = 0;
         (*w).arrival = if arrival != 0 && arrival <= now { arrival } else { now };
     }
     rp_on_io(w, state);

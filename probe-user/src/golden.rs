@@ -159,6 +159,8 @@ fn kernel_sequence() -> Vec<Vec<u8>> {
     (pairing.resp_first_ns, pairing.resp_last_ns) = (6_001_000_000, 6_001_000_000);
     vec![
         wire::path(ITEMS_KEY, 1, b"/api/items/9", 5_000_000_000),
+        // A client request's Host value (the target's upstream).
+        wire::path(HOST_KEY, 1 | probe_common::CLIENT_ROUTES, b"inventory:9000", 5_000_000_000),
         wire::measured(MeasuredEvent {
             conn_id: 5,
             request,
@@ -183,10 +185,15 @@ fn kernel_sequence() -> Vec<Vec<u8>> {
     ]
 }
 
+/// The Host key the kernel would send for `inventory:9000` (any value does here).
+const HOST_KEY: u64 = 0x9abc_def1;
+
 /// What the kernel aggregated: 7 requests on the route of `ITEMS_KEY`, 5 of 2 ms and 2 of
-/// 10 ms, first bytes after 1 ms, no request body, 1000-byte responses.
-fn kernel_aggregates(route: u32) -> Vec<(AggKey, AggValue)> {
-    let key = AggKey { service: 1, route, status: 200, method: 1, version: 1, family: AF_INET, _pad: 0 };
+/// 10 ms, first bytes after 1 ms, no request body, 1000-byte responses; and as many calls
+/// to the upstream of `HOST_KEY` (`peer`), answered 200.
+fn kernel_aggregates(route: u32, peer: u32) -> Vec<(AggKey, AggValue)> {
+    let key = AggKey { service: 1, route, status: 200, method: 1, version: 1, family: AF_INET, kind: 0 };
+    let client = AggKey { route: peer, kind: probe_common::AGG_CLIENT, ..key };
     let time = crate::metrics::scheme::Scheme::default_time();
     let mut v = AggValue::default();
     (v.duration.counts[time.slot(2_000_000)], v.duration.counts[time.slot(10_000_000)], v.duration.sum) =
@@ -194,7 +201,7 @@ fn kernel_aggregates(route: u32) -> Vec<(AggKey, AggValue)> {
     (v.first_byte.counts[time.slot(1_000_000)], v.first_byte.sum) = (7, 7_000_000);
     let (none, kb) = (probe_common::buckets::size_slot(0), probe_common::buckets::size_slot(1000));
     (v.request_body.counts[none], v.response_body.counts[kb], v.response_body.sum) = (7, 7, 7 * 1000);
-    vec![(key, v)]
+    vec![(key, v), (client, v)]
 }
 
 fn render(naming: Naming) -> String {
@@ -229,14 +236,16 @@ fn registry_after_the_sequence(naming: Naming) -> Prometheus {
         assert!(pipeline.record(&record).is_none(), "fixture records are data");
     }
     if metrics.kernel_can_aggregate() {
-        let mut route = 0;
+        let (mut route, mut peer) = (0, 0);
         for record in kernel_sequence() {
-            if let Some(Notice::Route { route: r, .. }) = pipeline.record(&record) {
-                route = r;
+            match pipeline.record(&record) {
+                Some(Notice::Route { service_id, route: r, .. }) if service_id & probe_common::CLIENT_ROUTES != 0 => peer = r,
+                Some(Notice::Route { route: r, .. }) => route = r,
+                _ => {}
             }
         }
         let r = lock(&registry);
-        KernelTotals::default().apply(&metrics, kernel_aggregates(route), |id| r.service_named(id));
+        KernelTotals::default().apply(&metrics, kernel_aggregates(route, peer), |id| r.service_named(id));
     }
     pipeline.housekeeping(0, u64::MAX, &[]);
     prometheus

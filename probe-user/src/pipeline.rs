@@ -3,7 +3,7 @@
 //! the golden fixtures all drive this same code with raw records.
 use crate::labels::Service;
 
-use probe_common::{ConnState, MeasuredEvent, SwitchEvent};
+use probe_common::{CLIENT_ROUTES, ConnState, FLAG_CLIENT, MeasuredEvent, SwitchEvent};
 
 use crate::{
     decode::{Event, decode},
@@ -74,10 +74,21 @@ impl Pipeline {
         if reason == SlowReason::NoService && !self.fast_path {
             reason = SlowReason::FastPathOff;
         }
-        self.pairer.adopt(sw, service, reason, &mut self.outputs);
+        if sw.header.flags & FLAG_CLIENT != 0 {
+            let mut out = vec![];
+            self.client.adopt(sw, service, reason, &mut out);
+            client_outputs(out, ClientCut::GaveUp, &mut self.outputs);
+        } else {
+            self.pairer.adopt(sw, service, reason, &mut self.outputs);
+        }
     }
 
     fn routed(&mut self, key: u64, service_id: u32, path: &[u8]) -> Option<Notice> {
+        if service_id & CLIENT_ROUTES != 0 {
+            // A client request's Host value: the kernel labels its requests by an upstream id.
+            let route = self.metrics.peer_ids().id(service_id & !CLIENT_ROUTES, key, path);
+            return Some(Notice::Route { service_id, key, route });
+        }
         let service = lock(&self.registry).service_named(service_id)?;
         let (route, new) = self.metrics.routes().route_key(service_id, &service, key, path);
         if new {
@@ -106,7 +117,11 @@ impl Pipeline {
             response_body_bytes: m.response_bytes,
             paired_by: PairedBy::Kernel,
         };
-        self.outputs.push(Output::Exchange(x));
+        if m.header.flags & FLAG_CLIENT != 0 {
+            self.outputs.push(Output::Client(ClientCall { exchange: x, cut: None }));
+        } else {
+            self.outputs.push(Output::Exchange(x));
+        }
     }
 
     pub fn metrics(&self) -> &Metrics {
@@ -239,7 +254,7 @@ impl Pipeline {
         self.pairer.evict_idle(now_ns, idle_ns, &mut self.outputs);
         self.evict_idle_clients(now_ns, idle_ns);
         self.flush();
-        self.metrics.set_client_active(&self.client.client_active_requests());
+        let mut client_active = self.client.client_active_requests();
         self.metrics.health.tx_waiting.set(self.pairer.waiting_for_transmission() as i64);
         let mut active = self.pairer.active_requests();
         let mut open = self.pairer.connections_by_service();
@@ -254,12 +269,26 @@ impl Pipeline {
             }
             *open.entry(service.clone()).or_insert(0) += 1;
         }
+        // The kernel's client requests in flight, by their upstream's Host value.
+        for c in kernel_conns.iter().filter(|c| c.is_fast_client()) {
+            let Some(service) = r.service_named(c.service) else {
+                continue;
+            };
+            for req in c.pairing.waiting() {
+                let ids = self.metrics.peer_ids();
+                let id = if req.route != 0 { Some(req.route) } else { ids.id_of_key(c.service, req.path_key) };
+                let host = id.and_then(|id| ids.host(id)).flatten();
+                let method = kernel_ids::method(req.method).to_string();
+                *client_active.entry((service.clone(), method, host)).or_insert(0) += 1;
+            }
+        }
         // Every service's GET series is there, at 0 when idle, so that an alert on it sees 0.
         for t in r.targets() {
             active.entry((t.service.clone(), "GET".to_string())).or_insert(0);
         }
         drop(r);
         self.metrics.set_active_requests(&active);
+        self.metrics.set_client_active(&client_active);
         let health = &self.metrics.health;
         health.connections_tracked.set((self.pairer.connections() + self.client.connections() + self.h2.len()) as i64);
         health.open_connections.set(open.into_iter().map(|(service, n)| (ServiceLabels { service }, n)));

@@ -63,6 +63,9 @@ fn assert_client_exact(agent: &Agent, truth: &ClientCounts, what: &str) -> Resul
     println!("{what}: calls made {want}, counted {}", total(&got));
     assert_eq!(got, *truth, "{what}: client calls by (method, status, upstream, error_type)");
     assert_eq!(m.sum("redprobe_http_client_requests_unmeasured_total", &[]), 0.0, "{what}: unmeasured calls");
+    let by = |pairer: &str| m.sum("redprobe_http_client_requests_paired_total", &[("pairer", pairer)]) as u64;
+    println!("{what}: paired by the kernel {}, by the agent {}", by("kernel"), by("agent"));
+    assert_eq!(by("kernel") + by("agent"), want, "{what}: every call paired once");
     Ok(m)
 }
 
@@ -119,6 +122,16 @@ fn failing_dependencies_are_counted_with_their_error_type() -> Result<()> {
     let m = assert_client_exact(&agent, &truth, "failing upstreams")?;
     let hung = m.sum("http_client_request_duration_seconds_sum", &[("error_type", "timeout")]);
     assert!(hung >= 3.0 * 0.3, "3 calls that timed out after 300 ms took {hung} s in all");
+    // A call waiting for its answer is an active request of its upstream, until it ends.
+    let port = hang.port.to_string();
+    let active = |m: &Metrics| m.sum("http_client_active_requests", &[("server_port", &port), ("http_request_method", "GET")]);
+    let waiting = std::thread::spawn(move || -> Result<Vec<String>> {
+        let mut c = Conn::open(target.port)?;
+        call(&mut c, hang.port, &["/a"], "&timeout_ms=4000", "timeout", &mut ClientCounts::new())
+    });
+    agent.wait_metrics("the waiting call in http_client_active_requests", |m| active(m) == 1.0)?;
+    assert_eq!(waiting.join().expect("the waiting call's thread")?, ["TimeoutError"]);
+    agent.wait_metrics("no active call once it timed out", |m| active(m) == 0.0)?;
     Ok(())
 }
 

@@ -101,6 +101,63 @@ impl Peers {
     }
 }
 
+/// Upstream ids the kernel's fast path labels client requests with: the agent names one
+/// for each (service id, `Host` key) the kernel announces (`ROUTES` under
+/// `probe_common::CLIENT_ROUTES`), and reads the Host value back from it.
+#[derive(Default)]
+pub struct PeerIds {
+    inner: Mutex<PeerIdTable>,
+}
+
+#[derive(Default)]
+struct PeerIdTable {
+    by_key: HashMap<(u32, u64), u32>,
+    /// The Host value of id `i + 1`; None: [`FOLDED_ID`]'s.
+    hosts: Vec<Vec<u8>>,
+    per_service: HashMap<u32, usize>,
+}
+
+/// Ids a service may have: its `Host` values (the label cap, `Peers`, bounds what is
+/// exported; this bounds the table).
+const MAX_IDS_PER_SERVICE: usize = 1024;
+/// Ids in all (the kernel's `ROUTES` map holds them with the route ids).
+const MAX_IDS: usize = 32_768;
+/// The id of a Host value past the table's bounds: reported as [`OTHER_PEER`].
+pub const FOLDED_ID: u32 = u32::MAX;
+
+impl PeerIds {
+    /// The id of service `service_id`'s Host value `host` of key `key` (new if need be).
+    pub fn id(&self, service_id: u32, key: u64, host: &[u8]) -> u32 {
+        let Ok(mut t) = self.inner.lock() else { return FOLDED_ID };
+        if let Some(id) = t.by_key.get(&(service_id, key)) {
+            return *id;
+        }
+        let n = t.per_service.get(&service_id).copied().unwrap_or(0);
+        if n >= MAX_IDS_PER_SERVICE || t.hosts.len() >= MAX_IDS {
+            return FOLDED_ID;
+        }
+        t.hosts.push(host.to_vec());
+        let id = t.hosts.len() as u32;
+        t.by_key.insert((service_id, key), id);
+        t.per_service.insert(service_id, n + 1);
+        id
+    }
+
+    /// The id named for a key, if any (a request measured before its id reached the kernel).
+    pub fn id_of_key(&self, service_id: u32, key: u64) -> Option<u32> {
+        self.inner.lock().ok()?.by_key.get(&(service_id, key)).copied()
+    }
+
+    /// The Host value of an id: Some(None) for [`FOLDED_ID`], None for an unknown id.
+    pub fn host(&self, id: u32) -> Option<Option<Vec<u8>>> {
+        if id == FOLDED_ID {
+            return Some(None);
+        }
+        let t = self.inner.lock().ok()?;
+        t.hosts.get((id as usize).checked_sub(1)?).map(|h| Some(h.clone()))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -134,6 +191,25 @@ mod tests {
         let long = "a".repeat(MAX_HOST + 1);
         assert_eq!(of_host(Some(long.as_bytes()), false).0, UNKNOWN_PEER);
         assert_eq!(of_host(Some(&[0xff, b'a']), false).0, UNKNOWN_PEER);
+    }
+
+    #[test]
+    fn peer_ids() {
+        let ids = PeerIds::default();
+        let a = ids.id(1, 10, b"app:80");
+        assert_eq!(ids.id(1, 10, b"app:80"), a, "known key");
+        let b = ids.id(2, 10, b"app:80");
+        assert_ne!(a, b, "per service");
+        assert_eq!(ids.host(a), Some(Some(b"app:80".to_vec())));
+        assert_eq!(ids.id_of_key(2, 10), Some(b));
+        assert_eq!(ids.id_of_key(3, 10), None);
+        assert_eq!(ids.host(0), None);
+        assert_eq!(ids.host(999), None);
+        for k in 0..MAX_IDS_PER_SERVICE as u64 {
+            ids.id(5, 100 + k, b"h");
+        }
+        assert_eq!(ids.id(5, 1, b"one too many"), FOLDED_ID);
+        assert_eq!(ids.host(FOLDED_ID), Some(None));
     }
 
     #[test]

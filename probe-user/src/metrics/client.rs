@@ -19,9 +19,13 @@ use super::{
     scheme::Scheme,
 };
 use crate::{
-    labels::{Service, peer::Peers},
+    labels::{
+        Service,
+        peer::{OTHER_PEER, PeerLabel, Peers},
+    },
     reason::Reason,
 };
+use probe_common::AggValue;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ClientLabels {
@@ -47,7 +51,8 @@ pub struct ClientActiveLabels {
     pub service: Service,
 }
 
-/// One finished client request, with every label already bounded but the upstream's.
+/// One finished client request, with every label already bounded but the upstream's
+/// (`address` [`OTHER_PEER`]: folded already).
 pub struct ClientRequest<'a> {
     pub service: &'a Service,
     pub method: &'static str,
@@ -72,6 +77,13 @@ pub struct HttpClient {
     made: Mutex<HashSet<ClientLabels>>,
     unmeasured: Family<ReasonLabels, Counter>,
     peers_folded: Counter,
+    paired: Family<PairerLabels, Counter>,
+}
+
+/// Who paired a client request: `kernel` (the fast path) or `agent` (from events).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PairerLabels {
+    pub pairer: String,
 }
 
 impl HttpClient {
@@ -87,6 +99,7 @@ impl HttpClient {
             made: Default::default(),
             unmeasured: Family::default(),
             peers_folded: Counter::default(),
+            paired: Family::default(),
         };
         registry.register_with_unit(
             "http_client_request_duration",
@@ -122,14 +135,28 @@ impl HttpClient {
             "Client requests reported as server_address=\"_other\" because --max-peers distinct upstreams were already seen for their service",
             m.peers_folded.clone(),
         );
+        r.register(
+            "http_client_requests_paired",
+            "Client requests measured, by who paired the request with its response: the kernel's fast path, or the agent from events (a connection of a process whose service was not known yet, a request the kernel does not read itself, one cut short by its connection's end...)",
+            m.paired.clone(),
+        );
+        for pairer in ["kernel", "agent"] {
+            let _ = m.paired.get_or_create(&PairerLabels { pairer: pairer.to_string() });
+        }
         for reason in Reason::ALL {
             let _ = m.unmeasured.get_or_create(&ReasonLabels { reason: reason.label().to_string() });
         }
         m
     }
 
-    pub fn observe(&self, r: ClientRequest<'_>) {
-        let peer = self.peers.label(r.service, r.address, r.port);
+    /// The label set of a request (its upstream within the cap), made known for `forget`.
+    fn labels(&self, r: ClientRequest<'_>) -> ClientLabels {
+        let peer = if r.address == OTHER_PEER {
+            // Folded already (`labels::peer::FOLDED_ID`).
+            PeerLabel { address: r.address, port: String::new(), folded: true }
+        } else {
+            self.peers.label(r.service, r.address, r.port)
+        };
         if peer.folded {
             self.peers_folded.inc();
         }
@@ -142,14 +169,35 @@ impl HttpClient {
             error_type: r.error_type,
             service: r.service.clone(),
         };
-        self.duration.get_or_create(&labels).observe(r.duration_ns);
-        self.request_size.get_or_create(&labels).observe(r.request_body);
-        self.response_size.get_or_create(&labels).observe(r.response_body);
         if let Ok(mut made) = self.made.lock()
             && !made.contains(&labels)
         {
-            made.insert(labels);
+            made.insert(labels.clone());
         }
+        labels
+    }
+
+    /// `n` requests paired by the kernel (`kernel`) or the agent.
+    pub fn paired(&self, kernel: bool, n: u64) {
+        let pairer = if kernel { "kernel" } else { "agent" };
+        self.paired.get_or_create(&PairerLabels { pairer: pairer.to_string() }).inc_by(n);
+    }
+
+    pub fn observe(&self, r: ClientRequest<'_>) {
+        let (duration, request, response) = (r.duration_ns, r.request_body, r.response_body);
+        let labels = self.labels(r);
+        self.duration.get_or_create(&labels).observe(duration);
+        self.request_size.get_or_create(&labels).observe(request);
+        self.response_size.get_or_create(&labels).observe(response);
+    }
+
+    /// What the kernel aggregated for `r`'s labels since the last read (`r`'s values are
+    /// not used).
+    pub fn add_kernel(&self, r: ClientRequest<'_>, delta: &AggValue) {
+        let labels = self.labels(r);
+        self.duration.get_or_create(&labels).add(&delta.duration.counts, delta.duration.sum);
+        self.request_size.get_or_create(&labels).add(&delta.request_body.counts, delta.request_body.sum);
+        self.response_size.get_or_create(&labels).add(&delta.response_body.counts, delta.response_body.sum);
     }
 
     pub fn unmeasured(&self, reason: Reason) {

@@ -118,7 +118,7 @@ mod tests {
         );
         let svc: Service = "nginx".into();
         let (route, _) = metrics.routes().route_key(1, &svc, 7, b"/hello");
-        let key = AggKey { service: 1, route, status: 200, method: 1, version: 1, family: 2, _pad: 0 };
+        let key = AggKey { service: 1, route, status: 200, method: 1, version: 1, family: 2, kind: 0 };
         let mut totals = KernelTotals::default();
         let names = |id: u32| (id == 1).then(|| svc.clone());
         totals.apply(&metrics, [(key, value(3, 3_000_000))], names);

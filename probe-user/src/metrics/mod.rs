@@ -117,6 +117,8 @@ pub struct Metrics {
     http: Arc<Http>,
     rpc: Arc<rpc::RpcServer>,
     client: Option<Arc<client::HttpClient>>,
+    /// The upstream ids of the kernel's client requests.
+    peer_ids: Arc<labels::peer::PeerIds>,
     pub health: health::Health,
     routes: Arc<Routes>,
 }
@@ -142,11 +144,34 @@ impl Metrics {
         };
         let rpc = Arc::new(rpc::RpcServer::register(registry, durations.clone()));
         let client = options.max_peers.map(|max| Arc::new(client::HttpClient::register(registry, durations, max)));
-        Metrics { http: Arc::new(http), rpc, client, health: health::Health::register(registry), routes: Arc::new(routes) }
+        Metrics {
+            http: Arc::new(http),
+            rpc,
+            client,
+            peer_ids: Default::default(),
+            health: health::Health::register(registry),
+            routes: Arc::new(routes),
+        }
     }
 
     pub fn routes(&self) -> &Routes {
         &self.routes
+    }
+
+    pub fn peer_ids(&self) -> &labels::peer::PeerIds {
+        &self.peer_ids
+    }
+
+    /// The upstream of a client request the kernel read: from its id (0: its key's, if the
+    /// agent named one), as (server_address, server_port).
+    fn kernel_peer(&self, k: &KernelHead) -> (String, String) {
+        let id = if k.route != 0 { Some(k.route) } else { self.peer_ids.id_of_key(k.service_id, k.path_key) };
+        match id.and_then(|id| self.peer_ids.host(id)) {
+            Some(Some(host)) => labels::peer::of_host(Some(&host), false),
+            Some(None) => (labels::peer::OTHER_PEER.to_string(), String::new()),
+            // The announcement's event was lost (counted in redprobe_events_lost_total).
+            None => labels::peer::of_host(None, false),
+        }
     }
 
     /// Does the kernel's fast path serve these metrics? Only OpenTelemetry's buckets are the
@@ -175,6 +200,26 @@ impl Metrics {
     pub fn add_kernel(&self, key: &AggKey, delta: &AggValue, service: &Service) {
         let n = delta.duration.count();
         if n == 0 {
+            return;
+        }
+        if key.kind == probe_common::AGG_CLIENT {
+            let Some(client) = &self.client else { return };
+            let head = KernelHead { method: key.method, version: key.version, route: key.route, path_key: 0, service_id: key.service };
+            let (address, port) = self.kernel_peer(&head);
+            let req = client::ClientRequest {
+                service,
+                method: kernel_ids::method(key.method),
+                status: Some(key.status),
+                version: kernel_ids::version(key.version),
+                address,
+                port,
+                error_type: labels::client_error_type(Some(key.status), None),
+                duration_ns: 0,
+                request_body: 0,
+                response_body: 0,
+            };
+            client.add_kernel(req, delta);
+            client.paired(true, n);
             return;
         }
         let route = self.kernel_route(key.route, key.service, 0);
@@ -272,11 +317,16 @@ impl Metrics {
     fn observe_client(&self, call: &ClientCall) {
         let Some(client) = &self.client else { return };
         let x = &call.exchange;
-        let (method, version, host) = match &x.head {
-            Head::Read(line) => (labels::method(&line.method), labels::version(line.version), line.host.as_deref()),
-            Head::Kernel(_) | Head::Unread(_) => (labels::OTHER_METHOD, "", None),
+        client.paired(x.paired_by == PairedBy::Kernel, 1);
+        let (method, version, (address, port)) = match &x.head {
+            Head::Read(line) => (
+                labels::method(&line.method),
+                labels::version(line.version),
+                labels::peer::of_host(line.host.as_deref(), x.family & probe_common::FAMILY_TLS != 0),
+            ),
+            Head::Kernel(k) => (kernel_ids::method(k.method), kernel_ids::version(k.version), self.kernel_peer(k)),
+            Head::Unread(_) => (labels::OTHER_METHOD, "", labels::peer::of_host(None, false)),
         };
-        let (address, port) = labels::peer::of_host(host, x.family & probe_common::FAMILY_TLS != 0);
         client.observe(client::ClientRequest {
             service: &x.service,
             method,

@@ -29,7 +29,7 @@ struct BatchAttr {
 /// What one read of `CONNS` found.
 pub struct ConnsRead {
     pub entries: usize,
-    /// The fast server connections.
+    /// The fast server and client connections.
     pub fast: Vec<ConnState>,
 }
 
@@ -47,7 +47,7 @@ pub fn read(conns: &BpfHashMap<MapData, u64, ConnState>) -> ConnsRead {
 
 fn keep(out: &mut ConnsRead, c: ConnState) {
     out.entries += 1;
-    if c.is_fast_server() {
+    if c.is_fast_server() || c.is_fast_client() {
         out.fast.push(c);
     }
 }
