@@ -239,6 +239,24 @@ mod tests {
     use super::*;
 
     #[test]
+    fn client_error_types() {
+        use crate::pairing::ClientCut::*;
+        let cases = [
+            (Some(200), None, ""),
+            (Some(302), None, ""),
+            (Some(404), None, "404"),
+            (Some(503), None, "503"),
+            (None, Some(Reset), "connection_reset"),
+            (Some(200), Some(Reset), "connection_reset"),
+            (None, Some(PeerClosed), "connection_closed"),
+            (Some(200), Some(GaveUp), "timeout"),
+        ];
+        for (status, cut, want) in cases {
+            assert_eq!(client_error_type(status, cut), want, "{status:?} {cut:?}");
+        }
+    }
+
+    #[test]
     fn values_are_safe_to_expose() {
         assert_eq!(label_safe("my \"svc\"\n".into()), "my %22svc%22%0A");
         assert_eq!(Service::named("a\\b").name(), "a%5Cb");

@@ -652,3 +652,71 @@ fn a_wait_without_news_ends_at_its_write_after_the_idle_timeout() {
     assert_eq!(summary(&x), vec![("GET", "/a".into(), 200, 10, 20)]);
     assert_eq!(other, vec!["transmission_not_seen"]);
 }
+
+/// A client connection's events, through the client pairer, closed at `close_ns` (`reset`,
+/// or a FIN).
+fn run_client(events: &[Data], reset: bool, close_ns: u64) -> (Vec<Exchange>, Vec<&'static str>) {
+    let mut p = Pairer::client(16);
+    let mut out = vec![];
+    for e in events {
+        p.on_data(e, || "svc".into(), &mut out);
+    }
+    p.on_close(1, reset, close_ns, &mut out);
+    let mut x = vec![];
+    let mut other = vec![];
+    for o in out {
+        match o {
+            Output::Exchange(e) => x.push(e),
+            Output::Unparsed(r) => other.push(r.label()),
+            o => panic!("not a client pairer's output: {o:?}"),
+        }
+    }
+    (x, other)
+}
+
+/// On a client connection the writes are the requests and the reads the responses; a
+/// request starts at its write (never an arrival stamp) and ends at the read of its
+/// response's last byte; its Host header is kept.
+#[test]
+fn client_requests_are_writes_and_responses_reads() {
+    let mut req = tx(10, b"POST /charge HTTP/1.1\r\nHost: payments:8443\r\nContent-Length: 4\r\n\r\n");
+    req.arrival_ns = 3; // never used for a client's request
+    let (x, other) = run_client(
+        &[
+            req,
+            tx(11, b"body"),
+            rx(40, b"HTTP/1.1 201 Created\r\nContent-Length: 10\r\n\r\nhello"),
+            rx(55, b"world"),
+            tx(60, b"GET /rates HTTP/1.1\r\nHost: payments:8443\r\n\r\n"),
+            rx(70, b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n"),
+        ],
+        false,
+        100,
+    );
+    assert_eq!(summary(&x), vec![("POST", "/charge".into(), 201, 10, 55), ("GET", "/rates".into(), 503, 60, 70)]);
+    assert_eq!((x[0].request_body_bytes, x[0].response_body_bytes, x[0].first_byte_ns), (4, 10, 40));
+    let Head::Read(line) = &x[0].head else { panic!("read") };
+    assert_eq!(line.host.as_deref(), Some(&b"payments:8443"[..]));
+    assert!(x.iter().all(|e| !e.reset) && other.is_empty(), "{other:?}");
+}
+
+/// A client's request left unanswered when its connection closes is measured up to the
+/// close, as cut short, whether the close was a reset, the server's FIN or the target's
+/// own (it gave up): never a request lost.
+#[test]
+fn unanswered_client_requests_end_at_the_close() {
+    for reset in [true, false] {
+        let (x, other) = run_client(
+            &[
+                tx(10, b"GET /slow HTTP/1.1\r\nHost: up\r\n\r\n"),
+                rx(20, b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\npartial"),
+            ],
+            reset,
+            90,
+        );
+        assert_eq!((x.len(), x[0].status, x[0].reset, x[0].start_ns, x[0].end_ns), (1, Some(200), true, 10, 90), "reset {reset}");
+        assert!(other.is_empty());
+        let (x, _) = run_client(&[tx(10, b"GET /none HTTP/1.1\r\nHost: up\r\n\r\n")], reset, 300);
+        assert_eq!((x[0].status, x[0].reset, x[0].end_ns), (None, true, 300), "reset {reset}");
+    }
+}
