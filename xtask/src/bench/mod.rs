@@ -16,6 +16,7 @@ mod agent_cost;
 mod bpf_stats;
 mod capacity;
 mod django;
+mod client;
 mod http2;
 mod https;
 mod loadgen;
@@ -43,7 +44,7 @@ pub struct Options {
     #[arg(long, default_value_t = 3.0)]
     pub seconds: f64,
     /// Only these measures, comma-separated: 1, 2 (also 3 and 5), 4, 6, 7 (HTTPS), 8 (HTTP/2),
-    /// bpf, page.
+    /// 9 (outgoing calls), bpf, page.
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
     /// Do not pin nginx's worker and the load generator to separate CPUs.
@@ -216,6 +217,11 @@ pub fn bench(opts: &Options) -> Result<()> {
     if want("8") {
         let h2 = http2::Http2::start(worker_cpu)?;
         rows.extend(http2::measure(&h2, opts.seconds, load_cpu, opts.rounds)?);
+    }
+    if want("9") {
+        let calls = client::Calls::start(worker_cpu)?;
+        let load = Load { threads: 1, connections: 8, seconds: opts.seconds, cpus: load_cpu.map(|c| c.to_string()) };
+        rows.extend(client::measure(&calls, &load, opts.rounds)?);
     }
     if let Some(nginx) = &nginx {
         if want("6") {
