@@ -303,6 +303,16 @@ pub extern "C" fn rp_on_io(w: *mut Work, state: *mut ConnState) -> u32 {
                         }
                         return 0;
                     }
+                    // A response received first: a client connection the target opened before
+                    // the agent attached, read in the middle of a call. Its next request is
+                    // measured (the agent counts this answer without its request).
+                    Verdict::NotRequest
+                        if !plaintext && c.first4 == u32::from_le_bytes(*b"HTTP") && global!(CONFIG.client_metrics) != 0 =>
+                    {
+                        conn::set_role(cookie, ROLE_CLIENT);
+                        count(COUNTER_CLIENT_CONNS);
+                        return CLIENT_IO;
+                    }
                     Verdict::NotRequest => {
                         // Tell the agent once what arrived (TLS, garbage, another protocol).
                         let other = conn::set_role(cookie, ROLE_OTHER);

@@ -135,6 +135,45 @@ fn failing_dependencies_are_counted_with_their_error_type() -> Result<()> {
     Ok(())
 }
 
+/// An established TCP connection to `port` on this host (from /proc/net/tcp).
+fn connected_to(port: u16) -> bool {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+    let want = format!(":{port:04X}");
+    table.lines().skip(1).any(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        f.len() > 3 && f[2].ends_with(&want) && f[3] == "01"
+    })
+}
+
+/// A keep-alive client connection in the middle of a call when the agent attaches (its
+/// request was sent before): the answer it then reads is counted without its request, and
+/// its next calls on that connection are measured.
+#[test]
+fn calls_on_a_connection_opened_before_attach_count_from_the_next_one() -> Result<()> {
+    let up = upstream()?;
+    let target = Server::start(Server::python_command(python(), 0))?;
+    let (port, up_port) = (target.port, up.port);
+    let first = std::thread::spawn(move || -> Result<Vec<String>> {
+        let mut c = Conn::open(port)?;
+        call(&mut c, up_port, &["/sleep?ms=4000", "/hello", "/error"], "", "", &mut ClientCounts::new())
+    });
+    testkit::wait_for("the target's call to its upstream", std::time::Duration::from_secs(10), || {
+        connected_to(up_port).then_some(())
+    })?;
+    let agent = Agent::attach(target.pid())?;
+    ensure!(!first.is_finished(), "the agent attached while the first call was in flight");
+    assert_eq!(first.join().expect("the calls' thread")?, ["200", "200", "500"]);
+    let mut truth = ClientCounts::new();
+    for (status, error) in [("200", ""), ("500", "500")] {
+        truth.insert(("GET".into(), status.into(), "127.0.0.1".into(), up_port.to_string(), error.into()), 1);
+    }
+    let m = agent.wait_metrics("the 2 calls after attach", |m| total(&m.client_counts()) >= 2)?;
+    assert_eq!(m.client_counts(), truth);
+    let without = m.sum("redprobe_http_client_requests_unmeasured_total", &[("reason", "response_without_request")]);
+    assert_eq!(without, 1.0, "the answer read after attach, to a call sent before");
+    Ok(())
+}
+
 /// Client metrics off: the target's client connections are only counted.
 #[test]
 fn no_client_metrics_leaves_only_the_connection_count() -> Result<()> {
