@@ -21,6 +21,9 @@ pub enum Verdict {
     NotRequest,
     /// `PRI *`: the start of the HTTP/2 connection preface (the agent checks the rest).
     Http2,
+    /// `HTTP/`: a response, received first (a client connection caught in the middle of a
+    /// call). Not a request.
+    Response,
     /// More bytes are needed.
     Undecided,
 }
@@ -36,6 +39,7 @@ pub struct Classifier {
 }
 
 const CONNECT: u32 = u32::from_le_bytes(*b"CONN");
+const HTTP: u32 = u32::from_le_bytes(*b"HTTP");
 /// `PRI * HTTP/2.0`: the HTTP/2 preface has the shape of a request line; it is not one.
 const PRI: u32 = u32::from_le_bytes(*b"PRI ");
 
@@ -69,6 +73,9 @@ impl Classifier {
             if b == b' ' && self.method_len > 0 {
                 self.in_target = true;
                 return Verdict::Undecided;
+            }
+            if b == b'/' && self.method_len == 4 && self.first4 == HTTP {
+                return Verdict::Response;
             }
             return Verdict::NotRequest;
         }
@@ -156,5 +163,14 @@ mod tests {
         assert_eq!(verdict(&[b"PRI", b" *"]), Verdict::Http2);
         assert_eq!(verdict(&[b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"]), Verdict::Http2);
         assert_eq!(verdict(&[b"PRI /x HTTP/1.1\r\n"]), Verdict::Request, "a PRI method on a path is HTTP/1");
+    }
+
+    #[test]
+    fn a_response_received_first() {
+        assert_eq!(verdict(&[b"HTTP/1.1 200 OK\r\n"]), Verdict::Response);
+        assert_eq!(verdict(&[b"HT", b"TP", b"/1.0 404"]), Verdict::Response);
+        assert_eq!(verdict(&[b"HTTPS/1.1 200"]), Verdict::NotRequest);
+        assert_eq!(verdict(&[b"http/1.1 200"]), Verdict::NotRequest);
+        assert_eq!(verdict(&[b"HTTP /x HTTP/1.1\r\n"]), Verdict::Request, "a method named HTTP");
     }
 }

@@ -48,6 +48,7 @@ const C_STARTS: usize = 8;
 const C_HOST_START: usize = 40;
 const C_HOST_END: usize = 41;
 const C_HOST_H: usize = 42;
+const C_HOST_OPEN: usize = 43;
 const C_ENDS: usize = 16;
 
 /// The per-CPU scratch the fast path works in: the captured bytes, and the parsers' cells.
@@ -101,8 +102,8 @@ pub const VERSION_2: u8 = 2;
 const MAX_METHOD: usize = 16;
 /// Longest target the fast path reads.
 pub const MAX_TARGET: usize = 256;
-/// Header lines starting with c/C/t/T/h/H the fast path looks at (Content-Type,
-/// Connection, Cookie, Cache-Control, Host... are among them).
+/// Header lines starting with c/C/t/T the fast path looks at (Content-Type, Connection,
+/// Cookie, Cache-Control... are among them).
 const MAX_CANDIDATES: usize = 8;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -169,9 +170,10 @@ fn forbidden(b: u8) -> bool {
 }
 
 /// Finds the end of the head in the first `n` bytes (CRLF CRLF), a word at a time, and
-/// the header lines beginning with c/C/t/T/h/H (their starts in cells `C_STARTS..`, their CRs
-/// in `C_ENDS..`, their count in `C_COUNT`). The head's length goes to `C_LEN`. A head
-/// with a control byte is not scanned (the agent's).
+/// the header lines beginning with c/C/t/T (their starts in cells `C_STARTS..`, their CRs
+/// in `C_ENDS..`, their count in `C_COUNT`), and the value of a `Host` line (outside the
+/// candidates: cells `C_HOST_START`, `C_HOST_END`). The head's length goes to `C_LEN`. A
+/// head with a control byte is not scanned (the agent's).
 #[inline(always)]
 pub fn scan(s: &mut Scratch) -> bool {
     const ONES: u64 = 0x0101_0101_0101_0101;
@@ -180,6 +182,9 @@ pub fn scan(s: &mut Scratch) -> bool {
     const DELS: u64 = 0x7f7f_7f7f_7f7f_7f7f;
     s.put(C_COUNT, 0);
     s.put(C_OPEN, 0);
+    s.put(C_HOST_START, 0);
+    s.put(C_HOST_END, 0);
+    s.put(C_HOST_OPEN, 0);
     let mut base = 0;
     while base < HEAD_WINDOW {
         if base as u64 >= s.take(C_N) {
@@ -208,6 +213,10 @@ pub fn scan(s: &mut Scratch) -> bool {
                         s.put(C_ENDS + ((c + MAX_CANDIDATES - 1) & (MAX_CANDIDATES - 1)), (i - 1) as u64);
                         s.put(C_OPEN, 0);
                     }
+                    if s.take(C_HOST_OPEN) != 0 {
+                        s.put(C_HOST_END, (i - 1) as u64);
+                        s.put(C_HOST_OPEN, 0);
+                    }
                     let next = i + 1;
                     if next as u64 + 1 >= n {
                         return false; // the head goes on beyond what was captured
@@ -220,7 +229,12 @@ pub fn scan(s: &mut Scratch) -> bool {
                             s.put(C_LEN, (next + 2) as u64);
                             return true;
                         }
-                        b'c' | b'C' | b't' | b'T' | b'h' | b'H' => {
+                        // A `Host` line: its value is a client request's upstream (`host_key`).
+                        b'h' | b'H' if header_is(s, next, b"host:") => {
+                            s.put(C_HOST_START, next as u64 + 5);
+                            s.put(C_HOST_OPEN, 1);
+                        }
+                        b'c' | b'C' | b't' | b'T' => {
                             let c = s.take(C_COUNT) as usize;
                             if c >= MAX_CANDIDATES {
                                 return false;
@@ -274,8 +288,6 @@ fn skip_spaces(s: &mut Scratch) {
 pub fn framing(s: &mut Scratch) -> Parse<Framing> {
     s.put(C_LENGTH, u64::MAX);
     s.put(C_CHUNKED, 0);
-    s.put(C_HOST_START, 0);
-    s.put(C_HOST_END, 0);
     let mut c = 0;
     while c < MAX_CANDIDATES {
         if c as u64 >= s.take(C_COUNT) {
@@ -331,10 +343,6 @@ pub fn framing(s: &mut Scratch) -> Parse<Framing> {
                 return Parse::Slow;
             }
             s.put(C_CHUNKED, 1);
-        } else if header_is(s, i, b"host:") {
-            // A client request's upstream (`host_key`).
-            s.put(C_HOST_START, s.take(C_I) + 5);
-            s.put(C_HOST_END, s.take(C_END));
         }
         c += 1;
     }
@@ -586,6 +594,9 @@ mod tests {
         let long = [b"GET / HTTP/1.1\r\nHost: ".as_slice(), &[b'a'; MAX_HOST + 1], b"\r\n\r\n"].concat();
         assert_eq!(key(&long), 0, "longer than MAX_HOST");
         assert_ne!(host_key_of(b"a"), host_key_of(b"b"));
+        // Host and other h lines take none of the candidates' places.
+        let many = b"GET / HTTP/1.1\r\nHost: a\r\nHX-Request: true\r\nHX-Target: x\r\nC1: 1\r\nC2: 2\r\nC3: 3\r\nC4: 4\r\nT5: 5\r\nT6: 6\r\nT7: 7\r\nCookie: 8\r\n\r\n";
+        assert_eq!(key(many), host_key_of(b"a"));
     }
 
     #[test]

@@ -87,8 +87,10 @@ pub const COUNTER_SLOTS: u32 = 16;
 pub const ROLE_SERVER: u32 = 1;
 /// Not classified yet (no entry, or fewer than four bytes received).
 pub const ROLE_UNKNOWN: u32 = 0;
-/// The target sent an HTTP/1.x request on it first: an outgoing client connection. Its
-/// reads and writes go to the agent (`FLAG_CLIENT`) when client metrics are on.
+/// The target sent an HTTP/1.x request on it first (or received an HTTP response first:
+/// one opened before the agent attached): an outgoing client connection. With client
+/// metrics on, its requests are paired in the kernel (`fast::rp_client_io`) or, where it
+/// hands them over, by the agent (`FLAG_CLIENT` events).
 pub const ROLE_CLIENT: u32 = 2;
 /// The target sent a TLS handshake record on it first: an outgoing TLS client connection,
 /// counted and not measured.
@@ -319,9 +321,8 @@ pub struct ProbeConfig {
     pub wakeup_bytes: u32,
     /// Number of u64 words in `TARGETS` (pid_max / 64, rounded up).
     pub target_words: u32,
-    /// 1: the targets' HTTP client connections (`ROLE_CLIENT`) are sent to the agent, which
-    /// measures the requests they carry (`--no-client-metrics` sets 0: they are only
-    /// counted, as before).
+    /// 1: the requests of the targets' HTTP client connections (`ROLE_CLIENT`) are measured
+    /// (`--no-client-metrics` sets 0: those connections are only counted).
     pub client_metrics: u32,
     pub _pad: u32,
 }

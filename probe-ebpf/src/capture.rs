@@ -286,7 +286,9 @@ pub extern "C" fn rp_on_io(w: *mut Work, state: *mut ConnState) -> u32 {
                         crate::h2::emit(w);
                         return 0;
                     }
-                    _ if role == ROLE_OTHER => return 0,
+                    // (A connection of another protocol is looked at again when a read starts
+                    // with a response: below.)
+                    _ if role == ROLE_OTHER && verdict != Verdict::Response => return 0,
                     Verdict::Undecided => {
                         // Too few bytes so far (a client writing byte by byte): remember where
                         // the classifier is and pass the data on; the agent holds it until
@@ -303,17 +305,24 @@ pub extern "C" fn rp_on_io(w: *mut Work, state: *mut ConnState) -> u32 {
                         }
                         return 0;
                     }
-                    // A response received first: a client connection the target opened before
-                    // the agent attached, read in the middle of a call. Its next request is
-                    // measured (the agent counts this answer without its request).
-                    Verdict::NotRequest
-                        if !plaintext && c.first4 == u32::from_le_bytes(*b"HTTP") && global!(CONFIG.client_metrics) != 0 =>
-                    {
-                        conn::set_role(cookie, ROLE_CLIENT);
-                        count(COUNTER_CLIENT_CONNS);
-                        return CLIENT_IO;
-                    }
-                    Verdict::NotRequest => {
+                    Verdict::NotRequest | Verdict::Response => {
+                        // A response received first: a client connection the target opened
+                        // before the agent attached, read in the middle of a call (or of a
+                        // response's body: then another protocol until a read starts with a
+                        // response). Its next request is measured (the agent counts this
+                        // answer without its request).
+                        if verdict == Verdict::Response && !plaintext {
+                            if global!(CONFIG.client_metrics) != 0 {
+                                conn::set_role(cookie, ROLE_CLIENT);
+                                count(COUNTER_CLIENT_CONNS);
+                                return CLIENT_IO;
+                            }
+                            if role == ROLE_OTHER {
+                                return 0; // counted as another protocol already
+                            }
+                            // (Written so, not as an arm of its own, for the stack: this
+                            // function's call chain is at the verifier's 512 bytes.)
+                        }
                         // Tell the agent once what arrived (TLS, garbage, another protocol).
                         let other = conn::set_role(cookie, ROLE_OTHER);
                         if plaintext && let Some(s) = other {
@@ -423,6 +432,7 @@ fn classify(src: Source, moved: u32, c: Classifier) -> (Verdict, Classifier) {
         1 => Verdict::Request,
         2 => Verdict::NotRequest,
         3 => Verdict::Http2,
+        4 => Verdict::Response,
         _ => Verdict::Undecided,
     };
     (verdict, c)
@@ -430,7 +440,7 @@ fn classify(src: Source, moved: u32, c: Classifier) -> (Verdict, Classifier) {
 
 /// `kind_moved`: 1 (a flat buffer at `ptr`) or 2 (`count` iovecs at `ptr`) << 32 | bytes
 /// moved; `state`: the classifier's first4 | meta << 32. Returns the verdict (0 undecided, 1
-/// a request, 2 not, 3 the HTTP/2 preface) << 56 | the new state.
+/// a request, 2 not, 3 the HTTP/2 preface, 4 a response) << 56 | the new state.
 #[unsafe(no_mangle)]
 #[inline(never)]
 pub extern "C" fn rp_classify(kind_moved: u64, ptr: u64, count: u64, state: u64) -> u64 {
@@ -442,6 +452,7 @@ pub extern "C" fn rp_classify(kind_moved: u64, ptr: u64, count: u64, state: u64)
         Verdict::Request => 1,
         Verdict::NotRequest => 2,
         Verdict::Http2 => 3,
+        Verdict::Response => 4,
         Verdict::Undecided => 0,
     };
     v << 56 | (c.meta() as u64 & 0x00ff_ffff) << 32 | c.first4 as u64

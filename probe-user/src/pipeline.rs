@@ -254,7 +254,9 @@ impl Pipeline {
         self.pairer.evict_idle(now_ns, idle_ns, &mut self.outputs);
         self.evict_idle_clients(now_ns, idle_ns);
         self.flush();
-        let mut client_active = self.client.client_active_requests();
+        let ids = self.metrics.peer_ids();
+        let mut client_active =
+            self.client.client_active_requests(|k| ids.host_of_request(k.service_id, k.route, k.path_key).flatten());
         self.metrics.health.tx_waiting.set(self.pairer.waiting_for_transmission() as i64);
         let mut active = self.pairer.active_requests();
         let mut open = self.pairer.connections_by_service();
@@ -275,9 +277,7 @@ impl Pipeline {
                 continue;
             };
             for req in c.pairing.waiting() {
-                let ids = self.metrics.peer_ids();
-                let id = if req.route != 0 { Some(req.route) } else { ids.id_of_key(c.service, req.path_key) };
-                let host = id.and_then(|id| ids.host(id)).flatten();
+                let host = ids.host_of_request(c.service, req.route, req.path_key).flatten();
                 let method = kernel_ids::method(req.method).to_string();
                 *client_active.entry((service.clone(), method, host)).or_insert(0) += 1;
             }

@@ -20,8 +20,9 @@ Routes (GET unless noted):
   /call?port=P&paths=/a,POST:/b[&timeout_ms=N]
                       an outgoing call to http://127.0.0.1:P<path> for each path, in order,
                       with http.client on one keep-alive connection (a new one after a
-                      call that failed; POST sends a 1000-byte body); answers 200 with one
-                      line per call: its status, or the name of the exception it raised
+                      call that failed; POST sends a 1000-byte body; a path's own & is %26);
+                      answers 200 with one line per call: its status, or the name of the
+                      exception it raised
 With --head-body, HEAD is answered like GET, body included (as `do_HEAD = do_GET` does).
 With --one-at-a-time, one connection is served at a time (http.server's HTTPServer): the
 others wait in the listener's accept queue, as on a saturated prefork server.

@@ -174,6 +174,34 @@ fn calls_on_a_connection_opened_before_attach_count_from_the_next_one() -> Resul
     Ok(())
 }
 
+/// A keep-alive client connection in the middle of a response's body when the agent
+/// attaches: another protocol at first (its first bytes seen are body bytes), a client
+/// connection from its next response on (counted without its request), and measured from
+/// the call after.
+#[test]
+fn a_connection_caught_mid_body_counts_from_the_call_after_its_next_response() -> Result<()> {
+    let up = node(Bind::V4)?;
+    let up_port = up.endpoint.port().context("a TCP upstream")?;
+    let target = Server::start(Server::python_command(python(), 0))?;
+    let port = target.port;
+    let first = std::thread::spawn(move || -> Result<Vec<String>> {
+        let mut c = Conn::open(port)?;
+        call(&mut c, up_port, &["/stream?parts=10%26ms=500", "/hello", "/error"], "", "", &mut ClientCounts::new())
+    });
+    testkit::wait_for("the target's call to its upstream", std::time::Duration::from_secs(10), || {
+        connected_to(up_port).then_some(())
+    })?;
+    let agent = Agent::attach(target.pid())?;
+    ensure!(!first.is_finished(), "the agent attached while the streamed response was being read");
+    assert_eq!(first.join().expect("the calls' thread")?, ["200", "200", "500"]);
+    let key = ("GET".into(), "500".into(), "127.0.0.1".into(), up_port.to_string(), "500".into());
+    let m = agent.wait_metrics("the call after the next response", |m| total(&m.client_counts()) >= 1)?;
+    assert_eq!(m.client_counts(), ClientCounts::from([(key, 1)]));
+    let without = m.sum("redprobe_http_client_requests_unmeasured_total", &[("reason", "response_without_request")]);
+    assert_eq!(without, 1.0, "the /hello answer, whose request was written while the connection was another protocol's");
+    Ok(())
+}
+
 /// Client metrics off: the target's client connections are only counted.
 #[test]
 fn no_client_metrics_leaves_only_the_connection_count() -> Result<()> {

@@ -82,7 +82,11 @@ impl Peers {
     }
 
     /// The labels of a request of `service` to `(address, port)` (from [`of_host`]).
+    /// [`UNKNOWN_PEER`] takes no place under the cap.
     pub fn label(&self, service: &Service, address: String, port: String) -> PeerLabel {
+        if address == UNKNOWN_PEER {
+            return PeerLabel { address, port, folded: false };
+        }
         let Ok(mut seen) = self.seen.lock() else { return PeerLabel { address, port, folded: false } };
         let known = seen.entry(service.clone()).or_default();
         let key = (address, port);
@@ -103,9 +107,11 @@ impl Peers {
 
 /// Upstream ids the kernel's fast path labels client requests with: the agent names one
 /// for each (service id, `Host` key) the kernel announces (`ROUTES` under
-/// `probe_common::CLIENT_ROUTES`), and reads the Host value back from it.
-#[derive(Default)]
+/// `probe_common::CLIENT_ROUTES`), and reads the Host value back from it. A service gets at
+/// most `--max-peers` ids (each is a label set in the kernel's `AGG`, shared with the
+/// servers' requests); its further Host values all get [`FOLDED_ID`].
 pub struct PeerIds {
+    max_per_service: usize,
     inner: Mutex<PeerIdTable>,
 }
 
@@ -117,23 +123,31 @@ struct PeerIdTable {
     per_service: HashMap<u32, usize>,
 }
 
-/// Ids a service may have: its `Host` values (the label cap, `Peers`, bounds what is
-/// exported; this bounds the table).
-const MAX_IDS_PER_SERVICE: usize = 1024;
-/// Ids in all (the kernel's `ROUTES` map holds them with the route ids).
-const MAX_IDS: usize = 32_768;
+/// Keys the table remembers in all, folded ones included (the kernel's `ROUTES` map holds
+/// them with the route ids); a key past it gets no id and its requests the kernel sends
+/// one by one are `_unknown`.
+const MAX_KEYS: usize = 32_768;
 /// The id of a Host value past the table's bounds: reported as [`OTHER_PEER`].
 pub const FOLDED_ID: u32 = u32::MAX;
 
 impl PeerIds {
+    /// At most `max_per_service` ids per service (`--max-peers`).
+    pub fn new(max_per_service: usize) -> Self {
+        PeerIds { max_per_service, inner: Default::default() }
+    }
+
     /// The id of service `service_id`'s Host value `host` of key `key` (new if need be).
     pub fn id(&self, service_id: u32, key: u64, host: &[u8]) -> u32 {
         let Ok(mut t) = self.inner.lock() else { return FOLDED_ID };
         if let Some(id) = t.by_key.get(&(service_id, key)) {
             return *id;
         }
+        if t.by_key.len() >= MAX_KEYS {
+            return FOLDED_ID;
+        }
         let n = t.per_service.get(&service_id).copied().unwrap_or(0);
-        if n >= MAX_IDS_PER_SERVICE || t.hosts.len() >= MAX_IDS {
+        if n >= self.max_per_service {
+            t.by_key.insert((service_id, key), FOLDED_ID);
             return FOLDED_ID;
         }
         t.hosts.push(host.to_vec());
@@ -146,6 +160,14 @@ impl PeerIds {
     /// The id named for a key, if any (a request measured before its id reached the kernel).
     pub fn id_of_key(&self, service_id: u32, key: u64) -> Option<u32> {
         self.inner.lock().ok()?.by_key.get(&(service_id, key)).copied()
+    }
+
+    /// The Host value of a request the kernel read: by its upstream id (`route`), or, 0,
+    /// by the id named for its key since. Some(None) for [`FOLDED_ID`]; None when no id is
+    /// known (the event that announced its key was lost).
+    pub fn host_of_request(&self, service_id: u32, route: u32, key: u64) -> Option<Option<Vec<u8>>> {
+        let id = if route != 0 { route } else { self.id_of_key(service_id, key)? };
+        self.host(id)
     }
 
     /// The Host value of an id: Some(None) for [`FOLDED_ID`], None for an unknown id.
@@ -195,7 +217,7 @@ mod tests {
 
     #[test]
     fn peer_ids() {
-        let ids = PeerIds::default();
+        let ids = PeerIds::new(3);
         let a = ids.id(1, 10, b"app:80");
         assert_eq!(ids.id(1, 10, b"app:80"), a, "known key");
         let b = ids.id(2, 10, b"app:80");
@@ -205,11 +227,15 @@ mod tests {
         assert_eq!(ids.id_of_key(3, 10), None);
         assert_eq!(ids.host(0), None);
         assert_eq!(ids.host(999), None);
-        for k in 0..MAX_IDS_PER_SERVICE as u64 {
-            ids.id(5, 100 + k, b"h");
+        for k in 0..3 {
+            assert_ne!(ids.id(5, 100 + k, b"h"), FOLDED_ID);
         }
         assert_eq!(ids.id(5, 1, b"one too many"), FOLDED_ID);
+        assert_eq!(ids.id_of_key(5, 1), Some(FOLDED_ID), "a folded key is known as folded");
         assert_eq!(ids.host(FOLDED_ID), Some(None));
+        assert_eq!(ids.host_of_request(5, 0, 1), Some(None));
+        assert_eq!(ids.host_of_request(2, 0, 10), Some(Some(b"app:80".to_vec())));
+        assert_eq!(ids.host_of_request(9, 0, 10), None);
     }
 
     #[test]
@@ -223,6 +249,7 @@ mod tests {
         let folded = l(&a, "z");
         assert_eq!((folded.address.as_str(), folded.port.as_str(), folded.folded), (OTHER_PEER, "", true));
         assert!(!l(&b, "z").folded, "the cap is per service");
+        assert!(!l(&a, UNKNOWN_PEER).folded, "no Host takes no place under the cap");
         peers.forget(&a);
         assert!(!l(&a, "z").folded);
     }

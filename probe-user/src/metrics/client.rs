@@ -149,17 +149,16 @@ impl HttpClient {
         m
     }
 
-    /// The label set of a request (its upstream within the cap), made known for `forget`.
-    fn labels(&self, r: ClientRequest<'_>) -> ClientLabels {
+    /// The label set of a request (its upstream within the cap), made known for `forget`,
+    /// and whether its upstream was folded into `_other`.
+    fn labels(&self, r: ClientRequest<'_>) -> (ClientLabels, bool) {
         let peer = if r.address == OTHER_PEER {
             // Folded already (`labels::peer::FOLDED_ID`).
             PeerLabel { address: r.address, port: String::new(), folded: true }
         } else {
             self.peers.label(r.service, r.address, r.port)
         };
-        if peer.folded {
-            self.peers_folded.inc();
-        }
+        let folded = peer.folded;
         let labels = ClientLabels {
             http_request_method: r.method.to_string(),
             http_response_status_code: crate::labels::status(r.status),
@@ -174,7 +173,7 @@ impl HttpClient {
         {
             made.insert(labels.clone());
         }
-        labels
+        (labels, folded)
     }
 
     /// `n` requests paired by the kernel (`kernel`) or the agent.
@@ -185,7 +184,10 @@ impl HttpClient {
 
     pub fn observe(&self, r: ClientRequest<'_>) {
         let (duration, request, response) = (r.duration_ns, r.request_body, r.response_body);
-        let labels = self.labels(r);
+        let (labels, folded) = self.labels(r);
+        if folded {
+            self.peers_folded.inc();
+        }
         self.duration.get_or_create(&labels).observe(duration);
         self.request_size.get_or_create(&labels).observe(request);
         self.response_size.get_or_create(&labels).observe(response);
@@ -194,7 +196,10 @@ impl HttpClient {
     /// What the kernel aggregated for `r`'s labels since the last read (`r`'s values are
     /// not used).
     pub fn add_kernel(&self, r: ClientRequest<'_>, delta: &AggValue) {
-        let labels = self.labels(r);
+        let (labels, folded) = self.labels(r);
+        if folded {
+            self.peers_folded.inc_by(delta.duration.count());
+        }
         self.duration.get_or_create(&labels).add(&delta.duration.counts, delta.duration.sum);
         self.request_size.get_or_create(&labels).add(&delta.request_body.counts, delta.request_body.sum);
         self.response_size.get_or_create(&labels).add(&delta.response_body.counts, delta.response_body.sum);
@@ -207,7 +212,11 @@ impl HttpClient {
     /// The requests in flight, by (service, method label, server_address, server_port).
     pub fn set_active(&self, active: &HashMap<(Service, &'static str, String, String), i64>) {
         self.active.set(active.iter().map(|((service, method, address, port), n)| {
-            let peer = self.peers.label(service, address.clone(), port.clone());
+            let peer = if address == OTHER_PEER {
+                PeerLabel { address: address.clone(), port: String::new(), folded: true }
+            } else {
+                self.peers.label(service, address.clone(), port.clone())
+            };
             let labels = ClientActiveLabels {
                 http_request_method: method.to_string(),
                 server_address: peer.address,

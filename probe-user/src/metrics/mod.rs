@@ -148,7 +148,7 @@ impl Metrics {
             http: Arc::new(http),
             rpc,
             client,
-            peer_ids: Default::default(),
+            peer_ids: Arc::new(labels::peer::PeerIds::new(options.max_peers.unwrap_or(0))),
             health: health::Health::register(registry),
             routes: Arc::new(routes),
         }
@@ -165,8 +165,7 @@ impl Metrics {
     /// The upstream of a client request the kernel read: from its id (0: its key's, if the
     /// agent named one), as (server_address, server_port).
     fn kernel_peer(&self, k: &KernelHead) -> (String, String) {
-        let id = if k.route != 0 { Some(k.route) } else { self.peer_ids.id_of_key(k.service_id, k.path_key) };
-        match id.and_then(|id| self.peer_ids.host(id)) {
+        match self.peer_ids.host_of_request(k.service_id, k.route, k.path_key) {
             Some(Some(host)) => labels::peer::of_host(Some(&host), false),
             Some(None) => (labels::peer::OTHER_PEER.to_string(), String::new()),
             // The announcement's event was lost (counted in redprobe_events_lost_total).

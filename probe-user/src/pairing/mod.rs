@@ -216,14 +216,22 @@ impl Pairer {
         self.conns.contains_key(&conn_id)
     }
 
-    /// Client requests written and not yet answered, by (service, method, Host header).
-    pub fn client_active_requests(&self) -> HashMap<(Service, String, Option<Vec<u8>>), i64> {
+    /// Client requests written and not yet answered, by (service, method, Host header);
+    /// `host_of` gives the Host of a request the kernel read (before it handed the
+    /// connection over).
+    pub fn client_active_requests(
+        &self,
+        host_of: impl Fn(&KernelHead) -> Option<Vec<u8>>,
+    ) -> HashMap<(Service, String, Option<Vec<u8>>), i64> {
         let mut active = HashMap::new();
         for c in self.conns.values() {
             for p in &c.pending {
-                if let Head::Read(line) = &p.head {
-                    *active.entry((c.service.clone(), line.method.clone(), line.host.clone())).or_insert(0) += 1;
-                }
+                let (method, host) = match &p.head {
+                    Head::Read(line) => (line.method.clone(), line.host.clone()),
+                    Head::Kernel(k) => (crate::labels::kernel_ids::method(k.method).to_string(), host_of(k)),
+                    Head::Unread(_) => continue,
+                };
+                *active.entry((c.service.clone(), method, host)).or_insert(0) += 1;
             }
         }
         active
