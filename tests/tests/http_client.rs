@@ -145,6 +145,23 @@ fn connected_to(port: u16) -> bool {
     })
 }
 
+/// Makes the target call `paths` (answered 200, 200, 500) on one connection to the upstream
+/// on `up_port`, and attaches an agent while the first call is in flight.
+fn attach_during_a_call(target: &Server, up_port: u16, paths: &'static [&'static str]) -> Result<Agent> {
+    let port = target.port;
+    let calls = std::thread::spawn(move || -> Result<Vec<String>> {
+        let mut c = Conn::open(port)?;
+        call(&mut c, up_port, paths, "", "", &mut ClientCounts::new())
+    });
+    testkit::wait_for("the target's call to its upstream", std::time::Duration::from_secs(10), || {
+        connected_to(up_port).then_some(())
+    })?;
+    let agent = Agent::attach(target.pid())?;
+    ensure!(!calls.is_finished(), "the agent attached while the first call was in flight");
+    assert_eq!(calls.join().expect("the calls' thread")?, ["200", "200", "500"]);
+    Ok(agent)
+}
+
 /// A keep-alive client connection in the middle of a call when the agent attaches (its
 /// request was sent before): the answer it then reads is counted without its request, and
 /// its next calls on that connection are measured.
@@ -152,17 +169,8 @@ fn connected_to(port: u16) -> bool {
 fn calls_on_a_connection_opened_before_attach_count_from_the_next_one() -> Result<()> {
     let up = upstream()?;
     let target = Server::start(Server::python_command(python(), 0))?;
-    let (port, up_port) = (target.port, up.port);
-    let first = std::thread::spawn(move || -> Result<Vec<String>> {
-        let mut c = Conn::open(port)?;
-        call(&mut c, up_port, &["/sleep?ms=4000", "/hello", "/error"], "", "", &mut ClientCounts::new())
-    });
-    testkit::wait_for("the target's call to its upstream", std::time::Duration::from_secs(10), || {
-        connected_to(up_port).then_some(())
-    })?;
-    let agent = Agent::attach(target.pid())?;
-    ensure!(!first.is_finished(), "the agent attached while the first call was in flight");
-    assert_eq!(first.join().expect("the calls' thread")?, ["200", "200", "500"]);
+    let up_port = up.port;
+    let agent = attach_during_a_call(&target, up_port, &["/sleep?ms=4000", "/hello", "/error"])?;
     let mut truth = ClientCounts::new();
     for (status, error) in [("200", ""), ("500", "500")] {
         truth.insert(("GET".into(), status.into(), "127.0.0.1".into(), up_port.to_string(), error.into()), 1);
@@ -183,17 +191,7 @@ fn a_connection_caught_mid_body_counts_from_the_call_after_its_next_response() -
     let up = node(Bind::V4)?;
     let up_port = up.endpoint.port().context("a TCP upstream")?;
     let target = Server::start(Server::python_command(python(), 0))?;
-    let port = target.port;
-    let first = std::thread::spawn(move || -> Result<Vec<String>> {
-        let mut c = Conn::open(port)?;
-        call(&mut c, up_port, &["/stream?parts=10%26ms=500", "/hello", "/error"], "", "", &mut ClientCounts::new())
-    });
-    testkit::wait_for("the target's call to its upstream", std::time::Duration::from_secs(10), || {
-        connected_to(up_port).then_some(())
-    })?;
-    let agent = Agent::attach(target.pid())?;
-    ensure!(!first.is_finished(), "the agent attached while the streamed response was being read");
-    assert_eq!(first.join().expect("the calls' thread")?, ["200", "200", "500"]);
+    let agent = attach_during_a_call(&target, up_port, &["/stream?parts=10%26ms=500", "/hello", "/error"])?;
     let key = ("GET".into(), "500".into(), "127.0.0.1".into(), up_port.to_string(), "500".into());
     let m = agent.wait_metrics("the call after the next response", |m| total(&m.client_counts()) >= 1)?;
     assert_eq!(m.client_counts(), ClientCounts::from([(key, 1)]));

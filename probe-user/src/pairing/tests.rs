@@ -52,7 +52,11 @@ fn run(events: &[Data]) -> (Vec<Exchange>, Vec<&'static str>) {
 
 /// `run`, the connection closed at `close_ns`, by a reset or a FIN.
 fn run_closed(events: &[Data], reset: bool, close_ns: u64) -> (Vec<Exchange>, Vec<&'static str>) {
-    let mut p = Pairer::new(16);
+    run_on(Pairer::new(16), events, reset, close_ns)
+}
+
+/// `run_closed` through pairer `p`.
+fn run_on(mut p: Pairer, events: &[Data], reset: bool, close_ns: u64) -> (Vec<Exchange>, Vec<&'static str>) {
     let mut out = vec![];
     for e in events {
         p.on_data(e, || "svc".into(), &mut out);
@@ -656,22 +660,7 @@ fn a_wait_without_news_ends_at_its_write_after_the_idle_timeout() {
 /// A client connection's events, through the client pairer, closed at `close_ns` (`reset`,
 /// or a FIN).
 fn run_client(events: &[Data], reset: bool, close_ns: u64) -> (Vec<Exchange>, Vec<&'static str>) {
-    let mut p = Pairer::client(16);
-    let mut out = vec![];
-    for e in events {
-        p.on_data(e, || "svc".into(), &mut out);
-    }
-    p.on_close(1, reset, close_ns, &mut out);
-    let mut x = vec![];
-    let mut other = vec![];
-    for o in out {
-        match o {
-            Output::Exchange(e) => x.push(e),
-            Output::Unparsed(r) => other.push(r.label()),
-            o => panic!("not a client pairer's output: {o:?}"),
-        }
-    }
-    (x, other)
+    run_on(Pairer::client(16), events, reset, close_ns)
 }
 
 /// On a client connection the writes are the requests and the reads the responses; a
