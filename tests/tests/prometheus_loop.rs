@@ -244,6 +244,12 @@ fn prometheus_scrapes_the_agent_and_answers_with_client_truth() -> Result<()> {
     // gRPC calls, OK and failing, all before the measured window.
     let calls = testkit::h2::grpc_client(&grpc.endpoint.to_string(), "Unary:ok=3 Unary:code:13=1")?;
     warm += calls.values().flat_map(|c| c.values()).sum::<u64>() as usize;
+    // Calls to an upstream that is not a target, so that the dependency rules and panels
+    // have data.
+    let upstream = Server::start_python()?;
+    let mut c = Conn::open(server.port)?;
+    ensure!(c.get(&format!("/call?port={}&paths=/hello,/error", upstream.port))?.status == 200);
+    warm += 1;
     let mut garbage = Conn::open(server.port)?;
     garbage.stream().write_all(b"\x00\x01\x02\x03garbage\xff\r\n\r\n")?;
     garbage.stream().shutdown(std::net::Shutdown::Write)?;
@@ -251,6 +257,7 @@ fn prometheus_scrapes_the_agent_and_answers_with_client_truth() -> Result<()> {
     agent.wait_metrics("the warm-up counted", |m| {
         m.request_counts().values().sum::<u64>() == warm as u64
             && m.sum("redprobe_connections_other_protocol_total", &[("protocol", "binary")]) == 1.0
+            && m.sum("http_client_request_duration_seconds_count", &[]) == 2.0
     })?;
     let t0 = scrape_after(&prom, CLASSIC_COUNT, now_ms(), warm, "a scrape after the warm-up")?;
 
