@@ -206,7 +206,7 @@ pub struct Cli {
     /// opened (to an upstream, another service, an HTTP API) is paired with the response it
     /// reads and measured, by upstream (server_address and server_port, from the request's
     /// Host header): the target's dependencies, seen from its side. The kernel pairs and
-    /// aggregates them as it does the served requests (about +4 µs per call on a busy
+    /// aggregates them as it does the served requests (+3 to +4 µs per call on a busy
     /// 2-CPU VM). With this flag those connections are only counted, in
     /// redprobe_connections_classified_total{role="client"}.
     #[arg(long)]
