@@ -83,8 +83,9 @@ fn sequence() -> Vec<Vec<u8>> {
     .collect()
 }
 
-/// The target's outgoing calls (conns 8 and 9): a POST answered 201 and a GET answered 503
-/// on one keep-alive connection, and a GET whose upstream reset the connection.
+/// The target's outgoing calls (conns 8 to 10): a POST answered 201 and a GET answered 503
+/// on one keep-alive connection, a GET whose upstream reset the connection, and one whose
+/// upstream closed it (its FIN first) without an answer.
 fn client_sequence() -> Vec<Vec<u8>> {
     let client = |kind: u32, conn: u64, ts_ms: u64, bytes: &[u8]| data(kind, conn, ts_ms, AF_INET, FLAG_CLIENT, bytes);
     vec![
@@ -95,6 +96,15 @@ fn client_sequence() -> Vec<Vec<u8>> {
         client(EVENT_RECV, 8, 5203, b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n"),
         client(EVENT_SEND, 9, 6000, b"GET /geo HTTP/1.1\r\nHost: geo\r\n\r\n"),
         wire::reset(9, 6_250_000_000),
+        client(EVENT_SEND, 10, 7000, b"GET /stock HTTP/1.1\r\nHost: inventory:9000\r\n\r\n"),
+        wire::raw(&probe_common::CloseEvent {
+            header: probe_common::EventHeader {
+                kind: probe_common::EVENT_CLOSE,
+                flags: probe_common::FLAG_PEER_CLOSED,
+                ts_ns: 7_500_000_000,
+            },
+            conn_id: 10,
+        }),
     ]
 }
 

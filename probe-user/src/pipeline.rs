@@ -162,25 +162,22 @@ impl Pipeline {
                 self.h2.on_chunk(&c, service, || pairer.take_h2c(c.conn_id), &mut self.outputs);
                 None
             }
-            Event::Close { conn_id, reset, peer_closed, ts_ns, tls } if self.client.tracks(conn_id) => {
-                debug_assert!(tls.is_none());
-                let mut out = vec![];
-                self.client.on_close(conn_id, reset, ts_ns, &mut out);
-                let cut = match (reset, peer_closed) {
-                    (true, _) => ClientCut::Reset,
-                    (false, true) => ClientCut::PeerClosed,
-                    (false, false) => ClientCut::GaveUp,
-                };
-                client_outputs(out, cut, &mut self.outputs);
-                None
-            }
-            Event::Close { conn_id, reset, ts_ns, tls, .. } => {
+            Event::Close { conn_id, reset, peer_closed, ts_ns, tls } => {
                 match tls {
                     Some(Ok(why)) => self.outputs.push(Output::TlsUnmeasured(why)),
                     Some(Err(protocol)) => self.outputs.push(Output::OtherProtocol(protocol)),
                     None => {}
                 }
-                if self.h2.on_close(conn_id, reset, ts_ns, &mut self.outputs) {
+                if self.client.tracks(conn_id) {
+                    let mut out = vec![];
+                    self.client.on_close(conn_id, reset, ts_ns, &mut out);
+                    let cut = match (reset, peer_closed) {
+                        (true, _) => ClientCut::Reset,
+                        (false, true) => ClientCut::PeerClosed,
+                        (false, false) => ClientCut::GaveUp,
+                    };
+                    client_outputs(out, cut, &mut self.outputs);
+                } else if self.h2.on_close(conn_id, reset, ts_ns, &mut self.outputs) {
                 } else if let Some(up) = self.pairer.take_h2c(conn_id) {
                     H2Conns::close_upgraded(up, reset, ts_ns, &mut self.outputs);
                 } else {
