@@ -292,10 +292,14 @@ fn normalize(text: &str) -> String {
 }
 
 fn check(naming: Naming, file: &str) {
+    compare(file, &normalize(&render(naming)));
+}
+
+/// Compares `got` with the fixture `file` (or writes it, with REDPROBE_UPDATE_GOLDEN set).
+fn compare(file: &str, got: &str) {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(file);
-    let got = normalize(&render(naming));
     if std::env::var_os("REDPROBE_UPDATE_GOLDEN").is_some() {
-        std::fs::write(&path, &got).unwrap();
+        std::fs::write(&path, got).unwrap();
         return;
     }
     let want = std::fs::read_to_string(&path)
@@ -310,7 +314,7 @@ fn check(naming: Naming, file: &str) {
             .map(|(i, (w, g))| format!("line {}:\n  want {w}\n  got  {g}", i + 1))
             .collect();
         panic!(
-            "/metrics differs from {} ({} vs {} lines):\n{}\nIf intended: REDPROBE_UPDATE_GOLDEN=1 cargo test -p probe-user golden",
+            "the output differs from {} ({} vs {} lines):\n{}\nIf intended: REDPROBE_UPDATE_GOLDEN=1 cargo test -p probe-user golden",
             path.display(),
             want.lines().count(),
             got.lines().count(),
@@ -354,4 +358,39 @@ fn protobuf_native_and_classic_buckets_agree() {
 #[test]
 fn golden_metrics_django_prometheus() {
     check(Naming::DjangoPrometheus, "metrics-django-prometheus.txt");
+}
+
+/// `redprobe top` reads the page as protobuf (native histograms) or as text: both give the
+/// same rows, counts and classic buckets, and every duration row has native buckets too.
+#[test]
+fn golden_top_reads_text_and_protobuf_alike() {
+    use crate::top::{page::parse_text, protobuf, snapshot::Snapshot};
+    let registry = registry_after_the_sequence(Naming::Otel);
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+    let from_text = Snapshot::of(&parse_text(&text).unwrap()).unwrap();
+    let bytes = prometheus_client::encoding::prometheus_protobuf::encode_to_vec(&registry).unwrap();
+    let from_proto = Snapshot::of(&protobuf::parse(&bytes).unwrap()).unwrap();
+    assert!(from_text.rows.len() >= 5, "{:?}", from_text.rows.keys());
+    assert_eq!(from_text.rows.keys().collect::<Vec<_>>(), from_proto.rows.keys().collect::<Vec<_>>());
+    for (key, t) in &from_text.rows {
+        let p = &from_proto.rows[key];
+        assert_eq!((t.all.count, t.all.sum, &t.all.classic, t.err5, t.err4), (p.all.count, p.all.sum, &p.all.classic, p.err5, p.err4), "{key:?}");
+        assert!(t.all.native.is_none() && p.all.native.is_some(), "{key:?}");
+    }
+    assert_eq!((from_text.active, from_text.health), (from_proto.active, from_proto.health));
+}
+
+/// The plain table of `redprobe top --once` over the fixed sequence, read as protobuf, as
+/// if it all happened in a 2 s interval.
+#[test]
+fn golden_top_once() {
+    use crate::top::{interval::Interval, protobuf, snapshot::Snapshot, table, view::Sort};
+    let bytes = prometheus_client::encoding::prometheus_protobuf::encode_to_vec(&registry_after_the_sequence(Naming::Otel)).unwrap();
+    let now = Snapshot::of(&protobuf::parse(&bytes).unwrap()).unwrap();
+    let iv = Interval::between(&Snapshot::default(), &now, 2.0);
+    let mut out = table::render("http://127.0.0.1:9464/metrics", &iv, Sort::Rate, "", 1.0);
+    out.push_str("\n-- sorted by p99, filter \"items\":\n");
+    out.push_str(&table::render("http://127.0.0.1:9464/metrics", &iv, Sort::P99, "items", 1.0));
+    compare("top-once.txt", &out);
 }

@@ -21,6 +21,7 @@ pub mod proc_root;
 pub mod reason;
 pub mod registry;
 pub mod tls_libs;
+pub mod top;
 pub mod uprobe_placement;
 pub mod web_config;
 

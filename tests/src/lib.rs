@@ -9,6 +9,7 @@ pub mod prom;
 pub mod scrape;
 pub mod servers;
 pub mod tls;
+pub mod tmux;
 pub mod workload;
 
 use std::time::{Duration, Instant};

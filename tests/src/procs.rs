@@ -199,8 +199,13 @@ impl Agent {
     }
 
     /// Like `start_with`, ready when `ready(addr)` says so (e.g. over TLS).
-    pub fn start_until(mut cmd: Command, args: &[String], ready: impl Fn(&str) -> bool) -> Result<Self> {
-        let addr = format!("127.0.0.1:{}", free_port());
+    pub fn start_until(cmd: Command, args: &[String], ready: impl Fn(&str) -> bool) -> Result<Self> {
+        Self::start_at(cmd, args, &format!("127.0.0.1:{}", free_port()), ready)
+    }
+
+    /// Like `start_until`, serving /metrics on `addr` (host:port).
+    pub fn start_at(mut cmd: Command, args: &[String], addr: &str, ready: impl Fn(&str) -> bool) -> Result<Self> {
+        let addr = addr.to_string();
         let stderr_path =
             std::env::temp_dir().join(format!("redprobe-agent-{}-{}.log", std::process::id(), free_port()));
         let log = std::fs::File::create(&stderr_path)?;

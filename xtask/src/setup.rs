@@ -48,6 +48,8 @@ const APT_TEST_PACKAGES: &[&str] = &[
     // HTTP/2 (h2c and over TLS): h2load, the load generator whose counts are the client
     // truth, and nghttp (nghttp2-client); nghttpd, nghttp2's own server (nghttp2-server).
     "nghttp2-client",
+    // `redprobe top` (tests/tests/top.rs) runs in a tmux pane the test reads back.
+    "tmux",
     "nghttp2-server",
 ];
 

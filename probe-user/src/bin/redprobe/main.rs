@@ -1,7 +1,8 @@
 //! redprobe, the agent: loads the probe (`loader`, with `btf` offsets and `privileges`
 //! checks), chooses the targets (`cli`, `targets`, `selectors`), and runs the loop (`run`)
 //! that feeds every ring-buffer record to the pipeline library (`probe_user`) while
-//! `/metrics` is served. `counters` reads the kernel's own counters.
+//! `/metrics` is served. `counters` reads the kernel's own counters. `redprobe top`
+//! (`top`) shows an agent's page live in the terminal, attaching one in-process if asked.
 mod btf;
 mod cli;
 mod conn_map;
@@ -13,6 +14,7 @@ mod run;
 mod selectors;
 mod targets;
 mod tls_probes;
+mod top;
 
 use std::io::IsTerminal;
 
@@ -23,19 +25,23 @@ fn log_colour() -> bool {
     std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }
 
+/// Logs to stderr, at `default` unless RUST_LOG says otherwise.
+fn log_to_stderr(default: &str) {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(log_colour())
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default.into()),
+        )
+        .init();
+}
+
 fn main() {
     let matches = cli::Cli::command().after_help(cli::after_help()).get_matches();
     let cli = match cli::Cli::from_arg_matches(&matches) {
         Ok(cli) => cli,
         Err(e) => e.exit(),
     };
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(log_colour())
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -43,7 +49,22 @@ fn main() {
             std::process::exit(1);
         }
     };
-    if let Err(e) = runtime.block_on(run::run(cli)) {
+    let result = match cli.command {
+        Some(cli::Command::Top(top)) => {
+            // On screen, the logs go to the view's footer (and what is kept to stderr at
+            // exit); a plain table keeps stderr for them, quieter than the agent's.
+            let logs = (!top::plain(&top)).then(top::logs::Logs::install);
+            if logs.is_none() {
+                log_to_stderr("warn");
+            }
+            runtime.block_on(top::run(top, logs))
+        }
+        None => {
+            log_to_stderr("info");
+            runtime.block_on(run::run(cli.agent, None))
+        }
+    };
+    if let Err(e) = result {
         eprintln!("redprobe: error: {e:#}");
         std::process::exit(1);
     }

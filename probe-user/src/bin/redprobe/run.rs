@@ -33,7 +33,7 @@ use tokio::{
 use tracing::{debug, info, warn};
 
 use crate::{
-    cli::Cli,
+    cli::AgentArgs as Cli,
     conn_map,
     counters::KernelCounters,
     fast_path::{Aggregates, FastPath, reader},
@@ -120,7 +120,9 @@ fn fast_path_off(cli: &Cli, metrics: &Metrics) -> Option<&'static str> {
     }
 }
 
-pub async fn run(cli: Cli) -> Result<()> {
+/// Runs the agent until a signal (or, with --exit-with-target, its targets' exit). `ready`
+/// gets the /metrics address once every program is attached (`redprobe top` waits for it).
+pub async fn run(cli: Cli, ready: Option<tokio::sync::oneshot::Sender<std::net::SocketAddr>>) -> Result<()> {
     raise_fd_limit();
     let proc = ProcRoot::default();
     let routes = routes(&cli)?;
@@ -139,7 +141,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         )),
         None => None,
     };
-    let listener = exposition::bind(cli.listen).await?;
+    let listener = exposition::bind(cli.listen_addr()).await?;
     let Probe { ebpf: _ebpf, events, targets: target_map, counters, conns, fast, target_words, server_ports, tx_off, tls_programs, go_tgids } =
         loader::load(&LoadOptions {
             ring_buffer_bytes: cli.ring_buffer_bytes,
@@ -212,7 +214,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Ok(dropped) => info!(dropped = %dropped.join(","), "capabilities dropped after attaching"),
         Err(e) => warn!("could not drop capabilities after attaching: {e:#}"),
     }
-    let addr = listener.local_addr().unwrap_or(cli.listen);
+    let addr = listener.local_addr().unwrap_or(cli.listen_addr());
     let (tls, auth) = web
         .as_ref()
         .map(|w| w.current().0)
@@ -229,6 +231,9 @@ pub async fn run(cli: Cli) -> Result<()> {
     let forget_after = Duration::from_secs(cli.forget_after);
     tokio::spawn(exposition::serve(listener, Arc::new(prometheus), health.clone(), Some(read_aggregates.clone()), web));
     info!(tls, authentication = auth, "probe attached; metrics at {scheme}://{addr}/metrics");
+    if let Some(ready) = ready {
+        let _ = ready.send(addr);
+    }
 
     // SAFETY: the ring buffer's map fd is owned by `events`, which the AsyncFd owns.
     let mut ring = unsafe { AsyncFd::register_with_interest(events, Interest::READABLE) }
