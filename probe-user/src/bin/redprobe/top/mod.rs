@@ -49,6 +49,9 @@ pub async fn run(mut top: Top, logs: Option<logs::Logs>) -> Result<()> {
              Serve Prometheus with `redprobe` and read it with `redprobe top --url` beside it"
         );
     }
+    if top.agent.naming != probe_user::metrics::Naming::Otel {
+        bail!("`redprobe top` reads the OpenTelemetry names: leave out --naming");
+    }
     top.agent.listen.get_or_insert(([127, 0, 0, 1], 0).into());
     let (ready_tx, ready) = tokio::sync::oneshot::channel();
     let agent = crate::run::run(top.agent.clone(), Some(ready_tx));

@@ -211,10 +211,10 @@ fn draw(f: &mut Frame, s: &Screen) {
         .into_iter()
         .map(|r| Row::new(r.into_iter().enumerate().map(|(c, (text, tone))| align(c, text, style(tone, s.colour)))))
         .collect();
-    let empty = body.is_empty();
+    let (empty, total_rows) = (body.is_empty(), body.len());
     let table = Table::new(body, widths).header(head).column_spacing(2);
 
-    let footer = match &v.editing {
+    let mut footer = match &v.editing {
         Some(typed) => Line::from(vec![
             Span::styled("filter: ", bold),
             Span::raw(format!("{typed}_")),
@@ -243,6 +243,11 @@ fn draw(f: &mut Frame, s: &Screen) {
         Constraint::Length(1),
     ])
     .areas(f.area());
+    // Rows past the bottom are cut: say how many are shown.
+    let shown = total_rows.min(middle.height.saturating_sub(1) as usize);
+    if shown < total_rows {
+        footer.spans.insert(0, Span::styled(format!("{shown} of {total_rows} rows (/ filters)  |  "), bold));
+    }
     f.render_widget(Paragraph::new(header), top);
     if empty && v.interval.is_some() {
         let why = if v.filter.is_empty() { "no request measured yet" } else { "no row matches the filter" };
