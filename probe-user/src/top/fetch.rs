@@ -42,6 +42,15 @@ pub enum FetchError {
     NotRedprobe { addr: String, path: String, why: NotRedprobe },
 }
 
+/// Aborts a task when dropped.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// Where an agent serves its page.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Source {
@@ -126,7 +135,9 @@ impl Source {
         };
         let http = |source: hyper::Error| FetchError::Http { addr: addr.clone(), source: Box::new(source) };
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(http)?;
-        let driver = tokio::spawn(conn);
+        // The connection's task ends with this read, however it ends (a timeout drops it
+        // mid-way: a silent server must not keep a socket per retry).
+        let _driver = AbortOnDrop(tokio::spawn(conn));
         let request = hyper::Request::get(self.path.as_str())
             .header(header::HOST, self.addr.as_str())
             .header(header::ACCEPT, ACCEPT)
@@ -136,7 +147,6 @@ impl Source {
         let response = sender.send_request(request).await.map_err(http)?;
         let status = response.status();
         if status != StatusCode::OK {
-            driver.abort();
             return Err(FetchError::Status { addr, path: self.path.clone(), status });
         }
         let content_type =
@@ -146,7 +156,6 @@ impl Source {
             .await
             .map_err(|source| FetchError::Http { addr: addr.clone(), source })?
             .to_bytes();
-        driver.abort();
         let not_metrics = |why: String| FetchError::NotMetrics { addr: addr.clone(), path: self.path.clone(), why };
         if content_type.starts_with("application/vnd.google.protobuf") {
             return protobuf::parse(&body).map_err(|e| not_metrics(format!("bad protobuf ({e})")));

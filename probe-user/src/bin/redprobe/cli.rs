@@ -132,9 +132,9 @@ pub struct AgentArgs {
     #[arg(long, value_name = "MS", default_value_t = 1000)]
     pub rescan_interval_ms: u64,
 
-    /// Address to serve /metrics on [default: 127.0.0.1:9464; with `top`, a free loopback
-    /// port]. Keep it on loopback unless a firewall or a proxy guards the port, or
-    /// --web.config.file sets up TLS and basic auth.
+    /// Address to serve /metrics on (`redprobe top`: a free loopback port unless given).
+    /// Keep it on loopback unless a firewall or a proxy guards the port, or
+    /// --web.config.file sets up TLS and basic auth. [default: 127.0.0.1:9464]
     #[arg(long, value_name = "ADDR")]
     pub listen: Option<SocketAddr>,
 

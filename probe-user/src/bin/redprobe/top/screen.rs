@@ -172,7 +172,8 @@ fn draw(f: &mut Frame, s: &Screen) {
             "first reading done: rates, errors and latencies after the next one, in {} s",
             s.interval.as_secs_f64()
         ))),
-        None => header.push(Line::raw("reading the agent's page...")),
+        None if v.error.is_none() => header.push(Line::raw("reading the agent's page...")),
+        None => {}
     }
     if let Some(e) = &v.error {
         header.push(Line::from(Span::styled(
