@@ -3,7 +3,9 @@
 //! node-wide cap (`--max-label-sets`) admits, the rest folded into each service's `_other`.
 //! Two page shapes: the default histograms, and all of them (`--extra-histograms all`).
 //! Prints one line per shape and format: `shape format label_sets bytes lines render_ms`
-//! (render: the median of 3 encodes of the whole registry).
+//! (render: the median of 3 encodes of the whole registry). For the default shape, two more
+//! lines time what `redprobe top` does with each page at every refresh (`top-read-protobuf`,
+//! `top-read-text`): decode it, sum it into rows, and make an interval's rows and quantiles.
 use std::time::Instant;
 
 use probe_user::{
@@ -76,6 +78,20 @@ fn page(services: usize, routes: usize, options: HttpOptions, shape: &str) {
     let mut bytes = vec![];
     let ms = median_ms(|| bytes = prometheus_protobuf::encode_to_vec(&registry).expect("protobuf encoding"));
     println!("{shape} prometheus-protobuf {sets} {} 0 {ms:.1}", bytes.len());
+    if shape == "default" {
+        use probe_user::top::{interval::Interval, page::parse_text, protobuf, snapshot::Snapshot};
+        let before = Snapshot::default();
+        let ms = median_ms(|| {
+            let now = Snapshot::of(&protobuf::parse(&bytes).expect("protobuf page")).expect("a redprobe page");
+            assert_eq!(Interval::between(&before, &now, 1.0).rows.len(), sets);
+        });
+        println!("{shape} top-read-protobuf {sets} {} 0 {ms:.1}", bytes.len());
+        let ms = median_ms(|| {
+            let now = Snapshot::of(&parse_text(&page).expect("text page")).expect("a redprobe page");
+            assert_eq!(Interval::between(&before, &now, 1.0).rows.len(), sets);
+        });
+        println!("{shape} top-read-text {sets} {} 0 {ms:.1}", page.len());
+    }
 }
 
 fn main() {

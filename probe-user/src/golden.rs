@@ -371,13 +371,15 @@ fn golden_top_reads_text_and_protobuf_alike() {
     let from_text = Snapshot::of(&parse_text(&text).unwrap()).unwrap();
     let bytes = prometheus_client::encoding::prometheus_protobuf::encode_to_vec(&registry).unwrap();
     let from_proto = Snapshot::of(&protobuf::parse(&bytes).unwrap()).unwrap();
-    assert!(from_text.rows.len() >= 5, "{:?}", from_text.rows.keys());
-    assert_eq!(from_text.rows.keys().collect::<Vec<_>>(), from_proto.rows.keys().collect::<Vec<_>>());
-    for (key, t) in &from_text.rows {
-        let p = &from_proto.rows[key];
-        assert_eq!((t.all.count, t.all.sum, &t.all.classic, t.err5, t.err4), (p.all.count, p.all.sum, &p.all.classic, p.err5, p.err4), "{key:?}");
-        assert!(t.all.native.is_none() && p.all.native.is_some(), "{key:?}");
+    assert!(from_text.series.len() >= 8, "{:?}", from_text.series.keys());
+    assert_eq!(from_text.series.keys().collect::<Vec<_>>(), from_proto.series.keys().collect::<Vec<_>>());
+    for (labels, t) in &from_text.series {
+        let p = &from_proto.series[labels];
+        let (t, p) = (&t.dist, &p.dist);
+        assert_eq!((t.count, t.sum, &t.classic), (p.count, p.sum, &p.classic), "{labels:?}");
+        assert!(t.native.is_none() && p.native.is_some(), "{labels:?}");
     }
+    assert_eq!(from_text.totals(), from_proto.totals());
     assert_eq!((from_text.active, from_text.health), (from_proto.active, from_proto.health));
 }
 

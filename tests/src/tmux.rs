@@ -40,6 +40,11 @@ impl Tmux {
         self.run(&["capture-pane", "-p", "-e", "-t", "t"])
     }
 
+    /// Resizes the pane's window (a terminal resized by its user).
+    pub fn resize(&self, width: u16, height: u16) -> Result<()> {
+        self.run(&["resize-window", "-t", "t", "-x", &width.to_string(), "-y", &height.to_string()]).map(|_| ())
+    }
+
     /// Types `keys` (tmux key names: "s", "Enter", "C-c", ...).
     pub fn keys(&self, keys: &[&str]) -> Result<()> {
         let mut args = vec!["send-keys", "-t", "t"];
@@ -75,41 +80,50 @@ impl Drop for Tmux {
     }
 }
 
-/// A table row of `redprobe top`'s screen or plain table, by its cells: service, route,
-/// method, req/s first and 5xx, 4xx, p50, p95, p99, active, total last (the sparkline
-/// between them is left out).
+/// A table row of `redprobe top`'s screen or plain table, by its header's column names.
+/// Columns a narrow screen hid are None.
 #[derive(Clone, Debug, PartialEq)]
 pub struct TopRow {
-    pub service: String,
+    pub service: Option<String>,
     pub route: String,
     pub method: String,
     pub rate: f64,
-    pub err5: String,
+    pub err: String,
     pub err4: String,
     pub p99: String,
     pub total: u64,
 }
 
-/// The rows under the `SERVICE ROUTE ...` header line, in screen order.
+/// The rows under the `... ROUTE METHOD REQ/S ...` header line, in screen order. The
+/// columns up to REQ/S are read from the left, the numbers after it from the right (the
+/// RATE sparkline between them may be blank).
 pub fn top_rows(screen: &str) -> Vec<TopRow> {
+    let mut lines = screen.lines().skip_while(|l| !(l.contains(" ROUTE ") || l.starts_with("ROUTE ")) || !l.contains("REQ/S"));
+    let Some(header) = lines.next() else { return Vec::new() };
+    let names: Vec<&str> = header.split_whitespace().collect();
+    let Some(rate_at) = names.iter().position(|n| *n == "REQ/S") else { return Vec::new() };
+    let from_end: Vec<&str> = names[rate_at + 1..].iter().copied().filter(|n| *n != "RATE").collect();
     let mut rows = Vec::new();
-    let mut lines = screen.lines().skip_while(|l| !l.starts_with("SERVICE "));
-    lines.next();
     for line in lines {
         let cells: Vec<&str> = line.split_whitespace().collect();
-        if cells.len() < 11 {
+        if cells.len() < rate_at + 1 + from_end.len() {
             break;
         }
-        let n = cells.len();
-        let (Ok(rate), Ok(total)) = (cells[3].parse(), cells[n - 1].parse()) else { break };
+        let left = |name: &str| names[..=rate_at].iter().position(|n| *n == name).map(|i| cells[i].to_string());
+        let right = |name: &str| {
+            from_end.iter().position(|n| *n == name).map(|i| cells[cells.len() - from_end.len() + i].to_string())
+        };
+        let (Some(Ok(rate)), Some(Ok(total))) = (left("REQ/S").map(|r| r.parse()), right("TOTAL").map(|t| t.parse())) else {
+            break;
+        };
         rows.push(TopRow {
-            service: cells[0].into(),
-            route: cells[1].into(),
-            method: cells[2].into(),
+            service: left("SERVICE"),
+            route: left("ROUTE").unwrap_or_default(),
+            method: left("METHOD").unwrap_or_default(),
             rate,
-            err5: cells[n - 7].into(),
-            err4: cells[n - 6].into(),
-            p99: cells[n - 3].into(),
+            err: right("ERR").unwrap_or_default(),
+            err4: right("4XX").unwrap_or_default(),
+            p99: right("P99").unwrap_or_default(),
             total,
         });
     }

@@ -97,7 +97,7 @@ fn url_mode_shows_routes_exact_totals_and_sorts() -> Result<()> {
         s.contains("sort: errors") && first_route(s).as_deref() == Some("/error")
     })?;
     let error_row = top_rows(&screen).into_iter().find(|r| r.route == "/error").unwrap();
-    ensure!(error_row.err5 == "100.0%" && error_row.err4 == "0.0%", "{screen}");
+    ensure!(error_row.err == "100.0%" && error_row.err4 == "0.0%", "{screen}");
     // Colour where it means something: the 5xx share in red, nothing on /hello.
     let escaped = t.screen_escaped()?;
     ensure!(has_colour(line_of(&escaped, "/error"), 1), "no red on /error: {escaped:?}");
@@ -119,9 +119,19 @@ fn url_mode_shows_routes_exact_totals_and_sorts() -> Result<()> {
     let screen = t.wait("every route's total equal to the client's count", WAIT, |s| totals_match(&top_rows(s), &truth))?;
     let all: u64 = truth.values().sum();
     ensure!(screen.contains(&format!("total {all}")), "header total, want {all}:\n{screen}");
+    // An 80-column terminal: whole columns are hidden (the sparkline first), the header
+    // wraps, and the numbers that stay are whole: the same exact totals.
+    t.resize(80, 24)?;
+    let narrow = t.wait("the 80-column screen, with the same totals", WAIT, |s| {
+        s.contains("too narrow for RATE")
+            && !s.contains(" RATE ")
+            && totals_match(&top_rows(s), &truth)
+            && s.contains(&format!("total {all}"))
+    })?;
+    ensure!(narrow.lines().all(|l| l.chars().count() <= 80), "{narrow}");
     t.keys(&["q"])?;
     exits_clean(&t)?;
-    println!("{screen}");
+    println!("{screen}\n{narrow}");
     Ok(())
 }
 
@@ -131,7 +141,7 @@ fn attach_mode_counts_filters_and_restores_the_terminal() -> Result<()> {
     // NO_COLOR: no colour anywhere, 4xx included.
     let t = top_in_tmux_with("NO_COLOR=1", &pid_args(&[server.pid()]).join(" "))?;
     t.wait("top attached", Duration::from_secs(60), |s| {
-        s.contains(&format!("attached to --pid {}", server.pid())) && s.contains("no request measured yet")
+        s.contains(&format!("redprobe top  attached to --pid {}", server.pid())) && s.contains("no request measured yet")
     })?;
     let mut conn = Conn::open(server.port)?;
     let mut truth = BTreeMap::new();
@@ -142,7 +152,7 @@ fn attach_mode_counts_filters_and_restores_the_terminal() -> Result<()> {
         truth.insert(route, n);
     }
     let screen = t.wait("the attached agent's exact totals and 4xx share", WAIT, |s| {
-        totals_match(&top_rows(s), &truth) && top_rows(s).iter().any(|r| r.route == "/missing" && r.err4 == "100.0%")
+        totals_match(&top_rows(s), &truth) && top_rows(s).iter().any(|r| r.route == "/missing" && r.err4 == "100.0%" && r.err == "0.0%")
     })?;
     println!("{screen}");
     let escaped = t.screen_escaped()?;
@@ -160,7 +170,7 @@ fn attach_mode_counts_filters_and_restores_the_terminal() -> Result<()> {
 
     // SIGTERM restores the terminal too.
     let t = top_in_tmux(&format!("--pid {}", server.pid()))?;
-    t.wait("top attached", Duration::from_secs(60), |s| s.contains("attached to --pid"))?;
+    t.wait("top attached", Duration::from_secs(60), |s| s.contains("redprobe top  attached to --pid"))?;
     ensure!(t.alternate_screen()?, "top is not on the alternate screen");
     let top = children(t.pane_pid()?).into_iter().next().expect("top's process");
     unsafe { libc::kill(top as i32, libc::SIGTERM) };
@@ -228,7 +238,7 @@ fn plain_table_when_not_a_terminal() -> Result<()> {
     let want: BTreeMap<&str, u64> = [("/error", 2), ("/hello", 6)].into();
     ensure!(totals_match(&rows, &want), "{text}");
     // Nothing sent during the interval: no rate, no share; no escape codes.
-    ensure!(rows.iter().all(|r| r.rate == 0.0 && r.err5 == "-"), "{text}");
+    ensure!(rows.iter().all(|r| r.rate == 0.0 && r.err == "-"), "{text}");
     ensure!(!text.contains('\x1b'), "escape codes in the plain table:\n{text}");
     // A page that cannot be read: exit 1 and the reason.
     let out = Command::new(agent_bin()).args(["top", "--once", "--url", &format!("127.0.0.1:{}", free_port())]).output()?;

@@ -24,18 +24,18 @@ const MAX_BODY: usize = 256 << 20;
 pub enum FetchError {
     #[error("{0}")]
     Url(String),
-    #[error("cannot resolve {host}: {source}")]
-    Resolve { host: String, source: std::io::Error },
+    #[error("cannot resolve {host}: {why}")]
+    Resolve { host: String, why: std::io::Error },
     #[error("connection refused by {addr}: no agent listens there (start one with `redprobe --pid PID --listen {addr}`)")]
     Refused { addr: String },
-    #[error("cannot connect to {addr}: {source}")]
-    Connect { addr: String, source: std::io::Error },
+    #[error("cannot connect to {addr}: {why}")]
+    Connect { addr: String, why: std::io::Error },
     #[error("no answer from {addr} within {} s", .after.as_secs_f64())]
     Timeout { addr: String, after: Duration },
     #[error("{addr} answered {status} for {path}")]
     Status { addr: String, path: String, status: StatusCode },
-    #[error("reading the page from {addr}: {source}")]
-    Http { addr: String, source: Box<dyn std::error::Error + Send + Sync> },
+    #[error("reading the page from {addr}: {why}")]
+    Http { addr: String, why: Box<dyn std::error::Error + Send + Sync> },
     #[error("{addr}{path} is not a metrics page: {why}")]
     NotMetrics { addr: String, path: String, why: String },
     #[error("{addr}{path}: {why}")]
@@ -112,7 +112,7 @@ impl Source {
         let mut last = None;
         let targets = tokio::net::lookup_host((self.host.as_str(), self.port))
             .await
-            .map_err(|source| FetchError::Resolve { host: self.host.clone(), source })?;
+            .map_err(|why| FetchError::Resolve { host: self.host.clone(), why })?;
         let mut stream = None;
         for target in targets {
             match TcpStream::connect(target).await {
@@ -128,12 +128,12 @@ impl Source {
             (None, Some(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
                 return Err(FetchError::Refused { addr });
             }
-            (None, Some(source)) => return Err(FetchError::Connect { addr, source }),
+            (None, Some(why)) => return Err(FetchError::Connect { addr, why }),
             (None, None) => {
-                return Err(FetchError::Resolve { host: self.host.clone(), source: std::io::ErrorKind::NotFound.into() });
+                return Err(FetchError::Resolve { host: self.host.clone(), why: std::io::ErrorKind::NotFound.into() });
             }
         };
-        let http = |source: hyper::Error| FetchError::Http { addr: addr.clone(), source: Box::new(source) };
+        let http = |why: hyper::Error| FetchError::Http { addr: addr.clone(), why: Box::new(why) };
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(http)?;
         // The connection's task ends with this read, however it ends (a timeout drops it
         // mid-way: a silent server must not keep a socket per retry).
@@ -154,18 +154,30 @@ impl Source {
         let body = Limited::new(response.into_body(), MAX_BODY)
             .collect()
             .await
-            .map_err(|source| FetchError::Http { addr: addr.clone(), source })?
+            .map_err(|why| FetchError::Http { addr: addr.clone(), why })?
             .to_bytes();
-        let not_metrics = |why: String| FetchError::NotMetrics { addr: addr.clone(), path: self.path.clone(), why };
-        if content_type.starts_with("application/vnd.google.protobuf") {
-            return protobuf::parse(&body).map_err(|e| not_metrics(format!("bad protobuf ({e})")));
-        }
-        let text = std::str::from_utf8(&body).map_err(|_| not_metrics("binary bytes, not text".into()))?;
-        if text.trim().is_empty() {
-            return Err(not_metrics("an empty body".into()));
-        }
-        parse_text(text).map_err(|e| not_metrics(e.to_string()))
+        // Decoding a node's page takes milliseconds: off the runtime's thread.
+        let protobuf = content_type.starts_with("application/vnd.google.protobuf");
+        let decoded = tokio::task::spawn_blocking(move || decode(&body, protobuf)).await;
+        let why = match decoded {
+            Ok(Ok(page)) => return Ok(page),
+            Ok(Err(why)) => why,
+            Err(e) => format!("decoding failed ({e})"),
+        };
+        Err(FetchError::NotMetrics { addr, path: self.path.clone(), why })
     }
+}
+
+/// A page's body, as protobuf or text; the error says why it is not metrics.
+fn decode(body: &[u8], protobuf: bool) -> Result<Page, String> {
+    if protobuf {
+        return protobuf::parse(body).map_err(|e| format!("bad protobuf ({e})"));
+    }
+    let text = std::str::from_utf8(body).map_err(|_| "binary bytes, not text".to_string())?;
+    if text.trim().is_empty() {
+        return Err("an empty body".into());
+    }
+    parse_text(text).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

@@ -57,7 +57,7 @@ pub fn count(c: f64) -> String {
 }
 
 /// The table's columns, in order (the screen adds the sparkline after RATE).
-pub const COLUMNS: [&str; 11] = ["SERVICE", "ROUTE", "METHOD", "REQ/S", "5XX", "4XX", "P50", "P95", "P99", "ACTIVE", "TOTAL"];
+pub const COLUMNS: [&str; 11] = ["SERVICE", "ROUTE", "METHOD", "REQ/S", "ERR", "4XX", "P50", "P95", "P99", "ACTIVE", "TOTAL"];
 /// Columns aligned to the right (numbers).
 pub const NUMERIC_FROM: usize = 3;
 
@@ -93,7 +93,7 @@ pub fn summary(iv: &Interval, slow: f64) -> Vec<Field> {
     let active: f64 = iv.active.values().sum();
     vec![
         field("requests/s", rate(a.rate), Tone::Plain),
-        field("5xx", share(a.err5), error_tone(a.err5, Tone::Bad)),
+        field("errors", share(a.err5), error_tone(a.err5, Tone::Bad)),
         field("4xx", share(a.err4), error_tone(a.err4, Tone::Warn)),
         field("p50", duration(a.p50), slow_tone(a.p50, slow)),
         field("p95", duration(a.p95), slow_tone(a.p95, slow)),

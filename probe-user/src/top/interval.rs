@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use super::{
     quantile::Dist,
-    snapshot::{Health, RowKey, Snapshot},
+    snapshot::{Class, Health, RowKey, Snapshot},
 };
 
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -16,7 +16,8 @@ pub struct Row {
     /// Requests that ended in the interval, and what they took.
     pub interval: Dist,
     pub rate: f64,
-    /// Shares (0..=1) of the interval's requests answered 5xx and 4xx; None without any.
+    /// Shares (0..=1) of the interval's requests that were errors (5xx, or cut short
+    /// without a status) and 4xx answers; None without any request.
     pub err5: Option<f64>,
     pub err4: Option<f64>,
     pub p50: Option<f64>,
@@ -62,35 +63,56 @@ pub struct Interval {
     pub client_rate: f64,
 }
 
+/// What a counter added since `before`: from 0 when it went down (its series restarted).
+fn grew(now: f64, before: f64) -> f64 {
+    if now >= before { now - before } else { now }
+}
+
 impl Interval {
-    /// The interval of `secs` seconds from `before` to `now`.
+    /// The interval of `secs` seconds from `before` to `now`. Each series is differenced
+    /// on its own (one that restarted counts from 0, a new one from 0, one that went away
+    /// adds nothing), then the differences are summed into rows.
     pub fn between(before: &Snapshot, now: &Snapshot, secs: f64) -> Interval {
         let secs = secs.max(1e-3);
-        let mut all = Dist::default();
-        let (mut all5, mut all4, mut total) = (0.0, 0.0, 0.0);
-        let mut rows = Vec::with_capacity(now.rows.len());
-        for (key, counts) in &now.rows {
-            let then = before.rows.get(key);
-            let restarted = then.is_some_and(|t| counts.all.count < t.all.count);
-            let then = then.filter(|_| !restarted);
-            let d = counts.all.since(&then.map(|t| t.all.clone()).unwrap_or_default());
-            let since = |now: f64, then: Option<f64>| (now - then.unwrap_or(0.0)).max(0.0);
-            let err5 = since(counts.err5, then.map(|t| t.err5));
-            let err4 = since(counts.err4, then.map(|t| t.err4));
+        // Per row: the interval's distribution, its errors and 4xx.
+        let mut rows: BTreeMap<&RowKey, (Dist, f64, f64)> = BTreeMap::new();
+        let (mut all, mut all5, mut all4) = (Dist::default(), 0.0, 0.0);
+        for (labels, series) in &now.series {
+            let d = match before.series.get(labels) {
+                Some(then) => series.dist.since(&then.dist),
+                None => series.dist.since(&Dist::default()),
+            };
+            let row = rows.entry(&series.row).or_default();
+            row.0.add(d.count, d.sum, &d.classic, d.native.as_ref());
             all.add(d.count, d.sum, &d.classic, d.native.as_ref());
-            (all5, all4, total) = (all5 + err5, all4 + err4, total + counts.all.count);
-            rows.push(Row::new(key.clone(), counts.all.count, d, err5, err4, secs));
+            match series.class {
+                Class::Error => (row.1, all5) = (row.1 + d.count, all5 + d.count),
+                Class::ClientError => (row.2, all4) = (row.2 + d.count, all4 + d.count),
+                Class::Ok => {}
+            }
         }
-        let grew = |now: f64, then: f64| if now >= then { now - then } else { now };
-        let unparsed = |h: &Health| h.unparsed.values().sum::<f64>();
+        let totals = now.totals();
+        let total: f64 = totals.values().map(|t| t.0).sum();
+        let rows = rows
+            .into_iter()
+            .map(|(key, (d, err5, err4))| Row::new(key.clone(), totals.get(key).map_or(0.0, |t| t.0), d, err5, err4, secs))
+            .collect();
+        let unparsed =
+            now.health.unparsed.iter().map(|(r, n)| grew(*n, before.health.unparsed.get(r).copied().unwrap_or(0.0))).sum();
+        let client_calls: f64 = now
+            .health
+            .client_calls
+            .iter()
+            .map(|(l, n)| grew(*n, before.health.client_calls.get(l).copied().unwrap_or(0.0)))
+            .sum();
         Interval {
             secs,
             rows,
             all: Row::new(RowKey::default(), total, all, all5, all4, secs),
             active: now.active.clone(),
             lost: grew(now.health.events_lost, before.health.events_lost),
-            unparsed: grew(unparsed(&now.health), unparsed(&before.health)),
-            client_rate: grew(now.health.client_calls, before.health.client_calls) / secs,
+            unparsed,
+            client_rate: client_calls / secs,
             health: now.health.clone(),
         }
     }
@@ -99,23 +121,33 @@ impl Interval {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::top::snapshot::RowCounts;
+    use crate::top::snapshot::Series;
 
-    fn snap(rows: &[(&str, f64, f64, f64, f64)]) -> Snapshot {
+    /// Series: (route, pod, class, count, sum of seconds).
+    fn snap(series: &[(&str, &str, Class, f64, f64)]) -> Snapshot {
         let mut s = Snapshot::default();
-        for (route, count, sum, err5, err4) in rows {
-            let key = RowKey { service: "shop".into(), route: route.to_string(), method: "GET".into() };
-            let mut all = Dist::default();
-            all.add(*count, *sum, &[(0.1, *count), (f64::INFINITY, *count)], None);
-            s.rows.insert(key, RowCounts { all, err5: *err5, err4: *err4 });
+        for (route, pod, class, count, sum) in series {
+            let labels = [("http_route", *route), ("pod", *pod), ("class", if *class == Class::Ok { "ok" } else { "err" })]
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            let row = RowKey { service: "shop".into(), route: route.to_string(), method: "GET".into() };
+            let mut dist = Dist::default();
+            dist.add(*count, *sum, &[(0.1, *count), (f64::INFINITY, *count)], None);
+            s.series.insert(labels, Series { row, class: *class, dist });
         }
         s
     }
 
     #[test]
     fn rates_shares_and_in_flight() {
-        let before = snap(&[("/a", 10.0, 1.0, 0.0, 0.0)]);
-        let now = snap(&[("/a", 30.0, 5.0, 5.0, 1.0), ("/b", 4.0, 0.2, 0.0, 0.0)]);
+        let before = snap(&[("/a", "p1", Class::Ok, 10.0, 1.0)]);
+        let now = snap(&[
+            ("/a", "p1", Class::Ok, 24.0, 4.0),
+            ("/a", "p1", Class::Error, 5.0, 0.9),
+            ("/a", "p2", Class::ClientError, 1.0, 0.1),
+            ("/b", "p1", Class::Ok, 4.0, 0.2),
+        ]);
         let iv = Interval::between(&before, &now, 2.0);
         let a = &iv.rows[0];
         assert_eq!((a.total, a.rate, a.err5, a.err4, a.in_flight), (30.0, 10.0, Some(0.25), Some(0.05), 2.0));
@@ -126,8 +158,18 @@ mod tests {
         // Nothing new: no share, no quantile.
         let idle = Interval::between(&now, &now, 1.0);
         assert_eq!((idle.rows[0].rate, idle.rows[0].err5, idle.rows[0].p99), (0.0, None, None));
-        // The agent restarted: its counters start again from 0.
-        let again = Interval::between(&now, &snap(&[("/a", 3.0, 0.1, 0.0, 0.0)]), 1.0);
+    }
+
+    #[test]
+    fn series_that_go_or_restart_are_no_burst() {
+        // Pod p2's series is forgotten (its pod went away): p1's 10 new requests are the
+        // interval's, not minus p2's lifetime, nor p1's lifetime.
+        let before = snap(&[("/a", "p1", Class::Ok, 1000.0, 10.0), ("/a", "p2", Class::Ok, 5000.0, 50.0)]);
+        let now = snap(&[("/a", "p1", Class::Ok, 1010.0, 10.1)]);
+        let iv = Interval::between(&before, &now, 1.0);
+        assert_eq!((iv.rows[0].rate, iv.rows[0].total), (10.0, 1010.0));
+        // A series that restarted (its count went down) counts from 0.
+        let again = Interval::between(&now, &snap(&[("/a", "p1", Class::Ok, 3.0, 0.01)]), 1.0);
         assert_eq!(again.rows[0].rate, 3.0);
     }
 }

@@ -105,11 +105,27 @@ fn parse_labels(s: &str) -> Option<Labels> {
     Some(labels)
 }
 
-/// One sample line: name, labels, value (a timestamp after it is ignored).
+/// Where the label set that opens at `open` closes: the first `}` outside a quoted value.
+fn closing_brace(line: &str, open: usize) -> Option<usize> {
+    let (mut quoted, mut escaped) = (false, false);
+    for (i, c) in line[open..].char_indices() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' if quoted => escaped = true,
+            '"' => quoted = !quoted,
+            '}' if !quoted => return Some(open + i),
+            _ => {}
+        }
+    }
+    None
+}
+
+/// One sample line: name, labels, value (a timestamp, or an OpenMetrics exemplar, after
+/// it is ignored).
 fn parse_sample(line: &str) -> Option<(&str, Labels, f64)> {
     let (name, labels, rest) = match line.find(['{', ' ', '\t']) {
         Some(i) if line.as_bytes()[i] == b'{' => {
-            let close = line.rfind('}')?;
+            let close = closing_brace(line, i)?;
             (&line[..i], parse_labels(&line[i + 1..close])?, &line[close + 1..])
         }
         Some(i) => (&line[..i], Labels::new(), &line[i..]),
@@ -207,6 +223,18 @@ mod tests {
         let h = &page.histograms[0];
         assert_eq!((h.name.as_str(), h.labels["r"].as_str(), h.count, h.sum), ("d_seconds", "/a", 5.0, 1.5));
         assert_eq!(h.classic, vec![(0.1, 2.0), (f64::INFINITY, 5.0)]);
+    }
+
+    #[test]
+    fn braces_in_values_and_exemplars() {
+        let page = parse_text(
+            "# TYPE d histogram\nd_bucket{r=\"/a/{id}\",q=\"x\\\"}\",le=\"+Inf\"} 7 # {trace_id=\"abc\"} 0.5 1700000000\n\
+             d_count{r=\"/a/{id}\",q=\"x\\\"}\"} 7\nup NaN\n",
+        )
+        .unwrap();
+        let h = &page.histograms[0];
+        assert_eq!((h.labels["r"].as_str(), h.labels["q"].as_str(), h.count, h.classic.clone()), ("/a/{id}", "x\"}", 7.0, vec![(f64::INFINITY, 7.0)]));
+        assert!(page.scalars[0].value.is_nan());
     }
 
     #[test]

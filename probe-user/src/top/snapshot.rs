@@ -1,11 +1,16 @@
-//! One reading of an agent's page, summed the way `top` shows it: one row per (service,
-//! route, method) over the other labels (status, protocol, container and pod), with its
-//! 5xx and 4xx counts, and the agent's health.
+//! One reading of an agent's page, as `top` needs it: every duration series under its row
+//! (service, route, method) and its class (an error, a 4xx, neither), and the agent's
+//! health. Series stay apart until two readings are compared (`interval`): a series that
+//! went away (a pod's, forgotten by the agent) or restarted must not look like a drop or a
+//! burst of its whole row.
 use std::collections::BTreeMap;
 
 use thiserror::Error;
 
-use super::{page::Page, quantile::Dist};
+use super::{
+    page::{Labels, Page},
+    quantile::Dist,
+};
 
 pub const DURATION: &str = "http_server_request_duration_seconds";
 pub const ACTIVE: &str = "http_server_active_requests";
@@ -22,15 +27,40 @@ pub struct RowKey {
     pub method: String,
 }
 
-/// A row's counters since the agent started.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct RowCounts {
-    pub all: Dist,
-    pub err5: f64,
-    pub err4: f64,
+/// What a series' requests count as.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Class {
+    /// An error as the rules count it (`error_type` set): a 5xx, or a request cut short
+    /// without a status (`connection_reset`).
+    Error,
+    /// A 4xx answer (the client's error: not in the error ratio).
+    ClientError,
+    Ok,
 }
 
-/// The agent's own counters that say what it could not see.
+impl Class {
+    fn of(labels: &Labels) -> Class {
+        let status = labels.get("http_response_status_code").map(String::as_str).unwrap_or("");
+        let error_type = labels.get("error_type").map(String::as_str).unwrap_or("");
+        if status.starts_with('5') || (!error_type.is_empty() && !status.starts_with('4')) {
+            Class::Error
+        } else if status.starts_with('4') {
+            Class::ClientError
+        } else {
+            Class::Ok
+        }
+    }
+}
+
+/// One duration series: its row, class and counts since the agent started.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Series {
+    pub row: RowKey,
+    pub class: Class,
+    pub dist: Dist,
+}
+
+/// The agent's own counters that say what it could not see, by series.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Health {
     pub events_lost: f64,
@@ -38,13 +68,14 @@ pub struct Health {
     pub unparsed: BTreeMap<String, f64>,
     /// Processes measured now.
     pub targets: Option<f64>,
-    /// Outgoing calls the targets made (`http_client_*`).
-    pub client_calls: f64,
+    /// Outgoing calls the targets made (`http_client_*`), per series.
+    pub client_calls: BTreeMap<Labels, f64>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Snapshot {
-    pub rows: BTreeMap<RowKey, RowCounts>,
+    /// Every duration series, by its whole label set.
+    pub series: BTreeMap<Labels, Series>,
     /// Requests read and not answered yet, by service (the agent's gauge, per service and
     /// method: it has no route).
     pub active: BTreeMap<String, f64>,
@@ -74,18 +105,14 @@ impl Snapshot {
         let mut snap = Snapshot::default();
         for h in page.histograms(DURATION) {
             let label = |k: &str| h.labels.get(k).cloned().unwrap_or_default();
-            let key = RowKey {
+            let row = RowKey {
                 service: label("service_name"),
                 route: label("http_route"),
                 method: label("http_request_method"),
             };
-            let row = snap.rows.entry(key).or_default();
-            row.all.add(h.count, h.sum, &h.classic, h.native.as_ref());
-            match h.labels.get("http_response_status_code").map(|s| s.as_bytes().first()) {
-                Some(Some(b'5')) => row.err5 += h.count,
-                Some(Some(b'4')) => row.err4 += h.count,
-                _ => {}
-            }
+            let mut dist = Dist::default();
+            dist.add(h.count, h.sum, &h.classic, h.native.as_ref());
+            snap.series.insert(h.labels.clone(), Series { row, class: Class::of(&h.labels), dist });
         }
         for s in page.scalars(ACTIVE) {
             *snap.active.entry(s.labels.get("service_name").cloned().unwrap_or_default()).or_default() += s.value;
@@ -101,9 +128,24 @@ impl Snapshot {
                     m
                 }),
             targets: page.sum(TARGETS),
-            client_calls: page.histograms(CLIENT_DURATION).map(|h| h.count).sum(),
+            client_calls: page.histograms(CLIENT_DURATION).map(|h| (h.labels.clone(), h.count)).collect(),
         };
         Ok(snap)
+    }
+
+    /// Requests since the agent started, by row: (all, errors, 4xx).
+    pub fn totals(&self) -> BTreeMap<&RowKey, (f64, f64, f64)> {
+        let mut rows = BTreeMap::new();
+        for s in self.series.values() {
+            let t: &mut (f64, f64, f64) = rows.entry(&s.row).or_default();
+            t.0 += s.dist.count;
+            match s.class {
+                Class::Error => t.1 += s.dist.count,
+                Class::ClientError => t.2 += s.dist.count,
+                Class::Ok => {}
+            }
+        }
+        rows
     }
 }
 
@@ -113,25 +155,31 @@ mod tests {
     use crate::top::page::parse_text;
 
     #[test]
-    fn rows_sum_over_status_and_placement() {
-        let page = parse_text(
-            "# TYPE http_server_request_duration_seconds histogram\n\
-             http_server_request_duration_seconds_bucket{service_name=\"shop\",http_route=\"/a\",http_request_method=\"GET\",http_response_status_code=\"200\",k8s_pod_name=\"p1\",le=\"+Inf\"} 7\n\
-             http_server_request_duration_seconds_count{service_name=\"shop\",http_route=\"/a\",http_request_method=\"GET\",http_response_status_code=\"200\",k8s_pod_name=\"p1\"} 7\n\
-             http_server_request_duration_seconds_bucket{service_name=\"shop\",http_route=\"/a\",http_request_method=\"GET\",http_response_status_code=\"503\",k8s_pod_name=\"p2\",le=\"+Inf\"} 2\n\
-             http_server_request_duration_seconds_count{service_name=\"shop\",http_route=\"/a\",http_request_method=\"GET\",http_response_status_code=\"503\",k8s_pod_name=\"p2\"} 2\n\
-             http_server_request_duration_seconds_bucket{service_name=\"shop\",http_route=\"/a\",http_request_method=\"GET\",http_response_status_code=\"404\",k8s_pod_name=\"p2\",le=\"+Inf\"} 1\n\
-             http_server_request_duration_seconds_count{service_name=\"shop\",http_route=\"/a\",http_request_method=\"GET\",http_response_status_code=\"404\",k8s_pod_name=\"p2\"} 1\n\
-             http_server_active_requests{service_name=\"shop\",http_request_method=\"GET\"} 2\n\
-             http_server_active_requests{service_name=\"shop\",http_request_method=\"POST\"} 1\n\
-             redprobe_events_lost_total 4\nredprobe_requests_unparsed_total{reason=\"no_response\"} 3\n\
-             redprobe_requests_unparsed_total{reason=\"binary\"} 0\nredprobe_targets 5\n",
-        )
+    fn series_rows_and_classes() {
+        let series = |status: &str, error_type: &str, pod: &str, n: u32| {
+            let l = format!(
+                "service_name=\"shop\",http_route=\"/a\",http_request_method=\"GET\",http_response_status_code=\"{status}\",error_type=\"{error_type}\",k8s_pod_name=\"{pod}\""
+            );
+            format!("http_server_request_duration_seconds_bucket{{{l},le=\"+Inf\"}} {n}\nhttp_server_request_duration_seconds_count{{{l}}} {n}\n")
+        };
+        let page = parse_text(&format!(
+            "# TYPE http_server_request_duration_seconds histogram\n{}{}{}{}{}\
+             http_server_active_requests{{service_name=\"shop\",http_request_method=\"GET\"}} 2\n\
+             http_server_active_requests{{service_name=\"shop\",http_request_method=\"POST\"}} 1\n\
+             redprobe_events_lost_total 4\nredprobe_requests_unparsed_total{{reason=\"no_response\"}} 3\n\
+             redprobe_requests_unparsed_total{{reason=\"binary\"}} 0\nredprobe_targets 5\n",
+            series("200", "", "p1", 7),
+            series("503", "503", "p2", 2),
+            series("404", "", "p2", 1),
+            // A request cut short without a status is an error, as the rules count it.
+            series("", "connection_reset", "p1", 4),
+            series("200", "", "p2", 6),
+        ))
         .unwrap();
         let s = Snapshot::of(&page).unwrap();
+        assert_eq!(s.series.len(), 5);
         let key = RowKey { service: "shop".into(), route: "/a".into(), method: "GET".into() };
-        let row = &s.rows[&key];
-        assert_eq!((row.all.count, row.err5, row.err4), (10.0, 2.0, 1.0));
+        assert_eq!(s.totals()[&key], (20.0, 6.0, 1.0));
         assert_eq!(s.active["shop"], 3.0);
         assert_eq!(s.health.events_lost, 4.0);
         assert_eq!(s.health.unparsed, [("no_response".to_string(), 3.0)].into());
@@ -144,6 +192,6 @@ mod tests {
         let django = "# TYPE django_http_requests_latency_seconds_by_view_method histogram\n\
                       django_http_requests_latency_seconds_by_view_method_bucket{le=\"+Inf\"} 1\nredprobe_events_lost_total 0\n";
         assert_eq!(Snapshot::of(&parse_text(django).unwrap()), Err(NotRedprobe::DjangoNaming));
-        assert!(Snapshot::of(&parse_text("redprobe_events_lost_total 0\n").unwrap()).unwrap().rows.is_empty());
+        assert!(Snapshot::of(&parse_text("redprobe_events_lost_total 0\n").unwrap()).unwrap().series.is_empty());
     }
 }

@@ -110,7 +110,8 @@ impl View {
                 }
                 h.push_back(row.rate);
             }
-            self.history.retain(|k, _| snap.rows.contains_key(k));
+            let rows: std::collections::HashSet<&RowKey> = iv.rows.iter().map(|r| &r.key).collect();
+            self.history.retain(|k, _| rows.contains(k));
             self.interval = Some(iv);
         }
         self.last = Some((snap, at));
@@ -118,6 +119,11 @@ impl View {
 
     pub fn failed(&mut self, why: String) {
         self.error = Some(why);
+    }
+
+    /// When the last good reading was taken (as given to `observe`).
+    pub fn last_reading(&self) -> Option<f64> {
+        self.last.as_ref().map(|(_, at)| *at)
     }
 
     /// True once a first reading came (rates need a second one).
@@ -176,17 +182,23 @@ impl View {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::top::{quantile::Dist, snapshot::RowCounts};
+    use crate::top::{
+        quantile::Dist,
+        snapshot::{Class, Series},
+    };
 
     fn snap(rows: &[(&str, f64, f64)]) -> Snapshot {
         let mut s = Snapshot::default();
         for (route, count, err5) in rows {
-            let key = RowKey { service: "shop".into(), route: route.to_string(), method: "GET".into() };
-            let mut all = Dist::default();
+            let row = RowKey { service: "shop".into(), route: route.to_string(), method: "GET".into() };
             // Each route's requests all take its count in ms (so p99 orders like rate here).
             let ms = *count / 1000.0;
-            all.add(*count, ms * count, &[(ms, *count), (f64::INFINITY, *count)], None);
-            s.rows.insert(key, RowCounts { all, err5: *err5, err4: 0.0 });
+            for (class, n) in [(Class::Ok, count - err5), (Class::Error, *err5)] {
+                let labels = [("route", route.to_string()), ("class", format!("{class:?}"))].into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+                let mut dist = Dist::default();
+                dist.add(n, ms * n, &[(ms, n), (f64::INFINITY, n)], None);
+                s.series.insert(labels, Series { row: row.clone(), class, dist });
+            }
         }
         s
     }

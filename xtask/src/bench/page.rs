@@ -2,6 +2,7 @@
 //! the default route cap, within the node-wide `--max-label-sets`), in bytes and render
 //! time, as text and as protobuf (native histograms), with the default histograms and with
 //! `--extra-histograms all`. Renders in probe-user's `page_at_caps` example: the agent's own encoders.
+//! Also what `redprobe top` spends on that page at each refresh (decode, rows, quantiles).
 use anyhow::{Context, Result, bail};
 use xtask::{cargo, workspace_root};
 
@@ -24,6 +25,21 @@ pub fn measure() -> Result<Vec<Row>> {
         let f: Vec<&str> = line.split_whitespace().collect();
         let [shape, format, sets, bytes, lines, ms] = f[..] else { bail!("page_at_caps printed {line:?}") };
         let bytes: f64 = bytes.parse()?;
+        if let Some(kind) = format.strip_prefix("top-read-") {
+            // redprobe top's CPU per refresh, in its own process (1 refresh a second).
+            let ms: f64 = ms.parse()?;
+            rows.push(Row {
+                id: "P",
+                measure: format!("  redprobe top reading that page ({kind}: decode, rows, quantiles)"),
+                without: String::new(),
+                with: format!("{:.1} MB", bytes.parse::<f64>()? / 1e6),
+                result: format!("{ms:.1} ms per read"),
+                spread: format!("{:.1} % of a core at 1/s", ms / 10.0),
+                goal: "-".into(),
+                met: None,
+            });
+            continue;
+        }
         let lines = if lines == "0" { String::new() } else { format!(", {lines} lines") };
         rows.push(Row {
             id: "P",

@@ -5,6 +5,17 @@ use clap::{ArgGroup, Parser};
 
 use probe_user::metrics::{Naming, scheme::DEFAULT_DURATION_BUCKETS};
 
+/// The command line: `Cli`, with its help text, and `top --url` refusing every agent flag
+/// (they would be silently ignored: a running agent's flags are its own).
+pub fn command() -> clap::Command {
+    use clap::{Args, CommandFactory};
+    let agent_flags: Vec<clap::Id> =
+        AgentArgs::augment_args(clap::Command::new("agent")).get_arguments().map(|a| a.get_id().clone()).collect();
+    Cli::command()
+        .after_help(after_help())
+        .mut_subcommand("top", |top| top.mut_arg("url", |url| url.conflicts_with_all(agent_flags)))
+}
+
 /// The text after the flags in `--help`; the hook list comes from the loader's table.
 pub fn after_help() -> String {
     let hooks: String =
@@ -80,8 +91,8 @@ const TARGET_ARGS: [&str; 5] = ["pids", "ports", "exes", "cgroups", "containers"
 pub enum Command {
     /// A live RED view in the terminal: rate, errors and latency per route, every second
     ///
-    /// One row per (service, route, method) with its requests per second, 5xx and 4xx
-    /// shares, p50/p95/p99 latency and requests in flight over the last interval, a sparkline
+    /// One row per (service, route, method) with its requests per second, error (5xx) and
+    /// 4xx shares, p50/p95/p99 latency and requests in flight over the last interval, a sparkline
     /// of its rate, and its total; above them, the totals and the agent's health (events
     /// lost, unparsed requests by reason, targets). It attaches by itself (--pid or a
     /// selector, with the agent's privileges), or reads a running agent's /metrics (--url,
@@ -307,7 +318,7 @@ pub struct Top {
     /// HOST:PORT. Needs no privileges and loads no second set of programs. A failed read
     /// (refused, no answer, not redprobe's metrics) is shown on screen and retried at each
     /// interval.
-    #[arg(long, value_name = "URL", conflicts_with_all = TARGET_ARGS)]
+    #[arg(long, value_name = "URL")]
     pub url: Option<String>,
 
     /// Seconds between refreshes: rates, error shares and quantiles are over this interval.
@@ -344,25 +355,27 @@ fn interval_seconds(s: &str) -> Result<f64, String> {
 }
 
 const TOP_HELP: &str = "THE SCREEN
-  requests/s 152.0  5xx 1.3%  4xx 0.0%  p50 1.20ms  p95 4.10ms  p99 9.80ms  active now 3  total 91234
+  requests/s 152.0  errors 1.3%  4xx 0.0%  p50 1.20ms  p95 4.10ms  p99 9.80ms  active now 3  total 91234
   targets 5  events lost 0  unparsed 2 (no_response 2)  outgoing calls/s 12.0
 
-  SERVICE  ROUTE            METHOD  REQ/S  RATE        5XX   4XX    P50     P95     P99  ACTIVE  TOTAL
+  SERVICE  ROUTE            METHOD  REQ/S  RATE         ERR   4XX     P50     P95     P99  ACTIVE  TOTAL
   shop     /api/items/{id}  GET     120.0  ▅▆▇█▇▆▅▆▇█  0.0%  0.0%  1.20ms  3.90ms  8.70ms     0.2  80123
 
-  REQ/S, 5XX, 4XX, P50-P99 and ACTIVE are over the last interval: the shares of its
-  requests answered 5xx and 4xx, the quantiles of their durations (from the histograms'
-  native buckets, about 9 % wide, where the page has them; classic buckets otherwise), and
-  the requests in flight on average (the time they took / the interval). `active now` is
-  the agent's gauge of requests read and not yet answered: a request that hangs shows there
-  first. TOTAL counts since the agent started. Marked: 5xx (red), 4xx (yellow), quantiles
-  at or above --slow (yellow), events lost and unparsed requests that grew (red, yellow).
-  NO_COLOR turns colour off.
+  REQ/S, ERR, 4XX, P50-P99 and ACTIVE are over the last interval. ERR is the share of its
+  requests that failed as the alerting rules count them (error_type set): answered 5xx, or
+  cut short without a status (connection_reset); 4XX the share answered 4xx. The quantiles
+  are of their durations (from the histograms' native buckets, about 9 % wide, where the
+  page has them; classic buckets otherwise); ACTIVE is the requests in flight on average
+  (the time they took / the interval). `active now` is the agent's gauge of requests read
+  and not yet answered: a request that hangs shows there first. TOTAL counts since the
+  agent started. Marked: errors (red), 4xx (yellow), quantiles at or above --slow
+  (yellow), events lost and unparsed requests that grew (red, yellow). NO_COLOR turns
+  colour off. A terminal too narrow for every column hides RATE, then P50, ACTIVE, P95.
 
 KEYS
   s        sort by rate, then errors, then p99
   /        filter rows (type, Enter); Esc clears the filter
-  q        quit (so does Ctrl-C); the terminal is restored, even after a crash
+  q        quit (so does Ctrl-C); the terminal is restored, after a panic too
 
 EXAMPLES
   sudo redprobe top --pid \"$(pgrep -o gunicorn)\"      # attach and watch
@@ -418,6 +431,8 @@ impl AgentArgs {
 
 #[cfg(test)]
 mod tests {
+    use clap::FromArgMatches;
+
     use super::*;
 
     fn agent(args: &[&str]) -> Result<AgentArgs, clap::Error> {
@@ -481,7 +496,8 @@ mod tests {
     #[test]
     fn top_attaches_or_reads_a_url() {
         let top = |args: &[&str]| -> Result<Top, clap::Error> {
-            match Cli::try_parse_from(args.iter().copied())?.command {
+            let matches = command().try_get_matches_from(args.iter().copied())?;
+            match Cli::from_arg_matches(&matches)?.command {
                 Some(Command::Top(t)) => Ok(t),
                 None => panic!("not top: {args:?}"),
             }
@@ -496,6 +512,12 @@ mod tests {
         assert!(top(&["redprobe", "top"]).is_err());
         assert!(top(&["redprobe", "top", "--url", "h:1", "--pid", "7"]).is_err());
         assert!(top(&["redprobe", "top", "--url", "h:1", "--interval", "0"]).is_err());
+        // An agent flag with --url would be ignored: refused.
+        for flag in [&["--listen", "127.0.0.1:1"][..], &["--no-tls"], &["--naming", "otel"], &["--exit-with-target"]] {
+            let mut args = vec!["redprobe", "top", "--url", "h:1"];
+            args.extend_from_slice(flag);
+            assert!(top(&args).is_err(), "{flag:?}");
+        }
         // The agent's own command line is unchanged, and does not mix with `top`.
         assert!(agent(&["redprobe", "--pid", "7"]).is_ok());
         assert!(Cli::try_parse_from(["redprobe", "--pid", "7", "top", "--url", "h:1"]).is_err());

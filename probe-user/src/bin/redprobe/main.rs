@@ -18,7 +18,7 @@ mod top;
 
 use std::io::IsTerminal;
 
-use clap::{CommandFactory, FromArgMatches};
+use clap::FromArgMatches;
 
 /// Colour in logs only on a terminal, and never with NO_COLOR set (https://no-color.org).
 fn log_colour() -> bool {
@@ -37,7 +37,7 @@ fn log_to_stderr(default: &str) {
 }
 
 fn main() {
-    let matches = cli::Cli::command().after_help(cli::after_help()).get_matches();
+    let matches = cli::command().get_matches();
     let cli = match cli::Cli::from_arg_matches(&matches) {
         Ok(cli) => cli,
         Err(e) => e.exit(),
@@ -57,7 +57,13 @@ fn main() {
             if logs.is_none() {
                 log_to_stderr("warn");
             }
-            runtime.block_on(top::run(top, logs))
+            let result = runtime.block_on(top::run(top, logs.clone()));
+            // What the attached agent warned about while the screen was up (the footer
+            // showed only the newest line).
+            for line in logs.iter().flat_map(top::logs::Logs::problems) {
+                eprintln!("{line}");
+            }
+            result
         }
         None => {
             log_to_stderr("info");

@@ -1,16 +1,25 @@
 //! The logs of `redprobe top` on screen: the agent it attached logs into a buffer, not over
-//! the view. The footer shows the newest line; what was kept goes to stderr at exit.
+//! the view. The footer shows the newest line; the warnings and errors are kept apart
+//! (info lines do not push them out) and go to stderr when `top` exits, however it exits.
 use std::{
     collections::VecDeque,
     io::Write,
     sync::{Arc, Mutex, PoisonError},
 };
 
-/// Lines kept.
+/// Warnings and errors kept.
 const KEEP: usize = 200;
 
+#[derive(Default)]
+struct Kept {
+    /// The newest line, for the footer.
+    last: Option<String>,
+    /// WARN and ERROR lines.
+    problems: VecDeque<String>,
+}
+
 #[derive(Clone, Default)]
-pub struct Logs(Arc<Mutex<VecDeque<String>>>);
+pub struct Logs(Arc<Mutex<Kept>>);
 
 impl Logs {
     /// Sends every log line here (RUST_LOG still chooses which).
@@ -30,20 +39,23 @@ impl Logs {
 
     /// The newest line.
     pub fn last(&self) -> Option<String> {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner).back().cloned()
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).last.clone()
     }
 
-    /// Every line kept, oldest first.
-    pub fn drain(&self) -> Vec<String> {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner).drain(..).collect()
+    /// The warnings and errors kept, oldest first.
+    pub fn problems(&self) -> Vec<String> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).problems.drain(..).collect()
     }
 
     fn push(&self, line: String) {
-        let mut lines = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        if lines.len() == KEEP {
-            lines.pop_front();
+        let mut kept = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if line.starts_with("WARN") || line.starts_with("ERROR") {
+            if kept.problems.len() == KEEP {
+                kept.problems.pop_front();
+            }
+            kept.problems.push_back(line.clone());
         }
-        lines.push_back(line);
+        kept.last = Some(line);
     }
 }
 

@@ -11,7 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use probe_user::top::{fetch::Source, interval::Interval, table};
 
 use crate::cli::{AgentArgs, Top};
@@ -26,7 +26,7 @@ fn read_timeout(interval: Duration) -> Duration {
     interval.max(Duration::from_secs(3))
 }
 
-/// What the header says the view reads.
+/// The targets, as the command line named them.
 fn describe(agent: &AgentArgs) -> String {
     let mut parts = Vec::new();
     parts.extend(agent.pids.iter().map(|p| format!("--pid {p}")));
@@ -34,7 +34,7 @@ fn describe(agent: &AgentArgs) -> String {
     parts.extend(agent.exes.iter().map(|e| format!("--exe {e}")));
     parts.extend(agent.cgroups.iter().map(|c| format!("--cgroup {}", c.display())));
     parts.extend(agent.containers.iter().map(|c| format!("--container {c}")));
-    format!("attached to {}", parts.join(" "))
+    parts.join(" ")
 }
 
 pub async fn run(mut top: Top, logs: Option<logs::Logs>) -> Result<()> {
@@ -53,8 +53,25 @@ pub async fn run(mut top: Top, logs: Option<logs::Logs>) -> Result<()> {
         bail!("`redprobe top` reads the OpenTelemetry names: leave out --naming");
     }
     top.agent.listen.get_or_insert(([127, 0, 0, 1], 0).into());
+    let targets = describe(&top.agent);
+    if logs.is_some() {
+        eprintln!("redprobe top: loading the probe for {targets}...");
+    }
+    let name = format!("attached to {targets}");
+    // The agent runs on a thread and a runtime of its own: drawing (a terminal write that
+    // waits on a slow SSH link) and reading pages never delay its draining of the kernel.
     let (ready_tx, ready) = tokio::sync::oneshot::channel();
-    let agent = crate::run::run(top.agent.clone(), Some(ready_tx));
+    let (done_tx, done) = tokio::sync::oneshot::channel();
+    let args = top.agent.clone();
+    std::thread::Builder::new().name("agent".into()).spawn(move || {
+        let result = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(anyhow::Error::from)
+            .and_then(|rt| rt.block_on(crate::run::run(args, Some(ready_tx))));
+        let _ = done_tx.send(result);
+    })?;
+    let agent = async move { done.await.unwrap_or_else(|_| Err(anyhow::anyhow!("the agent's thread ended"))) };
     tokio::pin!(agent);
     // Loading errors (no such PID, missing privileges) end `top` as they end the agent.
     let addr = tokio::select! {
@@ -62,18 +79,14 @@ pub async fn run(mut top: Top, logs: Option<logs::Logs>) -> Result<()> {
             r?;
             bail!("the agent stopped before it attached");
         }
-        addr = ready => addr.context("the agent stopped before it attached")?,
+        addr = ready => match addr {
+            Ok(addr) => addr,
+            // The agent ended without a word: its error is the answer.
+            Err(_) => return agent.await.and_then(|_| bail!("the agent stopped before it attached")),
+        },
     };
     let source = Source::parse(&format!("http://{addr}/metrics"))?;
-    let name = describe(&top.agent);
-    let result = show(&top, source, name, logs.clone(), agent).await;
-    if let Some(logs) = logs {
-        // What the agent logged while the screen was up (the footer showed only the last).
-        for line in logs.drain().iter().filter(|l| l.starts_with("WARN") || l.starts_with("ERROR")) {
-            eprintln!("{line}");
-        }
-    }
-    result
+    show(&top, source, name, logs, agent).await
 }
 
 /// Shows `source` until the user quits, or `agent` (the attached agent, or a future that
@@ -88,7 +101,8 @@ async fn show(
     let interval = Duration::from_secs_f64(top.interval);
     if logs.is_none() {
         tokio::select! {
-            r = agent => r.and_then(|_| bail!("the agent stopped before the interval ended")),
+            // The attached agent ends on SIGINT and SIGTERM: so does `top`, quietly.
+            r = agent => r,
             r = once(top, &source, &name, interval) => r,
         }
     } else {
