@@ -32,7 +32,7 @@ pub fn measure() -> Result<Vec<Row>> {
                 id: "P",
                 measure: format!("  redprobe top reading that page ({kind}: decode, rows, quantiles)"),
                 without: String::new(),
-                with: format!("{:.1} MB", bytes.parse::<f64>()? / 1e6),
+                with: format!("{:.1} MB", bytes / 1e6),
                 result: format!("{ms:.1} ms per read"),
                 spread: format!("{:.1} % of a core at 1/s", ms / 10.0),
                 goal: "-".into(),

@@ -56,6 +56,8 @@ EXAMPLES
   sudo redprobe --cgroup /kubepods/burstable/pod<uid>  # a Kubernetes pod
   sudo redprobe --container 4f2a9c8e1b3d               # a container, by id (docker ps)
   curl -s localhost:9464/metrics | grep http_server_request_duration_seconds_count
+  sudo redprobe top --pid 1234                          # the same, live in the terminal
+  redprobe top --url localhost:9464                    # watch a running agent
 
 Logs go to stderr; set RUST_LOG=debug for more."
     )
