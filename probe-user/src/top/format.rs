@@ -77,7 +77,7 @@ pub fn cells(row: &Row, slow: f64) -> Vec<(String, Tone)> {
         plain(row.key.route.clone()),
         plain(row.key.method.clone()),
         plain(rate(row.rate)),
-        (share(row.err5), error_tone(row.err5, Tone::Bad)),
+        (share(row.err), error_tone(row.err, Tone::Bad)),
         (share(row.err4), error_tone(row.err4, Tone::Warn)),
         (duration(row.p50), slow_tone(row.p50, slow)),
         (duration(row.p95), slow_tone(row.p95, slow)),
@@ -93,7 +93,7 @@ pub fn summary(iv: &Interval, slow: f64) -> Vec<Field> {
     let active: f64 = iv.active.values().sum();
     vec![
         field("requests/s", rate(a.rate), Tone::Plain),
-        field("errors", share(a.err5), error_tone(a.err5, Tone::Bad)),
+        field("errors", share(a.err), error_tone(a.err, Tone::Bad)),
         field("4xx", share(a.err4), error_tone(a.err4, Tone::Warn)),
         field("p50", duration(a.p50), slow_tone(a.p50, slow)),
         field("p95", duration(a.p95), slow_tone(a.p95, slow)),

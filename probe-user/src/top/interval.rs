@@ -13,12 +13,10 @@ pub struct Row {
     pub key: RowKey,
     /// Requests since the agent started.
     pub total: f64,
-    /// Requests that ended in the interval, and what they took.
-    pub interval: Dist,
     pub rate: f64,
     /// Shares (0..=1) of the interval's requests that were errors (5xx, or cut short
     /// without a status) and 4xx answers; None without any request.
-    pub err5: Option<f64>,
+    pub err: Option<f64>,
     pub err4: Option<f64>,
     pub p50: Option<f64>,
     pub p95: Option<f64>,
@@ -29,20 +27,19 @@ pub struct Row {
 }
 
 impl Row {
-    fn new(key: RowKey, total: f64, d: Dist, err5: f64, err4: f64, secs: f64) -> Row {
+    fn new(key: RowKey, total: f64, d: Dist, err: f64, err4: f64, secs: f64) -> Row {
         let n = d.count;
         let share = |e: f64| (n > 0.0).then(|| (e / n).clamp(0.0, 1.0));
         Row {
             key,
             total,
             rate: n / secs,
-            err5: share(err5),
+            err: share(err),
             err4: share(err4),
             p50: d.quantile(0.5),
             p95: d.quantile(0.95),
             p99: d.quantile(0.99),
             in_flight: d.sum / secs,
-            interval: d,
         }
     }
 }
@@ -76,7 +73,7 @@ impl Interval {
         let secs = secs.max(1e-3);
         // Per row: the interval's distribution, its errors and 4xx.
         let mut rows: BTreeMap<&RowKey, (Dist, f64, f64)> = BTreeMap::new();
-        let (mut all, mut all5, mut all4) = (Dist::default(), 0.0, 0.0);
+        let (mut all, mut all_err, mut all4) = (Dist::default(), 0.0, 0.0);
         for (labels, series) in &now.series {
             let d = match before.series.get(labels) {
                 Some(then) => series.dist.since(&then.dist),
@@ -86,7 +83,7 @@ impl Interval {
             row.0.add(d.count, d.sum, &d.classic, d.native.as_ref());
             all.add(d.count, d.sum, &d.classic, d.native.as_ref());
             match series.class {
-                Class::Error => (row.1, all5) = (row.1 + d.count, all5 + d.count),
+                Class::Error => (row.1, all_err) = (row.1 + d.count, all_err + d.count),
                 Class::ClientError => (row.2, all4) = (row.2 + d.count, all4 + d.count),
                 Class::Ok => {}
             }
@@ -95,7 +92,7 @@ impl Interval {
         let total: f64 = totals.values().map(|t| t.0).sum();
         let rows = rows
             .into_iter()
-            .map(|(key, (d, err5, err4))| Row::new(key.clone(), totals.get(key).map_or(0.0, |t| t.0), d, err5, err4, secs))
+            .map(|(key, (d, err, err4))| Row::new(key.clone(), totals.get(key).map_or(0.0, |t| t.0), d, err, err4, secs))
             .collect();
         let unparsed =
             now.health.unparsed.iter().map(|(r, n)| grew(*n, before.health.unparsed.get(r).copied().unwrap_or(0.0))).sum();
@@ -108,7 +105,7 @@ impl Interval {
         Interval {
             secs,
             rows,
-            all: Row::new(RowKey::default(), total, all, all5, all4, secs),
+            all: Row::new(RowKey::default(), total, all, all_err, all4, secs),
             active: now.active.clone(),
             lost: grew(now.health.events_lost, before.health.events_lost),
             unparsed,
@@ -150,14 +147,14 @@ mod tests {
         ]);
         let iv = Interval::between(&before, &now, 2.0);
         let a = &iv.rows[0];
-        assert_eq!((a.total, a.rate, a.err5, a.err4, a.in_flight), (30.0, 10.0, Some(0.25), Some(0.05), 2.0));
+        assert_eq!((a.total, a.rate, a.err, a.err4, a.in_flight), (30.0, 10.0, Some(0.25), Some(0.05), 2.0));
         assert_eq!(a.p50, Some(0.05));
         let b = &iv.rows[1];
-        assert_eq!((b.total, b.rate, b.err5), (4.0, 2.0, Some(0.0)));
-        assert_eq!((iv.all.total, iv.all.rate, iv.all.err5), (34.0, 12.0, Some(5.0 / 24.0)));
+        assert_eq!((b.total, b.rate, b.err), (4.0, 2.0, Some(0.0)));
+        assert_eq!((iv.all.total, iv.all.rate, iv.all.err), (34.0, 12.0, Some(5.0 / 24.0)));
         // Nothing new: no share, no quantile.
         let idle = Interval::between(&now, &now, 1.0);
-        assert_eq!((idle.rows[0].rate, idle.rows[0].err5, idle.rows[0].p99), (0.0, None, None));
+        assert_eq!((idle.rows[0].rate, idle.rows[0].err, idle.rows[0].p99), (0.0, None, None));
     }
 
     #[test]

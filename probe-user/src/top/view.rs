@@ -46,8 +46,8 @@ pub fn sort_rows(rows: &mut [&Row], sort: Sort) {
     rows.sort_by(|a, b| {
         let order = match sort {
             Sort::Rate => b.rate.total_cmp(&a.rate),
-            Sort::Errors => of(b.err5)
-                .total_cmp(&of(a.err5))
+            Sort::Errors => of(b.err)
+                .total_cmp(&of(a.err))
                 .then(of(b.err4).total_cmp(&of(a.err4)))
                 .then(b.rate.total_cmp(&a.rate)),
             Sort::P99 => of(b.p99).total_cmp(&of(a.p99)).then(b.rate.total_cmp(&a.rate)),
@@ -189,11 +189,11 @@ mod tests {
 
     fn snap(rows: &[(&str, f64, f64)]) -> Snapshot {
         let mut s = Snapshot::default();
-        for (route, count, err5) in rows {
+        for (route, count, err) in rows {
             let row = RowKey { service: "shop".into(), route: route.to_string(), method: "GET".into() };
             // Each route's requests all take its count in ms (so p99 orders like rate here).
             let ms = *count / 1000.0;
-            for (class, n) in [(Class::Ok, count - err5), (Class::Error, *err5)] {
+            for (class, n) in [(Class::Ok, count - err), (Class::Error, *err)] {
                 let labels = [("route", route.to_string()), ("class", format!("{class:?}"))].into_iter().map(|(k, v)| (k.to_string(), v)).collect();
                 let mut dist = Dist::default();
                 dist.add(n, ms * n, &[(ms, n), (f64::INFINITY, n)], None);
