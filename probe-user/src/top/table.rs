@@ -2,8 +2,8 @@
 //! the header lines and one line per row, aligned, with no colour.
 use super::{
     format::{self, COLUMNS, Field, NUMERIC_FROM},
-    view::{Sort, sort_rows},
-    interval::{Interval, Row},
+    view::{Sort, shown},
+    interval::Interval,
 };
 
 fn line(fields: &[Field]) -> String {
@@ -12,8 +12,7 @@ fn line(fields: &[Field]) -> String {
 
 /// The table of `iv`, read from `source`, its rows sorted by `sort` and kept by `filter`.
 pub fn render(source: &str, iv: &Interval, sort: Sort, filter: &str, slow: f64) -> String {
-    let mut rows: Vec<&Row> = iv.rows.iter().filter(|r| super::view::matches(&r.key, filter)).collect();
-    sort_rows(&mut rows, sort);
+    let rows = shown(iv, sort, filter);
     let mut out = format!("redprobe top: {source}, over {:.1} s, sorted by {}", iv.secs, sort.name());
     if !filter.is_empty() {
         out.push_str(&format!(", filter {filter:?}"));

@@ -56,6 +56,14 @@ pub fn sort_rows(rows: &mut [&Row], sort: Sort) {
     });
 }
 
+/// The rows of `iv` whose key matches `filter`, ordered by `sort`: what the screen and the
+/// plain table show.
+pub fn shown<'a>(iv: &'a Interval, sort: Sort, filter: &str) -> Vec<&'a Row> {
+    let mut rows: Vec<&Row> = iv.rows.iter().filter(|r| matches(&r.key, filter)).collect();
+    sort_rows(&mut rows, sort);
+    rows
+}
+
 /// Whether a row's service, route or method contains `filter` (case-insensitive).
 pub fn matches(key: &RowKey, filter: &str) -> bool {
     let f = filter.to_lowercase();
@@ -133,10 +141,7 @@ impl View {
 
     /// The rows to show: filtered, sorted.
     pub fn rows(&self) -> Vec<&Row> {
-        let Some(iv) = &self.interval else { return Vec::new() };
-        let mut rows: Vec<&Row> = iv.rows.iter().filter(|r| matches(&r.key, &self.filter)).collect();
-        sort_rows(&mut rows, self.sort);
-        rows
+        self.interval.as_ref().map(|iv| shown(iv, self.sort, &self.filter)).unwrap_or_default()
     }
 
     /// A row's recent rates, oldest first.

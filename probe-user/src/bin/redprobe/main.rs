@@ -20,9 +20,14 @@ use std::io::IsTerminal;
 
 use clap::FromArgMatches;
 
-/// Colour in logs only on a terminal, and never with NO_COLOR set (https://no-color.org).
+/// Whether NO_COLOR (https://no-color.org) allows colour: unset or empty.
+pub fn colour_allowed() -> bool {
+    std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
+/// Colour in logs only on a terminal, and never with NO_COLOR set.
 fn log_colour() -> bool {
-    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+    std::io::stderr().is_terminal() && colour_allowed()
 }
 
 /// Logs to stderr, at `default` unless RUST_LOG says otherwise.

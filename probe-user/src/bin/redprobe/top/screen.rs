@@ -86,7 +86,7 @@ pub async fn run(
     logs: Option<Logs>,
     agent: impl Future<Output = Result<()>>,
 ) -> Result<()> {
-    let colour = std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    let colour = crate::colour_allowed();
     let origin = Instant::now();
     let mut screen =
         Screen { view: View::new(top.sort, top.filter.clone()), name, interval, slow: top.slow, colour, logs, origin };
